@@ -1,0 +1,112 @@
+"""Sphinx configuration for the layers documentation."""
+
+from __future__ import annotations
+
+import builtins
+from importlib.metadata import version as _version
+
+project = "layers"
+author = "The layers authors"
+copyright = "%Y, The layers authors"  # Sphinx substitutes the current year.
+release = _version("service-layers")
+version = ".".join(release.split(".")[:2])
+
+extensions = [
+    "myst_parser",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.doctest",
+    "sphinx.ext.viewcode",
+]
+
+source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
+root_doc = "index"
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
+
+# MyST
+myst_enable_extensions = ["colon_fence", "deflist"]
+myst_heading_anchors = 3
+
+# autodoc + napoleon (Google style docstrings)
+autodoc_typehints = "signature"
+autodoc_typehints_format = "short"
+autodoc_member_order = "bysource"
+autodoc_preserve_defaults = True
+autodoc_default_options = {"members": True, "show-inheritance": True}
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_use_rtype = False
+napoleon_preprocess_types = True
+
+# Every cross-reference must resolve (-n). There is no intersphinx (the build
+# has no network), so names from the standard library and from dependencies
+# cannot resolve: ignore them here by module prefix.
+nitpicky = True
+nitpick_ignore_regex = [
+    # Standard library and third-party modules.
+    (
+        r"py:.*",
+        r"(typing|typing_extensions|collections\.abc|contextvars|types|enum|"
+        r"abc|datetime|logging|anyio|trio|asyncio|attrs|attr|structlog|"
+        r"opentelemetry|httpx)\..*",
+    ),
+]
+
+# Builtins (int, float, TimeoutError, ...): listed by name, so that a bare
+# name that should resolve to a layers object still warns.
+nitpick_ignore = [
+    (role, name)
+    for name in dir(builtins)
+    for role in ("py:class", "py:exc", "py:obj", "py:data", "py:func")
+] + [("py:class", "None"), ("py:obj", "None")]
+
+
+def _type_parameters() -> list[tuple[str, str]]:
+    """TypeVars and ParamSpecs of every layers module, which have no page.
+
+    They appear in signatures as class references (``layers._core.ReqT``);
+    they are found by type, so any other broken link still warns.
+    """
+    import importlib
+    import pkgutil
+    import typing
+
+    import layers
+
+    kinds = (typing.TypeVar, typing.ParamSpec, typing.TypeVarTuple)
+    found: list[tuple[str, str]] = []
+    modules = [layers.__name__] + [
+        info.name
+        for info in pkgutil.walk_packages(
+            layers.__path__, "layers.", onerror=lambda _name: None
+        )
+    ]
+    for module_name in modules:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:  # an optional dependency (otel, httpx) is missing
+            continue
+        for attr, value in vars(module).items():
+            if isinstance(value, kinds):
+                for target in (f"{module_name}.{attr}", attr):
+                    for role in ("py:class", "py:obj", "py:data"):
+                        found.append((role, target))
+                        if isinstance(value, typing.ParamSpec):
+                            found.append((role, f"{target}.args"))
+                            found.append((role, f"{target}.kwargs"))
+    return found
+
+
+nitpick_ignore += _type_parameters()
+
+# doctest
+# Docstring examples (run by `-b doctest` too) see the public names unqualified.
+doctest_global_setup = """
+import anyio
+import layers
+from layers import *
+"""
+
+# HTML
+html_theme = "furo"
+html_title = f"layers {release}"

@@ -1,0 +1,81 @@
+"""Tower-style composable service layers for asyncio and trio.
+
+A *service* is an async function from a request to a response; a *layer*
+wraps a service in another one that adds a behaviour (a timeout, a retry, a
+limit...); :class:`ServiceBuilder` stacks layers onto any async callable.
+Everything runs on anyio, so the same code runs under asyncio and trio.
+"""
+
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
+
+from . import events
+from ._builder import ServiceBuilder, Unchanged
+from ._core import (
+    Identity,
+    Layer,
+    LayerFn,
+    Service,
+    Stack,
+    TypePreservingLayer,
+    layer_fn,
+    service_fn,
+)
+from ._deadline import current_deadline
+from ._errors import (
+    CircuitOpen,
+    ConfigurationError,
+    Elapsed,
+    Filtered,
+    LayersError,
+    Overloaded,
+    RateLimited,
+    Rejected,
+    ShuttingDown,
+)
+from ._timeout import Timeout, TimeoutService
+from ._transforms import AndThen, Filter, MapErr, MapRequest, MapResponse
+from .events import Event, Sink, TimeoutElapsed, add_sink, remove_sink, set_logging
+
+try:
+    __version__: str = _version("service-layers")
+except _PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "AndThen",
+    "CircuitOpen",
+    "ConfigurationError",
+    "Elapsed",
+    "Event",
+    "Filter",
+    "Filtered",
+    "Identity",
+    "Layer",
+    "LayerFn",
+    "LayersError",
+    "MapErr",
+    "MapRequest",
+    "MapResponse",
+    "Overloaded",
+    "RateLimited",
+    "Rejected",
+    "Service",
+    "ServiceBuilder",
+    "ShuttingDown",
+    "Sink",
+    "Stack",
+    "Timeout",
+    "TimeoutElapsed",
+    "TimeoutService",
+    "TypePreservingLayer",
+    "Unchanged",
+    "__version__",
+    "add_sink",
+    "current_deadline",
+    "events",
+    "layer_fn",
+    "remove_sink",
+    "service_fn",
+    "set_logging",
+]

@@ -1,0 +1,238 @@
+"""BACKEND CORNER: the one module that speaks to asyncio and trio directly.
+
+Everything else in ``layers`` uses anyio. This module exists for the success
+path of hot layers, where anyio's portable primitives cost far more than the
+backend's own (``anyio.fail_after`` is about 3x ``asyncio.timeout``, which is
+itself mostly the cost of one timer handle per call). Keep it small; keep
+every asyncio or trio detail here.
+
+Timeout on asyncio: a timer wheel
+---------------------------------
+One :class:`_Wheel` per event loop keeps the calls in flight in *buckets* of
+deadlines (1/64 s wide). A bucket owns one ``loop.call_at`` handle, set for
+the earliest deadline in it, so a call costs a dict insert and a delete, not
+a timer handle. When a bucket's timer fires, the calls whose deadline has
+passed are cancelled with ``Task.cancel()`` (after one turn of the loop, see
+below); the others get the timer set again for the next deadline. The call
+then turns its own cancellation into :class:`~layers.Elapsed`, and only its
+own: it counts ``Task.cancelling()`` as :func:`asyncio.timeout` does, so a
+cancellation from outside (an anyio cancel scope, ``Task.cancel()``) that
+lands at the same time still propagates as a cancellation.
+
+*A response ready at the deadline wins* (as in tower): cancellation is
+delivered one loop iteration after the deadline, and not while the task is
+about to resume with a result (its awaited future is done) or already has a
+cancellation pending; then it is retried on the next iteration, as anyio's
+cancel scopes do.
+
+Timeout on trio: a :class:`trio.CancelScope` with the deadline, which trio's
+own deadline heap serves. Its deadline is one float step past the recorded
+one, so that work finishing exactly at the deadline completes first.
+"""
+
+from __future__ import annotations
+
+import sys
+import weakref
+from asyncio import AbstractEventLoop, CancelledError, Task, TimerHandle, current_task
+from asyncio import _get_running_loop as get_running_loop  # pyright: ignore[reportPrivateUsage]
+from collections.abc import Awaitable, Callable
+from math import floor, inf, nextafter
+from typing import Any, Final, Protocol, TypeVar
+
+from ._deadline import DEADLINE
+
+__all__ = ["TimedService", "get_running_loop", "timeout_call"]
+
+Req = TypeVar("Req")
+Res = TypeVar("Res")
+
+_SLOTS_PER_SECOND: Final = 64
+_CANCEL_MESSAGE: Final = "deadline exceeded (layers.Timeout)"
+
+# entry states
+_WAITING: Final = 0
+_DUE: Final = 1
+_FIRED: Final = 2
+
+
+class TimedService(Protocol[Req, Res]):
+    """What :func:`timeout_call` needs from the Timeout layer's service."""
+
+    inner: Callable[[Req], Awaitable[Res]]
+    seconds: float
+
+    def elapsed(self) -> BaseException:
+        """Build the exception for an expired call (and report it)."""
+        ...
+
+
+# An entry: [task, deadline, task.cancelling() at entry, state]
+_Entry = list[Any]
+
+
+class _Bucket:
+    __slots__ = ("entries", "handle", "key", "when")
+
+    def __init__(self, key: int) -> None:
+        self.key = key
+        self.entries: dict[int, _Entry] = {}
+        self.when = inf
+        self.handle: TimerHandle | None = None
+
+
+class _Wheel:
+    __slots__ = ("__weakref__", "buckets", "loop")
+
+    def __init__(self, loop: AbstractEventLoop | None) -> None:
+        self.loop = loop
+        self.buckets: dict[int, _Bucket] = {}
+
+    def schedule(self, deadline: float) -> _Bucket:
+        """Return the bucket for *deadline*, its timer set no later than it."""
+        key = floor(deadline * _SLOTS_PER_SECOND)
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            bucket = self.buckets[key] = _Bucket(key)
+            # the bucket's start: no deadline in it is earlier
+            self._arm(bucket, key / _SLOTS_PER_SECOND)
+        elif deadline < bucket.when:
+            self._arm(bucket, deadline)
+        return bucket
+
+    def _arm(self, bucket: _Bucket, when: float) -> None:
+        assert self.loop is not None
+        if bucket.handle is not None:
+            bucket.handle.cancel()
+        bucket.when = when
+        bucket.handle = self.loop.call_at(when, self._fire, bucket)
+
+    def _fire(self, bucket: _Bucket) -> None:
+        assert self.loop is not None
+        now = self.loop.time()
+        bucket.handle = None
+        due: list[tuple[int, _Entry]] = []
+        earliest = inf
+        for token, entry in bucket.entries.items():
+            if entry[3] != _WAITING:
+                continue
+            if entry[1] <= now:
+                entry[3] = _DUE
+                due.append((token, entry))
+            elif entry[1] < earliest:
+                earliest = entry[1]
+        if earliest < inf:
+            self._arm(bucket, earliest)
+        else:
+            bucket.when = inf
+            if self.buckets.get(bucket.key) is bucket:
+                del self.buckets[bucket.key]
+        if due:
+            self.loop.call_soon(self._deliver, bucket.entries, due)
+
+    def _deliver(
+        self, entries: dict[int, _Entry], due: list[tuple[int, _Entry]]
+    ) -> None:
+        assert self.loop is not None
+        again: list[tuple[int, _Entry]] = []
+        for token, entry in due:
+            if entries.get(token) is not entry:
+                continue  # the call has ended
+            task: Task[Any] = entry[0]
+            if task.done():
+                continue
+            waiter = getattr(task, "_fut_waiter", None)
+            if getattr(task, "_must_cancel", False) or (
+                waiter is not None and waiter.done()
+            ):
+                again.append((token, entry))  # about to resume: let it run first
+                continue
+            entry[3] = _FIRED
+            task.cancel(_CANCEL_MESSAGE)
+        if again:
+            self.loop.call_soon(self._deliver, entries, again)
+
+
+_wheels: weakref.WeakKeyDictionary[AbstractEventLoop, _Wheel] = (
+    weakref.WeakKeyDictionary()
+)
+_last_wheel = _Wheel(None)
+
+
+def _wheel_for(loop: AbstractEventLoop) -> _Wheel:
+    global _last_wheel
+    try:
+        wheel = _wheels[loop]
+    except KeyError:
+        wheel = _wheels[loop] = _Wheel(loop)
+    except TypeError:  # a loop that takes no weak references
+        wheel = _Wheel(loop)
+    _last_wheel = wheel
+    return wheel
+
+
+_get_deadline = DEADLINE.get
+_set_deadline = DEADLINE.set
+_reset_deadline = DEADLINE.reset
+
+
+async def timeout_call(service: TimedService[Req, Res], request: Req, /) -> Res:
+    """Call ``service.inner(request)``, cancelled ``service.seconds`` from now."""
+    loop = get_running_loop()
+    if loop is None:
+        return await _trio_timeout_call(service, request)
+    deadline = loop.time() + service.seconds
+    outer = _get_deadline()
+    if outer is not None and outer < deadline:
+        deadline = outer
+    wheel = _last_wheel
+    if wheel.loop is not loop:
+        wheel = _wheel_for(loop)
+    bucket = wheel.buckets.get(floor(deadline * _SLOTS_PER_SECOND))
+    if bucket is None or deadline < bucket.when:
+        bucket = wheel.schedule(deadline)
+    task: Task[Any] = current_task(loop)  # type: ignore[assignment]
+    entry: _Entry = [task, deadline, task.cancelling(), _WAITING]
+    key = id(entry)
+    entries = bucket.entries
+    entries[key] = entry
+    token = _set_deadline(deadline)
+    try:
+        response = await service.inner(request)
+    except BaseException as error:
+        if entry[3] == _FIRED:
+            entry[3] = _WAITING
+            if task.uncancel() <= entry[2] and isinstance(error, CancelledError):
+                raise service.elapsed() from error
+        raise
+    finally:
+        del entries[key]
+        _reset_deadline(token)
+    if entry[3] == _FIRED:  # the inner call swallowed our cancellation
+        task.uncancel()
+    return response
+
+
+_trio: Any = None
+
+
+async def _trio_timeout_call(service: TimedService[Req, Res], request: Req) -> Res:
+    global _trio
+    trio = _trio
+    if trio is None:
+        trio = sys.modules.get("trio")
+        if trio is None:
+            raise RuntimeError("layers needs a running asyncio or trio event loop")
+        _trio = trio
+    deadline = trio.current_time() + service.seconds
+    outer = _get_deadline()
+    if outer is not None and outer < deadline:
+        deadline = outer
+    token = _set_deadline(deadline)
+    try:
+        with trio.CancelScope(deadline=nextafter(deadline, inf)):
+            return await service.inner(request)
+    finally:
+        _reset_deadline(token)
+    # Only our own scope's cancellation ends the block without a return.
+    raise service.elapsed()

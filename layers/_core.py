@@ -1,0 +1,325 @@
+"""The two protocols everything is built on: :class:`Service` and :class:`Layer`.
+
+A *service* is an async callable from a request to a response. Any
+``async def f(request)`` already is one; nothing needs to wrap it.
+
+A *layer* is any object with a ``layer(inner)`` method that wraps a service in
+another service adding one behaviour. Layers are configuration: ``layer()``
+only constructs the wrapping service, and the same layer object can wrap any
+number of services (sharing its state, if it has any).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast, final, overload
+
+import anyio.to_thread
+
+from ._config import check_callable
+
+__all__ = [
+    "Identity",
+    "Layer",
+    "LayerFn",
+    "Service",
+    "Stack",
+    "TypePreservingLayer",
+    "layer_fn",
+    "service_fn",
+]
+
+Req = TypeVar("Req")
+Res = TypeVar("Res")
+Req_contra = TypeVar("Req_contra", contravariant=True)
+Res_co = TypeVar("Res_co", covariant=True)
+
+InReq = TypeVar("InReq")
+InRes = TypeVar("InRes")
+OutReq = TypeVar("OutReq")
+OutRes = TypeVar("OutRes")
+InReq_co = TypeVar("InReq_co", covariant=True)
+InRes_contra = TypeVar("InRes_contra", contravariant=True)
+OutReq_contra = TypeVar("OutReq_contra", contravariant=True)
+OutRes_co = TypeVar("OutRes_co", covariant=True)
+
+
+class Service(Protocol[Req_contra, Res_co]):
+    """An async callable from a request to a response.
+
+    Any ``async def f(request)`` is a ``Service``: the protocol only asks for
+    ``await service(request)``. Layers wrap services in services.
+
+    Example:
+        >>> async def echo(request: str) -> str:
+        ...     return request
+        >>> svc: Service[str, str] = echo
+    """
+
+    async def __call__(self, request: Req_contra, /) -> Res_co:
+        """Handle *request* and return its response (or raise)."""
+        ...
+
+
+class Layer(Protocol[InReq_co, InRes_contra, OutReq_contra, OutRes_co]):
+    """Wraps a ``Service[InReq, InRes]`` into a ``Service[OutReq, OutRes]``.
+
+    A layer is any object with this one method. ``layer()`` should only build
+    the wrapping service; the work happens when that service is called.
+    Type-preserving layers (most of them) implement ``layer`` as a generic
+    method ``Service[R, S] -> Service[R, S]``; see :class:`TypePreservingLayer`.
+    """
+
+    def layer(
+        self, inner: Service[InReq_co, InRes_contra], /
+    ) -> Service[OutReq_contra, OutRes_co]:
+        """Return a service that wraps *inner*."""
+        ...
+
+
+class TypePreservingLayer(Protocol):
+    """A layer whose service has the same request and response types as its inner.
+
+    Timeout, retry, limits, breakers and ``map_err`` are such layers: their
+    ``layer`` is generic, so type checkers follow the types straight through.
+    """
+
+    def layer(self, inner: Service[Req, Res], /) -> Service[Req, Res]:
+        """Return a service with the same types that wraps *inner*."""
+        ...
+
+
+@final
+class Identity:
+    """The layer that does nothing: ``Identity().layer(s)`` is ``s`` itself.
+
+    Useful as a default where a layer is optional (:meth:`ServiceBuilder.option_layer
+    <layers.ServiceBuilder.option_layer>` uses it for ``None``).
+    """
+
+    __slots__ = ()
+
+    def layer(self, inner: Service[Req, Res], /) -> Service[Req, Res]:
+        """Return *inner* unchanged."""
+        return inner
+
+    def __repr__(self) -> str:
+        return "Identity()"
+
+
+@final
+class Stack:
+    """Several layers applied as one; the first one given is the outermost.
+
+    ``Stack(a, b, c).layer(s)`` is ``a.layer(b.layer(c.layer(s)))``: a request
+    passes ``a``, then ``b``, then ``c``, then reaches ``s``. This is the same
+    order as :class:`~layers.ServiceBuilder`, which is the typed way to stack.
+
+    Args:
+        *layers: The layers, outermost first.
+    """
+
+    __slots__ = ("layers",)
+
+    layers: tuple[Layer[Any, Any, Any, Any], ...]
+    """The layers, outermost first."""
+
+    def __init__(self, *layers: Layer[Any, Any, Any, Any]) -> None:
+        for index, candidate in enumerate(layers):
+            check_layer("Stack", f"layers[{index}]", candidate)
+        self.layers = layers
+
+    def layer(self, inner: Service[Any, Any], /) -> Service[Any, Any]:
+        """Wrap *inner* in every layer, the last one innermost."""
+        service = inner
+        for each in reversed(self.layers):
+            service = each.layer(service)
+        return service
+
+    def __repr__(self) -> str:
+        return f"Stack({', '.join(map(repr, self.layers))})"
+
+
+def check_layer(owner: str, parameter: str, value: object) -> None:
+    """Raise a clear TypeError unless *value* has a callable ``layer`` method."""
+    if not callable(getattr(value, "layer", None)):
+        raise TypeError(
+            f"{owner}({parameter}={value!r}): {parameter} must be a Layer "
+            f"(an object with a .layer(inner) method), got {type(value).__name__}"
+        )
+
+
+@final
+class LayerFn(Generic[InReq, InRes, OutReq, OutRes]):
+    """A layer made from a function ``Service -> Service``; see :func:`layer_fn`."""
+
+    __slots__ = ("function",)
+
+    function: Callable[[Service[InReq, InRes]], Service[OutReq, OutRes]]
+    """The function that wraps an inner service."""
+
+    def __init__(
+        self, function: Callable[[Service[InReq, InRes]], Service[OutReq, OutRes]]
+    ) -> None:
+        self.function = function
+
+    def layer(self, inner: Service[InReq, InRes], /) -> Service[OutReq, OutRes]:
+        """Return ``function(inner)``."""
+        return self.function(inner)
+
+    def __repr__(self) -> str:
+        return f"layer_fn({getattr(self.function, '__qualname__', self.function)!r})"
+
+
+def layer_fn(
+    function: Callable[[Service[InReq, InRes]], Service[OutReq, OutRes]], /
+) -> LayerFn[InReq, InRes, OutReq, OutRes]:
+    """Make a layer from a function that wraps a service.
+
+    A custom layer in a few lines:
+
+        >>> import layers
+        >>> def add_header(inner):
+        ...     async def call(request: dict) -> dict:
+        ...         return await inner({**request, "x-trace": "on"})
+        ...
+        ...     return call
+        >>> async def echo(request: dict) -> dict:
+        ...     return request
+        >>> svc = (
+        ...     layers.ServiceBuilder().layer(layers.layer_fn(add_header)).service(echo)
+        ... )
+        >>> import anyio
+        >>> anyio.run(svc, {"path": "/"})
+        {'path': '/', 'x-trace': 'on'}
+
+    Args:
+        function: Called with the inner service each time the layer is
+            applied; returns the wrapping service.
+
+    Returns:
+        A :class:`LayerFn`.
+    """
+    check_callable("layer_fn", "function", function)
+    return LayerFn(function)
+
+
+@final
+class _ThreadService(Generic[Req, Res]):
+    __slots__ = ("__wrapped__", "_abandon_on_cancel", "_function", "_limiter")
+
+    def __init__(
+        self,
+        function: Callable[[Req], Res],
+        abandon_on_cancel: bool,
+        limiter: anyio.CapacityLimiter | None,
+    ) -> None:
+        self._function = function
+        self._abandon_on_cancel = abandon_on_cancel
+        self._limiter = limiter
+        self.__wrapped__ = function
+
+    async def __call__(self, request: Req, /) -> Res:
+        response = await anyio.to_thread.run_sync(
+            self._function,
+            request,
+            abandon_on_cancel=self._abandon_on_cancel,
+            limiter=self._limiter,
+        )
+        if inspect.isawaitable(response):
+            if inspect.iscoroutine(response):
+                response.close()
+            raise TypeError(
+                f"service_fn({self._function!r}) ran a sync callable in a worker "
+                "thread and it returned an awaitable; make it an async def (an "
+                "async callable is a service as it is)"
+            )
+        return response
+
+    def __repr__(self) -> str:
+        return f"service_fn({self._function!r}, thread)"
+
+
+def is_async_callable(function: object) -> bool:
+    """Whether calling *function* returns an awaitable by its definition."""
+    while isinstance(function, functools.partial):
+        function = function.func
+    if inspect.iscoroutinefunction(function):
+        return True
+    if inspect.isroutine(function):
+        return False
+    return inspect.iscoroutinefunction(type(function).__call__)
+
+
+@overload
+def service_fn(
+    function: Callable[[Req], Awaitable[Res]],
+    /,
+    *,
+    abandon_on_cancel: bool = ...,
+    limiter: anyio.CapacityLimiter | None = ...,
+) -> Service[Req, Res]: ...
+@overload
+def service_fn(
+    function: Callable[[Req], Res],
+    /,
+    *,
+    abandon_on_cancel: bool = ...,
+    limiter: anyio.CapacityLimiter | None = ...,
+) -> Service[Req, Res]: ...
+def service_fn(
+    function: Callable[[Req], Any],
+    /,
+    *,
+    abandon_on_cancel: bool = False,
+    limiter: anyio.CapacityLimiter | None = None,
+) -> Service[Req, Any]:
+    """Adapt a callable that is not already a service.
+
+    An async callable (an ``async def`` function, an object with an
+    ``async def __call__``, a :func:`functools.partial` of either) already is
+    a service: ``service_fn`` returns it unchanged, at no cost per call.
+
+    Any other callable is treated as **synchronous** and runs in a worker
+    thread (:func:`anyio.to_thread.run_sync`), so a blocking call does not
+    block the event loop. Threads cannot be cancelled, which matters under a
+    :class:`~layers.Timeout` (or any cancellation):
+
+    * ``abandon_on_cancel=False`` (the default): the cancelled call waits for
+      the thread to return, then raises (``Elapsed`` under a timeout). Nothing
+      keeps running after the call has ended, but the caller's wait is only
+      bounded by the thread.
+    * ``abandon_on_cancel=True``: the cancelled call raises at once; the
+      thread runs on in the background and its result is thrown away. The
+      caller's wait is bounded, but the work is not stopped.
+
+    Args:
+        function: The callable to adapt, taking the request.
+        abandon_on_cancel: For a sync callable, whether cancellation leaves the
+            worker thread behind (see above).
+        limiter: For a sync callable, the :class:`anyio.CapacityLimiter` that
+            bounds the worker threads (anyio's default limiter allows 40).
+
+    Returns:
+        A service calling *function*.
+
+    Raises:
+        layers.ConfigurationError: If *function* is not callable.
+
+    A sync callable that returns an awaitable (``lambda r: client.get(r)``)
+    is a mistake here: the call raises :class:`TypeError` instead of
+    awaiting a coroutine made in a worker thread. Write an ``async def``.
+    """
+    check_callable("service_fn", "function", function)
+    if is_async_callable(function):
+        return cast(Service[Req, Any], function)
+    return _ThreadService(function, abandon_on_cancel, limiter)
+
+
+if TYPE_CHECKING:
+    # The protocols must accept plain async functions.
+    async def _check(request: int) -> str: ...
+
+    _s: Service[int, str] = _check

@@ -1,0 +1,244 @@
+"""Small transforms: change the request, the response or the error, or refuse.
+
+Each is a layer (usable anywhere a layer is) and a
+:class:`~layers.ServiceBuilder` method of the same name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar, cast, final
+
+import attrs
+
+from ._config import callable_value, name_value
+from ._core import Service, is_async_callable
+from ._errors import Filtered
+
+__all__ = ["AndThen", "Filter", "MapErr", "MapRequest", "MapResponse"]
+
+Req = TypeVar("Req")
+Res = TypeVar("Res")
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+@final
+@attrs.frozen
+class MapRequest(Generic[A, B]):
+    """Change the request before it reaches the inner service.
+
+    ``MapRequest(f).layer(inner)`` calls ``inner(f(request))``. *f* is a plain
+    function; for async work on the request, write a layer
+    (:func:`~layers.layer_fn`).
+
+    Args:
+        function: Maps the outer request to the inner one.
+    """
+
+    function: Callable[[A], B] = attrs.field(validator=callable_value)
+
+    def layer(self, inner: Service[B, Res], /) -> Service[A, Res]:
+        """Wrap *inner*."""
+        return _MapRequestService(inner, self.function)
+
+
+@final
+class _MapRequestService(Generic[A, B, Res]):
+    __slots__ = ("function", "inner")
+
+    def __init__(self, inner: Service[B, Res], function: Callable[[A], B]) -> None:
+        self.inner = inner
+        self.function = function
+
+    async def __call__(self, request: A, /) -> Res:
+        return await self.inner(self.function(request))
+
+
+@final
+@attrs.frozen
+class MapResponse(Generic[A, B]):
+    """Change the response on its way out.
+
+    ``MapResponse(f).layer(inner)`` returns ``f(await inner(request))``.
+    Errors pass through untouched (see :class:`MapErr` for those).
+
+    Args:
+        function: Maps the inner response to the outer one.
+    """
+
+    function: Callable[[A], B] = attrs.field(validator=callable_value)
+
+    def layer(self, inner: Service[Req, A], /) -> Service[Req, B]:
+        """Wrap *inner*."""
+        return _MapResponseService(inner, self.function)
+
+
+@final
+class _MapResponseService(Generic[Req, A, B]):
+    __slots__ = ("function", "inner")
+
+    def __init__(self, inner: Service[Req, A], function: Callable[[A], B]) -> None:
+        self.inner = inner
+        self.function = function
+
+    async def __call__(self, request: Req, /) -> B:
+        return self.function(await self.inner(request))
+
+
+@final
+@attrs.frozen
+class AndThen(Generic[A, B]):
+    """Run an async function on the response on its way out.
+
+    ``AndThen(f).layer(inner)`` returns ``await f(await inner(request))``: the
+    async sibling of :class:`MapResponse` (read a body, decode, validate).
+
+    Args:
+        function: An async function from the inner response to the outer one.
+    """
+
+    function: Callable[[A], Awaitable[B]] = attrs.field(validator=callable_value)
+
+    def layer(self, inner: Service[Req, A], /) -> Service[Req, B]:
+        """Wrap *inner*."""
+        return _AndThenService(inner, self.function)
+
+
+@final
+class _AndThenService(Generic[Req, A, B]):
+    __slots__ = ("function", "inner")
+
+    def __init__(
+        self, inner: Service[Req, A], function: Callable[[A], Awaitable[B]]
+    ) -> None:
+        self.inner = inner
+        self.function = function
+
+    async def __call__(self, request: Req, /) -> B:
+        return await self.function(await self.inner(request))
+
+
+@final
+@attrs.frozen
+class MapErr:
+    """Transform or replace the exceptions raised inside.
+
+    *function* receives every :class:`Exception` raised by the inner stack
+    and returns the exception to raise instead. Returning the same object
+    re-raises it untouched; returning another one raises that one with the
+    original as its ``__cause__`` (``raise new from original``), so the
+    original traceback is kept in the report. Cancellation and other
+    :class:`BaseException` that are not :class:`Exception` are never passed
+    to it.
+
+    Args:
+        function: Maps an exception to the exception to raise.
+
+    Example:
+        >>> import anyio, layers
+        >>> class ApiError(Exception): ...
+        >>> async def flaky(request: int) -> int:
+        ...     raise KeyError(request)
+        >>> svc = layers.MapErr(lambda e: ApiError(f"lookup failed: {e!r}")).layer(
+        ...     flaky
+        ... )
+        >>> anyio.run(svc, 7)
+        Traceback (most recent call last):
+          ...
+        ApiError: lookup failed: KeyError(7)
+    """
+
+    function: Callable[[Exception], Exception] = attrs.field(validator=callable_value)
+
+    def layer(self, inner: Service[Req, Res], /) -> Service[Req, Res]:
+        """Wrap *inner*."""
+        return _MapErrService(inner, self.function)
+
+
+@final
+class _MapErrService(Generic[Req, Res]):
+    __slots__ = ("function", "inner")
+
+    def __init__(
+        self, inner: Service[Req, Res], function: Callable[[Exception], Exception]
+    ) -> None:
+        self.inner = inner
+        self.function = function
+
+    async def __call__(self, request: Req, /) -> Res:
+        try:
+            return await self.inner(request)
+        except Exception as error:
+            replacement = self.function(error)
+            if replacement is error:
+                raise
+            raise replacement from error
+
+
+@final
+@attrs.frozen
+class Filter(Generic[Req]):
+    """Refuse requests that fail a predicate, without calling the inner service.
+
+    The predicate may be a plain function or an ``async def``; which one is
+    decided once, when the layer is made. A refused request raises
+    :class:`~layers.Filtered`, a :class:`~layers.Rejected`, so retry and
+    fallback logic can tell it from a failure of the service. The predicate
+    may also raise its own exception, which propagates unchanged.
+
+    Args:
+        predicate: ``predicate(request)`` returns true to let the request in.
+        name: A name for the error message and events (default ``"filter"``).
+    """
+
+    predicate: Callable[[Req], bool] | Callable[[Req], Awaitable[bool]] = attrs.field(
+        validator=callable_value
+    )
+    name: str = attrs.field(default="filter", kw_only=True, validator=name_value)
+
+    def layer(self, inner: Service[Req, Res], /) -> Service[Req, Res]:
+        """Wrap *inner*."""
+        if is_async_callable(self.predicate):
+            predicate = cast(Callable[[Req], Awaitable[bool]], self.predicate)
+            return _AsyncFilterService(inner, predicate, self.name)
+        return _FilterService(
+            inner, cast(Callable[[Req], bool], self.predicate), self.name
+        )
+
+
+@final
+class _FilterService(Generic[Req, Res]):
+    __slots__ = ("inner", "name", "predicate")
+
+    def __init__(
+        self, inner: Service[Req, Res], predicate: Callable[[Req], bool], name: str
+    ) -> None:
+        self.inner = inner
+        self.predicate = predicate
+        self.name = name
+
+    async def __call__(self, request: Req, /) -> Res:
+        if not self.predicate(request):
+            raise Filtered(f"request refused by filter {self.name!r}", layer=self.name)
+        return await self.inner(request)
+
+
+@final
+class _AsyncFilterService(Generic[Req, Res]):
+    __slots__ = ("inner", "name", "predicate")
+
+    def __init__(
+        self,
+        inner: Service[Req, Res],
+        predicate: Callable[[Req], Awaitable[bool]],
+        name: str,
+    ) -> None:
+        self.inner = inner
+        self.predicate = predicate
+        self.name = name
+
+    async def __call__(self, request: Req, /) -> Res:
+        if not await self.predicate(request):
+            raise Filtered(f"request refused by filter {self.name!r}", layer=self.name)
+        return await self.inner(request)
