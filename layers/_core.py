@@ -222,12 +222,37 @@ class _ThreadService(Generic[Req, Res]):
         self.__wrapped__ = function
 
     async def __call__(self, request: Req, /) -> Res:
-        response = await anyio.to_thread.run_sync(
-            self._function,
-            request,
-            abandon_on_cancel=self._abandon_on_cancel,
-            limiter=self._limiter,
-        )
+        if self._abandon_on_cancel:
+            return await anyio.to_thread.run_sync(
+                self._call, request, abandon_on_cancel=True, limiter=self._limiter
+            )
+        # Wait for the thread whatever cancels us. anyio's shield holds off
+        # anyio's own cancellation but not a bare Task.cancel() (asyncio's
+        # timeouts, ours included), so the thread runs in a child task, which
+        # a task group always waits for.
+        outcome: list[Any] = []
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._run_to_end, request, outcome)
+        value, error = outcome
+        if error is not None:
+            try:
+                raise error
+            finally:
+                del error, outcome
+        return cast(Res, value)
+
+    async def _run_to_end(self, request: Req, outcome: list[Any]) -> None:
+        try:
+            value = await anyio.to_thread.run_sync(
+                self._call, request, limiter=self._limiter
+            )
+        except Exception as error:  # re-raised unchanged by __call__
+            outcome += (None, error)
+        else:
+            outcome += (value, None)
+
+    def _call(self, request: Req) -> Res:
+        response = self._function(request)
         if inspect.isawaitable(response):
             if inspect.iscoroutine(response):
                 response.close()

@@ -6,6 +6,7 @@ Each is a layer (usable anywhere a layer is) and a
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar, cast, final
 
@@ -219,8 +220,20 @@ class _FilterService(Generic[Req, Res]):
         self.name = name
 
     async def __call__(self, request: Req, /) -> Res:
-        if not self.predicate(request):
-            raise Filtered(f"request refused by filter {self.name!r}", layer=self.name)
+        admitted: object = self.predicate(request)
+        if admitted is not True:
+            if inspect.isawaitable(admitted):
+                if inspect.iscoroutine(admitted):
+                    admitted.close()
+                raise TypeError(
+                    f"the predicate of filter {self.name!r} returned an awaitable "
+                    "but is not an async def; make it one (an awaitable is not "
+                    "an answer: it would admit every request)"
+                )
+            if not admitted:
+                raise Filtered(
+                    f"request refused by filter {self.name!r}", layer=self.name
+                )
         return await self.inner(request)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 import types
 from collections.abc import Callable
-from typing import Any, ClassVar, Final, Literal
+from typing import Any, ClassVar, Final, Literal, Protocol
 
 import attrs
 import structlog
@@ -32,9 +32,6 @@ __all__ = [
 ]
 
 Level = Literal["debug", "info", "warning", "error"]
-
-Sink = Callable[["Event"], None]
-"""A callable that receives every event a layer emits."""
 
 
 @attrs.frozen(kw_only=True)
@@ -72,6 +69,14 @@ class TimeoutElapsed(Event):
     timeout: float
 
 
+class Sink(Protocol):
+    """A callable that receives every event a layer emits (see :func:`add_sink`)."""
+
+    def __call__(self, event: Event, /) -> None:
+        """Handle one event; must not block."""
+        ...
+
+
 class _State:
     """The installed sinks, swapped whole so that emitting needs no lock."""
 
@@ -107,7 +112,7 @@ def add_sink(sink: Sink) -> Callable[[], None]:
 
 def remove_sink(sink: Sink) -> None:
     """Stop sending events to *sink* (no error if it was not installed)."""
-    STATE.sinks = tuple(s for s in STATE.sinks if s is not sink)
+    STATE.sinks = tuple(s for s in STATE.sinks if s != sink)
 
 
 def set_logging(enabled: bool) -> None:

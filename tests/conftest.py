@@ -6,9 +6,9 @@ import os
 from typing import Any
 
 import hypothesis
-import looptime
 import pytest
-import trio.testing
+
+from layers.testing import virtual_time_backend
 
 # No per-example deadline: virtual time makes wall-clock timing meaningless,
 # and shared CI machines are slow. CI also derandomizes, so a failure there
@@ -30,6 +30,5 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
     # Every async test runs on both backends, on virtual time with a fresh
     # clock that starts at 0 and jumps to the next deadline when all tasks wait.
     # Tests marked `realtime` override this fixture to use the real clock.
-    if request.param == "trio":
-        return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
-    return ("asyncio", {"loop_factory": lambda: looptime.new_event_loop(start=0.0)})
+    # The same recipe that layers.testing documents for users' own tests.
+    return virtual_time_backend(request.param)

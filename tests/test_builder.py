@@ -1,0 +1,321 @@
+"""ServiceBuilder: order, immutability, acting as a layer, building and shared state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+
+import layers
+from layers import Identity, Service, ServiceBuilder, Stack, layer_fn
+
+pytestmark = pytest.mark.anyio
+
+
+def recording(name: str, seen: list[str]) -> layers.LayerFn[Any, Any, Any, Any]:
+    """A layer that records the request going in and the response coming out."""
+
+    def wrap(inner: Service[Any, Any]) -> Service[Any, Any]:
+        async def call(request: Any) -> Any:
+            seen.append(f"{name} in")
+            response = await inner(request)
+            seen.append(f"{name} out")
+            return response
+
+        return call
+
+    return layer_fn(wrap)
+
+
+def handler_recording(seen: list[str]) -> Service[Any, Any]:
+    """The innermost service: records that it was called and echoes."""
+
+    async def handler(request: Any) -> Any:
+        seen.append("handler")
+        return request
+
+    return handler
+
+
+async def echo(request: Any) -> Any:
+    """Echo the request."""
+    return request
+
+
+# -- order --------------------------------------------------------------------
+
+
+async def test_first_layer_added_is_outermost() -> None:
+    """Requests pass the layers in the order added; responses come back in reverse."""
+    seen: list[str] = []
+    svc = (
+        ServiceBuilder()
+        .layer(recording("a", seen))
+        .layer(recording("b", seen))
+        .layer(recording("c", seen))
+        .service(handler_recording(seen))
+    )
+    assert await svc("x") == "x"
+    assert seen == ["a in", "b in", "c in", "handler", "c out", "b out", "a out"]
+
+
+async def test_empty_builder_returns_the_service_itself() -> None:
+    """A builder with no layers returns the inner service unchanged."""
+    assert ServiceBuilder().service(echo) is echo
+    assert ServiceBuilder().layers == ()
+
+
+# -- immutability -------------------------------------------------------------
+
+
+def test_extending_a_builder_leaves_it_unchanged() -> None:
+    """Adding a layer returns a new builder; the original's layers stay the same."""
+    a = Identity()
+    base = ServiceBuilder().layer(a)
+    extended = base.layer(Identity()).timeout(1)
+    assert base.layers == (a,)
+    assert len(extended.layers) == 3
+    assert extended is not base
+
+
+async def test_two_branches_from_one_base_are_independent() -> None:
+    """Two builders extended from one base do not see each other's layers."""
+    seen: list[str] = []
+    base = ServiceBuilder().layer(recording("base", seen))
+    left = base.layer(recording("left", seen))
+    right = base.layer(recording("right", seen))
+    assert left.layers[0] is right.layers[0] is base.layers[0]
+    assert left.layers[1] is not right.layers[1]
+
+    await left.service(handler_recording(seen))("x")
+    assert seen == ["base in", "left in", "handler", "left out", "base out"]
+    seen.clear()
+    await right.service(handler_recording(seen))("x")
+    assert seen == ["base in", "right in", "handler", "right out", "base out"]
+
+
+# -- .layer, and the builder as a layer ---------------------------------------
+
+
+def test_layer_adds_the_layer() -> None:
+    """.layer(l) appends l to the builder's layers."""
+    first, second = Identity(), layers.Timeout(1)
+    builder = ServiceBuilder().layer(first).layer(second)
+    assert builder.layers == (first, second)
+
+
+async def test_builder_is_a_layer_that_builds_the_service() -> None:
+    """builder.layer(service) returns the stacked service, as .service does."""
+    seen: list[str] = []
+    builder = ServiceBuilder().layer(recording("a", seen))
+    svc = builder.layer(handler_recording(seen))
+    assert not isinstance(svc, ServiceBuilder)
+    assert await svc("x") == "x"
+    assert seen == ["a in", "handler", "a out"]
+
+
+async def test_builder_added_to_another_builder_keeps_order() -> None:
+    """A builder added with .layer sits where it was added, its own order kept."""
+    seen: list[str] = []
+    inner_builder = (
+        ServiceBuilder().layer(recording("b", seen)).layer(recording("c", seen))
+    )
+    svc = (
+        ServiceBuilder()
+        .layer(recording("a", seen))
+        .layer(inner_builder)
+        .layer(recording("d", seen))
+        .service(handler_recording(seen))
+    )
+    await svc("x")
+    assert seen == [
+        *("a in", "b in", "c in", "d in"),
+        "handler",
+        *("d out", "c out", "b out", "a out"),
+    ]
+
+
+def test_into_layer_of_an_empty_builder_is_identity() -> None:
+    """An empty builder's into_layer() is an Identity."""
+    assert isinstance(ServiceBuilder().into_layer(), Identity)
+
+
+def test_into_layer_of_one_layer_is_that_layer() -> None:
+    """A builder with one layer gives that very layer."""
+    only = layers.Timeout(1)
+    assert ServiceBuilder().layer(only).into_layer() is only
+
+
+def test_into_layer_of_several_layers_is_a_stack() -> None:
+    """A builder with several layers gives a Stack of them, in order."""
+    a, b = Identity(), layers.Timeout(1)
+    stack = ServiceBuilder().layer(a).layer(b).into_layer()
+    assert isinstance(stack, Stack)
+    assert stack.layers == (a, b)
+
+
+async def test_into_layer_reused_in_another_builder_keeps_order() -> None:
+    """A stack from into_layer() reused inside another builder keeps its order."""
+    seen: list[str] = []
+    reusable = (
+        ServiceBuilder()
+        .layer(recording("b", seen))
+        .layer(recording("c", seen))
+        .into_layer()
+    )
+    svc = (
+        ServiceBuilder()
+        .layer(recording("a", seen))
+        .layer(reusable)
+        .layer(recording("d", seen))
+        .service(handler_recording(seen))
+    )
+    await svc("x")
+    assert seen == [
+        *("a in", "b in", "c in", "d in"),
+        "handler",
+        *("d out", "c out", "b out", "a out"),
+    ]
+
+
+# -- decorator ----------------------------------------------------------------
+
+
+async def test_builder_works_as_a_decorator() -> None:
+    """@ServiceBuilder().timeout(1) on an async def gives the stacked service."""
+
+    @ServiceBuilder().timeout(1)
+    async def slow(request: str) -> str:
+        await anyio.sleep(5)
+        return request
+
+    assert isinstance(slow, layers.TimeoutService)
+    with pytest.raises(layers.Elapsed):
+        await slow("x")
+
+
+# -- option_layer -------------------------------------------------------------
+
+
+def test_option_layer_none_adds_nothing() -> None:
+    """option_layer(None) adds no layer."""
+    base = ServiceBuilder().timeout(1)
+    assert base.option_layer(None).layers == base.layers
+
+
+def test_option_layer_adds_a_layer() -> None:
+    """option_layer(layer) adds it, like .layer."""
+    timeout = layers.Timeout(1)
+    assert ServiceBuilder().option_layer(timeout).layers == (timeout,)
+
+
+@pytest.mark.parametrize("bad", [42, "timeout", echo])
+def test_option_layer_rejects_a_non_layer(bad: Any) -> None:
+    """option_layer with something that is not a layer raises TypeError."""
+    with pytest.raises(TypeError, match="layer"):
+        ServiceBuilder().option_layer(bad)
+
+
+# -- .service -----------------------------------------------------------------
+
+
+def test_service_refuses_a_sync_function() -> None:
+    """.service(sync function) raises TypeError pointing to service_fn."""
+
+    def sync(request: int) -> int:
+        return request
+
+    with pytest.raises(TypeError, match="service_fn"):
+        ServiceBuilder().timeout(1).service(sync)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [42, None, "svc"])
+def test_service_refuses_a_non_callable(bad: Any) -> None:
+    """.service(non-callable) raises TypeError."""
+    with pytest.raises(TypeError, match="inner"):
+        ServiceBuilder().service(bad)
+
+
+def test_layer_with_a_non_callable_non_layer_raises_type_error() -> None:
+    """.layer(42) is neither a layer nor a service: TypeError."""
+    with pytest.raises(TypeError):
+        ServiceBuilder().layer(42)  # type: ignore[call-overload]
+
+
+# -- shared state -------------------------------------------------------------
+
+
+def counting_layer() -> tuple[layers.LayerFn[Any, Any, Any, Any], list[int]]:
+    """A layer whose state (a call count) lives in the layer object's closure."""
+    count = [0]
+
+    def wrap(inner: Service[Any, Any]) -> Service[Any, Any]:
+        async def call(request: Any) -> Any:
+            count[0] += 1
+            return await inner(request)
+
+        return call
+
+    return layer_fn(wrap), count
+
+
+async def test_one_layer_object_on_two_services_shares_state() -> None:
+    """One layer object applied to two services keeps one state for both."""
+    counter, count = counting_layer()
+
+    async def other(request: Any) -> Any:
+        return request
+
+    first = counter.layer(echo)
+    second = counter.layer(other)
+    await first(1)
+    await second(2)
+    await second(3)
+    assert count == [3]
+
+
+async def test_builder_reused_for_two_services_shares_layer_objects() -> None:
+    """A builder reused for two services shares its layer objects and their state."""
+    counter, count = counting_layer()
+    builder = ServiceBuilder().layer(counter).timeout(5)
+    assert builder.layers[0] is counter
+
+    async def other(request: Any) -> Any:
+        return request
+
+    first = builder.service(echo)
+    second = builder.service(other)
+    await first(1)
+    await second(2)
+    assert count == [2]
+    assert builder.layers[0] is counter
+
+
+# -- timeout through the builder ----------------------------------------------
+
+
+async def test_builder_timeout_raises_elapsed_at_the_deadline() -> None:
+    """.timeout(1) on a slow service raises Elapsed after exactly 1 s (virtual)."""
+
+    async def slow(request: str) -> str:
+        await anyio.sleep(10)
+        return request
+
+    svc = ServiceBuilder().timeout(1).service(slow)
+    start = anyio.current_time()
+    with pytest.raises(layers.Elapsed) as info:
+        await svc("x")
+    assert anyio.current_time() - start == pytest.approx(1, abs=0.02)
+    assert info.value.timeout == 1
+    assert info.value.layer == "timeout"
+
+
+async def test_builder_timeout_passes_a_fast_response() -> None:
+    """.timeout(1) returns a response that arrives in time."""
+
+    async def quick(request: str) -> str:
+        await anyio.sleep(0.5)
+        return request
+
+    assert await ServiceBuilder().timeout(1).service(quick)("x") == "x"

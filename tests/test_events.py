@@ -1,0 +1,206 @@
+"""Events: sinks, emit, a broken sink, and the default structlog sink."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+import structlog.testing
+
+import layers
+from layers import events
+from layers.events import Event, TimeoutElapsed
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True)
+def default_sinks() -> Iterator[None]:
+    """Each test starts with and leaves the default state: logging on, no sink."""
+    saved = events.STATE.sinks
+    events.set_logging(True)
+    yield
+    events.STATE.sinks = saved
+    events.set_logging(True)
+
+
+def event() -> TimeoutElapsed:
+    """A sample event."""
+    return TimeoutElapsed(layer="db", timeout=2.5)
+
+
+def test_add_sink_receives_events() -> None:
+    """A sink added with add_sink gets every emitted event."""
+    received: list[Event] = []
+    layers.add_sink(received.append)
+    sent = event()
+    events.emit(sent)
+    assert received == [sent]
+    assert received[0] is sent
+
+
+def test_remove_sink_stops_events() -> None:
+    """remove_sink stops a sink; removing an unknown sink is no error."""
+    received: list[Event] = []
+
+    def sink(e: Event) -> None:
+        received.append(e)
+
+    layers.add_sink(sink)
+    events.emit(event())
+    layers.remove_sink(sink)
+    events.emit(event())
+    assert len(received) == 1
+    layers.remove_sink(sink)
+
+
+def test_remove_sink_removes_a_bound_method_sink() -> None:
+    """remove_sink(obj.method) removes the sink added as add_sink(obj.method)."""
+    received: list[Event] = []
+    layers.add_sink(received.append)
+    layers.remove_sink(received.append)
+    events.emit(event())
+    assert received == []
+
+
+def test_add_sink_returns_a_remover() -> None:
+    """The function add_sink returns removes that sink."""
+    received: list[Event] = []
+    remove = layers.add_sink(received.append)
+    events.emit(event())
+    remove()
+    events.emit(event())
+    assert len(received) == 1
+    assert received.append not in events.STATE.sinks
+
+
+def test_add_sink_refuses_a_non_callable() -> None:
+    """add_sink with a non-callable raises TypeError."""
+    with pytest.raises(TypeError, match="sink"):
+        layers.add_sink(42)  # type: ignore[arg-type]
+
+
+def test_emit_calls_sinks_in_order() -> None:
+    """Sinks are called in the order they were added."""
+    calls: list[str] = []
+    layers.set_logging(False)
+    layers.add_sink(lambda e: calls.append("first"))
+    layers.add_sink(lambda e: calls.append("second"))
+    layers.add_sink(lambda e: calls.append("third"))
+    events.emit(event())
+    assert calls == ["first", "second", "third"]
+
+
+def test_a_raising_sink_does_not_break_emit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sink that raises is reported to sys.unraisablehook; later sinks still run."""
+    reports: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", reports.append)
+    error = RuntimeError("sink broke")
+
+    def broken(_: Event) -> None:
+        raise error
+
+    received: list[Event] = []
+    layers.set_logging(False)
+    layers.add_sink(broken)
+    layers.add_sink(received.append)
+    sent = event()
+    events.emit(sent)
+
+    assert received == [sent]
+    assert len(reports) == 1
+    report = reports[0]
+    assert report.exc_type is RuntimeError
+    assert report.exc_value is error
+    assert report.exc_traceback is error.__traceback__
+    assert report.object is sent
+    assert "sink" in report.err_msg
+
+
+def test_event_fields_carry_the_layer_and_timeout() -> None:
+    """TimeoutElapsed's fields are its layer name and timeout; its name is elapsed."""
+    assert event().fields() == {"layer": "db", "timeout": 2.5}
+    assert TimeoutElapsed.event == "elapsed"
+    assert TimeoutElapsed.level == "warning"
+
+
+def test_logging_on_logs_events_with_structlog() -> None:
+    """With logging on, an event is logged with its name, level and fields."""
+    with structlog.testing.capture_logs() as logs:
+        events.emit(event())
+    assert logs == [
+        {"event": "elapsed", "log_level": "warning", "layer": "db", "timeout": 2.5}
+    ]
+
+
+def test_set_logging_false_removes_the_default_sink() -> None:
+    """set_logging(False) stops the structlog sink; other sinks still get events."""
+    received: list[Event] = []
+    layers.add_sink(received.append)
+    layers.set_logging(False)
+    with structlog.testing.capture_logs() as logs:
+        events.emit(event())
+    assert logs == []
+    assert len(received) == 1
+
+
+def test_set_logging_false_leaves_no_sink_by_default() -> None:
+    """With logging off and no sink added, nobody listens (STATE.sinks is falsy)."""
+    layers.set_logging(False)
+    assert not events.STATE.sinks
+
+
+def test_set_logging_true_restores_the_default_sink_once() -> None:
+    """set_logging(True) restores logging; calling it twice logs each event once."""
+    layers.set_logging(False)
+    layers.set_logging(True)
+    layers.set_logging(True)
+    with structlog.testing.capture_logs() as logs:
+        events.emit(event())
+    assert [entry["event"] for entry in logs] == ["elapsed"]
+
+
+async def test_timeout_expiry_is_logged() -> None:
+    """A Timeout that expires logs an "elapsed" warning with its name and timeout."""
+
+    async def slow(request: str) -> str:
+        await anyio.sleep(10)
+        return request
+
+    svc = layers.Timeout(1.5, name="api").layer(slow)
+    with structlog.testing.capture_logs() as logs, pytest.raises(layers.Elapsed):
+        await svc("x")
+    assert logs == [
+        {"event": "elapsed", "log_level": "warning", "layer": "api", "timeout": 1.5}
+    ]
+
+
+async def test_timeout_expiry_with_logging_off_logs_nothing() -> None:
+    """With logging off, an expiring Timeout logs nothing and still raises."""
+
+    async def slow(request: str) -> str:
+        await anyio.sleep(10)
+        return request
+
+    layers.set_logging(False)
+    svc = layers.Timeout(1.5, name="api").layer(slow)
+    with structlog.testing.capture_logs() as logs, pytest.raises(layers.Elapsed):
+        await svc("x")
+    assert logs == []
+
+
+async def test_timeout_expiry_reaches_a_sink() -> None:
+    """A sink receives a TimeoutElapsed event when a Timeout expires."""
+    received: list[Event] = []
+    layers.add_sink(received.append)
+
+    async def slow(request: str) -> str:
+        await anyio.sleep(10)
+        return request
+
+    with pytest.raises(layers.Elapsed):
+        await layers.Timeout(1, name="api").layer(slow)("x")
+    assert received == [TimeoutElapsed(layer="api", timeout=1)]
