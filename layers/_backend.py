@@ -23,7 +23,10 @@ lands at the same time still propagates as a cancellation.
 delivered one loop iteration after the deadline, and not while the task is
 about to resume with a result (its awaited future is done) or already has a
 cancellation pending; then it is retried on the next iteration, as anyio's
-cancel scopes do.
+cancel scopes do. On a virtual clock (looptime), where the time stands still
+while callbacks are ready, it also waits (a bounded number of iterations) for
+the other work due at that instant, as trio's ``MockClock`` does: an event
+set by a task that wakes exactly at the deadline still wins.
 
 Timeout on trio: a :class:`trio.CancelScope` with the deadline, which trio's
 own deadline heap serves. Its deadline is one float step past the recorded
@@ -33,6 +36,7 @@ one, so that work finishing exactly at the deadline completes first.
 from __future__ import annotations
 
 import sys
+import time
 import weakref
 from asyncio import AbstractEventLoop, CancelledError, Task, TimerHandle, current_task
 from asyncio import _get_running_loop as get_running_loop  # pyright: ignore[reportPrivateUsage]
@@ -49,6 +53,12 @@ Res = TypeVar("Res")
 
 _SLOTS_PER_SECOND: Final = 64
 _CANCEL_MESSAGE: Final = "deadline exceeded (layers.Timeout)"
+# asyncio runs a timer handle once the clock is within this of its time
+# (BaseEventLoop._clock_resolution); a deadline so close to now has passed.
+_CLOCK_RESOLUTION: Final = time.get_clock_info("monotonic").resolution
+# How many loop iterations a due cancellation waits at most for the other
+# work ready at the same instant of a virtual clock (see _Wheel._deliver).
+_SETTLE_ROUNDS: Final = 64
 
 # entry states
 _WAITING: Final = 0
@@ -109,7 +119,7 @@ class _Wheel:
 
     def _fire(self, bucket: _Bucket) -> None:
         assert self.loop is not None
-        now = self.loop.time()
+        now = self.loop.time() + _CLOCK_RESOLUTION
         bucket.handle = None
         due: list[tuple[int, _Entry]] = []
         earliest = inf
@@ -131,9 +141,18 @@ class _Wheel:
             self.loop.call_soon(self._deliver, bucket.entries, due)
 
     def _deliver(
-        self, entries: dict[int, _Entry], due: list[tuple[int, _Entry]]
+        self,
+        entries: dict[int, _Entry],
+        due: list[tuple[int, _Entry]],
+        rounds: int = 0,
     ) -> None:
         assert self.loop is not None
+        # On a virtual clock (looptime) the time stands still while callbacks
+        # are ready: let the other work due at the deadline run first (a task
+        # that wakes at the deadline and sets what the call waits for), as
+        # trio's MockClock does. On a real clock the time has moved on by now.
+        settle = rounds < _SETTLE_ROUNDS and bool(getattr(self.loop, "_ready", None))
+        now = self.loop.time() - _CLOCK_RESOLUTION
         again: list[tuple[int, _Entry]] = []
         for token, entry in due:
             if entries.get(token) is not entry:
@@ -142,15 +161,17 @@ class _Wheel:
             if task.done():
                 continue
             waiter = getattr(task, "_fut_waiter", None)
-            if getattr(task, "_must_cancel", False) or (
-                waiter is not None and waiter.done()
+            if (
+                getattr(task, "_must_cancel", False)
+                or (waiter is not None and waiter.done())
+                or (settle and now <= entry[1])
             ):
                 again.append((token, entry))  # about to resume: let it run first
                 continue
             entry[3] = _FIRED
             task.cancel(_CANCEL_MESSAGE)
         if again:
-            self.loop.call_soon(self._deliver, entries, again)
+            self.loop.call_soon(self._deliver, entries, again, rounds + 1)
 
 
 _wheels: weakref.WeakKeyDictionary[AbstractEventLoop, _Wheel] = (

@@ -16,6 +16,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast, final, overload
 
+import anyio.lowlevel
 import anyio.to_thread
 
 from ._config import check_callable
@@ -233,6 +234,9 @@ class _ThreadService(Generic[Req, Res]):
         outcome: list[Any] = []
         async with anyio.create_task_group() as group:
             group.start_soon(self._run_to_end, request, outcome)
+        # Cancelled while the thread ran (trio's task group does not re-raise
+        # it): the outcome is discarded, as documented.
+        await anyio.lowlevel.checkpoint_if_cancelled()
         value, error = outcome
         if error is not None:
             try:

@@ -116,7 +116,9 @@ def test_mock_rejects_bad_delay() -> None:
 
 async def test_capture_events_filters_by_type() -> None:
     """capture_events collects emitted events, optionally of given types only."""
-    svc = layers.Timeout(1, name="db").layer(MockService[int, int]().respond(1, delay=5))
+    svc = layers.Timeout(1, name="db").layer(
+        MockService[int, int]().respond(1, delay=5)
+    )
     with capture_events() as everything, capture_events(layers.TimeoutElapsed) as only:
         with pytest.raises(layers.Elapsed):
             await svc(0)

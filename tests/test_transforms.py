@@ -371,3 +371,21 @@ def test_empty_filter_name_is_a_configuration_error(make: Callable[[], Any]) -> 
     """An empty name raises ConfigurationError naming `name`."""
     with pytest.raises(ConfigurationError, match="name"):
         make()
+
+
+async def test_filter_sync_predicate_returning_awaitable_is_refused() -> None:
+    """A sync predicate that returns a coroutine is an error, not an admission."""
+
+    async def check(request: int) -> bool:
+        return False
+
+    called = []
+
+    async def inner(request: int) -> int:
+        called.append(request)
+        return request
+
+    svc = layers.Filter(lambda r: check(r)).layer(inner)
+    with pytest.raises(TypeError, match="async def"):
+        await svc(1)
+    assert called == []

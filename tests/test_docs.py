@@ -1,0 +1,63 @@
+"""The examples in layers' docstrings run under plain doctest.
+
+The docs build runs them too (``sphinx-build -b doctest``, the nox ``docs``
+session); this test runs them with the standard library's doctest, with the
+same option flags as Sphinx, so a broken example fails the test suite.
+"""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pkgutil
+from types import ModuleType
+
+import pytest
+
+import layers
+import layers.events
+
+# Sphinx's doctest builder defaults (doctest_default_flags).
+FLAGS = (
+    doctest.ELLIPSIS | doctest.IGNORE_EXCEPTION_DETAIL | doctest.DONT_ACCEPT_TRUE_FOR_1
+)
+
+
+def _module_names() -> list[str]:
+    names = [layers.__name__]
+    names += [
+        info.name
+        for info in pkgutil.walk_packages(layers.__path__, f"{layers.__name__}.")
+    ]
+    return sorted(names)
+
+
+def _import(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:  # an optional extra is not installed
+        pytest.skip(f"{name} needs {error.name}")
+
+
+@pytest.mark.parametrize("name", _module_names())
+def test_docstring_examples(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ``>>>`` example in the module's docstrings gives its shown output."""
+    # No sinks: the default structlog sink would print timestamped log lines
+    # into the examples' output. Restored after the test.
+    monkeypatch.setattr(layers.events.STATE, "sinks", ())
+    module = _import(name)
+    result = doctest.testmod(module, optionflags=FLAGS, verbose=False)
+    assert result.failed == 0, f"{result.failed} docstring example(s) failed in {name}"
+
+
+def test_some_examples_exist() -> None:
+    """The package has docstring examples at all (the test above is not vacuous)."""
+    finder = doctest.DocTestFinder()
+    total = 0
+    for name in _module_names():
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError:  # an optional extra is not installed
+            continue
+        total += sum(len(test.examples) for test in finder.find(module))
+    assert total >= 10
