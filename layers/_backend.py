@@ -38,10 +38,20 @@ from __future__ import annotations
 import sys
 import time
 import weakref
-from asyncio import AbstractEventLoop, CancelledError, Task, TimerHandle, current_task
+from asyncio import (
+    AbstractEventLoop,
+    BaseEventLoop,
+    CancelledError,
+    Task,
+    TimerHandle,
+    current_task,
+)
 from asyncio import _get_running_loop as get_running_loop  # pyright: ignore[reportPrivateUsage]
+from asyncio import tasks as asyncio_tasks
 from collections.abc import Awaitable, Callable
 from math import floor, inf, nextafter
+from threading import get_ident
+from time import monotonic
 from typing import Any, Final, Protocol, TypeVar
 
 from ._deadline import DEADLINE
@@ -92,11 +102,22 @@ class _Bucket:
 
 
 class _Wheel:
-    __slots__ = ("__weakref__", "buckets", "loop")
+    __slots__ = ("__weakref__", "buckets", "clock", "loop", "native")
 
     def __init__(self, loop: AbstractEventLoop | None) -> None:
-        self.loop = loop
+        self.loop: Any = loop
         self.buckets: dict[int, _Bucket] = {}
+        # The stock loops record the thread they run on: a cheap, exact test
+        # that this wheel's loop is the running one (get_running_loop() makes
+        # a getpid() system call per call on Python 3.11).
+        self.native = loop is not None and hasattr(loop, "_thread_id")
+        # loop.time() is time.monotonic() unless the loop has its own clock
+        # (looptime's virtual clock): call the C function directly then.
+        self.clock: Callable[[], float] = (
+            monotonic
+            if loop is None or type(loop).time is BaseEventLoop.time
+            else loop.time
+        )
 
     def schedule(self, deadline: float) -> _Bucket:
         """Return the bucket for *deadline*, its timer set no later than it."""
@@ -192,6 +213,13 @@ def _wheel_for(loop: AbstractEventLoop) -> _Wheel:
     return wheel
 
 
+# Python 3.11's current_task() is a Python function; its table is a dict.
+_current_task: Callable[[AbstractEventLoop], Task[Any] | None] = (
+    getattr(asyncio_tasks, "_current_tasks", {}).get
+    if sys.version_info < (3, 12) and hasattr(asyncio_tasks, "_current_tasks")
+    else current_task
+)
+
 _get_deadline = DEADLINE.get
 _set_deadline = DEADLINE.set
 _reset_deadline = DEADLINE.reset
@@ -199,20 +227,33 @@ _reset_deadline = DEADLINE.reset
 
 async def timeout_call(service: TimedService[Req, Res], request: Req, /) -> Res:
     """Call ``service.inner(request)``, cancelled ``service.seconds`` from now."""
-    loop = get_running_loop()
-    if loop is None:
-        return await _trio_timeout_call(service, request)
-    deadline = loop.time() + service.seconds
+    wheel = _last_wheel
+    if not wheel.native or wheel.loop._thread_id != get_ident():
+        loop = get_running_loop()
+        if loop is None:  # not asyncio: trio (kept inline: no extra coroutine)
+            trio = _trio or _import_trio()
+            deadline = trio.current_time() + service.seconds
+            outer = _get_deadline()
+            if outer is not None and outer < deadline:
+                deadline = outer
+            token = _set_deadline(deadline)
+            try:
+                with trio.CancelScope(deadline=nextafter(deadline, inf)):
+                    return await service.inner(request)
+            finally:
+                _reset_deadline(token)
+            # Only our own scope's cancellation ends the block without a return.
+            raise service.elapsed()
+        if wheel.loop is not loop:
+            wheel = _wheel_for(loop)
+    deadline = wheel.clock() + service.seconds
     outer = _get_deadline()
     if outer is not None and outer < deadline:
         deadline = outer
-    wheel = _last_wheel
-    if wheel.loop is not loop:
-        wheel = _wheel_for(loop)
     bucket = wheel.buckets.get(floor(deadline * _SLOTS_PER_SECOND))
     if bucket is None or deadline < bucket.when:
         bucket = wheel.schedule(deadline)
-    task: Task[Any] = current_task(loop)  # type: ignore[assignment]
+    task: Task[Any] = _current_task(wheel.loop)  # type: ignore[assignment]
     entry: _Entry = [task, deadline, task.cancelling(), _WAITING]
     key = id(entry)
     entries = bucket.entries
@@ -237,23 +278,9 @@ async def timeout_call(service: TimedService[Req, Res], request: Req, /) -> Res:
 _trio: Any = None
 
 
-async def _trio_timeout_call(service: TimedService[Req, Res], request: Req) -> Res:
+def _import_trio() -> Any:
     global _trio
-    trio = _trio
-    if trio is None:
-        trio = sys.modules.get("trio")
-        if trio is None:
-            raise RuntimeError("layers needs a running asyncio or trio event loop")
-        _trio = trio
-    deadline = trio.current_time() + service.seconds
-    outer = _get_deadline()
-    if outer is not None and outer < deadline:
-        deadline = outer
-    token = _set_deadline(deadline)
-    try:
-        with trio.CancelScope(deadline=nextafter(deadline, inf)):
-            return await service.inner(request)
-    finally:
-        _reset_deadline(token)
-    # Only our own scope's cancellation ends the block without a return.
-    raise service.elapsed()
+    _trio = sys.modules.get("trio")
+    if _trio is None:
+        raise RuntimeError("layers needs a running asyncio or trio event loop")
+    return _trio

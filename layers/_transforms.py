@@ -41,19 +41,12 @@ class MapRequest(Generic[A, B]):
 
     def layer(self, inner: Service[B, Res], /) -> Service[A, Res]:
         """Wrap *inner*."""
-        return _MapRequestService(inner, self.function)
+        function = self.function
 
+        async def map_request(request: A, /) -> Res:
+            return await inner(function(request))
 
-@final
-class _MapRequestService(Generic[A, B, Res]):
-    __slots__ = ("function", "inner")
-
-    def __init__(self, inner: Service[B, Res], function: Callable[[A], B]) -> None:
-        self.inner = inner
-        self.function = function
-
-    async def __call__(self, request: A, /) -> Res:
-        return await self.inner(self.function(request))
+        return map_request
 
 
 @final
@@ -72,19 +65,12 @@ class MapResponse(Generic[A, B]):
 
     def layer(self, inner: Service[Req, A], /) -> Service[Req, B]:
         """Wrap *inner*."""
-        return _MapResponseService(inner, self.function)
+        function = self.function
 
+        async def map_response(request: Req, /) -> B:
+            return function(await inner(request))
 
-@final
-class _MapResponseService(Generic[Req, A, B]):
-    __slots__ = ("function", "inner")
-
-    def __init__(self, inner: Service[Req, A], function: Callable[[A], B]) -> None:
-        self.inner = inner
-        self.function = function
-
-    async def __call__(self, request: Req, /) -> B:
-        return self.function(await self.inner(request))
+        return map_response
 
 
 @final
@@ -103,21 +89,12 @@ class AndThen(Generic[A, B]):
 
     def layer(self, inner: Service[Req, A], /) -> Service[Req, B]:
         """Wrap *inner*."""
-        return _AndThenService(inner, self.function)
+        function = self.function
 
+        async def and_then(request: Req, /) -> B:
+            return await function(await inner(request))
 
-@final
-class _AndThenService(Generic[Req, A, B]):
-    __slots__ = ("function", "inner")
-
-    def __init__(
-        self, inner: Service[Req, A], function: Callable[[A], Awaitable[B]]
-    ) -> None:
-        self.inner = inner
-        self.function = function
-
-    async def __call__(self, request: Req, /) -> B:
-        return await self.function(await self.inner(request))
+        return and_then
 
 
 @final
@@ -154,27 +131,18 @@ class MapErr:
 
     def layer(self, inner: Service[Req, Res], /) -> Service[Req, Res]:
         """Wrap *inner*."""
-        return _MapErrService(inner, self.function)
+        function = self.function
 
+        async def map_err(request: Req, /) -> Res:
+            try:
+                return await inner(request)
+            except Exception as error:
+                replacement = function(error)
+                if replacement is error:
+                    raise
+                raise replacement from error
 
-@final
-class _MapErrService(Generic[Req, Res]):
-    __slots__ = ("function", "inner")
-
-    def __init__(
-        self, inner: Service[Req, Res], function: Callable[[Exception], Exception]
-    ) -> None:
-        self.inner = inner
-        self.function = function
-
-    async def __call__(self, request: Req, /) -> Res:
-        try:
-            return await self.inner(request)
-        except Exception as error:
-            replacement = self.function(error)
-            if replacement is error:
-                raise
-            raise replacement from error
+        return map_err
 
 
 @final
@@ -200,58 +168,31 @@ class Filter(Generic[Req]):
 
     def layer(self, inner: Service[Req, Res], /) -> Service[Req, Res]:
         """Wrap *inner*."""
+        name = self.name
         if is_async_callable(self.predicate):
-            predicate = cast(Callable[[Req], Awaitable[bool]], self.predicate)
-            return _AsyncFilterService(inner, predicate, self.name)
-        return _FilterService(
-            inner, cast(Callable[[Req], bool], self.predicate), self.name
-        )
+            check = cast(Callable[[Req], Awaitable[bool]], self.predicate)
 
+            async def async_filter(request: Req, /) -> Res:
+                if not await check(request):
+                    raise Filtered(f"request refused by filter {name!r}", layer=name)
+                return await inner(request)
 
-@final
-class _FilterService(Generic[Req, Res]):
-    __slots__ = ("inner", "name", "predicate")
+            return async_filter
+        predicate = cast(Callable[[Req], object], self.predicate)
 
-    def __init__(
-        self, inner: Service[Req, Res], predicate: Callable[[Req], bool], name: str
-    ) -> None:
-        self.inner = inner
-        self.predicate = predicate
-        self.name = name
+        async def sync_filter(request: Req, /) -> Res:
+            admitted = predicate(request)
+            if admitted is not True:
+                if inspect.isawaitable(admitted):
+                    if inspect.iscoroutine(admitted):
+                        admitted.close()
+                    raise TypeError(
+                        f"the predicate of filter {name!r} returned an awaitable "
+                        "but is not an async def; make it one (an awaitable is not "
+                        "an answer: it would admit every request)"
+                    )
+                if not admitted:
+                    raise Filtered(f"request refused by filter {name!r}", layer=name)
+            return await inner(request)
 
-    async def __call__(self, request: Req, /) -> Res:
-        admitted: object = self.predicate(request)
-        if admitted is not True:
-            if inspect.isawaitable(admitted):
-                if inspect.iscoroutine(admitted):
-                    admitted.close()
-                raise TypeError(
-                    f"the predicate of filter {self.name!r} returned an awaitable "
-                    "but is not an async def; make it one (an awaitable is not "
-                    "an answer: it would admit every request)"
-                )
-            if not admitted:
-                raise Filtered(
-                    f"request refused by filter {self.name!r}", layer=self.name
-                )
-        return await self.inner(request)
-
-
-@final
-class _AsyncFilterService(Generic[Req, Res]):
-    __slots__ = ("inner", "name", "predicate")
-
-    def __init__(
-        self,
-        inner: Service[Req, Res],
-        predicate: Callable[[Req], Awaitable[bool]],
-        name: str,
-    ) -> None:
-        self.inner = inner
-        self.predicate = predicate
-        self.name = name
-
-    async def __call__(self, request: Req, /) -> Res:
-        if not await self.predicate(request):
-            raise Filtered(f"request refused by filter {self.name!r}", layer=self.name)
-        return await self.inner(request)
+        return sync_filter

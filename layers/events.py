@@ -14,6 +14,7 @@ Events never carry request or response payloads.
 from __future__ import annotations
 
 import sys
+import traceback
 import types
 from collections.abc import Callable
 from typing import Any, ClassVar, Final, Literal, Protocol
@@ -22,7 +23,9 @@ import attrs
 import structlog
 
 __all__ = [
+    "STATE",
     "Event",
+    "Level",
     "Sink",
     "TimeoutElapsed",
     "add_sink",
@@ -32,6 +35,7 @@ __all__ = [
 ]
 
 Level = Literal["debug", "info", "warning", "error"]
+"""The log levels an event can have (:attr:`Event.level`)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -139,15 +143,25 @@ def emit(event: Event) -> None:
         try:
             sink(event)
         except Exception as error:  # a broken sink must not fail the call
-            sys.unraisablehook(
-                types.SimpleNamespace(
-                    exc_type=type(error),
-                    exc_value=error,
-                    exc_traceback=error.__traceback__,
-                    err_msg=f"Exception in layers event sink {sink!r}",
-                    object=event,
-                )  # pyright: ignore[reportArgumentType]
-            )
+            _report_broken_sink(sink, event, error)
+
+
+def _report_broken_sink(sink: Sink, event: Event, error: Exception) -> None:
+    message = f"Exception in layers event sink {sink!r}"
+    if sys.unraisablehook is sys.__unraisablehook__:
+        # The default hook takes only its own UnraisableHookArgs type.
+        print(f"{message} for {event!r}:", file=sys.stderr)
+        traceback.print_exception(error, file=sys.stderr)
+        return
+    sys.unraisablehook(
+        types.SimpleNamespace(  # pyright: ignore[reportArgumentType]
+            exc_type=type(error),
+            exc_value=error,
+            exc_traceback=error.__traceback__,
+            err_msg=message,
+            object=event,
+        )
+    )
 
 
 set_logging(True)

@@ -113,6 +113,7 @@ def capture_events(*types: type[E]) -> Generator[list[E]]:
     Example:
         >>> import anyio, layers
         >>> from layers.testing import capture_events
+        >>> layers.set_logging(False)  # keep structlog's output out of the doctest
         >>> async def slow(request):
         ...     await anyio.sleep(1)
         >>> svc = layers.Timeout(0.01, name="db").layer(slow)
@@ -123,6 +124,7 @@ def capture_events(*types: type[E]) -> Generator[list[E]]:
         ...         pass
         >>> events
         [TimeoutElapsed(layer='db', timeout=0.01)]
+        >>> layers.set_logging(True)
     """
     captured: list[E] = []
 

@@ -1,0 +1,297 @@
+"""Success-path cost of the core layers, as a ratio to a bare ``await f(x)``.
+
+Run::
+
+    python benchmarks/bench_core.py [--backend asyncio|uvloop|trio|all]
+                                    [--rounds N] [--calls N] [--warmup N]
+                                    [--profile CASE]
+
+Inside one event loop per backend, every case is an async callable taking
+``x``; each is timed as a tight loop of ``--calls`` awaits inside one coroutine
+(``time.perf_counter_ns`` around the loop, the garbage collector off). The
+cases run round-robin for ``--rounds`` rounds after ``--warmup`` rounds that
+are not recorded, so drift (frequency scaling, a noisy neighbour) affects all
+of them alike. Each case's figure is the median over rounds of its ns per
+call; the ratio is that median divided by the bare call's median. Nothing is
+subtracted: the ratio is the total cost of one call through the case,
+loop overhead included, in units of one bare call.
+
+The goals checked at the end come from the performance issue:
+
+* five ``map_request`` layers cost at most 8.5x a bare call;
+* on asyncio (and uvloop), one ``Timeout`` costs at most a quarter of
+  ``asyncio.timeout`` measured in the same run;
+* on trio, one ``Timeout`` costs at most what ``trio.fail_after`` costs.
+
+``--profile CASE`` runs that case under :mod:`cProfile` instead (in the same
+event loop) and prints the top functions; see benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+import layers
+from layers._deadline import DEADLINE
+
+Case = Callable[[Any], Awaitable[Any]]
+
+BACKENDS = ("asyncio", "uvloop", "trio")
+
+
+async def f(x: Any) -> Any:
+    """The innermost service: returns at once, never suspends."""
+    return x
+
+
+def ident(x: Any) -> Any:
+    return x
+
+
+def make_cases(backend: str) -> dict[str, Case]:
+    """The cases, in table order; the first one is the bare call."""
+
+    async def wrapper(x: Any) -> Any:
+        return await f(x)
+
+    five_maps = (
+        layers.ServiceBuilder()
+        .map_request(ident)
+        .map_request(ident)
+        .map_request(ident)
+        .map_request(ident)
+        .map_request(ident)
+        .service(f)
+    )
+    timeout = layers.Timeout(10).layer(f)
+    stack = layers.ServiceBuilder().timeout(10).map_request(ident).service(f)
+
+    async def anyio_fail_after(x: Any) -> Any:
+        with anyio.fail_after(10):
+            return await f(x)
+
+    cases: dict[str, Case] = {
+        "bare await f(x)": f,
+        "plain wrapper coroutine": wrapper,
+        "5 x map_request": five_maps,
+        "Timeout(10)": timeout,
+        "Timeout(10), outer deadline": timeout,  # run under an outer deadline
+        "timeout(10) + map_request": stack,
+    }
+    if backend == "trio":
+        import trio
+
+        async def trio_fail_after(x: Any) -> Any:
+            with trio.fail_after(10):
+                return await f(x)
+
+        async def trio_cancel_scope(x: Any) -> Any:
+            with trio.CancelScope():
+                return await f(x)
+
+        cases["trio.fail_after(10)"] = trio_fail_after
+        cases["trio.CancelScope()"] = trio_cancel_scope
+    else:
+        import asyncio
+
+        async def asyncio_timeout(x: Any) -> Any:
+            async with asyncio.timeout(10):
+                return await f(x)
+
+        cases["asyncio.timeout(10)"] = asyncio_timeout
+    cases["anyio.fail_after(10)"] = anyio_fail_after
+    return cases
+
+
+async def timed_loop(case: Case, calls: int) -> int:
+    """Await ``case(i)`` *calls* times; return the elapsed nanoseconds."""
+    clock = time.perf_counter_ns
+    start = clock()
+    for i in range(calls):
+        await case(i)
+    return clock() - start
+
+
+async def run_case(name: str, case: Case, calls: int) -> int:
+    # Let the event loop run once first: the timing loop never yields, and
+    # asyncio's timer heap and trio's deadline heap only drop the entries of
+    # finished calls (cancelled timer handles, exited cancel scopes) when the
+    # loop runs; otherwise they would pile up over the rounds.
+    await anyio.lowlevel.checkpoint()
+    gc.collect()
+    gc.disable()
+    try:
+        if "outer deadline" in name:
+            # as inside an enclosing Timeout(5): the inner deadline is clamped
+            token = DEADLINE.set(anyio.current_time() + 5)
+            try:
+                return await timed_loop(case, calls)
+            finally:
+                DEADLINE.reset(token)
+        return await timed_loop(case, calls)
+    finally:
+        gc.enable()
+
+
+async def measure(
+    backend: str, rounds: int, calls: int, warmup: int
+) -> dict[str, list[float]]:
+    cases = make_cases(backend)
+    for name, case in cases.items():  # each case really runs and returns x
+        result = await case(7)
+        if result != 7:
+            raise AssertionError(f"{name} returned {result!r}")
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    # move everything alive now out of the collector's sight, so that the
+    # gc.collect() before each timing loop is cheap
+    gc.collect()
+    gc.freeze()
+    try:
+        for round_ in range(warmup + rounds):
+            for name, case in cases.items():
+                elapsed = await run_case(name, case, calls)
+                if round_ >= warmup:
+                    samples[name].append(elapsed / calls)
+    finally:
+        gc.unfreeze()
+    return samples
+
+
+async def profile(backend: str, name: str, calls: int) -> None:
+    import cProfile
+    import pstats
+
+    cases = make_cases(backend)
+    matches = [n for n in cases if name.lower() in n.lower()]
+    if not matches:
+        raise SystemExit(f"no case matches {name!r}; cases: {', '.join(cases)}")
+    case_name = matches[0]
+    await run_case(case_name, cases[case_name], calls)  # warm up
+    profiler = cProfile.Profile()
+    token = None
+    if "outer deadline" in case_name:
+        token = DEADLINE.set(anyio.current_time() + 5)
+    gc.collect()
+    profiler.enable()
+    await timed_loop(cases[case_name], calls)
+    profiler.disable()
+    if token is not None:
+        DEADLINE.reset(token)
+    print(f"cProfile of {case_name!r}, {calls} calls on {backend}:")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+
+
+def run(backend: str, main: Callable[[], Awaitable[Any]]) -> Any:
+    if backend == "uvloop":
+        return anyio.run(main, backend="asyncio", backend_options={"use_uvloop": True})
+    return anyio.run(main, backend=backend)
+
+
+def check(label: str, value: float, limit: float) -> tuple[str, bool]:
+    ok = value <= limit
+    return f"{label}: {value:.1f}x <= {limit:.1f}x  {'PASS' if ok else 'FAIL'}", ok
+
+
+def report(backend: str, samples: dict[str, list[float]]) -> bool:
+    medians = {name: statistics.median(s) for name, s in samples.items()}
+    mins = {name: min(s) for name, s in samples.items()}
+    bare = "bare await f(x)"
+    ratio = {name: medians[name] / medians[bare] for name in medians}
+    min_ratio = {name: mins[name] / mins[bare] for name in mins}
+    width = max(len(name) for name in medians)
+    print(
+        f"{'case':<{width}}  {'ns/call':>9}  {'min ns':>9}  {'ratio':>7}  {'(min)':>7}"
+    )
+    for name in medians:
+        print(
+            f"{name:<{width}}  {medians[name]:9.0f}  {mins[name]:9.0f}"
+            f"  {ratio[name]:6.1f}x  {min_ratio[name]:6.1f}x"
+        )
+    print()
+    results = [
+        check("5 x map_request vs bare (goal <= 8.5x)", ratio["5 x map_request"], 8.5)
+    ]
+    if backend == "trio":
+        limit = ratio["trio.fail_after(10)"]
+        results.append(
+            check(
+                "Timeout(10) vs bare (goal <= trio.fail_after)",
+                ratio["Timeout(10)"],
+                limit,
+            )
+        )
+        print(f"trio.CancelScope() (the floor): {ratio['trio.CancelScope()']:.1f}x")
+    else:
+        reference = ratio["asyncio.timeout(10)"]
+        results.append(
+            check(
+                "Timeout(10) vs bare (goal <= asyncio.timeout / 4)",
+                ratio["Timeout(10)"],
+                reference / 4,
+            )
+        )
+        print(
+            "Timeout(10) / asyncio.timeout(10): "
+            f"{ratio['Timeout(10)'] / reference:.2f} (goal <= 0.25); "
+            "anyio.fail_after / asyncio.timeout: "
+            f"{ratio['anyio.fail_after(10)'] / reference:.1f}"
+        )
+    for line, _ in results:
+        print(line)
+    return all(ok for _, ok in results)
+
+
+def versions() -> str:
+    from importlib import metadata
+
+    found = []
+    for dist in ("service-layers", "anyio", "trio", "uvloop"):
+        try:
+            found.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{dist} (not installed)")
+    return ", ".join(found)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=(*BACKENDS, "all"), default="asyncio")
+    parser.add_argument("--rounds", type=int, default=30, help="recorded rounds")
+    parser.add_argument("--calls", type=int, default=10000, help="calls per loop")
+    parser.add_argument("--warmup", type=int, default=3, help="unrecorded rounds")
+    parser.add_argument(
+        "--profile",
+        metavar="CASE",
+        help="cProfile the first case whose name contains CASE",
+    )
+    args = parser.parse_args(argv)
+    backends = BACKENDS if args.backend == "all" else (args.backend,)
+    print(f"python {sys.version.split()[0]} ({sys.version})")
+    print(f"executable {sys.executable}")
+    print(f"{versions()}; {args.rounds} rounds x {args.calls} calls")
+    passed = True
+    for backend in backends:
+        print(f"\n== backend: {backend} ==")
+        if args.profile:
+            run(backend, lambda b=backend: profile(b, args.profile, args.calls))
+            continue
+        start = time.perf_counter()
+        samples = run(
+            backend, lambda b=backend: measure(b, args.rounds, args.calls, args.warmup)
+        )
+        passed = report(backend, samples) and passed
+        print(f"({time.perf_counter() - start:.1f} s)")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
