@@ -14,7 +14,17 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast, final, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    NoReturn,
+    Protocol,
+    TypeVar,
+    cast,
+    final,
+    overload,
+)
 
 import anyio.lowlevel
 import anyio.to_thread
@@ -258,17 +268,26 @@ class _ThreadService(Generic[Req, Res]):
     def _call(self, request: Req) -> Res:
         response = self._function(request)
         if inspect.isawaitable(response):
-            if inspect.iscoroutine(response):
-                response.close()
-            raise TypeError(
+            refuse_awaitable(
+                response,
                 f"service_fn({self._function!r}) ran a sync callable in a worker "
                 "thread and it returned an awaitable; make it an async def (an "
-                "async callable is a service as it is)"
+                "async callable is a service as it is)",
             )
         return response
 
     def __repr__(self) -> str:
         return f"service_fn({self._function!r}, thread)"
+
+
+def refuse_awaitable(value: object, message: str) -> NoReturn:
+    """Close *value* if it is a coroutine (no "never awaited" warning), then raise.
+
+    For a sync callable that returned an awaitable where a plain value was due.
+    """
+    if inspect.iscoroutine(value):
+        value.close()
+    raise TypeError(message)
 
 
 def is_async_callable(function: object) -> bool:

@@ -13,7 +13,7 @@ from typing import Generic, TypeVar, cast, final
 import attrs
 
 from ._config import callable_value, name_value
-from ._core import Service, is_async_callable
+from ._core import Service, is_async_callable, refuse_awaitable
 from ._errors import Filtered
 
 __all__ = ["AndThen", "Filter", "MapErr", "MapRequest", "MapResponse"]
@@ -184,12 +184,11 @@ class Filter(Generic[Req]):
             admitted = predicate(request)
             if admitted is not True:
                 if inspect.isawaitable(admitted):
-                    if inspect.iscoroutine(admitted):
-                        admitted.close()
-                    raise TypeError(
+                    refuse_awaitable(
+                        admitted,
                         f"the predicate of filter {name!r} returned an awaitable "
                         "but is not an async def; make it one (an awaitable is not "
-                        "an answer: it would admit every request)"
+                        "an answer: it would admit every request)",
                     )
                 if not admitted:
                     raise Filtered(f"request refused by filter {name!r}", layer=name)

@@ -6,26 +6,12 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers import recording
 
 import layers
 from layers import Identity, Service, ServiceBuilder, Stack, layer_fn
 
 pytestmark = pytest.mark.anyio
-
-
-def recording(name: str, seen: list[str]) -> layers.LayerFn[Any, Any, Any, Any]:
-    """A layer that records the request going in and the response coming out."""
-
-    def wrap(inner: Service[Any, Any]) -> Service[Any, Any]:
-        async def call(request: Any) -> Any:
-            seen.append(f"{name} in")
-            response = await inner(request)
-            seen.append(f"{name} out")
-            return response
-
-        return call
-
-    return layer_fn(wrap)
 
 
 def handler_recording(seen: list[str]) -> Service[Any, Any]:

@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import anyio.from_thread
 import pytest
+from helpers import recording
 
 import layers
 from layers import ConfigurationError, Identity, Service, Stack, layer_fn, service_fn
@@ -28,21 +29,6 @@ async def double(request: int) -> int:
 class AsyncCallable:
     async def __call__(self, request: int) -> int:
         return request + 1
-
-
-def recording(name: str, seen: list[str]) -> layers.LayerFn[Any, Any, Any, Any]:
-    """A layer that records the request going in and the response coming out."""
-
-    def wrap(inner: Service[Any, Any]) -> Service[Any, Any]:
-        async def call(request: Any) -> Any:
-            seen.append(f"{name} in")
-            response = await inner(request)
-            seen.append(f"{name} out")
-            return response
-
-        return call
-
-    return layer_fn(wrap)
 
 
 # -- Service ------------------------------------------------------------------

@@ -1,0 +1,23 @@
+"""Helpers shared by several test modules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import layers
+from layers import Service, layer_fn
+
+
+def recording(name: str, seen: list[str]) -> layers.LayerFn[Any, Any, Any, Any]:
+    """A layer that records the request going in and the response coming out."""
+
+    def wrap(inner: Service[Any, Any]) -> Service[Any, Any]:
+        async def call(request: Any) -> Any:
+            seen.append(f"{name} in")
+            response = await inner(request)
+            seen.append(f"{name} out")
+            return response
+
+        return call
+
+    return layer_fn(wrap)
