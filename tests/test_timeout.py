@@ -629,3 +629,9 @@ async def test_busy_call_at_the_deadline_is_still_cancelled() -> None:
         await layers.Timeout(1).layer(busy)("hi")
     assert now() == pytest.approx(1, abs=1e-6)
     assert 0 < spins < 1000
+
+
+async def test_backend_current_time_is_the_loop_clock() -> None:
+    """The backend corner's cheap clock reads the same clock as anyio."""
+    await anyio.sleep(12.5)
+    assert _backend.current_time() == anyio.current_time()
