@@ -74,3 +74,16 @@ def test_api_reference_lists_every_public_name() -> None:
     # Modules documented as modules, and the version, documented as data.
     missing = set(layers.__all__) - documented - {"events"}
     assert not missing, f"add these to docs/reference/api.md: {sorted(missing)}"
+
+
+@pytest.mark.realtime
+def test_readme_python_examples_run(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every ```python block of the README runs as written, on the real clock."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    blocks = re.findall(
+        r"^```python\n(.*?)^```", readme, flags=re.MULTILINE | re.DOTALL
+    )
+    assert blocks, "the README shows no Python example"
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
+    assert "Ada" in capsys.readouterr().out
