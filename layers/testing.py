@@ -4,6 +4,8 @@
   either from a script (values, errors, delays) or by the test itself, one
   request at a time, as with tower-test's mock and handle.
 * :func:`capture_events`: collect the events that layers emit.
+* :func:`set_retry_testing` and :func:`retry_testing`: no backoff waits and
+  a cap on attempts for every :class:`~layers.Retry`, in your own tests.
 * :func:`virtual_time_backend` and :func:`run`: run async tests on asyncio and
   trio on *virtual time*, so a test of a 30 s timeout takes no real time.
   Virtual time needs the ``testing`` extra (``pip install
@@ -34,11 +36,13 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator
 from contextlib import contextmanager
-from typing import Any, Generic, Literal, TypeVar, final
+from typing import Any, Generic, Literal, TypeVar, cast, final
 
 import anyio
 import attrs
 
+from ._errors import ConfigurationError
+from ._retry import TESTING as _RETRY_TESTING
 from .events import Event, add_sink
 
 __all__ = [
@@ -46,7 +50,9 @@ __all__ = [
     "MockStatistics",
     "PendingCall",
     "capture_events",
+    "retry_testing",
     "run",
+    "set_retry_testing",
     "virtual_time_backend",
 ]
 
@@ -137,6 +143,61 @@ def capture_events(*types: type[E]) -> Generator[list[E]]:
         yield captured
     finally:
         remove()
+
+
+def set_retry_testing(enabled: bool, *, attempts: int = 1) -> None:
+    """Turn retry testing mode on or off, for the whole process.
+
+    In your own test suite, retries with real backoff make tests slow and
+    hide failures. With testing mode on, every :class:`~layers.Retry`
+    waits 0 s between attempts (it still lets other tasks run) and makes
+    at most *attempts* attempts (fewer if its own ``attempts`` is lower).
+    The default, ``attempts=1``, turns retrying off: the first error is
+    raised, with a note saying the limit was reached. Everything else
+    (classification, deadlines, budgets, events) works as usual. The
+    success path of a call does not look at the mode, so it costs nothing
+    when off. As stamina's ``set_testing``; see also :func:`retry_testing`.
+
+    Args:
+        enabled: ``True`` to turn the mode on, ``False`` to turn it off.
+        attempts: The most attempts per call while the mode is on, an
+            integer >= 1.
+
+    Raises:
+        layers.ConfigurationError: If *attempts* is not an integer >= 1.
+    """
+    value = cast(object, attempts)  # checked whatever the annotation says
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(
+            f"set_retry_testing(attempts={attempts!r}): attempts must be an "
+            f"integer >= 1, got {attempts!r}"
+        )
+    _RETRY_TESTING.attempts = attempts if enabled else None
+
+
+@contextmanager
+def retry_testing(*, attempts: int = 1) -> Generator[None]:
+    """Retry testing mode inside a ``with`` block (see :func:`set_retry_testing`).
+
+    The mode in force before the block is restored after it.
+
+    Example:
+        >>> import anyio, layers
+        >>> from layers.testing import MockService, retry_testing
+        >>> mock = MockService[str, str]().fail(ConnectionError).respond("ok")
+        >>> svc = layers.Retry(on=ConnectionError, attempts=5).layer(mock)
+        >>> layers.set_logging(False)  # keep structlog's output out of the doctest
+        >>> with retry_testing(attempts=2):
+        ...     anyio.run(svc, "x")
+        'ok'
+        >>> layers.set_logging(True)
+    """
+    previous = _RETRY_TESTING.attempts
+    set_retry_testing(True, attempts=attempts)
+    try:
+        yield
+    finally:
+        _RETRY_TESTING.attempts = previous
 
 
 @final

@@ -1,0 +1,745 @@
+"""Retry: call the inner service again when it fails in a way you said is retryable.
+
+See :class:`Retry` for the rules, and the how-to page "Retrying safely".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
+from typing import Any, ClassVar, Final, Generic, TypeVar, cast, final
+
+import anyio
+import attrs
+
+from . import _backend, events
+from ._backoff import (
+    Backoff,
+    BackoffSpec,
+    ExponentialBackoff,
+    check_delay,
+    to_backoff,
+)
+from ._budget import FLUSH_EVERY, BudgetState, RetryBudget
+from ._config import _fail, name_value  # pyright: ignore[reportPrivateUsage]
+from ._core import Service
+from ._deadline import DEADLINE
+from ._errors import ConfigurationError, Rejected
+from .events import Event, Level
+
+__all__ = [
+    "ATTEMPT",
+    "TESTING",
+    "RetriesExhausted",
+    "Retry",
+    "RetryAttemptFailed",
+    "RetryBudgetExhausted",
+    "RetryDeadlineReached",
+    "current_attempt",
+]
+
+Req = TypeVar("Req")
+Res = TypeVar("Res")
+
+ATTEMPT: Final[ContextVar[int]] = ContextVar("layers_attempt", default=1)
+"""The attempt number of the innermost Retry; 1 when nothing has retried."""
+
+_get_attempt = ATTEMPT.get
+_set_attempt = ATTEMPT.set
+_reset_attempt = ATTEMPT.reset
+_get_deadline = DEADLINE.get
+
+
+def current_attempt() -> int:
+    """Return the number of the attempt in progress: 1, then 2, 3...
+
+    Inside a service wrapped by :class:`Retry`, this is the number of the
+    current attempt of the innermost ``Retry`` (1 for the first attempt, and
+    outside any ``Retry``). Send it on if the server wants to know, as gRPC
+    sends ``grpc-previous-rpc-attempts``::
+
+        async def call_api(request: Request) -> Response:
+            headers = {"x-attempt": str(layers.current_attempt())}
+            ...
+
+    It is a :mod:`contextvars` variable: tasks started inside the attempt
+    inherit it.
+    """
+    return _get_attempt()
+
+
+@final
+class _Testing:
+    """Process-wide retry testing mode (see :func:`layers.testing.retry_testing`)."""
+
+    __slots__ = ("attempts",)
+
+    def __init__(self) -> None:
+        self.attempts: int | None = None
+        """The attempt cap while testing mode is on; ``None`` when it is off."""
+
+
+TESTING: Final = _Testing()
+
+
+# ------------------------------------------------------------------ events
+
+
+@attrs.frozen(kw_only=True)
+class RetryAttemptFailed(Event):
+    """An attempt failed and :class:`Retry` will try again after *delay*.
+
+    Attributes:
+        attempt: The number of the attempt that failed (1 for the first).
+        delay: Seconds Retry waits before the next attempt.
+        error: The type of the exception, such as ``"ConnectionError"`` or
+            ``"httpx.ConnectError"`` (never its message, which may hold a
+            payload); ``None`` when a response was retried (``on_result``).
+    """
+
+    event: ClassVar[str] = "retry_attempt_failed"
+    level: ClassVar[Level] = "warning"
+
+    attempt: int
+    delay: float
+    error: str | None
+
+
+@attrs.frozen(kw_only=True)
+class RetriesExhausted(Event):
+    """:class:`Retry` stopped: a limit was reached; the last error is raised.
+
+    Attributes:
+        attempts: Attempts made.
+        reason: ``"attempts"`` (the attempts limit), ``"max_time"`` (the
+            next attempt could not start within ``max_time``) or
+            ``"retry_after"`` (the error's delay hint was longer than
+            ``max_delay``).
+        error: The type of the last exception, or ``None`` if the last
+            attempt returned a retryable response (which is returned).
+    """
+
+    event: ClassVar[str] = "retries_exhausted"
+    level: ClassVar[Level] = "warning"
+
+    attempts: int
+    reason: str
+    error: str | None
+
+
+@attrs.frozen(kw_only=True)
+class RetryBudgetExhausted(Event):
+    """:class:`Retry` stopped because its :class:`RetryBudget` is empty.
+
+    Attributes:
+        attempts: Attempts made.
+        error: The type of the last exception, or ``None`` for a response.
+    """
+
+    event: ClassVar[str] = "retry_budget_exhausted"
+    level: ClassVar[Level] = "warning"
+
+    attempts: int
+    error: str | None
+
+
+@attrs.frozen(kw_only=True)
+class RetryDeadlineReached(Event):
+    """:class:`Retry` stopped: the deadline leaves no time for another attempt.
+
+    The deadline is :func:`~layers.current_deadline`, set by a
+    :class:`~layers.Timeout` outside the retry.
+
+    Attributes:
+        attempts: Attempts made.
+        remaining: Seconds that were left before the deadline (``<= 0`` when
+            it had passed).
+        delay: The wait that the next attempt needed first.
+        error: The type of the last exception, or ``None`` for a response.
+    """
+
+    event: ClassVar[str] = "retry_deadline_reached"
+    level: ClassVar[Level] = "warning"
+
+    attempts: int
+    remaining: float
+    delay: float
+    error: str | None
+
+
+def _type_name(error: BaseException | None) -> str | None:
+    if error is None:
+        return None
+    kind = type(error)
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+# ------------------------------------------------------------------ config
+
+Classification = (
+    type[Exception] | tuple[type[Exception], ...] | Callable[[Exception], bool]
+)
+"""What ``Retry(on=...)`` accepts."""
+
+_ON_RULE: Final = (
+    "an Exception subclass, a tuple of them, or a predicate on the exception "
+    "(cancellation and other BaseExceptions are never retried)"
+)
+
+
+def _exception_type(value: object) -> bool:
+    return isinstance(value, type) and issubclass(value, Exception)
+
+
+def _classification(
+    instance: object, attribute: attrs.Attribute[Any], value: object
+) -> None:
+    if isinstance(value, type):
+        if not _exception_type(value):
+            _fail(instance, attribute, value, _ON_RULE)
+    elif isinstance(value, tuple):
+        items = cast("tuple[object, ...]", value)
+        if not items or not all(_exception_type(each) for each in items):
+            _fail(instance, attribute, items, _ON_RULE)
+    elif not callable(value):
+        _fail(instance, attribute, value, _ON_RULE)
+
+
+def _attempts(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int) or value < 1
+    ):
+        _fail(instance, attribute, value, "None or an integer >= 1")
+
+
+def _optional_positive(
+    instance: object, attribute: attrs.Attribute[Any], value: object
+) -> None:
+    if value is not None and (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        _fail(instance, attribute, value, "None or a finite number of seconds > 0")
+
+
+def _at_least_zero(
+    instance: object, attribute: attrs.Attribute[Any], value: object
+) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        _fail(instance, attribute, value, "a finite number of seconds >= 0")
+
+
+def _optional_callable(
+    instance: object, attribute: attrs.Attribute[Any], value: object
+) -> None:
+    if value is not None and not callable(value):
+        _fail(instance, attribute, value, "None or callable")
+
+
+def _budget(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, RetryBudget):
+        _fail(instance, attribute, value, "a RetryBudget or None (no budget)")
+
+
+def _to_backoff(value: BackoffSpec) -> Backoff:
+    return to_backoff("Retry", value)
+
+
+@final
+@attrs.frozen
+class Retry:
+    """Call the inner service again when it fails in a way you said is retryable.
+
+    **What is retried** is explicit: *on* names the exception types (or a
+    predicate on the exception), and *on_result* optionally a predicate on
+    the response (an HTTP 503, say). There is no "retry everything" default;
+    ``on=Exception`` says so when you mean it. Whatever *on* says, these are
+    never retried: cancellation (``asyncio.CancelledError``,
+    ``trio.Cancelled``, anyio's cancellation), any :class:`BaseException`
+    that is not an :class:`Exception` (``KeyboardInterrupt``...), and any
+    failure once the deadline (:func:`~layers.current_deadline`) has
+    passed. A :class:`~layers.Rejected` from a layer below (rate limited,
+    overloaded, circuit open) is retried only if *on* matches it, and then
+    not before its ``retry_after``.
+
+    **When it stops.** At least one limit is required: *attempts* (all
+    attempts, the first included) and/or *max_time*. Before every retry,
+    Retry decides, in this order, and stops at the first that applies:
+
+    1. the attempts limit is reached (``attempts``);
+    2. the deadline has passed;
+    3. the delay hint of the error (``retry_after``) is longer than
+       *max_delay*: waiting that long is not worth it;
+    4. the next attempt could not start within *max_time* of the first
+       attempt's start;
+    5. the deadline would leave at most *min_attempt_time* seconds for the
+       next attempt after the wait (with the default 0: no time at all).
+       Retry never sleeps past the deadline, and never starts an attempt at
+       or after it;
+    6. the :class:`RetryBudget` is empty.
+
+    It then raises the **last error itself**: the same object, its
+    traceback kept, never wrapped, with a note (:pep:`678`,
+    ``add_note``) such as ``retry 'users-api' gave up after 3 attempts:
+    the attempts limit (3) was reached``; and emits an event
+    (:class:`RetriesExhausted`, :class:`RetryDeadlineReached` or
+    :class:`RetryBudgetExhausted`). If the last attempt returned a
+    response that *on_result* wanted retried, that response is returned. An
+    exception that *on* does not match is raised at once, unchanged (after
+    a first retry it gets a note too).
+
+    **How long it waits** before attempt ``n + 1``: the error's delay hint
+    if it has one (*retry_after*, then :attr:`Rejected.retry_after
+    <layers.Rejected.retry_after>`), otherwise the next delay of *backoff*
+    (clamped to *max_delay*). It sleeps with :func:`anyio.sleep`, so the
+    wait can be cancelled; with no delay it still lets other tasks run.
+    Each retry emits :class:`RetryAttemptFailed`.
+
+    **The request** is sent again as it is (the same Python object). A
+    request that cannot be replayed (a stream already read) is the
+    caller's business; *prepare* can build a fresh one per attempt.
+    :func:`~layers.current_attempt` tells the inner service which attempt
+    it serves.
+
+    **State**: the retry budget is the layer's state. A ``Retry`` made with
+    the default budget has its own one, shared by every service the layer
+    wraps (and so by every service built from one builder); pass one
+    :class:`RetryBudget` to several layers to share it wider, or
+    ``budget=None`` for none.
+
+    Args:
+        on: What to retry: an :class:`Exception` subclass, a tuple of them,
+            or a predicate ``on(error) -> bool``.
+        attempts: The most attempts, the first included, an integer >= 1
+            (``attempts=1`` never retries), or ``None`` for no count limit.
+        max_time: Seconds from the start of the first attempt after which no
+            new attempt starts, or ``None``. It never cancels an attempt in
+            progress: put a :class:`~layers.Timeout` outside the retry for
+            a hard limit (Retry respects its deadline too).
+        backoff: How long to wait before each retry: a :class:`Backoff`
+            (default ``ExponentialBackoff()``: full jitter, 0.1 s doubling
+            up to 10 s), a function ``backoff(attempt) -> seconds`` of the
+            number of the attempt that failed, or a sequence of delays (the
+            last one repeats).
+        budget: The :class:`RetryBudget` that retries draw on (default: a
+            new one with Finagle's defaults), or ``None`` for no budget.
+        max_delay: The longest wait, seconds > 0: computed delays are
+            clamped to it, and a longer ``retry_after`` hint ends retrying.
+            Default: the ``cap`` of an :class:`ExponentialBackoff`, no limit
+            for other backoffs.
+        min_attempt_time: Seconds >= 0 that must remain before the deadline
+            for a new attempt to start after its wait (default 0: any time
+            at all). Set it to what an attempt needs at least.
+        retry_after: A function ``retry_after(error) -> seconds | None``
+            that reads a delay hint from a retryable error (an HTTP
+            ``Retry-After`` header, say). ``None`` from it (or no function)
+            falls back to :attr:`Rejected.retry_after
+            <layers.Rejected.retry_after>`.
+        on_result: A predicate ``on_result(response) -> bool``: true to
+            retry that response. ``None`` (default): responses are returned.
+        prepare: A function ``prepare(request, attempt) -> request`` called
+            before each retry (``attempt`` >= 2) to build the request to
+            send, for requests that cannot be sent twice or that carry the
+            attempt number. ``None`` (default): the same request again.
+        name: A name for events and notes (default ``"retry"``).
+
+    Raises:
+        layers.ConfigurationError: At construction, for any invalid value
+            (no limit at all, an attempts count below 1, a negative delay,
+            an *on* that is not an exception type or a predicate...).
+
+    Example:
+        >>> import anyio, layers
+        >>> answers = iter([ConnectionError("reset"), ConnectionError("reset"), "ok"])
+        >>> async def flaky(request: str) -> str:
+        ...     answer = next(answers)
+        ...     if isinstance(answer, Exception):
+        ...         raise answer
+        ...     return f"{answer} on attempt {layers.current_attempt()}"
+        >>> svc = layers.Retry(
+        ...     on=ConnectionError, attempts=3, backoff=layers.ConstantBackoff(0.01)
+        ... ).layer(flaky)
+        >>> anyio.run(svc, "GET /")
+        'ok on attempt 3'
+    """
+
+    on: Classification = attrs.field(validator=_classification)
+    attempts: int | None = attrs.field(default=None, kw_only=True, validator=_attempts)
+    max_time: float | None = attrs.field(
+        default=None, kw_only=True, validator=_optional_positive
+    )
+    backoff: Backoff = attrs.field(
+        default=attrs.Factory(ExponentialBackoff), kw_only=True, converter=_to_backoff
+    )
+    budget: RetryBudget | None = attrs.field(
+        factory=RetryBudget, kw_only=True, validator=_budget
+    )
+    max_delay: float | None = attrs.field(
+        default=None, kw_only=True, validator=_optional_positive
+    )
+    min_attempt_time: float = attrs.field(
+        default=0.0, kw_only=True, validator=_at_least_zero
+    )
+    retry_after: Callable[[Exception], float | None] | None = attrs.field(
+        default=None, kw_only=True, validator=_optional_callable
+    )
+    on_result: Callable[[Any], bool] | None = attrs.field(
+        default=None, kw_only=True, validator=_optional_callable
+    )
+    prepare: Callable[[Any, int], Any] | None = attrs.field(
+        default=None, kw_only=True, validator=_optional_callable
+    )
+    name: str = attrs.field(default="retry", kw_only=True, validator=name_value)
+
+    def __attrs_post_init__(self) -> None:
+        if self.attempts is None and self.max_time is None:
+            raise ConfigurationError(
+                "Retry(attempts=None, max_time=None): give at least one limit, "
+                "attempts (an integer >= 1) and/or max_time (seconds > 0)"
+            )
+
+    def layer(self, inner: Service[Req, Res], /) -> Service[Req, Res]:
+        """Wrap *inner* with this retry policy."""
+        loop = _Loop[Req, Res](self, inner)
+        run = loop.run
+        retryable = loop.retryable
+        state = self.budget._state if self.budget is not None else None  # pyright: ignore[reportPrivateUsage]
+        get_attempt = _get_attempt
+        flush_at = FLUSH_EVERY
+
+        if self.max_time is None and self.on_result is None:
+            # The default shape, kept as short as it can be: no clock, no
+            # response check. The first attempt sets no context variable
+            # (current_attempt() is 1 by default) unless an outer Retry has
+            # set another number.
+            if state is not None:
+
+                async def retry_with_budget(request: Req, /) -> Res:
+                    if get_attempt() != 1:
+                        return await loop.first_of_nested(retry_with_budget, request)
+                    pending = state.pending + 1
+                    state.pending = pending
+                    if pending >= flush_at:
+                        state.flush()
+                    try:
+                        return await inner(request)
+                    except Exception as error:
+                        if not retryable(error):
+                            raise
+                        failure = error
+                    return await run(request, failure, None, None)
+
+                return retry_with_budget
+
+            async def retry(request: Req, /) -> Res:
+                if get_attempt() != 1:
+                    return await loop.first_of_nested(retry, request)
+                try:
+                    return await inner(request)
+                except Exception as error:
+                    if not retryable(error):
+                        raise
+                    failure = error
+                return await run(request, failure, None, None)
+
+            return retry
+
+        timed = self.max_time is not None
+        on_result = self.on_result
+        now = _backend.current_time
+
+        async def retry_general(request: Req, /) -> Res:
+            if get_attempt() != 1:
+                return await loop.first_of_nested(retry_general, request)
+            if state is not None:
+                pending = state.pending + 1
+                state.pending = pending
+                if pending >= flush_at:
+                    state.flush()
+            start = now() if timed else None
+            try:
+                response = await inner(request)
+            except Exception as error:
+                if not retryable(error):
+                    raise
+                failure = error
+            else:
+                if on_result is None or not on_result(response):
+                    return response
+                return await run(request, None, response, start)
+            return await run(request, failure, None, start)
+
+        return retry_general
+
+
+@final
+class _Loop(Generic[Req, Res]):
+    """What a Retry service does once its first attempt has failed."""
+
+    __slots__ = (
+        "backoff",
+        "hint",
+        "inner",
+        "max_attempts",
+        "max_delay",
+        "max_time",
+        "min_attempt_time",
+        "name",
+        "on_result",
+        "prepare",
+        "retryable",
+        "state",
+    )
+
+    def __init__(self, config: Retry, inner: Service[Req, Res]) -> None:
+        self.inner: Callable[[Req], Awaitable[Res]] = inner
+        self.name = config.name
+        self.max_attempts = config.attempts
+        self.max_time = config.max_time
+        self.backoff = config.backoff
+        self.state: BudgetState | None = (
+            config.budget._state if config.budget is not None else None  # pyright: ignore[reportPrivateUsage]
+        )
+        if config.max_delay is not None:
+            self.max_delay = float(config.max_delay)
+        elif isinstance(config.backoff, ExponentialBackoff):
+            self.max_delay = float(config.backoff.cap)
+        else:
+            self.max_delay = math.inf
+        self.min_attempt_time = float(config.min_attempt_time)
+        self.hint = config.retry_after
+        self.on_result = config.on_result
+        self.prepare = config.prepare
+        on = config.on
+        if isinstance(on, type | tuple):
+            kinds = cast("type[Exception] | tuple[type[Exception], ...]", on)
+
+            def retryable(error: Exception) -> bool:
+                return isinstance(error, kinds)
+
+            self.retryable: Callable[[Exception], bool] = retryable
+        else:
+            self.retryable = on
+
+    async def first_of_nested(
+        self, call: Callable[[Req], Awaitable[Res]], request: Req
+    ) -> Res:
+        """Run *call* as a first attempt inside an outer Retry's retry."""
+        token = _set_attempt(1)
+        try:
+            return await call(request)
+        finally:
+            _reset_attempt(token)
+
+    def delay_hint(self, error: Exception) -> float | None:
+        """The error's own delay hint, in seconds, or ``None``."""
+        hint: object = None
+        if self.hint is not None:
+            hint = cast(object, self.hint(error))  # checked: user code
+        if hint is None and isinstance(error, Rejected):
+            hint = error.retry_after
+        if hint is None:
+            return None
+        if isinstance(hint, bool) or not isinstance(hint, int | float):
+            raise TypeError(
+                f"Retry {self.name!r}: the delay hint for {_type_name(error)} must "
+                f"be a number of seconds or None, got {hint!r}"
+            ) from error
+        if math.isnan(hint):
+            return math.inf
+        return max(0.0, float(hint))
+
+    async def run(
+        self,
+        request: Req,
+        failure: Exception | None,
+        response: Res | None,
+        start: float | None,
+    ) -> Res:
+        """Retry after a failed first attempt (*failure*, or a *response*)."""
+        testing = TESTING.attempts
+        max_attempts = self.max_attempts
+        if testing is not None:
+            max_attempts = (
+                testing if max_attempts is None else min(max_attempts, testing)
+            )
+        limit = (
+            start + self.max_time
+            if start is not None and self.max_time is not None
+            else None
+        )
+        state = self.state
+        delays: Iterator[float] | None = None
+        computed = 0.0
+        attempt = 1
+        while True:
+            now = _backend.current_time()
+            deadline = _get_deadline()
+            delay = 0.0
+            stop: Event | None = None
+            reason = ""
+            error_type = _type_name(failure)
+            if max_attempts is not None and attempt >= max_attempts:
+                reason = f"the attempts limit ({max_attempts}) was reached"
+                stop = RetriesExhausted(
+                    layer=self.name,
+                    attempts=attempt,
+                    reason="attempts",
+                    error=error_type,
+                )
+            elif deadline is not None and now >= deadline:
+                reason = "the deadline has passed"
+                stop = RetryDeadlineReached(
+                    layer=self.name,
+                    attempts=attempt,
+                    remaining=deadline - now,
+                    delay=0.0,
+                    error=error_type,
+                )
+            else:
+                if delays is None:
+                    delays = iter(self.backoff.delays())
+                for value in delays:
+                    computed = min(
+                        check_delay(
+                            f"Retry {self.name!r}",
+                            self.backoff,
+                            attempt,
+                            value,
+                            failure,
+                        ),
+                        self.max_delay,
+                    )
+                    break
+                hint = self.delay_hint(failure) if failure is not None else None
+                delay = computed if hint is None else hint
+                if testing is not None:
+                    delay = 0.0
+                if hint is not None and hint > self.max_delay:
+                    reason = (
+                        f"the error's retry_after ({hint:g} s) is longer than "
+                        f"max_delay ({self.max_delay:g} s)"
+                    )
+                    stop = RetriesExhausted(
+                        layer=self.name,
+                        attempts=attempt,
+                        reason="retry_after",
+                        error=error_type,
+                    )
+                elif limit is not None and now + delay > limit:
+                    reason = (
+                        f"the next attempt could not start within max_time "
+                        f"({self.max_time:g} s)"
+                    )
+                    stop = RetriesExhausted(
+                        layer=self.name,
+                        attempts=attempt,
+                        reason="max_time",
+                        error=error_type,
+                    )
+                elif (
+                    deadline is not None
+                    and deadline - (now + delay) <= self.min_attempt_time
+                ):
+                    reason = (
+                        f"the deadline, {deadline - now:.3g} s away, leaves no time "
+                        f"for another attempt after a {delay:.3g} s wait"
+                    )
+                    stop = RetryDeadlineReached(
+                        layer=self.name,
+                        attempts=attempt,
+                        remaining=deadline - now,
+                        delay=delay,
+                        error=error_type,
+                    )
+                elif state is not None and not state.withdraw():
+                    reason = "the retry budget is exhausted"
+                    stop = RetryBudgetExhausted(
+                        layer=self.name, attempts=attempt, error=error_type
+                    )
+            if stop is not None:
+                return self.give_up(stop, attempt, reason, failure, response)
+            if events.STATE.sinks:
+                events.emit(
+                    RetryAttemptFailed(
+                        layer=self.name, attempt=attempt, delay=delay, error=error_type
+                    )
+                )
+            # a checkpoint even without a delay: a loop of failures that
+            # never wait must still let other tasks run and be cancellable
+            await anyio.sleep(delay)
+            if deadline is not None or limit is not None:
+                now = _backend.current_time()
+                if deadline is not None and deadline - now <= self.min_attempt_time:
+                    reason = "the deadline leaves no time for another attempt"
+                    stop = RetryDeadlineReached(
+                        layer=self.name,
+                        attempts=attempt,
+                        remaining=deadline - now,
+                        delay=0.0,
+                        error=error_type,
+                    )
+                    return self.give_up(stop, attempt, reason, failure, response)
+                if limit is not None and now > limit:
+                    reason = (
+                        f"the next attempt could not start within max_time "
+                        f"({self.max_time:g} s)"
+                    )
+                    stop = RetriesExhausted(
+                        layer=self.name,
+                        attempts=attempt,
+                        reason="max_time",
+                        error=error_type,
+                    )
+                    return self.give_up(stop, attempt, reason, failure, response)
+            attempt += 1
+            outgoing = (
+                request if self.prepare is None else self.prepare(request, attempt)
+            )
+            token = _set_attempt(attempt)
+            try:
+                response = await self.inner(outgoing)
+            except Exception as error:
+                if not self.retryable(error):
+                    error.add_note(
+                        f"retry {self.name!r}: attempt {attempt} raised an error "
+                        "that is not retryable"
+                    )
+                    raise
+                failure = error
+                response = None
+                continue
+            finally:
+                _reset_attempt(token)
+            if self.on_result is None or not self.on_result(response):
+                return response
+            failure = None
+
+    def give_up(
+        self,
+        stop: Event,
+        attempt: int,
+        reason: str,
+        failure: Exception | None,
+        response: Res | None,
+    ) -> Res:
+        """Report why retrying stopped; raise the last error or return the response."""
+        if events.STATE.sinks:
+            events.emit(stop)
+        if failure is None:
+            return cast(Res, response)
+        plural = "attempt" if attempt == 1 else "attempts"
+        failure.add_note(
+            f"retry {self.name!r} gave up after {attempt} {plural}: {reason}"
+        )
+        raise failure

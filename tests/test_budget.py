@@ -1,0 +1,244 @@
+"""Tests of RetryBudget: Finagle/tower semantics, lazy filing, retry storms."""
+
+from __future__ import annotations
+
+import math
+
+import anyio
+import hypothesis
+import pytest
+from hypothesis import strategies as st
+
+import layers
+from layers import RetryBudget
+from layers.testing import MockService, capture_events
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True)
+def quiet_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No structlog output: only the sinks a test installs."""
+    monkeypatch.setattr(layers.events.STATE, "sinks", ())
+
+
+async def test_the_reserve_allows_min_per_second_times_ttl_from_the_start() -> None:
+    """With no traffic at all, min_per_second x ttl retries are allowed, then none."""
+    budget = RetryBudget(ttl=10, min_per_second=2, percent=0)
+    results = [budget.withdraw() for _ in range(21)]
+    assert results == [True] * 20 + [False]
+
+
+async def test_percent_of_deposits() -> None:
+    """With no reserve, 50 % allows one retry per two requests."""
+    budget = RetryBudget(min_per_second=0, percent=50)
+    for _ in range(10):
+        budget.deposit()
+    assert [budget.withdraw() for _ in range(6)] == [True] * 5 + [False]
+
+
+async def test_a_fractional_percent_is_not_rounded_to_all() -> None:
+    """60 % allows 6 retries per 10 requests, not 10 (tower's bug #857)."""
+    budget = RetryBudget(min_per_second=0, percent=60)
+    for _ in range(10):
+        budget.deposit()
+    assert sum(budget.withdraw() for _ in range(20)) == 6
+
+
+async def test_more_than_one_retry_per_request() -> None:
+    """Percentages above 100 allow several retries per request."""
+    budget = RetryBudget(min_per_second=0, percent=250)
+    for _ in range(2):
+        budget.deposit()
+    assert sum(budget.withdraw() for _ in range(10)) == 5
+
+
+async def test_withdrawals_expire_after_ttl_so_the_reserve_refills() -> None:
+    """An emptied reserve is whole again ttl seconds later, not before."""
+    budget = RetryBudget(ttl=5, min_per_second=1, percent=0)
+    assert sum(budget.withdraw() for _ in range(10)) == 5
+    await anyio.sleep(4)
+    assert not budget.withdraw()
+    await anyio.sleep(1.01)
+    assert sum(budget.withdraw() for _ in range(10)) == 5
+
+
+async def test_deposits_expire_after_ttl() -> None:
+    """Requests older than ttl no longer pay for retries."""
+    budget = RetryBudget(ttl=2, min_per_second=0, percent=100)
+    for _ in range(3):
+        budget.deposit()
+    assert budget.withdraw()  # files the deposits at t=0
+    await anyio.sleep(2.01)
+    assert not budget.withdraw()
+
+
+async def test_pending_deposits_are_filed_at_the_oldest_time() -> None:
+    """Deposits counted since the last filing are dated at it (conservative)."""
+    budget = RetryBudget(ttl=2, min_per_second=0, percent=100)
+    assert not budget.withdraw()  # files (nothing) at t=0
+    await anyio.sleep(10)
+    for _ in range(3):
+        budget.deposit()  # made at t=10, but not filed yet
+    # At the next filing, they count as made at t=0: already expired.
+    assert not budget.withdraw()
+    budget.deposit()
+    assert budget.withdraw()  # filed at t=10 this time
+
+
+async def test_steady_traffic_counts_without_withdrawals() -> None:
+    """Deposits are filed every 64 even with no retry, so steady traffic counts."""
+    budget = RetryBudget(ttl=2, min_per_second=0, percent=100)
+    for _ in range(1_000):  # 100 requests per second for 10 s
+        budget.deposit()
+        await anyio.sleep(0.01)
+    counted = budget.statistics().deposits
+    # the last 2 s hold 200 requests; at most one slot (0.2 s) and one batch
+    # of 64 (0.64 s) of them may count as older than they are
+    assert 200 - 20 - 64 <= counted <= 200
+
+
+@hypothesis.settings(
+    max_examples=25, suppress_health_check=[hypothesis.HealthCheck.too_slow]
+)
+@hypothesis.given(
+    gaps=st.lists(st.floats(min_value=0, max_value=3), min_size=1, max_size=300),
+    withdraw_every=st.integers(min_value=1, max_value=100),
+)
+def test_deposits_never_count_longer_than_ttl(
+    gaps: list[float], withdraw_every: int
+) -> None:
+    """Whatever the timing, the window never counts a request older than ttl."""
+    ttl = 2.0
+
+    async def scenario() -> None:
+        budget = RetryBudget(ttl=ttl, min_per_second=0, percent=0)
+        times: list[float] = []
+        for index, gap in enumerate(gaps):
+            await anyio.sleep(gap)
+            budget.deposit()
+            times.append(anyio.current_time())
+            if index % withdraw_every == 0:
+                budget.withdraw()  # files the pending deposits
+            now = anyio.current_time()
+            recent = sum(1 for t in times if t > now - ttl)
+            assert budget.statistics().deposits <= recent
+
+    layers.testing.run(scenario, backend="trio")
+
+
+async def test_statistics() -> None:
+    """statistics() counts the window's requests, retries and what is left."""
+    budget = RetryBudget(ttl=10, min_per_second=1, percent=20)
+    for _ in range(10):
+        budget.deposit()
+    assert budget.withdraw()
+    assert budget.statistics() == layers.RetryBudgetStatistics(
+        deposits=10, retries=1, available=11
+    )
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_budget_outlives_its_event_loop(backend: str) -> None:
+    """A budget used by a later event loop, whose clock starts again, still works."""
+    budget = RetryBudget(ttl=1, min_per_second=2, percent=0)
+
+    async def first() -> bool:
+        await anyio.sleep(100)
+        return budget.withdraw()
+
+    async def later() -> list[bool]:
+        # a new virtual clock at 0, earlier than the budget has seen
+        return [budget.withdraw() for _ in range(2)]
+
+    assert layers.testing.run(first, backend=backend)
+    assert layers.testing.run(later, backend=backend) == [True, False]
+
+
+# ------------------------------------------------------------- retry storms
+
+
+async def storm(budget: RetryBudget | None) -> tuple[int, float]:
+    """1,000 calls, one every 10 ms, to a service that always fails, attempts=5.
+
+    Returns the number of retries and the virtual time elapsed.
+    """
+    mock = MockService[int, int]()
+    for _ in range(5_000):
+        mock.fail(ConnectionError)
+    svc = layers.Retry(
+        on=ConnectionError,
+        attempts=5,
+        backoff=layers.ConstantBackoff(0.05),
+        budget=budget,
+    ).layer(mock)
+    start = anyio.current_time()
+
+    async def one(request: int) -> None:
+        with pytest.raises(ConnectionError):
+            await svc(request)
+
+    async with anyio.create_task_group() as group:
+        for request in range(1_000):
+            group.start_soon(one, request)
+            await anyio.sleep(0.01)
+    return mock.calls - 1_000, anyio.current_time() - start
+
+
+async def test_retry_storm_with_the_default_budget() -> None:
+    """Against a dead service, retries stay within 20 % of calls plus the floor."""
+    budget = RetryBudget()
+    with capture_events(
+        layers.RetryBudgetExhausted, layers.RetriesExhausted
+    ) as stopped:
+        retries, elapsed = await storm(budget)
+    bound = 0.2 * 1_000 + 10 * (10 + elapsed)
+    print(f"retries with the default budget: {retries} (bound {bound:.0f})")
+    assert 100 < retries <= bound
+    # every call ended once: its retries used up, or refused by the budget
+    assert len(stopped) == 1_000
+    refused = [e for e in stopped if isinstance(e, layers.RetryBudgetExhausted)]
+    assert len(refused) > 500
+    assert math.isclose(elapsed, 10.2, abs_tol=0.1)
+
+
+async def test_retry_storm_without_a_budget() -> None:
+    """Without a budget, 1,000 calls with attempts=5 make exactly 4,000 retries."""
+    retries, _ = await storm(None)
+    print(f"retries without a budget: {retries}")
+    assert retries == 4_000
+
+
+# ----------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"ttl": 0.5},
+            "RetryBudget(ttl=0.5): ttl must be a number of seconds from 1 to 60",
+        ),
+        ({"ttl": 61}, "ttl must be a number of seconds from 1 to 60, got 61"),
+        ({"min_per_second": -1}, "min_per_second must be a finite number >= 0, got -1"),
+        ({"min_per_second": math.inf}, "min_per_second must be a finite number >= 0"),
+        (
+            {"percent": -5},
+            "RetryBudget(percent=-5): percent must be a percentage from 0 to 1000",
+        ),
+        ({"percent": 1001}, "percent must be a percentage from 0 to 1000, got 1001"),
+        ({"percent": math.nan}, "percent must be a percentage from 0 to 1000, got nan"),
+    ],
+)
+def test_bad_budget_configuration(kwargs: dict[str, float], message: str) -> None:
+    """Out-of-range ttl, floor or percent fail at construction with a clear message."""
+    import re
+
+    with pytest.raises(layers.ConfigurationError, match=re.escape(message)):
+        RetryBudget(**kwargs)
+
+
+def test_defaults_are_finagles() -> None:
+    """The defaults: 10 s ttl, 10 retries per second, 20 %."""
+    budget = RetryBudget()
+    assert (budget.ttl, budget.min_per_second, budget.percent) == (10.0, 10.0, 20.0)

@@ -1,0 +1,918 @@
+"""Tests of the Retry layer: classification, limits, backoff, deadlines, budget."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import hypothesis
+import pytest
+from hypothesis import strategies as st
+
+import layers
+from layers import ConstantBackoff, ExponentialBackoff, Retry
+from layers._deadline import DEADLINE
+from layers.testing import (
+    capture_events,
+    retry_testing,
+    set_retry_testing,
+    virtual_time_backend,
+)
+
+pytestmark = pytest.mark.anyio
+
+ASYNCIO_ONLY = pytest.mark.parametrize(
+    "anyio_backend", [virtual_time_backend("asyncio")], ids=["asyncio"]
+)
+
+
+def now() -> float:
+    """The event loop's (virtual) clock."""
+    return anyio.current_time()
+
+
+class Flaky:
+    """A service that fails *failures* times, then echoes; records each call."""
+
+    def __init__(
+        self,
+        failures: int,
+        error: Callable[[], Exception] = lambda: ConnectionError("reset"),
+        duration: float = 0.0,
+    ) -> None:
+        self.failures = failures
+        self.error = error
+        self.duration = duration
+        self.starts: list[float] = []
+        self.attempts: list[int] = []
+        self.requests: list[Any] = []
+        self.raised: list[Exception] = []
+
+    async def __call__(self, request: Any) -> Any:
+        self.starts.append(now())
+        self.attempts.append(layers.current_attempt())
+        self.requests.append(request)
+        if self.duration:
+            await anyio.sleep(self.duration)
+        if len(self.starts) <= self.failures:
+            error = self.error()
+            self.raised.append(error)
+            raise error
+        return request
+
+    @property
+    def gaps(self) -> list[float]:
+        """Time between the starts of consecutive attempts."""
+        return [b - a for a, b in zip(self.starts, self.starts[1:], strict=False)]
+
+
+@pytest.fixture(autouse=True)
+def quiet_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No structlog output: only the sinks a test installs."""
+    monkeypatch.setattr(layers.events.STATE, "sinks", ())
+
+
+# ------------------------------------------------------------------ basics
+
+
+async def test_success_on_the_first_attempt() -> None:
+    """A call that succeeds is returned at once, attempt 1, no retry, no wait."""
+    flaky = Flaky(0)
+    svc = Retry(on=ConnectionError, attempts=3).layer(flaky)
+    assert await svc("x") == "x"
+    assert flaky.attempts == [1]
+    assert now() == 0
+
+
+async def test_retries_until_success_and_numbers_attempts() -> None:
+    """Retryable errors are retried; the inner sees current_attempt() 1, 2, 3."""
+    flaky = Flaky(2)
+    svc = Retry(on=ConnectionError, attempts=5).layer(flaky)
+    assert await svc("x") == "x"
+    assert flaky.attempts == [1, 2, 3]
+    assert flaky.requests == ["x", "x", "x"]  # the same request object again
+    assert layers.current_attempt() == 1  # reset after the call
+
+
+async def test_gives_up_with_the_last_error_itself_and_a_note() -> None:
+    """After the last attempt, the last error is raised: same object, a note added."""
+    flaky = Flaky(10)
+    svc = Retry(on=ConnectionError, attempts=3, name="users-api").layer(flaky)
+    with pytest.raises(ConnectionError) as info:
+        await svc("x")
+    assert info.value is flaky.raised[-1]
+    assert info.value.__notes__ == [
+        "retry 'users-api' gave up after 3 attempts: the attempts limit (3) was reached"
+    ]
+    # its traceback still reaches the line in the service that raised it
+    frames = traceback.extract_tb(info.value.__traceback__)
+    assert frames[-1].name == "__call__"
+    assert frames[-1].line == "raise error"
+    assert len(flaky.attempts) == 3
+
+
+async def test_non_retryable_errors_pass_through_unchanged() -> None:
+    """An error `on` does not match: raised at once, same object, no note, same tb."""
+    original: list[BaseException] = []
+
+    async def broken(request: str) -> str:
+        error = KeyError(request)
+        original.append(error)
+        raise error
+
+    svc = Retry(on=ConnectionError, attempts=5).layer(broken)
+    with pytest.raises(KeyError) as info:
+        await svc("x")
+    assert info.value is original[0]
+    assert not hasattr(info.value, "__notes__")
+    names = [frame.name for frame in traceback.extract_tb(info.value.__traceback__)]
+    assert names[-2:] == ["retry_with_budget", "broken"]
+    assert info.value.__context__ is None
+    assert now() == 0
+
+
+async def test_a_non_retryable_error_after_retries_gets_a_note() -> None:
+    """A non-retryable error on attempt 3 is raised at once, with a note."""
+    errors = iter([ConnectionError(), ConnectionError(), ValueError("bad")])
+
+    async def service(request: str) -> str:
+        raise next(errors)
+
+    svc = Retry(on=ConnectionError, attempts=5, backoff=[0]).layer(service)
+    with pytest.raises(ValueError, match="bad") as info:
+        await svc("x")
+    assert info.value.__notes__ == [
+        "retry 'retry': attempt 3 raised an error that is not retryable"
+    ]
+
+
+async def test_classification_by_tuple_and_predicate() -> None:
+    """`on` takes a tuple of types or a predicate on the exception."""
+    flaky = Flaky(2, error=lambda: TimeoutError())
+    svc = Retry(on=(ConnectionError, TimeoutError), attempts=3, backoff=[0]).layer(
+        flaky
+    )
+    assert await svc("x") == "x"
+
+    flaky = Flaky(2, error=lambda: OSError(503, "unavailable"))
+    svc = Retry(
+        on=lambda error: isinstance(error, OSError) and error.errno == 503,
+        attempts=3,
+        backoff=[0],
+    ).layer(flaky)
+    assert await svc("x") == "x"
+
+    flaky = Flaky(2, error=lambda: OSError(404, "not found"))
+    svc = Retry(
+        on=lambda error: isinstance(error, OSError) and error.errno == 503,
+        attempts=3,
+    ).layer(flaky)
+    with pytest.raises(OSError, match="not found"):
+        await svc("x")
+    assert len(flaky.starts) == 1
+
+
+async def test_retries_a_response_and_returns_the_last_one() -> None:
+    """on_result retries responses; when retrying stops, the last one is returned."""
+    answers = iter([503, 503, 200])
+
+    async def http(request: str) -> int:
+        return next(answers)
+
+    svc = Retry(
+        on=ConnectionError, attempts=5, backoff=[0.1], on_result=lambda s: s >= 500
+    ).layer(http)
+    assert await svc("GET /") == 200
+
+    calls: list[float] = []
+
+    async def always_503(request: str) -> int:
+        calls.append(now())
+        return 503
+
+    svc = Retry(
+        on=ConnectionError, attempts=3, backoff=[0.1], on_result=lambda s: s >= 500
+    ).layer(always_503)
+    with capture_events(layers.RetriesExhausted) as stopped:
+        assert await svc("GET /") == 503
+    assert len(calls) == 3
+    assert stopped == [
+        layers.RetriesExhausted(
+            layer="retry", attempts=3, reason="attempts", error=None
+        )
+    ]
+
+
+async def test_prepare_builds_the_request_of_each_retry() -> None:
+    """prepare(request, attempt) gives the request sent on attempts 2, 3..."""
+    flaky = Flaky(2)
+    svc = Retry(
+        on=ConnectionError,
+        attempts=3,
+        backoff=[0],
+        prepare=lambda request, attempt: f"{request}#{attempt}",
+    ).layer(flaky)
+    assert await svc("x") == "x#3"
+    assert flaky.requests == ["x", "x#2", "x#3"]
+
+
+async def test_nested_retries_each_count_their_own_attempts() -> None:
+    """Inside an outer retry's 2nd attempt, an inner retry's first attempt is 1."""
+    seen: list[tuple[int, str]] = []
+    inner_failures = iter([True, True, True, False])
+
+    async def service(request: str) -> str:
+        seen.append((layers.current_attempt(), request))
+        if next(inner_failures):
+            raise ConnectionError
+        return request
+
+    inner = Retry(on=ConnectionError, attempts=2, backoff=[0], budget=None)
+    outer = Retry(
+        on=ConnectionError,
+        attempts=2,
+        backoff=[0],
+        budget=None,
+        prepare=lambda request, attempt: f"outer {attempt}",
+    )
+    svc = outer.layer(inner.layer(service))
+    assert await svc("outer 1") == "outer 2"
+    assert seen == [(1, "outer 1"), (2, "outer 1"), (1, "outer 2"), (2, "outer 2")]
+
+
+async def test_many_calls_at_once() -> None:
+    """Fifty concurrent calls each retry on their own and all succeed."""
+    services = [Flaky(index % 3) for index in range(50)]
+    retry = Retry(on=ConnectionError, attempts=3, backoff=ConstantBackoff(1))
+    results: dict[int, Any] = {}
+
+    async def one(index: int) -> None:
+        results[index] = await retry.layer(services[index])(index)
+
+    async with anyio.create_task_group() as group:
+        for index in range(50):
+            group.start_soon(one, index)
+    assert results == {index: index for index in range(50)}
+    assert [s.attempts for s in services[:3]] == [[1], [1, 2], [1, 2, 3]]
+    assert now() == pytest.approx(2)
+
+
+# ---------------------------------------------------------------- backoff
+
+
+@pytest.mark.parametrize(
+    ("backoff", "reference"),
+    [
+        (
+            lambda: ExponentialBackoff(base=1, cap=4, rng=random.Random(5).random),
+            lambda r: [min(4, 2**n) * r.random() for n in range(5)],
+        ),
+        (
+            lambda: ExponentialBackoff(
+                base=1, cap=4, jitter="equal", rng=random.Random(5).random
+            ),
+            lambda r: [
+                min(4, 2**n) / 2 + min(4, 2**n) / 2 * r.random() for n in range(5)
+            ],
+        ),
+        (
+            lambda: ExponentialBackoff(base=1, cap=4, jitter="none"),
+            lambda r: [1, 2, 4, 4, 4],
+        ),
+        (lambda: ConstantBackoff(0.5), lambda r: [0.5] * 5),
+        (lambda: [0.1, 0.2, 0.4], lambda r: [0.1, 0.2, 0.4, 0.4, 0.4]),
+        (
+            lambda: lambda attempt: attempt * 0.25,
+            lambda r: [0.25, 0.5, 0.75, 1.0, 1.25],
+        ),
+    ],
+    ids=["full", "equal", "none", "constant", "sequence", "function"],
+)
+async def test_the_exact_delays_between_attempts(
+    backoff: Callable[[], Any], reference: Callable[[random.Random], list[float]]
+) -> None:
+    """On virtual time, attempts start exactly the backoff's delays apart."""
+    flaky = Flaky(5)
+    svc = Retry(on=ConnectionError, attempts=6, backoff=backoff(), budget=None).layer(
+        flaky
+    )
+    assert await svc("x") == "x"
+    assert flaky.gaps == pytest.approx(reference(random.Random(5)), abs=1e-6)
+
+
+async def test_decorrelated_delays_between_attempts() -> None:
+    """Decorrelated jitter through Retry: min(cap, uniform(base, 3 x previous))."""
+    flaky = Flaky(5)
+    backoff = ExponentialBackoff(
+        base=0.5, cap=3, jitter="decorrelated", rng=random.Random(11).random
+    )
+    svc = Retry(on=ConnectionError, attempts=6, backoff=backoff).layer(flaky)
+    await svc("x")
+    r, previous, expected = random.Random(11), 0.5, []
+    for _ in range(5):
+        previous = min(3, 0.5 + (previous * 3 - 0.5) * r.random())
+        expected.append(previous)
+    assert flaky.gaps == pytest.approx(expected, abs=1e-6)
+
+
+@hypothesis.settings(
+    max_examples=20,
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+@hypothesis.given(seed=st.integers(0, 2**32), cap=st.floats(0.01, 20))
+async def test_full_jitter_delays_stay_within_zero_and_cap(
+    seed: int, cap: float
+) -> None:
+    """With the default full jitter, every wait between attempts is in [0, cap]."""
+    flaky = Flaky(8)
+    start = now()
+    backoff = ExponentialBackoff(
+        base=min(0.1, cap), cap=cap, rng=random.Random(seed).random
+    )
+    svc = Retry(on=ConnectionError, attempts=9, backoff=backoff, budget=None).layer(
+        flaky
+    )
+    await svc("x")
+    assert flaky.starts[0] == start
+    assert all(0 <= gap <= cap + 1e-9 for gap in flaky.gaps)
+
+
+async def test_a_bad_delay_from_a_backoff_function_is_an_error() -> None:
+    """A backoff function giving a negative delay raises ValueError, in context."""
+    flaky = Flaky(3)
+    svc = Retry(on=ConnectionError, attempts=3, backoff=lambda attempt: -1).layer(flaky)
+    with pytest.raises(
+        ValueError, match="gave -1 as the delay after attempt 1"
+    ) as info:
+        await svc("x")
+    assert isinstance(info.value.__cause__, ConnectionError)
+
+
+async def test_zero_delays_still_let_other_tasks_run() -> None:
+    """Retries with no delay checkpoint between attempts (others run meanwhile)."""
+    ticks: list[int] = []
+
+    async def fails_without_waiting(request: str) -> str:
+        ticks.append(len(ticks))
+        raise ConnectionError
+
+    progressed = []
+
+    async def other() -> None:
+        progressed.append(len(ticks))
+
+    svc = Retry(on=ConnectionError, attempts=3, backoff=[0], budget=None).layer(
+        fails_without_waiting
+    )
+    async with anyio.create_task_group() as group:
+        group.start_soon(other)
+        with pytest.raises(ConnectionError):
+            await svc("x")
+    assert progressed
+    assert progressed[0] < 3
+
+
+# ---------------------------------------------------------------- never retried
+
+
+async def test_cancellation_during_an_attempt_is_not_retried() -> None:
+    """Cancelled while an attempt runs: it propagates, nothing is retried after."""
+    flaky = Flaky(0, duration=10)
+    svc = Retry(on=Exception, attempts=5, backoff=[0]).layer(flaky)
+    with anyio.move_on_after(1) as scope:
+        await svc("x")
+    assert scope.cancelled_caught
+    await anyio.sleep(100)  # nothing left running that would try again
+    assert flaky.starts == [0]
+    assert layers.current_attempt() == 1
+
+
+async def test_cancellation_during_the_backoff_sleep_is_not_retried() -> None:
+    """Cancelled during the wait between attempts: no new attempt, cancel propagates."""
+    flaky = Flaky(5)
+    svc = Retry(on=ConnectionError, attempts=5, backoff=ConstantBackoff(10)).layer(
+        flaky
+    )
+    with anyio.move_on_after(3) as scope:
+        await svc("x")
+    assert scope.cancelled_caught
+    assert now() == pytest.approx(3)
+    await anyio.sleep(100)
+    assert flaky.starts == [0]
+
+
+async def test_cancellation_during_the_second_attempt() -> None:
+    """Cancelled in attempt 2: the attempt number is reset and nothing retries."""
+    flaky = Flaky(1, duration=1)
+    svc = Retry(on=ConnectionError, attempts=5, backoff=[0.5]).layer(flaky)
+    with anyio.move_on_after(2) as scope:
+        await svc("x")
+    assert scope.cancelled_caught
+    assert flaky.attempts == [1, 2]
+    assert layers.current_attempt() == 1
+    await anyio.sleep(100)
+    assert len(flaky.starts) == 2
+
+
+@ASYNCIO_ONLY
+async def test_a_cancelled_error_raised_inside_is_never_retried() -> None:
+    """A CancelledError from the service passes through, even if `on` says yes."""
+    calls = 0
+
+    async def cancelled(request: str) -> str:
+        nonlocal calls
+        calls += 1
+        raise asyncio.CancelledError
+
+    svc = Retry(on=lambda error: True, attempts=5, budget=None).layer(cancelled)
+    with pytest.raises(asyncio.CancelledError):
+        await svc("x")
+    assert calls == 1
+
+
+async def test_base_exceptions_are_never_retried() -> None:
+    """A BaseException that is not an Exception (e.g. KeyboardInterrupt) passes."""
+
+    class Stop(BaseException):
+        pass
+
+    calls = 0
+
+    async def stopping(request: str) -> str:
+        nonlocal calls
+        calls += 1
+        raise Stop
+
+    svc = Retry(on=lambda error: True, attempts=5).layer(stopping)
+    with pytest.raises(Stop):
+        await svc("x")
+    assert calls == 1
+
+
+# ---------------------------------------------------------------- deadlines
+
+
+async def test_inside_a_timeout_no_attempt_starts_past_the_deadline() -> None:
+    """Retry under Timeout(1): attempts at 0, .3, .6, .9; it stops at .9, not later."""
+    flaky = Flaky(10)
+    svc = (
+        layers.ServiceBuilder()
+        .timeout(1)
+        .retry(on=ConnectionError, attempts=10, backoff=ConstantBackoff(0.3))
+        .service(flaky)
+    )
+    with (
+        capture_events(layers.RetryDeadlineReached) as stopped,
+        pytest.raises(ConnectionError) as info,
+    ):
+        await svc("x")
+    assert flaky.starts == pytest.approx([0, 0.3, 0.6, 0.9])
+    assert now() == pytest.approx(0.9)  # it did not sleep to the deadline
+    assert info.value is flaky.raised[-1]
+    (note,) = info.value.__notes__
+    assert note.startswith("retry 'retry' gave up after 4 attempts: the deadline")
+    assert stopped[0].attempts == 4
+    assert stopped[0].remaining == pytest.approx(0.1)
+    assert stopped[0].delay == pytest.approx(0.3)
+
+
+async def test_min_attempt_time_keeps_room_for_an_attempt() -> None:
+    """With min_attempt_time=0.2, an attempt needs 0.2 s left after its wait."""
+    flaky = Flaky(10)
+    svc = (
+        layers.ServiceBuilder()
+        .timeout(1)
+        .retry(
+            on=ConnectionError,
+            attempts=10,
+            backoff=ConstantBackoff(0.3),
+            min_attempt_time=0.2,
+        )
+        .service(flaky)
+    )
+    with pytest.raises(ConnectionError):
+        await svc("x")
+    assert flaky.starts == pytest.approx([0, 0.3, 0.6])
+
+
+async def test_a_failure_after_the_deadline_is_not_retried() -> None:
+    """A failure that arrives once the deadline has passed is raised, not retried."""
+    flaky = Flaky(5, duration=2)
+    svc = Retry(on=ConnectionError, attempts=5, backoff=[0]).layer(flaky)
+    # a deadline as an outer Timeout records it, but nothing that cancels
+    token = DEADLINE.set(now() + 1)
+    try:
+        with (
+            capture_events(layers.RetryDeadlineReached) as stopped,
+            pytest.raises(ConnectionError) as info,
+        ):
+            await svc("x")
+    finally:
+        DEADLINE.reset(token)
+    assert flaky.starts == [0]
+    assert info.value.__notes__ == [
+        "retry 'retry' gave up after 1 attempt: the deadline has passed"
+    ]
+    assert stopped[0].remaining == pytest.approx(-1)
+
+
+@hypothesis.settings(
+    max_examples=30,
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+@hypothesis.given(
+    seconds=st.floats(0.05, 5),
+    duration=st.floats(0, 1),
+    delays=st.lists(st.floats(0, 2), min_size=1, max_size=5),
+)
+async def test_no_sleep_or_attempt_past_the_deadline(
+    seconds: float, duration: float, delays: list[float]
+) -> None:
+    """Under any Timeout, attempts start before the deadline, sleeps end before it."""
+    start = now()
+    deadline = start + seconds
+    flaky = Flaky(100, duration=duration)
+    svc = (
+        layers.ServiceBuilder()
+        .timeout(seconds)
+        .retry(on=ConnectionError, attempts=20, backoff=delays, budget=None)
+        .service(flaky)
+    )
+    with pytest.raises((ConnectionError, layers.Elapsed)) as info:
+        await svc("x")
+    assert all(s < deadline for s in flaky.starts)
+    if isinstance(info.value, ConnectionError):
+        # it gave up by itself: before the deadline, not after a long sleep
+        assert now() <= deadline + 1e-6  # looptime rounds its clock to 1 µs
+        # and not while a retry would still fit: the next start would not
+        # have been before the deadline
+        assert info.value.__notes__
+
+
+# ------------------------------------------------------------ delay hints
+
+
+async def test_rejections_wait_for_their_retry_after() -> None:
+    """A retried RateLimited waits its retry_after (not the backoff)."""
+    flaky = Flaky(2, error=lambda: layers.RateLimited(retry_after=2.5))
+    svc = Retry(on=layers.Rejected, attempts=3, backoff=ConstantBackoff(0.1)).layer(
+        flaky
+    )
+    assert await svc("x") == "x"
+    assert flaky.gaps == pytest.approx([2.5, 2.5])
+
+
+async def test_rejections_are_not_retried_unless_classified() -> None:
+    """A Rejected that `on` does not match is raised on the first attempt."""
+    flaky = Flaky(2, error=lambda: layers.Overloaded())
+    svc = Retry(on=ConnectionError, attempts=3).layer(flaky)
+    with pytest.raises(layers.Overloaded):
+        await svc("x")
+    assert len(flaky.starts) == 1
+
+
+async def test_a_hint_longer_than_the_cap_ends_retrying() -> None:
+    """retry_after above max_delay (the exponential cap here) raises at once."""
+    flaky = Flaky(2, error=lambda: layers.CircuitOpen(retry_after=30))
+    svc = Retry(on=layers.CircuitOpen, attempts=3, backoff=ExponentialBackoff(cap=5))
+    with (
+        capture_events(layers.RetriesExhausted) as stopped,
+        pytest.raises(layers.CircuitOpen) as info,
+    ):
+        await svc.layer(flaky)("x")
+    assert now() == 0
+    assert info.value.__notes__ == [
+        "retry 'retry' gave up after 1 attempt: the error's retry_after (30 s) is "
+        "longer than max_delay (5 s)"
+    ]
+    assert stopped[0].reason == "retry_after"
+
+
+async def test_a_hint_past_the_deadline_ends_retrying() -> None:
+    """retry_after that would end past the deadline raises at once."""
+    flaky = Flaky(2, error=lambda: layers.RateLimited(retry_after=3))
+    svc = (
+        layers.ServiceBuilder()
+        .timeout(2)
+        .retry(on=layers.RateLimited, attempts=3)
+        .service(flaky)
+    )
+    with pytest.raises(layers.RateLimited):
+        await svc("x")
+    assert now() == 0
+
+
+async def test_a_user_hook_reads_the_hint() -> None:
+    """retry_after=hook reads a delay from the error (an HTTP Retry-After, say)."""
+
+    class HttpError(Exception):
+        def __init__(self, headers: dict[str, str]) -> None:
+            super().__init__("HTTP 429")
+            self.headers = headers
+
+    def hint(error: Exception) -> float | None:
+        if isinstance(error, HttpError) and "retry-after" in error.headers:
+            return float(error.headers["retry-after"])
+        return None
+
+    flaky = Flaky(2, error=lambda: HttpError({"retry-after": "1.5"}))
+    svc = Retry(
+        on=HttpError, attempts=3, retry_after=hint, backoff=ConstantBackoff(0.1)
+    ).layer(flaky)
+    assert await svc("x") == "x"
+    assert flaky.gaps == pytest.approx([1.5, 1.5])
+
+    flaky = Flaky(2, error=lambda: HttpError({}))
+    svc = Retry(
+        on=HttpError, attempts=3, retry_after=hint, backoff=ConstantBackoff(0.1)
+    ).layer(flaky)
+    assert await svc("x") == "x"
+    assert flaky.gaps == pytest.approx([0.1, 0.1])
+
+
+async def test_max_delay_clamps_computed_delays() -> None:
+    """max_delay clamps the delays a backoff computes."""
+    flaky = Flaky(3)
+    svc = Retry(on=ConnectionError, attempts=4, backoff=[1, 5, 50], max_delay=2).layer(
+        flaky
+    )
+    await svc("x")
+    assert flaky.gaps == pytest.approx([1, 2, 2])
+
+
+# ----------------------------------------------------------------- max_time
+
+
+async def test_max_time_stops_before_an_attempt_that_would_start_late() -> None:
+    """max_time=1 with 0.4 s waits: attempts at 0, .4, .8; the next is not started."""
+    flaky = Flaky(10)
+    svc = Retry(on=ConnectionError, max_time=1, backoff=ConstantBackoff(0.4)).layer(
+        flaky
+    )
+    with (
+        capture_events(layers.RetriesExhausted) as stopped,
+        pytest.raises(ConnectionError) as info,
+    ):
+        await svc("x")
+    assert flaky.starts == pytest.approx([0, 0.4, 0.8])
+    assert now() == pytest.approx(0.8)
+    assert "could not start within max_time (1 s)" in info.value.__notes__[0]
+    assert stopped[0].reason == "max_time"
+
+
+async def test_max_time_counts_from_the_first_attempt() -> None:
+    """A slow first attempt uses up max_time: no retry after it."""
+    flaky = Flaky(10, duration=2)
+    svc = Retry(on=ConnectionError, max_time=1, backoff=[0]).layer(flaky)
+    with pytest.raises(ConnectionError):
+        await svc("x")
+    assert flaky.starts == [0]
+
+
+# ------------------------------------------------------------------ budget
+
+
+async def test_an_empty_budget_stops_retrying() -> None:
+    """With no budget left, the error is raised at once and an event says why."""
+    budget = layers.RetryBudget(min_per_second=0, percent=0)
+    flaky = Flaky(5)
+    svc = Retry(on=ConnectionError, attempts=5, budget=budget, name="db").layer(flaky)
+    with (
+        capture_events(layers.RetryBudgetExhausted) as stopped,
+        pytest.raises(ConnectionError) as info,
+    ):
+        await svc("x")
+    assert info.value.__notes__ == [
+        "retry 'db' gave up after 1 attempt: the retry budget is exhausted"
+    ]
+    assert stopped == [
+        layers.RetryBudgetExhausted(layer="db", attempts=1, error="ConnectionError")
+    ]
+
+
+async def test_one_layer_shares_its_budget_between_services() -> None:
+    """Two services from one Retry layer (or builder) draw on one budget."""
+    retry = Retry(
+        on=ConnectionError,
+        attempts=2,
+        backoff=[0],
+        budget=layers.RetryBudget(ttl=1, min_per_second=1, percent=0),
+    )
+    first, second = retry.layer(Flaky(1)), retry.layer(Flaky(1))
+    assert await first("a") == "a"  # takes the one retry there is
+    with pytest.raises(ConnectionError):
+        await second("b")
+
+    builder = layers.ServiceBuilder().retry(on=ConnectionError, attempts=2, backoff=[0])
+    budget = builder.layers[0].budget  # type: ignore[attr-defined]
+    again = layers.ServiceBuilder().retry(on=ConnectionError, attempts=2)
+    assert isinstance(budget, layers.RetryBudget)
+    assert again.layers[0].budget is not budget  # type: ignore[attr-defined]
+    await builder.service(Flaky(1))("a")
+    await builder.service(Flaky(1))("b")
+    assert budget.statistics().retries == 2
+
+
+async def test_the_budget_counts_every_call() -> None:
+    """Every call deposits once (first attempts), every retry withdraws once."""
+    budget = layers.RetryBudget()
+    svc = Retry(on=ConnectionError, attempts=3, backoff=[0], budget=budget)
+    for _ in range(5):
+        await svc.layer(Flaky(0))("x")
+    await svc.layer(Flaky(2))("x")
+    stats = budget.statistics()
+    assert (stats.deposits, stats.retries) == (6, 2)
+
+
+# ------------------------------------------------------------------ events
+
+
+async def test_events_report_attempts_by_error_type_only() -> None:
+    """Each retry emits attempt, delay and error type; never the error's message."""
+    flaky = Flaky(2, error=lambda: ConnectionError("secret=hunter2"))
+    svc = Retry(on=ConnectionError, attempts=3, backoff=[0.5, 1], name="api")
+    with capture_events() as seen:
+        await svc.layer(flaky)("x")
+    assert seen == [
+        layers.RetryAttemptFailed(
+            layer="api", attempt=1, delay=0.5, error="ConnectionError"
+        ),
+        layers.RetryAttemptFailed(
+            layer="api", attempt=2, delay=1.0, error="ConnectionError"
+        ),
+    ]
+    assert "hunter2" not in repr(seen)
+    assert seen[0].event == "retry_attempt_failed"
+
+
+async def test_error_types_outside_builtins_are_qualified() -> None:
+    """An error type from a module is named with its module."""
+    flaky = Flaky(1, error=lambda: layers.RateLimited(retry_after=0))
+    with capture_events(layers.RetryAttemptFailed) as seen:
+        await Retry(on=layers.RateLimited, attempts=2).layer(flaky)("x")
+    assert seen[0].error == "layers._errors.RateLimited"
+
+
+async def test_exhaustion_event() -> None:
+    """Giving up after the attempts limit emits RetriesExhausted."""
+    with (
+        capture_events(layers.RetriesExhausted) as seen,
+        pytest.raises(ConnectionError),
+    ):
+        await Retry(on=ConnectionError, attempts=2, backoff=[0]).layer(Flaky(5))("x")
+    assert seen == [
+        layers.RetriesExhausted(
+            layer="retry", attempts=2, reason="attempts", error="ConnectionError"
+        )
+    ]
+
+
+# ------------------------------------------------------------- testing mode
+
+
+async def test_testing_mode_turns_retrying_off() -> None:
+    """set_retry_testing(True): one attempt, no wait; off again restores retries."""
+    set_retry_testing(True)
+    try:
+        flaky = Flaky(1)
+        svc = Retry(on=ConnectionError, attempts=5).layer(flaky)
+        with pytest.raises(ConnectionError):
+            await svc("x")
+        assert len(flaky.starts) == 1
+    finally:
+        set_retry_testing(False)
+    flaky = Flaky(1)
+    assert await Retry(on=ConnectionError, attempts=5).layer(flaky)("x") == "x"
+
+
+async def test_testing_mode_context_manager_caps_attempts_and_skips_waits() -> None:
+    """retry_testing(attempts=3): at most 3 attempts, no waits; restored after."""
+    flaky = Flaky(10)
+    svc = Retry(on=ConnectionError, attempts=5, backoff=ConstantBackoff(60)).layer(
+        flaky
+    )
+    with retry_testing(attempts=3):
+        with pytest.raises(ConnectionError):
+            await svc("x")
+        with retry_testing(attempts=10):  # never more than the layer's own
+            flaky.starts.clear()
+            with pytest.raises(ConnectionError):
+                await svc("x")
+            assert len(flaky.starts) == 5
+    assert now() == 0
+    assert layers._retry.TESTING.attempts is None
+
+
+def test_testing_mode_refuses_bad_attempts() -> None:
+    """set_retry_testing(attempts=0) is a configuration error."""
+    with pytest.raises(layers.ConfigurationError, match="attempts must be an integer"):
+        set_retry_testing(True, attempts=0)
+
+
+# ----------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"on": OSError},
+            "Retry(attempts=None, max_time=None): give at least one limit",
+        ),
+        ({"on": OSError, "attempts": 0}, "attempts must be None or an integer >= 1"),
+        ({"on": OSError, "attempts": True}, "attempts must be None or an integer"),
+        ({"on": OSError, "attempts": 2.5}, "got 2.5"),
+        ({"on": OSError, "max_time": -1}, "max_time must be None or a finite number"),
+        ({"on": OSError, "attempts": 2, "max_delay": 0}, "max_delay must be None or"),
+        (
+            {"on": OSError, "attempts": 2, "min_attempt_time": -0.1},
+            "min_attempt_time must be a finite number of seconds >= 0",
+        ),
+        ({"on": BaseException, "attempts": 2}, "on must be an Exception subclass"),
+        (
+            {"on": asyncio.CancelledError, "attempts": 2},
+            "cancellation and other BaseExceptions are never retried",
+        ),
+        ({"on": (), "attempts": 2}, "on must be an Exception subclass, a tuple"),
+        ({"on": (OSError, KeyboardInterrupt), "attempts": 2}, "Retry(on=("),
+        ({"on": "OSError", "attempts": 2}, "Retry(on='OSError')"),
+        ({"on": OSError, "attempts": 2, "budget": 5}, "budget must be a RetryBudget"),
+        (
+            {"on": OSError, "attempts": 2, "retry_after": 3},
+            "retry_after must be None or callable",
+        ),
+        ({"on": OSError, "attempts": 2, "name": ""}, "name must be a non-empty string"),
+        (
+            {"on": OSError, "attempts": 2, "backoff": [-1]},
+            "backoff[0] must be a finite number of seconds >= 0",
+        ),
+    ],
+)
+def test_bad_configuration(kwargs: dict[str, Any], message: str) -> None:
+    """Bad values fail at construction, naming the parameter, value and range."""
+    with pytest.raises(layers.ConfigurationError, match=re.escape(message)):
+        Retry(**kwargs)
+
+
+def test_builder_method_adds_a_retry_layer() -> None:
+    """.retry(...) adds one Retry with the options given."""
+    budget = layers.RetryBudget()
+    builder = layers.ServiceBuilder().retry(
+        on=ConnectionError, attempts=4, budget=budget, name="users"
+    )
+    (retry,) = builder.layers
+    assert isinstance(retry, Retry)
+    assert (retry.attempts, retry.budget, retry.name) == (4, budget, "users")
+    assert isinstance(retry.backoff, ExponentialBackoff)
+    (no_budget,) = (
+        layers.ServiceBuilder().retry(on=OSError, max_time=3, budget=None).layers
+    )
+    assert no_budget.budget is None  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------ uvloop smoke
+
+UVLOOP = pytest.mark.parametrize(
+    "anyio_backend",
+    [
+        pytest.param(
+            ("asyncio", {"loop_factory": lambda: _uvloop().new_event_loop()}),
+            marks=pytest.mark.realtime,
+        )
+    ],
+    ids=["uvloop"],
+)
+
+
+def _uvloop() -> Any:
+    """Import uvloop, or skip where it is not installed."""
+    return pytest.importorskip("uvloop")
+
+
+@UVLOOP
+async def test_uvloop_smoke_retries_within_a_deadline() -> None:
+    """On uvloop and the real clock: retries, delays and the deadline rule hold."""
+    flaky = Flaky(2)
+    svc = Retry(on=ConnectionError, attempts=3, backoff=ConstantBackoff(0.02)).layer(
+        flaky
+    )
+    assert await svc("x") == "x"
+    assert all(0.015 <= gap < 0.5 for gap in flaky.gaps)
+    assert flaky.attempts == [1, 2, 3]
+
+    down = Flaky(100)
+    bounded = (
+        layers.ServiceBuilder()
+        .timeout(0.1)
+        .retry(on=ConnectionError, attempts=50, backoff=ConstantBackoff(0.03))
+        .service(down)
+    )
+    with pytest.raises(ConnectionError) as info:
+        await bounded("x")
+    assert 2 <= len(down.starts) <= 4
+    assert "the deadline" in info.value.__notes__[0]
