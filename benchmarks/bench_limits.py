@@ -1,0 +1,303 @@
+"""RateLimit and ConcurrencyLimit under load: contention, accuracy, scale.
+
+Run::
+
+    python benchmarks/bench_limits.py [--backend asyncio|uvloop|trio|all]
+                                      [--part contention|accuracy|scale|all]
+                                      [--rounds N]
+
+Three parts, each on real time (these are measurements of the event loop
+under load, so they cannot run on a virtual clock):
+
+* **contention**: 1,000 tasks each make 20 calls through a limit of 10
+  concurrent calls; the inner call yields once (``checkpoint()``). Timed:
+  no limit, ``anyio.Semaphore(10)``, ``ConcurrencyLimit(10)``, round-robin
+  for ``--rounds`` rounds; the figure is the median wall time, also as a
+  ratio to the unlimited run. Goal: ``ConcurrencyLimit`` takes at most the
+  time ``anyio.Semaphore`` takes.
+* **accuracy**: ``RateLimit(2000, 1.0, burst=20)`` in wait mode, 200
+  concurrent callers calling in a loop for 2 s of real time. The admission
+  times (the loop's clock, read in the inner service) are counted. Goals:
+  the calls admitted within the 2 s are within 1 % of what the schedule
+  allows (2 s x 2,000 + 20 = 4,020), and no 10 ms window (closed, at any
+  offset) holds more than ``burst + rate x 10 ms + 1 = 41`` admissions.
+* **scale**: the success-path cost of each layer and of the primitives
+  people use instead, as a ratio to a bare ``await f(x)``, with the method
+  of bench_core.py (tight loops of 10,000 calls, round-robin, medians).
+  Goal, on asyncio and trio: each layer at most 4x. (uvloop's clock is
+  read through ``get_running_loop()``, a system call on Python 3.11.)
+
+The script exits with status 1 when a goal fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import gc
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+import layers
+
+BACKENDS = ("asyncio", "uvloop", "trio")
+
+Case = Callable[[Any], Awaitable[Any]]
+
+
+def run(backend: str, main: Callable[[], Awaitable[Any]]) -> Any:
+    if backend == "uvloop":
+        return anyio.run(main, backend="asyncio", backend_options={"use_uvloop": True})
+    return anyio.run(main, backend=backend)
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+# ------------------------------------------------------------------ contention
+
+TASKS = 1_000
+CALLS = 20
+LIMIT = 10
+
+
+async def inner(x: Any) -> Any:
+    await anyio.lowlevel.checkpoint()
+    return x
+
+
+async def drive(case: Case) -> float:
+    """TASKS tasks x CALLS calls of *case*; return the wall time in seconds."""
+
+    async def worker(i: int) -> None:
+        for j in range(CALLS):
+            await case(j)
+
+    gc.collect()
+    start = time.perf_counter()
+    async with anyio.create_task_group() as group:
+        for i in range(TASKS):
+            group.start_soon(worker, i)
+    return time.perf_counter() - start
+
+
+def contention_cases() -> dict[str, Case]:
+    semaphore = anyio.Semaphore(LIMIT)
+
+    async def with_semaphore(x: Any) -> Any:
+        async with semaphore:
+            return await inner(x)
+
+    limit = layers.ConcurrencyLimit(LIMIT)
+    limited = limit.layer(inner)
+    return {
+        "no limit": inner,
+        f"anyio.Semaphore({LIMIT})": with_semaphore,
+        f"ConcurrencyLimit({LIMIT})": limited,
+    }
+
+
+async def contention(rounds: int) -> bool:
+    cases = contention_cases()
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for round_ in range(rounds + 1):
+        for name, case in cases.items():
+            elapsed = await drive(case)
+            if round_:  # the first round warms up
+                samples[name].append(elapsed)
+    medians = {name: statistics.median(s) for name, s in samples.items()}
+    base = medians["no limit"]
+    print(f"contention: {TASKS} tasks x {CALLS} calls, limit {LIMIT}, {rounds} rounds")
+    for name, value in medians.items():
+        print(f"  {name:<24} {value * 1e3:8.1f} ms  {value / base:5.2f}x")
+    ours = medians[f"ConcurrencyLimit({LIMIT})"]
+    theirs = medians[f"anyio.Semaphore({LIMIT})"]
+    ok = ours <= theirs
+    print(
+        f"  goal ConcurrencyLimit <= anyio.Semaphore: {ours / base:.2f}x vs "
+        f"{theirs / base:.2f}x  {verdict(ok)}"
+    )
+    return ok
+
+
+# ------------------------------------------------------------------ accuracy
+
+RATE = 2_000
+BURST = 20
+CALLERS = 200
+DURATION = 2.0
+WINDOW = 0.010
+
+
+async def accuracy() -> bool:
+    admitted: list[float] = []
+    clock = anyio.current_time
+
+    async def record(x: Any) -> Any:
+        admitted.append(clock())
+        return x
+
+    svc = layers.RateLimit(RATE, 1.0, burst=BURST).layer(record)
+
+    async def caller() -> None:
+        while True:
+            await svc(None)
+
+    start = clock()
+    with anyio.move_on_after(DURATION):
+        async with anyio.create_task_group() as group:
+            for _ in range(CALLERS):
+                group.start_soon(caller)
+    end = start + DURATION
+    times = [t for t in admitted if t <= end]
+    allowed = DURATION * RATE + BURST
+    error = (len(times) - allowed) / allowed
+    worst = 0
+    for i, t in enumerate(times):
+        worst = max(worst, bisect.bisect_right(times, t + WINDOW, lo=i) - i)
+    limit = BURST + int(RATE * WINDOW) + 1
+    first = bisect.bisect_right(times, start + WINDOW)
+    ok_count = abs(error) <= 0.01
+    ok_window = worst <= limit
+    print(
+        f"accuracy: RateLimit({RATE}/s, burst={BURST}), {CALLERS} callers, "
+        f"{DURATION:g} s"
+    )
+    print(
+        f"  admitted {len(times)} of {allowed:.0f} allowed ({error:+.2%}); "
+        f"goal within 1 %  {verdict(ok_count)}"
+    )
+    print(
+        f"  busiest 10 ms window: {worst} (first 10 ms: {first}); goal <= {limit}  "
+        f"{verdict(ok_window)}"
+    )
+    return ok_count and ok_window
+
+
+# ------------------------------------------------------------------ scale
+
+
+async def f(x: Any) -> Any:
+    return x
+
+
+def scale_cases(backend: str) -> dict[str, Case]:
+    capacity = anyio.CapacityLimiter(10)
+    anyio_semaphore = anyio.Semaphore(10)
+
+    async def with_capacity_limiter(x: Any) -> Any:
+        async with capacity:
+            return await f(x)
+
+    async def with_anyio_semaphore(x: Any) -> Any:
+        async with anyio_semaphore:
+            return await f(x)
+
+    cases: dict[str, Case] = {
+        "bare await f(x)": f,
+        # a huge burst: uvloop's clock stands still while the loop runs
+        "RateLimit(never limited)": layers.RateLimit(1e12, burst=10**9).layer(f),
+        "ConcurrencyLimit(10)": layers.ConcurrencyLimit(10).layer(f),
+        "RateLimit(key=..., never limited)": layers.RateLimit(
+            1e12, burst=10**9, key=lambda x: x & 7
+        ).layer(f),
+    }
+    if backend == "trio":
+        import trio
+
+        trio_semaphore = trio.Semaphore(10)
+
+        async def with_trio_semaphore(x: Any) -> Any:
+            async with trio_semaphore:
+                return await f(x)
+
+        cases["trio.Semaphore(10)"] = with_trio_semaphore
+    else:
+        import asyncio
+
+        asyncio_semaphore = asyncio.Semaphore(10)
+
+        async def with_asyncio_semaphore(x: Any) -> Any:
+            async with asyncio_semaphore:
+                return await f(x)
+
+        cases["asyncio.Semaphore(10)"] = with_asyncio_semaphore
+    cases["anyio.Semaphore(10)"] = with_anyio_semaphore
+    cases["anyio.CapacityLimiter(10)"] = with_capacity_limiter
+    return cases
+
+
+async def scale(backend: str, rounds: int) -> bool:
+    cases = scale_cases(backend)
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    calls = 10_000
+    gc.collect()
+    gc.freeze()
+    try:
+        for round_ in range(rounds + 3):
+            for name, case in cases.items():
+                await anyio.lowlevel.checkpoint()
+                gc.collect()
+                gc.disable()
+                try:
+                    start = time.perf_counter_ns()
+                    for i in range(calls):
+                        await case(i)
+                    elapsed = time.perf_counter_ns() - start
+                finally:
+                    gc.enable()
+                if round_ >= 3:
+                    samples[name].append(elapsed / calls)
+    finally:
+        gc.unfreeze()
+    medians = {name: statistics.median(s) for name, s in samples.items()}
+    bare = medians["bare await f(x)"]
+    print(f"scale: success path, {rounds} rounds x {calls} calls")
+    for name, value in medians.items():
+        print(f"  {name:<34} {value:7.0f} ns  {value / bare:6.1f}x")
+    ok = True
+    for name in ("RateLimit(never limited)", "ConcurrencyLimit(10)"):
+        ratio = medians[name] / bare
+        if backend == "uvloop":  # the goal is for asyncio and trio
+            print(f"  {name}: {ratio:.2f}x (uvloop: not a goal)")
+            continue
+        ok = ok and ratio <= 4.0
+        print(f"  goal {name} <= 4x: {ratio:.2f}x  {verdict(ratio <= 4.0)}")
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=(*BACKENDS, "all"), default="all")
+    parser.add_argument(
+        "--part", choices=("contention", "accuracy", "scale", "all"), default="all"
+    )
+    parser.add_argument("--rounds", type=int, default=7, help="recorded rounds")
+    args = parser.parse_args(argv)
+    layers.set_logging(False)  # the waits would be logged, and cost time
+    backends = BACKENDS if args.backend == "all" else (args.backend,)
+    parts = ("contention", "accuracy", "scale") if args.part == "all" else (args.part,)
+    print(f"python {sys.version.split()[0]} ({sys.executable})")
+    passed = True
+    for backend in backends:
+        print(f"\n== backend: {backend} ==")
+        for part in parts:
+            if part == "contention":
+                ok = run(backend, lambda: contention(args.rounds))
+            elif part == "accuracy":
+                ok = run(backend, accuracy)
+            else:
+                ok = run(backend, lambda b=backend: scale(b, max(args.rounds, 20)))
+            passed = passed and ok
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+"""ConcurrencyLimit: at most N calls in flight, a FIFO queue, load shedding.
+
+The success path is a counter: when a permit is free the call takes it (an
+increment, no await, so no other task can run in between and no lock is
+needed) and gives it back in a ``finally``. Only a call that must wait
+parks: on a waiter of its own from the backend corner (a bare future on
+asyncio, a parked task on trio: anyio's Event costs twice as much there).
+
+A permit given back while calls wait is *handed over*: the first waiter is
+taken out of the queue and marked as holding the permit before it wakes, so
+the count of calls in flight never drops and no newcomer can slip in
+between. A waiter cancelled at the very moment the permit reaches it hands
+the permit on to the next waiter (or gives it back), so no permit is lost
+and none is granted twice. Hence: while anyone waits, every permit is in
+use, and a newcomer that finds a free permit may take it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any, ClassVar, Literal, NoReturn, TypeVar, final
+
+import anyio
+import attrs
+
+from . import events
+from ._backend import Waiter, new_waiter
+from ._core import Service
+from ._errors import ConfigurationError, Overloaded
+from .events import Event, Level
+
+__all__ = [
+    "ConcurrencyLimit",
+    "ConcurrencyLimitRejected",
+    "ConcurrencyLimitStatistics",
+]
+
+Req = TypeVar("Req")
+Res = TypeVar("Res")
+
+
+def _fail(owner: str, name: str, value: object, rule: str) -> NoReturn:
+    raise ConfigurationError(
+        f"{owner}({name}={value!r}): {name} must be {rule}, got {value!r}"
+    )
+
+
+def _positive_int(
+    instance: object, attribute: attrs.Attribute[Any], value: object
+) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        _fail(type(instance).__name__, attribute.name, value, "an int >= 1")
+
+
+def _optional_queue_bound(
+    instance: object, attribute: attrs.Attribute[Any], value: object
+) -> None:
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int) or value < 0
+    ):
+        _fail(
+            type(instance).__name__,
+            attribute.name,
+            value,
+            "None (no bound) or an int >= 0 (0: no queue, load shedding)",
+        )
+
+
+def _optional_seconds(
+    instance: object, attribute: attrs.Attribute[Any], value: object
+) -> None:
+    if value is not None and (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        _fail(
+            type(instance).__name__,
+            attribute.name,
+            value,
+            "None or a finite number of seconds > 0",
+        )
+
+
+def _name(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str) or not value:
+        _fail(type(instance).__name__, attribute.name, value, "a non-empty string")
+
+
+@attrs.frozen(kw_only=True)
+class ConcurrencyLimitRejected(Event):
+    """A :class:`ConcurrencyLimit` refused a call with :class:`~layers.Overloaded`.
+
+    Attributes:
+        reason: ``"queue_full"`` (every permit in use and the queue at its
+            bound; with ``max_queue=0``, load shedding) or ``"max_wait"``
+            (the call waited ``max_wait`` seconds without a permit).
+        max_in_flight: The layer's limit.
+        waiting: Calls waiting in the queue at the time.
+    """
+
+    event: ClassVar[str] = "concurrency_limit_rejected"
+    level: ClassVar[Level] = "warning"
+
+    reason: Literal["queue_full", "max_wait"]
+    max_in_flight: int
+    waiting: int
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ConcurrencyLimitStatistics:
+    """A snapshot of a :class:`ConcurrencyLimit` (see its ``statistics()``).
+
+    Attributes:
+        in_flight: Calls holding a permit now (at most ``max_in_flight``).
+        waiting: Calls waiting in the queue now.
+        rejected: Calls refused with :class:`~layers.Overloaded`, so far.
+        max_in_flight: The limit.
+    """
+
+    in_flight: int
+    waiting: int
+    rejected: int
+    max_in_flight: int
+
+
+@final
+class _State:
+    """The permits of one ConcurrencyLimit, shared by every service it wraps."""
+
+    __slots__ = ("in_flight", "rejected", "waiters")
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.rejected = 0
+        # FIFO; a waiter leaves it when woken (popped) or cancelled (removed)
+        self.waiters: deque[Waiter] = deque()
+
+    def release(self) -> None:
+        """Give a permit back: to the first waiter if any, else to the pool."""
+        if self.waiters:
+            # The permit passes straight to it: in_flight does not change.
+            self.waiters.popleft().wake()
+        else:
+            self.in_flight -= 1
+
+    def leave(self, waiter: Waiter) -> None:
+        """A waiter gives up (cancelled, or max_wait passed)."""
+        if waiter.woken:
+            # The permit reached it as it was cancelled: pass it on.
+            self.release()
+        else:
+            self.waiters.remove(waiter)
+
+
+@final
+@attrs.frozen(eq=False)
+class ConcurrencyLimit:
+    """Let at most *max_in_flight* calls run inside at once; queue the others.
+
+    A call takes a permit for the whole inner call and gives it back when
+    the call ends: on success, on error and on cancellation, at any await.
+    When every permit is in use, the call waits in a queue, first come first
+    served (a permit given back goes straight to the first waiter; a
+    newcomer never overtakes it). A call cancelled while it waits leaves the
+    queue and holds nothing.
+
+    Two bounds turn waiting into :class:`~layers.Overloaded`, raised without
+    calling the inner service:
+
+    * *max_queue*: a call that finds this many calls already waiting is
+      refused at once. ``max_queue=0`` never queues: a call that finds every
+      permit in use is refused at once, which is **load shedding**
+      (:meth:`ServiceBuilder.load_shed <layers.ServiceBuilder.load_shed>`).
+    * *max_wait*: a call that has waited this long without a permit leaves
+      the queue and is refused.
+
+    ``Overloaded.retry_after`` is ``None``: when a permit frees up depends
+    on the inner calls.
+
+    The state lives in this layer object: every service it wraps shares the
+    same *max_in_flight* permits (a bulkhead around one downstream). A
+    success path with a free permit adds no checkpoint and no await.
+
+    Args:
+        max_in_flight: The most calls inside at once, an int >= 1.
+        max_queue: The most calls waiting, an int >= 0, or ``None`` (the
+            default) for no bound.
+        max_wait: The longest a call waits for a permit, in seconds, or
+            ``None`` (the default) for no bound.
+        name: A name for events and errors (default ``"concurrency_limit"``).
+
+    Raises:
+        layers.ConfigurationError: For any invalid value, naming it.
+
+    Example:
+        >>> import anyio, layers
+        >>> async def slow(request: int) -> int:
+        ...     await anyio.sleep(1)
+        ...     return request
+        >>> limit = layers.ConcurrencyLimit(2, max_queue=0)
+        >>> svc = limit.layer(slow)
+        >>> async def call(i: int) -> None:
+        ...     try:
+        ...         print(i, "->", await svc(i))
+        ...     except layers.Overloaded as error:
+        ...         print(i, "->", error)
+        >>> async def main() -> None:
+        ...     async with anyio.create_task_group() as group:
+        ...         for i in range(3):
+        ...             group.start_soon(call, i)
+        >>> anyio.run(main)
+        2 -> concurrency limit 'concurrency_limit' is full: 2 calls in flight, 0 waiting
+        0 -> 0
+        1 -> 1
+    """
+
+    max_in_flight: int = attrs.field(validator=_positive_int)
+    max_queue: int | None = attrs.field(
+        default=None, kw_only=True, validator=_optional_queue_bound
+    )
+    max_wait: float | None = attrs.field(
+        default=None, kw_only=True, validator=_optional_seconds
+    )
+    name: str = attrs.field(default="concurrency_limit", kw_only=True, validator=_name)
+    _state: _State = attrs.field(init=False, factory=_State, repr=False)
+
+    def statistics(self) -> ConcurrencyLimitStatistics:
+        """A snapshot of the counters (see :class:`ConcurrencyLimitStatistics`)."""
+        state = self._state
+        return ConcurrencyLimitStatistics(
+            in_flight=state.in_flight,
+            waiting=len(state.waiters),
+            rejected=state.rejected,
+            max_in_flight=self.max_in_flight,
+        )
+
+    def layer(self, inner: Service[Req, Res], /) -> Service[Req, Res]:
+        """Wrap *inner* in this limit (shared with every service it wraps)."""
+        state = self._state
+        waiters = state.waiters
+        limit = self.max_in_flight
+        reject = self._reject
+        max_wait = self.max_wait
+        max_queue = math.inf if self.max_queue is None else self.max_queue
+
+        # The queued path is inline too: under contention every call takes
+        # it, and a second coroutine would be resumed at every wake-up.
+        async def concurrency_limit(request: Req, /) -> Res:
+            # While anyone waits every permit is in use, so one comparison
+            # also keeps newcomers behind the queue.
+            if state.in_flight < limit:
+                state.in_flight += 1
+                try:
+                    return await inner(request)
+                finally:
+                    if state.waiters:
+                        state.release()
+                    else:
+                        state.in_flight -= 1
+            if len(waiters) >= max_queue:
+                reject("queue_full")
+            waiter = new_waiter()
+            waiters.append(waiter)
+            try:
+                if max_wait is None:
+                    await waiter.wait()
+                else:
+                    with anyio.move_on_after(max_wait):
+                        await waiter.wait()
+            except BaseException:
+                state.leave(waiter)
+                raise
+            if not waiter.woken:  # max_wait passed without a permit
+                state.leave(waiter)
+                reject("max_wait")
+            try:
+                return await inner(request)
+            finally:
+                state.release()
+
+        return concurrency_limit
+
+    def _reject(self, reason: Literal["queue_full", "max_wait"]) -> NoReturn:
+        state = self._state
+        state.rejected += 1
+        waiting = len(state.waiters)
+        if events.STATE.sinks:
+            events.emit(
+                ConcurrencyLimitRejected(
+                    layer=self.name,
+                    reason=reason,
+                    max_in_flight=self.max_in_flight,
+                    waiting=waiting,
+                )
+            )
+        if reason == "max_wait":
+            message = (
+                f"concurrency limit {self.name!r}: no permit within "
+                f"max_wait={self.max_wait:g} s ({self.max_in_flight} calls in "
+                f"flight, {waiting} waiting)"
+            )
+        else:
+            message = (
+                f"concurrency limit {self.name!r} is full: {state.in_flight} calls "
+                f"in flight, {waiting} waiting"
+            )
+        raise Overloaded(message, layer=self.name)

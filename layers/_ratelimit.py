@@ -1,0 +1,853 @@
+"""RateLimit: at most *rate* calls per *period*, by GCRA, waiting or rejecting.
+
+The algorithm is GCRA, the generic cell rate algorithm (as in redis-cell).
+With the emission interval ``T = period / rate`` and the tolerance
+``tau = burst * T``, the state of a limit is one timestamp, the theoretical
+arrival time ``tat`` (absent means "now"). A call of cost ``n`` at time
+``now``::
+
+    backlog = max(tat, now) - now       # the schedule's lead over the clock
+    slack = tau - n * T                 # the lead this call may leave behind
+    if backlog <= slack:  admitted, tat = max(tat, now) + n * T
+    else:                 limited, retry_after = backlog - slack, state unchanged
+
+This is the usual ``allow_at = max(tat, now) + n * T - tau <= now``, arranged
+so that floating point cannot refuse a call on an idle limit by one rounding
+step (``(now + T) - T`` may exceed ``now``).
+
+There is no refill task and no window: the state is one float per key, the
+schedule is smooth (no double burst at a window boundary), ``retry_after``
+is exact, and weighted calls cost ``n * T``. A key whose ``tat`` has passed
+holds nothing that "absent" would not, so it can be dropped at any time.
+
+Waiting callers queue per key in arrival order. Only the first waiter (the
+head) looks at the clock: it sleeps until its call fits, takes it, and hands
+the head position to the next one. A newcomer that finds a queue joins it
+even when the limit would admit it, so nobody is overtaken.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import (
+    Any,
+    ClassVar,
+    Final,
+    Literal,
+    NoReturn,
+    Protocol,
+    TypeGuard,
+    TypeVar,
+    final,
+)
+
+import anyio
+import anyio.lowlevel
+import attrs
+
+from . import events
+from ._backend import Waiter, limiter_time, new_waiter, rate_limit_call
+from ._core import Service
+from ._deadline import DEADLINE
+from ._errors import ConfigurationError, RateLimited
+from .events import Event, Level
+
+__all__ = [
+    "MemoryRateLimitStore",
+    "RateLimit",
+    "RateLimitRejected",
+    "RateLimitStatistics",
+    "RateLimitStore",
+    "RateLimitWaited",
+]
+
+Req = TypeVar("Req")
+Res = TypeVar("Res")
+
+Mode = Literal["wait", "reject"]
+
+DEFAULT_MAX_KEYS: Final = 10_000
+
+
+# ------------------------------------------------------------------ validation
+
+
+def _fail(owner: str, name: str, value: object, rule: str) -> NoReturn:
+    raise ConfigurationError(
+        f"{owner}({name}={value!r}): {name} must be {rule}, got {value!r}"
+    )
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and math.isfinite(value)
+    )
+
+
+def _positive_number(
+    instance: object, attribute: attrs.Attribute[Any], value: object
+) -> None:
+    if not _is_number(value) or value <= 0:
+        _fail(type(instance).__name__, attribute.name, value, "a finite number > 0")
+
+
+def _positive_int(
+    instance: object, attribute: attrs.Attribute[Any], value: object
+) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        _fail(type(instance).__name__, attribute.name, value, "an int >= 1")
+
+
+def _check_positive_int(owner: str, name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        _fail(owner, name, value, "an int >= 1")
+
+
+def _optional_positive_int(
+    instance: object, attribute: attrs.Attribute[Any], value: object
+) -> None:
+    if value is not None:
+        _positive_int(instance, attribute, value)
+
+
+def _optional_seconds(
+    instance: object, attribute: attrs.Attribute[Any], value: object
+) -> None:
+    if value is not None and (not _is_number(value) or value <= 0):
+        _fail(
+            type(instance).__name__,
+            attribute.name,
+            value,
+            "None or a finite number of seconds > 0",
+        )
+
+
+def _optional_callable(
+    instance: object, attribute: attrs.Attribute[Any], value: object
+) -> None:
+    if value is not None and not callable(value):
+        _fail(type(instance).__name__, attribute.name, value, "None or callable")
+
+
+def _mode(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value not in ("wait", "reject"):
+        _fail(type(instance).__name__, attribute.name, value, "'wait' or 'reject'")
+
+
+def _name(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str) or not value:
+        _fail(type(instance).__name__, attribute.name, value, "a non-empty string")
+
+
+def _store(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not (
+        callable(getattr(value, "take", None))
+        and callable(getattr(value, "peek", None))
+    ):
+        _fail(
+            type(instance).__name__,
+            attribute.name,
+            value,
+            "None or a RateLimitStore (an object with take() and peek() methods)",
+        )
+
+
+# ----------------------------------------------------------------------- store
+
+
+class RateLimitStore(Protocol):
+    """Where a :class:`RateLimit` keeps its GCRA state: one timestamp per key.
+
+    The layer owns the parameters of the limit and passes them on every call
+    (the emission interval ``T`` and the tolerance ``tau``, both in
+    seconds), so a store holds nothing but state. Both methods are
+    synchronous and must be atomic for their key: the in-memory store is, as
+    nothing else runs on the event loop while it computes; a store shared by
+    several processes (Redis, say) does the same in one server-side step.
+
+    A store serves one limit: do not share one between layers with
+    different rates. For a limit without a key function the key is ``None``.
+    A store may refuse a call for reasons of its own (the in-memory store
+    refuses a new key while its table is full of live keys) by returning a
+    wait, like a limited call.
+    """
+
+    def take(
+        self,
+        key: Hashable,
+        cost: float,
+        now: float,
+        interval: float,
+        tolerance: float,
+        /,
+    ) -> float:
+        """Try to take *cost* units for *key* at time *now*.
+
+        With ``base = max(tat, now)``, ``backlog = base - now`` and
+        ``slack = tolerance - cost * interval``: if ``backlog <= slack``,
+        store ``base + cost * interval`` and return ``0.0``; otherwise change
+        nothing and return ``backlog - slack`` (seconds, > 0), the exact wait
+        until the same call would be taken.
+        """
+        ...
+
+    def peek(
+        self,
+        key: Hashable,
+        cost: float,
+        now: float,
+        interval: float,
+        tolerance: float,
+        /,
+    ) -> float:
+        """Return what :meth:`take` would return, without taking anything.
+
+        The waiting mode asks for the total cost of the queue plus a
+        newcomer's, which may exceed the tolerance: the answer is still
+        ``max(0, backlog - slack)``, the wait until the whole queue will
+        have been served.
+        """
+        ...
+
+
+@final
+class MemoryRateLimitStore:
+    """The default store: a table in memory, bounded to *max_keys* entries.
+
+    An entry whose theoretical arrival time has passed says nothing that an
+    absent entry would not, so it is dropped whenever room is needed, and
+    the table never holds more than *max_keys* entries.
+
+    **A full table.** When a new key arrives and every entry is still live,
+    the new key is *limited*, exactly as if its own limit were exhausted:
+    :meth:`take` returns the time until the earliest entry expires (a
+    :class:`~layers.RateLimited` with that ``retry_after`` in reject mode, a
+    wait in wait mode). A live entry is never evicted, so churning through
+    new keys never resets anybody's limit: a full table only slows new keys
+    down. Size *max_keys* for the number of keys active within one
+    ``burst * period / rate``.
+
+    Finding the earliest entry uses a heap with one item per update; it is
+    rebuilt (dropping stale and expired items) when it grows past twice the
+    table, so it stays below ``2 * max_keys + 64`` items and each operation
+    costs ``O(log max_keys)`` amortized.
+
+    Args:
+        max_keys: The most entries the table holds, an int >= 1.
+    """
+
+    __slots__ = ("_heap", "_seq", "_tats", "max_keys", "table_full")
+
+    def __init__(self, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+        _check_positive_int("MemoryRateLimitStore", "max_keys", max_keys)
+        self.max_keys: int = max_keys
+        """The most entries the table holds."""
+        self.table_full: int = 0
+        """How many times a new key was refused because the table was full."""
+        self._tats: dict[Hashable, float] = {}
+        self._heap: list[tuple[float, int, Hashable]] = []
+        self._seq = 0
+
+    def __len__(self) -> int:
+        """The number of entries in the table (some may have expired)."""
+        return len(self._tats)
+
+    def heap_size(self) -> int:
+        """The number of items in the expiry heap (for tests of the bound)."""
+        return len(self._heap)
+
+    def take(
+        self,
+        key: Hashable,
+        cost: float,
+        now: float,
+        interval: float,
+        tolerance: float,
+        /,
+    ) -> float:
+        """See :meth:`RateLimitStore.take`."""
+        tats = self._tats
+        tat = tats.get(key)
+        if tat is None:
+            if len(tats) >= self.max_keys:
+                wait = self._make_room(now)
+                if wait > 0.0:
+                    self.table_full += 1
+                    return wait
+            tat = now
+        elif tat < now:
+            tat = now
+        backlog = tat - now
+        slack = tolerance - cost * interval
+        if backlog > slack:
+            return backlog - slack
+        new_tat = tat + cost * interval
+        if new_tat <= now:  # a free call on an idle key: nothing to remember
+            tats.pop(key, None)
+            return 0.0
+        tats[key] = new_tat
+        heap = self._heap
+        heapq.heappush(heap, (new_tat, self._seq, key))
+        self._seq += 1
+        if len(heap) > 2 * len(tats) + 64:
+            self._rebuild(now)
+        return 0.0
+
+    def peek(
+        self,
+        key: Hashable,
+        cost: float,
+        now: float,
+        interval: float,
+        tolerance: float,
+        /,
+    ) -> float:
+        """See :meth:`RateLimitStore.peek`."""
+        tats = self._tats
+        tat = tats.get(key)
+        room = 0.0
+        if tat is None:
+            if len(tats) >= self.max_keys:
+                room = self._make_room(now)
+            tat = now + room
+        elif tat < now:
+            tat = now
+        wait = (tat - now) - (tolerance - cost * interval)
+        return wait if wait > room else room
+
+    def _make_room(self, now: float) -> float:
+        """Drop expired entries; return 0 if there is room, else the wait for it."""
+        tats = self._tats
+        heap = self._heap
+        while heap:
+            tat, _, key = heap[0]
+            if tats.get(key) != tat:  # stale: the key was updated or dropped
+                heapq.heappop(heap)
+            elif tat <= now:  # expired
+                heapq.heappop(heap)
+                del tats[key]
+            else:
+                break
+        if len(tats) < self.max_keys:
+            return 0.0
+        return heap[0][0] - now
+
+    def _rebuild(self, now: float) -> None:
+        tats = self._tats
+        for key in [key for key, tat in tats.items() if tat <= now]:
+            del tats[key]
+        heap = [(tat, seq, key) for seq, (key, tat) in enumerate(tats.items())]
+        heapq.heapify(heap)
+        self._heap = heap
+        self._seq = len(heap)
+
+    def __repr__(self) -> str:
+        return f"MemoryRateLimitStore(max_keys={self.max_keys}, entries={len(self)})"
+
+
+@final
+class _Cell:
+    """The store of a limit without a key: one timestamp (the key is ignored).
+
+    ``tat`` is what the success path reads. While anyone waits in the
+    limit's queue it is ``+inf``, so that no newcomer gets past the success
+    path's test, and the real value lives in ``held``.
+    """
+
+    __slots__ = ("held", "tat", "waiting")
+
+    def __init__(self) -> None:
+        self.tat = -math.inf
+        self.held = -math.inf
+        self.waiting = 0
+
+    def block(self) -> None:
+        """A caller joins the queue."""
+        self.waiting += 1
+        if self.waiting == 1:
+            self.held = self.tat
+            self.tat = math.inf
+
+    def unblock(self) -> None:
+        """A caller leaves the queue."""
+        self.waiting -= 1
+        if not self.waiting:
+            self.tat = self.held
+
+    def take(
+        self,
+        key: Hashable,
+        cost: float,
+        now: float,
+        interval: float,
+        tolerance: float,
+        /,
+    ) -> float:
+        tat = self.held if self.waiting else self.tat
+        if tat < now:
+            tat = now
+        backlog = tat - now
+        slack = tolerance - cost * interval
+        if backlog > slack:
+            return backlog - slack
+        if self.waiting:
+            self.held = tat + cost * interval
+        else:
+            self.tat = tat + cost * interval
+        return 0.0
+
+    def peek(
+        self,
+        key: Hashable,
+        cost: float,
+        now: float,
+        interval: float,
+        tolerance: float,
+        /,
+    ) -> float:
+        tat = self.held if self.waiting else self.tat
+        if tat < now:
+            tat = now
+        wait = (tat - now) - (tolerance - cost * interval)
+        return wait if wait > 0.0 else 0.0
+
+
+# ---------------------------------------------------------------------- events
+
+
+@attrs.frozen(kw_only=True)
+class RateLimitRejected(Event):
+    """A :class:`RateLimit` refused a call with :class:`~layers.RateLimited`.
+
+    Attributes:
+        retry_after: The ``retry_after`` of the error: seconds until the
+            same call would be admitted (``None`` for a cost beyond the burst,
+            which is never admitted).
+        cost: The call's cost.
+        reason: ``"limited"`` (reject mode, no capacity now), ``"max_wait"``
+            (wait mode, the wait would exceed ``max_wait``),
+            ``"deadline"`` (the wait would outlast the deadline in force,
+            see :func:`~layers.current_deadline`) or ``"cost"`` (the cost
+            exceeds the burst).
+    """
+
+    event: ClassVar[str] = "rate_limit_rejected"
+    level: ClassVar[Level] = "warning"
+
+    retry_after: float | None
+    cost: float
+    reason: Literal["limited", "max_wait", "deadline", "cost"]
+
+
+@attrs.frozen(kw_only=True)
+class RateLimitWaited(Event):
+    """A call waited in a :class:`RateLimit`'s queue, then went through.
+
+    Attributes:
+        waited: Seconds from its arrival to its admission.
+        cost: The call's cost.
+    """
+
+    event: ClassVar[str] = "rate_limit_waited"
+    level: ClassVar[Level] = "debug"
+
+    waited: float
+    cost: float
+
+
+@final
+@attrs.frozen(kw_only=True)
+class RateLimitStatistics:
+    """A snapshot of a :class:`RateLimit` (see :meth:`RateLimit.statistics`).
+
+    Attributes:
+        waiting: Calls waiting in the queues now.
+        waited: Calls that had to wait and were then admitted, so far.
+        rejected: Calls refused with :class:`~layers.RateLimited`, so far.
+        keys: Entries in the in-memory table of keys (``None`` without a
+            key function or with a custom store).
+        table_full: How many times a new key was refused (or made to
+            wait) because the in-memory table was full of live keys (``0``
+            without a key function or with a custom store).
+    """
+
+    waiting: int
+    waited: int
+    rejected: int
+    keys: int | None
+    table_full: int
+
+
+# ----------------------------------------------------------------------- layer
+
+
+@final
+class _Waiter:
+    __slots__ = ("parked",)
+
+    def __init__(self) -> None:
+        self.parked: Waiter | None = None  # only for a waiter behind the head
+
+
+@final
+class _Queue:
+    __slots__ = ("cost", "waiters")
+
+    def __init__(self) -> None:
+        self.waiters: OrderedDict[_Waiter, None] = OrderedDict()
+        self.cost = 0.0
+
+
+@final
+class _State:
+    """The mutable part of a RateLimit, shared by every service it wraps."""
+
+    __slots__ = ("cell", "queues", "rejected", "store", "waited", "waiting")
+
+    def __init__(
+        self, store: RateLimitStore | None, keyed: bool, max_keys: int
+    ) -> None:
+        self.cell: _Cell | None = None
+        if store is None:
+            if keyed:
+                store = MemoryRateLimitStore(max_keys)
+            else:
+                store = self.cell = _Cell()
+        self.store: RateLimitStore = store
+        self.queues: dict[Hashable, _Queue] = {}
+        self.waiting = 0
+        self.waited = 0
+        self.rejected = 0
+
+
+@final
+@attrs.frozen(eq=False)
+class RateLimit:
+    """Admit at most *rate* calls per *period*, with an explicit *burst*.
+
+    The limit is GCRA (see the module documentation of
+    ``layers._ratelimit`` or the how-to guide): calls are spaced by the
+    emission interval ``T = period / rate``, and up to *burst* calls may go
+    through at once when the limit has been idle. With the default
+    ``burst=1`` there is no burst at all: admitted calls are at least ``T``
+    apart. Over any stretch of time ``d`` at most ``burst + d / T`` calls
+    are admitted.
+
+    **Wait mode** (the default): a call that does not fit waits until it
+    does, in arrival order per key; a newcomer never overtakes a waiting
+    call, even when it would fit. With *max_wait*, a call whose wait would
+    exceed it is refused at once with :class:`~layers.RateLimited` (its
+    ``retry_after`` is the wait it would have had); so is a call whose wait
+    would outlast the deadline in force (:func:`~layers.current_deadline`,
+    set by an enclosing :class:`~layers.Timeout`), since waiting could only
+    end in :class:`~layers.Elapsed`. A call cancelled while it waits leaves
+    the queue and takes nothing.
+
+    **Reject mode**: a call that does not fit raises
+    :class:`~layers.RateLimited` at once, without calling the inner service;
+    its ``retry_after`` is exact: the same call made that many seconds later
+    is admitted (if nothing else took the capacity meanwhile).
+
+    **Weighted calls**: *cost* maps a request to its cost in calls (a number
+    >= 0; the default costs 1). A call of cost ``n`` counts as ``n`` calls.
+    A cost greater than *burst* can never be admitted and raises
+    :class:`~layers.RateLimited` with ``retry_after=None``; a cost that is
+    negative or not a finite number raises :class:`ValueError`.
+
+    **Per-key limits**: *key* maps a request to a hashable key (a tenant, a
+    host); each key has its own limit and its own queue. The state lives in
+    an in-memory table bounded to *max_keys* entries; see
+    :class:`MemoryRateLimitStore` for what a new key meets when the table is
+    full of live keys (it is limited until the earliest entry expires; a
+    live entry is never evicted, so churning keys cannot bypass a limit).
+
+    The state lives in this layer object: every service it wraps shares one
+    limit (and one table of keys). Build one ``RateLimit`` per quota.
+
+    Args:
+        rate: Calls admitted per *period*, a finite number > 0.
+        period: The period in seconds, a finite number > 0 (default 1).
+        burst: How many calls may go through at once after an idle spell,
+            an int >= 1 (default 1: none beyond the schedule).
+        mode: ``"wait"`` (the default) or ``"reject"``.
+        max_wait: In wait mode, the longest a call may wait, in seconds
+            (default ``None``: no bound). Not allowed in reject mode.
+        key: A function from the request to the key of its limit (default
+            ``None``: one limit for all calls).
+        max_keys: With *key*, the most keys the in-memory table holds, an
+            int >= 1 (default 10,000). Not allowed with a custom *store*.
+        cost: A function from the request to its cost (default: 1 each).
+        store: Where the state lives (default: in memory). See
+            :class:`RateLimitStore`.
+        name: A name for events and errors (default ``"rate_limit"``).
+
+    Raises:
+        layers.ConfigurationError: For any invalid value, naming it.
+
+    Example:
+        >>> import anyio, layers
+        >>> async def api(request: int) -> int:
+        ...     return request
+        >>> limit = layers.RateLimit(2, period=1.0, mode="reject")
+        >>> svc = limit.layer(api)
+        >>> async def main() -> None:
+        ...     print(await svc(1))
+        ...     try:
+        ...         await svc(2)
+        ...     except layers.RateLimited as error:
+        ...         print(f"limited, retry after {error.retry_after:.2f} s")
+        >>> anyio.run(main)
+        1
+        limited, retry after 0.50 s
+    """
+
+    rate: float = attrs.field(validator=_positive_number)
+    period: float = attrs.field(default=1.0, validator=_positive_number)
+    burst: int = attrs.field(default=1, kw_only=True, validator=_positive_int)
+    mode: Mode = attrs.field(default="wait", kw_only=True, validator=_mode)
+    max_wait: float | None = attrs.field(
+        default=None, kw_only=True, validator=_optional_seconds
+    )
+    key: Callable[[Any], Hashable] | None = attrs.field(
+        default=None, kw_only=True, validator=_optional_callable
+    )
+    max_keys: int | None = attrs.field(
+        default=None, kw_only=True, validator=_optional_positive_int
+    )
+    cost: Callable[[Any], float] | None = attrs.field(
+        default=None, kw_only=True, validator=_optional_callable
+    )
+    store: RateLimitStore | None = attrs.field(
+        default=None, kw_only=True, validator=_store
+    )
+    name: str = attrs.field(default="rate_limit", kw_only=True, validator=_name)
+    _state: _State = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        interval = self.period / self.rate
+        if not (math.isfinite(interval) and interval > 0):
+            raise ConfigurationError(
+                f"RateLimit(rate={self.rate!r}, period={self.period!r}): "
+                f"period / rate must be a finite number of seconds > 0, got "
+                f"{interval!r}"
+            )
+        if self.mode == "reject" and self.max_wait is not None:
+            raise ConfigurationError(
+                f"RateLimit(max_wait={self.max_wait!r}): max_wait applies to "
+                "mode='wait' only, got it with mode='reject'"
+            )
+        if self.store is not None and self.max_keys is not None:
+            raise ConfigurationError(
+                f"RateLimit(max_keys={self.max_keys!r}): max_keys sizes the "
+                "default in-memory store; with store= given, it must be None "
+                f"(configure your store instead), got {self.max_keys!r}"
+            )
+        max_keys = DEFAULT_MAX_KEYS if self.max_keys is None else self.max_keys
+        state = _State(self.store, self.key is not None, max_keys)
+        object.__setattr__(self, "_state", state)
+
+    @property
+    def interval(self) -> float:
+        """The emission interval ``T = period / rate``, in seconds."""
+        return self.period / self.rate
+
+    @property
+    def tolerance(self) -> float:
+        """The GCRA tolerance ``tau = burst * T``, in seconds."""
+        return self.burst * (self.period / self.rate)
+
+    def statistics(self) -> RateLimitStatistics:
+        """A snapshot of the counters (see :class:`RateLimitStatistics`)."""
+        state = self._state
+        store = state.store
+        keys: int | None = None
+        table_full = 0
+        if isinstance(store, MemoryRateLimitStore):
+            keys = len(store)
+            table_full = store.table_full
+        return RateLimitStatistics(
+            waiting=state.waiting,
+            waited=state.waited,
+            rejected=state.rejected,
+            keys=keys,
+            table_full=table_full,
+        )
+
+    def layer(self, inner: Service[Req, Res], /) -> Service[Req, Res]:
+        """Wrap *inner* in this limit (shared with every service it wraps)."""
+        state = self._state
+        interval = self.period / self.rate
+        tolerance = self.burst * interval
+        cell = state.cell
+        if cell is not None and self.cost is None and self.key is None:
+            # The common case, kept to one GCRA update inline: no key, cost 1,
+            # the in-memory cell (whose tat is +inf while anyone waits).
+            slow = self._slow
+
+            async def cell_slow(now: float) -> None:
+                await slow(None, 1, now, None)
+
+            return rate_limit_call(
+                inner, cell, interval, tolerance - 1 * interval, cell_slow
+            )
+
+        key_of = self.key
+        cost_of = self.cost
+        store = state.store
+        queues = state.queues
+        general_slow = self._slow
+        clock = limiter_time
+        burst = self.burst
+
+        async def keyed_rate_limit(request: Req, /) -> Res:
+            key = None if key_of is None else key_of(request)
+            cost: float = 1 if cost_of is None else cost_of(request)
+            if cost_of is not None and not 0 <= cost <= burst:
+                self._bad_cost(cost)
+            now = clock()
+            wait = None
+            if not queues or key not in queues:
+                wait = store.take(key, cost, now, interval, tolerance)
+                if not wait:
+                    return await inner(request)
+            await general_slow(key, cost, now, wait)
+            return await inner(request)
+
+        return keyed_rate_limit
+
+    # -- off the success path --------------------------------------------------
+
+    def _bad_cost(self, cost: object) -> NoReturn:
+        if not _is_number(cost) or cost < 0:
+            raise ValueError(
+                f"RateLimit {self.name!r}: the cost function must return a finite "
+                f"number >= 0, got {cost!r}"
+            )
+        self._reject(
+            None,
+            cost,
+            "cost",
+            f"rate limit {self.name!r}: cost {cost!r} exceeds the burst "
+            f"({self.burst}); such a call can never be admitted",
+        )
+
+    def _reject(
+        self,
+        retry_after: float | None,
+        cost: float,
+        reason: Literal["limited", "max_wait", "deadline", "cost"],
+        message: str = "",
+    ) -> NoReturn:
+        self._state.rejected += 1
+        if events.STATE.sinks:
+            events.emit(
+                RateLimitRejected(
+                    layer=self.name, retry_after=retry_after, cost=cost, reason=reason
+                )
+            )
+        if not message:
+            message = (
+                f"rate limit {self.name!r} exceeded; retry after {retry_after:.6g} s"
+            )
+        raise RateLimited(message, retry_after=retry_after, layer=self.name)
+
+    async def _slow(
+        self, key: Hashable, cost: float, now: float, wait: float | None
+    ) -> None:
+        """Admit a call that the success path could not: reject, or queue.
+
+        *wait* is what the success path's ``take`` returned, or ``None`` if
+        it did not try (someone is queued, or it is the inline cell).
+        """
+        state = self._state
+        store = state.store
+        interval = self.period / self.rate
+        tolerance = self.burst * interval
+        if wait is None:
+            queue = state.queues.get(key)
+            if queue is None:
+                wait = store.take(key, cost, now, interval, tolerance)
+                if not wait:
+                    return
+            else:
+                wait = store.peek(key, queue.cost + cost, now, interval, tolerance)
+        if self.mode == "reject":
+            self._reject(wait, cost, "limited")
+        limit = math.inf if self.max_wait is None else now + self.max_wait
+        deadline = DEADLINE.get()
+        if deadline is not None and deadline < limit:
+            limit = deadline
+        if now + wait > limit:
+            self._reject(wait, cost, "max_wait" if limit != deadline else "deadline")
+        await self._wait(key, cost, now, limit)
+
+    async def _wait(
+        self, key: Hashable, cost: float, start: float, limit: float
+    ) -> None:
+        state = self._state
+        store = state.store
+        cell = state.cell
+        interval = self.period / self.rate
+        tolerance = self.burst * interval
+        queue = state.queues.get(key)
+        if queue is None:
+            queue = state.queues[key] = _Queue()
+        waiters = queue.waiters
+        waiter = _Waiter()
+        if waiters:
+            waiter.parked = new_waiter()
+        waiters[waiter] = None
+        queue.cost += cost
+        state.waiting += 1
+        if cell is not None:
+            cell.block()
+        try:
+            if waiter.parked is not None:
+                await waiter.parked.wait()  # until we are the head
+                # Promoted as our scope was being cancelled: take nothing.
+                await anyio.lowlevel.checkpoint_if_cancelled()
+            due = start
+            while True:
+                now = limiter_time()
+                if now < due:  # the clock woke us a hair early
+                    now = due
+                wait = store.take(key, cost, now, interval, tolerance)
+                if not wait:
+                    break
+                if now + wait > limit:
+                    # Someone else took the capacity (a shared store), or the
+                    # table of keys is full: the wait no longer fits.
+                    self._reject(
+                        wait,
+                        cost,
+                        "deadline" if limit == DEADLINE.get() else "max_wait",
+                    )
+                due = max(now + wait, math.nextafter(now, math.inf))
+                await anyio.sleep_until(due)
+        finally:
+            head = next(iter(waiters)) is waiter
+            del waiters[waiter]
+            queue.cost -= cost
+            state.waiting -= 1
+            if cell is not None:
+                cell.unblock()
+            if not waiters:
+                queue.cost = 0.0
+                if state.queues.get(key) is queue:
+                    del state.queues[key]
+            elif head:
+                nxt = next(iter(waiters))
+                assert nxt.parked is not None
+                nxt.parked.wake()
+        state.waited += 1
+        if events.STATE.sinks:
+            events.emit(
+                RateLimitWaited(
+                    layer=self.name, waited=limiter_time() - start, cost=cost
+                )
+            )
