@@ -1,0 +1,41 @@
+"""Type checks: the circuit breaker keeps the request and response types."""
+
+from __future__ import annotations
+
+from typing import assert_type
+
+import layers
+from layers import CircuitBreaker, CircuitState, Service, ServiceBuilder
+
+
+async def fetch(request: int) -> str:
+    """A service from int to str."""
+    return str(request)
+
+
+breaker = CircuitBreaker(name="users-api", window_type="time", window_size=30)
+
+assert_type(breaker.layer(fetch), Service[int, str])
+assert_type(ServiceBuilder().circuit_breaker(breaker).service(fetch), Service[int, str])
+assert_type(
+    ServiceBuilder()
+    .circuit_breaker(failure_rate_threshold=0.25, slow_call_duration=2.0)
+    .timeout(1)
+    .service(fetch),
+    Service[int, str],
+)
+
+
+def parse(body: bytes) -> int:
+    """Maps a request."""
+    return int(body)
+
+
+assert_type(
+    ServiceBuilder().map_request(parse).circuit_breaker(breaker).service(fetch),
+    Service[bytes, str],
+)
+assert_type(ServiceBuilder().layer(breaker).service(fetch), Service[int, str])
+assert_type(breaker.state, CircuitState)
+assert_type(breaker.statistics().failure_rate, float | None)
+assert_type(breaker.statistics(), layers.CircuitBreakerStatistics)
