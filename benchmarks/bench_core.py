@@ -21,7 +21,14 @@ The goals checked at the end come from the performance issue:
 * five ``map_request`` layers cost at most 8.5x a bare call;
 * on asyncio (and uvloop), one ``Timeout`` costs at most a quarter of
   ``asyncio.timeout`` measured in the same run;
-* on trio, one ``Timeout`` costs at most what ``trio.fail_after`` costs.
+* on trio, one ``Timeout`` costs at most what ``trio.fail_after`` costs;
+* ``Retry`` in its default configuration (budget on) costs at most 4x.
+* a ``CircuitBreaker`` (closed, success path) with its default configuration
+  and a time window costs at most 4x, with a slow-call threshold too at
+  most 5x.
+* ``RateLimit`` (never limited) and ``ConcurrencyLimit`` (never full) each
+  cost at most 4x on asyncio and trio (benchmarks/bench_limits.py measures
+  them under contention and for accuracy).
 
 ``--profile CASE`` runs that case under :mod:`cProfile` instead (in the same
 event loop) and prints the top functions; see benchmarks/README.md.
@@ -86,6 +93,24 @@ def make_cases(backend: str) -> dict[str, Case]:
         "Timeout(10)": timeout,
         "Timeout(10), outer deadline": timeout,  # run under an outer deadline
         "timeout(10) + map_request": stack,
+        # the default configuration: full-jitter backoff, budget on
+        "Retry(on=..., attempts=3)": layers.Retry(on=ConnectionError, attempts=3).layer(
+            f
+        ),
+        # closed, success path: the default configuration (count window, no
+        # clock read), a time window (one clock read), and a slow-call
+        # threshold as well (two clock reads)
+        "CircuitBreaker()": layers.CircuitBreaker().layer(f),
+        "CircuitBreaker(time window)": layers.CircuitBreaker(
+            window_type="time", window_size=60
+        ).layer(f),
+        "CircuitBreaker(time window, slow calls)": layers.CircuitBreaker(
+            window_type="time", window_size=60, slow_call_duration=5
+        ).layer(f),
+        # success path: never limited (one GCRA update), never full (a counter)
+        # (a huge burst: uvloop's clock stands still while the loop runs)
+        "RateLimit(never limited)": layers.RateLimit(1e12, burst=10**9).layer(f),
+        "ConcurrencyLimit(10)": layers.ConcurrencyLimit(10).layer(f),
     }
     if backend == "trio":
         import trio
@@ -245,6 +270,33 @@ def report(backend: str, samples: dict[str, list[float]]) -> bool:
             "anyio.fail_after / asyncio.timeout: "
             f"{ratio['anyio.fail_after(10)'] / reference:.1f}"
         )
+    results.append(
+        check(
+            "Retry (default, budget on) vs bare (goal <= 4x)",
+            ratio["Retry(on=..., attempts=3)"],
+            4.0,
+        )
+    )
+    results.append(
+        check(
+            "CircuitBreaker, time window vs bare (goal <= 4x)",
+            ratio["CircuitBreaker(time window)"],
+            4.0,
+        )
+    )
+    results.append(
+        check(
+            "CircuitBreaker, time window + slow calls vs bare (goal <= 5x)",
+            ratio["CircuitBreaker(time window, slow calls)"],
+            5.0,
+        )
+    )
+    for case in ("RateLimit(never limited)", "ConcurrencyLimit(10)"):
+        line = check(f"{case} vs bare (goal <= 4x)", ratio[case], 4.0)
+        if backend == "uvloop":  # the goal is for asyncio and trio
+            print(f"{line[0].rsplit(maxsplit=1)[0]}  (uvloop: not a goal)")
+        else:
+            results.append(line)
     for line, _ in results:
         print(line)
     return all(ok for _, ok in results)

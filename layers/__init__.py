@@ -10,7 +10,26 @@ from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 from . import events
+from ._backoff import Backoff, ConstantBackoff, ExponentialBackoff
+from ._breaker import (
+    CircuitBreaker,
+    CircuitBreakerOptions,
+    CircuitBreakerStatistics,
+    CircuitCallRejected,
+    CircuitClosed,
+    CircuitHalfOpened,
+    CircuitOpened,
+    CircuitState,
+    CircuitStateChanged,
+    CircuitThresholdExceeded,
+)
+from ._budget import RetryBudget, RetryBudgetStatistics
 from ._builder import ServiceBuilder, Unchanged
+from ._concurrency import (
+    ConcurrencyLimit,
+    ConcurrencyLimitRejected,
+    ConcurrencyLimitStatistics,
+)
 from ._core import (
     Identity,
     Layer,
@@ -33,6 +52,22 @@ from ._errors import (
     Rejected,
     ShuttingDown,
 )
+from ._ratelimit import (
+    MemoryRateLimitStore,
+    RateLimit,
+    RateLimitRejected,
+    RateLimitStatistics,
+    RateLimitStore,
+    RateLimitWaited,
+)
+from ._retry import (
+    RetriesExhausted,
+    Retry,
+    RetryAttemptFailed,
+    RetryBudgetExhausted,
+    RetryDeadlineReached,
+    current_attempt,
+)
 from ._timeout import Timeout, TimeoutService
 from ._transforms import AndThen, Filter, MapErr, MapRequest, MapResponse
 from .events import Event, Sink, TimeoutElapsed, add_sink, remove_sink, set_logging
@@ -44,10 +79,26 @@ except _PackageNotFoundError:  # pragma: no cover - running from a bare checkout
 
 __all__ = [
     "AndThen",
+    "Backoff",
+    "CircuitBreaker",
+    "CircuitBreakerOptions",
+    "CircuitBreakerStatistics",
+    "CircuitCallRejected",
+    "CircuitClosed",
+    "CircuitHalfOpened",
     "CircuitOpen",
+    "CircuitOpened",
+    "CircuitState",
+    "CircuitStateChanged",
+    "CircuitThresholdExceeded",
+    "ConcurrencyLimit",
+    "ConcurrencyLimitRejected",
+    "ConcurrencyLimitStatistics",
     "ConfigurationError",
+    "ConstantBackoff",
     "Elapsed",
     "Event",
+    "ExponentialBackoff",
     "Filter",
     "Filtered",
     "Identity",
@@ -57,9 +108,22 @@ __all__ = [
     "MapErr",
     "MapRequest",
     "MapResponse",
+    "MemoryRateLimitStore",
     "Overloaded",
+    "RateLimit",
+    "RateLimitRejected",
+    "RateLimitStatistics",
+    "RateLimitStore",
+    "RateLimitWaited",
     "RateLimited",
     "Rejected",
+    "RetriesExhausted",
+    "Retry",
+    "RetryAttemptFailed",
+    "RetryBudget",
+    "RetryBudgetExhausted",
+    "RetryBudgetStatistics",
+    "RetryDeadlineReached",
     "Service",
     "ServiceBuilder",
     "ShuttingDown",
@@ -72,6 +136,7 @@ __all__ = [
     "Unchanged",
     "__version__",
     "add_sink",
+    "current_attempt",
     "current_deadline",
     "events",
     "layer_fn",

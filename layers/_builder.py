@@ -43,9 +43,13 @@ builders extended from it, shares that one state.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar, final, overload
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, Generic, Literal, TypeVar, Unpack, final, overload
 
+from ._backoff import BackoffSpec, ExponentialBackoff
+from ._breaker import CircuitBreaker, CircuitBreakerOptions
+from ._budget import RetryBudget
+from ._concurrency import ConcurrencyLimit
 from ._core import (
     Identity,
     Layer,
@@ -55,6 +59,8 @@ from ._core import (
     check_layer,
     is_async_callable,
 )
+from ._ratelimit import Mode, RateLimit, RateLimitStore
+from ._retry import Classification, Retry
 from ._timeout import Timeout
 from ._transforms import AndThen, Filter, MapErr, MapRequest, MapResponse
 
@@ -269,6 +275,155 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
     ) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]:
         """Add a :class:`~layers.Timeout` of *seconds*."""
         return self._add(Timeout(seconds, name=name))
+
+    @overload
+    def circuit_breaker(
+        self, breaker: CircuitBreaker, /
+    ) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]: ...
+    @overload
+    def circuit_breaker(
+        self, /, **options: Unpack[CircuitBreakerOptions]
+    ) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]: ...
+    def circuit_breaker(
+        self,
+        breaker: CircuitBreaker | None = None,
+        /,
+        **options: Unpack[CircuitBreakerOptions],
+    ) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]:
+        """Add a :class:`~layers.CircuitBreaker`: a shared one, or a new one.
+
+        ``.circuit_breaker(breaker)`` adds *breaker* itself: pass the same
+        object to several builders to guard several services with one state
+        (one breaker per downstream host). ``.circuit_breaker(**options)``
+        makes a breaker now from :class:`~layers.CircuitBreaker`'s options
+        (see :class:`~layers.CircuitBreakerOptions`), so every service built
+        from this builder shares it::
+
+            builder.circuit_breaker(name="users-api", failure_rate_threshold=0.25)
+
+        Raises:
+            TypeError: If *breaker* is not a ``CircuitBreaker``, or is given
+                with options.
+            layers.ConfigurationError: For an invalid option.
+        """
+        if breaker is None:
+            return self._add(CircuitBreaker(**options))
+        if not isinstance(breaker, CircuitBreaker):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(
+                f"ServiceBuilder.circuit_breaker(breaker={breaker!r}): breaker must "
+                f"be a layers.CircuitBreaker, got {type(breaker).__name__}"
+            )
+        if options:
+            raise TypeError(
+                "ServiceBuilder.circuit_breaker(): give either a CircuitBreaker or "
+                f"options for a new one, not both (got {', '.join(options)})"
+            )
+        return self._add(breaker)
+
+    def rate_limit(
+        self,
+        rate: float,
+        period: float = 1.0,
+        *,
+        burst: int = 1,
+        mode: Mode = "wait",
+        max_wait: float | None = None,
+        key: Callable[[Any], Hashable] | None = None,
+        max_keys: int | None = None,
+        cost: Callable[[Any], float] | None = None,
+        store: RateLimitStore | None = None,
+        name: str = "rate_limit",
+    ) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]:
+        """Add a :class:`~layers.RateLimit`: *rate* calls per *period*.
+
+        The options are the layer's. The layer object is made now, so every
+        service built from this builder shares one limit.
+        """
+        return self._add(
+            RateLimit(
+                rate,
+                period,
+                burst=burst,
+                mode=mode,
+                max_wait=max_wait,
+                key=key,
+                max_keys=max_keys,
+                cost=cost,
+                store=store,
+                name=name,
+            )
+        )
+
+    def concurrency_limit(
+        self,
+        max_in_flight: int,
+        *,
+        max_queue: int | None = None,
+        max_wait: float | None = None,
+        name: str = "concurrency_limit",
+    ) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]:
+        """Add a :class:`~layers.ConcurrencyLimit` of *max_in_flight* calls.
+
+        The options are the layer's. The layer object is made now, so every
+        service built from this builder shares the same permits.
+        """
+        return self._add(
+            ConcurrencyLimit(
+                max_in_flight, max_queue=max_queue, max_wait=max_wait, name=name
+            )
+        )
+
+    def load_shed(
+        self, max_in_flight: int, *, name: str = "load_shed"
+    ) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]:
+        """Add load shedding: refuse at once what finds *max_in_flight* calls inside.
+
+        The same as ``.concurrency_limit(max_in_flight, max_queue=0)``: a
+        :class:`~layers.ConcurrencyLimit` without a queue, whose refusals
+        raise :class:`~layers.Overloaded` without calling the inner service.
+        (Tower's ``load_shed()`` sheds when the inner service is not ready;
+        in ``layers`` a service has no readiness, so the bound is given
+        here.)
+        """
+        return self._add(ConcurrencyLimit(max_in_flight, max_queue=0, name=name))
+
+    def retry(
+        self,
+        on: Classification,
+        *,
+        attempts: int | None = None,
+        max_time: float | None = None,
+        backoff: BackoffSpec | None = None,
+        budget: RetryBudget | Literal["new"] | None = "new",
+        max_delay: float | None = None,
+        min_attempt_time: float = 0.0,
+        retry_after: Callable[[Exception], float | None] | None = None,
+        on_result: Callable[[Any], bool] | None = None,
+        prepare: Callable[[Any, int], Any] | None = None,
+        name: str = "retry",
+    ) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]:
+        """Add a :class:`~layers.Retry`; the options are the layer's.
+
+        ``backoff=None`` means the default ``ExponentialBackoff()``;
+        ``budget="new"`` (the default) gives the layer a new
+        :class:`~layers.RetryBudget`, made now and shared by every service
+        built from this builder; ``budget=None`` turns the budget off.
+        """
+        return self._add(
+            Retry(
+                on,
+                attempts=attempts,
+                max_time=max_time,
+                backoff=ExponentialBackoff() if backoff is None else backoff,
+                budget=RetryBudget() if budget == "new" else budget,
+                max_delay=max_delay,
+                min_attempt_time=min_attempt_time,
+                retry_after=retry_after,
+                on_result=on_result,
+                prepare=prepare,
+                name=name,
+            )
+        )
 
     # -- transforms -----------------------------------------------------------------
 

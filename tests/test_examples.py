@@ -30,6 +30,9 @@ def run_example(name: str, *args: str) -> str:
 def test_every_example_is_tested() -> None:
     """A new script in examples/ gets a test here."""
     tested = {"quickstart.py", "custom_layer.py", "testing_with_mock.py"}
+    tested |= {"retry_client.py"}
+    tested |= {"circuit_breaker.py"}
+    tested |= {"per_tenant_rate_limit.py"}
     assert {path.name for path in EXAMPLES.glob("*.py")} == tested
 
 
@@ -85,3 +88,60 @@ def test_testing_with_mock() -> None:
     """testing_with_mock.py: its own pytest run passes on both backends."""
     output = run_example("testing_with_mock.py")
     assert "8 passed" in output
+
+
+def test_retry_client() -> None:
+    """retry_client.py: retries, the Retry-After hint, the deadline, the budget."""
+    output = run_example("retry_client.py")
+    for backend in ["asyncio", "trio"]:
+        section = output.split(f"== {backend} ==", 1)[1].split("\n== ", 1)[0]
+        for line in [
+            "event: attempt 1 failed (ConnectionError), retrying in",
+            "-> 200 widget: 12 in stock (attempt 3)",
+            "event: attempt 2 failed (__main__.ServerBusy), retrying in 0.050 s",
+            "-> 200 after 3 calls",
+            "event: retry_deadline_reached after 3 attempts",
+            "note: retry 'retry' gave up after 3 attempts: the deadline",
+            "retries with the default budget: 160",
+            "retries without a budget: 600",
+        ]:
+            assert line in section, f"{backend}: {line!r} missing from:\n{section}"
+
+
+def test_circuit_breaker() -> None:
+    """circuit_breaker.py: trips, rejects both endpoints, probes, closes."""
+    output = run_example("circuit_breaker.py")
+    for backend in ["asyncio", "trio"]:
+        section = output.split(f"== {backend} ==", 1)[1].split("\n== ", 1)[0]
+        for line in [
+            "10: charged 10",
+            "event: circuit_opened closed -> open",
+            "60: CircuitOpen (retry after",
+            "calls that reached the host while open: 0",
+            "statistics: state=open calls=4 failure_rate=0.5",
+            "event: circuit_half_opened open -> half_open",
+            "80: charged 80",
+            "event: circuit_closed half_open -> closed",
+            "90: refunded 90",
+            "state: closed",
+        ]:
+            assert line in section, f"{backend}: {line!r} missing from:\n{section}"
+        assert section.count("event: circuit_call_rejected state=open") == 3
+
+
+def test_per_tenant_rate_limit() -> None:
+    """per_tenant_rate_limit.py: per-tenant waits and refusals, a full key table."""
+    output = run_example("per_tenant_rate_limit.py")
+    for backend in ["asyncio", "trio"]:
+        section = output.split(f"== {backend} ==", 1)[1].split("\n== ", 1)[0]
+        for line in [
+            "acme: 6 admitted, 2 refused",
+            "globex: 2 admitted, 0 refused",
+            "per-tenant: waited=4 rejected=2 waiting=0",
+            "bulkhead: in flight at the end: 0, waiting: 0",
+            "t3: 200 /",
+            "t4: RateLimited, retry after 1.0 s",
+            "t1: RateLimited, retry after 1.0 s",
+            "free-tier: keys=3 table_full=1",
+        ]:
+            assert line in section, f"{backend}: {line!r} missing from:\n{section}"
