@@ -275,24 +275,6 @@ async def timeout_call(service: TimedService[Req, Res], request: Req, /) -> Res:
     return response
 
 
-def current_time() -> float:
-    """The running event loop's clock: :func:`anyio.current_time`, but cheaper.
-
-    For layers whose success path needs the time (rate limits, breakers,
-    budgets). On the stock asyncio loops it reads :func:`time.monotonic`
-    directly after an exact check that this thread runs the cached loop.
-    """
-    wheel = _last_wheel
-    if not wheel.native or wheel.loop._thread_id != get_ident():
-        loop = get_running_loop()
-        if loop is None:
-            now: float = (_trio or _import_trio()).current_time()
-            return now
-        if wheel.loop is not loop:
-            wheel = _wheel_for(loop)
-    return wheel.clock()
-
-
 _trio: Any = None
 
 
@@ -305,10 +287,12 @@ def _import_trio() -> Any:
 
 
 # ============================================================================
-# LIMITS (issue 4): the clock for the rate limiter, and its success path.
+# THE CLOCK for layers that read it on every call, and the RateLimit
+# success path.
 #
-# A rate limit reads the clock on every call, so its success path is mostly
-# the cost of finding the running loop's clock. limiter_time() keeps that
+# A rate limit, a time-window breaker or a retry budget reads the clock on
+# every call, so their success path is mostly
+# the cost of finding the running loop's clock. current_time() keeps that
 # answer in module globals that one identity test validates:
 #
 # * asyncio (stock loops and their subclasses, looptime included): the loop
@@ -320,11 +304,12 @@ def _import_trio() -> Any:
 #   the running Runner and that offset. trio.current_time() reaches the same
 #   number through three Python calls. The cache holds a strong reference to
 #   the last Runner, so that its address cannot be reused by a later run.
-# * anything else (trio's MockClock, uvloop, a custom clock): current_time().
+# * anything else (trio's MockClock, uvloop, a custom clock): the slow path,
+#   get_running_loop() or trio.current_time().
 #
 # rate_limit_call() builds the RateLimit success path here, where these
 # globals are one LOAD_GLOBAL away (about 50 ns less than calling
-# limiter_time() from the layer's module on Python 3.11).
+# current_time() from the layer's module on Python 3.11).
 # ============================================================================
 
 
@@ -343,8 +328,14 @@ _trio_runner: Any = object()  # the Runner whose SystemClock offset is cached
 _trio_offset = 0.0
 
 
-def limiter_time() -> float:
-    """The running event loop's clock, as :func:`current_time`, cached."""
+def current_time() -> float:
+    """The running event loop's clock: :func:`anyio.current_time`, but cheaper.
+
+    For layers whose success path reads the clock (rate limits, breakers,
+    budgets): about 100 ns on asyncio and trio instead of anyio's 700 ns.
+    The answer's source is cached in module globals that one identity test
+    validates (see the section comment above).
+    """
     thread = _clock_loop._thread_id
     if thread is not None and thread == get_ident():
         return _clock_fn()
@@ -353,7 +344,7 @@ def limiter_time() -> float:
             return _trio_offset + perf_counter()
     except AttributeError:  # not inside trio.run (or trio not seen yet)
         pass
-    return _limiter_time_slow()
+    return _current_time_slow()
 
 
 def _remember_loop(loop: AbstractEventLoop) -> bool:
@@ -366,7 +357,7 @@ def _remember_loop(loop: AbstractEventLoop) -> bool:
     return True
 
 
-def _limiter_time_slow() -> float:
+def _current_time_slow() -> float:
     global _trio_run_context, _trio_runner, _trio_offset
     loop = get_running_loop()
     if loop is not None:
@@ -374,7 +365,7 @@ def _limiter_time_slow() -> float:
             return _clock_fn()
         now: float = loop.time()
         return now
-    now = current_time()  # trio (or a RuntimeError)
+    now = (_trio or _import_trio()).current_time()  # trio, or RuntimeError
     try:
         from trio._core._run import GLOBAL_RUN_CONTEXT, SystemClock
     except ImportError:  # pragma: no cover - trio internals moved
@@ -415,7 +406,7 @@ def rate_limit_call(
     """
 
     async def rate_limit(request: Req, /) -> Res:
-        # limiter_time(), inline
+        # current_time(), inline
         thread = _clock_loop._thread_id
         if thread is not None and thread == get_ident():  # asyncio
             now = _clock_fn()
@@ -427,7 +418,7 @@ def rate_limit_call(
             if runner is _trio_runner:  # trio, its system clock
                 now = _trio_offset + perf_counter()
             else:
-                now = _limiter_time_slow()
+                now = _current_time_slow()
         tat = cell.tat
         if tat <= now:  # idle: admitted
             cell.tat = now + interval

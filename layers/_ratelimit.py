@@ -49,7 +49,7 @@ import anyio.lowlevel
 import attrs
 
 from . import events
-from ._backend import Waiter, limiter_time, new_waiter, rate_limit_call
+from ._backend import Waiter, current_time, new_waiter, rate_limit_call
 from ._core import Service
 from ._deadline import DEADLINE
 from ._errors import ConfigurationError, RateLimited
@@ -701,7 +701,7 @@ class RateLimit:
         store = state.store
         queues = state.queues
         general_slow = self._slow
-        clock = limiter_time
+        clock = current_time
         burst = self.burst
 
         async def keyed_rate_limit(request: Req, /) -> Res:
@@ -813,7 +813,7 @@ class RateLimit:
                 await anyio.lowlevel.checkpoint_if_cancelled()
             due = start
             while True:
-                now = limiter_time()
+                now = current_time()
                 if now < due:  # the clock woke us a hair early
                     now = due
                 wait = store.take(key, cost, now, interval, tolerance)
@@ -848,6 +848,6 @@ class RateLimit:
         if events.STATE.sinks:
             events.emit(
                 RateLimitWaited(
-                    layer=self.name, waited=limiter_time() - start, cost=cost
+                    layer=self.name, waited=current_time() - start, cost=cost
                 )
             )
