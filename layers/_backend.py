@@ -92,21 +92,30 @@ _Entry = list[Any]
 
 
 class _Bucket:
-    __slots__ = ("entries", "handle", "key", "when")
+    __slots__ = ("end", "entries", "handle", "key", "when")
 
     def __init__(self, key: int) -> None:
         self.key = key
         self.entries: dict[int, _Entry] = {}
-        self.when = inf
+        self.when = inf  # its timer's time; no deadline in it is earlier
+        # The end of its key's range; -inf once it left the wheel, so that a
+        # new call never joins it: when <= deadline < end says "join".
+        self.end = (key + 1) / _SLOTS_PER_SECOND
         self.handle: TimerHandle | None = None
 
 
+_NO_BUCKET = _Bucket(0)
+_NO_BUCKET.end = -inf
+
+
 class _Wheel:
-    __slots__ = ("__weakref__", "buckets", "clock", "loop", "native")
+    __slots__ = ("__weakref__", "buckets", "clock", "current", "loop", "native")
 
     def __init__(self, loop: AbstractEventLoop | None) -> None:
         self.loop: Any = loop
         self.buckets: dict[int, _Bucket] = {}
+        # The bucket the last call joined: the next call most likely joins it.
+        self.current = _NO_BUCKET
         # The stock loops record the thread they run on: a cheap, exact test
         # that this wheel's loop is the running one (get_running_loop() makes
         # a getpid() system call per call on Python 3.11).
@@ -129,6 +138,7 @@ class _Wheel:
             self._arm(bucket, key / _SLOTS_PER_SECOND)
         elif deadline < bucket.when:
             self._arm(bucket, deadline)
+        self.current = bucket
         return bucket
 
     def _arm(self, bucket: _Bucket, when: float) -> None:
@@ -156,6 +166,7 @@ class _Wheel:
             self._arm(bucket, earliest)
         else:
             bucket.when = inf
+            bucket.end = -inf
             if self.buckets.get(bucket.key) is bucket:
                 del self.buckets[bucket.key]
         if due:
@@ -250,11 +261,11 @@ async def timeout_call(service: TimedService[Req, Res], request: Req, /) -> Res:
     outer = _get_deadline()
     if outer is not None and outer < deadline:
         deadline = outer
-    bucket = wheel.buckets.get(floor(deadline * _SLOTS_PER_SECOND))
-    if bucket is None or deadline < bucket.when:
+    bucket = wheel.current
+    if not bucket.when <= deadline < bucket.end:
         bucket = wheel.schedule(deadline)
     task: Task[Any] = _current_task(wheel.loop)  # type: ignore[assignment]
-    entry: _Entry = [task, deadline, task.cancelling(), _WAITING]
+    entry: _Entry = [task, deadline, task.cancelling(), 0]  # 0: _WAITING
     key = id(entry)
     entries = bucket.entries
     entries[key] = entry
@@ -262,7 +273,7 @@ async def timeout_call(service: TimedService[Req, Res], request: Req, /) -> Res:
     try:
         response = await service.inner(request)
     except BaseException as error:
-        if entry[3] == _FIRED:
+        if entry[3] == 2:  # _FIRED
             entry[3] = _WAITING
             if task.uncancel() <= entry[2] and isinstance(error, CancelledError):
                 raise service.elapsed() from error
@@ -270,7 +281,7 @@ async def timeout_call(service: TimedService[Req, Res], request: Req, /) -> Res:
     finally:
         del entries[key]
         _reset_deadline(token)
-    if entry[3] == _FIRED:  # the inner call swallowed our cancellation
+    if entry[3] == 2:  # _FIRED: the inner call swallowed our cancellation
         task.uncancel()
     return response
 
