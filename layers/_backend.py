@@ -134,8 +134,10 @@ class _Wheel:
         bucket = self.buckets.get(key)
         if bucket is None:
             bucket = self.buckets[key] = _Bucket(key)
-            # the bucket's start: no deadline in it is earlier
-            self._arm(bucket, key / _SLOTS_PER_SECOND)
+            # Calls arrive in time order, mostly with the same timeout: the
+            # first deadline is usually the earliest, and the timer wakes no
+            # earlier than some call needs it.
+            self._arm(bucket, deadline)
         elif deadline < bucket.when:
             self._arm(bucket, deadline)
         self.current = bucket

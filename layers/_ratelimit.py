@@ -540,13 +540,14 @@ class RateLimit:
 
     **Wait mode** (the default): a call that does not fit waits until it
     does, in arrival order per key; a newcomer never overtakes a waiting
-    call, even when it would fit. With *max_wait*, a call whose wait would
-    exceed it is refused at once with :class:`~layers.RateLimited` (its
-    ``retry_after`` is the wait it would have had); so is a call whose wait
-    would outlast the deadline in force (:func:`~layers.current_deadline`,
-    set by an enclosing :class:`~layers.Timeout`), since waiting could only
-    end in :class:`~layers.Elapsed`. A call cancelled while it waits leaves
-    the queue and takes nothing.
+    call, even when it would fit. A call whose wait would outlast the
+    deadline in force (:func:`~layers.current_deadline`, set by an enclosing
+    :class:`~layers.Timeout`) is refused at once with
+    :class:`~layers.RateLimited`, with or without *max_wait*, since waiting
+    could only end in :class:`~layers.Elapsed`; with *max_wait*, so is a
+    call whose wait would exceed it. Either way ``retry_after`` is the wait
+    it would have had. A call cancelled while it waits leaves the queue and
+    takes nothing.
 
     **Reject mode**: a call that does not fit raises
     :class:`~layers.RateLimited` at once, without calling the inner service;
