@@ -360,18 +360,55 @@ def current_time() -> float:
     return _current_time_slow()
 
 
+ClockSource = tuple[float, Callable[[], float]]
+"""``(offset, read)``: the running loop's time is ``offset + read()``."""
+
+_asyncio_source: ClockSource = (0.0, monotonic)
+_trio_source: ClockSource = (0.0, perf_counter)
+
+
+def clock_source() -> ClockSource:
+    """The running loop's clock as ``(offset, read)``: its time is ``offset + read()``.
+
+    For a layer that reads the clock twice in one call (a breaker timing
+    slow calls): validate once, then read with a bare C call. A coroutine
+    never changes event loop, so the source stays right for the whole call.
+    """
+    if _clock_loop._thread_id == get_ident():  # None (stopped) never equals
+        return _asyncio_source
+    try:
+        if _trio_run_context.runner is _trio_runner:
+            return _trio_source
+    except AttributeError:  # not inside trio.run (or trio not seen yet)
+        pass
+    _current_time_slow()  # caches the source where it can
+    thread = _clock_loop._thread_id
+    if thread is not None and thread == get_ident():
+        return _asyncio_source
+    loop = get_running_loop()
+    if loop is not None:  # a loop that records no thread (uvloop)
+        return (0.0, loop.time)
+    try:
+        if _trio_run_context.runner is _trio_runner:
+            return _trio_source
+    except AttributeError:
+        pass
+    return (0.0, (_trio or _import_trio()).current_time)  # trio's MockClock...
+
+
 def _remember_loop(loop: AbstractEventLoop) -> bool:
     """Cache *loop* as the one running in this thread, if it records its thread."""
-    global _clock_loop, _clock_fn
+    global _clock_loop, _clock_fn, _asyncio_source
     if not hasattr(loop, "_thread_id"):  # not a stock loop or a subclass
         return False
     _clock_fn = monotonic if type(loop).time is BaseEventLoop.time else loop.time
+    _asyncio_source = (0.0, _clock_fn)
     _clock_loop = loop
     return True
 
 
 def _current_time_slow() -> float:
-    global _trio_run_context, _trio_runner, _trio_offset
+    global _trio_run_context, _trio_runner, _trio_offset, _trio_source
     loop = get_running_loop()
     if loop is not None:
         if _remember_loop(loop):
@@ -388,6 +425,7 @@ def _current_time_slow() -> float:
     if type(clock) is SystemClock:
         _trio_run_context = GLOBAL_RUN_CONTEXT
         _trio_offset = clock.offset
+        _trio_source = (_trio_offset, perf_counter)
         _trio_runner = runner
         return _trio_offset + perf_counter()
     return now

@@ -45,6 +45,7 @@ from typing import (
 import attrs
 
 from . import events
+from ._backend import clock_source as _clock_source
 from ._backend import current_time as _now
 from ._config import name_value
 from ._core import Service
@@ -1423,13 +1424,14 @@ def _slow_count_service(core: _Core, inner: Service[Req, Res]) -> Service[Req, R
         window: _CountWindow | None = core.fast  # type: ignore[assignment]
         if window is None:
             return await _call_other(core, inner, request)
-        start = _now()
+        offset, read = _clock_source()  # validated once, read twice
+        start = offset + read()
         try:
             response = await inner(request)
         except Exception as error:
             _record_error(core, window, error, start)
             raise
-        end = _now()
+        end = offset + read()
         if end >= start + slow_after:
             core.record(window, _SUCCESS | _SLOW, end)
             return response
@@ -1452,13 +1454,14 @@ def _slow_time_service(core: _Core, inner: Service[Req, Res]) -> Service[Req, Re
         window: _TimeWindow | None = core.fast  # type: ignore[assignment]
         if window is None:
             return await _call_other(core, inner, request)
-        start = _now()
+        offset, read = _clock_source()  # validated once, read twice
+        start = offset + read()
         try:
             response = await inner(request)
         except Exception as error:
             _record_error(core, window, error, start)
             raise
-        end = _now()
+        end = offset + read()
         if end >= start + slow_after:
             core.record(window, _SUCCESS | _SLOW, end)
         elif end < window.clean_until:
