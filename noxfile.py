@@ -120,7 +120,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=LATEST)
 def docs(session: nox.Session) -> None:
     """Build the HTML docs (warnings are errors) and run their doctests."""
-    session.install("-e", ".[docs,trio]")
+    session.install("-e", ".[docs,testing]")
     common = ["-W", "--keep-going", "-n", "-E"]
     session.run("sphinx-build", *common, "-b", "html", "docs", "docs/_build/html")
     session.run("sphinx-build", *common, "-b", "doctest", "docs", "docs/_build/doctest")

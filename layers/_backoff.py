@@ -27,7 +27,12 @@ from typing import Any, Final, Literal, Protocol, cast, final, runtime_checkable
 
 import attrs
 
-from ._config import _fail  # pyright: ignore[reportPrivateUsage]
+from ._config import (
+    fail,
+    finite_number,
+    positive_seconds,
+    seconds_at_least_zero,
+)
 from ._errors import ConfigurationError
 
 __all__ = ["Backoff", "ConstantBackoff", "ExponentialBackoff"]
@@ -58,50 +63,17 @@ class Backoff(Protocol):
         ...
 
 
-def _seconds_at_least_zero(
-    instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        _fail(instance, attribute, value, "a finite number of seconds >= 0")
-
-
-def _seconds_above_zero(
-    instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        _fail(instance, attribute, value, "a finite number of seconds > 0")
-
-
-def _multiplier(
-    instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 1
-    ):
-        _fail(instance, attribute, value, "a finite number >= 1")
+_multiplier = finite_number("a finite number >= 1", lambda v: v >= 1)
 
 
 def _jitter(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value not in JITTERS:
-        _fail(instance, attribute, value, f"one of {', '.join(map(repr, JITTERS))}")
+        fail(instance, attribute, value, f"one of {', '.join(map(repr, JITTERS))}")
 
 
 def _rng(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and not callable(value):
-        _fail(
+        fail(
             instance,
             attribute,
             value,
@@ -157,8 +129,8 @@ class ExponentialBackoff:
         [0.324, 0.302, 2.604, 0.362]
     """
 
-    base: float = attrs.field(default=0.1, validator=_seconds_above_zero)
-    cap: float = attrs.field(default=10.0, validator=_seconds_above_zero)
+    base: float = attrs.field(default=0.1, validator=positive_seconds)
+    cap: float = attrs.field(default=10.0, validator=positive_seconds)
     multiplier: float = attrs.field(default=2.0, validator=_multiplier)
     jitter: Jitter = attrs.field(default="full", validator=_jitter)
     rng: Callable[[], float] | None = attrs.field(
@@ -227,7 +199,7 @@ class ConstantBackoff:
         [0.5, 0.5, 0.5]
     """
 
-    delay: float = attrs.field(validator=_seconds_at_least_zero)
+    delay: float = attrs.field(validator=seconds_at_least_zero)
 
     def delays(self) -> Iterator[float]:
         """Return a new iterator of delays (an endless one)."""

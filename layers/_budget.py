@@ -9,12 +9,12 @@ it. See :class:`RetryBudget` for the exact rules.
 from __future__ import annotations
 
 import math
-from typing import Any, Final, final
+from typing import Final, final
 
 import attrs
 
 from . import _backend
-from ._config import _fail  # pyright: ignore[reportPrivateUsage]
+from ._config import finite_number
 
 __all__ = ["RetryBudget", "RetryBudgetStatistics"]
 
@@ -26,36 +26,9 @@ FLUSH_EVERY: Final = 64
 (and at every withdrawal) they are filed into the window."""
 
 
-def _ttl(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not 1 <= value <= 60
-    ):
-        _fail(instance, attribute, value, "a number of seconds from 1 to 60")
-
-
-def _per_second(
-    instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        _fail(instance, attribute, value, "a finite number >= 0")
-
-
-def _percent(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not 0 <= value <= 1000
-    ):
-        _fail(instance, attribute, value, "a percentage from 0 to 1000")
+_ttl = finite_number("a number of seconds from 1 to 60", lambda v: 1 <= v <= 60)
+_per_second = finite_number("a finite number >= 0", lambda v: v >= 0)
+_percent = finite_number("a percentage from 0 to 1000", lambda v: 0 <= v <= 1000)
 
 
 @final

@@ -15,10 +15,17 @@ import attrs
 
 from ._errors import ConfigurationError
 
-__all__ = ["callable_value", "name_value", "positive_seconds"]
+__all__ = [
+    "callable_value",
+    "fail",
+    "finite_number",
+    "name_value",
+    "positive_seconds",
+    "seconds_at_least_zero",
+]
 
 
-def _fail(
+def fail(
     instance: object, attribute: attrs.Attribute[Any], value: object, rule: str
 ) -> None:
     owner = type(instance).__name__
@@ -28,17 +35,43 @@ def _fail(
     )
 
 
-def positive_seconds(
-    instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    """Accept a finite real number of seconds greater than zero."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        _fail(instance, attribute, value, "a finite number of seconds > 0")
+Validator = Callable[[object, "attrs.Attribute[Any]", object], None]
+
+
+def finite_number(
+    rule: str, accept: Callable[[float], bool], *, optional: bool = False
+) -> Validator:
+    """Make an attrs validator for a finite real number that *accept* approves.
+
+    Booleans, non-numbers, NaN and infinities are refused too. With
+    *optional*, ``None`` passes. *rule* says what is allowed, for the message:
+    ``Timeout(seconds=-1): seconds must be a finite number of seconds > 0,
+    got -1``.
+    """
+
+    def validate(
+        instance: object, attribute: attrs.Attribute[Any], value: object
+    ) -> None:
+        if optional and value is None:
+            return
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or not accept(value)
+        ):
+            fail(instance, attribute, value, rule)
+
+    return validate
+
+
+positive_seconds = finite_number("a finite number of seconds > 0", lambda v: v > 0)
+"""Accept a finite real number of seconds greater than zero."""
+
+seconds_at_least_zero = finite_number(
+    "a finite number of seconds >= 0", lambda v: v >= 0
+)
+"""Accept a finite real number of seconds, zero included."""
 
 
 def name_value(
@@ -46,7 +79,7 @@ def name_value(
 ) -> None:
     """Accept a non-empty string."""
     if not isinstance(value, str) or not value:
-        _fail(instance, attribute, value, "a non-empty string")
+        fail(instance, attribute, value, "a non-empty string")
 
 
 def callable_value(
@@ -54,7 +87,7 @@ def callable_value(
 ) -> None:
     """Accept any callable."""
     if not callable(value):
-        _fail(instance, attribute, value, "callable")
+        fail(instance, attribute, value, "callable")
 
 
 def check_callable(owner: str, parameter: str, value: object) -> Callable[..., Any]:

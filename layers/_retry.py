@@ -22,7 +22,12 @@ from ._backoff import (
     to_backoff,
 )
 from ._budget import FLUSH_EVERY, BudgetState, RetryBudget
-from ._config import _fail, name_value  # pyright: ignore[reportPrivateUsage]
+from ._config import (
+    fail,
+    finite_number,
+    name_value,
+    seconds_at_least_zero,
+)
 from ._core import Service
 from ._deadline import DEADLINE
 from ._errors import ConfigurationError, Rejected
@@ -199,56 +204,37 @@ def _classification(
 ) -> None:
     if isinstance(value, type):
         if not _exception_type(value):
-            _fail(instance, attribute, value, _ON_RULE)
+            fail(instance, attribute, value, _ON_RULE)
     elif isinstance(value, tuple):
         items = cast("tuple[object, ...]", value)
         if not items or not all(_exception_type(each) for each in items):
-            _fail(instance, attribute, items, _ON_RULE)
+            fail(instance, attribute, items, _ON_RULE)
     elif not callable(value):
-        _fail(instance, attribute, value, _ON_RULE)
+        fail(instance, attribute, value, _ON_RULE)
 
 
 def _attempts(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and (
         isinstance(value, bool) or not isinstance(value, int) or value < 1
     ):
-        _fail(instance, attribute, value, "None or an integer >= 1")
+        fail(instance, attribute, value, "None or an integer >= 1")
 
 
-def _optional_positive(
-    instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    if value is not None and (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        _fail(instance, attribute, value, "None or a finite number of seconds > 0")
-
-
-def _at_least_zero(
-    instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        _fail(instance, attribute, value, "a finite number of seconds >= 0")
+_optional_positive = finite_number(
+    "None or a finite number of seconds > 0", lambda v: v > 0, optional=True
+)
 
 
 def _optional_callable(
     instance: object, attribute: attrs.Attribute[Any], value: object
 ) -> None:
     if value is not None and not callable(value):
-        _fail(instance, attribute, value, "None or callable")
+        fail(instance, attribute, value, "None or callable")
 
 
 def _budget(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and not isinstance(value, RetryBudget):
-        _fail(instance, attribute, value, "a RetryBudget or None (no budget)")
+        fail(instance, attribute, value, "a RetryBudget or None (no budget)")
 
 
 def _to_backoff(value: BackoffSpec) -> Backoff:
@@ -388,7 +374,7 @@ class Retry:
         default=None, kw_only=True, validator=_optional_positive
     )
     min_attempt_time: float = attrs.field(
-        default=0.0, kw_only=True, validator=_at_least_zero
+        default=0.0, kw_only=True, validator=seconds_at_least_zero
     )
     retry_after: Callable[[Exception], float | None] | None = attrs.field(
         default=None, kw_only=True, validator=_optional_callable
