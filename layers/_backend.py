@@ -572,3 +572,200 @@ def new_waiter() -> Waiter:
         _remember_loop(loop)
         return _AsyncioWaiter(loop)
     return _TrioWaiter()
+
+
+# ============================================================================
+# THE CIRCUIT BREAKER's clocked success paths (see layers._breaker).
+#
+# A closed breaker with a time window reads the clock once per call; with a
+# slow-call threshold, twice (start and end). As for rate_limit_call(), the
+# success path is built here, where current_time()'s cached source is one
+# LOAD_GLOBAL away: the validation (the same exact identity tests) and the
+# reads are inlined in the closure, and the breaker's own code is called
+# back only off the fast path (another state, an exception, an outcome
+# that may change a verdict). A call validates the source once: a coroutine
+# never changes event loop, so it stays right for the second read.
+# ============================================================================
+
+
+class BreakerCore(Protocol):
+    """What the breaker's success paths read from its state (layers._breaker)."""
+
+    @property
+    def fast(self) -> object:
+        """The window while the breaker is closed, else None."""
+        ...
+
+
+class TimeWindowCell(Protocol):
+    """A breaker's time window, as its success path sees it."""
+
+    clean_until: float
+    cur_calls: int
+
+
+class CountWindowCell(Protocol):
+    """A breaker's count window, as its success path sees it."""
+
+    ring: bytearray
+    pos: int
+    size: int
+    streak: int
+
+
+def breaker_time_call(
+    core: BreakerCore,
+    inner: Callable[[Req], Awaitable[Res]],
+    other: Callable[[Req], Awaitable[Res]],
+    record: Callable[[Any, int, float], None],
+    record_error: Callable[[Any, Exception, float | None], None],
+    success: int,
+) -> Service[Req, Res]:
+    """A time window, no slow-call threshold: one clock read per call.
+
+    While ``core.fast`` is None, the call is ``other(request)``. A success
+    read at ``now < window.clean_until`` adds one to ``window.cur_calls``;
+    otherwise ``record(window, success, now)``. An exception goes to
+    ``record_error(window, error, None)`` and propagates.
+    """
+
+    async def circuit_breaker(request: Req, /) -> Res:
+        window: TimeWindowCell | None = core.fast  # type: ignore[assignment]
+        if window is None:
+            return await other(request)
+        try:
+            response = await inner(request)
+        except Exception as error:
+            record_error(window, error, None)
+            raise
+        # current_time(), inline
+        thread = _clock_loop._thread_id
+        if thread is not None and thread == get_ident():  # asyncio
+            now = _clock_fn()
+        else:
+            try:
+                runner = _trio_run_context.runner
+            except AttributeError:  # trio has run, but not in this thread now
+                runner = None
+            if runner is _trio_runner:  # trio, its system clock
+                now = _trio_offset + perf_counter()
+            else:
+                now = _current_time_slow()
+        if now < window.clean_until:
+            window.cur_calls += 1
+        else:
+            record(window, success, now)
+        return response
+
+    return circuit_breaker
+
+
+def breaker_slow_time_call(
+    core: BreakerCore,
+    inner: Callable[[Req], Awaitable[Res]],
+    other: Callable[[Req], Awaitable[Res]],
+    record: Callable[[Any, int, float], None],
+    record_error: Callable[[Any, Exception, float | None], None],
+    success: int,
+    slow: int,
+    slow_after: float,
+) -> Service[Req, Res]:
+    """A time window and a slow-call threshold: two clock reads per call.
+
+    As :func:`breaker_time_call`, and a call that took ``slow_after`` or
+    more (``end >= start + slow_after``) is ``record(window, slow, end)``.
+    """
+
+    async def circuit_breaker(request: Req, /) -> Res:
+        window: TimeWindowCell | None = core.fast  # type: ignore[assignment]
+        if window is None:
+            return await other(request)
+        # clock_source(), inline
+        thread = _clock_loop._thread_id
+        if thread is not None and thread == get_ident():  # asyncio
+            offset = 0.0
+            read = _clock_fn
+        else:
+            try:
+                runner = _trio_run_context.runner
+            except AttributeError:  # trio has run, but not in this thread now
+                runner = None
+            if runner is _trio_runner:  # trio, its system clock
+                offset = _trio_offset
+                read = perf_counter
+            else:
+                offset, read = clock_source()
+        start = offset + read()
+        try:
+            response = await inner(request)
+        except Exception as error:
+            record_error(window, error, start)
+            raise
+        end = offset + read()
+        if end >= start + slow_after:
+            record(window, slow, end)
+        elif end < window.clean_until:
+            window.cur_calls += 1
+        else:
+            record(window, success, end)
+        return response
+
+    return circuit_breaker
+
+
+def breaker_slow_count_call(
+    core: BreakerCore,
+    inner: Callable[[Req], Awaitable[Res]],
+    other: Callable[[Req], Awaitable[Res]],
+    record: Callable[[Any, int, float], None],
+    record_error: Callable[[Any, Exception, float | None], None],
+    success: int,
+    slow: int,
+    slow_after: float,
+) -> Service[Req, Res]:
+    """A count window and a slow-call threshold: two clock reads per call.
+
+    A slow call is ``record(window, slow, end)``. A success that replaces a
+    success (``window.ring[window.pos] == success``) outside a failure run
+    only moves ``window.pos``; otherwise ``record(window, success, end)``.
+    """
+
+    async def circuit_breaker(request: Req, /) -> Res:
+        window: CountWindowCell | None = core.fast  # type: ignore[assignment]
+        if window is None:
+            return await other(request)
+        # clock_source(), inline
+        thread = _clock_loop._thread_id
+        if thread is not None and thread == get_ident():  # asyncio
+            offset = 0.0
+            read = _clock_fn
+        else:
+            try:
+                runner = _trio_run_context.runner
+            except AttributeError:  # trio has run, but not in this thread now
+                runner = None
+            if runner is _trio_runner:  # trio, its system clock
+                offset = _trio_offset
+                read = perf_counter
+            else:
+                offset, read = clock_source()
+        start = offset + read()
+        try:
+            response = await inner(request)
+        except Exception as error:
+            record_error(window, error, start)
+            raise
+        end = offset + read()
+        if end >= start + slow_after:
+            record(window, slow, end)
+            return response
+        i = window.pos
+        if window.ring[i] == success and not window.streak:
+            # a success replaces a success: only the position moves
+            i += 1
+            window.pos = 0 if i == window.size else i
+        else:
+            record(window, success, end)
+        return response
+
+    return circuit_breaker

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import (
     Any,
     ClassVar,
@@ -44,8 +44,7 @@ from typing import (
 
 import attrs
 
-from . import events
-from ._backend import clock_source as _clock_source
+from . import _backend, events
 from ._backend import current_time as _now
 from ._config import name_value
 from ._core import Service
@@ -142,6 +141,7 @@ class CircuitStateChanged(Event):
     """
 
     event: ClassVar[str] = "circuit_state_changed"
+    kind: ClassVar[str] = "circuit_breaker"
     level: ClassVar[Level] = "info"
 
     from_state: str
@@ -161,7 +161,7 @@ class CircuitOpened(CircuitStateChanged):
     """
 
     event: ClassVar[str] = "circuit_opened"
-    level: ClassVar[Level] = "error"
+    level: ClassVar[Level] = "warning"
 
     open_duration: float
     failure_rate: float | None
@@ -203,6 +203,7 @@ class CircuitCallRejected(Event):
     """
 
     event: ClassVar[str] = "circuit_call_rejected"
+    kind: ClassVar[str] = "circuit_breaker"
     level: ClassVar[Level] = "debug"
 
     state: str
@@ -224,6 +225,7 @@ class CircuitThresholdExceeded(Event):
     """
 
     event: ClassVar[str] = "circuit_threshold_exceeded"
+    kind: ClassVar[str] = "circuit_breaker"
     level: ClassVar[Level] = "warning"
 
     reason: str
@@ -1392,85 +1394,69 @@ def _count_service(core: _Core, inner: Service[Req, Res]) -> Service[Req, Res]:
     return circuit_breaker
 
 
+# With a clock on the success path, the service is built in the backend
+# corner (layers._backend), where the clock's cached source is cheapest to
+# validate and read; it calls back into this module off the fast path only.
+
+
+def _callbacks(
+    core: _Core, inner: Service[Req, Res]
+) -> tuple[
+    Callable[[Req], Awaitable[Res]],
+    Callable[[_Window, Exception, float | None], None],
+]:
+    """``other(request)`` (any call but a closed-state one) and ``record_error``."""
+
+    def other(request: Req, /) -> Awaitable[Res]:
+        return _call_other(core, inner, request)
+
+    def record_error(window: _Window, error: Exception, start: float | None) -> None:
+        _record_error(core, window, error, start)
+
+    return other, record_error
+
+
 def _time_service(core: _Core, inner: Service[Req, Res]) -> Service[Req, Res]:
     """A time window, no slow-call threshold: one clock read per call."""
-
-    async def circuit_breaker(request: Req, /) -> Res:
-        window: _TimeWindow | None = core.fast  # type: ignore[assignment]
-        if window is None:
-            return await _call_other(core, inner, request)
-        try:
-            response = await inner(request)
-        except Exception as error:
-            _record_error(core, window, error, None)
-            raise
-        now = _now()
-        # clean_until: the end of the current bucket while a success can
-        # change no verdict, else -inf (see _TimeWindow.add)
-        if now < window.clean_until:
-            window.cur_calls += 1
-        else:
-            core.record(window, _SUCCESS, now)
-        return response
-
-    return circuit_breaker
+    other, record_error = _callbacks(core, inner)
+    return _backend.breaker_time_call(
+        core,
+        inner,
+        other=other,
+        record=core.record,
+        record_error=record_error,
+        success=_SUCCESS,
+    )
 
 
 def _slow_count_service(core: _Core, inner: Service[Req, Res]) -> Service[Req, Res]:
     """A count window and a slow-call threshold: two clock reads per call."""
-    slow_after = core.slow_after
-
-    async def circuit_breaker(request: Req, /) -> Res:
-        window: _CountWindow | None = core.fast  # type: ignore[assignment]
-        if window is None:
-            return await _call_other(core, inner, request)
-        offset, read = _clock_source()  # validated once, read twice
-        start = offset + read()
-        try:
-            response = await inner(request)
-        except Exception as error:
-            _record_error(core, window, error, start)
-            raise
-        end = offset + read()
-        if end >= start + slow_after:
-            core.record(window, _SUCCESS | _SLOW, end)
-            return response
-        i = window.pos
-        if window.ring[i] == _SUCCESS and not window.streak:
-            i += 1
-            window.pos = 0 if i == window.size else i
-        else:
-            core.record(window, _SUCCESS, end)
-        return response
-
-    return circuit_breaker
+    other, record_error = _callbacks(core, inner)
+    return _backend.breaker_slow_count_call(
+        core,
+        inner,
+        other=other,
+        record=core.record,
+        record_error=record_error,
+        success=_SUCCESS,
+        slow=_SUCCESS | _SLOW,
+        slow_after=core.slow_after,
+    )
 
 
 def _slow_time_service(core: _Core, inner: Service[Req, Res]) -> Service[Req, Res]:
     """A time window and a slow-call threshold: two clock reads per call."""
-    slow_after = core.slow_after
-
-    async def circuit_breaker(request: Req, /) -> Res:
-        window: _TimeWindow | None = core.fast  # type: ignore[assignment]
-        if window is None:
-            return await _call_other(core, inner, request)
-        offset, read = _clock_source()  # validated once, read twice
-        start = offset + read()
-        try:
-            response = await inner(request)
-        except Exception as error:
-            _record_error(core, window, error, start)
-            raise
-        end = offset + read()
-        if end >= start + slow_after:
-            core.record(window, _SUCCESS | _SLOW, end)
-        elif end < window.clean_until:
-            window.cur_calls += 1
-        else:
-            core.record(window, _SUCCESS, end)
-        return response
-
-    return circuit_breaker
+    other, record_error = _callbacks(core, inner)
+    return _backend.breaker_slow_time_call(
+        core,
+        inner,
+        other=other,
+        record=core.record,
+        record_error=record_error,
+        success=_SUCCESS,
+        slow=_SUCCESS | _SLOW,
+        slow_after=core.slow_after,
+    )
 
 
 def _general_service(core: _Core, inner: Service[Req, Res]) -> Service[Req, Res]:
