@@ -1,0 +1,269 @@
+"""Security: no payloads or messages in what layers report; every table bounded."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import tracemalloc
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import anyio
+import pytest
+import structlog.testing
+
+import layers
+from layers.health import HealthChecks
+from layers.testing import capture_events
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "Bearer sk-live-4242 card=4111111111111111"
+
+
+class PayloadError(Exception):
+    """An error whose message holds a payload, as real ones often do."""
+
+
+async def leaky(request: str) -> str:
+    """A service that fails with the request in the message."""
+    raise PayloadError(f"could not charge {request}")
+
+
+def test_messages_are_off_by_default() -> None:
+    """The switch exists and is off at import."""
+    assert layers.events.STATE.error_messages is False
+
+
+async def test_events_and_logs_carry_types_not_messages() -> None:
+    """Retry, breaker and timeout events and their log lines hold no payload."""
+    breaker = layers.CircuitBreaker(name="cb", consecutive_failures=2)
+    service = (
+        layers.ServiceBuilder()
+        .retry(on=PayloadError, attempts=3, backoff=layers.ConstantBackoff(0.01))
+        .layer(breaker)
+        .timeout(5)
+        .service(leaky)
+    )
+    with capture_events() as events, structlog.testing.capture_logs() as logs:
+        for _ in range(2):
+            with pytest.raises((PayloadError, layers.CircuitOpen)):
+                await service(SECRET)
+    assert events, "the layers reported nothing"
+    assert any("PayloadError" in repr(event) for event in events)
+    for event in events:
+        assert "sk-live" not in repr(event)
+        assert "4111" not in json.dumps(event.fields(), default=str)
+    assert logs
+    assert "sk-live" not in repr(logs)
+
+
+async def test_health_report_carries_types_not_messages() -> None:
+    """A failing check's message stays out of the report and its JSON."""
+
+    async def check() -> None:
+        await leaky(SECRET)
+
+    checks = HealthChecks()
+    checks.add("payments", check)
+    report = await checks.run()
+    assert report["payments"].error == f"{__name__}.PayloadError"
+    assert "sk-live" not in repr(report)
+    assert "sk-live" not in json.dumps(report.to_dict(errors=True))
+    layers.set_error_messages(True)
+    try:
+        checks.invalidate()
+        report = await checks.run()
+    finally:
+        layers.set_error_messages(False)
+    assert report["payments"].message == f"could not charge {SECRET}"
+    assert "sk-live" not in json.dumps(report.to_dict())  # statuses only
+
+
+# --------------------------------------------------------------------- floods
+
+
+@pytest.fixture
+def quiet() -> Iterator[None]:
+    """Turn the default log sink off: a flood would log every rejection."""
+    layers.set_logging(False)
+    try:
+        yield
+    finally:
+        layers.set_logging(True)
+
+
+def traced_growth(step: Callable[[], None]) -> int:
+    """Bytes still allocated after *step* (traced, after a collection)."""
+    gc.collect()
+    before = tracemalloc.get_traced_memory()[0]
+    step()
+    gc.collect()
+    return tracemalloc.get_traced_memory()[0] - before
+
+
+async def flood_growth(flood: Callable[[int], Awaitable[None]], n: int) -> int:
+    """Run flood(n) once to warm up, then return what a second flood(n) kept."""
+    tracemalloc.start()
+    try:
+        await flood(n)
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        await flood(n)
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+async def echo(request: Any) -> Any:
+    """Answer at once."""
+    return request
+
+
+@pytest.mark.usefixtures("quiet")
+async def test_rate_limit_key_table_is_bounded() -> None:
+    """10,000 distinct keys: the table holds at most max_keys, memory flat."""
+    limit = layers.RateLimit(1, period=60, mode="reject", key=lambda r: r, max_keys=100)
+    service = limit.layer(echo)
+    counter = [0]
+
+    async def flood(n: int) -> None:
+        for _ in range(n):
+            counter[0] += 1
+            with contextlib.suppress(layers.RateLimited):
+                await service(f"client-{counter[0]}")
+            assert (limit.statistics().keys or 0) <= 100
+
+    growth = await flood_growth(flood, 5_000)
+    stats = limit.statistics()
+    assert stats.keys == 100
+    assert stats.table_full >= 9_900
+    assert growth < 64 * 1024, growth
+    print(f"rate limit key table: 10,000 keys -> {stats.keys} entries, {growth} B")
+
+
+@pytest.mark.usefixtures("quiet")
+async def test_rate_limit_wait_queue_is_bounded_by_max_wait() -> None:
+    """1,000 callers at once: with max_wait, at most rate x max_wait wait."""
+    limit = layers.RateLimit(10, burst=1, max_wait=1.0)
+    service = limit.layer(echo)
+    peak = 0
+    outcomes = {"ok": 0, "limited": 0}
+
+    async def call(i: int) -> None:
+        nonlocal peak
+        try:
+            await service(i)
+            outcomes["ok"] += 1
+        except layers.RateLimited:
+            outcomes["limited"] += 1
+        peak = max(peak, limit.statistics().waiting)
+
+    async with anyio.create_task_group() as group:
+        for i in range(1_000):
+            group.start_soon(call, i)
+            peak = max(peak, limit.statistics().waiting)
+    assert peak <= 11, peak
+    assert outcomes["ok"] <= 12
+    assert outcomes["ok"] + outcomes["limited"] == 1_000
+    assert limit.statistics().waiting == 0
+    print(f"rate limit wait queue: 1,000 callers -> peak {peak} waiting")
+
+
+@pytest.mark.usefixtures("quiet")
+async def test_concurrency_queue_is_bounded_by_max_queue() -> None:
+    """1,000 callers at a full limit: max_queue wait, the rest are refused."""
+    limit = layers.ConcurrencyLimit(2, max_queue=10)
+    release = anyio.Event()
+
+    async def hold(request: int) -> int:
+        await release.wait()
+        return request
+
+    service = limit.layer(hold)
+    refused = 0
+
+    async def call(i: int) -> None:
+        nonlocal refused
+        try:
+            await service(i)
+        except layers.Overloaded:
+            refused += 1
+
+    async with anyio.create_task_group() as group:
+        for i in range(1_000):
+            group.start_soon(call, i)
+        await anyio.sleep(0.1)
+        stats = limit.statistics()
+        assert (stats.in_flight, stats.waiting) == (2, 10)
+        assert refused == 988
+        release.set()
+    assert limit.statistics().waiting == 0
+    print(f"concurrency queue: 1,000 callers -> {stats.waiting} waiting")
+
+
+async def test_retry_budget_window_is_bounded() -> None:
+    """200,000 deposits and retries over 10 minutes: the window stays flat."""
+    budget = layers.RetryBudget(ttl=10)
+
+    async def flood(n: int) -> None:
+        for i in range(n):
+            budget.deposit()
+            if i % 5 == 0:
+                budget.withdraw()
+            if i % 1_000 == 0:
+                await anyio.sleep(3)
+
+    growth = await flood_growth(flood, 100_000)
+    assert growth < 16 * 1024, growth
+    assert budget.statistics().deposits <= 10_000  # only the last ttl counts
+    print(f"retry budget: 200,000 deposits -> {growth} B kept")
+
+
+@pytest.mark.parametrize("window_type", ["count", "time"])
+@pytest.mark.usefixtures("quiet")
+async def test_breaker_window_is_bounded(window_type: str) -> None:
+    """40,000 outcomes: the breaker's window holds at most its size."""
+    breaker = layers.CircuitBreaker(
+        name="cb",
+        window_type=window_type,  # type: ignore[arg-type]
+        window_size=50 if window_type == "count" else 10.0,
+        failure_rate_threshold=1.0,
+    )
+
+    async def sometimes(request: int) -> int:
+        if request % 3 == 0:
+            raise PayloadError
+        return request
+
+    service = breaker.layer(sometimes)
+    counter = [0]
+
+    async def flood(n: int) -> None:
+        for _ in range(n):
+            counter[0] += 1
+            with contextlib.suppress(PayloadError):
+                await service(counter[0])
+            if counter[0] % 500 == 0:
+                await anyio.sleep(1)
+
+    growth = await flood_growth(flood, 20_000)
+    stats = breaker.statistics()
+    assert stats.calls <= (50 if window_type == "count" else 10 * 500 + 500)
+    assert growth < 16 * 1024, growth
+    print(f"breaker {window_type} window: 40,000 calls -> {stats.calls} in window")
+
+
+def test_traced_growth_helper_sees_a_leak() -> None:
+    """The measuring helper is not blind: a growing list shows up."""
+    kept: list[bytes] = []
+    tracemalloc.start()
+    try:
+        growth = traced_growth(
+            lambda: kept.extend(bytearray(100) for _ in range(1_000))
+        )
+    finally:
+        tracemalloc.stop()
+    assert growth > 100_000
