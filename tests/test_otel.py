@@ -1,0 +1,436 @@
+"""OpenTelemetry metrics: the event sink, the Instrumented layer, the gauges."""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+import layers
+from layers import events
+from layers.otel import Instrumented, InstrumentedService, OtelMetrics
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True)
+def no_logging() -> Iterator[None]:
+    """Keep structlog's output out; restore the sinks afterwards."""
+    saved = events.STATE.sinks
+    events.set_logging(False)
+    yield
+    events.STATE.sinks = saved
+
+
+@pytest.fixture
+def reader() -> InMemoryMetricReader:
+    """A fresh in-memory reader."""
+    return InMemoryMetricReader()
+
+
+@pytest.fixture
+def metrics(reader: InMemoryMetricReader) -> Iterator[OtelMetrics]:
+    """Installed metrics that report to *reader*."""
+    m = OtelMetrics(MeterProvider(metric_readers=[reader]))
+    m.install()
+    yield m
+    m.uninstall()
+
+
+Points = dict[str, list[tuple[dict[str, Any], Any]]]
+
+
+def read(reader: InMemoryMetricReader) -> Points:
+    """Every data point by instrument name: (attributes, value or histogram)."""
+    out: Points = {}
+    data = reader.get_metrics_data()
+    if data is None:
+        return out
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            assert scope.scope.name == "layers"
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    value = getattr(point, "value", point)
+                    out.setdefault(metric.name, []).append(
+                        (dict(point.attributes or {}), value)
+                    )
+    return out
+
+
+def value(points: Points, name: str, **attributes: Any) -> Any:
+    """The value of the one point of *name* whose attributes include these."""
+    wanted = {k.replace("__", "."): v for k, v in attributes.items()}
+    found = [
+        v
+        for attrs, v in points.get(name, [])
+        if all(attrs.get(k) == v2 for k, v2 in wanted.items())
+    ]
+    assert len(found) == 1, (name, wanted, points.get(name))
+    return found[0]
+
+
+async def ok(request: int) -> int:
+    """A service that always succeeds."""
+    return request
+
+
+# ------------------------------------------------------------- event counters
+
+
+async def test_retries_and_events_are_counted(
+    metrics: OtelMetrics, reader: InMemoryMetricReader
+) -> None:
+    """Two failed attempts move layers.retries by 2 (with error.type) and events."""
+    failures = [ConnectionError("secret payload"), ConnectionError("x")]
+
+    async def flaky(request: int) -> int:
+        if failures:
+            raise failures.pop()
+        return request
+
+    svc = layers.Retry(on=ConnectionError, attempts=3, name="api-retry").layer(flaky)
+    assert await svc(7) == 7
+    points = read(reader)
+    assert (
+        value(
+            points,
+            "layers.retries",
+            layers__layer__name="api-retry",
+            error__type="ConnectionError",
+        )
+        == 2
+    )
+    assert (
+        value(
+            points,
+            "layers.events",
+            layers__event__name="retry_attempt_failed",
+            layers__layer__kind="retry",
+            layers__event__severity="info",
+        )
+        == 2
+    )
+    for attrs, _ in points["layers.events"]:
+        assert "secret" not in repr(attrs)
+
+
+async def test_rate_limit_rejections_by_reason(
+    metrics: OtelMetrics, reader: InMemoryMetricReader
+) -> None:
+    """A rate limit in reject mode counts layers.rejections with reason limited."""
+    svc = layers.RateLimit(1, 10, mode="reject", name="quota").layer(ok)
+    await svc(1)
+    for _ in range(3):
+        with pytest.raises(layers.RateLimited):
+            await svc(2)
+    points = read(reader)
+    assert (
+        value(
+            points,
+            "layers.rejections",
+            layers__layer__name="quota",
+            layers__layer__kind="rate_limit",
+            layers__rejection__reason="limited",
+        )
+        == 3
+    )
+
+
+async def test_concurrency_rejections_and_gauges(
+    metrics: OtelMetrics, reader: InMemoryMetricReader
+) -> None:
+    """A full limit counts queue_full rejections; its gauges show occupancy."""
+    limit = layers.ConcurrencyLimit(1, max_queue=1, name="pool")
+    metrics.observe(limit)
+    release = anyio.Event()
+
+    async def held(request: int) -> int:
+        await release.wait()
+        return request
+
+    svc = limit.layer(held)
+    async with anyio.create_task_group() as group:
+        group.start_soon(svc, 1)
+        group.start_soon(svc, 2)
+        await anyio.sleep(1)
+        with pytest.raises(layers.Overloaded):
+            await svc(3)
+        points = read(reader)
+        assert value(points, "layers.concurrency_limit.in_flight") == 1
+        assert value(points, "layers.concurrency_limit.waiting") == 1
+        assert value(points, "layers.concurrency_limit.limit") == 1
+        release.set()
+    points = read(reader)
+    assert value(points, "layers.concurrency_limit.in_flight") == 0
+    assert value(points, "layers.concurrency_limit.waiting") == 0
+    assert (
+        value(
+            points,
+            "layers.rejections",
+            layers__layer__name="pool",
+            layers__rejection__reason="queue_full",
+        )
+        == 1
+    )
+
+
+async def test_breaker_transitions_rejections_and_state_gauge(
+    metrics: OtelMetrics, reader: InMemoryMetricReader
+) -> None:
+    """A breaker's trip, rejections and recovery move the counters and the gauge."""
+    breaker = layers.CircuitBreaker(
+        name="db", consecutive_failures=2, open_duration=10, half_open_calls=1
+    )
+    metrics.observe(breaker)
+    fail = True
+
+    async def downstream(request: int) -> int:
+        if fail:
+            raise OSError("down")
+        return request
+
+    svc = breaker.layer(downstream)
+
+    def state_gauge() -> dict[str, int]:
+        return {
+            attrs["layers.circuit_breaker.state"]: v
+            for attrs, v in read(reader)["layers.circuit_breaker.state"]
+        }
+
+    assert state_gauge()["closed"] == 1
+    for _ in range(2):
+        with pytest.raises(OSError, match="down"):
+            await svc(1)
+    with pytest.raises(layers.CircuitOpen):
+        await svc(1)
+    gauge = state_gauge()
+    assert gauge["open"] == 1
+    assert sum(gauge.values()) == 1
+    points = read(reader)
+    assert (
+        value(
+            points,
+            "layers.circuit_breaker.transitions",
+            layers__circuit_breaker__from_state="closed",
+            layers__circuit_breaker__to_state="open",
+        )
+        == 1
+    )
+    assert value(points, "layers.rejections", layers__rejection__reason="open") == 1
+    await anyio.sleep(10)
+    fail = False
+    assert await svc(5) == 5
+    assert state_gauge()["closed"] == 1
+    points = read(reader)
+    to_states = {
+        attrs["layers.circuit_breaker.to_state"]
+        for attrs, _ in points["layers.circuit_breaker.transitions"]
+    }
+    assert to_states == {"open", "half_open", "closed"}
+
+
+async def test_timeouts_are_counted(
+    metrics: OtelMetrics, reader: InMemoryMetricReader
+) -> None:
+    """A Timeout that expires moves layers.timeouts by one."""
+
+    async def slow(request: int) -> int:
+        await anyio.sleep(5)
+        return request
+
+    svc = layers.Timeout(1, name="deadline").layer(slow)
+    with pytest.raises(layers.Elapsed):
+        await svc(1)
+    assert value(read(reader), "layers.timeouts", layers__layer__name="deadline") == 1
+
+
+async def test_rate_limit_waiting_gauge(
+    metrics: OtelMetrics, reader: InMemoryMetricReader
+) -> None:
+    """The rate limit gauge shows the callers waiting in its queue."""
+    limit = layers.RateLimit(1, 10, name="slowly")
+    metrics.observe(limit)
+    svc = limit.layer(ok)
+    await svc(1)
+    async with anyio.create_task_group() as group:
+        group.start_soon(svc, 2)
+        group.start_soon(svc, 3)
+        await anyio.sleep(1)
+        assert value(read(reader), "layers.rate_limit.waiting") == 2
+    assert value(read(reader), "layers.rate_limit.waiting") == 0
+
+
+# ---------------------------------------------------------------- Instrumented
+
+
+async def test_instrumented_records_outcomes_and_durations(
+    metrics: OtelMetrics, reader: InMemoryMetricReader
+) -> None:
+    """Instrumented counts each outcome with error.type, timed on the loop clock."""
+
+    async def service(request: str) -> str:
+        await anyio.sleep(2)
+        if request == "fail":
+            raise KeyError("secret")
+        if request == "reject":
+            raise layers.Overloaded("full", layer="x")
+        if request == "timeout":
+            raise layers.Elapsed(timeout=1.0, layer="t")
+        return request
+
+    svc = Instrumented(metrics, name="users-api").layer(service)
+    assert await svc("ok") == "ok"
+    assert await svc("ok") == "ok"
+    for request, error in (
+        ("fail", KeyError),
+        ("reject", layers.Overloaded),
+        ("timeout", layers.Elapsed),
+    ):
+        with pytest.raises(error):
+            await svc(request)
+    points = read(reader)
+    calls = {
+        (a["layers.call.outcome"], a.get("error.type")): v
+        for a, v in points["layers.calls"]
+    }
+    assert calls == {
+        ("success", None): 2,
+        ("failure", "KeyError"): 1,
+        ("rejected", "layers.Overloaded"): 1,
+        ("timeout", "layers.Elapsed"): 1,
+    }
+    histogram = value(points, "layers.call.duration", layers__call__outcome="success")
+    assert histogram.count == 2
+    assert histogram.sum == pytest.approx(4.0, abs=0.01)
+    for attrs, _ in points["layers.calls"]:
+        assert attrs["layers.layer.name"] == "users-api"
+        assert "secret" not in repr(attrs)
+
+
+async def test_instrumented_records_a_cancelled_call(
+    metrics: OtelMetrics, reader: InMemoryMetricReader
+) -> None:
+    """A call cancelled while it waits is recorded as cancelled and passes on."""
+    limit = layers.ConcurrencyLimit(1, name="pool")
+    metrics.observe(limit)
+
+    async def wait_forever(request: int) -> int:
+        await anyio.sleep_forever()
+        raise AssertionError
+
+    svc = Instrumented(metrics, name="c").layer(limit.layer(wait_forever))
+    with anyio.move_on_after(3) as scope:
+        await svc(1)
+    assert scope.cancelled_caught
+    points = read(reader)
+    (attrs, count) = points["layers.calls"][0]
+    assert attrs["layers.call.outcome"] == "cancelled"
+    assert count == 1
+    assert value(points, "layers.call.duration").sum == pytest.approx(3.0, abs=0.01)
+    assert value(points, "layers.concurrency_limit.in_flight") == 0
+
+
+async def test_instrumented_records_nothing_unless_installed(
+    reader: InMemoryMetricReader,
+) -> None:
+    """Not installed (or uninstalled), Instrumented and the sink record nothing."""
+    metrics = OtelMetrics(MeterProvider(metric_readers=[reader]))
+    svc = metrics.instrument("api").layer(ok)
+    assert await svc(1) == 1
+    events.emit(events.TimeoutElapsed(layer="t", timeout=1.0))
+    assert "layers.calls" not in read(reader)
+    assert "layers.events" not in read(reader)
+    remove = metrics.install()
+    metrics.install()  # twice is once
+    assert events.STATE.sinks.count(metrics) == 1
+    assert await svc(1) == 1
+    remove()
+    assert metrics not in events.STATE.sinks
+    assert await svc(1) == 1
+    events.emit(events.TimeoutElapsed(layer="t", timeout=1.0))
+    points = read(reader)
+    assert value(points, "layers.calls") == 1
+    assert "layers.events" not in points
+
+
+async def test_instrumented_keeps_types_and_composes(
+    metrics: OtelMetrics, reader: InMemoryMetricReader
+) -> None:
+    """Instrumented is a type-preserving layer for ServiceBuilder.layer."""
+    svc = (
+        layers.ServiceBuilder()
+        .layer(metrics.instrument("stack"))
+        .timeout(5)
+        .service(ok)
+    )
+    assert await svc(3) == 3
+    inner = Instrumented(metrics).layer(ok)
+    assert isinstance(inner, InstrumentedService)
+    assert inner.name == "call"
+    assert "InstrumentedService" in repr(inner)
+    assert value(read(reader), "layers.calls", layers__layer__name="stack") == 1
+
+
+def test_instrumented_and_observe_refuse_bad_configuration(
+    metrics: OtelMetrics,
+) -> None:
+    """Bad metrics, names and observed objects raise ConfigurationError naming them."""
+    with pytest.raises(layers.ConfigurationError, match=r"metrics=.*OtelMetrics"):
+        Instrumented(object())  # type: ignore[arg-type]
+    with pytest.raises(layers.ConfigurationError, match="name"):
+        Instrumented(metrics, name="")
+    with pytest.raises(layers.ConfigurationError, match="CircuitBreaker"):
+        metrics.observe(layers.Timeout(1))  # type: ignore[arg-type]
+    assert repr(metrics) == "OtelMetrics(enabled=True)"
+
+
+def test_observed_layers_are_held_weakly(
+    metrics: OtelMetrics, reader: InMemoryMetricReader
+) -> None:
+    """A garbage-collected breaker stops being reported; observing twice is once."""
+    breaker = layers.CircuitBreaker(name="gone")
+    metrics.observe(breaker, breaker)
+    assert len(read(reader)["layers.circuit_breaker.state"]) == len(layers.CircuitState)
+    del breaker
+    gc.collect()
+    assert read(reader).get("layers.circuit_breaker.state", []) == []
+
+
+def test_unknown_events_are_counted_as_events(
+    metrics: OtelMetrics, reader: InMemoryMetricReader
+) -> None:
+    """An event the sink does not know is counted only in layers.events."""
+
+    class Custom(events.Event):
+        event = "custom_thing"
+
+    events.emit(Custom(layer="mine"))
+    points = read(reader)
+    assert (
+        value(
+            points,
+            "layers.events",
+            layers__event__name="custom_thing",
+            layers__layer__kind="custom",
+        )
+        == 1
+    )
+
+
+def test_import_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without OpenTelemetry, importing layers.otel says which extra to install."""
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)
+    monkeypatch.delitem(sys.modules, "layers.otel")
+    with pytest.raises(ImportError, match=r"service-layers\[otel\]"):
+        importlib.import_module("layers.otel")
+    monkeypatch.undo()
+    assert importlib.import_module("layers.otel").OtelMetrics is OtelMetrics
