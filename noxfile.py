@@ -127,6 +127,18 @@ def docs(session: nox.Session) -> None:
 
 
 @nox.session(python=LATEST)
+def audit(session: nox.Session) -> None:
+    """Audit the dependencies for known vulnerabilities (pip-audit; needs network).
+
+    Not in the default sessions, so that a plain `nox` stays offline: run it
+    with `nox -s audit`. It installs the package with every extra and checks
+    the resulting environment against PyPI's vulnerability data.
+    """
+    session.install("-e", ".[trio,testing,tests,audit]")
+    session.run("pip-audit", "--skip-editable", "--progress-spinner", "off")
+
+
+@nox.session(python=LATEST)
 def coverage(session: nox.Session) -> None:
     """Measure branch coverage of the test suite."""
     session.install("-e", ".[coverage]")

@@ -41,6 +41,7 @@ from ._core import (
     service_fn,
 )
 from ._deadline import current_deadline
+from ._drain import Drain, DrainRejected, DrainStarted, DrainStatistics
 from ._errors import (
     CircuitOpen,
     ConfigurationError,
@@ -68,9 +69,26 @@ from ._retry import (
     RetryDeadlineReached,
     current_attempt,
 )
+from ._shutdown import (
+    ShutdownCompleted,
+    ShutdownReport,
+    ShutdownStarted,
+    Supervisor,
+    TaskOutcome,
+    wait_for_signal,
+)
 from ._timeout import Timeout, TimeoutService
 from ._transforms import AndThen, Filter, MapErr, MapRequest, MapResponse
-from .events import Event, Sink, TimeoutElapsed, add_sink, remove_sink, set_logging
+from .events import (
+    Event,
+    Sink,
+    TimeoutElapsed,
+    add_sink,
+    remove_sink,
+    set_error_messages,
+    set_logging,
+)
+from .health import CheckResult, HealthApp, HealthChecks, HealthReport, HealthStatus
 
 try:
     __version__: str = _version("service-layers")
@@ -80,6 +98,7 @@ except _PackageNotFoundError:  # pragma: no cover - running from a bare checkout
 __all__ = [
     "AndThen",
     "Backoff",
+    "CheckResult",
     "CircuitBreaker",
     "CircuitBreakerOptions",
     "CircuitBreakerStatistics",
@@ -96,11 +115,19 @@ __all__ = [
     "ConcurrencyLimitStatistics",
     "ConfigurationError",
     "ConstantBackoff",
+    "Drain",
+    "DrainRejected",
+    "DrainStarted",
+    "DrainStatistics",
     "Elapsed",
     "Event",
     "ExponentialBackoff",
     "Filter",
     "Filtered",
+    "HealthApp",
+    "HealthChecks",
+    "HealthReport",
+    "HealthStatus",
     "Identity",
     "Layer",
     "LayerFn",
@@ -126,9 +153,14 @@ __all__ = [
     "RetryDeadlineReached",
     "Service",
     "ServiceBuilder",
+    "ShutdownCompleted",
+    "ShutdownReport",
+    "ShutdownStarted",
     "ShuttingDown",
     "Sink",
     "Stack",
+    "Supervisor",
+    "TaskOutcome",
     "Timeout",
     "TimeoutElapsed",
     "TimeoutService",
@@ -142,5 +174,7 @@ __all__ = [
     "layer_fn",
     "remove_sink",
     "service_fn",
+    "set_error_messages",
     "set_logging",
+    "wait_for_signal",
 ]

@@ -59,6 +59,7 @@ from ._core import (
     check_layer,
     is_async_callable,
 )
+from ._drain import Drain
 from ._ratelimit import Mode, RateLimit, RateLimitStore
 from ._retry import Classification, Retry
 from ._timeout import Timeout
@@ -275,6 +276,24 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
     ) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]:
         """Add a :class:`~layers.Timeout` of *seconds*."""
         return self._add(Timeout(seconds, name=name))
+
+    def drain(self, drain: Drain, /) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]:
+        """Add the :class:`~layers.Drain` *drain*, which counts calls in flight.
+
+        The drain object is given, not made here, because the program keeps
+        it to start draining (``drain.start()``, or ``Supervisor(drains=[drain])``)
+        and to wait for the calls inside (``await drain.wait_idle(timeout)``).
+        Put it outermost, so that a refused call takes nothing else.
+
+        Raises:
+            TypeError: If *drain* is not a ``Drain``.
+        """
+        if not isinstance(drain, Drain):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(
+                f"ServiceBuilder.drain(drain={drain!r}): drain must be a "
+                f"layers.Drain, got {type(drain).__name__}"
+            )
+        return self._add(drain)
 
     @overload
     def circuit_breaker(

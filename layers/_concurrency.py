@@ -102,6 +102,7 @@ class ConcurrencyLimitRejected(Event):
     """
 
     event: ClassVar[str] = "concurrency_limit_rejected"
+    kind: ClassVar[str] = "concurrency_limit"
     level: ClassVar[Level] = "warning"
 
     reason: Literal["queue_full", "max_wait"]

@@ -437,6 +437,7 @@ class RateLimitRejected(Event):
     """
 
     event: ClassVar[str] = "rate_limit_rejected"
+    kind: ClassVar[str] = "rate_limit"
     level: ClassVar[Level] = "warning"
 
     retry_after: float | None
@@ -454,6 +455,7 @@ class RateLimitWaited(Event):
     """
 
     event: ClassVar[str] = "rate_limit_waited"
+    kind: ClassVar[str] = "rate_limit"
     level: ClassVar[Level] = "debug"
 
     waited: float

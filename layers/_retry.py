@@ -104,7 +104,8 @@ class RetryAttemptFailed(Event):
     """
 
     event: ClassVar[str] = "retry_attempt_failed"
-    level: ClassVar[Level] = "warning"
+    kind: ClassVar[str] = "retry"
+    level: ClassVar[Level] = "info"
 
     attempt: int
     delay: float
@@ -126,6 +127,7 @@ class RetriesExhausted(Event):
     """
 
     event: ClassVar[str] = "retries_exhausted"
+    kind: ClassVar[str] = "retry"
     level: ClassVar[Level] = "warning"
 
     attempts: int
@@ -143,6 +145,7 @@ class RetryBudgetExhausted(Event):
     """
 
     event: ClassVar[str] = "retry_budget_exhausted"
+    kind: ClassVar[str] = "retry"
     level: ClassVar[Level] = "warning"
 
     attempts: int
@@ -165,6 +168,7 @@ class RetryDeadlineReached(Event):
     """
 
     event: ClassVar[str] = "retry_deadline_reached"
+    kind: ClassVar[str] = "retry"
     level: ClassVar[Level] = "warning"
 
     attempts: int

@@ -31,6 +31,7 @@ __all__ = [
     "add_sink",
     "emit",
     "remove_sink",
+    "set_error_messages",
     "set_logging",
 ]
 
@@ -52,6 +53,11 @@ class Event:
     level: ClassVar[Level] = "info"
     """The log level the default structlog sink uses for it."""
 
+    kind: ClassVar[str] = "custom"
+    """The kind of layer that emits it (``"timeout"``, ``"retry"``,
+    ``"rate_limit"``, ``"concurrency_limit"``, ``"circuit_breaker"``; set it
+    on your own events), logged as ``layer_kind``."""
+
     layer: str
 
     def fields(self) -> dict[str, Any]:
@@ -68,6 +74,7 @@ class TimeoutElapsed(Event):
     """
 
     event: ClassVar[str] = "elapsed"
+    kind: ClassVar[str] = "timeout"
     level: ClassVar[Level] = "warning"
 
     timeout: float
@@ -85,6 +92,7 @@ class _State:
     """The installed sinks, swapped whole so that emitting needs no lock."""
 
     sinks: tuple[Sink, ...] = ()
+    error_messages: bool = False
 
 
 STATE: Final = _State()
@@ -94,7 +102,7 @@ build an event."""
 
 def _log_event(event: Event) -> None:
     logger = structlog.get_logger("layers")
-    getattr(logger, event.level)(event.event, **event.fields())
+    getattr(logger, event.level)(event.event, layer_kind=event.kind, **event.fields())
 
 
 def add_sink(sink: Sink) -> Callable[[], None]:
@@ -129,6 +137,18 @@ def set_logging(enabled: bool) -> None:
     remove_sink(_log_event)
     if enabled:
         STATE.sinks = (_log_event, *STATE.sinks)
+
+
+def set_error_messages(enabled: bool) -> None:
+    """Let exception messages into what ``layers`` reports (off by default).
+
+    By default events, logs and health reports name an exception by its
+    type only (``"ConnectionError"``), never by its message, which can hold
+    a payload, a credential or a customer's data. Turn messages on where
+    that is safe (a development machine, say); read the setting in your own
+    sinks as ``layers.events.STATE.error_messages``.
+    """
+    STATE.error_messages = bool(enabled)
 
 
 def emit(event: Event) -> None:

@@ -810,7 +810,7 @@ async def test_events_on_every_transition_and_rejection() -> None:
         1.0,
         10,
     )
-    assert opened.level == "error"
+    assert opened.level == "warning"
     rejected = seen[1]
     assert isinstance(rejected, layers.CircuitCallRejected)
     assert rejected.retry_after == pytest.approx(10)

@@ -132,7 +132,13 @@ def test_logging_on_logs_events_with_structlog() -> None:
     with structlog.testing.capture_logs() as logs:
         events.emit(event())
     assert logs == [
-        {"event": "elapsed", "log_level": "warning", "layer": "db", "timeout": 2.5}
+        {
+            "event": "elapsed",
+            "log_level": "warning",
+            "layer_kind": "timeout",
+            "layer": "db",
+            "timeout": 2.5,
+        }
     ]
 
 
@@ -174,7 +180,13 @@ async def test_timeout_expiry_is_logged() -> None:
     with structlog.testing.capture_logs() as logs, pytest.raises(layers.Elapsed):
         await svc("x")
     assert logs == [
-        {"event": "elapsed", "log_level": "warning", "layer": "api", "timeout": 1.5}
+        {
+            "event": "elapsed",
+            "log_level": "warning",
+            "layer_kind": "timeout",
+            "layer": "api",
+            "timeout": 1.5,
+        }
     ]
 
 

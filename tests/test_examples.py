@@ -33,6 +33,9 @@ def test_every_example_is_tested() -> None:
     tested |= {"retry_client.py"}
     tested |= {"circuit_breaker.py"}
     tested |= {"per_tenant_rate_limit.py"}
+    tested |= {"health_endpoint.py"}
+    tested |= {"metrics.py"}
+    tested |= {"shutdown_server.py", "asgi_app.py"}
     assert {path.name for path in EXAMPLES.glob("*.py")} == tested
 
 
@@ -145,3 +148,80 @@ def test_per_tenant_rate_limit() -> None:
             "free-tier: keys=3 table_full=1",
         ]:
             assert line in section, f"{backend}: {line!r} missing from:\n{section}"
+
+
+def test_metrics() -> None:
+    """metrics.py: OpenTelemetry data points for calls, retries, breaker state."""
+    output = run_example("metrics.py")
+    for line in [
+        "plum: CircuitOpen",
+        "layers.calls {layers.call.outcome=success, layers.layer.name=inventory-api} 2",
+        "layers.calls {error.type=layers.CircuitOpen, layers.call.outcome=rejected, "
+        "layers.layer.name=inventory-api} 1",
+        "layers.retries {error.type=ConnectionError, layers.layer.name=retry} 1",
+        "layers.circuit_breaker.transitions {layers.circuit_breaker.from_state=closed, "
+        "layers.circuit_breaker.reason=consecutive_failures, "
+        "layers.circuit_breaker.to_state=open, layers.layer.name=inventory} 1",
+        "layers.rejections {layers.layer.kind=circuit_breaker, "
+        "layers.layer.name=inventory, layers.rejection.reason=open} 1",
+        "layers.circuit_breaker.state {layers.circuit_breaker.state=open, "
+        "layers.layer.name=inventory} 1",
+    ]:
+        assert line in output, f"{line!r} missing from:\n{output}"
+    assert "layers.call.duration {layers.call.outcome=success" in output
+
+
+def test_health_endpoint() -> None:
+    """health_endpoint.py: hypercorn serves 200, degraded 200, then 503."""
+    output = run_example("health_endpoint.py")
+    for backend in ["asyncio", "trio"]:
+        section = output.split(f"== {backend} ==", 1)[1].split("\n== ", 1)[0]
+        for line in [
+            'GET /livez -> 200 {"status":"healthy","checks":{}}',
+            'GET /readyz -> 200 {"status":"healthy",',
+            'GET /readyz -> 200 {"status":"degraded",',
+            '"payments-api":{"status":"unhealthy","critical":false}',
+            'GET /readyz -> 503 {"status":"unhealthy",',
+        ]:
+            assert line in section, f"{backend}: {line!r} missing from:\n{section}"
+        assert "s3cret" not in section
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_shutdown_server_example(backend: str) -> None:
+    """shutdown_server.py: stopped by SIGTERM, it exits 0 (more in test_shutdown_*)."""
+    import signal
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "shutdown_server.py"), "--backend", backend],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=EXAMPLES.parent,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("job 1 started"):
+            break
+    time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert "shutting down: signal SIGTERM" in output
+    assert "new work rejected: ShuttingDown" in output
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_asgi_app(backend: str) -> None:
+    """asgi_app.py: 200, 429 with Retry-After, 504, then a drained shutdown."""
+    output = run_example("asgi_app.py", "--backend", backend)
+    for line in [
+        "GET / 200 hello from /",
+        "GET / 429 Retry-After: 1",
+        "GET /sleep/3 504 Gateway Timeout",
+        "in flight during shutdown: 200 hello from /sleep/0.5",
+        "  hypercorn: finished",
+        "drained: DrainStatistics(in_flight=0, draining=True",
+    ]:
+        assert line in output, f"{line!r} missing from:\n{output}"
