@@ -327,7 +327,10 @@ def _import_trio() -> Any:
 
 
 class _NoLoop:
-    _thread_id = None
+    # An instance attribute: Python 3.11 specialises reading it, not a class
+    # attribute read through an instance (this is read on every trio call).
+    def __init__(self) -> None:
+        self._thread_id: int | None = None
 
 
 class _NoTrio:
