@@ -1,11 +1,12 @@
-"""The ASGI middleware behind a real hypercorn server, over real HTTP (httpx)."""
+"""The ASGI middleware behind real servers (hypercorn, uvicorn), over real HTTP."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from typing import Any
 
@@ -126,3 +127,73 @@ async def test_graceful_shutdown_drains_in_flight_request(anyio_backend: str) ->
     assert drain.in_flight == 0
     assert supervisor.report.finished == ("hypercorn",)
     assert took < 5  # the in-flight request takes 0.3 s more
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_uvicorn_graceful_shutdown_drains_in_flight_request(
+    anyio_backend: str,
+) -> None:
+    """The supervisor stops uvicorn: in flight gets 200, later 503 or no server."""
+    uvicorn = pytest.importorskip("uvicorn")
+
+    class SupervisedServer(uvicorn.Server):  # type: ignore[misc]
+        # The supervisor owns the signals: uvicorn must not replace them.
+        @contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    drain = layers.Drain(retry_after=2)
+    stack = layers.ServiceBuilder().drain(drain)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    base = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    config = uvicorn.Config(
+        LayersMiddleware(app, stack),
+        interface="asgi3",
+        lifespan="on",
+        ws="none",
+        http="h11",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = SupervisedServer(config)
+
+    async def stop_uvicorn() -> None:
+        await supervisor.wait_shutdown()
+        server.should_exit = True
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    results: dict[str, Any] = {}
+    async with (
+        layers.Supervisor(grace=10, signals=(), drains=[drain]) as supervisor,
+        httpx.AsyncClient(base_url=base, timeout=10) as http,
+    ):
+        supervisor.start_soon(server.serve, [listener], name="uvicorn")
+        supervisor.start_soon(stop_uvicorn, name="uvicorn-stop")
+        assert (await http.get("/hello")).status_code == 200
+        results["handlers"] = {sig: signal.getsignal(sig) for sig in handlers}
+
+        async def slow() -> None:
+            results["slow"] = await http.get("/sleep/0.3")
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(slow)
+            await anyio.sleep(0.1)
+            supervisor.shutdown()
+            try:
+                late = await http.get("/late")
+                results["late"] = late.status_code
+            except httpx.TransportError as error:
+                results["late"] = type(error).__name__
+    report = supervisor.report
+    assert results["handlers"] == handlers
+    assert results["slow"].status_code == 200
+    assert results["slow"].text == "/sleep/0.3"
+    assert results["late"] in (503, "ConnectError", "RemoteProtocolError"), results
+    assert drain.in_flight == 0
+    assert report.clean, report.summary()
+    assert set(report.finished) == {"uvicorn", "uvicorn-stop"}
+    assert report.shutdown_took is not None
+    assert report.shutdown_took < 3  # 10 times the in-flight request's 0.3 s
