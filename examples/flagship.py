@@ -1,0 +1,411 @@
+"""A plain httpx client and a layered one, side by side, against a flaky API.
+
+The script starts a real HTTP server in this process: hypercorn on
+127.0.0.1 (a free port), on the backend you choose. Its API misbehaves the
+way real ones do, all of it seeded so that runs are comparable:
+
+* a fraction of the answers are ``503 Service Unavailable``;
+* some answers are slow (latency spikes of up to a second);
+* above a rate of calls per second it answers ``429 Too Many Requests``
+  with a ``Retry-After`` header;
+* for most of a second it is down (an outage: every call gets a 503).
+
+Two clients then send the same bursts of concurrent GET requests (a few
+hundred at a time): a plain ``httpx.AsyncClient``, and the same client
+behind a ``layers`` stack (a deadline per call, retries that honour
+``Retry-After``, a circuit breaker, a rate limit under the server's and a
+concurrency limit, with a timeout per attempt). The table at the end
+compares them. Needs ``hypercorn`` and ``httpx`` (the ``flagship`` extra)
+and, for trio, the ``trio`` extra; no network.
+
+Run: ``python examples/flagship.py [--backend asyncio|trio] [--seed N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import email.utils
+import importlib
+import math
+import random
+import socket
+import statistics
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import anyio
+import httpx
+from hypercorn.config import Config
+from hypercorn.typing import (
+    ASGIFramework,
+    ASGIReceiveCallable,
+    ASGISendCallable,
+    Scope,
+)
+
+import layers
+
+# ------------------------------------------------------------------ scenario
+
+WAVES = 3
+"""Bursts of concurrent requests..."""
+WAVE_SIZE = 200
+"""...of this many requests each..."""
+WAVE_EVERY = 2.0
+"""...one every this many seconds."""
+
+SERVER_RATE = 200.0
+"""Calls per second the server takes before it answers 429..."""
+SERVER_BURST = 50
+"""...after letting this many through at once."""
+ERROR_RATE = 0.08
+"""The fraction of calls answered 503 at random."""
+SPIKE_RATE = 0.04
+"""The fraction of calls that are slow..."""
+SPIKE = (0.4, 1.0)
+"""...taking this long (seconds, uniform)."""
+LATENCY = (0.002, 0.015)
+"""How long the other calls take (seconds, uniform)."""
+OUTAGE = (1.9, 2.7)
+"""Seconds after the start of a run during which every call gets a 503."""
+
+RETRYABLE = frozenset({429, 502, 503, 504})
+"""The statuses worth sending a GET again for."""
+
+
+# -------------------------------------------------------------- the server
+
+
+@dataclass
+class FlakyApi:
+    """An ASGI app: ``GET /items/<n>`` answers 200, unless it misbehaves.
+
+    Whether call *n* fails, and how slowly it answers, is drawn from a
+    random generator seeded with the seed, *n* and the attempt number (the
+    ``x-attempt`` header; 1 without it): both clients meet the same faults
+    on their first attempts, and a retry rolls the dice again. The 429s and
+    the outage depend on the time since :meth:`begin`.
+    """
+
+    seed: int
+    origin: float = 0.0
+    tat: float = 0.0  # the rate limit's theoretical arrival time (GCRA)
+    statuses: Counter[int] = field(default_factory=Counter[int])
+
+    def begin(self) -> None:
+        """Start a run: the clock of the outage, the counters and the limit."""
+        self.origin = anyio.current_time()
+        self.tat = self.origin
+        self.statuses = Counter()
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        headers = dict(scope["headers"])
+        number = int(scope["path"].rsplit("/", 1)[-1])
+        attempt = int(headers.get(b"x-attempt", b"1"))
+        dice = random.Random(f"{self.seed}:{number}:{attempt}")
+        now = anyio.current_time()
+        elapsed = now - self.origin
+        extra: list[tuple[bytes, bytes]] = []
+
+        # An API gateway: GCRA, SERVER_RATE calls a second, SERVER_BURST at once.
+        interval = 1 / SERVER_RATE
+        wait = max(self.tat, now) - now - (SERVER_BURST - 1) * interval
+        if wait > 0:
+            status = 429
+            extra.append((b"retry-after", str(max(1, math.ceil(wait))).encode()))
+        else:
+            self.tat = max(self.tat, now) + interval
+            if OUTAGE[0] <= elapsed < OUTAGE[1] or dice.random() < ERROR_RATE:
+                status = 503
+            else:
+                status = 200
+        # Counted on arrival: a client may give up on a slow answer.
+        self.statuses[status] += 1
+        if status != 429:
+            slow = dice.random() < SPIKE_RATE
+            await anyio.sleep(dice.uniform(*(SPIKE if slow else LATENCY)))
+        body = f'{{"item": {number}}}' if status == 200 else f'{{"error": {status}}}'
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), *extra],
+            }
+        )
+        await send(
+            {"type": "http.response.body", "body": body.encode(), "more_body": False}
+        )
+
+
+async def serve(
+    app: ASGIFramework, sock: socket.socket, backend: str, stop: anyio.Event
+) -> None:
+    """Serve *app* on *sock* with hypercorn on *backend* until *stop* is set."""
+    config = Config()
+    config.bind = [f"fd://{sock.detach()}"]
+    config.errorlog = None
+    config.graceful_timeout = 2.0
+
+    async def shutdown_trigger() -> None:
+        await stop.wait()
+
+    # hypercorn.asyncio.serve or hypercorn.trio.serve: the same call on both.
+    module = importlib.import_module(f"hypercorn.{backend}")
+    serve_on: Callable[..., Awaitable[None]] = module.serve
+    await serve_on(app, config, shutdown_trigger=shutdown_trigger)
+
+
+# ------------------------------------------------------- the layered client
+
+
+class RetryableStatus(Exception):
+    """A 429/502/503/504 answer, as an error that Retry and the breaker see."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"{response.status_code} {response.reason_phrase}")
+        self.status = response.status_code
+        self.retry_after = parse_retry_after(response.headers.get("retry-after"))
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header: delay-seconds or an HTTP-date."""
+    if value is None:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def retry_after(error: Exception) -> float | None:
+    """Retry's delay hint: the server's Retry-After (``None``: the backoff)."""
+    return error.retry_after if isinstance(error, RetryableStatus) else None
+
+
+def is_failure(error: BaseException) -> bool:
+    """What the breaker counts against the server: 5xx, no answer, too slow.
+
+    A 429 is not: the server is healthy, we were too fast.
+    """
+    if isinstance(error, RetryableStatus):
+        return error.status >= 500
+    return isinstance(error, httpx.TransportError | layers.Elapsed)
+
+
+def layered(
+    client: httpx.AsyncClient, seed: int
+) -> layers.Service[str, httpx.Response]:
+    """The client behind layers, outermost first."""
+
+    async def get(path: str) -> httpx.Response:
+        # The server sees which attempt this is (and rolls its dice again).
+        attempt = str(layers.current_attempt())
+        response = await client.get(path, headers={"x-attempt": attempt})
+        if response.status_code in RETRYABLE:
+            raise RetryableStatus(response)
+        return response
+
+    return (
+        layers.ServiceBuilder()
+        # At most 10 s per call, retries and waits included.
+        .timeout(10.0, name="call")
+        # GET is idempotent: retry what failed in passing, and what a layer
+        # below refused (the breaker, the limits), not before its hint.
+        .retry(
+            on=(httpx.TransportError, RetryableStatus, layers.Elapsed, layers.Rejected),
+            attempts=10,
+            backoff=layers.ExponentialBackoff(
+                base=0.05, cap=1.0, rng=random.Random(seed).random
+            ),
+            max_delay=2.0,
+            retry_after=retry_after,
+            # The breaker keeps retries off the server during the outage and
+            # the rate limit paces the rest, so no retry budget here.
+            budget=None,
+            name="api-retry",
+        )
+        .circuit_breaker(
+            name="api",
+            window_size=20,
+            minimum_calls=10,
+            failure_rate_threshold=0.5,
+            failure_on=is_failure,
+            ignore=layers.Rejected,
+            open_duration=0.25,
+            open_duration_growth=2.0,
+            max_open_duration=1.0,
+            half_open_calls=3,
+        )
+        # A little under the server's 200 calls/s: its 429s never come.
+        .rate_limit(180, burst=10, name="api-quota")
+        .concurrency_limit(50, name="api-bulkhead")
+        .timeout(0.3, name="attempt")
+        .service(get)
+    )
+
+
+# ----------------------------------------------------------------- the runs
+
+
+@dataclass
+class Run:
+    """What one client saw, and what the layers reported meanwhile."""
+
+    latencies: list[float] = field(default_factory=list[float])
+    failures: Counter[str] = field(default_factory=Counter[str])
+    retries: int = 0
+    retries_after_rejection: int = 0
+    breaker_rejections: int = 0
+    limit_rejections: int = 0
+    waited: int = 0
+    transitions: list[str] = field(default_factory=list[str])
+    statuses: Counter[int] = field(default_factory=Counter[int])
+    origin: float = 0.0
+
+    def sink(self, event: layers.Event) -> None:
+        """Count what the layers do (an events sink)."""
+        if isinstance(event, layers.RetryAttemptFailed):
+            self.retries += 1
+            if event.error is not None and event.error.endswith("CircuitOpen"):
+                self.retries_after_rejection += 1
+        elif isinstance(event, layers.CircuitStateChanged):
+            at = anyio.current_time() - self.origin
+            self.transitions.append(f"{event.to_state} at {at:.2f} s")
+        elif isinstance(event, layers.CircuitCallRejected):
+            self.breaker_rejections += 1
+        elif isinstance(
+            event, layers.RateLimitRejected | layers.ConcurrencyLimitRejected
+        ):
+            self.limit_rejections += 1
+        elif isinstance(event, layers.RateLimitWaited):
+            self.waited += 1
+
+
+async def drive(
+    call: Callable[[str], Awaitable[httpx.Response]], api: FlakyApi, run: Run
+) -> None:
+    """Send WAVES bursts of WAVE_SIZE concurrent GETs through *call*."""
+
+    async def one(number: int) -> None:
+        start = anyio.current_time()
+        try:
+            response = await call(f"/items/{number}")
+        except Exception as error:  # what a caller would see
+            run.failures[type(error).__name__] += 1
+        else:
+            if response.status_code != 200:
+                run.failures[str(response.status_code)] += 1
+        run.latencies.append(anyio.current_time() - start)
+
+    api.begin()
+    run.origin = api.origin
+    async with anyio.create_task_group() as group:
+        for wave in range(WAVES):
+            await anyio.sleep_until(api.origin + wave * WAVE_EVERY)
+            for number in range(wave * WAVE_SIZE, (wave + 1) * WAVE_SIZE):
+                group.start_soon(one, number)
+    run.statuses = api.statuses
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[
+        round(fraction * 100) - 1
+    ]
+
+
+def report(plain: Run, layered: Run) -> None:
+    def row(label: str, left: str, right: str) -> None:
+        print(f"  {label:<34}{left:>10}{right:>10}")
+
+    def rate(run: Run) -> str:
+        total = len(run.latencies)
+        return f"{100 * (total - sum(run.failures.values())) / total:.1f}%"
+
+    def ms(run: Run, fraction: float) -> str:
+        return f"{1000 * percentile(run.latencies, fraction):.0f} ms"
+
+    print()
+    row("", "plain", "layered")
+    row("success rate", rate(plain), rate(layered))
+    row(
+        "calls that reached the server",
+        *(str(r.statuses.total()) for r in (plain, layered)),
+    )
+    row(
+        "  answered 429 (over the rate)",
+        *(str(r.statuses[429]) for r in (plain, layered)),
+    )
+    row(
+        "  answered 503 (errors, outage)",
+        *(str(r.statuses[503]) for r in (plain, layered)),
+    )
+    row("latency p50", ms(plain, 0.5), ms(layered, 0.5))
+    row("latency p99", ms(plain, 0.99), ms(layered, 0.99))
+    row("retries", "-", str(layered.retries))
+    row("  after a breaker rejection", "-", str(layered.retries_after_rejection))
+    row("rejected by the breaker", "-", str(layered.breaker_rejections))
+    row("rejected by the limits", "-", str(layered.limit_rejections))
+    row("waits for the client's quota", "-", str(layered.waited))
+    row("breaker transitions", "-", str(len(layered.transitions)))
+    print()
+    for name, run in (("plain", plain), ("layered", layered)):
+        failed = ", ".join(f"{kind} x{n}" for kind, n in run.failures.most_common())
+        print(f"  {name} client's failed calls: {failed or 'none'}")
+    print(f"  breaker: {', '.join(layered.transitions) or 'stayed closed'}")
+
+
+async def main(backend: str, seed: int) -> None:
+    api = FlakyApi(seed)
+    # A socket on a free port, handed to hypercorn: no race for the port.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    print(
+        f"A plain httpx client vs the same client behind layers, on {backend}, "
+        f"against a flaky API at {url}\n"
+        f"({WAVES} bursts of {WAVE_SIZE} concurrent GETs, {WAVE_EVERY:g} s apart; "
+        f"the API: {ERROR_RATE:.0%} 503s, {SPIKE_RATE:.0%} slow answers, 429 above "
+        f"{SERVER_RATE:g} calls/s,\n"
+        f"an outage from {OUTAGE[0]:g} s to {OUTAGE[1]:g} s; seed {seed})"
+    )
+    stop = anyio.Event()
+    plain, stacked = Run(), Run()
+    async with anyio.create_task_group() as group:
+        group.start_soon(serve, api, sock, backend, stop)
+        async with httpx.AsyncClient(base_url=url) as client:
+            await drive(client.get, api, plain)
+        remove = layers.add_sink(stacked.sink)
+        try:
+            async with httpx.AsyncClient(base_url=url) as client:
+                await drive(layered(client, seed), api, stacked)
+        finally:
+            remove()
+        stop.set()
+    report(plain, stacked)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
+    parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    layers.set_logging(False)  # the table at the end says what matters here
+    anyio.run(main, args.backend, args.seed, backend=args.backend)
