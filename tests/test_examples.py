@@ -36,6 +36,8 @@ def test_every_example_is_tested() -> None:
     tested |= {"health_endpoint.py"}
     tested |= {"metrics.py"}
     tested |= {"shutdown_server.py", "asgi_app.py"}
+    tested |= {"httpx_client.py"}
+    tested |= {"flagship.py"}  # in test_flagship.py
     assert {path.name for path in EXAMPLES.glob("*.py")} == tested
 
 
@@ -225,3 +227,15 @@ def test_asgi_app(backend: str) -> None:
         "drained: DrainStatistics(in_flight=0, draining=True",
     ]:
         assert line in output, f"{line!r} missing from:\n{output}"
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_httpx_client(backend: str) -> None:
+    """httpx_client.py retries past a 503 and a 429, then a breaker opens per host."""
+    output = run_example("httpx_client.py", "--backend", backend)
+    assert "GET https://[redacted]@api.test/items -> 200" in output
+    assert "items: [1, 2, 3], after 2.1 s of retries" in output
+    assert "down.test attempt 1: 503" in output
+    assert "attempt 2: circuit breaker 'https://down.test:443' is open" in output
+    assert "s3cret" not in output
+    assert "pw@" not in output
