@@ -245,7 +245,14 @@ async def timeout_call(service: TimedService[Req, Res], request: Req, /) -> Res:
         loop = get_running_loop()
         if loop is None:  # not asyncio: trio (kept inline: no extra coroutine)
             trio = _trio or _import_trio()
-            deadline = trio.current_time() + service.seconds
+            try:  # current_time(), inline: trio's clock, cached
+                runner = _trio_run_context.runner
+            except AttributeError:
+                runner = None
+            if runner is _trio_runner:
+                deadline = _trio_offset + perf_counter() + service.seconds
+            else:
+                deadline = _current_time_slow() + service.seconds
             outer = _get_deadline()
             if outer is not None and outer < deadline:
                 deadline = outer
