@@ -27,6 +27,11 @@ def run_example(name: str, *args: str) -> str:
     return result.stdout
 
 
+def backend_section(output: str, backend: str) -> str:
+    """The part of an example's output under its ``== <backend> ==`` heading."""
+    return output.split(f"== {backend} ==", 1)[1].split("\n== ", 1)[0]
+
+
 def test_every_example_is_tested() -> None:
     """A new script in examples/ gets a test here."""
     tested = {"quickstart.py", "custom_layer.py", "testing_with_mock.py"}
@@ -42,7 +47,7 @@ def test_every_example_is_tested() -> None:
 
 
 def _check_quickstart_section(output: str, backend: str) -> None:
-    section = output.split(f"== {backend} ==", 1)[1].split("\n== ", 1)[0]
+    section = backend_section(output, backend)
     for line in [
         "-> Ada Lovelace (#1)",
         "-> Grace Hopper (#2)",
@@ -77,7 +82,7 @@ def test_custom_layer() -> None:
     """custom_layer.py: the auth header arrives and Shed refuses the extra call."""
     output = run_example("custom_layer.py")
     for backend in ["asyncio", "trio"]:
-        section = output.split(f"== {backend} ==", 1)[1].split("\n== ", 1)[0]
+        section = backend_section(output, backend)
         for line in [
             "-> 200 /users (authorized)",
             "/users/3 -> Overloaded: 2 calls already in flight",
@@ -99,7 +104,7 @@ def test_retry_client() -> None:
     """retry_client.py: retries, the Retry-After hint, the deadline, the budget."""
     output = run_example("retry_client.py")
     for backend in ["asyncio", "trio"]:
-        section = output.split(f"== {backend} ==", 1)[1].split("\n== ", 1)[0]
+        section = backend_section(output, backend)
         for line in [
             "event: attempt 1 failed (ConnectionError), retrying in",
             "-> 200 widget: 12 in stock (attempt 3)",
@@ -117,7 +122,7 @@ def test_circuit_breaker() -> None:
     """circuit_breaker.py: trips, rejects both endpoints, probes, closes."""
     output = run_example("circuit_breaker.py")
     for backend in ["asyncio", "trio"]:
-        section = output.split(f"== {backend} ==", 1)[1].split("\n== ", 1)[0]
+        section = backend_section(output, backend)
         for line in [
             "10: charged 10",
             "event: circuit_opened closed -> open",
@@ -138,7 +143,7 @@ def test_per_tenant_rate_limit() -> None:
     """per_tenant_rate_limit.py: per-tenant waits and refusals, a full key table."""
     output = run_example("per_tenant_rate_limit.py")
     for backend in ["asyncio", "trio"]:
-        section = output.split(f"== {backend} ==", 1)[1].split("\n== ", 1)[0]
+        section = backend_section(output, backend)
         for line in [
             "acme: 6 admitted, 2 refused",
             "globex: 2 admitted, 0 refused",
@@ -177,7 +182,7 @@ def test_health_endpoint() -> None:
     """health_endpoint.py: hypercorn serves 200, degraded 200, then 503."""
     output = run_example("health_endpoint.py")
     for backend in ["asyncio", "trio"]:
-        section = output.split(f"== {backend} ==", 1)[1].split("\n== ", 1)[0]
+        section = backend_section(output, backend)
         for line in [
             'GET /livez -> 200 {"status":"healthy","checks":{}}',
             'GET /readyz -> 200 {"status":"healthy",',
