@@ -49,6 +49,8 @@ from asyncio import (
 from asyncio import _get_running_loop as get_running_loop  # pyright: ignore[reportPrivateUsage]
 from asyncio import tasks as asyncio_tasks
 from collections.abc import Awaitable, Callable
+from contextvars import Context
+from heapq import heappop, heappush
 from math import floor, inf, nextafter
 from threading import get_ident
 from time import monotonic, perf_counter
@@ -96,7 +98,9 @@ class _Bucket:
 
     def __init__(self, key: int) -> None:
         self.key = key
-        self.entries: dict[int, _Entry] = {}
+        # asyncio: id(entry) -> [task, deadline, cancelling, state];
+        # trio: cancel scope -> deadline
+        self.entries: dict[Any, Any] = {}
         self.when = inf  # its timer's time; no deadline in it is earlier
         # The end of its key's range; -inf once it left the wheel, so that a
         # new call never joins it: when <= deadline < end says "join".
@@ -108,25 +112,21 @@ _NO_BUCKET = _Bucket(0)
 _NO_BUCKET.end = -inf
 
 
-class _Wheel:
-    __slots__ = ("__weakref__", "buckets", "clock", "current", "loop", "native")
+class _Buckets:
+    """The deadlines of the calls in flight, in buckets 1/64 s wide (both backends).
 
-    def __init__(self, loop: AbstractEventLoop | None) -> None:
-        self.loop: Any = loop
+    A subclass arms a bucket's timer (:meth:`_arm`) for the earliest deadline
+    in it. When the timer fires, it takes the calls that are due, then
+    :meth:`_settle` sets the timer again for the next deadline, or drops
+    the bucket.
+    """
+
+    __slots__ = ("buckets", "current")
+
+    def __init__(self) -> None:
         self.buckets: dict[int, _Bucket] = {}
         # The bucket the last call joined: the next call most likely joins it.
         self.current = _NO_BUCKET
-        # The stock loops record the thread they run on: a cheap, exact test
-        # that this wheel's loop is the running one (get_running_loop() makes
-        # a getpid() system call per call on Python 3.11).
-        self.native = loop is not None and hasattr(loop, "_thread_id")
-        # loop.time() is time.monotonic() unless the loop has its own clock
-        # (looptime's virtual clock): call the C function directly then.
-        self.clock: Callable[[], float] = (
-            monotonic
-            if loop is None or type(loop).time is BaseEventLoop.time
-            else loop.time
-        )
 
     def schedule(self, deadline: float) -> _Bucket:
         """Return the bucket for *deadline*, its timer set no later than it."""
@@ -144,6 +144,44 @@ class _Wheel:
         return bucket
 
     def _arm(self, bucket: _Bucket, when: float) -> None:
+        raise NotImplementedError
+
+    def _settle(self, bucket: _Bucket, earliest: float) -> None:
+        """Set the bucket's timer for *earliest*, its next deadline, or drop it.
+
+        A dropped bucket's calls still in flight keep their entries until
+        they end; no new call joins it.
+        """
+        if earliest < inf:
+            self._arm(bucket, earliest)
+        else:
+            bucket.when = inf
+            bucket.end = -inf
+            if self.buckets.get(bucket.key) is bucket:
+                del self.buckets[bucket.key]
+
+
+class _Wheel(_Buckets):
+    """The asyncio wheel: a ``loop.call_at`` handle per bucket."""
+
+    __slots__ = ("__weakref__", "clock", "loop", "native")
+
+    def __init__(self, loop: AbstractEventLoop | None) -> None:
+        super().__init__()
+        self.loop: Any = loop
+        # The stock loops record the thread they run on: a cheap, exact test
+        # that this wheel's loop is the running one (get_running_loop() makes
+        # a getpid() system call per call on Python 3.11).
+        self.native = loop is not None and hasattr(loop, "_thread_id")
+        # loop.time() is time.monotonic() unless the loop has its own clock
+        # (looptime's virtual clock): call the C function directly then.
+        self.clock: Callable[[], float] = (
+            monotonic
+            if loop is None or type(loop).time is BaseEventLoop.time
+            else loop.time
+        )
+
+    def _arm(self, bucket: _Bucket, when: float) -> None:
         assert self.loop is not None
         if bucket.handle is not None:
             bucket.handle.cancel()
@@ -152,8 +190,8 @@ class _Wheel:
 
     def _fire(self, bucket: _Bucket) -> None:
         assert self.loop is not None
-        now = self.loop.time() + _CLOCK_RESOLUTION
         bucket.handle = None
+        now = self.loop.time() + _CLOCK_RESOLUTION
         due: list[tuple[int, _Entry]] = []
         earliest = inf
         for token, entry in bucket.entries.items():
@@ -164,13 +202,7 @@ class _Wheel:
                 due.append((token, entry))
             elif entry[1] < earliest:
                 earliest = entry[1]
-        if earliest < inf:
-            self._arm(bucket, earliest)
-        else:
-            bucket.when = inf
-            bucket.end = -inf
-            if self.buckets.get(bucket.key) is bucket:
-                del self.buckets[bucket.key]
+        self._settle(bucket, earliest)
         if due:
             self.loop.call_soon(self._deliver, bucket.entries, due)
 
@@ -241,29 +273,44 @@ _reset_deadline = DEADLINE.reset
 async def timeout_call(service: TimedService[Req, Res], request: Req, /) -> Res:
     """Call ``service.inner(request)``, cancelled ``service.seconds`` from now."""
     wheel = _last_wheel
-    if not wheel.native or wheel.loop._thread_id != get_ident():
-        loop = get_running_loop()
-        if loop is None:  # not asyncio: trio (kept inline: no extra coroutine)
-            trio = _trio or _import_trio()
-            try:  # current_time(), inline: trio's clock, cached
-                runner = _trio_run_context.runner
-            except AttributeError:
-                runner = None
-            if runner is _trio_runner:
-                deadline = _trio_offset + perf_counter() + service.seconds
-            else:
-                deadline = _current_time_slow() + service.seconds
+    ident = get_ident()
+    if not wheel.native or wheel.loop._thread_id != ident:
+        trio_wheel = _trio_run.wheel
+        if ident == _trio_thread and trio_wheel is not None:
+            # trio, its run cached: the trio wheel (kept inline: no extra
+            # coroutine on the success path)
+            now = _trio_offset + _trio_read()
+            deadline = now + service.seconds
             outer = _get_deadline()
             if outer is not None and outer < deadline:
+                if outer < now:  # already passed: trio's own deadline
+                    return await _trio_timeout_call(service, request)
                 deadline = outer
+            bucket = trio_wheel.current
+            if not bucket.when <= deadline < bucket.end:
+                bucket = trio_wheel.schedule(deadline)
+            scope = trio_wheel.new_scope()
+            trio_entries = bucket.entries
+            trio_entries[scope] = deadline
             token = _set_deadline(deadline)
             try:
-                with trio.CancelScope(deadline=nextafter(deadline, inf)):
-                    return await service.inner(request)
+                trio_wheel.enter(scope)  # `with scope:`, spelled out (see _lean_enter)
+                try:
+                    response = await service.inner(request)
+                except BaseException as error:
+                    if not scope.__exit__(type(error), error, error.__traceback__):
+                        raise
+                else:
+                    scope.__exit__(None, None, None)
+                    return response
             finally:
+                del trio_entries[scope]
                 _reset_deadline(token)
-            # Only our own scope's cancellation ends the block without a return.
+            # Only our own scope's cancellation is swallowed by its exit.
             raise service.elapsed()
+        loop = get_running_loop()
+        if loop is None:  # not asyncio: trio, the run's first call (or guest)
+            return await _trio_timeout_call(service, request)
         if wheel.loop is not loop:
             wheel = _wheel_for(loop)
     deadline = wheel.clock() + service.seconds
@@ -295,6 +342,174 @@ async def timeout_call(service: TimedService[Req, Res], request: Req, /) -> Res:
     return response
 
 
+async def _trio_timeout_call(service: TimedService[Req, Res], request: Req, /) -> Res:
+    """Timeout on trio off the wheel's path: start the wheel, or use trio's deadline.
+
+    The first call of a run starts the run's wheel and takes the wheel's
+    path. Trio's own deadline serves a run that cannot be cached (a guest
+    run that shares its thread with an asyncio loop), a run whose wheel has
+    ended (its system tasks were cancelled: the run is closing), and a
+    deadline that has already passed (trio cancels the scope at once).
+    """
+    trio = _trio or _import_trio()
+    now = _current_time_slow()  # caches the run where it can
+    run = _trio_run
+    if _trio_thread == get_ident() and run.wheel is None and not run.wheel_ended:
+        run.wheel = _TrioWheel(run, trio)
+        trio.lowlevel.spawn_system_task(
+            run.wheel.serve, name="layers.Timeout deadlines", context=Context()
+        )
+        return await timeout_call(service, request)
+    deadline = now + service.seconds
+    outer = _get_deadline()
+    if outer is not None and outer < deadline:
+        deadline = outer
+    token = _set_deadline(deadline)
+    try:
+        with trio.CancelScope(deadline=nextafter(deadline, inf)):
+            return await service.inner(request)
+    finally:
+        _reset_deadline(token)
+    # Only our own scope's cancellation ends the block without a return.
+    raise service.elapsed()
+
+
+def _public_enter(scope: Any) -> object:
+    return scope.__enter__()
+
+
+def _lean_enter(trio: Any) -> Callable[[Any], None] | None:
+    """``trio.CancelScope.__enter__`` for a new scope with no deadline, or None.
+
+    trio's ``__enter__`` reads the clock twice and runs two context
+    managers that change nothing for such a scope (they register a changed
+    deadline with the run); they are a third of the cost of a Timeout on
+    trio. This does the rest: mark the scope entered, and make a new
+    ``CancelStatus`` under the task's current one the task's. The exit is
+    trio's own ``__exit__``. It reads trio's internals, so it is checked
+    against them first: if any attribute it uses is missing, None (the
+    wheel then uses ``__enter__``). It is KI-protected, as trio's is.
+    """
+    try:
+        import attrs
+        from trio._core._run import GLOBAL_RUN_CONTEXT, CancelScope, CancelStatus
+
+        scope_fields = {field.name for field in attrs.fields(CancelScope)}
+        status_fields = {field.alias for field in attrs.fields(CancelStatus)}
+    except Exception:  # pragma: no cover - trio internals moved
+        return None
+    if not (
+        {"_has_been_entered", "_cancel_status", "_deadline", "_cancel_called"}
+        <= scope_fields
+        and {"scope", "parent"} <= status_fields
+        and hasattr(trio.lowlevel.Task, "_activate_cancel_status")
+    ):  # pragma: no cover - trio internals moved
+        return None
+    context: Any = GLOBAL_RUN_CONTEXT
+
+    def enter(scope: Any) -> None:
+        task = context.task
+        scope._has_been_entered = True
+        status = CancelStatus(scope=scope, parent=task._cancel_status)
+        scope._cancel_status = status
+        task._activate_cancel_status(status)
+
+    protected: Callable[[Any], None] = trio.lowlevel.enable_ki_protection(enter)
+    return protected
+
+
+class _TrioWheel(_Buckets):
+    """The trio wheel: one system task per run sleeps until the earliest bucket.
+
+    A call enters a plain ``trio.CancelScope()`` and files it in a bucket:
+    registering a deadline with trio costs about 1.2 us a call (trio keeps
+    a heap of deadlines and two context managers around each change), a
+    bucket a dict insert. When the task wakes, it cancels the scopes whose
+    deadline has passed, as trio would: one float step after the deadline,
+    so that work finishing exactly at the deadline completes first.
+
+    When the run's system tasks are cancelled (the run is closing), the
+    calls still filed get their deadline from trio itself, and later calls
+    in that run use trio's deadlines directly.
+    """
+
+    __slots__ = ("enter", "heap", "new_scope", "run", "sleep", "trio", "wake_at")
+
+    def __init__(self, run: _TrioRun, trio: Any) -> None:
+        super().__init__()
+        self.run = run
+        self.trio = trio
+        self.new_scope: Callable[[], Any] = trio.CancelScope
+        self.enter: Callable[[Any], object] = _lean_enter(trio) or _public_enter
+        # (when, key) of each bucket timer set; an entry whose bucket left
+        # or whose timer moved since is skipped when it comes up.
+        self.heap: list[tuple[float, int]] = []
+        self.sleep: Any = None  # the task's cancel scope while it sleeps
+        self.wake_at = inf  # when it wakes, while it sleeps
+
+    def _arm(self, bucket: _Bucket, when: float) -> None:
+        bucket.when = when
+        heappush(self.heap, (when, bucket.key))
+        if when < self.wake_at and self.sleep is not None:
+            self.wake_at = when
+            self.sleep.deadline = nextafter(when, inf)
+
+    async def serve(self) -> None:
+        """The system task: sleep until the earliest timer, cancel what is due."""
+        trio = self.trio
+        heap = self.heap
+        try:
+            while True:
+                while heap:  # drop the timers that moved or left
+                    when, key = heap[0]
+                    bucket = self.buckets.get(key)
+                    if bucket is not None and bucket.when == when:
+                        break
+                    heappop(heap)
+                when = heap[0][0] if heap else inf
+                with trio.CancelScope(deadline=nextafter(when, inf)) as sleep:
+                    self.wake_at = when
+                    self.sleep = sleep
+                    await trio.sleep_forever()
+                self.sleep = None
+                self.wake_at = inf
+                now = trio.current_time()
+                while heap and heap[0][0] < now:
+                    when, key = heappop(heap)
+                    bucket = self.buckets.get(key)
+                    if bucket is not None and bucket.when == when:
+                        self._fire(bucket, now)
+        finally:
+            self.sleep = None
+            self._hand_over()
+
+    def _fire(self, bucket: _Bucket, now: float) -> None:
+        """Cancel the scopes whose deadline is before *now* (trio's own rule)."""
+        due: list[Any] = []
+        earliest = inf
+        for scope, deadline in bucket.entries.items():
+            if deadline < now:
+                if not scope.cancel_called:
+                    due.append(scope)
+            elif deadline < earliest:
+                earliest = deadline
+        self._settle(bucket, earliest)
+        for scope in due:
+            scope.cancel()
+
+    def _hand_over(self) -> None:
+        """Give the calls still filed their deadline from trio; stop filing."""
+        self.run.wheel = None
+        self.run.wheel_ended = True
+        for bucket in self.buckets.values():
+            for scope, deadline in bucket.entries.items():
+                if not scope.cancel_called:
+                    scope.deadline = nextafter(deadline, inf)
+        self.buckets.clear()
+        self.heap.clear()
+        self.current = _NO_BUCKET
+
+
 _trio: Any = None
 
 
@@ -311,21 +526,31 @@ def _import_trio() -> Any:
 # success path.
 #
 # A rate limit, a time-window breaker or a retry budget reads the clock on
-# every call, so their success path is mostly
-# the cost of finding the running loop's clock. current_time() keeps that
-# answer in module globals that one identity test validates:
+# every call, so their success path is mostly the cost of finding the
+# running loop's clock. current_time() keeps that answer in module globals
+# that one identity test per backend validates, trio's first:
 #
+# * trio: the run in progress in this thread, kept in a _TrioRun: its
+#   thread, and its clock as `offset + read()` (for trio's default
+#   SystemClock, its frozen offset and perf_counter, which
+#   trio.current_time() reaches through three Python calls; for any other
+#   clock, MockClock included, 0 and the clock's bound current_time). The
+#   _TrioRun is also an instrument of the run: its after_run() hook drops
+#   it from the cache when the run ends, so `_trio_thread == get_ident()`
+#   is an exact test that the cached run is the one in this thread. It
+#   also keeps the run's Timeout wheel. The hot paths read the thread, the
+#   offset and the read function from module globals (about 15 ns less
+#   than from the object's slots): _cache_trio_run() stores them, and no
+#   call or loop between its stores, or between a reader's loads, lets
+#   another thread run in between (under the GIL a thread switches at
+#   calls and backward jumps only), so a reader never mixes two runs.
 # * asyncio (stock loops and their subclasses, looptime included): the loop
 #   that runs in this thread and its clock function. The loop records the
 #   thread it runs on (`_thread_id`, None once stopped), so
 #   `_clock_loop._thread_id == get_ident()` is an exact test that it is the
 #   running loop, as for the timer wheel above.
-# * trio with its default SystemClock (frozen: `offset + perf_counter()`):
-#   the running Runner and that offset. trio.current_time() reaches the same
-#   number through three Python calls. The cache holds a strong reference to
-#   the last Runner, so that its address cannot be reused by a later run.
-# * anything else (trio's MockClock, uvloop, a custom clock): the slow path,
-#   get_running_loop() or trio.current_time().
+# * anything else (uvloop, a trio guest run on an asyncio loop): the slow
+#   path, get_running_loop() or trio.current_time().
 #
 # rate_limit_call() builds the RateLimit success path here, where these
 # globals are one LOAD_GLOBAL away (about 50 ns less than calling
@@ -335,20 +560,57 @@ def _import_trio() -> Any:
 
 class _NoLoop:
     # An instance attribute: Python 3.11 specialises reading it, not a class
-    # attribute read through an instance (this is read on every trio call).
+    # attribute read through an instance.
     def __init__(self) -> None:
         self._thread_id: int | None = None
 
 
-class _NoTrio:
-    runner = None
+class _TrioRun:
+    """A trio run, cached for the thread it runs in: its clock and Timeout wheel.
 
+    Installed as an instrument of the run (trio calls the hooks a class
+    defines, no base class needed), so that the cache forgets it when the
+    run ends.
+    """
+
+    __slots__ = ("offset", "read", "runner", "source", "thread", "wheel", "wheel_ended")
+
+    def __init__(
+        self, thread: int | None, runner: Any, offset: float, read: Callable[[], float]
+    ) -> None:
+        self.thread = thread  # None never equals a thread's ident
+        self.runner = runner
+        self.offset = offset
+        self.read = read
+        self.source: ClockSource = (offset, read)
+        self.wheel: _TrioWheel | None = None
+        self.wheel_ended = False
+
+    def after_run(self) -> None:
+        """The run ended (a trio instrument hook): forget it."""
+        self.thread = None
+        if _trio_run is self:
+            _cache_trio_run(_NO_TRIO_RUN)
+
+
+_NO_TRIO_RUN: Final = _TrioRun(None, None, 0.0, perf_counter)
 
 _clock_loop: Any = _NoLoop()  # the stock asyncio loop whose clock is cached
 _clock_fn: Callable[[], float] = monotonic
-_trio_run_context: Any = _NoTrio()  # trio's GLOBAL_RUN_CONTEXT, once trio ran
-_trio_runner: Any = object()  # the Runner whose SystemClock offset is cached
+# the trio run whose clock is cached, and its thread and clock
+_trio_run = _NO_TRIO_RUN
+_trio_thread: int | None = None
 _trio_offset = 0.0
+_trio_read: Callable[[], float] = perf_counter
+
+
+def _cache_trio_run(run: _TrioRun) -> None:
+    global _trio_run, _trio_thread, _trio_offset, _trio_read
+    _trio_thread = None
+    _trio_run = run
+    _trio_offset = run.offset
+    _trio_read = run.read
+    _trio_thread = run.thread
 
 
 def current_time() -> float:
@@ -359,14 +621,11 @@ def current_time() -> float:
     The answer's source is cached in module globals that one identity test
     validates (see the section comment above).
     """
-    thread = _clock_loop._thread_id
-    if thread is not None and thread == get_ident():
+    ident = get_ident()
+    if ident == _trio_thread:
+        return _trio_offset + _trio_read()
+    if ident == _clock_loop._thread_id:
         return _clock_fn()
-    try:
-        if _trio_run_context.runner is _trio_runner:
-            return _trio_offset + perf_counter()
-    except AttributeError:  # not inside trio.run (or trio not seen yet)
-        pass
     return _current_time_slow()
 
 
@@ -374,7 +633,6 @@ ClockSource = tuple[float, Callable[[], float]]
 """``(offset, read)``: the running loop's time is ``offset + read()``."""
 
 _asyncio_source: ClockSource = (0.0, monotonic)
-_trio_source: ClockSource = (0.0, perf_counter)
 
 
 def clock_source() -> ClockSource:
@@ -384,26 +642,25 @@ def clock_source() -> ClockSource:
     slow calls): validate once, then read with a bare C call. A coroutine
     never changes event loop, so the source stays right for the whole call.
     """
-    if _clock_loop._thread_id == get_ident():  # None (stopped) never equals
-        return _asyncio_source
-    try:
-        if _trio_run_context.runner is _trio_runner:
-            return _trio_source
-    except AttributeError:  # not inside trio.run (or trio not seen yet)
-        pass
-    _current_time_slow()  # caches the source where it can
-    thread = _clock_loop._thread_id
-    if thread is not None and thread == get_ident():
-        return _asyncio_source
+    source = _cached_source()
+    if source is None:
+        _current_time_slow()  # caches the source where it can
+        source = _cached_source()
+    if source is not None:
+        return source
     loop = get_running_loop()
     if loop is not None:  # a loop that records no thread (uvloop)
         return (0.0, loop.time)
-    try:
-        if _trio_run_context.runner is _trio_runner:
-            return _trio_source
-    except AttributeError:
-        pass
-    return (0.0, (_trio or _import_trio()).current_time)  # trio's MockClock...
+    return (0.0, (_trio or _import_trio()).current_time)  # pragma: no cover
+
+
+def _cached_source() -> ClockSource | None:
+    ident = get_ident()
+    if ident == _trio_thread:
+        return _trio_run.source
+    if ident == _clock_loop._thread_id:
+        return _asyncio_source
+    return None
 
 
 def _remember_loop(loop: AbstractEventLoop) -> bool:
@@ -418,27 +675,38 @@ def _remember_loop(loop: AbstractEventLoop) -> bool:
 
 
 def _current_time_slow() -> float:
-    global _trio_run_context, _trio_runner, _trio_offset, _trio_source
     loop = get_running_loop()
     if loop is not None:
         if _remember_loop(loop):
             return _clock_fn()
         now: float = loop.time()
         return now
-    now = (_trio or _import_trio()).current_time()  # trio, or RuntimeError
+    trio = _trio or _import_trio()
+    now = trio.current_time()  # trio, or RuntimeError
+    _remember_trio_run(trio)
+    return now
+
+
+def _remember_trio_run(trio: Any) -> None:
+    """Cache the trio run in this thread (no asyncio loop runs here)."""
     try:
         from trio._core._run import GLOBAL_RUN_CONTEXT, SystemClock
     except ImportError:  # pragma: no cover - trio internals moved
-        return now
+        return
     runner = getattr(GLOBAL_RUN_CONTEXT, "runner", None)
-    clock = getattr(runner, "clock", None)
+    if runner is None:  # pragma: no cover - trio.current_time() answered
+        return
+    for instrument in runner.instruments.get("after_run", ()):
+        if type(instrument) is _TrioRun:  # seen before (another thread ran since)
+            _cache_trio_run(instrument)
+            return
+    clock = runner.clock
     if type(clock) is SystemClock:
-        _trio_run_context = GLOBAL_RUN_CONTEXT
-        _trio_offset = clock.offset
-        _trio_source = (_trio_offset, perf_counter)
-        _trio_runner = runner
-        return _trio_offset + perf_counter()
-    return now
+        run = _TrioRun(get_ident(), runner, clock.offset, perf_counter)
+    else:
+        run = _TrioRun(get_ident(), runner, 0.0, clock.current_time)
+    trio.lowlevel.add_instrument(run)
+    _cache_trio_run(run)
 
 
 if TYPE_CHECKING:
@@ -468,18 +736,13 @@ def rate_limit_call(
 
     async def rate_limit(request: Req, /) -> Res:
         # current_time(), inline
-        thread = _clock_loop._thread_id
-        if thread is not None and thread == get_ident():  # asyncio
+        ident = get_ident()
+        if ident == _trio_thread:  # trio
+            now = _trio_offset + _trio_read()
+        elif ident == _clock_loop._thread_id:  # asyncio
             now = _clock_fn()
         else:
-            try:
-                runner = _trio_run_context.runner
-            except AttributeError:  # trio has run, but not in this thread now
-                runner = None
-            if runner is _trio_runner:  # trio, its system clock
-                now = _trio_offset + perf_counter()
-            else:
-                now = _current_time_slow()
+            now = _current_time_slow()
         tat = cell.tat
         if tat <= now:  # idle: admitted
             cell.tat = now + interval
@@ -575,7 +838,10 @@ def new_waiter() -> Waiter:
     delivered at the task's next ``await`` instead (anyio does not cancel a
     task whose future is already done), as with anyio's own primitives.
     """
-    if _clock_loop._thread_id == get_ident():
+    ident = get_ident()
+    if ident == _trio_thread:
+        return _TrioWaiter()
+    if ident == _clock_loop._thread_id:
         return _AsyncioWaiter(_clock_loop)
     loop = get_running_loop()
     if loop is not None:
@@ -649,18 +915,13 @@ def breaker_time_call(
             record_error(window, error, None)
             raise
         # current_time(), inline
-        thread = _clock_loop._thread_id
-        if thread is not None and thread == get_ident():  # asyncio
+        ident = get_ident()
+        if ident == _trio_thread:  # trio
+            now = _trio_offset + _trio_read()
+        elif ident == _clock_loop._thread_id:  # asyncio
             now = _clock_fn()
         else:
-            try:
-                runner = _trio_run_context.runner
-            except AttributeError:  # trio has run, but not in this thread now
-                runner = None
-            if runner is _trio_runner:  # trio, its system clock
-                now = _trio_offset + perf_counter()
-            else:
-                now = _current_time_slow()
+            now = _current_time_slow()
         if now < window.clean_until:
             window.cur_calls += 1
         else:
@@ -691,20 +952,15 @@ def breaker_slow_time_call(
         if window is None:
             return await other(request)
         # clock_source(), inline
-        thread = _clock_loop._thread_id
-        if thread is not None and thread == get_ident():  # asyncio
+        ident = get_ident()
+        if ident == _trio_thread:  # trio
+            offset = _trio_offset
+            read = _trio_read
+        elif ident == _clock_loop._thread_id:  # asyncio
             offset = 0.0
             read = _clock_fn
         else:
-            try:
-                runner = _trio_run_context.runner
-            except AttributeError:  # trio has run, but not in this thread now
-                runner = None
-            if runner is _trio_runner:  # trio, its system clock
-                offset = _trio_offset
-                read = perf_counter
-            else:
-                offset, read = clock_source()
+            offset, read = clock_source()
         start = offset + read()
         try:
             response = await inner(request)
