@@ -1,0 +1,267 @@
+"""Tests of the backend corner's trio mechanics: the Timeout wheel, the clock cache.
+
+The behaviour of Timeout is tested on both backends in test_timeout.py; these
+tests look at how trio is served: one wheel task per run (no task per call),
+nothing left filed once calls end, deadlines handed back to trio when the
+run closes, and a clock cache that follows runs and threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import pytest
+import trio
+import trio.lowlevel
+import trio.testing
+
+import layers
+from layers import _backend
+from layers.testing import virtual_time_backend
+
+TRIO_ONLY = pytest.mark.parametrize(
+    "anyio_backend", [virtual_time_backend("trio")], ids=["trio"]
+)
+
+
+def sleeper(duration: float) -> layers.Service[str, str]:
+    """A service that sleeps *duration*, then echoes."""
+
+    async def service(request: str) -> str:
+        await trio.sleep(duration)
+        return request
+
+    return service
+
+
+def wheel() -> Any:
+    """The Timeout wheel of the trio run in progress."""
+    assert _backend._trio_thread == threading.get_ident()  # pyright: ignore[reportPrivateUsage]
+    found = _backend._trio_run.wheel  # pyright: ignore[reportPrivateUsage]
+    assert found is not None
+    return found
+
+
+def filed(found: Any) -> int:
+    """How many calls are filed in a wheel's buckets."""
+    return sum(len(bucket.entries) for bucket in found.buckets.values())
+
+
+@TRIO_ONLY
+@pytest.mark.anyio
+async def test_wheel_is_empty_after_calls_finish() -> None:
+    """No filed scope or bucket remains once every call is over, whatever its end."""
+
+    async def swallow(request: str) -> str:
+        try:
+            await trio.sleep(5)
+        except trio.Cancelled:
+            return "swallowed"
+        return request  # pragma: no cover
+
+    async def fail(request: str) -> str:
+        await trio.sleep(0.1)
+        raise ValueError(request)
+
+    fast = layers.Timeout(1).layer(sleeper(0.2))
+    slow = layers.Timeout(1).layer(sleeper(2))
+    swallowing = layers.Timeout(0.3).layer(swallow)
+    failing = layers.Timeout(1).layer(fail)
+    results: list[object] = []
+
+    async def outside_cancelled() -> None:
+        with trio.move_on_after(0.4):
+            await layers.Timeout(2).layer(sleeper(5))("hi")
+
+    async def outcome(call: Callable[[], Awaitable[object]]) -> None:
+        try:
+            results.append(await call())
+        except (layers.Elapsed, ValueError) as error:
+            results.append(type(error))
+
+    assert await fast("first") == "first"  # starts the run's wheel
+    during: list[int] = []
+    async with trio.open_nursery() as nursery:
+        for i in range(50):
+            nursery.start_soon(outcome, lambda i=i: fast(str(i)))
+            nursery.start_soon(outcome, lambda: slow("x"))
+            nursery.start_soon(outcome, lambda: swallowing("s"))
+            nursery.start_soon(outcome, lambda: failing("f"))
+            nursery.start_soon(outside_cancelled)
+        await trio.sleep(0.05)
+        during.append(filed(wheel()))
+
+    assert during == [250]
+    assert sorted(map(str, results)) == sorted(
+        [str(i) for i in range(50)]
+        + [str(layers.Elapsed)] * 50
+        + ["swallowed"] * 50
+        + [str(ValueError)] * 50
+    )
+    assert filed(wheel()) == 0
+    await trio.sleep(10)  # every timer has come due: the buckets are gone
+    assert wheel().buckets == {}
+    assert wheel().heap == []
+
+
+@TRIO_ONLY
+@pytest.mark.anyio
+async def test_no_task_is_spawned_per_call() -> None:
+    """One wheel task per run serves every call; a call runs in its caller's task."""
+
+    def living() -> int:
+        return trio.lowlevel.current_statistics().tasks_living
+
+    service = layers.Timeout(1).layer(sleeper(0.1))
+    assert await service("start") == "start"
+    before = living()
+    during: list[int] = []
+
+    async def call() -> None:
+        assert await service("hi") == "hi"
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(100):
+            nursery.start_soon(call)
+        await trio.sleep(0.05)
+        during.append(living())
+    assert during == [before + 100]  # the callers only
+    assert living() == before
+
+
+@TRIO_ONLY
+@pytest.mark.anyio
+async def test_each_call_has_its_own_cancel_scope_under_the_callers() -> None:
+    """The call's scope nests in trio's scope tree: outer deadlines and shields hold."""
+    seen: list[float] = []
+
+    async def inner(request: str) -> str:
+        seen.append(trio.current_effective_deadline())
+        with trio.CancelScope(shield=True):
+            await trio.sleep(2)  # past the Timeout's deadline, shielded
+        seen.append(trio.current_time())
+        await trio.lowlevel.checkpoint()  # the first outside the shield
+        return request  # pragma: no cover
+
+    start = trio.current_time()
+    with trio.fail_after(7):  # an outer trio deadline the call sees
+        with pytest.raises(layers.Elapsed):
+            await layers.Timeout(1).layer(inner)("hi")
+    assert seen == [start + 7, start + 2]
+
+
+@TRIO_ONLY
+@pytest.mark.anyio
+async def test_a_deadline_already_passed_expires_at_the_first_checkpoint() -> None:
+    """Under an outer Timeout whose deadline passed (shielded), a call expires."""
+    inner_timeout = layers.Timeout(5).layer(sleeper(3))
+    when: list[float] = []
+
+    async def late(request: str) -> str:
+        with trio.CancelScope(shield=True):
+            await trio.sleep(2)  # the outer deadline (1 s) passes here
+            try:
+                return await inner_timeout(request)
+            finally:
+                when.append(trio.current_time())
+
+    start = trio.current_time()
+    with pytest.raises(layers.Elapsed) as info:
+        await layers.Timeout(1).layer(late)("hi")
+    assert info.value.timeout == 5  # the inner call's own timeout expired
+    assert when == [start + 2]
+
+
+def test_calls_in_flight_when_the_run_closes_get_trio_deadlines() -> None:
+    """When the wheel's task ends with the run, filed calls still expire on time."""
+    outcomes: list[tuple[str, float]] = []
+    service = layers.Timeout(5).layer(sleeper(10))
+
+    async def shielded_calls() -> None:
+        with trio.CancelScope(shield=True):
+            for _ in range(2):  # filed in the wheel, then after the wheel ended
+                try:
+                    await service("hi")
+                except layers.Elapsed:
+                    outcomes.append(("elapsed", trio.current_time()))
+
+    async def main() -> None:
+        trio.lowlevel.spawn_system_task(shielded_calls)
+        await trio.sleep(1)
+        # the main task returns: the run cancels its system tasks, the wheel too
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    # (trio cancels one float step after a deadline)
+    assert outcomes == [
+        ("elapsed", pytest.approx(5.0)),
+        ("elapsed", pytest.approx(10.0)),
+    ]
+
+
+def test_the_public_enter_serves_when_trio_internals_differ(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If trio's internals are not as expected, the wheel enters scopes publicly."""
+    monkeypatch.setattr(_backend, "_lean_enter", lambda trio: None)
+    outcomes: list[object] = []
+
+    async def main() -> None:
+        outcomes.append(await layers.Timeout(1).layer(sleeper(0.5))("hi"))
+        assert wheel().enter is _backend._public_enter  # pyright: ignore[reportPrivateUsage]
+        with pytest.raises(layers.Elapsed):
+            await layers.Timeout(1).layer(sleeper(2))("hi")
+        outcomes.append(trio.current_time())
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert outcomes == ["hi", pytest.approx(1.5)]
+
+
+def test_clock_cache_follows_runs_and_threads() -> None:
+    """Runs in turn and at once in two threads: each reads its own run's clock."""
+    errors: list[BaseException] = []
+    offsets: list[float] = []
+
+    async def compare() -> None:
+        for _ in range(300):
+            source_offset, read = _backend.clock_source()
+            before = trio.current_time()
+            ours = _backend.current_time()
+            from_source = source_offset + read()
+            after = trio.current_time()
+            assert before <= ours <= from_source <= after
+            async with trio.open_nursery():
+                await layers.Timeout(5).layer(sleeper(0))("hi")
+        offsets.append(trio.current_time())
+
+    def in_thread() -> None:
+        try:
+            trio.run(compare)
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    for _ in range(2):  # runs in turn in this thread: a new clock offset each
+        trio.run(compare)
+        assert _backend._trio_thread is None  # pyright: ignore[reportPrivateUsage]
+    threads = [threading.Thread(target=in_thread) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(offsets) == 4
+    assert _backend._trio_thread is None  # pyright: ignore[reportPrivateUsage]
+
+
+def test_anyio_trio_runs_share_the_cache_rules() -> None:
+    """anyio.run on trio (a plain trio run) is cached and forgotten the same way."""
+
+    async def check() -> float:
+        ours = _backend.current_time()
+        assert _backend._trio_thread == threading.get_ident()  # pyright: ignore[reportPrivateUsage]
+        return ours
+
+    assert anyio.run(check, backend="trio") > 0
+    assert _backend._trio_thread is None  # pyright: ignore[reportPrivateUsage]
