@@ -282,7 +282,7 @@ def report(backend: str, samples: dict[str, list[float]]) -> bool:
                 limit,
             )
         )
-        print(f"trio.CancelScope() (the floor): {ratio['trio.CancelScope()']:.1f}x")
+        print(f"for scale, with trio.CancelScope(): {ratio['trio.CancelScope()']:.1f}x")
     else:
         reference = ratio["asyncio.timeout(10)"]
         results.append(
@@ -320,11 +320,15 @@ def report(backend: str, samples: dict[str, list[float]]) -> bool:
         )
     )
     for case in ("RateLimit(never limited)", "ConcurrencyLimit(10)"):
-        line = check(f"{case} vs bare (goal <= 4x)", ratio[case], 4.0)
-        if backend == "uvloop":  # the goal is for asyncio and trio
-            print(f"{line[0].rsplit(maxsplit=1)[0]}  (uvloop: not a goal)")
-        else:
-            results.append(line)
+        results.append(check(f"{case} vs bare (goal <= 4x)", ratio[case], 4.0))
+    if backend == "uvloop":
+        # Only map_request, Retry and the sink goals are set on uvloop too;
+        # the others are for asyncio and trio: reported, not checked.
+        checked = ("5 x map_request", "Retry", "five layers")
+        for line, ok in list(results):
+            if not line.startswith(checked):
+                results.remove((line, ok))
+                print(f"{line.rsplit(maxsplit=1)[0]}  (uvloop: not a goal)")
     if "five layers, OTel sink" in ratio:
         # "no difference": within the noise of this method (5 %)
         results.append(

@@ -65,6 +65,11 @@ Res = TypeVar("Res")
 
 _SLOTS_PER_SECOND: Final = 64
 _CANCEL_MESSAGE: Final = "deadline exceeded (layers.Timeout)"
+_NOT_IN_A_TASK: Final = (
+    "layers.Timeout was called outside an asyncio task while an asyncio loop "
+    "runs in this thread (a trio guest run on an asyncio loop is not "
+    "supported: run trio in its own thread, or as a guest of another host)"
+)
 # asyncio runs a timer handle once the clock is within this of its time
 # (BaseEventLoop._clock_resolution); a deadline so close to now has passed.
 _CLOCK_RESOLUTION: Final = time.get_clock_info("monotonic").resolution
@@ -320,7 +325,9 @@ async def timeout_call(service: TimedService[Req, Res], request: Req, /) -> Res:
     bucket = wheel.current
     if not bucket.when <= deadline < bucket.end:
         bucket = wheel.schedule(deadline)
-    task: Task[Any] = _current_task(wheel.loop)  # type: ignore[assignment]
+    task = _current_task(wheel.loop)
+    if task is None:  # a callback of the loop: a trio guest run on asyncio
+        raise RuntimeError(_NOT_IN_A_TASK)
     entry: _Entry = [task, deadline, task.cancelling(), 0]  # 0: _WAITING
     key = id(entry)
     entries = bucket.entries

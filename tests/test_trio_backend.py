@@ -265,3 +265,33 @@ def test_anyio_trio_runs_share_the_cache_rules() -> None:
 
     assert anyio.run(check, backend="trio") > 0
     assert _backend._trio_thread is None  # pyright: ignore[reportPrivateUsage]
+
+
+def test_a_trio_guest_run_on_asyncio_is_refused_clearly() -> None:
+    """A Timeout in trio guest mode on an asyncio loop says what is unsupported."""
+    import asyncio
+
+    outcomes: list[Any] = []
+
+    async def trio_main() -> None:
+        await layers.Timeout(1).layer(sleeper(0))("hi")
+
+    async def host() -> None:
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+
+        def finished(result: Any) -> None:
+            outcomes.append(result)
+            done.set()
+
+        trio.lowlevel.start_guest_run(
+            trio_main,
+            run_sync_soon_threadsafe=loop.call_soon_threadsafe,
+            done_callback=finished,
+        )
+        await done.wait()
+
+    asyncio.run(host())
+    [result] = outcomes
+    with pytest.raises(RuntimeError, match="trio guest run on an asyncio loop"):
+        result.unwrap()
