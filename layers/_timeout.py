@@ -42,10 +42,11 @@ class Timeout:
       ``Elapsed`` then comes from the outer layer).
 
     No task is spawned per call. On asyncio the deadline is kept in a timer
-    wheel shared by all calls on the event loop; on trio it is a
-    :class:`trio.CancelScope`. Code inside the call that cannot be cancelled
-    (a worker thread, see :func:`~layers.service_fn`) delays the ``Elapsed``
-    until it returns.
+    wheel shared by all calls on the event loop; on trio each call has its
+    own :class:`trio.CancelScope`, which a timer wheel of the run (one task
+    per run) cancels at the deadline. Code inside the call that cannot be
+    cancelled (a worker thread, see :func:`~layers.service_fn`) delays the
+    ``Elapsed`` until it returns.
 
     On asyncio the cancellation is a :meth:`asyncio.Task.cancel`, as with
     :func:`asyncio.timeout`, so a shielded anyio cancel scope *inside* the
