@@ -353,10 +353,10 @@ async def _trio_timeout_call(service: TimedService[Req, Res], request: Req, /) -
     """Timeout on trio off the wheel's path: start the wheel, or use trio's deadline.
 
     The first call of a run starts the run's wheel and takes the wheel's
-    path. Trio's own deadline serves a run that cannot be cached (a guest
-    run that shares its thread with an asyncio loop), a run whose wheel has
-    ended (its system tasks were cancelled: the run is closing), and a
-    deadline that has already passed (trio cancels the scope at once).
+    path. Trio's own deadline serves a run that cannot be cached (trio's
+    internals moved), a run whose wheel has ended (its system tasks were
+    cancelled: the run is closing), and a deadline that has already passed
+    (trio cancels the scope at once).
     """
     trio = _trio or _import_trio()
     now = _current_time_slow()  # caches the run where it can
