@@ -167,6 +167,7 @@ async def test_a_deadline_already_passed_expires_at_the_first_checkpoint() -> No
                 return await inner_timeout(request)
             finally:
                 when.append(trio.current_time())
+        raise AssertionError("a shield swallows nothing")  # pragma: no cover
 
     start = trio.current_time()
     with pytest.raises(layers.Elapsed) as info:
@@ -205,7 +206,11 @@ def test_the_public_enter_serves_when_trio_internals_differ(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """If trio's internals are not as expected, the wheel enters scopes publicly."""
-    monkeypatch.setattr(_backend, "_lean_enter", lambda trio: None)
+
+    def no_lean_enter(trio: Any) -> None:
+        return None
+
+    monkeypatch.setattr(_backend, "_lean_enter", no_lean_enter)
     outcomes: list[object] = []
 
     async def main() -> None:
@@ -295,3 +300,24 @@ def test_a_trio_guest_run_on_asyncio_is_refused_clearly() -> None:
     [result] = outcomes
     with pytest.raises(RuntimeError, match="trio guest run on an asyncio loop"):
         result.unwrap()
+
+
+@TRIO_ONLY
+@pytest.mark.anyio
+async def test_a_run_that_lost_the_cache_finds_its_own_state_again() -> None:
+    """After another thread's run took the cache, a run gets back its wheel."""
+    service = layers.Timeout(1).layer(sleeper(0.1))
+    assert await service("start") == "start"
+    run = _backend._trio_run  # pyright: ignore[reportPrivateUsage]
+    first_wheel = wheel()
+    tasks = trio.lowlevel.current_statistics().tasks_living
+
+    # what another thread's trio run does to the cache
+    _backend._cache_trio_run(_backend._NO_TRIO_RUN)  # pyright: ignore[reportPrivateUsage]
+    assert _backend._trio_thread is None  # pyright: ignore[reportPrivateUsage]
+
+    assert _backend.current_time() == trio.current_time()
+    assert _backend._trio_run is run  # pyright: ignore[reportPrivateUsage]
+    assert await service("again") == "again"
+    assert wheel() is first_wheel
+    assert trio.lowlevel.current_statistics().tasks_living == tasks
