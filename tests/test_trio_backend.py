@@ -249,7 +249,7 @@ def test_clock_cache_follows_runs_and_threads() -> None:
 
     for _ in range(2):  # runs in turn in this thread: a new clock offset each
         trio.run(compare)
-        assert _backend._trio_thread is None  # pyright: ignore[reportPrivateUsage]
+        assert not _backend._trio_thread  # pyright: ignore[reportPrivateUsage]
     threads = [threading.Thread(target=in_thread) for _ in range(2)]
     for thread in threads:
         thread.start()
@@ -257,7 +257,7 @@ def test_clock_cache_follows_runs_and_threads() -> None:
         thread.join()
     assert errors == []
     assert len(offsets) == 4
-    assert _backend._trio_thread is None  # pyright: ignore[reportPrivateUsage]
+    assert not _backend._trio_thread  # pyright: ignore[reportPrivateUsage]
 
 
 def test_anyio_trio_runs_share_the_cache_rules() -> None:
@@ -269,7 +269,7 @@ def test_anyio_trio_runs_share_the_cache_rules() -> None:
         return ours
 
     assert anyio.run(check, backend="trio") > 0
-    assert _backend._trio_thread is None  # pyright: ignore[reportPrivateUsage]
+    assert not _backend._trio_thread  # pyright: ignore[reportPrivateUsage]
 
 
 def test_a_trio_guest_run_on_asyncio_is_refused_clearly() -> None:
@@ -314,7 +314,7 @@ async def test_a_run_that_lost_the_cache_finds_its_own_state_again() -> None:
 
     # what another thread's trio run does to the cache
     _backend._cache_trio_run(_backend._NO_TRIO_RUN)  # pyright: ignore[reportPrivateUsage]
-    assert _backend._trio_thread is None  # pyright: ignore[reportPrivateUsage]
+    assert not _backend._trio_thread  # pyright: ignore[reportPrivateUsage]
 
     assert _backend.current_time() == trio.current_time()
     assert _backend._trio_run is run  # pyright: ignore[reportPrivateUsage]
