@@ -28,9 +28,16 @@ while callbacks are ready, it also waits (a bounded number of iterations) for
 the other work due at that instant, as trio's ``MockClock`` does: an event
 set by a task that wakes exactly at the deadline still wins.
 
-Timeout on trio: a :class:`trio.CancelScope` with the deadline, which trio's
-own deadline heap serves. Its deadline is one float step past the recorded
-one, so that work finishing exactly at the deadline completes first.
+Timeout on trio: the same wheel, served by one system task per trio run
+---------------------------------------------------------------------------
+A call still needs a :class:`trio.CancelScope` of its own (the only way to
+cancel part of a trio task), but not one with a deadline: registering a
+deadline with trio costs a third of the scope. The call enters a plain scope
+and files it in a bucket; the run's wheel task (:class:`_TrioWheel`) sleeps
+until the earliest bucket and cancels the scopes that are due, one float
+step after their deadline, as trio's own deadlines would (work finishing
+exactly at the deadline completes first). When the run closes, the calls
+still filed get a trio deadline instead.
 """
 
 from __future__ import annotations
