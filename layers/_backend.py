@@ -563,8 +563,11 @@ def _import_trio() -> Any:
 #   thread it runs on (`_thread_id`, None once stopped), so
 #   `_clock_loop._thread_id == get_ident()` is an exact test that it is the
 #   running loop, as for the timer wheel above.
-# * anything else (uvloop, a trio guest run on an asyncio loop): the slow
-#   path, get_running_loop() or trio.current_time().
+# * anything else (uvloop, a loop that records no thread): the slow path,
+#   get_running_loop().
+#
+# A trio guest run on an asyncio loop shares that loop's thread: it would
+# read asyncio's clock. It is not supported (Timeout refuses it).
 #
 # rate_limit_call() builds the RateLimit success path here, where these
 # globals are one LOAD_GLOBAL away (about 50 ns less than calling
