@@ -429,7 +429,51 @@ def _lean_enter(trio: Any) -> Callable[[Any], None] | None:
         task._activate_cancel_status(status)
 
     protected: Callable[[Any], None] = trio.lowlevel.enable_ki_protection(enter)
-    return protected
+    return protected if _enters_alike(protected, trio) else None
+
+
+def _enters_alike(enter: Callable[[Any], None], trio: Any) -> bool:
+    """Whether *enter* leaves a scope as trio's ``__enter__`` does (in a task).
+
+    Enters one scope each way, one after the other, and compares every
+    attrs field of the scopes and of their cancel statuses (but the status's
+    own scope); both scopes are exited with trio's ``__exit__``. A trio that
+    sets up a scope in some new way fails this, and the wheel then uses
+    trio's ``__enter__``.
+    """
+    import attrs
+
+    def state(scope: Any) -> dict[str, object]:
+        fields: dict[str, object] = {}
+        scope_type: Any = scope.__class__
+        for field in attrs.fields(scope_type):
+            value: Any = getattr(scope, field.name)
+            value_type: Any = value.__class__
+            if attrs.has(value_type) and getattr(value, "_scope", None) is scope:
+                value = {  # the scope's CancelStatus, but its back reference
+                    inner.name: getattr(value, inner.name)
+                    for inner in attrs.fields(value_type)
+                    if inner.name != "_scope"
+                }
+            fields[field.name] = value
+        return fields
+
+    try:
+        public = trio.CancelScope()
+        public.__enter__()
+        try:
+            expected = state(public)
+        finally:
+            public.__exit__(None, None, None)
+        lean = trio.CancelScope()
+        enter(lean)
+        try:
+            found = state(lean)
+        finally:
+            lean.__exit__(None, None, None)
+    except Exception:  # pragma: no cover - trio internals moved
+        return False
+    return found == expected
 
 
 class _TrioWheel(_Buckets):

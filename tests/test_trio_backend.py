@@ -321,3 +321,25 @@ async def test_a_run_that_lost_the_cache_finds_its_own_state_again() -> None:
     assert await service("again") == "again"
     assert wheel() is first_wheel
     assert trio.lowlevel.current_statistics().tasks_living == tasks
+
+
+@TRIO_ONLY
+@pytest.mark.anyio
+async def test_the_lean_enter_is_checked_against_trios_own() -> None:
+    """The wheel's scope entry matches trio's __enter__; a wrong one is caught."""
+    from trio._core._run import GLOBAL_RUN_CONTEXT, CancelStatus
+
+    def forgets_entered(scope: Any) -> None:  # an entry trio would not make
+        task: Any = GLOBAL_RUN_CONTEXT.task
+        status = CancelStatus(scope=scope, parent=task._cancel_status)
+        scope._cancel_status = status
+        task._activate_cancel_status(status)
+
+    lean = _backend._lean_enter(trio)  # pyright: ignore[reportPrivateUsage]
+    assert lean is not None
+    assert _backend._enters_alike(lean, trio)  # pyright: ignore[reportPrivateUsage]
+    assert not _backend._enters_alike(forgets_entered, trio)  # pyright: ignore[reportPrivateUsage]
+    # the task's scopes are as they were: a deadline still works
+    with trio.move_on_after(1) as scope:
+        await trio.sleep(2)
+    assert scope.cancelled_caught
