@@ -401,8 +401,9 @@ def _lean_enter(trio: Any) -> Callable[[Any], None] | None:
     trio. This does the rest: mark the scope entered, and make a new
     ``CancelStatus`` under the task's current one the task's. The exit is
     trio's own ``__exit__``. It reads trio's internals, so it is checked
-    against them first: if any attribute it uses is missing, None (the
-    wheel then uses ``__enter__``). It is KI-protected, as trio's is.
+    against them first: if any attribute it uses is missing, or if a scope
+    it enters differs from one trio enters (:func:`_enters_alike`), None
+    (the wheel then uses ``__enter__``). It is KI-protected, as trio's is.
     """
     try:
         import attrs
