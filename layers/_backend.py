@@ -61,7 +61,7 @@ from heapq import heappop, heappush
 from math import floor, inf, nextafter
 from threading import get_ident
 from time import monotonic, perf_counter
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, NamedTuple, Protocol, TypeVar
 
 from ._deadline import DEADLINE
 
@@ -932,6 +932,23 @@ def new_waiter() -> Waiter:
 # ============================================================================
 
 
+class BreakerHooks(NamedTuple, Generic[Req, Res]):
+    """What a breaker's clocked success path calls back, and its constants."""
+
+    other: Callable[[Req], Awaitable[Res]]
+    """The call in any state but closed."""
+    record: Callable[[Any, int, float], None]
+    """``record(window, outcome, now)``: an outcome that may change a verdict."""
+    record_error: Callable[[Any, Exception, float | None], None]
+    """``record_error(window, error, start)``: an exception from the call."""
+    success: int
+    """The outcome code of a success."""
+    slow: int
+    """The outcome code of a slow success."""
+    slow_after: float
+    """The slow-call threshold in seconds (with one)."""
+
+
 class BreakerCore(Protocol):
     """What the breaker's success paths read from its state (layers._breaker)."""
 
@@ -960,10 +977,7 @@ class CountWindowCell(Protocol):
 def breaker_time_call(
     core: BreakerCore,
     inner: Callable[[Req], Awaitable[Res]],
-    other: Callable[[Req], Awaitable[Res]],
-    record: Callable[[Any, int, float], None],
-    record_error: Callable[[Any, Exception, float | None], None],
-    success: int,
+    hooks: BreakerHooks[Req, Res],
 ) -> Service[Req, Res]:
     """A time window, no slow-call threshold: one clock read per call.
 
@@ -972,6 +986,7 @@ def breaker_time_call(
     otherwise ``record(window, success, now)``. An exception goes to
     ``record_error(window, error, None)`` and propagates.
     """
+    other, record, record_error, success = hooks[:4]
 
     async def circuit_breaker(request: Req, /) -> Res:
         window: TimeWindowCell | None = core.fast  # type: ignore[assignment]
@@ -1002,12 +1017,7 @@ def breaker_time_call(
 def breaker_slow_time_call(
     core: BreakerCore,
     inner: Callable[[Req], Awaitable[Res]],
-    other: Callable[[Req], Awaitable[Res]],
-    record: Callable[[Any, int, float], None],
-    record_error: Callable[[Any, Exception, float | None], None],
-    success: int,
-    slow: int,
-    slow_after: float,
+    hooks: BreakerHooks[Req, Res],
 ) -> Service[Req, Res]:
     """A time window and a slow-call threshold: two clock reads per call.
 
@@ -1016,6 +1026,7 @@ def breaker_slow_time_call(
     The two reads are taken without the clock's offset (the duration is
     the same), which is added where a time is recorded.
     """
+    other, record, record_error, success, slow, slow_after = hooks
 
     async def circuit_breaker(request: Req, /) -> Res:
         window: TimeWindowCell | None = core.fast  # type: ignore[assignment]
@@ -1054,12 +1065,7 @@ def breaker_slow_time_call(
 def breaker_slow_count_call(
     core: BreakerCore,
     inner: Callable[[Req], Awaitable[Res]],
-    other: Callable[[Req], Awaitable[Res]],
-    record: Callable[[Any, int, float], None],
-    record_error: Callable[[Any, Exception, float | None], None],
-    success: int,
-    slow: int,
-    slow_after: float,
+    hooks: BreakerHooks[Req, Res],
 ) -> Service[Req, Res]:
     """A count window and a slow-call threshold: two clock reads per call.
 
@@ -1067,6 +1073,7 @@ def breaker_slow_count_call(
     success (``window.ring[window.pos] == success``) outside a failure run
     only moves ``window.pos``; otherwise ``record(window, success, end)``.
     """
+    other, record, record_error, success, slow, slow_after = hooks
 
     async def circuit_breaker(request: Req, /) -> Res:
         window: CountWindowCell | None = core.fast  # type: ignore[assignment]

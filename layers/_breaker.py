@@ -619,10 +619,10 @@ class CircuitBreaker:
             return _general_service(core, inner)
         if self.slow_call_duration is not None:
             if self.window_type == "time":
-                return _slow_time_service(core, inner)
-            return _slow_count_service(core, inner)
+                return _clocked_service(core, inner, _backend.breaker_slow_time_call)
+            return _clocked_service(core, inner, _backend.breaker_slow_count_call)
         if self.window_type == "time":
-            return _time_service(core, inner)
+            return _clocked_service(core, inner, _backend.breaker_time_call)
         return _count_service(core, inner)
 
     # -- looking at it ------------------------------------------------------------
@@ -1399,13 +1399,18 @@ def _count_service(core: _Core, inner: Service[Req, Res]) -> Service[Req, Res]:
 # validate and read; it calls back into this module off the fast path only.
 
 
-def _callbacks(
-    core: _Core, inner: Service[Req, Res]
-) -> tuple[
-    Callable[[Req], Awaitable[Res]],
-    Callable[[_Window, Exception, float | None], None],
-]:
-    """``other(request)`` (any call but a closed-state one) and ``record_error``."""
+def _clocked_service(
+    core: _Core,
+    inner: Service[Req, Res],
+    build: Callable[
+        [_Core, Service[Req, Res], _backend.BreakerHooks[Req, Res]], Service[Req, Res]
+    ],
+) -> Service[Req, Res]:
+    """A success path that reads the clock, built by *build* in the backend corner.
+
+    It calls back here only off the fast path: ``other(request)`` (any call
+    but a closed-state one), ``core.record`` and ``record_error``.
+    """
 
     def other(request: Req, /) -> Awaitable[Res]:
         return _call_other(core, inner, request)
@@ -1413,50 +1418,10 @@ def _callbacks(
     def record_error(window: _Window, error: Exception, start: float | None) -> None:
         _record_error(core, window, error, start)
 
-    return other, record_error
-
-
-def _time_service(core: _Core, inner: Service[Req, Res]) -> Service[Req, Res]:
-    """A time window, no slow-call threshold: one clock read per call."""
-    other, record_error = _callbacks(core, inner)
-    return _backend.breaker_time_call(
-        core,
-        inner,
-        other=other,
-        record=core.record,
-        record_error=record_error,
-        success=_SUCCESS,
+    hooks = _backend.BreakerHooks(
+        other, core.record, record_error, _SUCCESS, _SUCCESS | _SLOW, core.slow_after
     )
-
-
-def _slow_count_service(core: _Core, inner: Service[Req, Res]) -> Service[Req, Res]:
-    """A count window and a slow-call threshold: two clock reads per call."""
-    other, record_error = _callbacks(core, inner)
-    return _backend.breaker_slow_count_call(
-        core,
-        inner,
-        other=other,
-        record=core.record,
-        record_error=record_error,
-        success=_SUCCESS,
-        slow=_SUCCESS | _SLOW,
-        slow_after=core.slow_after,
-    )
-
-
-def _slow_time_service(core: _Core, inner: Service[Req, Res]) -> Service[Req, Res]:
-    """A time window and a slow-call threshold: two clock reads per call."""
-    other, record_error = _callbacks(core, inner)
-    return _backend.breaker_slow_time_call(
-        core,
-        inner,
-        other=other,
-        record=core.record,
-        record_error=record_error,
-        success=_SUCCESS,
-        slow=_SUCCESS | _SLOW,
-        slow_after=core.slow_after,
-    )
+    return build(core, inner, hooks)
 
 
 def _general_service(core: _Core, inner: Service[Req, Res]) -> Service[Req, Res]:
