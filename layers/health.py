@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 import json
 import math
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, TypeAlias, final
 
 import anyio
@@ -37,6 +37,12 @@ from ._breaker import CircuitBreaker, CircuitState
 from ._concurrency import ConcurrencyLimit
 from ._errors import ConfigurationError
 from ._ratelimit import RateLimit
+from .asgi import (
+    Receive,
+    Scope,
+    Send,
+    _answer_lifespan,  # pyright: ignore[reportPrivateUsage]
+)
 
 __all__ = [
     "CheckResult",
@@ -623,11 +629,6 @@ async def _run_one(
 
 # ------------------------------------------------------------------- the app
 
-Scope: TypeAlias = MutableMapping[str, Any]
-Message: TypeAlias = MutableMapping[str, Any]
-Receive: TypeAlias = Callable[[], Awaitable[Message]]
-Send: TypeAlias = Callable[[Message], Awaitable[None]]
-
 
 def _path_value(owner: str, parameter: str, value: object) -> str:
     if not isinstance(value, str) or not value.startswith("/"):
@@ -729,7 +730,7 @@ class HealthApp:
         """Serve one ASGI connection (``http`` or ``lifespan``)."""
         kind = scope["type"]
         if kind == "lifespan":
-            await _lifespan(receive, send)
+            await _answer_lifespan(receive, send)
             return
         if kind != "http":
             if kind == "websocket":
@@ -763,16 +764,6 @@ class HealthApp:
                 _UNHEALTHY: 503,
             }[report.status]
         await _respond(send, code, body, scope)
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 async def _respond(
