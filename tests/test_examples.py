@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -27,9 +28,15 @@ def run_example(name: str, *args: str) -> str:
     return result.stdout
 
 
-def backend_section(output: str, backend: str) -> str:
-    """The part of an example's output under its ``== <backend> ==`` heading."""
-    return output.split(f"== {backend} ==", 1)[1].split("\n== ", 1)[0]
+def backend_section(output: str, backend: str, expected: Sequence[str] = ()) -> str:
+    """The part of an example's output under its ``== <backend> ==`` heading.
+
+    Each line of *expected* must be in it.
+    """
+    section = output.split(f"== {backend} ==", 1)[1].split("\n== ", 1)[0]
+    for line in expected:
+        assert line in section, f"{backend}: {line!r} missing from:\n{section}"
+    return section
 
 
 def test_every_example_is_tested() -> None:
@@ -47,17 +54,19 @@ def test_every_example_is_tested() -> None:
 
 
 def _check_quickstart_section(output: str, backend: str) -> None:
-    section = backend_section(output, backend)
-    for line in [
-        "-> Ada Lovelace (#1)",
-        "-> Grace Hopper (#2)",
-        "users_api(1) sees a deadline 0.20 s away",
-        "event: elapsed layer='users-api' timeout=0.2",
-        "-> Elapsed: request timed out after 0.2 s (layer 'users-api')",
-        "-> Filtered: request refused by filter 'valid-id'",
-        "-> UserNotFound: no user 9",
-    ]:
-        assert line in section, f"{backend}: {line!r} missing from:\n{section}"
+    section = backend_section(
+        output,
+        backend,
+        [
+            "-> Ada Lovelace (#1)",
+            "-> Grace Hopper (#2)",
+            "users_api(1) sees a deadline 0.20 s away",
+            "event: elapsed layer='users-api' timeout=0.2",
+            "-> Elapsed: request timed out after 0.2 s (layer 'users-api')",
+            "-> Filtered: request refused by filter 'valid-id'",
+            "-> UserNotFound: no user 9",
+        ],
+    )
     assert "users_api(0)" not in section  # the filter refused it before the API
 
 
@@ -82,15 +91,17 @@ def test_custom_layer() -> None:
     """custom_layer.py: the auth header arrives and Shed refuses the extra call."""
     output = run_example("custom_layer.py")
     for backend in ["asyncio", "trio"]:
-        section = backend_section(output, backend)
-        for line in [
-            "-> 200 /users (authorized)",
-            "/users/3 -> Overloaded: 2 calls already in flight",
-            "/reports -> Overloaded: 2 calls already in flight",
-            "event: load_shed layer='api-shed' max_in_flight=2",
-            "in flight at the end: 0",
-        ]:
-            assert line in section, f"{backend}: {line!r} missing from:\n{section}"
+        section = backend_section(
+            output,
+            backend,
+            [
+                "-> 200 /users (authorized)",
+                "/users/3 -> Overloaded: 2 calls already in flight",
+                "/reports -> Overloaded: 2 calls already in flight",
+                "event: load_shed layer='api-shed' max_in_flight=2",
+                "in flight at the end: 0",
+            ],
+        )
         assert section.count("(authorized)") == 5
 
 
@@ -104,38 +115,42 @@ def test_retry_client() -> None:
     """retry_client.py: retries, the Retry-After hint, the deadline, the budget."""
     output = run_example("retry_client.py")
     for backend in ["asyncio", "trio"]:
-        section = backend_section(output, backend)
-        for line in [
-            "event: attempt 1 failed (ConnectionError), retrying in",
-            "-> 200 widget: 12 in stock (attempt 3)",
-            "event: attempt 2 failed (__main__.ServerBusy), retrying in 0.050 s",
-            "-> 200 after 3 calls",
-            "event: retry_deadline_reached after 3 attempts",
-            "note: retry 'retry' gave up after 3 attempts: the deadline",
-            "retries with the default budget: 160",
-            "retries without a budget: 600",
-        ]:
-            assert line in section, f"{backend}: {line!r} missing from:\n{section}"
+        backend_section(
+            output,
+            backend,
+            [
+                "event: attempt 1 failed (ConnectionError), retrying in",
+                "-> 200 widget: 12 in stock (attempt 3)",
+                "event: attempt 2 failed (__main__.ServerBusy), retrying in 0.050 s",
+                "-> 200 after 3 calls",
+                "event: retry_deadline_reached after 3 attempts",
+                "note: retry 'retry' gave up after 3 attempts: the deadline",
+                "retries with the default budget: 160",
+                "retries without a budget: 600",
+            ],
+        )
 
 
 def test_circuit_breaker() -> None:
     """circuit_breaker.py: trips, rejects both endpoints, probes, closes."""
     output = run_example("circuit_breaker.py")
     for backend in ["asyncio", "trio"]:
-        section = backend_section(output, backend)
-        for line in [
-            "10: charged 10",
-            "event: circuit_opened closed -> open",
-            "60: CircuitOpen (retry after",
-            "calls that reached the host while open: 0",
-            "statistics: state=open calls=4 failure_rate=0.5",
-            "event: circuit_half_opened open -> half_open",
-            "80: charged 80",
-            "event: circuit_closed half_open -> closed",
-            "90: refunded 90",
-            "state: closed",
-        ]:
-            assert line in section, f"{backend}: {line!r} missing from:\n{section}"
+        section = backend_section(
+            output,
+            backend,
+            [
+                "10: charged 10",
+                "event: circuit_opened closed -> open",
+                "60: CircuitOpen (retry after",
+                "calls that reached the host while open: 0",
+                "statistics: state=open calls=4 failure_rate=0.5",
+                "event: circuit_half_opened open -> half_open",
+                "80: charged 80",
+                "event: circuit_closed half_open -> closed",
+                "90: refunded 90",
+                "state: closed",
+            ],
+        )
         assert section.count("event: circuit_call_rejected state=open") == 3
 
 
@@ -143,18 +158,20 @@ def test_per_tenant_rate_limit() -> None:
     """per_tenant_rate_limit.py: per-tenant waits and refusals, a full key table."""
     output = run_example("per_tenant_rate_limit.py")
     for backend in ["asyncio", "trio"]:
-        section = backend_section(output, backend)
-        for line in [
-            "acme: 6 admitted, 2 refused",
-            "globex: 2 admitted, 0 refused",
-            "per-tenant: waited=4 rejected=2 waiting=0",
-            "bulkhead: in flight at the end: 0, waiting: 0",
-            "t3: 200 /",
-            "t4: RateLimited, retry after 1.0 s",
-            "t1: RateLimited, retry after 1.0 s",
-            "free-tier: keys=3 table_full=1",
-        ]:
-            assert line in section, f"{backend}: {line!r} missing from:\n{section}"
+        backend_section(
+            output,
+            backend,
+            [
+                "acme: 6 admitted, 2 refused",
+                "globex: 2 admitted, 0 refused",
+                "per-tenant: waited=4 rejected=2 waiting=0",
+                "bulkhead: in flight at the end: 0, waiting: 0",
+                "t3: 200 /",
+                "t4: RateLimited, retry after 1.0 s",
+                "t1: RateLimited, retry after 1.0 s",
+                "free-tier: keys=3 table_full=1",
+            ],
+        )
 
 
 def test_metrics() -> None:
@@ -182,15 +199,17 @@ def test_health_endpoint() -> None:
     """health_endpoint.py: hypercorn serves 200, degraded 200, then 503."""
     output = run_example("health_endpoint.py")
     for backend in ["asyncio", "trio"]:
-        section = backend_section(output, backend)
-        for line in [
-            'GET /livez -> 200 {"status":"healthy","checks":{}}',
-            'GET /readyz -> 200 {"status":"healthy",',
-            'GET /readyz -> 200 {"status":"degraded",',
-            '"payments-api":{"status":"unhealthy","critical":false}',
-            'GET /readyz -> 503 {"status":"unhealthy",',
-        ]:
-            assert line in section, f"{backend}: {line!r} missing from:\n{section}"
+        section = backend_section(
+            output,
+            backend,
+            [
+                'GET /livez -> 200 {"status":"healthy","checks":{}}',
+                'GET /readyz -> 200 {"status":"healthy",',
+                'GET /readyz -> 200 {"status":"degraded",',
+                '"payments-api":{"status":"unhealthy","critical":false}',
+                'GET /readyz -> 503 {"status":"unhealthy",',
+            ],
+        )
         assert "s3cret" not in section
 
 
