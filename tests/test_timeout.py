@@ -443,10 +443,17 @@ async def test_staggered_calls_with_deadlines_in_shared_and_separate_buckets() -
     await _run_mixed(calls)
 
 
-@ASYNCIO_ONLY
+def current_wheel() -> Any:
+    """The Timeout wheel of the running asyncio loop or trio run."""
+    if on_asyncio():
+        return _backend._wheel_for(asyncio.get_running_loop())  # pyright: ignore[reportPrivateUsage]
+    found = _backend._trio_run.wheel  # pyright: ignore[reportPrivateUsage]
+    assert found is not None  # started by the run's first Timeout call
+    return found
+
+
 async def test_wheel_is_empty_after_calls_finish() -> None:
-    """On asyncio, no wheel entries or buckets remain once all calls are over."""
-    wheel = _backend._wheel_for(asyncio.get_running_loop())  # pyright: ignore[reportPrivateUsage]
+    """No wheel entry or bucket remains once every call is over, whatever its end."""
 
     async def swallow(request: str) -> str:
         try:
@@ -463,30 +470,45 @@ async def test_wheel_is_empty_after_calls_finish() -> None:
     slow = layers.Timeout(1).layer(sleeper(2))
     swallowing = layers.Timeout(0.3).layer(swallow)
     failing = layers.Timeout(1).layer(fail)
-    during: list[int] = []
+    results: list[object] = []
 
     async def outside_cancelled() -> None:
         with anyio.move_on_after(0.4):
             await layers.Timeout(2).layer(sleeper(5))("hi")
 
-    async def expecting(call: Callable[[], Awaitable[object]], error: type) -> None:
-        with pytest.raises(error):
-            await call()
+    async def outcome(call: Callable[[], Awaitable[object]]) -> None:
+        try:
+            results.append(await call())
+        except (layers.Elapsed, ValueError) as error:
+            results.append(type(error))
 
+    def filed() -> int:
+        return sum(len(b.entries) for b in current_wheel().buckets.values())
+
+    assert await fast("first") == "first"  # on trio, starts the run's wheel
+    during: list[int] = []
     async with anyio.create_task_group() as tg:
         for i in range(50):
-            tg.start_soon(fast, str(i))
-            tg.start_soon(expecting, lambda: slow("x"), layers.Elapsed)
-            tg.start_soon(swallowing, "s")
-            tg.start_soon(expecting, lambda: failing("f"), ValueError)
+            tg.start_soon(outcome, lambda i=i: fast(str(i)))
+            tg.start_soon(outcome, lambda: slow("x"))
+            tg.start_soon(outcome, lambda: swallowing("s"))
+            tg.start_soon(outcome, lambda: failing("f"))
             tg.start_soon(outside_cancelled)
         await anyio.sleep(0.05)
-        during.append(sum(len(b.entries) for b in wheel.buckets.values()))
+        during.append(filed())
 
     assert during == [250]
-    assert all(not bucket.entries for bucket in wheel.buckets.values())
-    await anyio.sleep(10)
-    assert wheel.buckets == {}
+    assert sorted(map(str, results)) == sorted(
+        [str(i) for i in range(50)]
+        + [str(layers.Elapsed)] * 50
+        + ["swallowed"] * 50
+        + [str(ValueError)] * 50
+    )
+    assert filed() == 0
+    await anyio.sleep(10)  # every timer has come due: the buckets are gone
+    assert current_wheel().buckets == {}
+    if not on_asyncio():
+        assert current_wheel().heap == []
 
 
 # ------------------------------------------------------------------ events

@@ -9,7 +9,6 @@ run closes, and a clock cache that follows runs and threads.
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -43,68 +42,6 @@ def wheel() -> Any:
     found = _backend._trio_run.wheel  # pyright: ignore[reportPrivateUsage]
     assert found is not None
     return found
-
-
-def filed(found: Any) -> int:
-    """How many calls are filed in a wheel's buckets."""
-    return sum(len(bucket.entries) for bucket in found.buckets.values())
-
-
-@TRIO_ONLY
-@pytest.mark.anyio
-async def test_wheel_is_empty_after_calls_finish() -> None:
-    """No filed scope or bucket remains once every call is over, whatever its end."""
-
-    async def swallow(request: str) -> str:
-        try:
-            await trio.sleep(5)
-        except trio.Cancelled:
-            return "swallowed"
-        return request  # pragma: no cover
-
-    async def fail(request: str) -> str:
-        await trio.sleep(0.1)
-        raise ValueError(request)
-
-    fast = layers.Timeout(1).layer(sleeper(0.2))
-    slow = layers.Timeout(1).layer(sleeper(2))
-    swallowing = layers.Timeout(0.3).layer(swallow)
-    failing = layers.Timeout(1).layer(fail)
-    results: list[object] = []
-
-    async def outside_cancelled() -> None:
-        with trio.move_on_after(0.4):
-            await layers.Timeout(2).layer(sleeper(5))("hi")
-
-    async def outcome(call: Callable[[], Awaitable[object]]) -> None:
-        try:
-            results.append(await call())
-        except (layers.Elapsed, ValueError) as error:
-            results.append(type(error))
-
-    assert await fast("first") == "first"  # starts the run's wheel
-    during: list[int] = []
-    async with trio.open_nursery() as nursery:
-        for i in range(50):
-            nursery.start_soon(outcome, lambda i=i: fast(str(i)))
-            nursery.start_soon(outcome, lambda: slow("x"))
-            nursery.start_soon(outcome, lambda: swallowing("s"))
-            nursery.start_soon(outcome, lambda: failing("f"))
-            nursery.start_soon(outside_cancelled)
-        await trio.sleep(0.05)
-        during.append(filed(wheel()))
-
-    assert during == [250]
-    assert sorted(map(str, results)) == sorted(
-        [str(i) for i in range(50)]
-        + [str(layers.Elapsed)] * 50
-        + ["swallowed"] * 50
-        + [str(ValueError)] * 50
-    )
-    assert filed(wheel()) == 0
-    await trio.sleep(10)  # every timer has come due: the buckets are gone
-    assert wheel().buckets == {}
-    assert wheel().heap == []
 
 
 @TRIO_ONLY
