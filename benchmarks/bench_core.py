@@ -41,19 +41,13 @@ import gc
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-import anyio.lowlevel
+from _method import BACKENDS, Case, interleave, run, time_case, timed_loop, versions
 
 import layers
 from layers._deadline import DEADLINE
-
-Case = Callable[[Any], Awaitable[Any]]
-
-BACKENDS = ("asyncio", "uvloop", "trio")
-
 
 try:
     from layers.otel import OtelMetrics
@@ -158,23 +152,8 @@ def make_cases(backend: str) -> dict[str, Case]:
     return cases
 
 
-async def timed_loop(case: Case, calls: int) -> int:
-    """Await ``case(i)`` *calls* times; return the elapsed nanoseconds."""
-    clock = time.perf_counter_ns
-    start = clock()
-    for i in range(calls):
-        await case(i)
-    return clock() - start
-
-
-async def run_case(name: str, case: Case, calls: int) -> int:
-    # Let the event loop run once first: the timing loop never yields, and
-    # asyncio's timer heap and trio's deadline heap only drop the entries of
-    # finished calls (cancelled timer handles, exited cancel scopes) when the
-    # loop runs; otherwise they would pile up over the rounds.
-    await anyio.lowlevel.checkpoint()
-    gc.collect()
-    gc.disable()
+async def time_one(name: str, case: Case, calls: int) -> int:
+    """Time one loop of a case, with the sinks or deadline its name asks for."""
     saved_sinks = layers.events.STATE.sinks
     if name.endswith("no sink"):
         layers.events.STATE.sinks = ()
@@ -186,13 +165,12 @@ async def run_case(name: str, case: Case, calls: int) -> int:
             # as inside an enclosing Timeout(5): the inner deadline is clamped
             token = DEADLINE.set(anyio.current_time() + 5)
             try:
-                return await timed_loop(case, calls)
+                return await time_case(case, calls)
             finally:
                 DEADLINE.reset(token)
-        return await timed_loop(case, calls)
+        return await time_case(case, calls)
     finally:
         layers.events.STATE.sinks = saved_sinks
-        gc.enable()
 
 
 async def measure(
@@ -203,20 +181,7 @@ async def measure(
         result = await case(7)
         if result != 7:
             raise AssertionError(f"{name} returned {result!r}")
-    samples: dict[str, list[float]] = {name: [] for name in cases}
-    # move everything alive now out of the collector's sight, so that the
-    # gc.collect() before each timing loop is cheap
-    gc.collect()
-    gc.freeze()
-    try:
-        for round_ in range(warmup + rounds):
-            for name, case in cases.items():
-                elapsed = await run_case(name, case, calls)
-                if round_ >= warmup:
-                    samples[name].append(elapsed / calls)
-    finally:
-        gc.unfreeze()
-    return samples
+    return await interleave(cases, rounds, calls, warmup, time_one)
 
 
 async def profile(backend: str, name: str, calls: int) -> None:
@@ -228,7 +193,7 @@ async def profile(backend: str, name: str, calls: int) -> None:
     if not matches:
         raise SystemExit(f"no case matches {name!r}; cases: {', '.join(cases)}")
     case_name = matches[0]
-    await run_case(case_name, cases[case_name], calls)  # warm up
+    await time_one(case_name, cases[case_name], calls)  # warm up
     profiler = cProfile.Profile()
     token = None
     if "outer deadline" in case_name:
@@ -241,12 +206,6 @@ async def profile(backend: str, name: str, calls: int) -> None:
         DEADLINE.reset(token)
     print(f"cProfile of {case_name!r}, {calls} calls on {backend}:")
     pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
-
-
-def run(backend: str, main: Callable[[], Awaitable[Any]]) -> Any:
-    if backend == "uvloop":
-        return anyio.run(main, backend="asyncio", backend_options={"use_uvloop": True})
-    return anyio.run(main, backend=backend)
 
 
 def check(label: str, value: float, limit: float) -> tuple[str, bool]:
@@ -343,18 +302,6 @@ def report(backend: str, samples: dict[str, list[float]]) -> bool:
     return all(ok for _, ok in results)
 
 
-def versions() -> str:
-    from importlib import metadata
-
-    found = []
-    for dist in ("service-layers", "anyio", "trio", "uvloop"):
-        try:
-            found.append(f"{dist} {metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            found.append(f"{dist} (not installed)")
-    return ", ".join(found)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=(*BACKENDS, "all"), default="asyncio")
@@ -370,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     backends = BACKENDS if args.backend == "all" else (args.backend,)
     print(f"python {sys.version.split()[0]} ({sys.version})")
     print(f"executable {sys.executable}")
-    print(f"{versions()}; {args.rounds} rounds x {args.calls} calls")
+    dists = ("service-layers", "anyio", "trio", "uvloop")
+    print(f"{versions(dists)}; {args.rounds} rounds x {args.calls} calls")
     passed = True
     for backend in backends:
         print(f"\n== backend: {backend} ==")

@@ -38,23 +38,13 @@ import gc
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import anyio.lowlevel
+from _method import BACKENDS, Case, interleave, run
 
 import layers
-
-BACKENDS = ("asyncio", "uvloop", "trio")
-
-Case = Callable[[Any], Awaitable[Any]]
-
-
-def run(backend: str, main: Callable[[], Awaitable[Any]]) -> Any:
-    if backend == "uvloop":
-        return anyio.run(main, backend="asyncio", backend_options={"use_uvloop": True})
-    return anyio.run(main, backend=backend)
 
 
 def verdict(ok: bool) -> str:
@@ -236,27 +226,8 @@ def scale_cases(backend: str) -> dict[str, Case]:
 
 async def scale(backend: str, rounds: int) -> bool:
     cases = scale_cases(backend)
-    samples: dict[str, list[float]] = {name: [] for name in cases}
     calls = 10_000
-    gc.collect()
-    gc.freeze()
-    try:
-        for round_ in range(rounds + 3):
-            for name, case in cases.items():
-                await anyio.lowlevel.checkpoint()
-                gc.collect()
-                gc.disable()
-                try:
-                    start = time.perf_counter_ns()
-                    for i in range(calls):
-                        await case(i)
-                    elapsed = time.perf_counter_ns() - start
-                finally:
-                    gc.enable()
-                if round_ >= 3:
-                    samples[name].append(elapsed / calls)
-    finally:
-        gc.unfreeze()
+    samples = await interleave(cases, rounds, calls, warmup=3)
     medians = {name: statistics.median(s) for name, s in samples.items()}
     bare = medians["bare await f(x)"]
     print(f"scale: success path, {rounds} rounds x {calls} calls")

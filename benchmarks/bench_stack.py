@@ -56,18 +56,17 @@ import gc
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 import anyio.lowlevel
+from _method import BACKENDS, Case, interleave, run, versions
 
 import layers
 
-Case = Callable[[Any], Awaitable[Any]]
 Wrap = Callable[[Case], Case]
 
-BACKENDS = ("asyncio", "uvloop", "trio")
 PEERS = ("tenacity", "stamina", "aiolimiter", "purgatory", "aiobreaker", "nopanic")
 TASKS = 1_000
 CALLS_PER_TASK = 20
@@ -370,40 +369,11 @@ def describe(chosen: dict[str, str]) -> str:
 # ------------------------------------------------------------ success path
 
 
-async def timed_loop(case: Case, calls: int) -> int:
-    clock = time.perf_counter_ns
-    start = clock()
-    for i in range(calls):
-        await case(i)
-    return clock() - start
-
-
-async def run_case(case: Case, calls: int) -> int:
-    # let the loop run once: timer and deadline heaps drop finished entries
-    await anyio.lowlevel.checkpoint()
-    gc.collect()
-    gc.disable()
-    try:
-        return await timed_loop(case, calls)
-    finally:
-        gc.enable()
-
-
-async def interleave(
+async def median_ns(
     cases: dict[str, Case], rounds: int, calls: int, warmup: int
 ) -> dict[str, float]:
     """Median ns per call of each case, timed round-robin."""
-    samples: dict[str, list[float]] = {name: [] for name in cases}
-    gc.collect()
-    gc.freeze()
-    try:
-        for round_ in range(warmup + rounds):
-            for name, case in cases.items():
-                elapsed = await run_case(case, calls)
-                if round_ >= warmup:
-                    samples[name].append(elapsed / calls)
-    finally:
-        gc.unfreeze()
+    samples = await interleave(cases, rounds, calls, warmup)
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
@@ -434,7 +404,7 @@ async def choose(
     for kind, named in parts.items():
         for name, wrap in named.items():
             cases[f"{kind}: {name}"] = wrap(f)
-    medians = await interleave(cases, rounds=5, calls=max(calls // 5, 200), warmup=1)
+    medians = await median_ns(cases, rounds=5, calls=max(calls // 5, 200), warmup=1)
     chosen: dict[str, Wrap] = {}
     names: dict[str, str] = {}
     for kind, named in parts.items():
@@ -466,7 +436,7 @@ async def success(backend: str, rounds: int, calls: int, warmup: int) -> bool:
         why = await runs(case)
         if why is not None:
             raise AssertionError(f"{name} on {backend}: {why}")
-    medians = await interleave(cases, rounds, calls, warmup)
+    medians = await median_ns(cases, rounds, calls, warmup)
     bare = medians[BARE]
     width = max(len(name) for name in medians)
     print(f"hand-composed = {describe(names)}")
@@ -556,25 +526,6 @@ async def contention(backend: str, rounds: int) -> bool:
 # --------------------------------------------------------------------- main
 
 
-def run(backend: str, main: Callable[[], Awaitable[Any]]) -> Any:
-    if backend == "uvloop":
-        return anyio.run(main, backend="asyncio", backend_options={"use_uvloop": True})
-    return anyio.run(main, backend=backend)
-
-
-def versions() -> str:
-    from importlib import metadata
-
-    found = []
-    dists = ("service-layers", "anyio", "trio", "uvloop", *PEERS)
-    for dist in dists:
-        try:
-            found.append(f"{dist} {metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            found.append(f"{dist} (not installed)")
-    return ", ".join(found)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=(*BACKENDS, "all"), default="all")
@@ -588,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     backends = BACKENDS if args.backend == "all" else (args.backend,)
     print(f"python {sys.version.split()[0]} ({sys.version})")
     print(f"executable {sys.executable}")
-    print(versions())
+    print(versions(("service-layers", "anyio", "trio", "uvloop", *PEERS)))
     for name in missing_peers():
         print(f"note: {name} is not installed; its rows are skipped")
     passed = True
