@@ -145,6 +145,7 @@ async def test_success_path_adds_no_checkpoint() -> None:
         scope.cancel()
         assert await svc(1) == 1
         assert await svc(2) == 2
+    assert not scope.cancelled_caught  # no checkpoint raised the cancellation
     assert limit.statistics().in_flight == 0
 
 

@@ -174,10 +174,12 @@ async def test_success_path_adds_no_checkpoint() -> None:
         scope.cancel()
         assert await svc(1) == 1
         assert await svc(2) == 2
+    assert not scope.cancelled_caught  # no checkpoint raised the cancellation
     keyed = layers.RateLimit(100, key=lambda r: r).layer(echo)
     with anyio.CancelScope() as scope:
         scope.cancel()
         assert await keyed("a") == "a"
+    assert not scope.cancelled_caught
 
 
 async def test_inner_errors_pass_through_unchanged() -> None:

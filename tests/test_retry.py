@@ -799,6 +799,7 @@ async def test_testing_mode_context_manager_caps_attempts_and_skips_waits() -> N
     with retry_testing(attempts=3):
         with pytest.raises(ConnectionError):
             await svc("x")
+        assert len(flaky.starts) == 3
         with retry_testing(attempts=10):  # never more than the layer's own
             flaky.starts.clear()
             with pytest.raises(ConnectionError):
