@@ -836,6 +836,8 @@ async def test_statistics_is_a_frozen_snapshot() -> None:
     assert later.state is CircuitState.OPEN
     assert later.time_in_state == 0
     assert later.generation == stats.generation + 1
+    await anyio.sleep(3)
+    assert breaker.statistics().time_in_state == pytest.approx(3)
 
 
 def test_breaker_is_compared_by_identity() -> None:

@@ -481,6 +481,29 @@ async def test_inside_a_timeout_no_attempt_starts_past_the_deadline() -> None:
     assert stopped[0].delay == pytest.approx(0.3)
 
 
+async def test_an_outer_timeout_is_not_retried_whatever_on_says() -> None:
+    """Elapsed from an outer Timeout ends the call, even with on=TimeoutError."""
+    starts: list[float] = []
+
+    async def hangs(request: str) -> str:
+        starts.append(now())
+        await anyio.sleep(10)
+        return request  # pragma: no cover
+
+    svc = (
+        layers.ServiceBuilder()
+        .timeout(1)
+        .retry(on=TimeoutError, attempts=5, backoff=[0], budget=None)
+        .timeout(5)
+        .service(hangs)
+    )
+    with pytest.raises(layers.Elapsed) as info:
+        await svc("x")
+    assert info.value.timeout == 1  # the outer layer's, not an inner expiry
+    assert starts == [0]
+    assert now() == pytest.approx(1)
+
+
 async def test_min_attempt_time_keeps_room_for_an_attempt() -> None:
     """With min_attempt_time=0.2, an attempt needs 0.2 s left after its wait."""
     flaky = Flaky(10)

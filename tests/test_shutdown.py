@@ -172,6 +172,7 @@ async def test_signal_begins_shutdown_and_a_second_one_forces_it() -> None:
     assert report.cancelled == ("stuck",)
     assert report.finished == ("sender",)
     assert now() < 50  # not the grace period
+    assert now() == pytest.approx(sent[0])  # at the second signal
 
 
 async def test_wait_for_signal_returns_the_signal() -> None:

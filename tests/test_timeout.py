@@ -388,16 +388,16 @@ async def _run_mixed(calls: list[tuple[float, float, float]]) -> None:
             outcome = await layer.layer(sleeper(duration))(str(index))
         except layers.Elapsed as error:
             outcome = error.timeout
-        outcomes.append((begun, limit, duration, now(), outcome))
+        outcomes.append((index, begun, limit, duration, now(), outcome))
 
     async with anyio.create_task_group() as tg:
         for index, (start, limit, duration) in enumerate(calls):
             tg.start_soon(one, index, start, limit, duration)
 
     assert len(outcomes) == len(calls)
-    for begun, timeout, duration, ended, outcome in outcomes:
+    for index, begun, timeout, duration, ended, outcome in outcomes:
         # a response (the request echoed) iff in time, else Elapsed(timeout)
-        expected = outcome if duration <= timeout else timeout
+        expected = str(index) if duration <= timeout else timeout
         assert isinstance(outcome, str) == (duration <= timeout)
         assert outcome == expected
         assert ended - begun == pytest.approx(min(timeout, duration), abs=1e-6), (
