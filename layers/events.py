@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 Level = Literal["debug", "info", "warning", "error"]
-"""The log levels an event can have (:attr:`Event.level`)."""
+"""The log levels an event can have (:attr:`layers.Event.level`)."""
 
 
 @attrs.frozen(kw_only=True)
