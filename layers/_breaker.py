@@ -690,7 +690,6 @@ class _CountWindow:
     __slots__ = (
         "calls",
         "failures",
-        "minimum",
         "pos",
         "ring",
         "size",
@@ -698,11 +697,10 @@ class _CountWindow:
         "streak",
     )
 
-    def __init__(self, size: int, minimum: int) -> None:
+    def __init__(self, size: int) -> None:
         self.ring = bytearray(size)  # 0: empty slot
         self.size = size
         self.pos = 0
-        self.minimum = minimum
         self.calls = 0
         self.failures = 0
         self.slow = 0
@@ -883,7 +881,6 @@ class _Core:
 
     __slots__ = (
         "breaker",
-        "closed_since",
         "exceeded",
         "failure_on",
         "failure_on_types",
@@ -897,7 +894,6 @@ class _Core:
         "max_open",
         "minimum",
         "name",
-        "next_open_duration",
         "open_until",
         "rejected",
         "since",
@@ -954,18 +950,16 @@ class _Core:
         self.fast: _Window | None = self.window  # the window while closed
         self.trial: _Trial | None = None
         self.generation = 0
-        self.since: float | None = None
-        self.closed_since: float | None = None
+        self.since: float | None = None  # when it entered its state
         self.open_until = -math.inf
         self.trips = 0
-        self.next_open_duration = breaker.open_duration
         self.rejected = 0
         self.exceeded = False
 
     def new_window(self) -> _Window:
         breaker = self.breaker
         if breaker.window_type == "count":
-            return _CountWindow(int(breaker.window_size), self.minimum)
+            return _CountWindow(int(breaker.window_size))
         return _TimeWindow(breaker.window_size, breaker.window_buckets, self.minimum)
 
     # -- classification ------------------------------------------------------------
@@ -990,16 +984,20 @@ class _Core:
         window.add(code, now)
         self.evaluate(window, now)
 
+    def rates(
+        self, calls: int, failures: int, slow: int
+    ) -> tuple[float | None, float | None]:
+        """(failure rate, slow rate), or Nones below the minimum number of calls."""
+        if calls < self.minimum:  # minimum >= 1: no division by zero
+            return None, None
+        return failures / calls, slow / calls
+
     def verdict(self, window: _Window) -> tuple[str | None, float | None, float | None]:
         """(reason to trip or None, failure rate, slow rate)."""
-        calls, failures, slow = window.counts(None)
+        failure_rate, slow_rate = self.rates(*window.counts(None))
         breaker = self.breaker
-        failure_rate: float | None = None
-        slow_rate: float | None = None
         reason: str | None = None
-        if calls >= self.minimum and calls:
-            failure_rate = failures / calls
-            slow_rate = slow / calls
+        if failure_rate is not None and slow_rate is not None:
             if failure_rate >= breaker.failure_rate_threshold:
                 reason = "failure_rate"
             elif slow_rate >= breaker.slow_call_rate_threshold:
@@ -1054,19 +1052,11 @@ class _Core:
     ) -> None:
         """Open the breaker as of *at* (<= *now*)."""
         if self.state is _CLOSED:
-            closed_since = self.closed_since
-            if closed_since is not None and at - closed_since >= self.healthy_duration:
+            since = self.since
+            if since is not None and at - since >= self.healthy_duration:
                 self.trips = 0
-        breaker = self.breaker
-        duration = min(
-            self.max_open,
-            breaker.open_duration * breaker.open_duration_growth**self.trips,
-        )
+        duration = self.open_duration(self.trips)
         self.trips += 1
-        self.next_open_duration = min(
-            self.max_open,
-            breaker.open_duration * breaker.open_duration_growth**self.trips,
-        )
         self.open_until = at + duration
         self.trial = None
         previous = self._enter(_OPEN, at)
@@ -1101,7 +1091,6 @@ class _Core:
     def close(self, now: float, reason: str) -> None:
         self.window = self.new_window()
         self.trial = None
-        self.closed_since = now
         previous = self._enter(_CLOSED, now)
         if events.STATE.sinks:
             events.emit(
@@ -1136,9 +1125,7 @@ class _Core:
         self.exceeded = False
         if state is _CLOSED:
             self.trips = 0
-            self.next_open_duration = self.breaker.open_duration
             self.open_until = -math.inf
-            self.closed_since = now
         previous = self._enter(state, now)
         if events.STATE.sinks:
             event_type = CircuitClosed if state is _CLOSED else CircuitStateChanged
@@ -1214,10 +1201,7 @@ class _Core:
             now = None
         window = self.window
         calls, failures, slow = window.counts(now)
-        failure_rate = slow_rate = None
-        if calls >= self.minimum and calls:
-            failure_rate = failures / calls
-            slow_rate = slow / calls
+        failure_rate, slow_rate = self.rates(calls, failures, slow)
         trial = self.trial
         state = self.state
         since = self.since
@@ -1236,9 +1220,7 @@ class _Core:
                 if state is _OPEN and now is not None
                 else None
             ),
-            open_duration=self.next_open_duration
-            if state is _OPEN
-            else self._next_duration(now),
+            open_duration=self._next_duration(now),
             trips=self.trips,
             half_open_calls_in_flight=0
             if trial is None
@@ -1248,19 +1230,24 @@ class _Core:
             generation=self.generation,
         )
 
-    def _next_duration(self, now: float | None) -> float:
+    def open_duration(self, trips: int) -> float:
+        """How long the breaker stays open after *trips* earlier trips (capped)."""
         breaker = self.breaker
+        return min(
+            self.max_open, breaker.open_duration * breaker.open_duration_growth**trips
+        )
+
+    def _next_duration(self, now: float | None) -> float:
+        """The open duration of the next trip."""
         trips = self.trips
         if (
             self.state is _CLOSED
             and now is not None
-            and self.closed_since is not None
-            and now - self.closed_since >= self.healthy_duration
+            and self.since is not None
+            and now - self.since >= self.healthy_duration
         ):
             trips = 0
-        return min(
-            self.max_open, breaker.open_duration * breaker.open_duration_growth**trips
-        )
+        return self.open_duration(trips)
 
 
 # ---------------------------------------------------------------- the services
@@ -1294,17 +1281,12 @@ async def _call_recorded(
     core: _Core, window: _Window, inner: Service[Req, Res], request: Req
 ) -> Res:
     """A call whose outcome goes to *window* (closed or metrics-only)."""
-    start = _now()
+    # the start only matters with a slow-call threshold (else slow_after is inf)
+    start = _now() if core.slow_after < math.inf else 0.0
     try:
         response = await inner(request)
     except Exception as error:
-        kind = core.kind_of(error)
-        if kind != _KIND_IGNORED:
-            end = _now()
-            code = _FAILED | _PRESENT if kind == _KIND_FAILURE else _SUCCESS
-            if end >= start + core.slow_after:
-                code |= _SLOW
-            core.record(window, code, end)
+        _record_error(core, window, error, start)
         raise
     end = _now()
     code = _SUCCESS

@@ -24,11 +24,6 @@ class Benign(Exception):
     """An exception that is not a failure in some tests."""
 
 
-def now() -> float:
-    """The event loop's (virtual) clock."""
-    return anyio.current_time()
-
-
 async def service(request: str) -> str:
     """Answers by request: 'ok', 'fail', 'benign', 'slow' (5 s), 'slowfail', 'hang'."""
     if request in ("slow", "slowfail"):
@@ -601,15 +596,18 @@ async def test_open_duration_grows_on_repeated_trips_up_to_the_cap() -> None:
         max_open_duration=35,
     )
     durations: list[float] = []
+    next_durations: list[float] = []
     with capture_events(layers.CircuitOpened) as opened:
         await run(svc, *["fail"] * 4)
         for _ in range(4):
             retry_after = breaker.statistics().retry_after
             assert retry_after is not None
             durations.append(retry_after)
+            next_durations.append(breaker.statistics().open_duration)
             await anyio.sleep(retry_after)
             await run(svc, "fail")  # the probe fails: open again
     assert durations == [10, 20, 35, 35]
+    assert next_durations == [20, 35, 35, 35]  # while open: the next trip's
     assert [e.open_duration for e in opened] == [10, 20, 35, 35, 35]
     assert breaker.statistics().trips == 5
 
