@@ -28,11 +28,9 @@ import attrs
 
 from ._core import Layer, Service, TypePreservingLayer, check_layer
 from ._errors import (
-    CircuitOpen,
     Elapsed,
     Filtered,
     LayersError,
-    Overloaded,
     RateLimited,
     Rejected,
     ShuttingDown,
@@ -206,11 +204,9 @@ def error_response(error: LayersError) -> ErrorResponse | None:
         status, headers = 429, _retry_after(error)
     elif isinstance(error, ShuttingDown):
         status, headers = 503, (*_retry_after(error), ("connection", "close"))
-    elif isinstance(error, Overloaded | CircuitOpen):
-        status, headers = 503, _retry_after(error)
     elif isinstance(error, Filtered):
         status = 403
-    elif isinstance(error, Rejected):
+    elif isinstance(error, Rejected):  # Overloaded, CircuitOpen and the rest
         status, headers = 503, _retry_after(error)
     elif isinstance(error, Elapsed):
         status = 504

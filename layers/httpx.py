@@ -319,12 +319,16 @@ class RetryableResponse(Exception):
         return f"RetryableResponse({str(self)!r})"
 
 
+def _is_status(value: object) -> bool:
+    """Whether *value* is an HTTP status code, an int from 100 to 599."""
+    return (
+        isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599
+    )
+
+
 def _statuses(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     items = cast("frozenset[object]", value)
-    if not all(
-        isinstance(each, int) and not isinstance(each, bool) and 100 <= each <= 599
-        for each in items
-    ):
+    if not all(_is_status(each) for each in items):
         fail(instance, attribute, sorted(map(repr, items)), "HTTP status codes 100-599")
 
 
@@ -727,11 +731,7 @@ class LayeredTransport(httpx.AsyncBaseTransport):
             )
         statuses = frozenset(raise_statuses)
         for each in cast("frozenset[object]", statuses):
-            if (
-                isinstance(each, bool)
-                or not isinstance(each, int)
-                or not 100 <= each <= 599
-            ):
+            if not _is_status(each):
                 raise ConfigurationError(
                     f"LayeredTransport(raise_statuses={sorted(statuses, key=repr)!r}): "
                     f"raise_statuses must hold HTTP status codes 100-599, got {each!r}"

@@ -120,6 +120,20 @@ async def test_overloaded_is_503() -> None:
     assert "retry-after" not in refused
 
 
+async def test_a_refusal_the_app_raises_is_answered_the_same_way() -> None:
+    """The app's own CircuitOpen (before its response) becomes 503 + Retry-After."""
+
+    async def calls_a_broken_downstream(
+        scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        raise layers.CircuitOpen("downstream open", retry_after=2.5, layer="db")
+
+    app = LayersMiddleware(calls_a_broken_downstream, layers.ServiceBuilder())
+    status, headers, body = await call(app, http_scope())
+    assert (status, headers["retry-after"]) == (503, "3")
+    assert body == b"Service Unavailable\n"  # not the exception's message
+
+
 async def test_shutting_down_is_503_with_connection_close() -> None:
     """A draining stack answers 503, Retry-After from the drain, Connection: close."""
     drain = layers.Drain(retry_after=5)

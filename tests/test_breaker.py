@@ -67,6 +67,27 @@ def make(**options: Any) -> tuple[layers.CircuitBreaker, layers.Service[str, str
 # ----------------------------------------------------------------- closed
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"window_type": "time", "window_size": 60},
+        {"slow_call_duration": 5},
+        {"window_type": "time", "window_size": 60, "slow_call_duration": 5},
+        {"failure_response": lambda response: response == "bad"},
+    ],
+    ids=["count", "time", "count+slow", "time+slow", "failure_response"],
+)
+async def test_success_path_adds_no_checkpoint(options: dict[str, Any]) -> None:
+    """A closed breaker's call does not yield: it completes in a cancelled scope."""
+    breaker, svc = make(**options)
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        assert await svc("ok") == "ok"
+    assert not scope.cancelled_caught
+    assert breaker.statistics().calls == 1
+
+
 async def test_successes_pass_through_and_are_counted() -> None:
     """A closed breaker returns responses and counts them in its window."""
     breaker, svc = make()

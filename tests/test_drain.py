@@ -43,6 +43,21 @@ async def test_counts_calls_in_flight_and_passes_results() -> None:
     )
 
 
+async def test_success_path_adds_no_checkpoint() -> None:
+    """A call through an open Drain does not yield: it completes when cancelled."""
+
+    async def echo(request: int) -> int:
+        return request
+
+    drain = layers.Drain()
+    svc = drain.layer(echo)
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        assert await svc(1) == 1
+    assert not scope.cancelled_caught
+    assert drain.in_flight == 0
+
+
 async def test_errors_pass_through_and_are_uncounted_after() -> None:
     """The inner error passes unchanged and the call leaves the count."""
     drain = layers.Drain()
