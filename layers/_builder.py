@@ -58,6 +58,8 @@ from ._core import (
     TypePreservingLayer,
     check_layer,
     is_async_callable,
+    is_layer,
+    wrap_in,
 )
 from ._drain import Drain
 from ._ratelimit import Mode, RateLimit, RateLimitStore
@@ -195,7 +197,7 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
         that it is and returns the stacked service, exactly as
         :meth:`service`.
         """
-        if callable(getattr(layer_or_inner, "layer", None)):
+        if is_layer(layer_or_inner):
             return self._add(layer_or_inner)
         return self.service(layer_or_inner)
 
@@ -243,10 +245,7 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
             TypeError: If *inner* is not callable or is a plain sync function.
         """
         _check_service(inner)
-        service = inner
-        for each in reversed(self._layers):
-            service = each.layer(service)
-        return service
+        return wrap_in(self._layers, inner)
 
     __call__ = service
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -144,18 +144,30 @@ class Stack:
 
     def layer(self, inner: Service[Any, Any], /) -> Service[Any, Any]:
         """Wrap *inner* in every layer, the last one innermost."""
-        service = inner
-        for each in reversed(self.layers):
-            service = each.layer(service)
-        return service
+        return wrap_in(self.layers, inner)
 
     def __repr__(self) -> str:
         return f"Stack({', '.join(map(repr, self.layers))})"
 
 
+def wrap_in(
+    layers: Sequence[Layer[Any, Any, Any, Any]], inner: Service[Any, Any]
+) -> Service[Any, Any]:
+    """*inner* wrapped in each of *layers*, the first one outermost."""
+    service = inner
+    for each in reversed(layers):
+        service = each.layer(service)
+    return service
+
+
+def is_layer(value: object) -> bool:
+    """Whether *value* has a callable ``layer`` method (is a Layer)."""
+    return callable(getattr(value, "layer", None))
+
+
 def check_layer(owner: str, parameter: str, value: object) -> None:
     """Raise a clear TypeError unless *value* has a callable ``layer`` method."""
-    if not callable(getattr(value, "layer", None)):
+    if not is_layer(value):
         raise TypeError(
             f"{owner}({parameter}={value!r}): {parameter} must be a Layer "
             f"(an object with a .layer(inner) method), got {type(value).__name__}"
