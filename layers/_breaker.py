@@ -46,7 +46,16 @@ import attrs
 
 from . import _backend, events
 from ._backend import current_time as _now
-from ._config import name_value
+from ._config import (
+    fail,
+    fail_value,
+    finite_number,
+    int_at_least,
+    is_finite_number,
+    name_value,
+    optional_callable,
+    positive_seconds,
+)
 from ._core import Service
 from ._errors import CircuitOpen, ConfigurationError
 from .events import Event, Level
@@ -282,48 +291,13 @@ class CircuitBreakerStatistics:
 # ---------------------------------------------------------------- validation
 
 
-def _bad(instance: object, name: str, value: object, rule: str) -> ConfigurationError:
-    owner = type(instance).__name__
-    return ConfigurationError(
-        f"{owner}({name}={value!r}): {name} must be {rule}, got {value!r}"
-    )
-
-
-def _is_number(value: object) -> bool:
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, int | float)
-        and math.isfinite(value)
-    )
-
-
-def _rate(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not _is_number(value) or not 0 < value <= 1:  # type: ignore[operator]
-        raise _bad(instance, attribute.name, value, "a rate in (0, 1], e.g. 0.5")
-
-
-def _count(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _bad(instance, attribute.name, value, "an integer >= 1")
-
-
-def _optional_count(
-    instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    if value is not None:
-        _count(instance, attribute, value)
-
-
-def _seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not _is_number(value) or value <= 0:  # type: ignore[operator]
-        raise _bad(instance, attribute.name, value, "a finite number of seconds > 0")
-
-
-def _optional_seconds(
-    instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    if value is not None:
-        _seconds(instance, attribute, value)
+_rate = finite_number("a rate in (0, 1], e.g. 0.5", lambda v: 0 < v <= 1)
+_count = int_at_least(1, "an integer >= 1")
+_optional_count = int_at_least(1, "an integer >= 1", optional=True)
+_optional_seconds = finite_number(
+    "a finite number of seconds > 0", lambda v: v > 0, optional=True
+)
+_growth = finite_number("a finite number >= 1 (1 means no growth)", lambda v: v >= 1)
 
 
 def _is_exception_class(value: object) -> bool:
@@ -343,9 +317,9 @@ def _exception_types(
     instance: object, attribute: attrs.Attribute[Any], value: object
 ) -> None:
     if not _is_exception_types(value):
-        raise _bad(
+        fail(
             instance,
-            attribute.name,
+            attribute,
             value,
             "an exception class or a tuple of exception classes",
         )
@@ -356,33 +330,19 @@ def _failure_on(
 ) -> None:
     if _is_exception_types(value) or (callable(value) and not isinstance(value, type)):
         return
-    raise _bad(
+    fail(
         instance,
-        attribute.name,
+        attribute,
         value,
         "an exception class, a tuple of them, or a predicate taking the exception",
     )
-
-
-def _optional_callable(
-    instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    if value is not None and not callable(value):
-        raise _bad(instance, attribute.name, value, "None or a callable")
-
-
-def _growth(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not _is_number(value) or value < 1:  # type: ignore[operator]
-        raise _bad(
-            instance, attribute.name, value, "a finite number >= 1 (1 means no growth)"
-        )
 
 
 def _window_type(
     instance: object, attribute: attrs.Attribute[Any], value: object
 ) -> None:
     if value not in ("count", "time"):
-        raise _bad(instance, attribute.name, value, "'count' or 'time'")
+        fail(instance, attribute, value, "'count' or 'time'")
 
 
 # ---------------------------------------------------------------- options
@@ -554,9 +514,9 @@ class CircuitBreaker:
     )
     ignore: ExceptionTypes = attrs.field(default=(), validator=_exception_types)
     failure_response: Callable[[Any], bool] | None = attrs.field(
-        default=None, validator=_optional_callable
+        default=None, validator=optional_callable
     )
-    open_duration: float = attrs.field(default=60.0, validator=_seconds)
+    open_duration: float = attrs.field(default=60.0, validator=positive_seconds)
     open_duration_growth: float = attrs.field(default=1.0, validator=_growth)
     max_open_duration: float | None = attrs.field(
         default=None, validator=_optional_seconds
@@ -574,8 +534,8 @@ class CircuitBreaker:
         size = self.window_size
         if self.window_type == "count":
             if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-                raise _bad(
-                    self,
+                fail_value(
+                    "CircuitBreaker",
                     "window_size",
                     size,
                     "an integer >= 1 (calls) for a count window",
@@ -587,9 +547,9 @@ class CircuitBreaker:
                     f"window, which never holds more calls, got "
                     f"{self.minimum_calls!r}"
                 )
-        elif not _is_number(size) or size <= 0:
-            raise _bad(
-                self,
+        elif not is_finite_number(size) or size <= 0:
+            fail_value(
+                "CircuitBreaker",
                 "window_size",
                 size,
                 "a finite number of seconds > 0 for a time window",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn, TypeGuard
 
 import attrs
 
@@ -17,21 +17,42 @@ from ._errors import ConfigurationError
 
 __all__ = [
     "callable_value",
+    "check_callable",
+    "check_int",
+    "check_name",
+    "check_number",
     "fail",
+    "fail_value",
     "finite_number",
+    "int_at_least",
+    "is_finite_number",
     "name_value",
+    "optional_callable",
     "positive_seconds",
     "seconds_at_least_zero",
 ]
 
 
+def fail_value(owner: str, parameter: str, value: object, rule: str) -> NoReturn:
+    """Raise the ConfigurationError for *value* of *owner*'s *parameter*."""
+    raise ConfigurationError(
+        f"{owner}({parameter}={value!r}): {parameter} must be {rule}, got {value!r}"
+    )
+
+
 def fail(
     instance: object, attribute: attrs.Attribute[Any], value: object, rule: str
-) -> None:
-    owner = type(instance).__name__
-    raise ConfigurationError(
-        f"{owner}({attribute.name}={value!r}): {attribute.name} must be {rule}, "
-        f"got {value!r}"
+) -> NoReturn:
+    """:func:`fail_value` for an attrs field of *instance*."""
+    fail_value(type(instance).__name__, attribute.name, value, rule)
+
+
+def is_finite_number(value: object) -> TypeGuard[float]:
+    """Whether *value* is a finite int or float (booleans are not numbers here)."""
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and math.isfinite(value)
     )
 
 
@@ -54,13 +75,52 @@ def finite_number(
     ) -> None:
         if optional and value is None:
             return
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or not accept(value)
-        ):
-            fail(instance, attribute, value, rule)
+        check_number(type(instance).__name__, attribute.name, value, rule, accept)
+
+    return validate
+
+
+def check_number(
+    owner: str,
+    parameter: str,
+    value: object,
+    rule: str,
+    accept: Callable[[float], bool],
+) -> float:
+    """Return *value* if it is a finite number that *accept* approves; else raise."""
+    if not is_finite_number(value) or not accept(value):
+        fail_value(owner, parameter, value, rule)
+    return value
+
+
+def check_int(
+    owner: str, parameter: str, value: object, minimum: int, rule: str
+) -> int:
+    """Return *value* if it is an int >= *minimum* (not a bool); else raise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        fail_value(owner, parameter, value, rule)
+    return value
+
+
+def check_name(owner: str, parameter: str, value: object) -> str:
+    """Return *value* if it is a non-empty string; else raise."""
+    if not isinstance(value, str) or not value:
+        fail_value(owner, parameter, value, "a non-empty string")
+    return value
+
+
+def int_at_least(minimum: int, rule: str, *, optional: bool = False) -> Validator:
+    """Make an attrs validator for an int >= *minimum* (not a bool).
+
+    With *optional*, ``None`` passes. *rule* says what is allowed.
+    """
+
+    def validate(
+        instance: object, attribute: attrs.Attribute[Any], value: object
+    ) -> None:
+        if optional and value is None:
+            return
+        check_int(type(instance).__name__, attribute.name, value, minimum, rule)
 
     return validate
 
@@ -78,8 +138,7 @@ def name_value(
     instance: object, attribute: attrs.Attribute[Any], value: object
 ) -> None:
     """Accept a non-empty string."""
-    if not isinstance(value, str) or not value:
-        fail(instance, attribute, value, "a non-empty string")
+    check_name(type(instance).__name__, attribute.name, value)
 
 
 def callable_value(
@@ -90,11 +149,16 @@ def callable_value(
         fail(instance, attribute, value, "callable")
 
 
+def optional_callable(
+    instance: object, attribute: attrs.Attribute[Any], value: object
+) -> None:
+    """Accept None or any callable."""
+    if value is not None and not callable(value):
+        fail(instance, attribute, value, "None or a callable")
+
+
 def check_callable(owner: str, parameter: str, value: object) -> Callable[..., Any]:
     """Raise unless *value* is callable (for plain functions, not attrs fields)."""
     if not callable(value):
-        raise ConfigurationError(
-            f"{owner}({parameter}={value!r}): {parameter} must be callable, "
-            f"got {value!r}"
-        )
+        fail_value(owner, parameter, value, "callable")
     return value

@@ -8,7 +8,6 @@ waits and set by the call that brings the count to zero.
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar, NoReturn, TypeVar, final
 
 import anyio
@@ -16,9 +15,9 @@ import anyio.lowlevel
 import attrs
 
 from . import events
-from ._config import finite_number, name_value
+from ._config import check_number, finite_number, name_value
 from ._core import Service
-from ._errors import ConfigurationError, ShuttingDown
+from ._errors import ShuttingDown
 from .events import Event, Level
 
 __all__ = ["Drain", "DrainRejected", "DrainStarted", "DrainStatistics"]
@@ -267,13 +266,10 @@ class Drain:
 
 
 def _check_timeout(timeout: object) -> None:
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not math.isfinite(timeout)
-        or timeout < 0
-    ):
-        raise ConfigurationError(
-            f"Drain.wait_idle(timeout={timeout!r}): timeout must be None or a "
-            f"finite number of seconds >= 0, got {timeout!r}"
-        )
+    check_number(
+        "Drain.wait_idle",
+        "timeout",
+        timeout,
+        "None or a finite number of seconds >= 0",
+        lambda v: v >= 0,
+    )

@@ -8,7 +8,6 @@ reports what happened to each (:class:`ShutdownReport`).
 
 from __future__ import annotations
 
-import math
 import signal
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from contextlib import contextmanager
@@ -20,7 +19,7 @@ import anyio.abc
 import attrs
 
 from . import events
-from ._config import name_value
+from ._config import check_name, check_number
 from ._drain import Drain
 from ._errors import ConfigurationError
 from .events import Event, Level
@@ -322,17 +321,13 @@ class Supervisor:
         on_failure: Literal["shutdown", "continue"] = "shutdown",
         name: str = "supervisor",
     ) -> None:
-        checked = cast(object, grace)
-        if (
-            isinstance(checked, bool)
-            or not isinstance(checked, int | float)
-            or not math.isfinite(checked)
-            or checked < 0
-        ):
-            raise ConfigurationError(
-                f"Supervisor(grace={grace!r}): grace must be a finite number of "
-                f"seconds >= 0, got {grace!r}"
-            )
+        check_number(
+            "Supervisor",
+            "grace",
+            grace,
+            "a finite number of seconds >= 0",
+            lambda v: v >= 0,
+        )
         self._signals = _check_signals("Supervisor", signals)
         drains = tuple(drains)
         for drain in drains:
@@ -346,7 +341,7 @@ class Supervisor:
                 f"Supervisor(on_failure={on_failure!r}): on_failure must be "
                 f"'shutdown' or 'continue', got {on_failure!r}"
             )
-        name_value(self, _NAME_ATTRIBUTE, name)
+        check_name("Supervisor", "name", name)
         self.grace = float(grace)
         self.drains = drains
         self.on_failure = on_failure
@@ -647,11 +642,3 @@ class Supervisor:
             shutdown_started=self._shutdown_started,
             shutdown_took=self._shutdown_took,
         )
-
-
-@attrs.define
-class _Named:
-    name: str = "supervisor"
-
-
-_NAME_ATTRIBUTE = attrs.fields(_Named).name

@@ -35,6 +35,7 @@ import attrs
 from . import events
 from ._breaker import CircuitBreaker, CircuitState
 from ._concurrency import ConcurrencyLimit
+from ._config import check_name, check_number, fail_value
 from ._errors import ConfigurationError
 from ._ratelimit import RateLimit
 from .asgi import (
@@ -203,27 +204,23 @@ class _Flight:
 
 
 def _check_name(owner: str, name: object) -> str:
-    if not isinstance(name, str) or not name:
-        raise ConfigurationError(
-            f"{owner}(name={name!r}): name must be a non-empty string, got {name!r}"
-        )
-    return name
+    return check_name(owner, "name", name)
 
 
 def _check_seconds(owner: str, parameter: str, value: object, *, zero: bool) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-        or (value == 0 and not zero)
-    ):
-        rule = ">= 0" if zero else "> 0"
-        raise ConfigurationError(
-            f"{owner}({parameter}={value!r}): {parameter} must be a finite "
-            f"number of seconds {rule}, got {value!r}"
-        )
-    return float(value)
+    if zero:
+        rule, accept = "a finite number of seconds >= 0", _at_least_zero
+    else:
+        rule, accept = "a finite number of seconds > 0", _above_zero
+    return float(check_number(owner, parameter, value, rule, accept))
+
+
+def _at_least_zero(value: float) -> bool:
+    return value >= 0
+
+
+def _above_zero(value: float) -> bool:
+    return value > 0
 
 
 def _is_count(value: object) -> bool:
@@ -232,17 +229,12 @@ def _is_count(value: object) -> bool:
 
 def _require(owner: str, parameter: str, value: object, kind: Any, rule: str) -> None:
     if not isinstance(value, kind):
-        raise ConfigurationError(
-            f"{owner}({parameter}={value!r}): {parameter} must be {rule}, got {value!r}"
-        )
+        fail_value(owner, parameter, value, rule)
 
 
 def _check_bool(owner: str, parameter: str, value: object) -> bool:
     if not isinstance(value, bool):
-        raise ConfigurationError(
-            f"{owner}({parameter}={value!r}): {parameter} must be True or False, "
-            f"got {value!r}"
-        )
+        fail_value(owner, parameter, value, "True or False")
     return value
 
 

@@ -46,7 +46,7 @@ from typing import Any, Final, TypedDict, TypeVar, cast, final
 import anyio
 import attrs
 
-from ._config import fail
+from ._config import check_int, fail
 from ._core import Layer, Service, TypePreservingLayer, check_layer
 from ._errors import ConfigurationError, Elapsed
 
@@ -550,11 +550,7 @@ def host_key(request: httpx.Request, /) -> str:
 
 
 def _positive_int(owner: str, parameter: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(
-            f"{owner}({parameter}={value!r}): {parameter} must be an integer >= 1, "
-            f"got {value!r}"
-        )
+    check_int(owner, parameter, value, 1, "an integer >= 1")
 
 
 @final

@@ -36,12 +36,12 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator
 from contextlib import contextmanager
-from typing import Any, Generic, Literal, TypeVar, cast, final
+from typing import Any, Generic, Literal, TypeVar, final
 
 import anyio
 import attrs
 
-from ._errors import ConfigurationError
+from ._config import check_int
 from ._retry import TESTING as _RETRY_TESTING
 from .events import Event, add_sink
 
@@ -166,12 +166,7 @@ def set_retry_testing(enabled: bool, *, attempts: int = 1) -> None:
     Raises:
         layers.ConfigurationError: If *attempts* is not an integer >= 1.
     """
-    value = cast(object, attempts)  # checked whatever the annotation says
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(
-            f"set_retry_testing(attempts={attempts!r}): attempts must be an "
-            f"integer >= 1, got {attempts!r}"
-        )
+    check_int("set_retry_testing", "attempts", attempts, 1, "an integer >= 1")
     _RETRY_TESTING.attempts = attempts if enabled else None
 
 
