@@ -160,3 +160,15 @@ class Elapsed(LayersError, TimeoutError):
 
 def _rebuild_elapsed(message: str, timeout: float | None, layer: str | None) -> Elapsed:
     return Elapsed(message, timeout=timeout, layer=layer)
+
+
+def type_name(error: BaseException) -> str:
+    """The name of *error*'s type as events and reports carry it.
+
+    ``module.QualName``, or the bare name for a builtin: never the message,
+    which may hold a payload.
+    """
+    kind = type(error)
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"

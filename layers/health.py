@@ -36,7 +36,7 @@ from . import events
 from ._breaker import CircuitBreaker, CircuitState
 from ._concurrency import ConcurrencyLimit
 from ._config import check_name, check_number, fail_value
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, type_name
 from ._ratelimit import RateLimit
 from .asgi import (
     Receive,
@@ -170,13 +170,6 @@ def _overall(results: tuple[CheckResult, ...]) -> HealthStatus:
         if result.status is not _HEALTHY:
             status = _DEGRADED
     return status
-
-
-def _type_name(error: BaseException) -> str:
-    kind = type(error)
-    if kind.__module__ == "builtins":
-        return kind.__qualname__
-    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 @final
@@ -600,7 +593,7 @@ async def _run_one(
                         f"HealthStatus"
                     )
         except Exception as failure:  # a failing check is a result, not an error
-            error = _type_name(failure)
+            error = type_name(failure)
             if events.STATE.error_messages:
                 message = str(failure)
     if scope.cancelled_caught:

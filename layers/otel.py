@@ -45,7 +45,7 @@ from ._breaker import (
 from ._concurrency import ConcurrencyLimit, ConcurrencyLimitRejected
 from ._config import name_value
 from ._core import Service
-from ._errors import ConfigurationError, Elapsed, Rejected
+from ._errors import ConfigurationError, Elapsed, Rejected, type_name
 from ._ratelimit import RateLimit, RateLimitRejected
 from ._retry import RetryAttemptFailed
 from .events import Event, TimeoutElapsed
@@ -115,13 +115,10 @@ DURATION_BUCKETS: Final = (
 
 
 def _type_name(error: BaseException) -> str:
-    kind = type(error)
-    module = kind.__module__
-    if module == "builtins":
-        return kind.__qualname__
-    if module.startswith("layers._"):  # the public name: layers.CircuitOpen
-        module = "layers"
-    return f"{module}.{kind.__qualname__}"
+    name = type_name(error)
+    if name.startswith("layers._"):  # the public name: layers.CircuitOpen
+        return "layers." + name.split(".", 2)[2]
+    return name
 
 
 @final
