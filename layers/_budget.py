@@ -57,6 +57,13 @@ class BudgetState:
         self.ratio = percent / 100
         self.reserve = min_per_second * ttl
 
+    def deposit(self) -> None:
+        """Count one request; file the pending ones every ``FLUSH_EVERY``."""
+        pending = self.pending + 1
+        self.pending = pending
+        if pending >= FLUSH_EVERY:
+            self.flush()
+
     def flush(self) -> None:
         """File the pending deposits into the window (reads the clock)."""
         self.advance(_backend.current_time())
@@ -69,13 +76,13 @@ class BudgetState:
         oldest they can belong to, so they expire no later than they
         should: the budget errs on the side of fewer retries.
         """
+        self.deposits[self.index] += self.pending
+        self.pending = 0
         start = self.slot_start
         if start is None or now < start:
             # first use, or a new event loop whose clock starts again
             self.slot_start = now
         elif now - start >= self.window:
-            self.deposits[self.index] += self.pending
-            self.pending = 0
             steps = int((now - start) / self.window)
             deposits, retries = self.deposits, self.retries
             index = self.index
@@ -85,8 +92,6 @@ class BudgetState:
                 retries[index] = 0
             self.index = index
             self.slot_start = start + steps * self.window
-        self.deposits[self.index] += self.pending
-        self.pending = 0
 
     def balance(self) -> float:
         """Retries that the window allows now (call :meth:`advance` first)."""
@@ -196,11 +201,7 @@ class RetryBudget:
         :class:`~layers.Retry` calls it once per call; call it yourself only
         if you use the budget in your own retry logic.
         """
-        state = self._state
-        pending = state.pending + 1
-        state.pending = pending
-        if pending >= FLUSH_EVERY:
-            state.flush()
+        self._state.deposit()
 
     def withdraw(self) -> bool:
         """Take one retry if the budget allows it; return whether it did.

@@ -403,7 +403,7 @@ class Retry:
         loop = _Loop[Req, Res](self, inner)
         run = loop.run
         retryable = loop.retryable
-        state = self.budget._state if self.budget is not None else None  # pyright: ignore[reportPrivateUsage]
+        state = loop.state
         get_attempt = _get_attempt
         flush_at = FLUSH_EVERY
 
@@ -452,10 +452,7 @@ class Retry:
             if get_attempt() != 1:
                 return await loop.first_of_nested(retry_general, request)
             if state is not None:
-                pending = state.pending + 1
-                state.pending = pending
-                if pending >= flush_at:
-                    state.flush()
+                state.deposit()
             start = now() if timed else None
             try:
                 response = await inner(request)
@@ -589,13 +586,7 @@ class _Loop(Generic[Req, Res]):
                 )
             elif deadline is not None and now >= deadline:
                 reason = "the deadline has passed"
-                stop = RetryDeadlineReached(
-                    layer=self.name,
-                    attempts=attempt,
-                    remaining=deadline - now,
-                    delay=0.0,
-                    error=error_type,
-                )
+                stop = self.deadline_reached(attempt, deadline - now, 0.0, error_type)
             else:
                 if delays is None:
                     delays = iter(self.backoff.delays())
@@ -627,16 +618,7 @@ class _Loop(Generic[Req, Res]):
                         error=error_type,
                     )
                 elif limit is not None and now + delay > limit:
-                    reason = (
-                        f"the next attempt could not start within max_time "
-                        f"({self.max_time:g} s)"
-                    )
-                    stop = RetriesExhausted(
-                        layer=self.name,
-                        attempts=attempt,
-                        reason="max_time",
-                        error=error_type,
-                    )
+                    reason, stop = self.max_time_reached(attempt, error_type)
                 elif (
                     deadline is not None
                     and deadline - (now + delay) <= self.min_attempt_time
@@ -645,12 +627,8 @@ class _Loop(Generic[Req, Res]):
                         f"the deadline, {deadline - now:.3g} s away, leaves no time "
                         f"for another attempt after a {delay:.3g} s wait"
                     )
-                    stop = RetryDeadlineReached(
-                        layer=self.name,
-                        attempts=attempt,
-                        remaining=deadline - now,
-                        delay=delay,
-                        error=error_type,
+                    stop = self.deadline_reached(
+                        attempt, deadline - now, delay, error_type
                     )
                 elif state is not None and not state.withdraw():
                     reason = "the retry budget is exhausted"
@@ -670,27 +648,15 @@ class _Loop(Generic[Req, Res]):
             await anyio.sleep(delay)
             if deadline is not None or limit is not None:
                 now = _backend.current_time()
+                # the sleep may have ended late (a busy loop, a clock jump)
                 if deadline is not None and deadline - now <= self.min_attempt_time:
                     reason = "the deadline leaves no time for another attempt"
-                    stop = RetryDeadlineReached(
-                        layer=self.name,
-                        attempts=attempt,
-                        remaining=deadline - now,
-                        delay=0.0,
-                        error=error_type,
+                    stop = self.deadline_reached(
+                        attempt, deadline - now, 0.0, error_type
                     )
                     return self.give_up(stop, attempt, reason, failure, response)
                 if limit is not None and now > limit:
-                    reason = (
-                        f"the next attempt could not start within max_time "
-                        f"({self.max_time:g} s)"
-                    )
-                    stop = RetriesExhausted(
-                        layer=self.name,
-                        attempts=attempt,
-                        reason="max_time",
-                        error=error_type,
-                    )
+                    reason, stop = self.max_time_reached(attempt, error_type)
                     return self.give_up(stop, attempt, reason, failure, response)
             attempt += 1
             outgoing = (
@@ -714,6 +680,29 @@ class _Loop(Generic[Req, Res]):
             if self.on_result is None or not self.on_result(response):
                 return response
             failure = None
+
+    def deadline_reached(
+        self, attempt: int, remaining: float, delay: float, error_type: str | None
+    ) -> RetryDeadlineReached:
+        """The event for a stop because of the deadline."""
+        return RetryDeadlineReached(
+            layer=self.name,
+            attempts=attempt,
+            remaining=remaining,
+            delay=delay,
+            error=error_type,
+        )
+
+    def max_time_reached(
+        self, attempt: int, error_type: str | None
+    ) -> tuple[str, RetriesExhausted]:
+        """The reason (for the note) and the event for a stop at *max_time*."""
+        reason = (
+            f"the next attempt could not start within max_time ({self.max_time:g} s)"
+        )
+        return reason, RetriesExhausted(
+            layer=self.name, attempts=attempt, reason="max_time", error=error_type
+        )
 
     def give_up(
         self,

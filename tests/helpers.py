@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 import layers
 from layers import Service, layer_fn
 
@@ -21,3 +23,12 @@ def recording(name: str, seen: list[str]) -> layers.LayerFn[Any, Any, Any, Any]:
         return call
 
     return layer_fn(wrap)
+
+
+@pytest.fixture(autouse=True)
+def quiet_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No structlog output: only the sinks a test installs.
+
+    Autouse in every test module that imports it.
+    """
+    monkeypatch.setattr(layers.events.STATE, "sinks", ())

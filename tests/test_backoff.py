@@ -130,7 +130,12 @@ seeds = st.integers(min_value=0, max_value=2**32)
 
 
 def ceilings(base: float, cap: float, multiplier: float, count: int) -> list[float]:
-    """The un-jittered delays min(cap, base x multiplier^n)."""
+    """The un-jittered delays min(cap, base x multiplier^n), step by step.
+
+    Computed the way ExponentialBackoff rounds them, so that the jitter
+    bounds below hold exactly; test_no_jitter_is_exactly_the_capped_exponential
+    checks the implementation against the formula itself.
+    """
     out = []
     ceiling = min(base, cap)
     for _ in range(count):
@@ -203,7 +208,8 @@ def test_no_jitter_is_exactly_the_capped_exponential(
         base=base, cap=cap, multiplier=multiplier, jitter="none"
     )
     delays = take(backoff, 30)
-    assert delays == ceilings(base, cap, multiplier, 30)
+    formula = [min(cap, base * multiplier**n) for n in range(30)]
+    assert delays == pytest.approx(formula, rel=1e-9)
     assert delays == sorted(delays)
 
 

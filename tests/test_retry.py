@@ -6,12 +6,13 @@ import asyncio
 import random
 import re
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
 import hypothesis
 import pytest
+from helpers import quiet_events as quiet_events  # autouse fixture
 from hypothesis import strategies as st
 
 import layers
@@ -29,6 +30,21 @@ pytestmark = pytest.mark.anyio
 ASYNCIO_ONLY = pytest.mark.parametrize(
     "anyio_backend", [virtual_time_backend("asyncio")], ids=["asyncio"]
 )
+TRIO_ONLY = pytest.mark.parametrize(
+    "anyio_backend", [virtual_time_backend("trio")], ids=["trio"]
+)
+
+SHAPES = pytest.mark.parametrize(
+    ("kwargs", "shape"),
+    [
+        ({"attempts": 3}, "retry_with_budget"),
+        ({"attempts": 3, "budget": None}, "retry"),
+        ({"max_time": 5}, "retry_general"),
+        ({"attempts": 3, "on_result": lambda response: False}, "retry_general"),
+    ],
+    ids=["default", "no-budget", "max_time", "on_result"],
+)
+"""The service shapes that Retry.layer picks, by the options given."""
 
 
 def now() -> float:
@@ -71,12 +87,6 @@ class Flaky:
         return [b - a for a, b in zip(self.starts, self.starts[1:], strict=False)]
 
 
-@pytest.fixture(autouse=True)
-def quiet_events(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No structlog output: only the sinks a test installs."""
-    monkeypatch.setattr(layers.events.STATE, "sinks", ())
-
-
 # ------------------------------------------------------------------ basics
 
 
@@ -87,6 +97,21 @@ async def test_success_on_the_first_attempt() -> None:
     assert await svc("x") == "x"
     assert flaky.attempts == [1]
     assert now() == 0
+
+
+@SHAPES
+async def test_success_adds_no_checkpoint(kwargs: dict[str, Any], shape: str) -> None:
+    """A first attempt that succeeds does not yield: it completes when cancelled."""
+
+    async def echo(request: str) -> str:
+        return request  # no checkpoint of its own either
+
+    svc = Retry(on=ConnectionError, **kwargs).layer(echo)
+    assert svc.__name__ == shape  # type: ignore[attr-defined]
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        assert await svc("x") == "x"
+    assert not scope.cancelled_caught  # no checkpoint raised the cancellation
 
 
 async def test_retries_until_success_and_numbers_attempts() -> None:
@@ -133,6 +158,29 @@ async def test_non_retryable_errors_pass_through_unchanged() -> None:
     names = [frame.name for frame in traceback.extract_tb(info.value.__traceback__)]
     assert names[-2:] == ["retry_with_budget", "broken"]
     assert info.value.__context__ is None
+    assert now() == 0
+
+
+@SHAPES
+async def test_non_retryable_errors_pass_through_every_shape(
+    kwargs: dict[str, Any], shape: str
+) -> None:
+    """Whatever the options, an error `on` does not match is raised as it is."""
+    original: list[BaseException] = []
+
+    async def broken(request: str) -> str:
+        error = KeyError(request)
+        original.append(error)
+        raise error
+
+    svc = Retry(on=ConnectionError, **kwargs).layer(broken)
+    with pytest.raises(KeyError) as info:
+        await svc("x")
+    assert info.value is original[0]
+    assert not hasattr(info.value, "__notes__")
+    names = [frame.name for frame in traceback.extract_tb(info.value.__traceback__)]
+    assert names[-2:] == [shape, "broken"]
+    assert len(original) == 1
     assert now() == 0
 
 
@@ -245,6 +293,41 @@ async def test_nested_retries_each_count_their_own_attempts() -> None:
     assert seen == [(1, "outer 1"), (2, "outer 1"), (1, "outer 2"), (2, "outer 2")]
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"attempts": 2}, {"attempts": 2, "max_time": 5}],
+    ids=["default", "max_time"],
+)
+async def test_a_nested_retry_with_a_budget_counts_its_own_attempts(
+    kwargs: dict[str, Any],
+) -> None:
+    """An inner Retry with a budget starts at attempt 1 and deposits once per call."""
+    seen: list[tuple[int, str]] = []
+    inner_failures = iter([True, True, True, False])
+
+    async def service(request: str) -> str:
+        seen.append((layers.current_attempt(), request))
+        if next(inner_failures):
+            raise ConnectionError
+        return request
+
+    budget = layers.RetryBudget()
+    inner = Retry(on=ConnectionError, backoff=[0], budget=budget, **kwargs)
+    outer = Retry(
+        on=ConnectionError,
+        attempts=2,
+        backoff=[0],
+        budget=None,
+        prepare=lambda request, attempt: f"outer {attempt}",
+    )
+    svc = outer.layer(inner.layer(service))
+    assert await svc("outer 1") == "outer 2"
+    assert seen == [(1, "outer 1"), (2, "outer 1"), (1, "outer 2"), (2, "outer 2")]
+    assert layers.current_attempt() == 1
+    stats = budget.statistics()
+    assert (stats.deposits, stats.retries) == (2, 2)
+
+
 async def test_many_calls_at_once() -> None:
     """Fifty concurrent calls each retry on their own and all succeed."""
     services = [Flaky(index % 3) for index in range(50)]
@@ -318,6 +401,34 @@ async def test_decorrelated_delays_between_attempts() -> None:
         previous = min(3, 0.5 + (previous * 3 - 0.5) * r.random())
         expected.append(previous)
     assert flaky.gaps == pytest.approx(expected, abs=1e-6)
+
+
+class FiniteBackoff:
+    """A Backoff whose iterator ends after the given delays."""
+
+    def __init__(self, *values: float) -> None:
+        self.values = values
+
+    def delays(self) -> Iterator[float]:
+        """The given delays, then nothing."""
+        return iter(self.values)
+
+
+@pytest.mark.parametrize(
+    ("values", "gaps"),
+    [((0.5, 1.0), [0.5, 1.0, 1.0, 1.0]), ((), [0.0, 0.0, 0.0, 0.0])],
+    ids=["repeats-last", "none-given"],
+)
+async def test_a_backoff_that_ends_repeats_its_last_delay(
+    values: tuple[float, ...], gaps: list[float]
+) -> None:
+    """When a backoff's iterator ends, its last delay repeats (0 s if it gave none)."""
+    flaky = Flaky(4)
+    svc = Retry(
+        on=ConnectionError, attempts=5, backoff=FiniteBackoff(*values), budget=None
+    ).layer(flaky)
+    assert await svc("x") == "x"
+    assert flaky.gaps == pytest.approx(gaps)
 
 
 @hypothesis.settings(
@@ -575,6 +686,67 @@ async def test_no_sleep_or_attempt_past_the_deadline(
         # and not while a retry would still fit: the next start would not
         # have been before the deadline
         assert info.value.__notes__
+        attempts = len(flaky.starts)
+        if attempts < 20:  # not the attempts limit: the deadline stopped it
+            next_delay = delays[min(attempts - 1, len(delays) - 1)]
+            assert now() + next_delay >= deadline - 1e-6
+            assert "the deadline" in info.value.__notes__[0]
+
+
+@TRIO_ONLY
+@pytest.mark.parametrize("limit", ["deadline", "max_time"])
+async def test_a_backoff_sleep_that_ends_late_is_checked_again(limit: str) -> None:
+    """A wait that ends past the deadline or max_time starts no attempt after it."""
+    import trio.lowlevel
+    import trio.testing
+
+    clock = trio.lowlevel.current_clock()
+    assert isinstance(clock, trio.testing.MockClock)
+    start = now()  # both cases share one MockClock (made at import)
+    flaky = Flaky(5)
+    kwargs: dict[str, Any] = {"attempts": 5} if limit == "deadline" else {"max_time": 5}
+    svc = Retry(
+        on=ConnectionError, backoff=ConstantBackoff(1), budget=None, **kwargs
+    ).layer(flaky)
+
+    async def oversleep() -> None:
+        await anyio.sleep(0.5)  # the retry is in its 1 s wait, 4 s before the limit
+        clock.jump(10)
+
+    # a deadline as an outer Timeout records it, but nothing that cancels
+    token = DEADLINE.set(start + 5) if limit == "deadline" else None
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(oversleep)
+            with (
+                capture_events() as seen,
+                pytest.raises(ConnectionError) as info,
+            ):
+                await svc("x")
+    finally:
+        if token is not None:
+            DEADLINE.reset(token)
+    assert flaky.starts == [start]
+    assert now() == pytest.approx(start + 10.5)
+    (failed, stopped) = seen
+    assert failed == layers.RetryAttemptFailed(
+        layer="retry", attempt=1, delay=1.0, error="ConnectionError"
+    )
+    if limit == "deadline":
+        assert stopped == layers.RetryDeadlineReached(
+            layer="retry",
+            attempts=1,
+            remaining=pytest.approx(-5.5),  # type: ignore[arg-type]
+            delay=0.0,
+            error="ConnectionError",
+        )
+        reason = "the deadline leaves no time for another attempt"
+    else:
+        assert stopped == layers.RetriesExhausted(
+            layer="retry", attempts=1, reason="max_time", error="ConnectionError"
+        )
+        reason = "the next attempt could not start within max_time (5 s)"
+    assert info.value.__notes__ == [f"retry 'retry' gave up after 1 attempt: {reason}"]
 
 
 # ------------------------------------------------------------ delay hints
@@ -656,6 +828,49 @@ async def test_a_user_hook_reads_the_hint() -> None:
     ).layer(flaky)
     assert await svc("x") == "x"
     assert flaky.gaps == pytest.approx([0.1, 0.1])
+
+
+@pytest.mark.parametrize("hint", ["1.5", True, [1]], ids=["str", "bool", "list"])
+async def test_a_hint_that_is_not_a_number_is_a_type_error(hint: object) -> None:
+    """A retry_after hook returning a non-number raises TypeError from the error."""
+    flaky = Flaky(2)
+    svc = Retry(
+        on=ConnectionError,
+        attempts=3,
+        retry_after=lambda error: hint,  # type: ignore[arg-type,return-value]
+    ).layer(flaky)
+    with pytest.raises(TypeError) as info:
+        await svc("x")
+    assert str(info.value) == (
+        "Retry 'retry': the delay hint for ConnectionError must be a number of "
+        f"seconds or None, got {hint!r}"
+    )
+    assert info.value.__cause__ is flaky.raised[0]
+    assert flaky.starts == [0]
+
+
+async def test_a_nan_hint_is_infinite_and_ends_retrying() -> None:
+    """A NaN retry_after is an infinite wait: longer than max_delay, so it stops."""
+    flaky = Flaky(2)
+    svc = Retry(
+        on=ConnectionError, attempts=3, retry_after=lambda error: float("nan")
+    ).layer(flaky)
+    with (
+        capture_events(layers.RetriesExhausted) as stopped,
+        pytest.raises(ConnectionError) as info,
+    ):
+        await svc("x")
+    assert flaky.starts == [0]
+    assert now() == 0
+    assert info.value.__notes__ == [
+        "retry 'retry' gave up after 1 attempt: the error's retry_after (inf s) is "
+        "longer than max_delay (10 s)"
+    ]
+    assert stopped == [
+        layers.RetriesExhausted(
+            layer="retry", attempts=1, reason="retry_after", error="ConnectionError"
+        )
+    ]
 
 
 async def test_max_delay_clamps_computed_delays() -> None:
@@ -750,6 +965,26 @@ async def test_the_budget_counts_every_call() -> None:
     await svc.layer(Flaky(2))("x")
     stats = budget.statistics()
     assert (stats.deposits, stats.retries) == (6, 2)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"attempts": 3}, {"max_time": 5}], ids=["default", "max_time"]
+)
+async def test_deposits_are_filed_every_64_calls(kwargs: dict[str, Any]) -> None:
+    """The 64th call files the deposits, so they expire ttl after it, not later."""
+
+    async def echo(request: int) -> int:
+        return request
+
+    budget = layers.RetryBudget(ttl=1, min_per_second=0, percent=100)
+    svc = Retry(on=ConnectionError, budget=budget, **kwargs).layer(echo)
+    for request in range(64):
+        await svc(request)
+    await anyio.sleep(2)
+    # filed at 0 by the 64th call: expired (unfiled, they would count now)
+    assert budget.statistics().deposits == 0
+    assert await svc(64) == 64
+    assert budget.statistics().deposits == 1
 
 
 # ------------------------------------------------------------------ events
