@@ -269,7 +269,7 @@ class Retry:
     1. the attempts limit is reached (``attempts``);
     2. the deadline has passed;
     3. the delay hint of the error (``retry_after``) is longer than
-       *max_delay*: waiting that long is not worth it;
+       *max_delay*, or infinite: waiting that long is not worth it;
     4. the next attempt could not start within *max_time* of the first
        attempt's start;
     5. the deadline would leave at most *min_attempt_time* seconds for the
@@ -606,10 +606,13 @@ class _Loop(Generic[Req, Res]):
                 delay = computed if hint is None else hint
                 if testing is not None:
                     delay = 0.0
-                if hint is not None and hint > self.max_delay:
+                if hint is not None and (hint > self.max_delay or hint == math.inf):
+                    # (an infinite hint can never be waited out, max_delay or not)
                     reason = (
                         f"the error's retry_after ({hint:g} s) is longer than "
                         f"max_delay ({self.max_delay:g} s)"
+                        if hint > self.max_delay
+                        else "the error's retry_after is infinite"
                     )
                     stop = RetriesExhausted(
                         layer=self.name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import re
 import traceback
@@ -871,6 +872,25 @@ async def test_a_nan_hint_is_infinite_and_ends_retrying() -> None:
             layer="retry", attempts=1, reason="retry_after", error="ConnectionError"
         )
     ]
+
+
+async def test_an_infinite_hint_ends_retrying_without_a_max_delay() -> None:
+    """With no max_delay (a delay list), an infinite hint still stops, not hangs."""
+    flaky = Flaky(2)
+    svc = Retry(
+        on=ConnectionError, attempts=3, backoff=[1], retry_after=lambda error: math.inf
+    ).layer(flaky)
+    with (
+        capture_events(layers.RetriesExhausted) as stopped,
+        pytest.raises(ConnectionError) as info,
+    ):
+        await svc("x")
+    assert flaky.starts == [0]
+    assert now() == 0
+    assert info.value.__notes__ == [
+        "retry 'retry' gave up after 1 attempt: the error's retry_after is infinite"
+    ]
+    assert [event.reason for event in stopped] == ["retry_after"]
 
 
 async def test_max_delay_clamps_computed_delays() -> None:
