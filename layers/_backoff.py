@@ -19,7 +19,6 @@ seeded one to get the same delays every run (``rng=random.Random(1).random``).
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from itertools import count
@@ -30,6 +29,7 @@ import attrs
 from ._config import (
     fail,
     finite_number,
+    is_finite_number,
     positive_seconds,
     seconds_at_least_zero,
 )
@@ -253,12 +253,7 @@ def to_backoff(owner: str, value: object) -> Backoff:
                 f"{owner}(backoff=[]): a sequence of delays must not be empty"
             )
         for index, delay in enumerate(values):
-            if (
-                isinstance(delay, bool)
-                or not isinstance(delay, int | float)
-                or not math.isfinite(delay)
-                or delay < 0
-            ):
+            if not is_finite_number(delay) or delay < 0:
                 raise ConfigurationError(
                     f"{owner}(backoff={value!r}): backoff[{index}] must be a "
                     f"finite number of seconds >= 0, got {delay!r}"
@@ -283,12 +278,7 @@ def check_delay(
     cause: BaseException | None = None,
 ) -> float:
     """Return *delay* as a float, or raise ValueError (from *cause*) if it is bad."""
-    if (
-        isinstance(delay, bool)
-        or not isinstance(delay, int | float)
-        or not math.isfinite(delay)
-        or delay < 0
-    ):
+    if not is_finite_number(delay) or delay < 0:
         raise ValueError(
             f"{owner}: backoff {backoff!r} gave {delay!r} as the delay after "
             f"attempt {attempt}; delays must be finite numbers of seconds >= 0"

@@ -47,13 +47,13 @@ import attrs
 from . import _backend, events
 from ._backend import current_time as _now
 from ._config import (
+    callable_or_none,
     fail,
     fail_value,
     finite_number,
     int_at_least,
     is_finite_number,
     name_value,
-    optional_callable,
     positive_seconds,
 )
 from ._core import Service
@@ -297,6 +297,7 @@ _optional_count = int_at_least(1, "an integer >= 1", optional=True)
 _optional_seconds = finite_number(
     "a finite number of seconds > 0", lambda v: v > 0, optional=True
 )
+_optional_callable = callable_or_none("None or a callable")
 _growth = finite_number("a finite number >= 1 (1 means no growth)", lambda v: v >= 1)
 
 
@@ -514,7 +515,7 @@ class CircuitBreaker:
     )
     ignore: ExceptionTypes = attrs.field(default=(), validator=_exception_types)
     failure_response: Callable[[Any], bool] | None = attrs.field(
-        default=None, validator=optional_callable
+        default=None, validator=_optional_callable
     )
     open_duration: float = attrs.field(default=60.0, validator=positive_seconds)
     open_duration_growth: float = attrs.field(default=1.0, validator=_growth)

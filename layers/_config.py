@@ -16,6 +16,7 @@ import attrs
 from ._errors import ConfigurationError
 
 __all__ = [
+    "callable_or_none",
     "callable_value",
     "check_callable",
     "check_int",
@@ -27,7 +28,6 @@ __all__ = [
     "int_at_least",
     "is_finite_number",
     "name_value",
-    "optional_callable",
     "positive_seconds",
     "seconds_at_least_zero",
 ]
@@ -149,12 +149,16 @@ def callable_value(
         fail(instance, attribute, value, "callable")
 
 
-def optional_callable(
-    instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    """Accept None or any callable."""
-    if value is not None and not callable(value):
-        fail(instance, attribute, value, "None or a callable")
+def callable_or_none(rule: str) -> Validator:
+    """Make an attrs validator that accepts None or any callable (*rule*: the text)."""
+
+    def validate(
+        instance: object, attribute: attrs.Attribute[Any], value: object
+    ) -> None:
+        if value is not None and not callable(value):
+            fail(instance, attribute, value, rule)
+
+    return validate
 
 
 def check_callable(owner: str, parameter: str, value: object) -> Callable[..., Any]:

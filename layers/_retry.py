@@ -23,8 +23,10 @@ from ._backoff import (
 )
 from ._budget import FLUSH_EVERY, BudgetState, RetryBudget
 from ._config import (
+    callable_or_none,
     fail,
     finite_number,
+    int_at_least,
     name_value,
     seconds_at_least_zero,
 )
@@ -217,11 +219,7 @@ def _classification(
         fail(instance, attribute, value, _ON_RULE)
 
 
-def _attempts(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, int) or value < 1
-    ):
-        fail(instance, attribute, value, "None or an integer >= 1")
+_attempts = int_at_least(1, "None or an integer >= 1", optional=True)
 
 
 _optional_positive = finite_number(
@@ -229,11 +227,7 @@ _optional_positive = finite_number(
 )
 
 
-def _optional_callable(
-    instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    if value is not None and not callable(value):
-        fail(instance, attribute, value, "None or callable")
+_optional_callable = callable_or_none("None or callable")
 
 
 def _budget(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
