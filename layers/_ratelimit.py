@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import numbers
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import (
@@ -41,6 +42,7 @@ from typing import (
     Protocol,
     TypeGuard,
     TypeVar,
+    cast,
     final,
 )
 
@@ -509,11 +511,29 @@ class _Queue:
 class _State:
     """The mutable part of a RateLimit, shared by every service it wraps."""
 
-    __slots__ = ("cell", "queues", "rejected", "store", "waited", "waiting")
+    __slots__ = (
+        "cell",
+        "interval",
+        "queues",
+        "rejected",
+        "store",
+        "tolerance",
+        "waited",
+        "waiting",
+    )
 
     def __init__(
-        self, store: RateLimitStore | None, keyed: bool, max_keys: int
+        self,
+        store: RateLimitStore | None,
+        keyed: bool,
+        max_keys: int,
+        interval: float,
+        tolerance: float,
     ) -> None:
+        self.interval = interval
+        """The emission interval ``T = period / rate``, computed once."""
+        self.tolerance = tolerance
+        """The tolerance ``tau = burst * T``, computed once."""
         self.cell: _Cell | None = None
         if store is None:
             if keyed:
@@ -560,7 +580,7 @@ class RateLimit:
     >= 0; the default costs 1). A call of cost ``n`` counts as ``n`` calls.
     A cost greater than *burst* can never be admitted and raises
     :class:`~layers.RateLimited` with ``retry_after=None``; a cost that is
-    negative or not a finite number raises :class:`ValueError`.
+    negative, not a finite number, or a bool raises :class:`ValueError`.
 
     **Per-key limits**: *key* maps a request to a hashable key (a tenant, a
     host); each key has its own limit and its own queue. The state lives in
@@ -651,18 +671,20 @@ class RateLimit:
                 f"(configure your store instead), got {self.max_keys!r}"
             )
         max_keys = DEFAULT_MAX_KEYS if self.max_keys is None else self.max_keys
-        state = _State(self.store, self.key is not None, max_keys)
+        state = _State(
+            self.store, self.key is not None, max_keys, interval, self.burst * interval
+        )
         object.__setattr__(self, "_state", state)
 
     @property
     def interval(self) -> float:
         """The emission interval ``T = period / rate``, in seconds."""
-        return self.period / self.rate
+        return self._state.interval
 
     @property
     def tolerance(self) -> float:
         """The GCRA tolerance ``tau = burst * T``, in seconds."""
-        return self.burst * (self.period / self.rate)
+        return self._state.tolerance
 
     def statistics(self) -> RateLimitStatistics:
         """A snapshot of the counters (see :class:`RateLimitStatistics`)."""
@@ -684,19 +706,16 @@ class RateLimit:
     def layer(self, inner: Service[Req, Res], /) -> Service[Req, Res]:
         """Wrap *inner* in this limit (shared with every service it wraps)."""
         state = self._state
-        interval = self.period / self.rate
-        tolerance = self.burst * interval
+        interval = state.interval
+        tolerance = state.tolerance
         cell = state.cell
         if cell is not None and self.cost is None and self.key is None:
             # The common case, kept to one GCRA update inline: no key, cost 1,
             # the in-memory cell (whose tat is +inf while anyone waits).
-            slow = self._slow
-
-            async def cell_slow(now: float) -> None:
-                await slow(None, 1, now, None)
-
+            # _slow(now) itself is the slow path: its defaults are this
+            # case's, so a queued call runs no coroutine but _slow's.
             return rate_limit_call(
-                inner, cell, interval, tolerance - 1 * interval, cell_slow
+                inner, cell, interval, tolerance - 1 * interval, self._slow
             )
 
         key_of = self.key
@@ -704,40 +723,62 @@ class RateLimit:
         store = state.store
         queues = state.queues
         general_slow = self._slow
+        check_cost = self._check_cost
+        plain = (int, float)
         clock = current_time
         burst = self.burst
 
         async def keyed_rate_limit(request: Req, /) -> Res:
             key = None if key_of is None else key_of(request)
-            cost: float = 1 if cost_of is None else cost_of(request)
-            if cost_of is not None and not 0 <= cost <= burst:
-                self._bad_cost(cost)
+            if cost_of is None:
+                cost: float = 1
+            else:
+                cost = cost_of(request)
+                # One exact type test first: a comparison alone would admit
+                # True as 1 and raise a bare TypeError for a non-number.
+                if type(cost) not in plain or not 0 <= cost <= burst:
+                    cost = check_cost(cost)
             now = clock()
             wait = None
             if not queues or key not in queues:
                 wait = store.take(key, cost, now, interval, tolerance)
                 if not wait:
                     return await inner(request)
-            await general_slow(key, cost, now, wait)
+            await general_slow(now, key, cost, wait)
             return await inner(request)
 
         return keyed_rate_limit
 
     # -- off the success path --------------------------------------------------
 
-    def _bad_cost(self, cost: object) -> NoReturn:
-        if not _is_number(cost) or cost < 0:
+    def _check_cost(self, cost: object) -> float:
+        """Check a cost that is not a plain int or float in ``[0, burst]``.
+
+        Another real number (``numpy.int64``, ``Fraction``, a subclass of
+        ``float``) in range is returned as it is; a bool, a non-number, a
+        negative or non-finite number raises :class:`ValueError`; a cost
+        beyond the burst raises :class:`~layers.RateLimited`.
+        """
+        if (
+            isinstance(cost, bool)
+            or not isinstance(cost, numbers.Real)
+            or not (isinstance(cost, numbers.Integral) or math.isfinite(cost))
+            or cost < 0
+        ):
             raise ValueError(
                 f"RateLimit {self.name!r}: the cost function must return a finite "
                 f"number >= 0, got {cost!r}"
             )
-        self._reject(
-            None,
-            cost,
-            "cost",
-            f"rate limit {self.name!r}: cost {cost!r} exceeds the burst "
-            f"({self.burst}); such a call can never be admitted",
-        )
+        real = cast("float", cost)
+        if real > self.burst:
+            self._reject(
+                None,
+                real,
+                "cost",
+                f"rate limit {self.name!r}: cost {cost!r} exceeds the burst "
+                f"({self.burst}); such a call can never be admitted",
+            )
+        return real
 
     def _reject(
         self,
@@ -760,25 +801,28 @@ class RateLimit:
         raise RateLimited(message, retry_after=retry_after, layer=self.name)
 
     async def _slow(
-        self, key: Hashable, cost: float, now: float, wait: float | None
+        self,
+        now: float,
+        key: Hashable = None,
+        cost: float = 1,
+        wait: float | None = None,
     ) -> None:
         """Admit a call that the success path could not: reject, or queue.
 
         *wait* is what the success path's ``take`` returned, or ``None`` if
-        it did not try (someone is queued, or it is the inline cell).
+        it did not try (someone is queued, or it is the inline cell, called
+        as ``_slow(now)``).
         """
         state = self._state
-        store = state.store
-        interval = self.period / self.rate
-        tolerance = self.burst * interval
         if wait is None:
+            # With nobody queued this is the inline cell, whose own test (the
+            # same as the cell's take, at the same now) has just refused the
+            # call: peek gives that refusal's wait and takes nothing.
             queue = state.queues.get(key)
-            if queue is None:
-                wait = store.take(key, cost, now, interval, tolerance)
-                if not wait:
-                    return
-            else:
-                wait = store.peek(key, queue.cost + cost, now, interval, tolerance)
+            ahead = 0.0 if queue is None else queue.cost
+            wait = state.store.peek(
+                key, ahead + cost, now, state.interval, state.tolerance
+            )
         if self.mode == "reject":
             self._reject(wait, cost, "limited")
         limit = math.inf if self.max_wait is None else now + self.max_wait
@@ -795,8 +839,8 @@ class RateLimit:
         state = self._state
         store = state.store
         cell = state.cell
-        interval = self.period / self.rate
-        tolerance = self.burst * interval
+        interval = state.interval
+        tolerance = state.tolerance
         queue = state.queues.get(key)
         if queue is None:
             queue = state.queues[key] = _Queue()
@@ -840,9 +884,9 @@ class RateLimit:
             if cell is not None:
                 cell.unblock()
             if not waiters:
-                queue.cost = 0.0
-                if state.queues.get(key) is queue:
-                    del state.queues[key]
+                # A queue stays in state.queues while it has a waiter (it is
+                # made with its first one), so it is still there for its last.
+                del state.queues[key]
             elif head:
                 nxt = next(iter(waiters))
                 assert nxt.parked is not None

@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 import itertools
 import math
+import random
+import re
 from collections.abc import Hashable
+from fractions import Fraction
 from typing import Any
 
 import anyio
@@ -18,13 +21,9 @@ from hypothesis import strategies as st
 
 import layers
 from layers import _backend
-from layers.testing import capture_events, virtual_time_backend
+from layers.testing import capture_events
 
 pytestmark = pytest.mark.anyio
-
-ASYNCIO_ONLY = pytest.mark.parametrize(
-    "anyio_backend", [virtual_time_backend("asyncio")], ids=["asyncio"]
-)
 
 
 def now() -> float:
@@ -354,6 +353,51 @@ async def test_bad_cost_raises_value_error(bad: float) -> None:
         await svc(1)
 
 
+@pytest.mark.parametrize("bad", ["3", None, True, False, [1], 1j])
+@pytest.mark.parametrize("keyed", [False, True], ids=["no-key", "key"])
+async def test_cost_that_is_not_a_number_raises_value_error(
+    bad: Any, keyed: bool
+) -> None:
+    """A cost function returning a non-number or a bool is a ValueError naming it."""
+    called: list[int] = []
+
+    async def inner(request: int) -> int:
+        called.append(request)
+        return request
+
+    limit = layers.RateLimit(
+        10, cost=lambda r: bad, key=(lambda r: r) if keyed else None
+    )
+    svc = limit.layer(inner)
+    expected = (
+        "RateLimit 'rate_limit': the cost function must return a finite number"
+        f" >= 0, got {bad!r}"
+    )
+    with pytest.raises(ValueError, match=re.escape(expected)) as info:
+        await svc(1)
+    assert not isinstance(info.value, layers.LayersError)
+    assert called == []
+    assert limit.statistics().keys == (0 if keyed else None)
+
+
+async def test_cost_may_be_any_real_number() -> None:
+    """Fractions and subclasses of int and float cost what they are worth."""
+
+    class Weight(float):
+        """A float subclass, such as numpy.float64."""
+
+    limit = layers.RateLimit(10, burst=2, mode="reject", cost=lambda r: r)
+    svc = limit.layer(echo)
+    assert await svc(Fraction(3, 2)) == Fraction(3, 2)
+    assert await svc(Weight(0.5)) == 0.5  # the burst of 2 is used up
+    with pytest.raises(layers.RateLimited) as info:
+        await svc(Fraction(1, 2))
+    assert info.value.retry_after == pytest.approx(0.05)
+    with pytest.raises(layers.RateLimited, match="exceeds the burst") as beyond:
+        await svc(10**400)  # an int too large for a float is still beyond it
+    assert beyond.value.retry_after is None
+
+
 async def test_zero_cost_is_free() -> None:
     """Calls of cost 0 pass even when the limit is exhausted (reject mode)."""
     svc = layers.RateLimit(1, mode="reject", cost=lambda r: r).layer(echo)
@@ -478,6 +522,29 @@ async def test_cancelled_middle_waiter_takes_nothing() -> None:
     assert limit.statistics().waiting == 0
 
 
+@pytest.mark.parametrize("keyed", [False, True], ids=["no-key", "key"])
+async def test_cancelling_every_waiter_at_once_leaves_nothing(keyed: bool) -> None:
+    """Whole queues cancelled together go away and take nothing."""
+    log: list[tuple[Any, float]] = []
+    limit = layers.RateLimit(1, key=(lambda r: r[0]) if keyed else None)
+    svc = limit.layer(recorder(log))
+    await svc(("a", 0))  # t=0: the next call is due at t=1
+    async with anyio.create_task_group() as group:
+        for i in range(1, 4):
+            group.start_soon(svc, ("a", i))
+            group.start_soon(svc, ("b", i))
+        await anyio.sleep(0.5)
+        waiting = 5 if keyed else 6  # with keys, "b" 1 went through at once
+        assert limit.statistics().waiting == waiting
+        group.cancel_scope.cancel()
+    assert limit.statistics().waiting == 0
+    assert limit._state.queues == {}  # pyright: ignore[reportPrivateUsage]
+    await svc(("a", 9))  # still due at t=1: the cancelled calls took nothing
+    assert log[-1][0] == ("a", 9)
+    assert log[-1][1] == pytest.approx(1.0, abs=1e-6)
+    assert len(log) == (3 if keyed else 2)
+
+
 async def _call_in_scope(
     svc: layers.Service[Any, Any], request: Any, scope: anyio.CancelScope
 ) -> None:
@@ -597,6 +664,83 @@ async def test_full_table_in_wait_mode_waits_for_room() -> None:
     await svc("c")  # waits for "a" to expire at t=1
     assert log[-1][0] == "c"
     assert log[-1][1] == pytest.approx(1.0, abs=1e-6)
+
+
+async def test_free_call_on_an_idle_key_leaves_no_entry() -> None:
+    """A cost-0 call on an idle key is admitted and leaves nothing in the table."""
+    limit = layers.RateLimit(
+        1, mode="reject", key=lambda r: r[0], cost=lambda r: r[1], max_keys=1
+    )
+    svc = limit.layer(echo)
+    assert await svc(("a", 0)) == ("a", 0)
+    assert limit.statistics().keys == 0
+    assert await svc(("b", 1)) == ("b", 1)  # "a" left the only entry free
+    assert await svc(("b", 0)) == ("b", 0)  # free on a live key: it stays
+    assert limit.statistics().keys == 1
+    with pytest.raises(layers.RateLimited) as info:
+        await svc(("b", 1))
+    assert info.value.retry_after == pytest.approx(1.0)
+
+
+def test_heap_stays_bounded_when_keys_repeat() -> None:
+    """Keys taken again and again leave stale heap items; rebuilds bound them."""
+    store = layers.MemoryRateLimitStore()
+    interval, tolerance = 0.001, 0.002
+    rng = random.Random(7)
+    model: dict[Hashable, float] = {}
+    at = 0.0
+    worst = admitted = idle = 0
+    for _ in range(20_000):
+        key = rng.randrange(5)
+        at += rng.expovariate(5000)  # 1 call per ms per key, 1 admitted per ms
+        previous = model.get(key, -math.inf)
+        ok, tat, retry_after = gcra(previous, at, 1, interval, tolerance)
+        assert store.take(key, 1, at, interval, tolerance) == retry_after
+        model[key] = tat
+        admitted += ok
+        idle += previous < at
+        assert len(store) <= 5
+        assert store.heap_size() <= 2 * len(store) + 64
+        worst = max(worst, store.heap_size())
+    # Admitted, refused and idle keys were all met...
+    assert 1_000 < admitted < 19_000
+    assert idle > 1_000
+    # ...and the heap did fill up with stale items, and was rebuilt.
+    assert worst > 64
+
+
+def test_full_table_skips_stale_heap_items() -> None:
+    """A full table drops stale heap items, never the live entry behind them."""
+    store = layers.MemoryRateLimitStore(2)
+    assert store.take("a", 1, 0.0, 1.0, 2.0) == 0.0  # tat 1
+    assert store.take("a", 1, 0.0, 1.0, 2.0) == 0.0  # tat 2: item (1, "a") stale
+    assert store.take("b", 1, 0.5, 1.0, 2.0) == 0.0  # tat 1.5
+    assert store.heap_size() == 3
+    # "c" needs room at t=1.2: (1, "a") is stale, so the wait is for "b".
+    assert store.take("c", 1, 1.2, 1.0, 2.0) == pytest.approx(0.3)
+    assert store.table_full == 1
+    assert store.heap_size() == 2
+    assert store.peek("a", 2, 1.2, 1.0, 2.0) == pytest.approx(0.8)  # "a" kept
+    assert store.take("c", 1, 1.5, 1.0, 2.0) == 0.0  # "b" expired at 1.5
+    assert len(store) == 2
+    assert store.take("b", 1, 1.5, 1.0, 2.0) == pytest.approx(0.5)  # until "a"
+
+
+def test_store_peek_on_a_full_table_and_an_expired_key() -> None:
+    """A peek waits for room in a full table and treats an expired key as idle."""
+    store = layers.MemoryRateLimitStore(1)
+    assert store.take("a", 1, 0.0, 0.5, 1.0) == 0.0  # tat 0.5
+    # "b" must first wait for the entry of "a" to expire...
+    assert store.peek("b", 1, 0.25, 0.5, 1.0) == 0.25
+    # ...then for the part of its cost beyond the tolerance.
+    assert store.peek("b", 3, 0.25, 0.5, 1.0) == 0.75
+    assert store.table_full == 0  # peek counts and takes nothing
+    assert len(store) == 1
+    # At t=2 "a" has expired: it is idle, with its whole tolerance.
+    assert store.peek("a", 1, 2.0, 0.5, 1.0) == 0.0
+    assert store.peek("a", 4, 2.0, 0.5, 1.0) == 1.0
+    assert store.peek("b", 1, 2.0, 0.5, 1.0) == 0.0  # room: "a" is dropped
+    assert len(store) == 0
 
 
 def test_memory_bound_holds_for_a_million_keys() -> None:
@@ -802,16 +946,9 @@ def test_repr_and_identity() -> None:
     limit = layers.RateLimit(5, 2.0, burst=2, name="api")
     assert repr(limit).startswith("RateLimit(rate=5, period=2.0, burst=2,")
     assert limit != layers.RateLimit(5, 2.0, burst=2, name="api")
-    assert limit == limit
 
 
 # ------------------------------------------------------------ the clock
-
-
-async def test_limiter_clock_is_the_loop_clock() -> None:
-    """The rate limiter's cached clock reads the same clock as anyio."""
-    await anyio.sleep(12.5)
-    assert _backend.current_time() == anyio.current_time()
 
 
 def test_limiter_clock_on_real_loops() -> None:
