@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Any, ClassVar, Literal, NoReturn, TypeVar, final
+from typing import ClassVar, Literal, NoReturn, TypeVar, final
 
 import anyio
 import attrs
 
 from . import events
 from ._backend import Waiter, new_waiter
+from ._config import int_at_least, name_value, optional_positive_seconds
 from ._core import Service
-from ._errors import ConfigurationError, Overloaded
+from ._errors import Overloaded
 from .events import Event, Level
 
 __all__ = [
@@ -40,53 +41,12 @@ Req = TypeVar("Req")
 Res = TypeVar("Res")
 
 
-def _fail(owner: str, name: str, value: object, rule: str) -> NoReturn:
-    raise ConfigurationError(
-        f"{owner}({name}={value!r}): {name} must be {rule}, got {value!r}"
-    )
-
-
-def _positive_int(
-    instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        _fail(type(instance).__name__, attribute.name, value, "an int >= 1")
-
-
-def _optional_queue_bound(
-    instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, int) or value < 0
-    ):
-        _fail(
-            type(instance).__name__,
-            attribute.name,
-            value,
-            "None (no bound) or an int >= 0 (0: no queue, load shedding)",
-        )
-
-
-def _optional_seconds(
-    instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    if value is not None and (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        _fail(
-            type(instance).__name__,
-            attribute.name,
-            value,
-            "None or a finite number of seconds > 0",
-        )
-
-
-def _name(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, str) or not value:
-        _fail(type(instance).__name__, attribute.name, value, "a non-empty string")
+_positive_int = int_at_least(1, "an int >= 1")
+_optional_queue_bound = int_at_least(
+    0, "None (no bound) or an int >= 0 (0: no queue, load shedding)", optional=True
+)
+_optional_seconds = optional_positive_seconds
+_name = name_value
 
 
 @attrs.frozen(kw_only=True)

@@ -28,6 +28,7 @@ __all__ = [
     "int_at_least",
     "is_finite_number",
     "name_value",
+    "optional_positive_seconds",
     "positive_seconds",
     "seconds_at_least_zero",
 ]
@@ -127,6 +128,11 @@ def int_at_least(minimum: int, rule: str, *, optional: bool = False) -> Validato
 
 positive_seconds = finite_number("a finite number of seconds > 0", lambda v: v > 0)
 """Accept a finite real number of seconds greater than zero."""
+
+optional_positive_seconds = finite_number(
+    "None or a finite number of seconds > 0", lambda v: v > 0, optional=True
+)
+"""Accept None or a finite real number of seconds greater than zero."""
 
 seconds_at_least_zero = finite_number(
     "a finite number of seconds >= 0", lambda v: v >= 0

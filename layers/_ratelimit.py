@@ -40,7 +40,6 @@ from typing import (
     Literal,
     NoReturn,
     Protocol,
-    TypeGuard,
     TypeVar,
     cast,
     final,
@@ -52,6 +51,15 @@ import attrs
 
 from . import events
 from ._backend import Waiter, current_time, new_waiter, rate_limit_call
+from ._config import (
+    callable_or_none,
+    check_int,
+    fail,
+    finite_number,
+    int_at_least,
+    name_value,
+    optional_positive_seconds,
+)
 from ._core import Service
 from ._deadline import DEADLINE
 from ._errors import ConfigurationError, RateLimited
@@ -77,73 +85,17 @@ DEFAULT_MAX_KEYS: Final = 10_000
 # ------------------------------------------------------------------ validation
 
 
-def _fail(owner: str, name: str, value: object, rule: str) -> NoReturn:
-    raise ConfigurationError(
-        f"{owner}({name}={value!r}): {name} must be {rule}, got {value!r}"
-    )
-
-
-def _is_number(value: object) -> TypeGuard[float]:
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, int | float)
-        and math.isfinite(value)
-    )
-
-
-def _positive_number(
-    instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    if not _is_number(value) or value <= 0:
-        _fail(type(instance).__name__, attribute.name, value, "a finite number > 0")
-
-
-def _positive_int(
-    instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        _fail(type(instance).__name__, attribute.name, value, "an int >= 1")
-
-
-def _check_positive_int(owner: str, name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        _fail(owner, name, value, "an int >= 1")
-
-
-def _optional_positive_int(
-    instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    if value is not None:
-        _positive_int(instance, attribute, value)
-
-
-def _optional_seconds(
-    instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    if value is not None and (not _is_number(value) or value <= 0):
-        _fail(
-            type(instance).__name__,
-            attribute.name,
-            value,
-            "None or a finite number of seconds > 0",
-        )
-
-
-def _optional_callable(
-    instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    if value is not None and not callable(value):
-        _fail(type(instance).__name__, attribute.name, value, "None or callable")
+_positive_number = finite_number("a finite number > 0", lambda v: v > 0)
+_positive_int = int_at_least(1, "an int >= 1")
+_optional_positive_int = int_at_least(1, "an int >= 1", optional=True)
+_optional_seconds = optional_positive_seconds
+_optional_callable = callable_or_none("None or callable")
+_name = name_value
 
 
 def _mode(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value not in ("wait", "reject"):
-        _fail(type(instance).__name__, attribute.name, value, "'wait' or 'reject'")
-
-
-def _name(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, str) or not value:
-        _fail(type(instance).__name__, attribute.name, value, "a non-empty string")
+        fail(instance, attribute, value, "'wait' or 'reject'")
 
 
 def _store(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -151,9 +103,9 @@ def _store(instance: object, attribute: attrs.Attribute[Any], value: object) -> 
         callable(getattr(value, "take", None))
         and callable(getattr(value, "peek", None))
     ):
-        _fail(
-            type(instance).__name__,
-            attribute.name,
+        fail(
+            instance,
+            attribute,
             value,
             "None or a RateLimitStore (an object with take() and peek() methods)",
         )
@@ -246,7 +198,7 @@ class MemoryRateLimitStore:
     __slots__ = ("_heap", "_seq", "_tats", "max_keys", "table_full")
 
     def __init__(self, max_keys: int = DEFAULT_MAX_KEYS) -> None:
-        _check_positive_int("MemoryRateLimitStore", "max_keys", max_keys)
+        check_int("MemoryRateLimitStore", "max_keys", max_keys, 1, "an int >= 1")
         self.max_keys: int = max_keys
         """The most entries the table holds."""
         self.table_full: int = 0

@@ -25,9 +25,9 @@ from ._budget import FLUSH_EVERY, BudgetState, RetryBudget
 from ._config import (
     callable_or_none,
     fail,
-    finite_number,
     int_at_least,
     name_value,
+    optional_positive_seconds,
     seconds_at_least_zero,
 )
 from ._core import Service
@@ -222,9 +222,7 @@ def _classification(
 _attempts = int_at_least(1, "None or an integer >= 1", optional=True)
 
 
-_optional_positive = finite_number(
-    "None or a finite number of seconds > 0", lambda v: v > 0, optional=True
-)
+_optional_positive = optional_positive_seconds
 
 
 _optional_callable = callable_or_none("None or callable")
