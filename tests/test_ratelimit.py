@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import math
@@ -16,7 +15,6 @@ import anyio
 import anyio.lowlevel
 import hypothesis
 import pytest
-import trio
 from hypothesis import strategies as st
 
 import layers
@@ -946,23 +944,3 @@ def test_repr_and_identity() -> None:
     limit = layers.RateLimit(5, 2.0, burst=2, name="api")
     assert repr(limit).startswith("RateLimit(rate=5, period=2.0, burst=2,")
     assert limit != layers.RateLimit(5, 2.0, burst=2, name="api")
-
-
-# ------------------------------------------------------------ the clock
-
-
-def test_limiter_clock_on_real_loops() -> None:
-    """On real asyncio and trio runs (trio's system clock cached) it matches."""
-
-    async def compare() -> tuple[float, float, float]:
-        before = anyio.current_time()
-        ours = _backend.current_time()
-        ours_again = _backend.current_time()
-        after = anyio.current_time()
-        assert before <= ours <= ours_again <= after
-        return before, ours, after
-
-    for _ in range(2):  # a second run of each has a new loop / clock offset
-        asyncio.run(compare())
-        trio.run(compare)
-        anyio.run(compare, backend="trio")
