@@ -110,6 +110,26 @@ def test_api_reference_lists_every_public_name_of_the_submodules(
     assert not missing, f"add these to docs/reference/api.md: {missing}"
 
 
+def test_readme_opens_with_the_two_commands() -> None:
+    """README's first sh block runs the flagship example, its second the tests.
+
+    Both are commands as written (no prompts or output lines), each one
+    installing into a fresh venv; .ci/run runs the second one.
+    """
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    blocks = re.findall(r"^```sh\n(.*?)^```", readme, flags=re.MULTILINE | re.DOTALL)
+    assert len(blocks) >= 2, "the README must open with its two commands"
+    flagship, tests = (block.strip().splitlines() for block in blocks[:2])
+    for lines in (flagship, tests):
+        assert lines[0] == "python3 -m venv .venv"
+        assert not [line for line in lines if line.startswith(("$", ">"))]
+    assert ".[trio,flagship]" in flagship[1]
+    assert flagship[-1] == ".venv/bin/python examples/flagship.py"
+    assert (Path(__file__).parent.parent / "examples/flagship.py").is_file()
+    assert ".[tests]" in tests[1]
+    assert tests[-1] == ".venv/bin/python -m pytest"
+
+
 @pytest.mark.realtime
 def test_readme_python_examples_run(capsys: pytest.CaptureFixture[str]) -> None:
     """Every ```python block of the README runs as written, on the real clock."""
