@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import anyio
@@ -305,3 +306,26 @@ async def test_builder_timeout_passes_a_fast_response() -> None:
         return request
 
     assert await ServiceBuilder().timeout(1).service(quick)("x") == "x"
+
+
+@pytest.mark.parametrize(
+    ("method", "layer_type", "own_defaults"),
+    [
+        ("timeout", layers.Timeout, set()),
+        ("rate_limit", layers.RateLimit, set()),
+        ("concurrency_limit", layers.ConcurrencyLimit, set()),
+        # backoff=None and budget="new" stand for the layer's factory defaults
+        ("retry", layers.Retry, {"backoff", "budget"}),
+    ],
+)
+def test_builder_methods_take_the_layers_options_and_defaults(
+    method: str, layer_type: type, own_defaults: set[str]
+) -> None:
+    """A builder method has its layer's options, with the same defaults."""
+    ours = inspect.signature(getattr(layers.ServiceBuilder, method)).parameters
+    theirs = inspect.signature(layer_type).parameters
+    assert [name for name in ours if name != "self"] == list(theirs)
+    for name, parameter in theirs.items():
+        if name not in own_defaults:
+            assert ours[name].default == parameter.default, name
+            assert ours[name].kind == parameter.kind, name
