@@ -54,7 +54,8 @@ def test_every_exported_name_has_a_docstring(name: str) -> None:
     value = getattr(layers, name)
     # a class's own, not one inherited (inspect.getdoc would take the base's)
     doc = vars(value).get("__doc__") if inspect.isclass(value) else value.__doc__
-    assert doc and doc.strip(), f"layers.{name} has no docstring"
+    assert doc, f"layers.{name} has no docstring"
+    assert doc.strip(), f"layers.{name} has an empty docstring"
 
 
 def test_version_matches_the_installed_metadata() -> None:
