@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import anyio
@@ -72,11 +73,13 @@ async def interleave(
     rounds: int,
     calls: int,
     warmup: int,
-    time_one: Callable[[str, Case, int], Awaitable[int]] | None = None,
+    around: Callable[[str], AbstractContextManager[object]] | None = None,
 ) -> dict[str, list[float]]:
     """Ns per call of each case in each recorded round, timed round-robin.
 
-    *time_one(name, case, calls)* times one loop (default: :func:`time_case`).
+    Each loop runs inside ``around(name)``, if given: the setting a case
+    needs. (A context manager, not a wrapper coroutine: the timing loop
+    stays at the same depth of the stack for every script and case.)
     """
     samples: dict[str, list[float]] = {name: [] for name in cases}
     # move everything alive now out of the collector's sight, so that the
@@ -86,10 +89,8 @@ async def interleave(
     try:
         for round_ in range(warmup + rounds):
             for name, case in cases.items():
-                if time_one is None:
+                with nullcontext() if around is None else around(name):
                     elapsed = await time_case(case, calls)
-                else:
-                    elapsed = await time_one(name, case, calls)
                 if round_ >= warmup:
                     samples[name].append(elapsed / calls)
     finally:

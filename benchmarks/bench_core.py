@@ -37,10 +37,12 @@ event loop) and prints the top functions; see benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -152,24 +154,22 @@ def make_cases(backend: str) -> dict[str, Case]:
     return cases
 
 
-async def time_one(name: str, case: Case, calls: int) -> int:
-    """Time one loop of a case, with the sinks or deadline its name asks for."""
+@contextlib.contextmanager
+def setting(name: str) -> Iterator[None]:
+    """The sinks or deadline that the case *name* asks for, while it is timed."""
     saved_sinks = layers.events.STATE.sinks
     if name.endswith("no sink"):
         layers.events.STATE.sinks = ()
     elif name.endswith("OTel sink") and OtelMetrics is not None:
         layers.events.STATE.sinks = ()
         OtelMetrics().install()
+    # as inside an enclosing Timeout(5): the inner deadline is clamped
+    token = DEADLINE.set(anyio.current_time() + 5) if "outer deadline" in name else None
     try:
-        if "outer deadline" in name:
-            # as inside an enclosing Timeout(5): the inner deadline is clamped
-            token = DEADLINE.set(anyio.current_time() + 5)
-            try:
-                return await time_case(case, calls)
-            finally:
-                DEADLINE.reset(token)
-        return await time_case(case, calls)
+        yield
     finally:
+        if token is not None:
+            DEADLINE.reset(token)
         layers.events.STATE.sinks = saved_sinks
 
 
@@ -181,7 +181,7 @@ async def measure(
         result = await case(7)
         if result != 7:
             raise AssertionError(f"{name} returned {result!r}")
-    return await interleave(cases, rounds, calls, warmup, time_one)
+    return await interleave(cases, rounds, calls, warmup, setting)
 
 
 async def profile(backend: str, name: str, calls: int) -> None:
@@ -193,17 +193,14 @@ async def profile(backend: str, name: str, calls: int) -> None:
     if not matches:
         raise SystemExit(f"no case matches {name!r}; cases: {', '.join(cases)}")
     case_name = matches[0]
-    await time_one(case_name, cases[case_name], calls)  # warm up
+    with setting(case_name):
+        await time_case(cases[case_name], calls)  # warm up
     profiler = cProfile.Profile()
-    token = None
-    if "outer deadline" in case_name:
-        token = DEADLINE.set(anyio.current_time() + 5)
     gc.collect()
-    profiler.enable()
-    await timed_loop(cases[case_name], calls)
-    profiler.disable()
-    if token is not None:
-        DEADLINE.reset(token)
+    with setting(case_name):
+        profiler.enable()
+        await timed_loop(cases[case_name], calls)
+        profiler.disable()
     print(f"cProfile of {case_name!r}, {calls} calls on {backend}:")
     pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
 
