@@ -26,6 +26,8 @@ deadline caused it.
 
 from __future__ import annotations
 
+import sys
+
 __all__ = [
     "CircuitOpen",
     "ConfigurationError",
@@ -163,12 +165,19 @@ def _rebuild_elapsed(message: str, timeout: float | None, layer: str | None) -> 
 
 
 def type_name(error: BaseException) -> str:
-    """The name of *error*'s type as events and reports carry it.
+    """The name of *error*'s type as events, logs, metrics and reports carry it.
 
-    ``module.QualName``, or the bare name for a builtin: never the message,
-    which may hold a payload.
+    ``module.QualName`` by its public name (``layers.Elapsed``, not
+    ``layers._errors.Elapsed``: a class defined in a private module and
+    re-exported by its package is named by the package), or the bare name
+    for a builtin: never the message, which may hold a payload.
     """
     kind = type(error)
-    if kind.__module__ == "builtins":
+    module = kind.__module__
+    if module == "builtins":
         return kind.__qualname__
-    return f"{kind.__module__}.{kind.__qualname__}"
+    if "._" in module:
+        package = module.partition("._")[0]
+        if getattr(sys.modules.get(package), kind.__qualname__, None) is kind:
+            module = package
+    return f"{module}.{kind.__qualname__}"

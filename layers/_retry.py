@@ -32,7 +32,7 @@ from ._config import (
 )
 from ._core import Service
 from ._deadline import DEADLINE
-from ._errors import ConfigurationError, Rejected
+from ._errors import ConfigurationError, Rejected, type_name
 from .events import Event, Level
 
 __all__ = [
@@ -180,12 +180,7 @@ class RetryDeadlineReached(Event):
 
 
 def _type_name(error: BaseException | None) -> str | None:
-    if error is None:
-        return None
-    kind = type(error)
-    if kind.__module__ == "builtins":
-        return kind.__qualname__
-    return f"{kind.__module__}.{kind.__qualname__}"
+    return None if error is None else type_name(error)
 
 
 # ------------------------------------------------------------------ config

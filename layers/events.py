@@ -3,16 +3,20 @@
 Every layer reports what it does (a timeout expired, a retry is scheduled, a
 call was rejected...) as a small frozen event object. Events go to *sinks*:
 callables that take one event. By default one sink is installed, which logs
-each event with structlog under the logger name ``layers``; turn it off with
-:func:`set_logging` and add your own with :func:`add_sink` (a metrics sink,
-say). Nothing is built or called on a layer's success path, and nothing at
-all when no sink listens.
+each event to the standard library's :mod:`logging` under the logger
+``layers`` (or to structlog, once the application has configured structlog);
+turn it off with :func:`set_logging` and add your own with :func:`add_sink`
+(a metrics sink, say). As for any library, the application decides where
+logs go: with no logging configuration, nothing below WARNING is shown and
+nothing ever reaches standard output. Nothing is built or called on a
+layer's success path, and nothing at all when no sink listens.
 
 Events never carry request or response payloads.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import traceback
 import types
@@ -39,6 +43,21 @@ Level = Literal["debug", "info", "warning", "error"]
 """The log levels an event can have (:attr:`layers.Event.level`)."""
 
 
+_LEVELS: Final[dict[str, int]] = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+# The highest level any event class has: the logging sink listens while the
+# logger is enabled for it (a custom event may be at "error").
+_HIGHEST: list[int] = [logging.WARNING]
+
+
+def _note_level(level: str) -> None:
+    _HIGHEST[0] = max(_HIGHEST[0], _LEVELS.get(level, logging.WARNING))
+
+
 @attrs.frozen(kw_only=True)
 class Event:
     """Base class of every event.
@@ -51,7 +70,7 @@ class Event:
     """The event's name, as logged (``"elapsed"``, ``"retry_scheduled"``...)."""
 
     level: ClassVar[Level] = "info"
-    """The log level the default structlog sink uses for it."""
+    """The log level the default logging sink uses for it."""
 
     kind: ClassVar[str] = "custom"
     """The kind of layer that emits it (``"timeout"``, ``"retry"``,
@@ -59,6 +78,10 @@ class Event:
     on your own events), logged as ``layer_kind``."""
 
     layer: str
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _note_level(cls.level)
 
     def fields(self) -> dict[str, Any]:
         """The event's attributes as a dict, for logging or metrics tags."""
@@ -88,21 +111,85 @@ class Sink(Protocol):
         ...
 
 
+_LOGGER: Final = logging.getLogger("layers")
+
+
+def _log_event(event: Event) -> None:
+    """The default sink: structlog if the application configured it, else logging."""
+    fields = event.fields()
+    fields = {
+        "layer": fields.pop("layer", event.layer),
+        "layer_kind": event.kind,
+        **fields,
+    }
+    if structlog.is_configured():
+        getattr(structlog.get_logger("layers"), event.level)(event.event, **fields)
+        return
+    level = _LEVELS[event.level]
+    if not _LOGGER.isEnabledFor(level):
+        return
+    message = " ".join(
+        [event.event, *(f"{key}={_text(value)}" for key, value in fields.items())]
+    )
+    extra: dict[str, object] = {"event": event.event}
+    for key, value in fields.items():
+        extra["layers_" + key if key in _RESERVED else key] = value
+    _LOGGER.log(level, message, extra=extra)
+
+
+def _text(value: object) -> str:
+    """A value as a key-value line shows it: a plain word bare, else its repr.
+
+    A float is shown to 6 significant digits (the record keeps it whole).
+    """
+    if isinstance(value, float):
+        return repr(float(f"{value:.6g}"))
+    if not isinstance(value, str):
+        return str(value)
+    if value and value.isprintable() and _PLAIN.isdisjoint(value):
+        return value
+    return repr(value)
+
+
+_PLAIN: Final = frozenset(" \"'=\\")  # characters that call for quotes
+# Attributes a LogRecord has already: a field of that name gets a prefix.
+_RESERVED: Final = frozenset(
+    {"message", "asctime", "taskName"}
+    | set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
+)
+
+
+def _logging_listens() -> bool:
+    return structlog.is_configured() or _LOGGER.isEnabledFor(_HIGHEST[0])
+
+
+class _Sinks(tuple[Sink, ...]):
+    """The installed sinks: false when none of them would do anything.
+
+    The default logging sink alone listens only while the ``layers`` logger
+    is enabled (``logging`` caches that per level and clears its cache on
+    every change of configuration, so this stays cheap and current) or
+    structlog is configured.
+    """
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        if len(self) != 1 or self[0] is not _log_event:
+            return len(self) > 0
+        return _logging_listens()
+
+
 class _State:
     """The installed sinks, swapped whole so that emitting needs no lock."""
 
-    sinks: tuple[Sink, ...] = ()
+    sinks: tuple[Sink, ...] = _Sinks()
     error_messages: bool = False
 
 
 STATE: Final = _State()
 """``STATE.sinks`` is falsy when nobody listens: layers test it before they
 build an event."""
-
-
-def _log_event(event: Event) -> None:
-    logger = structlog.get_logger("layers")
-    getattr(logger, event.level)(event.event, layer_kind=event.kind, **event.fields())
 
 
 def add_sink(sink: Sink) -> Callable[[], None]:
@@ -118,25 +205,31 @@ def add_sink(sink: Sink) -> Callable[[], None]:
     """
     if not callable(sink):
         raise TypeError(f"add_sink(sink={sink!r}): sink must be callable")
-    STATE.sinks = (*STATE.sinks, sink)
+    STATE.sinks = _Sinks((*STATE.sinks, sink))
     return lambda: remove_sink(sink)
 
 
 def remove_sink(sink: Sink) -> None:
     """Stop sending events to *sink* (no error if it was not installed)."""
-    STATE.sinks = tuple(s for s in STATE.sinks if s != sink)
+    STATE.sinks = _Sinks(s for s in STATE.sinks if s != sink)
 
 
 def set_logging(enabled: bool) -> None:
-    """Turn the default structlog sink (logger ``layers``) on or off.
+    """Turn the default logging sink (logger ``layers``) on or off.
 
-    It is on when ``layers`` is imported. Its records carry the event name
-    as the message and the event's fields (layer name, timeout...) as
-    key-value pairs, at the event's :attr:`~Event.level`.
+    It is on when ``layers`` is imported. It logs each event at its
+    :attr:`~Event.level` to :func:`logging.getLogger("layers") <logging.getLogger>`,
+    so your logging configuration decides what is shown and where; or, once
+    your application has configured structlog (:func:`structlog.is_configured`),
+    to structlog's logger ``layers``. A record's message is the event name
+    followed by ``key=value`` pairs (``layer``, ``layer_kind``, then the
+    event's fields), and each of these is also an attribute of the record
+    (``record.layer``, ``record.layer_kind``, ``record.event``...), for
+    formatters that render structured fields.
     """
     remove_sink(_log_event)
     if enabled:
-        STATE.sinks = (_log_event, *STATE.sinks)
+        STATE.sinks = _Sinks((_log_event, *STATE.sinks))
 
 
 def set_error_messages(enabled: bool) -> None:

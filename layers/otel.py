@@ -114,13 +114,6 @@ DURATION_BUCKETS: Final = (
 """The histogram bucket boundaries advised for ``layers.call.duration``."""
 
 
-def _type_name(error: BaseException) -> str:
-    name = type_name(error)
-    if name.startswith("layers._"):  # the public name: layers.CircuitOpen
-        return "layers." + name.split(".", 2)[2]
-    return name
-
-
 @final
 class OtelMetrics:
     """OpenTelemetry instruments fed by the events of every layer.
@@ -371,7 +364,7 @@ class OtelMetrics:
             attributes = {
                 ATTRIBUTE_LAYER_NAME: name,
                 _OUTCOME: outcome,
-                ATTRIBUTE_ERROR_TYPE: _type_name(error),
+                ATTRIBUTE_ERROR_TYPE: type_name(error),
             }
         self._calls.add(1, attributes)
         self._call_duration.record(duration, attributes)

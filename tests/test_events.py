@@ -216,3 +216,25 @@ async def test_timeout_expiry_reaches_a_sink() -> None:
     with pytest.raises(layers.Elapsed):
         await layers.Timeout(1, name="api").layer(slow)("x")
     assert received == [TimeoutElapsed(layer="api", timeout=1)]
+
+
+class _Private(Exception):
+    """Stands for an exception class that no package re-exports."""
+
+
+def test_type_name_is_the_public_name() -> None:
+    """type_name: builtins bare, layers' exceptions by public name, others whole."""
+    from layers._errors import type_name
+
+    assert type_name(OSError("x")) == "OSError"
+    assert type_name(layers.Elapsed()) == "layers.Elapsed"
+    assert type_name(layers.RateLimited("x")) == "layers.RateLimited"
+    for name in layers._errors.__all__:
+        cls = getattr(layers, name)
+        assert type_name(cls.__new__(cls)) == f"layers.{name}"
+    assert type_name(_Private()) == f"{__name__}._Private"
+    _Private.__module__ = "layers._nowhere"  # private, and not re-exported
+    try:
+        assert type_name(_Private()) == "layers._nowhere._Private"
+    finally:
+        _Private.__module__ = __name__

@@ -14,9 +14,9 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import anyio
+import attrs
 import pytest
 import structlog
 import structlog.testing
@@ -257,7 +257,7 @@ def test_a_field_named_like_a_record_attribute_is_kept(
 ) -> None:
     """A custom event's field that a LogRecord already has is renamed, not lost."""
 
-    @layers.events.attrs.frozen(kw_only=True)
+    @attrs.frozen(kw_only=True)
     class Custom(events.Event):
         event = "custom_thing"
         name: str
@@ -324,7 +324,7 @@ def test_a_custom_error_level_event_keeps_the_sink_listening(
 ) -> None:
     """A custom event at "error" is logged while the logger is at ERROR."""
 
-    @layers.events.attrs.frozen(kw_only=True)
+    @attrs.frozen(kw_only=True)
     class Broken(events.Event):
         event = "broken"
         level = "error"
@@ -443,7 +443,7 @@ def test_structlog_routed_through_stdlib_reaches_the_layers_logger(
 
 
 def test_structlog_processor_formatter_gets_the_fields_of_stdlib_records() -> None:
-    """structlog's ProcessorFormatter with ExtraAdder renders the event's fields."""
+    """With ProcessorFormatter and ExtraAdder, structlog renders the fields."""
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.ExtraAdder()],
         processors=[
@@ -508,7 +508,7 @@ PROGRAM = textwrap.dedent(
         ).service(flaky)
         await retried("x")
 
-        limited = layers.ServiceBuilder().rate_limit(50, burst=1, name="q").service(flaky)
+        limited = layers.RateLimit(50, burst=1, name="q").layer(flaky)
         await limited("x")
         await limited("x")
 
@@ -560,12 +560,13 @@ def test_unconfigured_program_prints_nothing_below_warning(tmp_path: Path) -> No
     result = run_program("none", tmp_path)
     assert result.stdout == ""
     lines = result.stderr.splitlines()[:-1]
-    # Python's last-resort handler shows warnings, as bare messages.
-    assert lines == [
+    # Python's last-resort handler shows warnings (here the breaker's trip),
+    # as bare messages.
+    [line] = lines
+    assert line.startswith(
         "circuit_opened layer=b layer_kind=circuit_breaker from_state=closed "
-        "to_state=open reason=consecutive_failures open_duration=30.0 "
-        "failure_rate=None slow_call_rate=None"
-    ] or all(line.split()[0] == "circuit_opened" for line in lines), lines
+        "to_state=open reason=consecutive_failures "
+    )
     for name in DEBUG_INFO_EVENTS:
         assert name not in result.stderr
 
@@ -593,7 +594,7 @@ def test_program_with_basic_config_shows_every_event(tmp_path: Path) -> None:
 def test_program_with_structlog_configured_logs_through_structlog(
     tmp_path: Path,
 ) -> None:
-    """structlog configured: every event through structlog, as key-value pairs."""
+    """With structlog configured, every event goes through it, as key-value pairs."""
     result = run_program("structlog", tmp_path)
     logs = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(log["event"], log["level"]) for log in logs] == [

@@ -1017,7 +1017,7 @@ async def test_error_types_outside_builtins_are_qualified() -> None:
     flaky = Flaky(1, error=lambda: layers.RateLimited(retry_after=0))
     with capture_events(layers.RetryAttemptFailed) as seen:
         await Retry(on=layers.RateLimited, attempts=2).layer(flaky)("x")
-    assert seen[0].error == "layers._errors.RateLimited"
+    assert seen[0].error == "layers.RateLimited"
 
 
 async def test_exhaustion_event() -> None:
