@@ -116,18 +116,15 @@ _LOGGER: Final = logging.getLogger("layers")
 
 def _log_event(event: Event) -> None:
     """The default sink: structlog if the application configured it, else logging."""
-    fields = event.fields()
-    fields = {
-        "layer": fields.pop("layer", event.layer),
-        "layer_kind": event.kind,
-        **fields,
-    }
     if structlog.is_configured():
-        getattr(structlog.get_logger("layers"), event.level)(event.event, **fields)
+        getattr(structlog.get_logger("layers"), event.level)(
+            event.event, **_fields(event)
+        )
         return
     level = _LEVELS[event.level]
     if not _LOGGER.isEnabledFor(level):
-        return
+        return  # before anything is built
+    fields = _fields(event)
     message = " ".join(
         [event.event, *(f"{key}={_text(value)}" for key, value in fields.items())]
     )
@@ -135,6 +132,16 @@ def _log_event(event: Event) -> None:
     for key, value in fields.items():
         extra["layers_" + key if key in _RESERVED else key] = value
     _LOGGER.log(level, message, extra=extra)
+
+
+def _fields(event: Event) -> dict[str, Any]:
+    """``layer``, ``layer_kind``, then the event's own fields."""
+    fields = event.fields()
+    return {
+        "layer": fields.pop("layer", event.layer),
+        "layer_kind": event.kind,
+        **fields,
+    }
 
 
 def _text(value: object) -> str:
@@ -160,7 +167,7 @@ _RESERVED: Final = frozenset(
 
 
 def _logging_listens() -> bool:
-    return structlog.is_configured() or _LOGGER.isEnabledFor(_HIGHEST[0])
+    return _LOGGER.isEnabledFor(_HIGHEST[0]) or structlog.is_configured()
 
 
 class _Sinks(tuple[Sink, ...]):

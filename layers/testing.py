@@ -119,7 +119,6 @@ def capture_events(*types: type[E]) -> Generator[list[E]]:
     Example:
         >>> import anyio, layers
         >>> from layers.testing import capture_events
-        >>> layers.set_logging(False)  # keep structlog's output out of the doctest
         >>> async def slow(request):
         ...     await anyio.sleep(1)
         >>> svc = layers.Timeout(0.01, name="db").layer(slow)
@@ -130,7 +129,6 @@ def capture_events(*types: type[E]) -> Generator[list[E]]:
         ...         pass
         >>> events
         [TimeoutElapsed(layer='db', timeout=0.01)]
-        >>> layers.set_logging(True)
     """
     captured: list[E] = []
 
@@ -181,11 +179,9 @@ def retry_testing(*, attempts: int = 1) -> Generator[None]:
         >>> from layers.testing import MockService, retry_testing
         >>> mock = MockService[str, str]().fail(ConnectionError).respond("ok")
         >>> svc = layers.Retry(on=ConnectionError, attempts=5).layer(mock)
-        >>> layers.set_logging(False)  # keep structlog's output out of the doctest
         >>> with retry_testing(attempts=2):
         ...     anyio.run(svc, "x")
         'ok'
-        >>> layers.set_logging(True)
     """
     previous = _RETRY_TESTING.attempts
     set_retry_testing(True, attempts=attempts)
