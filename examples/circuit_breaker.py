@@ -119,7 +119,7 @@ if __name__ == "__main__":
         "--backend", choices=["asyncio", "trio", "both"], default="both"
     )
     backend: str = parser.parse_args().backend
-    layers.set_logging(False)  # print our own lines instead of structlog's
+    layers.set_logging(False)  # print our own lines instead of log records
     layers.add_sink(show)
     if backend in ("asyncio", "both"):
         run("asyncio")

@@ -113,7 +113,7 @@ def cli() -> int:
     )
     backend: str = parser.parse_args().backend
 
-    # By default layers logs every event with structlog (logger "layers").
+    # By default layers logs every event with logging (logger "layers").
     # Here we print events ourselves, to keep the output short.
     layers.set_logging(False)
     layers.add_sink(print_event)

@@ -1,4 +1,4 @@
-"""Events: sinks, emit, a broken sink, and the default structlog sink."""
+"""Events: sinks, emit, a broken sink, and the default logging sink."""
 
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def test_event_fields_carry_the_layer_and_timeout() -> None:
 
 
 def test_logging_on_logs_events_with_structlog() -> None:
-    """With logging on, an event is logged with its name, level and fields."""
+    """With structlog configured, an event is logged with its name, level, fields."""
     with structlog.testing.capture_logs() as logs:
         events.emit(event())
     assert logs == [
@@ -143,7 +143,7 @@ def test_logging_on_logs_events_with_structlog() -> None:
 
 
 def test_set_logging_false_removes_the_default_sink() -> None:
-    """set_logging(False) stops the structlog sink; other sinks still get events."""
+    """set_logging(False) stops the logging sink; other sinks still get events."""
     received: list[Event] = []
     layers.add_sink(received.append)
     layers.set_logging(False)
