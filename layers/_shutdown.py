@@ -22,6 +22,7 @@ from . import events
 from ._config import check_name, check_number
 from ._drain import Drain
 from ._errors import ConfigurationError
+from ._failures import is_cancellation, reraise, split_failure
 from .events import Event, Level
 
 __all__ = [
@@ -566,12 +567,18 @@ class Supervisor:
             with task.scope:
                 try:
                     await function(*args)
-                except anyio.get_cancelled_exc_class():
-                    task.status = "cancelled"
-                    raise
-                except Exception as error:
-                    task.status = "failed"
-                    task.error = error
+                except BaseException as raised:
+                    # A task whose child fails while the task is cancelled
+                    # raises both at once, in a group: the error goes to the
+                    # report, the cancellation on to the scope it belongs to.
+                    failure, rest = split_failure(raised)
+                    if failure is not None:
+                        task.status = "failed"
+                        task.error = failure
+                    elif is_cancellation(rest):
+                        task.status = "cancelled"
+                    if rest is not None:
+                        reraise(rest)
                 else:
                     # A task that swallowed its cancellation still was cancelled.
                     task.status = (
