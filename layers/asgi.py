@@ -284,7 +284,9 @@ class LayersMiddleware:
     raised, and the server closes the connection.
 
     A refusal the application itself raises (it called a downstream through
-    a breaker, say) is answered the same way if its response has not begun.
+    a breaker, say) is answered the same way if its response has not begun,
+    also when a child task of the application raised it and it arrives
+    alone in an :class:`ExceptionGroup`.
 
     Lifespan messages pass through untouched: the application answers them
     (hypercorn under trio needs an answer). For an application that does
@@ -349,16 +351,32 @@ class LayersMiddleware:
         request = HTTPRequest(scope, receive, send)
         try:
             await self._service(request)
-        except LayersError as error:
-            if request.response_started:
+        except Exception as error:
+            refusal = _refusal(error)
+            if refusal is None or request.response_started:
                 raise
-            response = self._error_response(error)
+            response = self._error_response(refusal)
             if response is None:
                 raise
             await _send_response(send, response)
 
     def __repr__(self) -> str:
         return f"LayersMiddleware({self.app!r}, {self.stack!r})"
+
+
+def _refusal(error: Exception) -> LayersError | None:
+    """The LayersError to answer: *error*, or the only one in its group.
+
+    The application's own task groups deliver a refusal raised by a child
+    task in an ExceptionGroup (nested, on trio): alone in it, it is
+    answered as if raised bare. A group of several errors is not.
+    """
+    while isinstance(error, ExceptionGroup):
+        inside = cast("ExceptionGroup[Exception]", error).exceptions
+        if len(inside) != 1:
+            return None
+        error = inside[0]
+    return error if isinstance(error, LayersError) else None
 
 
 async def _send_response(send: Send, response: ErrorResponse) -> None:

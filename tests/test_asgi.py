@@ -366,3 +366,34 @@ async def test_app_raising_an_infinite_retry_after_gets_a_429() -> None:
     assert status == 429
     assert headers["retry-after"] == str(layers.asgi.MAX_RETRY_AFTER)
     assert body == b"Too Many Requests\n"
+
+
+async def _refuse_in_a_child(scope: Scope, receive: Receive, send: Send) -> None:
+    """An app whose child task lets a refusal out (it arrives in a group)."""
+
+    async def downstream() -> None:
+        raise layers.CircuitOpen(retry_after=3)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(downstream)
+        await anyio.sleep_forever()
+
+
+async def test_a_refusal_in_an_exception_group_is_answered() -> None:
+    """A refusal raised by a child task of the app, alone in its group, is answered."""
+    app = LayersMiddleware(_refuse_in_a_child, layers.ServiceBuilder().timeout(5))
+    status, headers, _ = await call(app, http_scope())
+    assert status == 503
+    assert headers["retry-after"] == "3"
+
+
+async def test_a_group_of_several_errors_propagates() -> None:
+    """A group holding more than one error is not a refusal: it propagates."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise ExceptionGroup("two", [layers.CircuitOpen(), KeyError("x")])
+
+    middleware = LayersMiddleware(app, layers.ServiceBuilder().timeout(5))
+    with pytest.raises(ExceptionGroup) as caught:
+        await call(middleware, http_scope())
+    assert caught.group_contains(KeyError)
