@@ -101,7 +101,10 @@ class TaskOutcome:
             exception, in :attr:`error`), ``"cancelled"`` (still running when
             the grace period ended, or at a second signal, or cancelled from
             outside) or ``"running"`` (in a report taken while it runs).
-        error: The exception a failed task raised, else ``None``.
+        error: The exception a failed task raised, else ``None``. A task
+            whose child tasks failed while it was being cancelled raised
+            their errors and the cancellation together: *error* is the
+            :class:`ExceptionGroup` of the errors, without the cancellation.
         started: When it started, on the event loop's clock.
         ended: When it ended, or ``None`` while it runs.
     """
@@ -279,7 +282,8 @@ class Supervisor:
     finished, failed (with their exceptions) or were cancelled.
 
     A failing task never takes the others down abruptly: its exception is
-    kept in the report and, with ``on_failure="shutdown"`` (the default),
+    kept in the report (also one raised while the task was being cancelled,
+    on asyncio and trio alike) and, with ``on_failure="shutdown"`` (the default),
     graceful shutdown begins. An exception raised by the body of the
     ``async with`` block cancels the tasks at once and propagates.
     Cancellation from outside cancels the tasks and propagates.
