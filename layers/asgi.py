@@ -237,7 +237,8 @@ def _huge(value: Any) -> str | None:
 
 
 def _retry_after(error: Rejected) -> tuple[tuple[str, str], ...]:
-    value = retry_after_header(error.retry_after)
+    # getattr: a subclass whose __init__ skipped Rejected's has no attribute
+    value = retry_after_header(getattr(error, "retry_after", None))
     return () if value is None else (("retry-after", value),)
 
 

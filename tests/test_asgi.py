@@ -355,6 +355,18 @@ def test_retry_after_header_is_always_valid(retry_after: float | None) -> None:
         assert seconds - 1 < max(retry_after, 0)
 
 
+def test_a_refusal_without_retry_after_gets_no_header() -> None:
+    """A Rejected subclass that skipped Rejected.__init__ still gets its response."""
+
+    class Odd(layers.RateLimited):
+        def __init__(self) -> None:
+            Exception.__init__(self, "odd")
+
+    response = layers.asgi.error_response(Odd())
+    assert response is not None
+    assert (response.status, response.headers) == (429, ())
+
+
 async def test_app_raising_an_infinite_retry_after_gets_a_429() -> None:
     """RateLimited(retry_after=inf) from the app is answered, not a crash."""
 
