@@ -22,6 +22,7 @@ from . import events
 from ._config import check_name, check_number
 from ._drain import Drain
 from ._errors import ConfigurationError
+from ._failures import is_cancellation, reraise, split_failure
 from .events import Event, Level
 
 __all__ = [
@@ -100,7 +101,10 @@ class TaskOutcome:
             exception, in :attr:`error`), ``"cancelled"`` (still running when
             the grace period ended, or at a second signal, or cancelled from
             outside) or ``"running"`` (in a report taken while it runs).
-        error: The exception a failed task raised, else ``None``.
+        error: The exception a failed task raised, else ``None``. A task
+            whose child tasks failed while it was being cancelled raised
+            their errors and the cancellation together: *error* is the
+            :class:`ExceptionGroup` of the errors, without the cancellation.
         started: When it started, on the event loop's clock.
         ended: When it ended, or ``None`` while it runs.
     """
@@ -278,7 +282,8 @@ class Supervisor:
     finished, failed (with their exceptions) or were cancelled.
 
     A failing task never takes the others down abruptly: its exception is
-    kept in the report and, with ``on_failure="shutdown"`` (the default),
+    kept in the report (also one raised while the task was being cancelled,
+    on asyncio and trio alike) and, with ``on_failure="shutdown"`` (the default),
     graceful shutdown begins. An exception raised by the body of the
     ``async with`` block cancels the tasks at once and propagates.
     Cancellation from outside cancels the tasks and propagates.
@@ -566,12 +571,18 @@ class Supervisor:
             with task.scope:
                 try:
                     await function(*args)
-                except anyio.get_cancelled_exc_class():
-                    task.status = "cancelled"
-                    raise
-                except Exception as error:
-                    task.status = "failed"
-                    task.error = error
+                except BaseException as raised:
+                    # A task whose child fails while the task is cancelled
+                    # raises both at once, in a group: the error goes to the
+                    # report, the cancellation on to the scope it belongs to.
+                    failure, rest = split_failure(raised)
+                    if failure is not None:
+                        task.status = "failed"
+                        task.error = failure
+                    elif is_cancellation(rest):
+                        task.status = "cancelled"
+                    if rest is not None:
+                        reraise(rest)
                 else:
                     # A task that swallowed its cancellation still was cancelled.
                     task.status = (

@@ -21,8 +21,9 @@ messages pass through untouched.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Awaitable, Callable, Hashable, MutableMapping
-from typing import Any, cast, final
+from typing import Any, Final, cast, final
 
 import attrs
 
@@ -37,6 +38,7 @@ from ._errors import (
 )
 
 __all__ = [
+    "MAX_RETRY_AFTER",
     "ASGIApp",
     "ErrorResponse",
     "HTTPRequest",
@@ -48,6 +50,7 @@ __all__ = [
     "client_address",
     "error_response",
     "header_key",
+    "retry_after_header",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -60,6 +63,13 @@ Send = Callable[[Message], Awaitable[None]]
 """The ASGI ``send`` callable."""
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 """An ASGI 3 application."""
+
+MAX_RETRY_AFTER: Final = 86_400
+"""The largest ``Retry-After`` the middleware sends, in seconds (one day).
+
+A longer (or infinite) ``retry_after`` is sent as this: a client told to
+come back in a day is better served than one told nothing, and no client
+should be asked to wait for years."""
 
 
 @final
@@ -182,19 +192,65 @@ _REASONS = {
 }
 
 
+def retry_after_header(retry_after: object) -> str | None:
+    """The ``Retry-After`` value for a delay hint of *retry_after* seconds.
+
+    Whole seconds, rounded up (a client that obeys it is not refused
+    again), at least 0 and at most :data:`MAX_RETRY_AFTER`; ``None`` (no
+    header) when the hint is ``None``, NaN or not a real number. Never
+    raises, whatever the hint: an infinite one gives the maximum, a
+    negative one ``"0"``.
+
+    Example:
+        >>> from layers.asgi import retry_after_header
+        >>> retry_after_header(2.1), retry_after_header(-3), retry_after_header(None)
+        ('3', '0', None)
+        >>> retry_after_header(float("inf")), retry_after_header(float("nan"))
+        ('86400', None)
+    """
+    if isinstance(retry_after, bool) or not isinstance(retry_after, numbers.Real):
+        return None
+    value: Any = retry_after  # numbers.Real declares no arithmetic to typing
+    seconds: float
+    if isinstance(value, int):
+        seconds = value  # exact: an int too large for a float is fine
+    else:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError, OverflowError):  # a huge Fraction, say
+            return _huge(value)
+        if math.isnan(seconds):
+            return None
+    if seconds <= 0:
+        return "0"
+    if seconds >= MAX_RETRY_AFTER:
+        return str(MAX_RETRY_AFTER)
+    return str(math.ceil(seconds))
+
+
+def _huge(value: Any) -> str | None:
+    """A real number that overflows a float: its sign says which bound."""
+    try:
+        return str(MAX_RETRY_AFTER) if value > 0 else "0"
+    except (TypeError, ValueError, ArithmeticError):
+        return None
+
+
 def _retry_after(error: Rejected) -> tuple[tuple[str, str], ...]:
-    if error.retry_after is None:
-        return ()
-    # Retry-After takes whole seconds; round up so that a client that obeys
-    # it is not refused again.
-    return (("retry-after", str(max(0, math.ceil(error.retry_after)))),)
+    # getattr: a subclass whose __init__ skipped Rejected's has no attribute
+    value = retry_after_header(getattr(error, "retry_after", None))
+    return () if value is None else (("retry-after", value),)
 
 
 def error_response(error: LayersError) -> ErrorResponse | None:
     """The default mapping from a refusal to an HTTP response (see the table).
 
-    The body is the reason phrase only: never the exception's message, which
-    can name a rate-limit key (an API key, an address). Returns ``None``
+    ``Retry-After`` comes from the error's ``retry_after`` through
+    :func:`retry_after_header` (whole seconds, at most
+    :data:`MAX_RETRY_AFTER`; none for NaN), so any hint gives a valid
+    response. The body is the reason phrase only: never the exception's
+    message, which can name a rate-limit key (an API key, an address).
+    Returns ``None``
     for an error it does not map (a :class:`~layers.ConfigurationError`),
     which the middleware re-raises.
     """
@@ -229,7 +285,9 @@ class LayersMiddleware:
     raised, and the server closes the connection.
 
     A refusal the application itself raises (it called a downstream through
-    a breaker, say) is answered the same way if its response has not begun.
+    a breaker, say) is answered the same way if its response has not begun,
+    also when a child task of the application raised it and it arrives
+    alone in an :class:`ExceptionGroup`.
 
     Lifespan messages pass through untouched: the application answers them
     (hypercorn under trio needs an answer). For an application that does
@@ -294,16 +352,32 @@ class LayersMiddleware:
         request = HTTPRequest(scope, receive, send)
         try:
             await self._service(request)
-        except LayersError as error:
-            if request.response_started:
+        except Exception as error:
+            refusal = _refusal(error)
+            if refusal is None or request.response_started:
                 raise
-            response = self._error_response(error)
+            response = self._error_response(refusal)
             if response is None:
                 raise
             await _send_response(send, response)
 
     def __repr__(self) -> str:
         return f"LayersMiddleware({self.app!r}, {self.stack!r})"
+
+
+def _refusal(error: Exception) -> LayersError | None:
+    """The LayersError to answer: *error*, or the only one in its group.
+
+    The application's own task groups deliver a refusal raised by a child
+    task in an ExceptionGroup (nested, on trio): alone in it, it is
+    answered as if raised bare. A group of several errors is not.
+    """
+    while isinstance(error, ExceptionGroup):
+        inside = cast("ExceptionGroup[Exception]", error).exceptions
+        if len(inside) != 1:
+            return None
+        error = inside[0]
+    return error if isinstance(error, LayersError) else None
 
 
 async def _send_response(send: Send, response: ErrorResponse) -> None:

@@ -37,6 +37,7 @@ from ._breaker import CircuitBreaker, CircuitState
 from ._concurrency import ConcurrencyLimit
 from ._config import check_name, check_number, fail_value
 from ._errors import ConfigurationError, type_name
+from ._failures import reraise, split_failure
 from ._ratelimit import RateLimit
 from .asgi import (
     Receive,
@@ -98,7 +99,9 @@ class CheckResult:
         message: The exception's message, only when
             :func:`~layers.set_error_messages` is on; ``None`` otherwise.
         details: Figures that explain the status (a breaker's state, a
-            limiter's queue length), never payloads.
+            limiter's queue length), never payloads. :meth:`to_dict` gives
+            a NaN or an infinite figure as ``None``, so that the JSON body
+            stays valid.
     """
 
     name: str
@@ -117,8 +120,15 @@ class CheckResult:
             out["error"] = self.error
             if self.message is not None:
                 out["message"] = self.message
-            out["details"] = dict(self.details)
+            out["details"] = {k: _json_number(v) for k, v in self.details.items()}
         return out
+
+
+def _json_number(value: str | float | None) -> str | float | None:
+    """*value*, or ``None`` for a NaN or an infinity, which JSON cannot hold."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 @final
@@ -576,6 +586,7 @@ async def _run_one(
     details: Details = {}
     error: str | None = None
     message: str | None = None
+    failure: Exception | None = None
     with anyio.move_on_after(check.timeout) as scope:
         try:
             outcome: Any = await check.function()
@@ -592,15 +603,27 @@ async def _run_one(
                         f"the check returned {outcome!r}; expected None or a "
                         f"HealthStatus"
                     )
-        except Exception as failure:  # a failing check is a result, not an error
-            error = type_name(failure)
-            if events.STATE.error_messages:
-                message = str(failure)
-    if scope.cancelled_caught:
+        except BaseException as raised:
+            # A failing check is a result, not an error. Cancelled while a
+            # child task fails, a check raises both in a group: the failure
+            # is the result, the cancellation goes on to its scope (ours at
+            # the timeout, the caller's otherwise: never swallowed).
+            failure, rest = split_failure(raised)
+            if failure is not None:
+                error = type_name(failure)
+                if events.STATE.error_messages:
+                    message = str(failure)
+            if rest is not None:
+                reraise(rest)
+    if scope.cancel_called:
+        # Still running at the timeout: whatever its cancellation raised (or
+        # if it swallowed the cancellation), the check outlasted its timeout.
         status = _UNHEALTHY
         error = "TimeoutError"
         if events.STATE.error_messages:
             message = f"the check took longer than {check.timeout} s"
+            if failure is not None:
+                message += f"; cancelled, it raised {type_name(failure)}"
     results[index] = CheckResult(
         name=check.name,
         status=status,

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import math
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import anyio
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 import layers
 from layers.asgi import HTTPRequest, LayersMiddleware, Message, Receive, Scope, Send
@@ -290,3 +295,117 @@ def test_bad_arguments() -> None:
         LayersMiddleware(hello, object())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="name must be a non-empty string"):
         layers.asgi.header_key("")
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "header"),
+    [
+        (math.inf, str(layers.asgi.MAX_RETRY_AFTER)),
+        (1e308, str(layers.asgi.MAX_RETRY_AFTER)),
+        (10**400, str(layers.asgi.MAX_RETRY_AFTER)),
+        (layers.asgi.MAX_RETRY_AFTER + 0.5, str(layers.asgi.MAX_RETRY_AFTER)),
+        (layers.asgi.MAX_RETRY_AFTER - 0.5, str(layers.asgi.MAX_RETRY_AFTER)),
+        (-math.inf, "0"),
+        (-5, "0"),
+        (-0.0, "0"),
+        (0, "0"),
+        (5e-324, "1"),
+        (2.000001, "3"),
+        (Fraction(7, 2), "4"),
+        (math.nan, None),
+        (Decimal("1.5"), None),
+        (Fraction(10**400, 3), str(layers.asgi.MAX_RETRY_AFTER)),
+        (True, None),
+        ("5", None),
+    ],
+)
+def test_any_retry_after_gives_a_sane_header(
+    retry_after: Any, header: str | None
+) -> None:
+    """Any retry_after maps to whole seconds in [0, MAX_RETRY_AFTER], or no header."""
+    for error in (
+        layers.RateLimited(retry_after=retry_after),
+        layers.CircuitOpen(retry_after=retry_after),
+        layers.ShuttingDown(retry_after=retry_after),
+    ):
+        response = layers.asgi.error_response(error)
+        assert response is not None
+        assert dict(response.headers).get("retry-after") == header
+
+
+@hypothesis.given(
+    st.one_of(st.floats(), st.integers(), st.none()),
+)
+def test_retry_after_header_is_always_valid(retry_after: float | None) -> None:
+    """For every float or int, Retry-After is absent or a sane delay in seconds."""
+    response = layers.asgi.error_response(layers.RateLimited(retry_after=retry_after))
+    assert response is not None
+    assert response.status == 429
+    value = dict(response.headers).get("retry-after")
+    if retry_after is None or math.isnan(retry_after):
+        assert value is None
+        return
+    assert value is not None
+    assert value.isdigit()
+    seconds = int(value)
+    assert 0 <= seconds <= layers.asgi.MAX_RETRY_AFTER
+    if retry_after <= layers.asgi.MAX_RETRY_AFTER:
+        # never earlier than the hint: a client that obeys it is not refused again
+        assert seconds >= retry_after
+        assert seconds - 1 < max(retry_after, 0)
+
+
+def test_a_refusal_without_retry_after_gets_no_header() -> None:
+    """A Rejected subclass that skipped Rejected.__init__ still gets its response."""
+
+    class Odd(layers.RateLimited):
+        def __init__(self) -> None:
+            Exception.__init__(self, "odd")
+
+    response = layers.asgi.error_response(Odd())
+    assert response is not None
+    assert (response.status, response.headers) == (429, ())
+
+
+async def test_app_raising_an_infinite_retry_after_gets_a_429() -> None:
+    """RateLimited(retry_after=inf) from the app is answered, not a crash."""
+
+    async def refusing(scope: Scope, receive: Receive, send: Send) -> None:
+        raise layers.RateLimited(retry_after=math.inf)
+
+    app = LayersMiddleware(refusing, layers.ServiceBuilder().timeout(1))
+    status, headers, body = await call(app, http_scope())
+    assert status == 429
+    assert headers["retry-after"] == str(layers.asgi.MAX_RETRY_AFTER)
+    assert body == b"Too Many Requests\n"
+
+
+async def _refuse_in_a_child(scope: Scope, receive: Receive, send: Send) -> None:
+    """An app whose child task lets a refusal out (it arrives in a group)."""
+
+    async def downstream() -> None:
+        raise layers.CircuitOpen(retry_after=3)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(downstream)
+        await anyio.sleep_forever()
+
+
+async def test_a_refusal_in_an_exception_group_is_answered() -> None:
+    """A refusal raised by a child task of the app, alone in its group, is answered."""
+    app = LayersMiddleware(_refuse_in_a_child, layers.ServiceBuilder().timeout(5))
+    status, headers, _ = await call(app, http_scope())
+    assert status == 503
+    assert headers["retry-after"] == "3"
+
+
+async def test_a_group_of_several_errors_propagates() -> None:
+    """A group holding more than one error is not a refusal: it propagates."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise ExceptionGroup("two", [layers.CircuitOpen(), KeyError("x")])
+
+    middleware = LayersMiddleware(app, layers.ServiceBuilder().timeout(5))
+    with pytest.raises(ExceptionGroup) as caught:
+        await call(middleware, http_scope())
+    assert caught.group_contains(KeyError)

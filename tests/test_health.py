@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -170,6 +171,117 @@ async def test_timeout_cancels_the_check() -> None:
     assert report["default"].duration == pytest.approx(2.0)
     assert hung.cancelled == 1
     assert hung.finished == 0
+
+
+async def _cleanup_fails() -> None:
+    """Wait until cancelled, then fail while unwinding."""
+    try:
+        await anyio.sleep_forever()
+    finally:
+        raise RuntimeError("cleanup failed")
+
+
+async def check_with_a_failing_child() -> None:
+    """A check whose child task raises while the check's cancellation unwinds it."""
+    async with anyio.create_task_group() as group:
+        group.start_soon(_cleanup_fails)
+        await anyio.sleep_forever()
+
+
+async def check_whose_cleanup_fails() -> None:
+    """A check that raises from its own finally block when cancelled."""
+    await _cleanup_fails()
+
+
+async def check_that_swallows_cancellation() -> None:
+    """A check that ignores its cancellation and returns late."""
+    with anyio.CancelScope(shield=True):
+        await anyio.sleep(3)
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        check_with_a_failing_child,
+        check_whose_cleanup_fails,
+        check_that_swallows_cancellation,
+    ],
+)
+async def test_timed_out_check_is_unhealthy_whatever_its_cleanup_does(
+    check: Any,
+) -> None:
+    """A check running at its timeout is TimeoutError, whatever its cleanup does."""
+    checks = HealthChecks()
+    checks.add("db", check, timeout=1)
+    checks.add("ok", Counter(0.5))
+    report = await checks.run()
+    assert report.status is UNHEALTHY
+    assert report["db"].status is UNHEALTHY
+    assert report["db"].error == "TimeoutError"
+    assert report["ok"].status is HEALTHY
+
+
+@pytest.mark.usefixtures("messages_on")
+async def test_timed_out_check_whose_cleanup_fails_says_so() -> None:
+    """With messages on, the message names what the cancelled check raised."""
+    checks = HealthChecks()
+    checks.add("db", check_with_a_failing_child, timeout=1)
+    report = await checks.run()
+    assert report["db"].error == "TimeoutError"
+    message = report["db"].message
+    assert message is not None
+    assert message.startswith("the check took longer than 1.0 s; cancelled, it raised")
+    assert "ExceptionGroup" in message
+
+
+async def test_check_raising_a_group_is_a_failure() -> None:
+    """A check whose task group fails (no timeout) is unhealthy, on both backends."""
+
+    async def failing_child() -> None:
+        raise ConnectionError("refused")
+
+    async def grouped() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(failing_child)
+            await anyio.sleep_forever()
+
+    checks = HealthChecks()
+    checks.add("db", grouped)
+    report = await checks.run()
+    assert report["db"].status is UNHEALTHY
+    assert report["db"].error == "ExceptionGroup"
+
+
+async def test_cancelled_run_with_a_failing_cleanup_is_still_cancelled() -> None:
+    """Cancelled as a check's cleanup fails: no group escapes, the cancellation does."""
+    checks = HealthChecks(cache_ttl=0)
+    checks.add("db", check_with_a_failing_child, timeout=5)
+    with anyio.move_on_after(1) as scope:
+        await checks.run()
+    assert anyio.current_time() == pytest.approx(1)
+    assert scope.cancelled_caught
+    checks.remove("db")
+    checks.add("ok", Counter())
+    report = await checks.run()
+    assert report.status is HEALTHY
+
+
+def test_to_dict_is_strict_json_whatever_the_details() -> None:
+    """Non-finite figures in details (an infinite retry_after) become null."""
+    result = layers.health.CheckResult(
+        name="breaker",
+        status=UNHEALTHY,
+        critical=False,
+        duration=0.0,
+        details={"retry_after": math.inf, "failure_rate": math.nan, "calls": 3},
+    )
+    out = json.dumps(result.to_dict(errors=True), allow_nan=False)
+    assert json.loads(out)["details"] == {
+        "retry_after": None,
+        "failure_rate": None,
+        "calls": 3,
+    }
+    assert result.details["retry_after"] == math.inf  # the result keeps the figure
 
 
 async def test_messages_are_off_by_default() -> None:

@@ -89,6 +89,99 @@ async def test_stuck_task_is_cancelled_at_the_end_of_the_grace() -> None:
     )
 
 
+async def _cleanup_fails() -> None:
+    """Wait until cancelled, then fail while unwinding."""
+    try:
+        await anyio.sleep_forever()
+    finally:
+        raise RuntimeError("cleanup failed")
+
+
+async def parent_of_a_failing_child() -> None:
+    """A task whose child raises while the task's cancellation unwinds it."""
+    async with anyio.create_task_group() as group:
+        group.start_soon(_cleanup_fails)
+        await anyio.sleep_forever()
+
+
+def only_runtime_errors(error: BaseException | None) -> bool:
+    """Whether *error* is an ExceptionGroup whose every leaf is a RuntimeError."""
+    if not isinstance(error, ExceptionGroup):
+        return False
+    matched, rest = error.split(RuntimeError)
+    return matched is not None and rest is None
+
+
+async def test_child_failing_while_the_grace_cancellation_unwinds() -> None:
+    """A child fails as the grace ends: 'failed' with its group, nothing escapes."""
+    async with layers.Supervisor(grace=2, signals=()) as supervisor:
+        supervisor.start_soon(parent_of_a_failing_child, name="parent")
+        supervisor.start_soon(polite, supervisor, 1, name="polite")
+        await anyio.sleep(1)
+        supervisor.shutdown()
+    assert now() == pytest.approx(3, abs=1e-6)
+    report = supervisor.report
+    assert report.failed == ("parent",)
+    assert report.finished == ("polite",)
+    assert only_runtime_errors(report.errors["parent"])
+    assert "parent: failed (ExceptionGroup)" in report.summary()
+    assert report.shutdown_took == pytest.approx(2, abs=1e-6)
+
+
+async def test_task_failing_while_the_grace_cancellation_unwinds() -> None:
+    """A task whose own cleanup raises when cancelled is 'failed' with that error."""
+    async with layers.Supervisor(grace=2, signals=()) as supervisor:
+        supervisor.start_soon(_cleanup_fails, name="task")
+        supervisor.shutdown()
+    report = supervisor.report
+    assert report.failed == ("task",)
+    assert isinstance(report.errors["task"], RuntimeError)
+
+
+async def test_child_failing_at_cancel_and_at_a_body_error() -> None:
+    """A body error propagates alone (no group); the task's failure is in the report."""
+    with pytest.raises(KeyError):  # noqa: PT012
+        async with layers.Supervisor(grace=10, signals=()) as supervisor:
+            supervisor.start_soon(parent_of_a_failing_child, name="parent")
+            await anyio.sleep(1)
+            raise KeyError("body")
+    assert only_runtime_errors(supervisor.report.errors["parent"])
+    assert supervisor.report.forced
+
+
+async def test_child_failing_at_an_outside_cancellation() -> None:
+    """Outside cancellation as a child fails: it propagates (no group); failed."""
+    with anyio.move_on_after(3) as scope:
+        async with layers.Supervisor(grace=10, signals=()) as supervisor:
+            supervisor.start_soon(parent_of_a_failing_child, name="parent")
+    assert scope.cancelled_caught
+    assert now() == pytest.approx(3, abs=1e-6)
+    assert supervisor.report.failed == ("parent",)
+    assert only_runtime_errors(supervisor.report.errors["parent"])
+
+
+class Stop(BaseException):
+    """A BaseException that is not a cancellation (as SystemExit is)."""
+
+
+async def test_group_with_a_failure_and_a_base_exception() -> None:
+    """A BaseException beside an error: the error is reported, the other propagates."""
+
+    async def interrupted() -> None:
+        raise BaseExceptionGroup("both", [ValueError("x"), Stop()])
+
+    with pytest.raises(BaseExceptionGroup) as caught:
+        async with layers.Supervisor(grace=10, signals=()) as supervisor:
+            supervisor.start_soon(interrupted, name="task")
+    assert caught.group_contains(Stop)
+    assert not caught.group_contains(ValueError)
+    report = supervisor.report
+    assert report.failed == ("task",)
+    error = report.errors["task"]
+    assert isinstance(error, ExceptionGroup)
+    assert isinstance(error.exceptions[0], ValueError)
+
+
 async def test_zero_grace_cancels_at_once() -> None:
     """grace=0: the tasks still running are cancelled the moment shutdown begins."""
     async with layers.Supervisor(grace=0, signals=()) as supervisor:
