@@ -878,7 +878,7 @@ class PerHost:
     Raises:
         layers.ConfigurationError: For a *max_hosts* below 1.
         TypeError: If *factory* or *key* is not callable, or *name* not a
-            string.
+            string; at a call, if ``key(request)`` is not hashable.
 
     Example:
         >>> import httpx

@@ -1086,3 +1086,40 @@ async def test_per_host_half_open_probe_in_flight_is_kept() -> None:
             release.set()
         assert made["https://down.test:443"].state is layers.CircuitState.CLOSED
         assert (await http.get("https://new.test/")).status_code == 200
+
+
+async def test_per_host_forgets_a_closed_host_before_a_lapsed_one() -> None:
+    """A closed host goes first; an open breaker past its open time goes next."""
+    made: dict[str, layers.CircuitBreaker] = {}
+    factory = flaky_breaker(made)
+    calls: list[str] = []
+
+    def counted(host: str) -> layers.CircuitBreaker:
+        calls.append(host)
+        return factory(host)
+
+    transport, _ = down_host_server()
+    layered = LayeredTransport(PerHost(counted, max_hosts=2), transport)
+    async with httpx.AsyncClient(transport=layered) as http:
+        await open_down_host(http)
+        await anyio.sleep(31)  # down.test's open period is over: lapsed
+        await http.get("https://b.test/")
+        await http.get("https://c.test/")  # b.test (closed) is forgotten
+        await http.get("https://d.test/")  # c.test too: closed goes first
+        await http.get("https://down.test/")  # its breaker, kept, lets a probe by
+    assert [host.split("//")[1].split(".")[0] for host in calls] == [
+        "down",
+        "b",
+        "c",
+        "d",
+    ]
+    assert made["https://down.test:443"].state is layers.CircuitState.OPEN  # re-tripped
+
+
+async def test_per_host_unhashable_key_is_a_clear_error() -> None:
+    """A key function returning an unhashable value: a TypeError naming key."""
+    server = Server(200)
+    per_host = PerHost(lambda key: layers.Identity(), key=lambda request: [1])
+    async with client(per_host, server) as http:
+        with pytest.raises(TypeError, match=r"PerHost\(key=.*hashable.*list"):
+            await http.get(URL)
