@@ -380,9 +380,7 @@ def parse_retry_after(
         seconds = (when - current).total_seconds()
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if not math.isfinite(seconds):  # pragma: no cover - a timedelta is finite
-        return None
-    return min(max(0.0, seconds), MAX_RETRY_AFTER)
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)  # a timedelta is finite
 
 
 def _response_retry_after(response: httpx.Response) -> float | None:
