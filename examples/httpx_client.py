@@ -58,6 +58,7 @@ async def main() -> None:
             retry_after=retry_after,
             attempts=4,
             backoff=layers.ConstantBackoff(0.1),
+            max_delay=30,  # a longer Retry-After returns the response at once
         )
         .layer(PerHost(breaker))
         .rate_limit(100, key=host_key)

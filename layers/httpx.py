@@ -7,7 +7,7 @@ real transport (by default ``httpx.AsyncHTTPTransport()``)::
     transport = LayeredTransport(
         ServiceBuilder()
         .timeout(10)
-        .retry(on=RetryOn(), retry_after=retry_after, attempts=3)
+        .retry(on=RetryOn(), retry_after=retry_after, attempts=3, max_delay=30)
         .layer(PerHost(lambda host: CircuitBreaker(name=host, **breaker_options())))
         .rate_limit(50, key=host_key)
     )
@@ -20,14 +20,17 @@ The HTTP-aware helpers plug into the generic layers:
   ``on_result=``): 429, 502, 503, 504 and ``httpx.TransportError``, for
   idempotent methods and replayable bodies only;
 * :func:`retry_after` reads ``Retry-After`` (seconds or an HTTP-date) as
-  Retry's delay hint; :func:`parse_retry_after` parses the header itself;
+  Retry's delay hint; :func:`parse_retry_after` parses the header itself
+  (never raising: a malformed value is no hint, a huge one is clamped to
+  :data:`MAX_RETRY_AFTER`);
 * :func:`breaker_options` (:func:`is_failure`, :func:`is_failure_response`)
   makes a :class:`~layers.CircuitBreaker` count transport errors and 5xx
   responses as failures;
 * :func:`host_key` and :class:`PerHost` give each host its own rate limit
-  or breaker;
+  or breaker (a host whose breaker is not closed is never forgotten);
 * :func:`redact_url`, :func:`redact_headers` and :func:`describe_request`
-  describe a request without its credentials.
+  describe a request without its credentials (:func:`is_credential_name`
+  says which header and query parameter names are hidden).
 
 It needs httpx: install the ``httpx`` extra (``pip install
 'service-layers[httpx]'``). See the how-to page "A layered httpx client".
@@ -36,19 +39,26 @@ It needs httpx: install the ``httpx`` extra (``pip install
 from __future__ import annotations
 
 import email.utils
+import math
+import re
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Final, TypedDict, TypeVar, cast, final
+from typing import Any, ClassVar, Final, TypedDict, TypeVar, cast, final, overload
+from urllib.parse import unquote_plus
 
 import anyio
 import attrs
 
-from ._config import check_int, fail
-from ._core import Layer, Service, TypePreservingLayer, check_layer
-from ._errors import ConfigurationError, Elapsed
+from . import events
+from ._breaker import CircuitBreaker, CircuitState
+from ._builder import ServiceBuilder
+from ._config import check_int, fail_value
+from ._core import Layer, Service, Stack, TypePreservingLayer, check_layer
+from ._errors import ConfigurationError, Elapsed, Rejected
+from .events import Event, Level
 
 try:
     import httpx
@@ -60,9 +70,14 @@ except ImportError as error:  # pragma: no cover - httpx is installed for the te
 
 __all__ = [
     "IDEMPOTENT_METHODS",
+    "MAX_RETRY_AFTER",
     "RETRY_STATUSES",
     "SENSITIVE_HEADERS",
+    "SENSITIVE_NAME_PARTS",
+    "SENSITIVE_NAME_WORDS",
     "BreakerOptions",
+    "HostRefused",
+    "HostTableFull",
     "LayeredTransport",
     "PerHost",
     "RetryOn",
@@ -70,6 +85,7 @@ __all__ = [
     "breaker_options",
     "describe_request",
     "host_key",
+    "is_credential_name",
     "is_failure",
     "is_failure_response",
     "is_replayable",
@@ -92,62 +108,195 @@ RETRY_STATUSES: Final[frozenset[int]] = frozenset({429, 502, 503, 504})
 :class:`LayeredTransport` raises as :class:`RetryableResponse` inside the stack)."""
 
 SENSITIVE_HEADERS: Final[frozenset[str]] = frozenset(
-    {"authorization", "proxy-authorization", "cookie", "set-cookie"}
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+        "x-auth-token",
+    }
 )
-"""Headers whose values :func:`redact_headers` hides (lower case)."""
+"""Header names that are always hidden (lower case). Any name that
+:func:`is_credential_name` flags is hidden too."""
+
+SENSITIVE_NAME_PARTS: Final[tuple[str, ...]] = (
+    "auth",
+    "token",
+    "secret",
+    "passw",
+    "pwd",
+    "cookie",
+    "session",
+    "signature",
+    "credential",
+    "apikey",
+    "api-key",
+    "api_key",
+    "private",
+    "jwt",
+    "bearer",
+    "csrf",
+    "xsrf",
+)
+"""A header or query parameter whose name (in lower case) *contains* one of
+these is hidden: ``X-Auth-Token``, ``X-Amz-Security-Token``,
+``access_token``, ``client_secret``, ``X-Amz-Signature``..."""
+
+SENSITIVE_NAME_WORDS: Final[frozenset[str]] = frozenset(
+    {"key", "sig", "sid", "pass", "pin", "otp", "hmac"}
+)
+"""A header or query parameter one of whose *words* (the name in lower case,
+split at anything but letters and digits) is one of these is hidden:
+``key``, ``Ocp-Apim-Subscription-Key``, ``sig``, ``X-Functions-Key``..."""
 
 REDACTED: Final = "[redacted]"
 
 _CLOSE_GRACE: Final = 5.0
 """Seconds a discarded response may take to close, even when cancelled."""
 
+MAX_RETRY_AFTER: Final = 1e9
+"""The longest ``Retry-After`` that :func:`parse_retry_after` returns, in
+seconds (about 31.7 years): a longer one, however many digits it has, is
+read as this one. It is a wait no client makes: any :class:`~layers.Retry`
+whose ``max_delay`` (or default cap on hints) is shorter stops retrying at
+once and returns the response."""
+
+_MAX_DIGITS: Final = len(str(int(MAX_RETRY_AFTER)))
+_MAX_DATE_LENGTH: Final = 64
+"""Longer than any HTTP-date form (29 characters for the preferred one)."""
+
 
 # ------------------------------------------------------------------ redaction
 
+_WORDS: Final = re.compile(r"[^a-z0-9]+")
+_QUERY_PIECES: Final = re.compile(r"([&;])")
+
+
+def is_credential_name(name: str | bytes, /) -> bool:
+    """Whether a header or query parameter named *name* holds a credential.
+
+    True for the names of :data:`SENSITIVE_HEADERS`, for a name that
+    contains one of :data:`SENSITIVE_NAME_PARTS` (``auth``, ``token``,
+    ``secret``, ``passw``, ``cookie``, ``session``, ``signature``,
+    ``apikey``...) and for a name one of whose words is in
+    :data:`SENSITIVE_NAME_WORDS` (``key``, ``sig``...), in any case, as
+    ``str`` or ``bytes``. It errs on the side of hiding: ``Idempotency-Key``
+    and ``?author=`` are hidden too.
+
+    Example:
+        >>> from layers.httpx import is_credential_name
+        >>> [is_credential_name(n) for n in ("X-Api-Key", b"x-auth-token", "Accept")]
+        [True, True, False]
+        >>> [is_credential_name(n) for n in ("access_token", "sig", "page")]
+        [True, True, False]
+    """
+    text = name.decode("latin-1") if isinstance(name, bytes) else name
+    lowered = text.lower()
+    if lowered in SENSITIVE_HEADERS:
+        return True
+    if any(part in lowered for part in SENSITIVE_NAME_PARTS):
+        return True
+    return any(word in SENSITIVE_NAME_WORDS for word in _WORDS.split(lowered))
+
+
+def _redact_params(text: str) -> str:
+    """Hide the values of the credential-like parameters of a query string."""
+    pieces = _QUERY_PIECES.split(text)
+    for index in range(0, len(pieces), 2):
+        name, equals, _ = pieces[index].partition("=")
+        if equals and is_credential_name(unquote_plus(name)):
+            pieces[index] = f"{name}={REDACTED}"
+    return "".join(pieces)
+
 
 def redact_url(url: httpx.URL | str) -> str:
-    """Return *url* as a string with its userinfo (user and password) hidden.
+    """Return *url* as a string with its credentials hidden.
 
-    ``https://ada:secret@api.example.com/x`` becomes
-    ``https://[redacted]@api.example.com/x``. The query string is kept: do not
-    put secrets in it (or redact it yourself).
+    The userinfo (user and password) becomes ``[redacted]``, and so does
+    the value of each query parameter (and fragment parameter, as in
+    ``#access_token=...``) whose name :func:`is_credential_name` flags:
+    ``token``, ``access_token``, ``api_key``, ``apikey``, ``key``,
+    ``secret``, ``password``, ``signature``, ``sig``, ``auth``,
+    ``X-Amz-Signature``... in any case, percent-encoded or not. Other
+    parameters and the path are kept (a secret in a path segment cannot be
+    told from a name). A string that is not a URL at all is hidden whole.
 
     Example:
         >>> import httpx
         >>> from layers.httpx import redact_url
         >>> redact_url("https://ada:s3cret@api.example.com/users?page=2")
         'https://[redacted]@api.example.com/users?page=2'
+        >>> redact_url("https://api.example.com/users?api_key=abc&page=2")
+        'https://api.example.com/users?api_key=[redacted]&page=2'
         >>> redact_url("https://api.example.com/users")
         'https://api.example.com/users'
     """
-    parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
-    if not parsed.userinfo:
+    try:
+        parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return REDACTED
+    changes: dict[str, Any] = {}
+    if parsed.userinfo:
+        changes["username"] = REDACTED
+        changes["password"] = None
+    query = parsed.query.decode("latin-1")
+    if query:
+        redacted = _redact_params(query)
+        if redacted != query:
+            changes["query"] = redacted.encode("latin-1")
+    fragment = parsed.fragment
+    if fragment:
+        redacted = _redact_params(fragment)
+        if redacted != fragment:
+            changes["fragment"] = redacted
+    if not changes:
         return str(parsed)
-    return str(parsed.copy_with(username=REDACTED, password=None)).replace(
-        "%5Bredacted%5D", REDACTED
-    )
+    return str(parsed.copy_with(**changes)).replace("%5Bredacted%5D", REDACTED)
 
 
+@overload
 def redact_headers(
-    headers: httpx.Headers | Iterable[tuple[str, str]],
-) -> list[tuple[str, str]]:
+    headers: httpx.Headers | Mapping[str, str] | Iterable[tuple[str, str]],
+) -> list[tuple[str, str]]: ...
+@overload
+def redact_headers(
+    headers: Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]],
+) -> list[tuple[bytes, bytes]]: ...
+def redact_headers(headers: Any) -> list[Any]:
     """Return *headers* as ``(name, value)`` pairs, credentials hidden.
 
-    The values of ``Authorization``, ``Proxy-Authorization``, ``Cookie`` and
-    ``Set-Cookie`` (:data:`SENSITIVE_HEADERS`, any case) become
-    ``"[redacted]"``.
+    The value of every header whose name :func:`is_credential_name` flags
+    (``Authorization``, ``Proxy-Authorization``, ``Cookie``,
+    ``Set-Cookie``, ``X-Api-Key``, ``X-Auth-Token``, any name with
+    ``auth``, ``token``, ``secret``, ``key``..., in any case) becomes
+    ``"[redacted]"`` (``b"[redacted]"`` for a ``bytes`` value). It takes an
+    ``httpx.Headers``, a mapping, or pairs of ``str`` or of ``bytes`` (as in
+    ``httpx.Headers.raw`` or an ASGI scope).
 
     Example:
         >>> import httpx
         >>> from layers.httpx import redact_headers
-        >>> redact_headers({"Authorization": "Bearer abc", "Accept": "*/*"}.items())
+        >>> redact_headers({"Authorization": "Bearer abc", "Accept": "*/*"})
         [('Authorization', '[redacted]'), ('Accept', '*/*')]
+        >>> redact_headers([(b"x-api-key", b"abc"), (b"accept", b"*/*")])
+        [(b'x-api-key', b'[redacted]'), (b'accept', b'*/*')]
     """
-    pairs = headers.multi_items() if isinstance(headers, httpx.Headers) else headers
+    pairs: Iterable[tuple[str | bytes, str | bytes]]
+    if isinstance(headers, httpx.Headers):
+        pairs = headers.multi_items()
+    elif isinstance(headers, Mapping):
+        pairs = cast("Mapping[str | bytes, str | bytes]", headers).items()
+    else:
+        pairs = cast("Iterable[tuple[str | bytes, str | bytes]]", headers)
     return [
-        (name, REDACTED if name.lower() in SENSITIVE_HEADERS else value)
+        (name, _hidden(value) if is_credential_name(name) else value)
         for name, value in pairs
     ]
+
+
+def _hidden(value: str | bytes) -> str | bytes:
+    return REDACTED.encode() if isinstance(value, bytes) else REDACTED
 
 
 def describe_request(request: httpx.Request) -> str:
@@ -175,8 +324,24 @@ def parse_retry_after(
 
     Both forms of RFC 9110 are read: delta-seconds (``"120"``) and an
     HTTP-date (``"Wed, 21 Oct 2015 07:28:00 GMT"``, counted from *now*, by
-    default the current UTC time). A date in the past gives ``0.0``. A
-    missing or malformed value gives ``None`` (no hint: the backoff applies).
+    default the current UTC time; a naive *now* is read as UTC). A date in
+    the past gives ``0.0``.
+
+    It never raises, whatever the header holds:
+
+    * a missing or malformed value gives ``None`` (no hint: the backoff
+      applies). Malformed means outside the grammar: a sign (``"-5"``),
+      a fraction or exponent (``"1.5"``, ``"1e400"``), ``"nan"`` or
+      ``"inf"``, a date that no calendar holds (a five-digit year, an
+      offset of 99 hours);
+    * a value longer than :data:`MAX_RETRY_AFTER` (about 31.7 years),
+      delta-seconds of any number of digits or a far date, gives
+      :data:`MAX_RETRY_AFTER`: the server asks for a wait no client makes,
+      and a :class:`~layers.Retry` whose ``max_delay`` (or cap on hints) is
+      shorter stops retrying at once.
+
+    So the result is ``None`` or a finite float from 0 to
+    :data:`MAX_RETRY_AFTER`.
 
     Example:
         >>> import httpx
@@ -189,22 +354,33 @@ def parse_retry_after(
         ...     now=datetime(2015, 10, 21, 7, 28, tzinfo=UTC),
         ... )
         30.0
-        >>> parse_retry_after("soon") is None
-        True
+        >>> parse_retry_after("9" * 400)  # clamped: MAX_RETRY_AFTER
+        1000000000.0
+        >>> parse_retry_after("soon") is None, parse_retry_after("-5") is None
+        (True, True)
     """
     if value is None:
         return None
     text = value.strip()
     if text.isascii() and text.isdigit():
-        return float(int(text))
+        digits = text.lstrip("0")
+        if len(digits) > _MAX_DIGITS:
+            return MAX_RETRY_AFTER  # never int() it: 5,000 digits raise
+        return min(float(int(digits or "0")), MAX_RETRY_AFTER)
+    if len(text) > _MAX_DATE_LENGTH:
+        return None
     try:
         when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        if now is None:
+            current = datetime.now(UTC)
+        else:
+            current = now if now.tzinfo is not None else now.replace(tzinfo=UTC)
+        seconds = (when - current).total_seconds()
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    current = datetime.now(UTC) if now is None else now
-    return max(0.0, (when - current).total_seconds())
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)  # a timedelta is finite
 
 
 def _response_retry_after(response: httpx.Response) -> float | None:
@@ -326,10 +502,26 @@ def _is_status(value: object) -> bool:
     )
 
 
+def _status_order(value: object) -> tuple[int, int, str]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (0, value, "")
+    return (1, 0, repr(value))
+
+
+def _check_statuses(owner: str, parameter: str, values: Iterable[object]) -> None:
+    """Refuse *values* unless each is a status code; the message shows the bad ones."""
+    bad = sorted((each for each in values if not _is_status(each)), key=_status_order)
+    if bad:
+        shown = ", ".join(map(repr, bad))
+        raise ConfigurationError(
+            f"{owner}({parameter}=...): {parameter} must hold HTTP status codes "
+            f"(integers from 100 to 599), got {shown}"
+        )
+
+
 def _statuses(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     items = cast("frozenset[object]", value)
-    if not all(_is_status(each) for each in items):
-        fail(instance, attribute, sorted(map(repr, items)), "HTTP status codes 100-599")
+    _check_statuses(type(instance).__name__, attribute.name, items)
 
 
 def _to_statuses(value: Iterable[int]) -> frozenset[int]:
@@ -364,7 +556,12 @@ def _errors(instance: object, attribute: attrs.Attribute[Any], value: object) ->
         isinstance(each, type) and issubclass(each, Exception)
         for each in cast("tuple[object, ...]", value)
     ):
-        fail(instance, attribute, shown, "a tuple of Exception subclasses")
+        fail_value(
+            type(instance).__name__,
+            attribute.name,
+            shown,
+            "a tuple of Exception subclasses",
+        )
 
 
 def _to_errors(
@@ -387,6 +584,14 @@ class RetryOn:
     *methods* and its body can be sent again (:func:`is_replayable`). Its
     :meth:`response` method is the predicate for ``Retry(on_result=...)``,
     for a transport made with ``raise_statuses=()``.
+
+    An error that carries no request, such as the :class:`~layers.Elapsed`
+    of a per-attempt :class:`~layers.Timeout` inside the retry or a
+    :class:`~layers.Rejected` from a layer below it, is judged by the
+    request that the :class:`LayeredTransport` is sending (its method and
+    body), once its type is in *errors*: ``RetryOn(errors=(httpx.TransportError,
+    layers.Elapsed))`` retries timed-out GETs. Outside a transport such an
+    error is never retried (its method is unknown).
 
     A POST is not retried by default: it may have been processed before
     the connection failed. Pass ``methods=None`` (any method) or add
@@ -434,7 +639,15 @@ class RetryOn:
             return self.allows(error.request)
         if isinstance(error, self.errors):
             request = _error_request(error)
-            return request is not None and self.allows(request)
+            if request is None:
+                # An error that carries no request (an Elapsed from a Timeout
+                # inside the retry, a Rejected from a layer below): inside a
+                # LayeredTransport, the request being sent is known.
+                call = _CALL.get()
+                if call is None:
+                    return False
+                request = call.request
+            return self.allows(request)
         return False
 
     def response(self, response: httpx.Response, /) -> bool:
@@ -553,6 +766,72 @@ def _positive_int(owner: str, parameter: str, value: object) -> None:
     check_int(owner, parameter, value, 1, "an integer >= 1")
 
 
+class HostTableFull(Rejected):
+    """:class:`PerHost` refused a new host: every host it keeps is protected.
+
+    The table holds *max_hosts* hosts and each of them has a breaker that is
+    not closed (open with time left, half-open with probes in flight, or set
+    by hand), so none can be forgotten and the new host gets no layer. The
+    inner service was not called. ``retry_after`` is the time until the
+    first of those breakers ends its open period (``None`` if none will by
+    itself).
+    """
+
+
+@attrs.frozen(kw_only=True)
+class HostRefused(Event):
+    """:class:`PerHost` refused a new host (see :class:`HostTableFull`).
+
+    Attributes:
+        max_hosts: The table's bound, every entry of it protected.
+        retry_after: As the exception's.
+    """
+
+    event: ClassVar[str] = "host_refused"
+    kind: ClassVar[str] = "per_host"
+    level: ClassVar[Level] = "warning"
+
+    max_hosts: int
+    retry_after: float | None
+
+
+def _breakers_in(layer: object) -> tuple[CircuitBreaker, ...]:
+    """The circuit breakers in *layer*: itself, or inside a builder or a Stack."""
+    if isinstance(layer, CircuitBreaker):
+        return (layer,)
+    if isinstance(layer, ServiceBuilder | Stack):
+        inner = cast("tuple[object, ...]", layer.layers)
+        return tuple(found for each in inner for found in _breakers_in(each))
+    return ()
+
+
+def _held_for(breaker: CircuitBreaker) -> float | None:
+    """How long *breaker* protects its host, in seconds.
+
+    ``None``: not at all (closed); ``0``: no longer (its open period is over,
+    or its half-open trial has no probe running); ``inf``: until something
+    happens (a probe ends, a manual call).
+    """
+    state = breaker.state
+    if state is CircuitState.CLOSED:
+        return None
+    if state is CircuitState.OPEN:
+        return breaker.statistics().retry_after or 0.0
+    if state is CircuitState.HALF_OPEN:
+        return math.inf if breaker.statistics().half_open_calls_in_flight else 0.0
+    return math.inf  # a state set by hand stays until another manual call
+
+
+def _protected_for(breakers: tuple[CircuitBreaker, ...]) -> float | None:
+    """The longest protection of any of *breakers* (``None``: none protects)."""
+    longest: float | None = None
+    for breaker in breakers:
+        held = _held_for(breaker)
+        if held is not None and (longest is None or held > longest):
+            longest = held
+    return longest
+
+
 @final
 class PerHost:
     """Give each host (or any key) its own instance of a stateful layer.
@@ -560,9 +839,29 @@ class PerHost:
     A :class:`~layers.CircuitBreaker` holds one state for everything it
     wraps; ``PerHost(factory)`` builds one layer per key, on the key's first
     request, with ``factory(key)``, so that a failing host opens only its
-    own breaker. The table keeps the *max_hosts* most recently used keys;
-    the least recently used one is dropped beyond that (its next request
-    starts afresh; calls in flight finish normally).
+    own breaker.
+
+    **The table is bounded** by *max_hosts*. When it is full, a new key
+    takes the place of the least recently used host whose protection would
+    not be lost: a host with no breaker, or whose breakers (the layer
+    itself, or inside a :class:`~layers.ServiceBuilder` or
+    :class:`~layers.Stack` the factory returns) are all closed. A host whose
+    breaker is not closed is never forgotten while it protects: an open
+    breaker with time left, a half-open one with probes running, or a
+    state set by hand (:meth:`~layers.CircuitBreaker.force_open`...). Next
+    in line is the least recently used host whose protection has lapsed (an
+    open breaker past its open duration, a half-open one with no probe
+    running: its next call would be let through anyway). If every host is
+    protected, the new key is refused with :class:`HostTableFull` (a
+    :class:`~layers.Rejected`, with a ``retry_after``) and a
+    :class:`HostRefused` event, and the table keeps its bound. A forgotten
+    host starts afresh on its next request; its calls in flight finish
+    normally. Only breakers count as protection: another layer (a
+    concurrency limit) of a forgotten host starts afresh.
+
+    Finding a place scans the table from its oldest entry and stops at the
+    first host without protection, so it costs one step when the oldest
+    host is unprotected, and up to *max_hosts* when many are protected.
 
     (A :class:`~layers.RateLimit` needs no ``PerHost``: give it
     ``key=host_key``.)
@@ -571,10 +870,13 @@ class PerHost:
         factory: ``factory(key) -> layer``, called once per key kept.
         key: ``key(request) -> hashable`` (default :func:`host_key`).
         max_hosts: The most keys kept, an integer >= 1 (default 1,000).
+        name: The name in :class:`HostTableFull` and :class:`HostRefused`
+            (default ``"per_host"``).
 
     Raises:
         layers.ConfigurationError: For a *max_hosts* below 1.
-        TypeError: If *factory* or *key* is not callable.
+        TypeError: If *factory* or *key* is not callable, or *name* not a
+            string; at a call, if ``key(request)`` is not hashable.
 
     Example:
         >>> import httpx
@@ -585,7 +887,7 @@ class PerHost:
         ... )
     """
 
-    __slots__ = ("factory", "key", "max_hosts")
+    __slots__ = ("factory", "key", "max_hosts", "name")
 
     def __init__(
         self,
@@ -593,37 +895,86 @@ class PerHost:
         *,
         key: Callable[[Any], Hashable] = host_key,
         max_hosts: int = 1000,
+        name: str = "per_host",
     ) -> None:
-        for name, value in (("factory", factory), ("key", key)):
+        for parameter, value in (("factory", factory), ("key", key)):
             if not callable(value):
                 raise TypeError(
-                    f"PerHost({name}={value!r}): {name} must be callable, "
+                    f"PerHost({parameter}={value!r}): {parameter} must be callable, "
                     f"got {type(value).__name__}"
                 )
         _positive_int("PerHost", "max_hosts", max_hosts)
+        if not isinstance(cast(object, name), str):
+            raise TypeError(
+                f"PerHost(name={name!r}): name must be a string, "
+                f"got {type(name).__name__}"
+            )
         self.factory = factory
         self.key = key
         self.max_hosts = max_hosts
+        self.name = name
 
     def layer(self, inner: Service[Req, Res], /) -> Service[Req, Res]:
         """Wrap *inner*: each key gets ``factory(key).layer(inner)``."""
-        table: OrderedDict[Hashable, Service[Req, Res]] = OrderedDict()
+        table: OrderedDict[
+            Hashable, tuple[Service[Req, Res], tuple[CircuitBreaker, ...]]
+        ] = OrderedDict()
         factory = self.factory
         key_of = self.key
         max_hosts = self.max_hosts
+        name = self.name
+
+        def make_room() -> None:
+            """Forget one host, or raise HostTableFull."""
+            lapsed: Hashable | None = None
+            found_lapsed = False
+            soonest = math.inf
+            for kept, (_, breakers) in table.items():  # the oldest first
+                held = _protected_for(breakers) if breakers else None
+                if held is None:
+                    del table[kept]
+                    return
+                if held <= 0:
+                    if not found_lapsed:
+                        lapsed, found_lapsed = kept, True
+                else:
+                    soonest = min(soonest, held)
+            if found_lapsed:
+                del table[lapsed]
+                return
+            retry_after = None if math.isinf(soonest) else soonest
+            if events.STATE.sinks:
+                events.emit(
+                    HostRefused(
+                        layer=name, max_hosts=max_hosts, retry_after=retry_after
+                    )
+                )
+            raise HostTableFull(
+                f"PerHost {name!r}: all {max_hosts} hosts kept (max_hosts) have a "
+                "breaker that is not closed; a new host is refused",
+                retry_after=retry_after,
+                layer=name,
+            )
 
         async def per_host(request: Req, /) -> Res:
             key = key_of(request)
-            service = table.get(key)
-            if service is None:
+            try:
+                entry = table.get(key)
+            except TypeError:
+                raise TypeError(
+                    f"PerHost(key={key_of!r}): key(request) must return a "
+                    f"hashable value, got {type(key).__name__}"
+                ) from None
+            if entry is None:
+                if len(table) >= max_hosts:
+                    make_room()
                 made = factory(key)
                 check_layer("PerHost", "factory(key)", made)
                 service = cast("Service[Req, Res]", made.layer(inner))
-                table[key] = service
-                if len(table) > max_hosts:
-                    table.popitem(last=False)
+                table[key] = (service, _breakers_in(made))
             else:
                 table.move_to_end(key)
+                service = entry[0]
             return await service(request)
 
         return per_host
@@ -670,6 +1021,11 @@ class LayeredTransport(httpx.AsyncBaseTransport):
     retried by :class:`RetryOn`: the caller gets the first attempt's
     outcome, the ``httpx.TransportError`` itself or the retryable response.
 
+    **Retry-After** is the server's to choose: give the retry a
+    ``max_delay`` (as below) so that a hint longer than you would wait
+    returns the response at once instead of sleeping. A header that no
+    number can hold never raises (see :func:`parse_retry_after`).
+
     Args:
         stack: A layer for ``Service[httpx.Request, httpx.Response]``: a
             :class:`~layers.ServiceBuilder`, one layer, or a
@@ -693,7 +1049,11 @@ class LayeredTransport(httpx.AsyncBaseTransport):
         >>> answers = iter([503, 200])
         >>> mock = httpx.MockTransport(lambda request: httpx.Response(next(answers)))
         >>> stack = layers.ServiceBuilder().retry(
-        ...     on=RetryOn(), retry_after=retry_after, attempts=3, backoff=[0.01]
+        ...     on=RetryOn(),
+        ...     retry_after=retry_after,
+        ...     attempts=3,
+        ...     backoff=[0.01],
+        ...     max_delay=30,  # a longer Retry-After returns the response
         ... )
         >>> async def main() -> int:
         ...     transport = LayeredTransport(stack, mock)
@@ -726,12 +1086,9 @@ class LayeredTransport(httpx.AsyncBaseTransport):
                 "raise_statuses must be a collection of HTTP status codes 100-599"
             )
         statuses = frozenset(raise_statuses)
-        for each in cast("frozenset[object]", statuses):
-            if not _is_status(each):
-                raise ConfigurationError(
-                    f"LayeredTransport(raise_statuses={sorted(statuses, key=repr)!r}): "
-                    f"raise_statuses must hold HTTP status codes 100-599, got {each!r}"
-                )
+        _check_statuses(
+            "LayeredTransport", "raise_statuses", cast("frozenset[object]", statuses)
+        )
         self.stack = stack
         """The layer the requests pass."""
         self.transport: httpx.AsyncBaseTransport = transport

@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 import layers
 from layers.httpx import (
     IDEMPOTENT_METHODS,
+    MAX_RETRY_AFTER,
     RETRY_STATUSES,
+    HostTableFull,
     LayeredTransport,
     PerHost,
     RetryableResponse,
@@ -545,10 +547,11 @@ def test_parse_retry_after_forms() -> None:
         assert parse_retry_after(bad, now=now) is None, bad
 
 
-@hypothesis.given(st.integers(min_value=0, max_value=10**12))
+@hypothesis.given(st.integers(min_value=0, max_value=10**400))
 def test_parse_retry_after_any_delta_seconds(seconds: int) -> None:
-    """Any non-negative integer of delta-seconds parses to itself."""
-    assert parse_retry_after(str(seconds)) == float(seconds)
+    """Any non-negative integer of delta-seconds parses to itself, at most the cap."""
+    expected = float(seconds) if seconds <= MAX_RETRY_AFTER else MAX_RETRY_AFTER
+    assert parse_retry_after(str(seconds)) == expected
 
 
 @hypothesis.given(st.text(max_size=40))
@@ -700,3 +703,423 @@ async def test_against_a_real_server(anyio_backend: str) -> None:
     assert response.status_code == 200
     assert response.text == "hello"
     assert hits == ["/x", "/x"]
+
+
+# ----------------------------------------------------------------- hardening (issue 11)
+
+
+HUGE_RETRY_AFTERS = ["9" * 20, "9" * 400, "9" * 5000, "99999999999"]
+
+
+@pytest.mark.parametrize("value", HUGE_RETRY_AFTERS, ids=lambda v: f"{len(v)}-digits")
+def test_parse_retry_after_huge_delta_seconds_is_clamped(value: str) -> None:
+    """Delta-seconds no float can hold (or absurdly long) clamp to the ceiling."""
+    assert parse_retry_after(value) == MAX_RETRY_AFTER
+    assert parse_retry_after(f" {value} ") == MAX_RETRY_AFTER
+
+
+def test_parse_retry_after_ceiling_and_below() -> None:
+    """Up to the ceiling a value is itself; one second more is the ceiling."""
+    ceiling = int(MAX_RETRY_AFTER)
+    assert parse_retry_after(str(ceiling)) == MAX_RETRY_AFTER
+    assert parse_retry_after(str(ceiling + 1)) == MAX_RETRY_AFTER
+    assert parse_retry_after(str(ceiling - 1)) == MAX_RETRY_AFTER - 1
+    assert parse_retry_after("0" * 500 + "7") == 7.0  # leading zeros
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "-5",
+        "-0",
+        "+5",
+        "nan",
+        "NaN",
+        "inf",
+        "-inf",
+        "Infinity",
+        "1e400",
+        "1e3",
+        "0x10",
+        "5_000",
+        "Fri, 31 Dec 99999 23:59:59 GMT",  # a year no date can hold
+        "Fri, 31 Dec 9999 23:59:59 +9999",  # an offset no timezone can hold
+        "Fri, 31 Dec 9999 99:99:99 GMT",
+        "Mon, 99 Jan 2015 00:00:00 GMT",
+        "Mon, 01 Jan " + "9" * 400 + " 00:00:00 GMT",
+        "Mon, 01 Jan 2015 " + "9" * 400 + ":00:00 GMT",
+    ],
+)
+def test_parse_retry_after_malformed_values_give_no_hint(value: str) -> None:
+    """Negative, nan/inf, float syntax and impossible dates are malformed: None."""
+    now = datetime(2015, 10, 21, 7, 28, tzinfo=UTC)
+    assert parse_retry_after(value, now=now) is None
+
+
+def test_parse_retry_after_far_dates() -> None:
+    """A date in the far future clamps to the ceiling; a far past one is 0."""
+    now = datetime(2015, 10, 21, 7, 28, tzinfo=UTC)
+    assert parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now=now) == (
+        MAX_RETRY_AFTER
+    )
+    assert parse_retry_after("Fri, 31 Dec 9999 23:59:59 -2359", now=now) == (
+        MAX_RETRY_AFTER
+    )
+    assert parse_retry_after("Mon, 01 Jan 0001 00:00:00 +2359", now=now) == 0.0
+    # a naive "now" is read as UTC, not refused
+    naive = datetime(2015, 10, 21, 7, 28)
+    assert parse_retry_after("Wed, 21 Oct 2015 07:29:00 GMT", now=naive) == 60.0
+
+
+_header_atoms = st.one_of(
+    st.integers(min_value=-(10**500), max_value=10**500).map(str),
+    st.sampled_from(
+        ["Mon,", "Wed,", "Jan", "Dec", "Foo", "GMT", "UTC", "+2359", "-9999", ":"]
+    ),
+    st.sampled_from(["nan", "inf", "-inf", "1e999", "-0", " ", ",", "-"]),
+    st.text(max_size=6),
+)
+
+
+@hypothesis.given(st.lists(_header_atoms, max_size=8).map(" ".join))
+def test_parse_retry_after_never_raises_on_date_like_values(value: str) -> None:
+    """Date-like and number-like junk of any size: None or a finite value in range."""
+    result = parse_retry_after(value)
+    assert result is None or 0 <= result <= MAX_RETRY_AFTER
+
+
+@pytest.mark.parametrize("value", HUGE_RETRY_AFTERS, ids=lambda v: f"{len(v)}-digits")
+async def test_huge_retry_after_through_the_transport_returns_the_response(
+    value: str,
+) -> None:
+    """A 503 with a huge Retry-After: the client gets the 503, no exception, no wait."""
+    server = Server((503, {"Retry-After": value}), 200)
+    async with client(retrying(max_delay=60), server) as http:
+        start = anyio.current_time()
+        response = await http.get(URL)
+        assert anyio.current_time() - start < 1
+    assert response.status_code == 503
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("value", ["-5", "nan", "inf", "9" * 5000 + "x"])
+async def test_malformed_retry_after_through_the_transport_uses_the_backoff(
+    value: str,
+) -> None:
+    """A malformed Retry-After is no hint: the 1 s backoff applies, then a 200."""
+    server = Server((503, {"Retry-After": value}), 200)
+    async with client(retrying(max_delay=60), server) as http:
+        start = anyio.current_time()
+        assert (await http.get(URL)).status_code == 200
+        assert anyio.current_time() - start == pytest.approx(1, abs=0.01)
+
+
+def test_retry_after_reader_never_raises_on_huge_headers() -> None:
+    """retry_after() on an HTTPStatusError with a 5,000-digit header: the ceiling."""
+    request = httpx.Request("GET", URL)
+    response = httpx.Response(503, headers={"Retry-After": "9" * 5000}, request=request)
+    error = httpx.HTTPStatusError("x", request=request, response=response)
+    assert retry_after(error) == MAX_RETRY_AFTER
+    assert retry_after(RetryableResponse(response, request)) == MAX_RETRY_AFTER
+
+
+async def test_documented_stack_does_not_sleep_on_a_huge_retry_after() -> None:
+    """The LayeredTransport docstring's stack (with its max_delay): no absurd sleep."""
+    stack = layers.ServiceBuilder().retry(
+        on=RetryOn(), retry_after=retry_after, attempts=3, backoff=[0.01], max_delay=30
+    )
+    server = Server((503, {"Retry-After": "99999999999"}), 200)
+    async with client(stack, server) as http:
+        start = anyio.current_time()
+        response = await http.get(URL)
+        waited = anyio.current_time() - start
+    assert response.status_code == 503
+    assert waited < 1, waited
+    assert len(server.requests) == 1
+    # and the docstring's example says so (max_delay shown)
+    assert "max_delay=" in (LayeredTransport.__doc__ or "")
+
+
+# --- item 10: a timeout inside the retry
+
+
+def slow_then_fast(delays: list[float]) -> tuple[httpx.MockTransport, list[str]]:
+    """A transport whose n-th call takes delays[n] seconds (the last repeats)."""
+    seen: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.method)
+        delay = delays[min(len(seen), len(delays)) - 1]
+        await anyio.sleep(delay)
+        return httpx.Response(200)
+
+    return httpx.MockTransport(handler), seen
+
+
+def retry_with_attempt_timeout(
+    on: RetryOn,
+) -> layers.ServiceBuilder[Any, Any, Any, Any]:
+    """The pattern of docs/howto/retry.md: retry, then a per-attempt timeout."""
+    return retrying(on=on).timeout(1.0, name="attempt")
+
+
+async def test_elapsed_inside_the_retry_is_retried() -> None:
+    """RetryOn(errors=(TransportError, Elapsed)) retries a per-attempt timeout."""
+    transport, seen = slow_then_fast([10.0, 0.0])
+    on = RetryOn(errors=(httpx.TransportError, layers.Elapsed))
+    layered = LayeredTransport(retry_with_attempt_timeout(on), transport)
+    async with httpx.AsyncClient(transport=layered) as http:
+        assert (await http.get(URL)).status_code == 200
+    assert seen == ["GET", "GET"]
+
+
+async def test_elapsed_inside_the_retry_respects_method_and_body() -> None:
+    """A POST (by default) or a streaming PUT that times out is not retried."""
+    on = RetryOn(errors=(httpx.TransportError, layers.Elapsed))
+    transport, seen = slow_then_fast([10.0, 0.0])
+    layered = LayeredTransport(retry_with_attempt_timeout(on), transport)
+    async with httpx.AsyncClient(transport=layered) as http:
+        with pytest.raises(layers.Elapsed):
+            await http.post(URL, content=b"x")
+        assert seen == ["POST"]
+        seen.clear()
+        with pytest.raises(layers.Elapsed):
+            await http.put(URL, content=streamed_body())
+        assert seen == ["PUT"]
+
+
+async def test_rejection_below_the_retry_is_retried_when_named() -> None:
+    """A Rejected from a layer below (no request on it) is retried when in errors."""
+    on = RetryOn(errors=(httpx.TransportError, layers.RateLimited))
+    server = Server(200)
+    stack = retrying(on=on, max_delay=60).rate_limit(1, 10, mode="reject")
+    async with client(stack, server) as http:
+        await http.get(URL)
+        start = anyio.current_time()
+        assert (await http.get(URL)).status_code == 200  # refused, waited, sent
+        assert anyio.current_time() - start == pytest.approx(10, abs=0.01)
+    assert len(server.requests) == 2
+
+
+def test_retry_on_without_a_request_outside_a_transport() -> None:
+    """Outside a LayeredTransport an error with no request is not retried."""
+    on = RetryOn(errors=(httpx.TransportError, layers.Elapsed))
+    assert not on(layers.Elapsed(timeout=1.0, layer="t"))
+
+
+# --- item 13: messages
+
+
+@pytest.mark.parametrize(
+    ("make", "shown", "hidden"),
+    [
+        (lambda: RetryOn(statuses={200, 700}), ["RetryOn", "statuses", "700"], "200"),
+        (lambda: RetryOn(statuses={503, 99, 1000}), ["99", "1000"], "503"),
+        (
+            lambda: RetryOn(statuses={503, "504"}),  # type: ignore[arg-type]
+            ["RetryOn", "statuses", "'504'"],
+            "503",
+        ),
+        (
+            lambda: LayeredTransport(layers.Identity(), raise_statuses={200, 700}),
+            ["LayeredTransport", "raise_statuses", "700"],
+            "200",
+        ),
+    ],
+    ids=["retry-on-700", "retry-on-two-bad", "retry-on-str", "transport-700"],
+)
+def test_status_messages_name_only_the_bad_values(
+    make: Callable[[], object], shown: list[str], hidden: str
+) -> None:
+    """The message names the class, the parameter and only the bad statuses."""
+    with pytest.raises(layers.ConfigurationError) as raised:
+        make()
+    message = str(raised.value)
+    for part in shown:
+        assert part in message, message
+    assert hidden not in message, message
+    assert "'700'" not in message, message  # numbers are shown as numbers
+
+
+# --- item 15: PerHost keeps protection
+
+
+def flaky_breaker(
+    made: dict[str, layers.CircuitBreaker],
+) -> Callable[[str], layers.CircuitBreaker]:
+    """A factory of breakers that open after 2 failures, for 30 s."""
+
+    def breaker(host: str) -> layers.CircuitBreaker:
+        made[host] = layers.CircuitBreaker(
+            name=host,
+            window_size=2,
+            minimum_calls=2,
+            open_duration=30,
+            half_open_calls=1,
+            **breaker_options(),
+        )
+        return made[host]
+
+    return breaker
+
+
+def down_host_server() -> tuple[httpx.MockTransport, list[str]]:
+    """down.test answers 503, every other host 200; records the hosts called."""
+    hosts: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        hosts.append(request.url.host)
+        return httpx.Response(503 if request.url.host == "down.test" else 200)
+
+    return httpx.MockTransport(handler), hosts
+
+
+async def open_down_host(http: httpx.AsyncClient) -> None:
+    """Fail down.test twice, so that its breaker opens."""
+    for _ in range(2):
+        assert (await http.get("https://down.test/")).status_code == 503
+
+
+async def test_per_host_does_not_evict_an_open_breaker() -> None:
+    """A full table evicts a closed host, never the one whose breaker is open."""
+    made: dict[str, layers.CircuitBreaker] = {}
+    transport, hosts = down_host_server()
+    layered = LayeredTransport(PerHost(flaky_breaker(made), max_hosts=2), transport)
+    async with httpx.AsyncClient(transport=layered) as http:
+        await open_down_host(http)
+        for host in ["a", "b", "c", "d"]:  # down.test is now the least recently used
+            assert (await http.get(f"https://{host}.test/")).status_code == 200
+        hosts.clear()
+        with pytest.raises(layers.CircuitOpen):
+            await http.get("https://down.test/")
+    assert hosts == []  # the failing host was not called again
+
+
+async def test_per_host_full_of_open_breakers_refuses_a_new_host() -> None:
+    """Every kept host protected: a new one is refused (HostTableFull), bound kept."""
+    made: dict[str, layers.CircuitBreaker] = {}
+    transport, hosts = down_host_server()
+    per_host = PerHost(flaky_breaker(made), max_hosts=1)
+    layered = LayeredTransport(per_host, transport)
+    with capture_events(layers.Event) as events:
+        async with httpx.AsyncClient(transport=layered) as http:
+            await open_down_host(http)
+            await anyio.sleep(10)
+            hosts.clear()
+            with pytest.raises(HostTableFull) as raised:
+                await http.get("https://new.test/")
+            assert hosts == []
+            assert "new.test" not in made
+            assert isinstance(raised.value, layers.Rejected)
+            assert raised.value.retry_after == pytest.approx(20, abs=0.01)
+            assert "max_hosts" in str(raised.value)
+            with pytest.raises(layers.CircuitOpen):  # still protected
+                await http.get("https://down.test/")
+            # once the open period is over, its protection has lapsed: evicted
+            await anyio.sleep(20)
+            assert (await http.get("https://new.test/")).status_code == 200
+    assert hosts == ["new.test"]
+    assert any(type(event).__name__ == "HostRefused" for event in events)
+
+
+async def test_per_host_keeps_a_forced_open_breaker() -> None:
+    """A breaker forced open by hand is kept however full the table gets."""
+    made: dict[str, layers.CircuitBreaker] = {}
+    transport, hosts = down_host_server()
+    layered = LayeredTransport(PerHost(flaky_breaker(made), max_hosts=2), transport)
+    async with httpx.AsyncClient(transport=layered) as http:
+        assert (await http.get("https://kept.test/")).status_code == 200
+        made["https://kept.test:443"].force_open()
+        for host in ["a", "b", "c"]:
+            assert (await http.get(f"https://{host}.test/")).status_code == 200
+        with pytest.raises(layers.CircuitOpen):
+            await http.get("https://kept.test/")
+    assert hosts == ["kept.test", "a.test", "b.test", "c.test"]
+
+
+async def test_per_host_sees_breakers_inside_a_builder() -> None:
+    """A factory returning a ServiceBuilder with a breaker is protected the same."""
+    made: dict[str, layers.CircuitBreaker] = {}
+    make = flaky_breaker(made)
+
+    def stack(host: str) -> layers.ServiceBuilder[Any, Any, Any, Any]:
+        return layers.ServiceBuilder().timeout(5).layer(make(host))
+
+    transport, hosts = down_host_server()
+    layered = LayeredTransport(PerHost(stack, max_hosts=2), transport)
+    async with httpx.AsyncClient(transport=layered) as http:
+        await open_down_host(http)
+        for host in ["a", "b", "c"]:
+            assert (await http.get(f"https://{host}.test/")).status_code == 200
+        hosts.clear()
+        with pytest.raises(layers.CircuitOpen):
+            await http.get("https://down.test/")
+    assert hosts == []
+
+
+async def test_per_host_half_open_probe_in_flight_is_kept() -> None:
+    """A half-open breaker whose probe is running is not evicted."""
+    made: dict[str, layers.CircuitBreaker] = {}
+    release = anyio.Event()
+    calls: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.host)
+        if request.url.host == "down.test":
+            if len(calls) > 2:
+                await release.wait()  # the probe hangs
+            return httpx.Response(503 if len(calls) <= 2 else 200)
+        return httpx.Response(200)
+
+    layered = LayeredTransport(
+        PerHost(flaky_breaker(made), max_hosts=1), httpx.MockTransport(handler)
+    )
+    async with httpx.AsyncClient(transport=layered) as http:
+        await open_down_host(http)
+        await anyio.sleep(31)
+        async with anyio.create_task_group() as group:
+            group.start_soon(http.get, "https://down.test/")  # the probe
+            await anyio.sleep(1)
+            assert made["https://down.test:443"].state is layers.CircuitState.HALF_OPEN
+            with pytest.raises(HostTableFull):
+                await http.get("https://new.test/")
+            release.set()
+        assert made["https://down.test:443"].state is layers.CircuitState.CLOSED
+        assert (await http.get("https://new.test/")).status_code == 200
+
+
+async def test_per_host_forgets_a_closed_host_before_a_lapsed_one() -> None:
+    """A closed host goes first; an open breaker past its open time goes next."""
+    made: dict[str, layers.CircuitBreaker] = {}
+    factory = flaky_breaker(made)
+    calls: list[str] = []
+
+    def counted(host: str) -> layers.CircuitBreaker:
+        calls.append(host)
+        return factory(host)
+
+    transport, _ = down_host_server()
+    layered = LayeredTransport(PerHost(counted, max_hosts=2), transport)
+    async with httpx.AsyncClient(transport=layered) as http:
+        await open_down_host(http)
+        await anyio.sleep(31)  # down.test's open period is over: lapsed
+        await http.get("https://b.test/")
+        await http.get("https://c.test/")  # b.test (closed) is forgotten
+        await http.get("https://d.test/")  # c.test too: closed goes first
+        await http.get("https://down.test/")  # its breaker, kept, lets a probe by
+    assert [host.split("//")[1].split(".")[0] for host in calls] == [
+        "down",
+        "b",
+        "c",
+        "d",
+    ]
+    assert made["https://down.test:443"].state is layers.CircuitState.OPEN  # re-tripped
+
+
+async def test_per_host_unhashable_key_is_a_clear_error() -> None:
+    """A key function returning an unhashable value: a TypeError naming key."""
+    server = Server(200)
+    per_host = PerHost(lambda key: layers.Identity(), key=lambda request: [1])
+    async with client(per_host, server) as http:
+        with pytest.raises(TypeError, match=r"PerHost\(key=.*hashable.*list"):
+            await http.get(URL)

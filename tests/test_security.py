@@ -258,3 +258,168 @@ async def test_flood_growth_sees_a_leak() -> None:
 
     growth = await flood_growth(leaky_flood, 1_000)
     assert growth > 100_000
+
+
+# --------------------------------------------------------------------- httpx redaction
+
+
+CREDENTIAL_HEADERS = [
+    "Authorization",
+    "proxy-authorization",
+    "Cookie",
+    "SET-COOKIE",
+    "X-Api-Key",
+    "x-api-key",
+    "X-API-KEY",
+    "X-Auth-Token",
+    "X-Amz-Security-Token",
+    "X-CSRF-Token",
+    "X-Goog-Api-Key",
+    "Ocp-Apim-Subscription-Key",
+    "X-Functions-Key",
+    "X-Client-Secret",
+    "X-Session-Id",
+    "X-Hub-Signature-256",
+    "Api_Key",
+    "apikey",
+    "X-Password",
+]
+PLAIN_HEADERS = ["Accept", "Content-Type", "User-Agent", "Keep-Alive", "Retry-After"]
+
+
+@pytest.mark.parametrize("name", CREDENTIAL_HEADERS)
+def test_redact_headers_hides_credential_like_names(name: str) -> None:
+    """Any credential-like header name, in any case, as str or bytes, is hidden."""
+    httpx = pytest.importorskip("httpx")
+    from layers.httpx import redact_headers
+
+    assert redact_headers([(name, "hunter2")]) == [(name, "[redacted]")]
+    raw = name.encode()
+    assert redact_headers([(raw, b"hunter2")]) == [(raw, b"[redacted]")]
+    assert redact_headers({name: "hunter2"}) == [(name, "[redacted]")]
+    headers = httpx.Headers({name: "hunter2"})
+    assert "hunter2" not in repr(redact_headers(headers))
+    assert "hunter2" not in repr(redact_headers(headers.raw))
+
+
+@pytest.mark.parametrize("name", PLAIN_HEADERS)
+def test_redact_headers_keeps_plain_headers(name: str) -> None:
+    """Ordinary headers keep their values (str and bytes alike)."""
+    pytest.importorskip("httpx")
+    from layers.httpx import redact_headers
+
+    assert redact_headers([(name, "v")]) == [(name, "v")]
+    assert redact_headers([(name.encode(), b"v")]) == [(name.encode(), b"v")]
+
+
+CREDENTIAL_PARAMS = [
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "api_key",
+    "apikey",
+    "api-key",
+    "key",
+    "secret",
+    "client_secret",
+    "password",
+    "passwd",
+    "signature",
+    "sig",
+    "auth",
+    "session",
+    "X-Amz-Signature",
+    "X-Amz-Credential",
+    "X-Amz-Security-Token",
+    "TOKEN",
+    "%74oken",  # percent-encoded "token"
+]
+
+
+@pytest.mark.parametrize("name", CREDENTIAL_PARAMS)
+def test_redact_url_hides_credential_like_query_parameters(name: str) -> None:
+    """The value of a credential-like query parameter is hidden; others are kept."""
+    pytest.importorskip("httpx")
+    from layers.httpx import redact_url
+
+    url = f"https://api.example.com/items?page=2&{name}=hunter2&sort=asc"
+    redacted = redact_url(url)
+    assert "hunter2" not in redacted
+    assert redacted == (
+        f"https://api.example.com/items?page=2&{name}=[redacted]&sort=asc"
+    )
+
+
+def test_redact_url_edge_cases() -> None:
+    """Userinfo and query together, fragments, repeats, empty values, non-URLs."""
+    httpx = pytest.importorskip("httpx")
+    from layers.httpx import redact_url
+
+    assert redact_url("https://ada:pw@x.test/a?token=t1&q=1&token=t2") == (
+        "https://[redacted]@x.test/a?token=[redacted]&q=1&token=[redacted]"
+    )
+    assert redact_url("https://x.test/cb#access_token=t1&state=s") == (
+        "https://x.test/cb#access_token=[redacted]&state=s"
+    )
+    assert redact_url(httpx.URL("https://x.test/?key=k&page=1")) == (
+        "https://x.test/?key=[redacted]&page=1"
+    )
+    assert redact_url("https://x.test/?token") == "https://x.test/?token"
+    assert redact_url("https://x.test/?monkey=1&keyword=2") == (
+        "https://x.test/?monkey=1&keyword=2"
+    )
+    assert redact_url("https://x.test/?") == "https://x.test/?"
+    assert redact_url("http://[::1:token=hunter2") == "[redacted]"  # not a URL
+
+
+async def test_no_url_or_header_credential_reaches_a_message_event_or_log() -> None:
+    """A retried request with credentials in its URL, userinfo and headers: no leak."""
+    httpx = pytest.importorskip("httpx")
+    from layers.httpx import (
+        LayeredTransport,
+        RetryableResponse,
+        RetryOn,
+        describe_request,
+        retry_after,
+    )
+
+    sent: list[Any] = []
+
+    def handler(request: Any) -> Any:
+        sent.append(request)
+        return httpx.Response(503)
+
+    stack = layers.ServiceBuilder().retry(
+        on=RetryOn(), retry_after=retry_after, attempts=3, backoff=[0.1], budget=None
+    )
+    transport = LayeredTransport(stack, httpx.MockTransport(handler))
+    headers = {"X-Api-Key": "hunter2", "X-Auth-Token": "hunter2"}
+    url = "https://ada:hunter2@api.example.com/items?access_token=hunter2&page=1"
+    layers.set_error_messages(True)
+    try:
+        with (
+            capture_events(layers.Event) as events,
+            structlog.testing.capture_logs() as logs,
+        ):
+            async with httpx.AsyncClient(transport=transport, headers=headers) as http:
+                response = await http.get(url)
+    finally:
+        layers.set_error_messages(False)
+    assert response.status_code == 503
+    assert len(sent) == 3
+    error = RetryableResponse(response, sent[0])
+    text = " ".join(
+        [
+            *map(repr, events),
+            json.dumps([event.fields() for event in events], default=str),
+            repr(logs),
+            str(error),
+            repr(error),
+            describe_request(sent[0]),
+            repr(transport),
+        ]
+    )
+    assert events
+    assert "hunter2" not in text
+    assert "access_token=[redacted]&page=1" in str(error)
