@@ -65,7 +65,14 @@ from ._drain import Drain
 from ._ratelimit import Mode, RateLimit, RateLimitStore
 from ._retry import Classification, Retry
 from ._timeout import Timeout
-from ._transforms import AndThen, Filter, MapErr, MapRequest, MapResponse
+from ._transforms import (
+    AndThen,
+    Filter,
+    MapErr,
+    MapRequest,
+    MapResponse,
+    check_plain_function,
+)
 
 __all__ = ["ServiceBuilder", "Unchanged"]
 
@@ -454,7 +461,15 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
         self: ServiceBuilder[A, D, B, C], function: Callable[[B], Y], /
     ) -> ServiceBuilder[A, D, Y, C]: ...
     def map_request(self, function: Callable[[Any], Any], /) -> Any:
-        """Add a :class:`~layers.MapRequest`: the inner gets ``function(request)``."""
+        """Add a :class:`~layers.MapRequest`: the inner gets ``function(request)``.
+
+        *function* is a plain function; an async one is refused (for async
+        work on the request, add a layer made with :func:`~layers.layer_fn`).
+
+        Raises:
+            layers.ConfigurationError: If *function* is not callable, or is async.
+        """
+        check_plain_function("ServiceBuilder.map_request", "map_request", function)
         return self._add(MapRequest(function))
 
     @overload
@@ -466,7 +481,14 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
         self: ServiceBuilder[A, D, B, C], function: Callable[[X], C], /
     ) -> ServiceBuilder[A, D, B, X]: ...
     def map_response(self, function: Callable[[Any], Any], /) -> Any:
-        """Add a :class:`~layers.MapResponse`: callers get ``function(response)``."""
+        """Add a :class:`~layers.MapResponse`: callers get ``function(response)``.
+
+        *function* is a plain function; for an async one, use :meth:`and_then`.
+
+        Raises:
+            layers.ConfigurationError: If *function* is not callable, or is async.
+        """
+        check_plain_function("ServiceBuilder.map_response", "map_response", function)
         return self._add(MapResponse(function))
 
     @overload
@@ -484,7 +506,14 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
     def map_err(
         self, function: Callable[[Exception], Exception], /
     ) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]:
-        """Add a :class:`~layers.MapErr`: exceptions pass through ``function``."""
+        """Add a :class:`~layers.MapErr`: exceptions pass through ``function``.
+
+        *function* is a plain function that returns the exception to raise.
+
+        Raises:
+            layers.ConfigurationError: If *function* is not callable, or is async.
+        """
+        check_plain_function("ServiceBuilder.map_err", "map_err", function)
         return self._add(MapErr(function))
 
     def filter(
