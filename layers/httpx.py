@@ -46,8 +46,9 @@ from typing import Any, Final, TypedDict, TypeVar, cast, final
 import anyio
 import attrs
 
+from ._builder import ServiceBuilder
 from ._config import check_int, fail
-from ._core import Layer, Service, TypePreservingLayer, check_layer
+from ._core import Layer, Service, TypePreservingLayer, as_layer, check_layer
 from ._errors import ConfigurationError, Elapsed
 
 try:
@@ -707,12 +708,14 @@ class LayeredTransport(httpx.AsyncBaseTransport):
 
     def __init__(
         self,
-        stack: Layer[Any, Any, Any, Any] | TypePreservingLayer,
+        stack: Layer[Any, Any, Any, Any]
+        | TypePreservingLayer
+        | ServiceBuilder[Any, Any, Any, Any],
         transport: httpx.AsyncBaseTransport | None = None,
         *,
         raise_statuses: Iterable[int] = RETRY_STATUSES,
     ) -> None:
-        check_layer("LayeredTransport", "stack", stack)
+        layer = as_layer("LayeredTransport", "stack", stack)
         if transport is None:
             transport = httpx.AsyncHTTPTransport()
         elif not isinstance(cast(object, transport), httpx.AsyncBaseTransport):
@@ -738,7 +741,7 @@ class LayeredTransport(httpx.AsyncBaseTransport):
         """The real transport below the layers."""
         self.raise_statuses = statuses
         """The statuses raised as :class:`RetryableResponse` inside the stack."""
-        self._service: Service[httpx.Request, httpx.Response] = stack.layer(self._send)
+        self._service: Service[httpx.Request, httpx.Response] = layer.layer(self._send)
 
     async def _send(self, request: httpx.Request, /) -> httpx.Response:
         """The bottom of the stack: the real transport."""
