@@ -22,7 +22,7 @@ from typing import Any, Generic, NoReturn, TypeVar, cast, final
 import attrs
 
 from ._config import Validator, callable_value, check_callable, name_value
-from ._core import Service, is_async_callable, refuse_awaitable
+from ._core import Service, describe, is_async_callable, refuse_awaitable
 from ._errors import ConfigurationError, Filtered
 
 __all__ = ["AndThen", "Filter", "MapErr", "MapRequest", "MapResponse"]
@@ -48,12 +48,6 @@ _INSTEAD = {
         "for async work on an error, write a layer with layers.layer_fn that catches it"
     ),
 }
-
-
-def describe(function: object) -> str:
-    """A short name for *function* in a message: its qualified name, or its repr."""
-    name = getattr(function, "__qualname__", None)
-    return name if isinstance(name, str) else repr(function)
 
 
 def check_plain_function(owner: str, transform: str, function: object) -> None:
