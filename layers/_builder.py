@@ -38,6 +38,36 @@ old one as it was, so a partial builder can be shared and extended. A method
 that adds a stateful layer (a rate limit, a breaker...) makes the layer object
 when the method is called; every service built from that builder, or from
 builders extended from it, shares that one state.
+
+Adding and building
+-------------------
+``.layer(some_layer)`` adds a layer and returns a new builder; ``.service(s)``
+(or the builder used as a decorator) builds the stacked service. ``.layer()``
+takes layers only: a class, a function or a service given to it is refused
+at once, with a message that says what to pass instead
+(``layers.Timeout(1.0)`` for the class ``layers.Timeout``, ``layers.layer_fn(f)``
+for a function ``Service -> Service``, ``.service(s)`` to build).
+
+So, unlike tower's ``ServiceBuilder`` (whose inherent ``layer`` adds while its
+``Layer`` implementation builds, which Rust tells apart by trait), the builder
+is not itself a :class:`~layers.Layer`: :meth:`ServiceBuilder.into_layer` turns
+it into one. The APIs of ``layers`` that take a whole stack (``.layer()``
+itself, :class:`~layers.Stack`, ``LayersMiddleware``, ``LayeredTransport``)
+take a builder as well, and use its ``into_layer()``.
+
+    >>> inner = layers.ServiceBuilder().layer(tag("b")).layer(tag("c"))
+    >>> seen.clear()
+    >>> svc = layers.ServiceBuilder().layer(tag("a")).layer(inner).service(handler)
+    >>> anyio.run(svc, "x")
+    'x'
+    >>> seen
+    ['a in', 'b in', 'c in', 'handler', 'c out', 'b out', 'a out']
+    >>> inner.into_layer().layer(handler) is not None
+    True
+    >>> layers.ServiceBuilder().layer(handler)
+    Traceback (most recent call last):
+      ...
+    TypeError: ServiceBuilder.layer(layer=handler): layer must be a Layer ...
 """
 
 from __future__ import annotations
@@ -58,14 +88,20 @@ from ._core import (
     TypePreservingLayer,
     check_layer,
     is_async_callable,
-    is_layer,
     wrap_in,
 )
 from ._drain import Drain
 from ._ratelimit import Mode, RateLimit, RateLimitStore
 from ._retry import Classification, Retry
 from ._timeout import Timeout
-from ._transforms import AndThen, Filter, MapErr, MapRequest, MapResponse
+from ._transforms import (
+    AndThen,
+    Filter,
+    MapErr,
+    MapRequest,
+    MapResponse,
+    check_plain_function,
+)
 
 __all__ = ["ServiceBuilder", "Unchanged"]
 
@@ -113,8 +149,10 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
     built service has the inner service's types. Type checkers follow the
     types through the built-in layers and transforms.
 
-    The builder is itself a layer (``builder.layer(service)`` builds, as
-    :meth:`service` does) and a decorator::
+    ``.layer(some_layer)`` adds a layer and :meth:`service` builds. The
+    builder is not itself a :class:`~layers.Layer` (its ``.layer()`` only
+    adds); :meth:`into_layer` turns it into one. It is also a decorator
+    (the same as :meth:`service`)::
 
         @layers.ServiceBuilder().timeout(2.0)
         async def fetch(url: str) -> bytes: ...
@@ -150,11 +188,15 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
     def __repr__(self) -> str:
         return f"ServiceBuilder({', '.join(map(repr, self._layers))})"
 
-    # -- adding any layer, or acting as one -------------------------------------
+    # -- adding a layer ----------------------------------------------------------
 
     @overload
     def layer(
         self, layer: TypePreservingLayer, /
+    ) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]: ...
+    @overload
+    def layer(
+        self, layer: ServiceBuilder[U, U, U, U], /
     ) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]: ...
     @overload
     def layer(
@@ -172,46 +214,46 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
     def layer(
         self: ServiceBuilder[A, B, C, D], layer: Layer[P, Q, C, D], /
     ) -> ServiceBuilder[A, B, P, Q]: ...
-    @overload
-    def layer(
-        self: ServiceBuilder[U, U, U, U], inner: Service[R, S], /
-    ) -> Service[R, S]: ...
-    @overload
-    def layer(
-        self: ServiceBuilder[U, D, U, C], inner: Service[R, C], /
-    ) -> Service[R, D]: ...
-    @overload
-    def layer(
-        self: ServiceBuilder[A, U, B, U], inner: Service[B, S], /
-    ) -> Service[A, S]: ...
-    @overload
-    def layer(
-        self: ServiceBuilder[A, B, C, D], inner: Service[C, D], /
-    ) -> Service[A, B]: ...
-    def layer(self, layer_or_inner: Any, /) -> Any:
-        """Add a layer inside those already added; or, given a service, build.
+    def layer(self, layer: Any, /) -> Any:
+        """Add *layer* inside those already added; return the new builder.
 
-        ``builder.layer(some_layer)`` returns a new builder with *some_layer*
-        innermost so far. Given a service instead (anything without a
-        ``layer`` method), the builder acts as the :class:`~layers.Layer`
-        that it is and returns the stacked service, exactly as
-        :meth:`service`.
+        ``.layer()`` only adds: it takes a layer, an object with a
+        ``layer(inner)`` method, such as ``layers.Timeout(1.0)`` or
+        ``layers.layer_fn(wrap)``. Another builder is taken as its layers,
+        in their order (the same as ``.layer(other.into_layer())``).
+        Anything else is refused at once: a class (pass an instance), a
+        function ``Service -> Service`` (pass ``layers.layer_fn(f)``), a
+        service (build with :meth:`service`).
+
+        The builder is not itself a :class:`~layers.Layer`: where a layer is
+        wanted, :meth:`into_layer` gives one. (The APIs of ``layers`` that
+        take a whole stack, such as ``LayersMiddleware`` and
+        ``LayeredTransport``, take a builder too and do that themselves.)
+
+        Raises:
+            TypeError: If *layer* is not a layer or a builder.
         """
-        if is_layer(layer_or_inner):
-            return self._add(layer_or_inner)
-        return self.service(layer_or_inner)
+        if isinstance(layer, ServiceBuilder):
+            return ServiceBuilder._of((*self._layers, *layer._layers))
+        check_layer("ServiceBuilder.layer", "layer", layer)
+        return self._add(layer)
 
     def option_layer(
-        self, layer: TypePreservingLayer | None, /
+        self, layer: TypePreservingLayer | ServiceBuilder[U, U, U, U] | None, /
     ) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]:
         """Add *layer* if it is not ``None``; otherwise add nothing.
 
         For a layer that configuration turns on or off::
 
             builder.option_layer(layers.Timeout(t) if t is not None else None)
+
+        Raises:
+            TypeError: If *layer* is neither ``None``, a layer nor a builder.
         """
         if layer is None:
             return self
+        if isinstance(layer, ServiceBuilder):
+            return ServiceBuilder._of((*self._layers, *layer._layers))
         check_layer("ServiceBuilder.option_layer", "layer", layer)
         return self._add(layer)
 
@@ -258,9 +300,13 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
     @overload
     def into_layer(self: ServiceBuilder[A, B, C, D]) -> Layer[C, D, A, B]: ...
     def into_layer(self) -> Any:
-        """Turn the whole stack into one layer, to reuse inside another builder.
+        """Turn the whole stack into one layer: the builder's way to be a Layer.
 
-        An empty builder gives :class:`~layers.Identity`.
+        ``builder.into_layer().layer(service)`` is ``builder.service(service)``.
+        Use it wherever a :class:`~layers.Layer` is wanted (a builder's own
+        ``.layer()`` adds a layer, so the builder is not one). An empty
+        builder gives :class:`~layers.Identity`, a builder of one layer that
+        layer, and more a :class:`~layers.Stack`.
         """
         if not self._layers:
             return Identity()
@@ -454,7 +500,15 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
         self: ServiceBuilder[A, D, B, C], function: Callable[[B], Y], /
     ) -> ServiceBuilder[A, D, Y, C]: ...
     def map_request(self, function: Callable[[Any], Any], /) -> Any:
-        """Add a :class:`~layers.MapRequest`: the inner gets ``function(request)``."""
+        """Add a :class:`~layers.MapRequest`: the inner gets ``function(request)``.
+
+        *function* is a plain function; an async one is refused (for async
+        work on the request, add a layer made with :func:`~layers.layer_fn`).
+
+        Raises:
+            layers.ConfigurationError: If *function* is not callable, or is async.
+        """
+        check_plain_function("ServiceBuilder.map_request", "map_request", function)
         return self._add(MapRequest(function))
 
     @overload
@@ -466,7 +520,14 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
         self: ServiceBuilder[A, D, B, C], function: Callable[[X], C], /
     ) -> ServiceBuilder[A, D, B, X]: ...
     def map_response(self, function: Callable[[Any], Any], /) -> Any:
-        """Add a :class:`~layers.MapResponse`: callers get ``function(response)``."""
+        """Add a :class:`~layers.MapResponse`: callers get ``function(response)``.
+
+        *function* is a plain function; for an async one, use :meth:`and_then`.
+
+        Raises:
+            layers.ConfigurationError: If *function* is not callable, or is async.
+        """
+        check_plain_function("ServiceBuilder.map_response", "map_response", function)
         return self._add(MapResponse(function))
 
     @overload
@@ -484,7 +545,14 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
     def map_err(
         self, function: Callable[[Exception], Exception], /
     ) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]:
-        """Add a :class:`~layers.MapErr`: exceptions pass through ``function``."""
+        """Add a :class:`~layers.MapErr`: exceptions pass through ``function``.
+
+        *function* is a plain function that returns the exception to raise.
+
+        Raises:
+            layers.ConfigurationError: If *function* is not callable, or is async.
+        """
+        check_plain_function("ServiceBuilder.map_err", "map_err", function)
         return self._add(MapErr(function))
 
     def filter(

@@ -20,6 +20,7 @@ from typing import (
     Generic,
     NoReturn,
     Protocol,
+    TypeGuard,
     TypeVar,
     cast,
     final,
@@ -30,6 +31,9 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from ._config import check_callable
+
+if TYPE_CHECKING:
+    from ._builder import ServiceBuilder
 
 __all__ = [
     "Identity",
@@ -129,7 +133,12 @@ class Stack:
     order as :class:`~layers.ServiceBuilder`, which is the typed way to stack.
 
     Args:
-        *layers: The layers, outermost first.
+        *layers: The layers, outermost first. A
+            :class:`~layers.ServiceBuilder` among them stands for its
+            :meth:`~layers.ServiceBuilder.into_layer`.
+
+    Raises:
+        TypeError: If one of *layers* is not a layer (nor a builder).
     """
 
     __slots__ = ("layers",)
@@ -137,10 +146,13 @@ class Stack:
     layers: tuple[Layer[Any, Any, Any, Any], ...]
     """The layers, outermost first."""
 
-    def __init__(self, *layers: Layer[Any, Any, Any, Any]) -> None:
-        for index, candidate in enumerate(layers):
-            check_layer("Stack", f"layers[{index}]", candidate)
-        self.layers = layers
+    def __init__(
+        self, *layers: Layer[Any, Any, Any, Any] | ServiceBuilder[Any, Any, Any, Any]
+    ) -> None:
+        self.layers = tuple(
+            as_layer("Stack", f"layers[{index}]", candidate)
+            for index, candidate in enumerate(layers)
+        )
 
     def layer(self, inner: Service[Any, Any], /) -> Service[Any, Any]:
         """Wrap *inner* in every layer, the last one innermost."""
@@ -161,17 +173,84 @@ def wrap_in(
 
 
 def is_layer(value: object) -> bool:
-    """Whether *value* has a callable ``layer`` method (is a Layer)."""
-    return callable(getattr(value, "layer", None))
+    """Whether *value* is a Layer: an object, not a class, with a ``layer`` method.
+
+    A :class:`~layers.ServiceBuilder` is not one (its ``.layer()`` adds a
+    layer); :func:`as_layer` takes its ``into_layer()``.
+    """
+    return (
+        not isinstance(value, type)
+        and callable(getattr(value, "layer", None))
+        and not _is_builder(value)
+    )
+
+
+def _is_builder(value: object) -> TypeGuard[ServiceBuilder[Any, Any, Any, Any]]:
+    from ._builder import ServiceBuilder  # here: _builder imports this module
+
+    return isinstance(value, ServiceBuilder)
+
+
+def describe(value: object) -> str:
+    """*value* for a message: a function or class by its qualified name, else repr."""
+    if inspect.isroutine(value) or isinstance(value, type):
+        name = getattr(value, "__qualname__", None)
+        if isinstance(name, str):
+            return name
+    return repr(value)
+
+
+def not_a_layer(owner: str, parameter: str, value: object) -> str:
+    """The message that says *value* is not a layer, and what to pass instead."""
+    start = (
+        f"{owner}({parameter}={describe(value)}): {parameter} must be a Layer "
+        "(an object with a .layer(inner) method)"
+    )
+    if isinstance(value, type):
+        if callable(getattr(value, "layer", None)):
+            return (
+                f"{start}, got the class {value.__name__} itself; pass an "
+                f"instance, e.g. {value.__name__}(...)"
+            )
+        return f"{start}, got the class {value.__name__}"
+    if _is_builder(value):
+        return (
+            f"{start}, got a ServiceBuilder, which is not itself a layer; pass "
+            "builder.into_layer()"
+        )
+    name = describe(value)
+    if is_async_callable(value):
+        return (
+            f"{start}, got an async callable, which is a service: to build the "
+            f"stack around it, call ServiceBuilder.service({name})"
+        )
+    if callable(value):
+        return (
+            f"{start}, got {type(value).__name__}; to make a layer from a "
+            f"function Service -> Service, pass layers.layer_fn({name}) (a sync "
+            f"service is built around with .service(layers.service_fn({name})))"
+        )
+    return f"{start}, got {type(value).__name__}"
 
 
 def check_layer(owner: str, parameter: str, value: object) -> None:
-    """Raise a clear TypeError unless *value* has a callable ``layer`` method."""
+    """Raise a clear TypeError unless *value* is a Layer (see :func:`is_layer`)."""
     if not is_layer(value):
-        raise TypeError(
-            f"{owner}({parameter}={value!r}): {parameter} must be a Layer "
-            f"(an object with a .layer(inner) method), got {type(value).__name__}"
-        )
+        raise TypeError(not_a_layer(owner, parameter, value))
+
+
+def as_layer(owner: str, parameter: str, value: object) -> Layer[Any, Any, Any, Any]:
+    """*value* as a Layer: a ServiceBuilder gives its ``into_layer()``.
+
+    For the parameters that take a whole stack (``LayersMiddleware(app,
+    stack)``, ``LayeredTransport(stack)``, :class:`Stack`...), where a
+    builder is the usual way to write one. Anything else that is not a
+    layer raises :class:`TypeError` (see :func:`check_layer`).
+    """
+    if _is_builder(value):
+        return value.into_layer()
+    check_layer(owner, parameter, value)
+    return cast("Layer[Any, Any, Any, Any]", value)
 
 
 @final

@@ -552,10 +552,12 @@ class RateLimit:
         mode: ``"wait"`` (the default) or ``"reject"``.
         max_wait: In wait mode, the longest a call may wait, in seconds
             (default ``None``: no bound). Not allowed in reject mode.
-        key: A function from the request to the key of its limit (default
-            ``None``: one limit for all calls).
+        key: A function from the request to the key of its limit, a
+            hashable value (default ``None``: one limit for all calls). An
+            unhashable key raises :class:`TypeError` at call time.
         max_keys: With *key*, the most keys the in-memory table holds, an
-            int >= 1 (default 10,000). Not allowed with a custom *store*.
+            int >= 1 (default 10,000). Not allowed without *key*, nor with a
+            custom *store*.
         cost: A function from the request to its cost (default: 1 each).
         store: Where the state lives (default: in memory). See
             :class:`RateLimitStore`.
@@ -622,6 +624,13 @@ class RateLimit:
                 "default in-memory store; with store= given, it must be None "
                 f"(configure your store instead), got {self.max_keys!r}"
             )
+        if self.key is None and self.max_keys is not None:
+            raise ConfigurationError(
+                f"RateLimit(max_keys={self.max_keys!r}, key=None): max_keys sizes "
+                "the table of keys that key= makes, so without key it means "
+                "nothing; give key= a function from the request to its key, or "
+                "leave max_keys out"
+            )
         max_keys = DEFAULT_MAX_KEYS if self.max_keys is None else self.max_keys
         state = _State(
             self.store, self.key is not None, max_keys, interval, self.burst * interval
@@ -676,12 +685,20 @@ class RateLimit:
         queues = state.queues
         general_slow = self._slow
         check_cost = self._check_cost
+        bad_key = self._bad_key
         plain = (int, float)
         clock = current_time
         burst = self.burst
 
         async def keyed_rate_limit(request: Req, /) -> Res:
-            key = None if key_of is None else key_of(request)
+            if key_of is None:
+                key = None
+            else:
+                key = key_of(request)
+                try:
+                    hash(key)
+                except TypeError:
+                    bad_key(key)
             if cost_of is None:
                 cost: float = 1
             else:
@@ -702,6 +719,14 @@ class RateLimit:
         return keyed_rate_limit
 
     # -- off the success path --------------------------------------------------
+
+    def _bad_key(self, key: object) -> NoReturn:
+        """Raise the TypeError for a key function's unhashable result."""
+        # The value's type only: the key may hold a payload.
+        raise TypeError(
+            f"RateLimit {self.name!r}: the key function (key=) must return a "
+            f"hashable value, got an unhashable {type(key).__name__}"
+        ) from None
 
     def _check_cost(self, cost: object) -> float:
         """Check a cost that is not a plain int or float in ``[0, burst]``.

@@ -2,19 +2,28 @@
 
 Each is a layer (usable anywhere a layer is) and a
 :class:`~layers.ServiceBuilder` method of the same name.
+
+``MapRequest``, ``MapResponse`` and ``MapErr`` take a plain (sync)
+function. An async one is refused when the layer is made: its coroutine
+would be passed on unawaited. ``AndThen`` is the async sibling of
+``MapResponse``; async work on a request or an error is a layer of its own
+(:func:`~layers.layer_fn`). A plain function that returns a coroutine anyway
+(``lambda r: fetch(r)``) raises :class:`TypeError` when it does; any other
+value, an awaitable such as a future included, is passed on as it is.
 """
 
 from __future__ import annotations
 
 import inspect
+import types
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar, cast, final
+from typing import Any, Generic, NoReturn, TypeVar, cast, final
 
 import attrs
 
-from ._config import callable_value, name_value
-from ._core import Service, is_async_callable, refuse_awaitable
-from ._errors import Filtered
+from ._config import Validator, callable_value, check_callable, name_value
+from ._core import Service, describe, is_async_callable, refuse_awaitable
+from ._errors import ConfigurationError, Filtered
 
 __all__ = ["AndThen", "Filter", "MapErr", "MapRequest", "MapResponse"]
 
@@ -23,6 +32,60 @@ Res = TypeVar("Res")
 A = TypeVar("A")
 B = TypeVar("B")
 
+_Coroutine = types.CoroutineType
+
+# What to use instead of an async function, per transform.
+_INSTEAD = {
+    "map_request": (
+        "for async work on the request, write a layer with layers.layer_fn "
+        "(see MapRequest's documentation)"
+    ),
+    "map_response": (
+        "for an async function of the response, use and_then "
+        "(ServiceBuilder.and_then, layers.AndThen)"
+    ),
+    "map_err": (
+        "for async work on an error, write a layer with layers.layer_fn that catches it"
+    ),
+}
+
+
+def check_plain_function(owner: str, transform: str, function: object) -> None:
+    """Refuse a non-callable or an async callable where a plain function is due.
+
+    *transform* is the builder method's name (``"map_request"``...): it
+    chooses what the message offers instead.
+    """
+    check_callable(owner, "function", function)
+    if is_async_callable(function):
+        raise ConfigurationError(
+            f"{owner}(function={describe(function)}): function must be a plain "
+            "(sync) function, got an async callable, whose coroutine would be "
+            f"passed on unawaited; {_INSTEAD[transform]}"
+        )
+
+
+def _plain_function(transform: str) -> Validator:
+    """An attrs validator: :func:`check_plain_function` for *transform*."""
+
+    def validate(
+        instance: object, attribute: attrs.Attribute[Any], value: object
+    ) -> None:
+        check_plain_function(type(instance).__name__, transform, value)
+
+    return validate
+
+
+def _returned_coroutine(
+    owner: str, transform: str, function: object, value: object
+) -> NoReturn:
+    refuse_awaitable(
+        value,
+        f"{owner} (ServiceBuilder.{transform}): the function {describe(function)} "
+        "returned a coroutine; it is a plain function wrapping an async one, and "
+        f"its coroutine cannot be passed on: {_INSTEAD[transform]}",
+    )
+
 
 @final
 @attrs.frozen
@@ -30,21 +93,42 @@ class MapRequest(Generic[A, B]):
     """Change the request before it reaches the inner service.
 
     ``MapRequest(f).layer(inner)`` calls ``inner(f(request))``. *f* is a plain
-    function; for async work on the request, write a layer
-    (:func:`~layers.layer_fn`).
+    function; an async one is refused (its coroutine would reach the inner
+    service). For async work on the request, write a layer
+    (:func:`~layers.layer_fn`)::
+
+        def with_token(inner):
+            async def call(request):
+                return await inner({**request, "token": await fetch_token()})
+
+            return call
+
+
+        builder.layer(layers.layer_fn(with_token))
 
     Args:
         function: Maps the outer request to the inner one.
+
+    Raises:
+        layers.ConfigurationError: If *function* is not callable, or is
+            async (an ``async def``, a partial of one, an object with an
+            ``async def __call__``).
+        TypeError: At call time, if *function* returns a coroutine.
     """
 
-    function: Callable[[A], B] = attrs.field(validator=callable_value)
+    function: Callable[[A], B] = attrs.field(validator=_plain_function("map_request"))
 
     def layer(self, inner: Service[B, Res], /) -> Service[A, Res]:
         """Wrap *inner*."""
         function = self.function
 
         async def map_request(request: A, /) -> Res:
-            return await inner(function(request))
+            mapped = function(request)
+            if type(mapped) is _Coroutine:
+                _returned_coroutine(
+                    "MapRequest", "map_request", function, cast(object, mapped)
+                )
+            return await inner(mapped)
 
         return map_request
 
@@ -55,20 +139,31 @@ class MapResponse(Generic[A, B]):
     """Change the response on its way out.
 
     ``MapResponse(f).layer(inner)`` returns ``f(await inner(request))``.
-    Errors pass through untouched (see :class:`MapErr` for those).
+    Errors pass through untouched (see :class:`MapErr` for those). *f* is a
+    plain function; for an async one, use :class:`AndThen`.
 
     Args:
         function: Maps the inner response to the outer one.
+
+    Raises:
+        layers.ConfigurationError: If *function* is not callable, or is
+            async (use :class:`AndThen`).
+        TypeError: At call time, if *function* returns a coroutine.
     """
 
-    function: Callable[[A], B] = attrs.field(validator=callable_value)
+    function: Callable[[A], B] = attrs.field(validator=_plain_function("map_response"))
 
     def layer(self, inner: Service[Req, A], /) -> Service[Req, B]:
         """Wrap *inner*."""
         function = self.function
 
         async def map_response(request: Req, /) -> B:
-            return function(await inner(request))
+            mapped = function(await inner(request))
+            if type(mapped) is _Coroutine:
+                _returned_coroutine(
+                    "MapResponse", "map_response", function, cast(object, mapped)
+                )
+            return mapped
 
         return map_response
 
@@ -110,8 +205,17 @@ class MapErr:
     :class:`BaseException` that are not :class:`Exception` are never passed
     to it.
 
+    *function* is a plain function (an async one is refused: write a layer
+    with :func:`~layers.layer_fn` for async work on an error) and must
+    return an :class:`Exception` instance; anything else (a string, ``None``,
+    an exception class) raises :class:`TypeError`, with the original error
+    as its ``__cause__``.
+
     Args:
         function: Maps an exception to the exception to raise.
+
+    Raises:
+        layers.ConfigurationError: If *function* is not callable, or is async.
 
     Example:
         >>> import anyio, layers
@@ -127,7 +231,9 @@ class MapErr:
         ApiError: lookup failed: KeyError(7)
     """
 
-    function: Callable[[Exception], Exception] = attrs.field(validator=callable_value)
+    function: Callable[[Exception], Exception] = attrs.field(
+        validator=_plain_function("map_err")
+    )
 
     def layer(self, inner: Service[Req, Res], /) -> Service[Req, Res]:
         """Wrap *inner*."""
@@ -140,9 +246,29 @@ class MapErr:
                 replacement = function(error)
                 if replacement is error:
                     raise
+                if not isinstance(replacement, Exception):  # pyright: ignore[reportUnnecessaryIsInstance]
+                    _not_an_exception(function, replacement, error)
                 raise replacement from error
 
         return map_err
+
+
+def _not_an_exception(function: object, value: object, error: Exception) -> NoReturn:
+    """Raise the TypeError for a map_err function that returned *value*."""
+    got = type(value).__name__
+    if isinstance(value, type):
+        got = f"the class {value.__name__} (return an instance)"
+    elif inspect.iscoroutine(value):
+        value.close()
+        got = (
+            "coroutine (a plain function wrapping an async one; for async work "
+            "on an error, write a layer with layers.layer_fn)"
+        )
+    # The value's type only: the value itself may hold the payload.
+    raise TypeError(
+        f"MapErr (ServiceBuilder.map_err): the function {describe(function)} must "
+        f"return an Exception to raise, got {got}"
+    ) from error
 
 
 @final

@@ -27,7 +27,8 @@ from typing import Any, Final, cast, final
 
 import attrs
 
-from ._core import Layer, Service, TypePreservingLayer, check_layer
+from ._builder import ServiceBuilder
+from ._core import Layer, Service, TypePreservingLayer, as_layer
 from ._errors import (
     Elapsed,
     Filtered,
@@ -275,10 +276,10 @@ def error_response(error: LayersError) -> ErrorResponse | None:
 class LayersMiddleware:
     """Run each inbound HTTP request through a ``layers`` stack.
 
-    The stack is a layer, or a :class:`~layers.ServiceBuilder` (which is
-    one), whose services take an :class:`HTTPRequest` and return ``None``;
-    the innermost service calls the application. A refusal raised by the
-    stack before the response has started is answered by *error_response*
+    The stack is a layer, or a :class:`~layers.ServiceBuilder` (as its
+    ``into_layer()``), whose services take an :class:`HTTPRequest` and return
+    ``None``; the innermost service calls the application. A refusal raised by
+    the stack before the response has started is answered by *error_response*
     (by default :func:`error_response`: 429, 503, 403 or 504, with
     ``Retry-After`` where the layer knows it). Once the application has
     started its response, an error cannot become a new response: it is
@@ -322,21 +323,23 @@ class LayersMiddleware:
     def __init__(
         self,
         app: ASGIApp,
-        stack: Layer[HTTPRequest, None, HTTPRequest, None] | TypePreservingLayer,
+        stack: Layer[HTTPRequest, None, HTTPRequest, None]
+        | TypePreservingLayer
+        | ServiceBuilder[Any, Any, Any, Any],
         *,
         error_response: Callable[[LayersError], ErrorResponse | None] = error_response,
         answer_lifespan: bool = False,
     ) -> None:
         if not callable(app):
             raise TypeError(f"LayersMiddleware(app={app!r}): app must be callable")
-        check_layer("LayersMiddleware", "stack", stack)
+        layer = as_layer("LayersMiddleware", "stack", stack)
         self.app = app
         self.stack = stack
 
         async def call_app(request: HTTPRequest, /) -> None:
             await app(request.scope, request.receive, request.send)
 
-        self._service: Service[HTTPRequest, None] = stack.layer(call_app)
+        self._service: Service[HTTPRequest, None] = layer.layer(call_app)
         self._error_response = error_response
         self._answer_lifespan = answer_lifespan
 

@@ -56,7 +56,7 @@ from . import events
 from ._breaker import CircuitBreaker, CircuitState
 from ._builder import ServiceBuilder
 from ._config import check_int, fail_value
-from ._core import Layer, Service, Stack, TypePreservingLayer, check_layer
+from ._core import Layer, Service, Stack, TypePreservingLayer, as_layer
 from ._errors import ConfigurationError, Elapsed, Rejected
 from .events import Event, Level
 
@@ -968,8 +968,7 @@ class PerHost:
             if entry is None:
                 if len(table) >= max_hosts:
                     make_room()
-                made = factory(key)
-                check_layer("PerHost", "factory(key)", made)
+                made = as_layer("PerHost", "factory(key)", factory(key))
                 service = cast("Service[Req, Res]", made.layer(inner))
                 table[key] = (service, _breakers_in(made))
             else:
@@ -1067,12 +1066,14 @@ class LayeredTransport(httpx.AsyncBaseTransport):
 
     def __init__(
         self,
-        stack: Layer[Any, Any, Any, Any] | TypePreservingLayer,
+        stack: Layer[Any, Any, Any, Any]
+        | TypePreservingLayer
+        | ServiceBuilder[Any, Any, Any, Any],
         transport: httpx.AsyncBaseTransport | None = None,
         *,
         raise_statuses: Iterable[int] = RETRY_STATUSES,
     ) -> None:
-        check_layer("LayeredTransport", "stack", stack)
+        layer = as_layer("LayeredTransport", "stack", stack)
         if transport is None:
             transport = httpx.AsyncHTTPTransport()
         elif not isinstance(cast(object, transport), httpx.AsyncBaseTransport):
@@ -1095,7 +1096,7 @@ class LayeredTransport(httpx.AsyncBaseTransport):
         """The real transport below the layers."""
         self.raise_statuses = statuses
         """The statuses raised as :class:`RetryableResponse` inside the stack."""
-        self._service: Service[httpx.Request, httpx.Response] = stack.layer(self._send)
+        self._service: Service[httpx.Request, httpx.Response] = layer.layer(self._send)
 
     async def _send(self, request: httpx.Request, /) -> httpx.Response:
         """The bottom of the stack: the real transport."""

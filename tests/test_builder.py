@@ -1,4 +1,4 @@
-"""ServiceBuilder: order, immutability, acting as a layer, building and shared state."""
+"""ServiceBuilder: order, immutability, adding layers, into_layer, building, state."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ async def test_two_branches_from_one_base_are_independent() -> None:
     assert seen == ["base in", "right in", "handler", "right out", "base out"]
 
 
-# -- .layer, and the builder as a layer ---------------------------------------
+# -- .layer adds; into_layer is the builder's layer ----------------------------
 
 
 def test_layer_adds_the_layer() -> None:
@@ -92,14 +92,45 @@ def test_layer_adds_the_layer() -> None:
     assert builder.layers == (first, second)
 
 
-async def test_builder_is_a_layer_that_builds_the_service() -> None:
-    """builder.layer(service) returns the stacked service, as .service does."""
+async def test_layer_refuses_a_service_pointing_to_service() -> None:
+    """builder.layer(service) is refused at once: .layer adds, .service builds."""
+    builder = ServiceBuilder().timeout(1)
+    with pytest.raises(TypeError) as info:
+        builder.layer(echo)  # type: ignore[call-overload]
+    message = str(info.value)
+    assert message.startswith("ServiceBuilder.layer(layer=echo): layer must be a Layer")
+    assert "ServiceBuilder.service(echo)" in message
+
+
+async def test_into_layer_is_the_builders_layer() -> None:
+    """builder.into_layer().layer(service) builds the same stack as .service."""
     seen: list[str] = []
     builder = ServiceBuilder().layer(recording("a", seen))
-    svc = builder.layer(handler_recording(seen))
-    assert not isinstance(svc, ServiceBuilder)
+    svc = builder.into_layer().layer(handler_recording(seen))
     assert await svc("x") == "x"
     assert seen == ["a in", "handler", "a out"]
+
+
+def test_layer_refuses_a_layer_class_pointing_to_an_instance() -> None:
+    """.layer(layers.Timeout), the class, is refused: pass an instance."""
+    with pytest.raises(TypeError) as info:
+        ServiceBuilder().layer(layers.Timeout)  # type: ignore[call-overload]
+    message = str(info.value)
+    assert message.startswith("ServiceBuilder.layer(layer=Timeout)")
+    assert "the class Timeout itself" in message
+    assert "Timeout(...)" in message
+
+
+def test_layer_refuses_a_function_pointing_to_layer_fn() -> None:
+    """.layer(f) with a plain function Service -> Service points to layer_fn(f)."""
+
+    def wrap(inner: Service[Any, Any]) -> Service[Any, Any]:
+        return inner
+
+    with pytest.raises(TypeError) as info:
+        ServiceBuilder().layer(wrap)  # type: ignore[call-overload]
+    assert "layers.layer_fn(" in str(info.value)
+    assert "wrap)" in str(info.value)
 
 
 async def test_builder_added_to_another_builder_keeps_order() -> None:
@@ -121,6 +152,14 @@ async def test_builder_added_to_another_builder_keeps_order() -> None:
         "handler",
         *("d out", "c out", "b out", "a out"),
     ]
+
+
+def test_a_builder_added_to_a_builder_adds_its_layers() -> None:
+    """.layer(builder) adds the builder's layers, in order, not the builder."""
+    a, b, c = Identity(), layers.Timeout(1), layers.Timeout(2)
+    inner = ServiceBuilder().layer(b).layer(c)
+    assert ServiceBuilder().layer(a).layer(inner).layers == (a, b, c)
+    assert ServiceBuilder().option_layer(inner).layers == (b, c)
 
 
 def test_into_layer_of_an_empty_builder_is_identity() -> None:
@@ -197,7 +236,7 @@ def test_option_layer_adds_a_layer() -> None:
     assert ServiceBuilder().option_layer(timeout).layers == (timeout,)
 
 
-@pytest.mark.parametrize("bad", [42, "timeout", echo])
+@pytest.mark.parametrize("bad", [42, "timeout", echo, layers.Timeout])
 def test_option_layer_rejects_a_non_layer(bad: Any) -> None:
     """option_layer with something that is not a layer raises TypeError."""
     with pytest.raises(TypeError, match="layer"):
@@ -225,9 +264,13 @@ def test_service_refuses_a_non_callable(bad: Any) -> None:
 
 
 def test_layer_with_a_non_callable_non_layer_raises_type_error() -> None:
-    """.layer(42) is neither a layer nor a service: TypeError."""
-    with pytest.raises(TypeError):
+    """.layer(42): TypeError from .layer itself, naming its parameter and the type."""
+    with pytest.raises(TypeError) as info:
         ServiceBuilder().layer(42)  # type: ignore[call-overload]
+    message = str(info.value)
+    assert message.startswith("ServiceBuilder.layer(layer=42): layer must be a Layer")
+    assert message.endswith("got int")
+    assert "service(" not in message
 
 
 # -- shared state -------------------------------------------------------------

@@ -13,7 +13,16 @@ import pytest
 from helpers import recording
 
 import layers
-from layers import ConfigurationError, Identity, Service, Stack, layer_fn, service_fn
+from layers import (
+    ConfigurationError,
+    Identity,
+    Service,
+    ServiceBuilder,
+    Stack,
+    layer_fn,
+    service_fn,
+)
+from layers._core import check_layer
 
 pytestmark = pytest.mark.anyio
 
@@ -120,6 +129,32 @@ def test_stack_rejects_a_non_layer_naming_its_index(bad: Any) -> None:
     """A member without .layer raises TypeError naming layers[i]."""
     with pytest.raises(TypeError, match=r"layers\[1\]"):
         Stack(Identity(), bad)
+
+
+async def test_stack_takes_a_builder_as_its_layers() -> None:
+    """A ServiceBuilder in a Stack stands for its into_layer(), order kept."""
+    seen: list[str] = []
+    builder = ServiceBuilder().layer(recording("b", seen)).layer(recording("c", seen))
+    stack = Stack(recording("a", seen), builder)
+
+    async def handler(request: str) -> str:
+        seen.append("handler")
+        return request
+
+    assert await stack.layer(handler)("x") == "x"
+    assert seen == ["a in", "b in", "c in", "handler", "c out", "b out", "a out"]
+
+
+def test_stack_refuses_a_layer_class_pointing_to_an_instance() -> None:
+    """Stack(layers.Timeout), the class, raises TypeError asking for an instance."""
+    with pytest.raises(TypeError, match=r"layers\[0\].*Timeout\(\.\.\.\)"):
+        Stack(layers.Timeout)  # type: ignore[arg-type]
+
+
+def test_a_builder_is_not_a_layer_where_one_is_checked() -> None:
+    """Where a layer is checked, not converted, a builder points to into_layer()."""
+    with pytest.raises(TypeError, match=r"into_layer\(\)"):
+        check_layer("PerHost", "factory(key)", ServiceBuilder().timeout(1))
 
 
 def test_stack_repr_lists_its_layers() -> None:

@@ -7,7 +7,7 @@ import itertools
 import math
 import random
 import re
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from fractions import Fraction
 from typing import Any
 
@@ -100,6 +100,59 @@ def test_bad_configuration_fails_at_construction(
         layers.RateLimit(**kwargs)
     assert message in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: layers.RateLimit(1, max_keys=5), id="RateLimit"),
+        pytest.param(
+            lambda: layers.RateLimit(1, max_keys=5, cost=lambda r: 1), id="with-cost"
+        ),
+        pytest.param(
+            lambda: layers.ServiceBuilder().rate_limit(1, max_keys=5), id="rate_limit"
+        ),
+    ],
+)
+def test_max_keys_without_key_is_refused(make: Callable[[], Any]) -> None:
+    """max_keys sizes the table of keys: without key= it means nothing: refused."""
+    with pytest.raises(layers.ConfigurationError) as info:
+        make()
+    message = str(info.value)
+    assert message.startswith("RateLimit(max_keys=5, key=None)")
+    assert "max_keys" in message
+    assert "key" in message
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param(lambda r: [r], id="list"),
+        pytest.param(lambda r: {"tenant": r}, id="dict"),
+        pytest.param(lambda r: (r, [r]), id="tuple-of-list"),
+    ],
+)
+@pytest.mark.parametrize("cost", [None, lambda r: 1], ids=["cost-1", "cost-fn"])
+async def test_unhashable_key_names_the_layer_and_the_key_parameter(
+    key: Callable[[Any], Any], cost: Callable[[Any], float] | None
+) -> None:
+    """An unhashable key: TypeError naming the layer, `key` and the type."""
+    called: list[Any] = []
+
+    async def inner(request: Any) -> Any:
+        called.append(request)
+        return request
+
+    limit = layers.RateLimit(10, key=key, cost=cost, name="per-tenant")
+    svc = limit.layer(inner)
+    with pytest.raises(TypeError) as info:
+        await svc("secret-tenant")
+    message = str(info.value)
+    assert "'per-tenant'" in message
+    assert "key" in message
+    assert type(key("x")).__name__ in message
+    assert "secret-tenant" not in message  # the value may hold a payload
+    assert called == []
 
 
 def test_bad_store_size_fails() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+import sys
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -389,3 +392,189 @@ async def test_filter_sync_predicate_returning_awaitable_is_refused() -> None:
     with pytest.raises(TypeError, match="async def"):
         await svc(1)
     assert called == []
+
+
+# -- async functions where a plain one is due ---------------------------------
+
+
+async def add_async(offset: int, value: int) -> int:
+    """An async function of two arguments (for a partial)."""
+    return offset + value
+
+
+async def fetch_more(value: Any) -> Any:
+    """An async function: not a mapper."""
+    return value
+
+
+class AsyncMapper:
+    """A callable object whose __call__ is async."""
+
+    async def __call__(self, value: Any) -> Any:
+        return value
+
+    async def method(self, value: Any) -> Any:
+        return value
+
+
+def marked_mapper() -> Callable[[Any], Any]:
+    """A sync function marked as a coroutine function (Python 3.12+)."""
+
+    def mapper(value: Any) -> Any:
+        return fetch_more(value)
+
+    return inspect.markcoroutinefunction(mapper)  # type: ignore[attr-defined,no-any-return,unused-ignore]
+
+
+ASYNC_MAPPERS = [
+    pytest.param(lambda: fetch_more, id="async-def"),
+    pytest.param(lambda: functools.partial(add_async, 1), id="partial"),
+    pytest.param(
+        lambda: functools.partial(functools.partial(add_async), 1),
+        id="partial-of-partial",
+    ),
+    pytest.param(AsyncMapper, id="async-__call__"),
+    pytest.param(lambda: AsyncMapper().method, id="bound-async-method"),
+    pytest.param(
+        marked_mapper,
+        id="markcoroutinefunction",
+        marks=pytest.mark.skipif(
+            sys.version_info < (3, 12), reason="inspect.markcoroutinefunction is 3.12+"
+        ),
+    ),
+]
+
+SYNC_ONLY = [
+    pytest.param(MapRequest, "MapRequest", "layer_fn", id="MapRequest"),
+    pytest.param(MapResponse, "MapResponse", "and_then", id="MapResponse"),
+    pytest.param(MapErr, "MapErr", "layer_fn", id="MapErr"),
+    pytest.param(
+        ServiceBuilder().map_request,
+        "ServiceBuilder.map_request",
+        "layer_fn",
+        id="map_request",
+    ),
+    pytest.param(
+        ServiceBuilder().map_response,
+        "ServiceBuilder.map_response",
+        "and_then",
+        id="map_response",
+    ),
+    pytest.param(
+        ServiceBuilder().map_err, "ServiceBuilder.map_err", "layer_fn", id="map_err"
+    ),
+]
+
+
+@pytest.mark.parametrize(("make", "owner", "instead"), SYNC_ONLY)
+@pytest.mark.parametrize("mapper", ASYNC_MAPPERS)
+def test_an_async_mapper_is_refused_when_the_layer_is_made(
+    make: Callable[[Any], Any],
+    owner: str,
+    instead: str,
+    mapper: Callable[[], Any],
+) -> None:
+    """An async callable given to map_request, map_response or map_err is refused."""
+    with pytest.raises(ConfigurationError) as info:
+        make(mapper())
+    message = str(info.value)
+    assert message.startswith(f"{owner}(function=")
+    assert "async" in message
+    assert instead in message
+
+
+def test_a_class_is_a_plain_mapper() -> None:
+    """A class is a plain function (calling it makes an instance)."""
+    assert isinstance(MapErr(ApiError).function, type)
+    assert ServiceBuilder().map_response(AsyncMapper).layers[0] == MapResponse(
+        AsyncMapper
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "owner"),
+    [
+        pytest.param(
+            lambda f: ServiceBuilder().map_request(f).service,
+            "map_request",
+            id="request",
+        ),
+        pytest.param(
+            lambda f: ServiceBuilder().map_response(f).service,
+            "map_response",
+            id="response",
+        ),
+    ],
+)
+async def test_a_sync_mapper_returning_a_coroutine_raises_type_error(
+    make: Callable[[Any], Any], owner: str
+) -> None:
+    """A sync mapper returning a coroutine raises TypeError; no service gets it."""
+    inner = Recorder()
+    svc = make(lambda value: fetch_more(value))(inner)
+    with pytest.raises(TypeError) as info:
+        await svc(1)
+    message = str(info.value)
+    assert owner in message
+    assert "coroutine" in message
+    assert "<lambda>" in message
+    assert all(not inspect.iscoroutine(r) for r in inner.requests)
+
+
+async def test_a_mapper_may_return_an_awaitable_that_is_not_a_coroutine() -> None:
+    """Only a coroutine is refused: another awaitable is a value like any other."""
+
+    class Ticket:
+        def __await__(self) -> Any:
+            yield from ()
+
+    ticket = Ticket()
+    inner = Recorder()
+    svc = ServiceBuilder().map_request(lambda r: ticket).service(inner)
+    assert await svc(1) is ticket
+    assert inner.requests == [ticket]
+
+
+def as_text(error: Exception) -> Any:
+    """A map_err function that returns a string instead of an exception."""
+    return f"failed: {error}"
+
+
+@pytest.mark.parametrize("build", BUILD)
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        pytest.param("failed", "str", id="str"),
+        pytest.param(None, "NoneType", id="None"),
+        pytest.param(ApiError, "type", id="class"),
+        pytest.param(KeyboardInterrupt(), "KeyboardInterrupt", id="BaseException"),
+    ],
+)
+async def test_map_err_returning_a_non_exception_raises_type_error(
+    build: Callable[[Any], Any], value: Any, kind: str
+) -> None:
+    """A non-exception from map_err: TypeError naming MapErr, the function, the type."""
+
+    def replace(error: Exception) -> Any:
+        return value
+
+    svc = build(MapErr(replace))(boom)
+    with pytest.raises(TypeError) as info:
+        await svc(1)
+    message = str(info.value)
+    assert "MapErr" in message
+    assert "map_err" in message
+    assert "replace" in message
+    assert kind in message
+    assert isinstance(info.value.__cause__, Boom)
+
+
+async def test_map_err_returning_a_coroutine_closes_it_and_raises_type_error() -> None:
+    """A sync map_err function returning a coroutine: TypeError, coroutine closed."""
+
+    async def translate(error: Exception) -> Exception:
+        return ApiError(str(error))
+
+    svc = ServiceBuilder().map_err(lambda e: translate(e)).service(boom)  # type: ignore[arg-type,return-value]
+    with pytest.raises(TypeError, match="coroutine"):
+        await svc(1)

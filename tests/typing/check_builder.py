@@ -75,3 +75,17 @@ def blocking(request: int) -> int:
 assert_type(layers.service_fn(blocking), Service[int, int])
 assert_type(layers.service_fn(fetch), Service[int, str])
 assert_type(layers.Timeout(1).layer(fetch), layers.TimeoutService[int, str])
+
+# .layer() adds a layer or another builder's layers; it never builds.
+assert_type(
+    ServiceBuilder().layer(ServiceBuilder().timeout(1)).service(fetch),
+    Service[int, str],
+)
+assert_type(
+    ServiceBuilder().map_request(parse).layer(ServiceBuilder().timeout(1)),
+    ServiceBuilder[bytes, layers.Unchanged, int, layers.Unchanged],
+)
+ServiceBuilder().layer(fetch)  # type: ignore[call-overload]
+ServiceBuilder().layer(layers.Timeout)  # type: ignore[call-overload]
+assert_type(ServiceBuilder().timeout(1).into_layer(), layers.TypePreservingLayer)
+assert_type(layers.Stack(ServiceBuilder().timeout(1), layers.Timeout(2)), layers.Stack)

@@ -36,7 +36,9 @@ assert_type(
     Service[int, str],
 )
 assert_type(
-    ServiceBuilder().rate_limit(5, max_wait=2.0, max_keys=1000).service(fetch),
+    ServiceBuilder()
+    .rate_limit(5, max_wait=2.0, key=tenant, max_keys=1000)
+    .service(fetch),
     Service[int, str],
 )
 assert_type(
