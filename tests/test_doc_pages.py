@@ -201,3 +201,19 @@ def test_the_copy_button_copies_code_without_prompts_or_output() -> None:
 
     script = "import anyio\n\nanyio.run(main)\n"  # no prompts: copied whole
     assert copied(script, settings) == script
+
+
+def test_readme_lists_every_guide_and_example() -> None:
+    """README's lists link every page of docs/ and every script in examples/."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    pages = [
+        path.relative_to(ROOT).as_posix()
+        for folder in ["howto", "explanation"]
+        for path in sorted((DOCS / folder).glob("*.md"))
+    ]
+    scripts = [
+        path.relative_to(ROOT).as_posix()
+        for path in sorted((ROOT / "examples").glob("*.py"))
+    ]
+    missing = [name for name in pages + scripts if f"]({name})" not in readme]
+    assert not missing, f"add these to README's lists: {missing}"
