@@ -62,7 +62,6 @@ def test_flagship(backend: str) -> None:
     assert re.search(r"^\s+plain\s+layered$", output, re.M), output
     plain, layered = (float(cell.rstrip("%")) for cell in row(output, "success rate"))
     assert layered > plain, output
-    assert int(row(output, "answered 429 (over the rate)")[0]) > 0, output
     assert row(output, "answered 429 (over the rate)")[1] == "0", output
     reached = row(output, "calls that reached the server")
     assert reached[0] == str(total), output  # every plain call, counted by the server
@@ -71,6 +70,7 @@ def test_flagship(backend: str) -> None:
     assert int(row(output, "breaker transitions")[1]) >= 2, output  # opened, and more
     assert int(row(output, "waits for the client's quota")[1]) > 0, output
     assert row(output, "  median wait")[1].endswith(" ms"), output
+    assert all(cell.endswith(" ms") for cell in row(output, "calls sent late, at most"))
     assert "breaker: open at " in output, output
     for label in ["latency p50", "latency p99"]:
         assert all(cell.endswith(" ms") for cell in row(output, label)), output
