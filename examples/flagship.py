@@ -8,7 +8,7 @@ way real ones do:
 * some answers are slow (latency spikes of up to a second);
 * above a rate of calls per second it answers ``429 Too Many Requests``
   with a ``Retry-After`` header;
-* for most of a second it is down (an outage: every call gets a 503).
+* for about a second it is down (an outage: every call gets a 503).
 
 Two clients then send the same load, one after the other: waves of GET
 requests on a fixed schedule, faster than the server takes them. One is a
@@ -291,10 +291,12 @@ def layered(
         # At most 10 s per call, retries and waits included.
         .timeout(10.0, name="call")
         # GET is idempotent: retry what failed in passing, and what a layer
-        # below refused (the breaker, the limits), not before its hint.
+        # below refused (the breaker, the limits), not before its hint. For
+        # up to 8 s rather than a number of attempts: each call the breaker
+        # refuses is an attempt too, and a count would run out in the outage.
         .retry(
             on=(httpx.TransportError, RetryableStatus, layers.Elapsed, layers.Rejected),
-            attempts=10,
+            max_time=8.0,
             backoff=backoff(seed),
             max_delay=2.0,
             retry_after=retry_after,
