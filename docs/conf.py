@@ -17,6 +17,7 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.doctest",
     "sphinx.ext.viewcode",
+    "sphinx_copybutton",
 ]
 
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
@@ -113,6 +114,16 @@ layers.set_logging(False)
 doctest_global_cleanup = """
 layers.set_logging(True)
 """
+
+# sphinx-copybutton: a copy button on every code block. In a ">>>" session it
+# copies the code only: the prompts (">>> ", "... ") are left out, and so are
+# the lines without one (the output). A block without prompts (a script, a
+# shell command) is copied whole.
+copybutton_prompt_text = r">>> |\.\.\. "
+copybutton_prompt_is_regexp = True
+copybutton_only_copy_prompt_lines = True
+copybutton_remove_prompts = True
+copybutton_exclude = ".linenos"  # not ".gp": the prompts must reach the pattern
 
 # HTML
 html_theme = "furo"

@@ -13,12 +13,15 @@
 
 Run it on both backends (trio needs ``pip install 'service-layers[trio]'``)::
 
-    python examples/custom_layer.py
+    python examples/custom_layer.py                    # both backends
+    python examples/custom_layer.py --backend trio     # or asyncio
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import sys
 from collections.abc import Mapping
 from typing import ClassVar, Generic, Literal, TypeVar, final
 
@@ -198,12 +201,27 @@ async def main() -> None:
     print(f"  in flight at the end: {shed.in_flight}")
 
 
-if __name__ == "__main__":
+def cli() -> int:
+    parser = argparse.ArgumentParser(description="Run the custom layers.")
+    parser.add_argument(
+        "--backend", choices=["asyncio", "trio", "both"], default="both"
+    )
+    backend: str = parser.parse_args().backend
     layers.set_logging(False)  # print events ourselves, briefly
     layers.add_sink(print_event)
-    for backend in ["asyncio", "trio"]:
-        if backend == "trio" and importlib.util.find_spec("trio") is None:
+    has_trio = importlib.util.find_spec("trio") is not None
+    if backend == "trio" and not has_trio:
+        print("trio is not installed: pip install 'service-layers[trio]'")
+        return 1
+    run_on = ["asyncio", "trio"] if backend == "both" else [backend]
+    for name in run_on:
+        if name == "trio" and not has_trio:
             print("== trio == skipped: pip install 'service-layers[trio]'")
             continue
-        print(f"== {backend} ==")
-        anyio.run(main, backend=backend)
+        print(f"== {name} ==")
+        anyio.run(main, backend=name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -18,13 +18,15 @@ cannot reset anybody's limit).
 
 Run it on both backends (trio needs ``pip install 'service-layers[trio]'``)::
 
-    python examples/per_tenant_rate_limit.py
+    python examples/per_tenant_rate_limit.py                  # both backends
+    python examples/per_tenant_rate_limit.py --backend trio   # or asyncio
 
 Each run takes about half a second of real time.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sys
 
@@ -107,13 +109,23 @@ async def main() -> None:
 
 
 def cli() -> int:
+    parser = argparse.ArgumentParser(description="Run the per-tenant rate limits.")
+    parser.add_argument(
+        "--backend", choices=["asyncio", "trio", "both"], default="both"
+    )
+    backend: str = parser.parse_args().backend
     layers.set_logging(False)  # keep the output to what this script prints
-    run_on = ["asyncio"]
-    if importlib.util.find_spec("trio") is not None:
-        run_on.append("trio")
-    for backend in run_on:
-        print(f"== {backend} ==")
-        anyio.run(main, backend=backend)
+    has_trio = importlib.util.find_spec("trio") is not None
+    if backend == "trio" and not has_trio:
+        print("trio is not installed: pip install 'service-layers[trio]'")
+        return 1
+    run_on = ["asyncio", "trio"] if backend == "both" else [backend]
+    for name in run_on:
+        if name == "trio" and not has_trio:
+            print("== trio == skipped: pip install 'service-layers[trio]'")
+            continue
+        print(f"== {name} ==")
+        anyio.run(main, backend=name)
     return 0
 
 

@@ -39,6 +39,15 @@ def backend_section(output: str, backend: str, expected: Sequence[str] = ()) -> 
     return section
 
 
+def only_backend_section(
+    output: str, backend: str, expected: Sequence[str] = ()
+) -> str:
+    """Like :func:`backend_section`, and no other backend ran (``--backend``)."""
+    other = {"asyncio": "trio", "trio": "asyncio"}[backend]
+    assert f"== {other} ==" not in output, f"--backend {backend} ran {other}:\n{output}"
+    return backend_section(output, backend, expected)
+
+
 def test_every_example_is_tested() -> None:
     """A new script in examples/ gets a test here."""
     tested = {"quickstart.py", "custom_layer.py", "testing_with_mock.py"}
@@ -74,9 +83,8 @@ def _check_quickstart_section(output: str, backend: str) -> None:
 def test_quickstart_on_one_backend(backend: str) -> None:
     """quickstart.py --backend X runs the stack on X only."""
     output = run_example("quickstart.py", "--backend", backend)
+    only_backend_section(output, backend)
     _check_quickstart_section(output, backend)
-    other = {"asyncio": "trio", "trio": "asyncio"}[backend]
-    assert f"== {other} ==" not in output
 
 
 def test_quickstart_on_both_backends() -> None:
@@ -87,22 +95,28 @@ def test_quickstart_on_both_backends() -> None:
         _check_quickstart_section(output, backend)
 
 
+CUSTOM_LAYER_LINES = [
+    "-> 200 /users (authorized)",
+    "/users/3 -> Overloaded: 2 calls already in flight",
+    "/reports -> Overloaded: 2 calls already in flight",
+    "event: load_shed layer='api-shed' max_in_flight=2",
+    "in flight at the end: 0",
+]
+
+
 def test_custom_layer() -> None:
     """custom_layer.py: the auth header arrives and Shed refuses the extra call."""
     output = run_example("custom_layer.py")
     for backend in ["asyncio", "trio"]:
-        section = backend_section(
-            output,
-            backend,
-            [
-                "-> 200 /users (authorized)",
-                "/users/3 -> Overloaded: 2 calls already in flight",
-                "/reports -> Overloaded: 2 calls already in flight",
-                "event: load_shed layer='api-shed' max_in_flight=2",
-                "in flight at the end: 0",
-            ],
-        )
+        section = backend_section(output, backend, CUSTOM_LAYER_LINES)
         assert section.count("(authorized)") == 5
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_custom_layer_on_one_backend(backend: str) -> None:
+    """custom_layer.py --backend X runs on X only."""
+    output = run_example("custom_layer.py", "--backend", backend)
+    only_backend_section(output, backend, CUSTOM_LAYER_LINES)
 
 
 def test_testing_with_mock() -> None:
@@ -154,24 +168,30 @@ def test_circuit_breaker() -> None:
         assert section.count("event: circuit_call_rejected state=open") == 3
 
 
+PER_TENANT_LINES = [
+    "acme: 6 admitted, 2 refused",
+    "globex: 2 admitted, 0 refused",
+    "per-tenant: waited=4 rejected=2 waiting=0",
+    "bulkhead: in flight at the end: 0, waiting: 0",
+    "t3: 200 /",
+    "t4: RateLimited, retry after 1.0 s",
+    "t1: RateLimited, retry after 1.0 s",
+    "free-tier: keys=3 table_full=1",
+]
+
+
 def test_per_tenant_rate_limit() -> None:
     """per_tenant_rate_limit.py: per-tenant waits and refusals, a full key table."""
     output = run_example("per_tenant_rate_limit.py")
     for backend in ["asyncio", "trio"]:
-        backend_section(
-            output,
-            backend,
-            [
-                "acme: 6 admitted, 2 refused",
-                "globex: 2 admitted, 0 refused",
-                "per-tenant: waited=4 rejected=2 waiting=0",
-                "bulkhead: in flight at the end: 0, waiting: 0",
-                "t3: 200 /",
-                "t4: RateLimited, retry after 1.0 s",
-                "t1: RateLimited, retry after 1.0 s",
-                "free-tier: keys=3 table_full=1",
-            ],
-        )
+        backend_section(output, backend, PER_TENANT_LINES)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_per_tenant_rate_limit_on_one_backend(backend: str) -> None:
+    """per_tenant_rate_limit.py --backend X runs on X only."""
+    output = run_example("per_tenant_rate_limit.py", "--backend", backend)
+    only_backend_section(output, backend, PER_TENANT_LINES)
 
 
 def test_metrics() -> None:
