@@ -21,7 +21,7 @@ from ._backoff import (
     check_delay,
     to_backoff,
 )
-from ._budget import FLUSH_EVERY, BudgetState, RetryBudget
+from ._budget import BudgetState, RetryBudget
 from ._config import (
     callable_or_none,
     fail,
@@ -397,7 +397,6 @@ class Retry:
         retryable = loop.retryable
         state = loop.state
         get_attempt = _get_attempt
-        flush_at = FLUSH_EVERY
 
         if self.max_time is None and self.on_result is None:
             # The default shape, kept as short as it can be: no clock, no
@@ -409,10 +408,12 @@ class Retry:
                 async def retry_with_budget(request: Req, /) -> Res:
                     if get_attempt() != 1:
                         return await loop.first_of_nested(retry_with_budget, request)
-                    pending = state.pending + 1
-                    state.pending = pending
-                    if pending >= flush_at:
-                        state.flush()
+                    # the budget's deposit (BudgetState.deposit), inlined
+                    left = state.left
+                    if left:
+                        state.left = left - 1
+                    else:
+                        state.deposit_and_read()
                     try:
                         return await inner(request)
                     except Exception as error:
