@@ -280,6 +280,16 @@ class Retry:
     exception that *on* does not match is raised at once, unchanged (after
     a first retry it gets a note too).
 
+    **One note per reason.** A ``Retry`` notes an exception at most once
+    per reason (the attempts limit, *max_time*, a delay hint, the
+    deadline, the budget, an error that is not retryable), whatever the
+    attempt count: an exception object that many calls share (one failed
+    future awaited by 100 tasks) carries one note per reason that stopped
+    them, not one per call. Nested ``Retry`` layers that give up on the same
+    exception each add their own note, outer after inner; they are told
+    apart by *name*, so two nested layers with the same name and the same
+    reason add one note.
+
     **How long it waits** before attempt ``n + 1``: the error's delay hint
     if it has one (*retry_after*, then :attr:`Rejected.retry_after
     <layers.Rejected.retry_after>`), otherwise the next delay of *backoff*
@@ -663,9 +673,12 @@ class _Loop(Generic[Req, Res]):
                 response = await self.inner(outgoing)
             except Exception as error:
                 if not self.retryable(error):
-                    error.add_note(
+                    add_note_once(
+                        error,
+                        self.name,
+                        "not_retryable",
                         f"retry {self.name!r}: attempt {attempt} raised an error "
-                        "that is not retryable"
+                        "that is not retryable",
                     )
                     raise
                 failure = error
@@ -713,8 +726,61 @@ class _Loop(Generic[Req, Res]):
             events.emit(stop)
         if failure is None:
             return cast(Res, response)
+        if isinstance(stop, RetriesExhausted):
+            kind = stop.reason
+        elif isinstance(stop, RetryDeadlineReached):
+            kind = "deadline"
+        else:
+            kind = "budget"
         plural = "attempt" if attempt == 1 else "attempts"
-        failure.add_note(
-            f"retry {self.name!r} gave up after {attempt} {plural}: {reason}"
+        add_note_once(
+            failure,
+            self.name,
+            kind,
+            f"retry {self.name!r} gave up after {attempt} {plural}: {reason}",
         )
         raise failure
+
+
+@final
+class RetryNote(str):
+    """A :pep:`678` note added by a :class:`Retry`: a ``str`` that knows its origin.
+
+    It records the ``layer`` (the Retry's name) and the ``reason`` that
+    wrote it, so that the same layer and reason never note one exception
+    twice.
+    """
+
+    layer: str
+    reason: str
+
+    def __new__(cls, text: str, layer: str, reason: str) -> RetryNote:
+        """Make the note *text*, written by *layer* for *reason*."""
+        note = super().__new__(cls, text)
+        note.layer = layer
+        note.reason = reason
+        return note
+
+    def __reduce__(self) -> tuple[type[RetryNote], tuple[str, str, str]]:
+        """Pickle (and copy) as the same note."""
+        return (RetryNote, (str(self), self.layer, self.reason))
+
+
+def add_note_once(error: BaseException, layer: str, reason: str, text: str) -> None:
+    """Add *text* to *error*'s notes unless *layer* already noted it for *reason*.
+
+    An exception object can reach a Retry many times: one failed future
+    awaited by many calls, or nested Retry layers that both give up on it.
+    One note per layer and reason says it all; a note per call would grow
+    without limit.
+    """
+    notes: object = getattr(error, "__notes__", None)
+    if isinstance(notes, list):
+        for note in cast("list[object]", notes):
+            if (
+                isinstance(note, RetryNote)
+                and note.layer == layer
+                and note.reason == reason
+            ):
+                return
+    error.add_note(RetryNote(text, layer, reason))

@@ -310,6 +310,30 @@ async def test_nested_retries_on_a_shared_error_each_note_once() -> None:
     ]
 
 
+def test_a_retry_note_is_plain_text_that_survives_pickling() -> None:
+    """A Retry's note equals its text, prints as it, and keeps its origin in a copy."""
+    import pickle
+
+    from layers._retry import RetryNote, add_note_once
+
+    error = ConnectionError("down")
+    add_note_once(error, "api", "attempts", "retry 'api' gave up")
+    copied = pickle.loads(pickle.dumps(error))
+    (note,) = copied.__notes__
+    assert note == "retry 'api' gave up"
+    assert isinstance(note, RetryNote)
+    assert (note.layer, note.reason) == ("api", "attempts")
+    assert traceback.format_exception(copied)[-1] == "retry 'api' gave up\n"
+    add_note_once(copied, "api", "attempts", "retry 'api' gave up again")
+    add_note_once(copied, "api", "budget", "retry 'api': budget")
+    add_note_once(copied, "other", "attempts", "retry 'other' gave up")
+    assert copied.__notes__ == [
+        "retry 'api' gave up",
+        "retry 'api': budget",
+        "retry 'other' gave up",
+    ]
+
+
 async def test_classification_by_tuple_and_predicate() -> None:
     """`on` takes a tuple of types or a predicate on the exception."""
     flaky = Flaky(2, error=lambda: TimeoutError())
