@@ -61,11 +61,11 @@ class BudgetState:
     )
 
     def __init__(self, ttl: float, min_per_second: float, percent: float) -> None:
-        self.left = 0
+        self.left: int = 0
         """Deposits that may still be counted without reading the clock."""
-        self.room = 0
+        self.room: int = 0
         """``left`` just after the last reading: ``room - left`` are pending."""
-        self.read_at = -math.inf
+        self.read_at: float = -math.inf
         """When the clock was last read; pending deposits are dated then."""
         self.deposits = [0] * SLOTS
         self.retries = [0] * SLOTS

@@ -49,6 +49,10 @@ __all__ = [
 Req = TypeVar("Req")
 Res = TypeVar("Res")
 
+HINT_LIMIT: Final = 60.0
+"""The default limit on a hinted wait (``retry_after``), seconds, when neither
+``max_delay`` nor an :class:`ExponentialBackoff`'s ``cap`` gives one."""
+
 ATTEMPT: Final[ContextVar[int]] = ContextVar("layers_attempt", default=1)
 """The attempt number of the innermost Retry; 1 when nothing has retried."""
 
@@ -122,8 +126,9 @@ class RetriesExhausted(Event):
         attempts: Attempts made.
         reason: ``"attempts"`` (the attempts limit), ``"max_time"`` (the
             next attempt could not start within ``max_time``) or
-            ``"retry_after"`` (the error's delay hint was longer than
-            ``max_delay``).
+            ``"retry_after"`` (the error's delay hint was longer than the
+            limit on hinted waits: ``max_delay``, by default the
+            :class:`~layers.ExponentialBackoff`'s ``cap`` or 60 s).
         error: The type of the last exception, or ``None`` if the last
             attempt returned a retryable response (which is returned).
     """
@@ -260,8 +265,9 @@ class Retry:
 
     1. the attempts limit is reached (``attempts``);
     2. the deadline has passed;
-    3. the delay hint of the error (``retry_after``) is longer than
-       *max_delay*, or infinite: waiting that long is not worth it;
+    3. the delay hint of the error (``retry_after``) is longer than the
+       limit on hinted waits (*max_delay*; see there for its default):
+       waiting that long is not worth it;
     4. the next attempt could not start within *max_time* of the first
        attempt's start;
     5. the deadline would leave at most *min_attempt_time* seconds for the
@@ -326,9 +332,12 @@ class Retry:
         budget: The :class:`RetryBudget` that retries draw on (default: a
             new one with Finagle's defaults), or ``None`` for no budget.
         max_delay: The longest wait, seconds > 0: computed delays are
-            clamped to it, and a longer ``retry_after`` hint ends retrying.
-            Default: the ``cap`` of an :class:`ExponentialBackoff`, no limit
-            for other backoffs.
+            clamped to it, and a longer ``retry_after`` hint ends retrying
+            at once. Default: the ``cap`` of an :class:`ExponentialBackoff`
+            (10 s by default). With another backoff, computed delays are
+            not clamped, and hinted waits are limited to 60 s: a hint from
+            the network (a ``Retry-After`` header) never makes a call wait
+            for hours; set *max_delay* to wait longer.
         min_attempt_time: Seconds >= 0 that must remain before the deadline
             for a new attempt to start after its wait (default 0: any time
             at all). Set it to what an attempt needs at least.
@@ -479,6 +488,8 @@ class _Loop(Generic[Req, Res]):
     __slots__ = (
         "backoff",
         "hint",
+        "hint_limit",
+        "hint_limit_text",
         "inner",
         "max_attempts",
         "max_delay",
@@ -506,6 +517,15 @@ class _Loop(Generic[Req, Res]):
             self.max_delay = float(config.backoff.cap)
         else:
             self.max_delay = math.inf
+        if self.max_delay < math.inf:
+            self.hint_limit = self.max_delay
+            self.hint_limit_text = f"max_delay ({self.max_delay:g} s)"
+        else:
+            self.hint_limit = HINT_LIMIT
+            self.hint_limit_text = (
+                f"the default limit on hinted waits ({HINT_LIMIT:g} s; set "
+                "max_delay to change it)"
+            )
         self.min_attempt_time = float(config.min_attempt_time)
         self.hint = config.retry_after
         self.on_result = config.on_result
@@ -609,13 +629,10 @@ class _Loop(Generic[Req, Res]):
                 delay = computed if hint is None else hint
                 if testing is not None:
                     delay = 0.0
-                if hint is not None and (hint > self.max_delay or hint == math.inf):
-                    # (an infinite hint can never be waited out, max_delay or not)
+                if hint is not None and hint > self.hint_limit:
                     reason = (
                         f"the error's retry_after ({hint:g} s) is longer than "
-                        f"max_delay ({self.max_delay:g} s)"
-                        if hint > self.max_delay
-                        else "the error's retry_after is infinite"
+                        f"{self.hint_limit_text}"
                     )
                     stop = RetriesExhausted(
                         layer=self.name,
