@@ -120,8 +120,9 @@ class BudgetState:
         start = self.slot_start
         if start is not None and now < start:
             # A new event loop whose clock starts again: how old the deposits
-            # are is unknown, so they no longer count (the retries taken
-            # still do, as if just taken: fewer retries, never more).
+            # are is unknown, so they no longer count; the retries taken keep
+            # counting until they expire on the new clock (fewer retries,
+            # never more).
             self.deposits = [0] * SLOTS
             pending = 0
             start = None
