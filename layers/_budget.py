@@ -21,9 +21,8 @@ __all__ = ["RetryBudget", "RetryBudgetStatistics"]
 SLOTS: Final = 10
 """The window is kept in this many slots of ``ttl / SLOTS`` seconds."""
 
-FLUSH_EVERY: Final = 64
-"""Deposits are counted without reading the clock; every this many deposits
-(and at every withdrawal) they are filed into the window."""
+MAX_UNREAD: Final = 64
+"""The most deposits counted between two readings of the clock."""
 
 
 _ttl = finite_number("a number of seconds from 1 to 60", lambda v: 1 <= v <= 60)
@@ -33,22 +32,41 @@ _percent = finite_number("a percentage from 0 to 1000", lambda v: 0 <= v <= 1000
 
 @final
 class BudgetState:
-    """The mutable state of a :class:`RetryBudget` (one event loop at a time)."""
+    """The mutable state of a :class:`RetryBudget` (one event loop at a time).
+
+    Deposits are counted without reading the clock and dated at the last
+    reading, which came before them: they may leave the window early,
+    never late. How many deposits may be counted before the next reading
+    (``left``) is sized at each reading from the rate since the previous
+    one: about one slot's worth, at most :data:`MAX_UNREAD`. So dense
+    traffic reads the clock once per slot or per 64 calls, and sparse
+    traffic (less than a call per slot) reads it at every call and is dated
+    exactly.
+
+    A deposit on the success path is ``if left: left -= 1`` (inlined in
+    :class:`~layers.Retry`), else :meth:`deposit_and_read`.
+    """
 
     __slots__ = (
         "deposits",
         "index",
-        "pending",
+        "left",
         "ratio",
+        "read_at",
         "reserve",
         "retries",
+        "room",
         "slot_start",
         "window",
     )
 
     def __init__(self, ttl: float, min_per_second: float, percent: float) -> None:
-        self.pending = 0
-        """Deposits counted since the last flush, not yet filed in a slot."""
+        self.left: int = 0
+        """Deposits that may still be counted without reading the clock."""
+        self.room: int = 0
+        """``left`` just after the last reading: ``room - left`` are pending."""
+        self.read_at: float = -math.inf
+        """When the clock was last read; pending deposits are dated then."""
         self.deposits = [0] * SLOTS
         self.retries = [0] * SLOTS
         self.index = 0
@@ -58,29 +76,59 @@ class BudgetState:
         self.reserve = min_per_second * ttl
 
     def deposit(self) -> None:
-        """Count one request; file the pending ones every ``FLUSH_EVERY``."""
-        pending = self.pending + 1
-        self.pending = pending
-        if pending >= FLUSH_EVERY:
-            self.flush()
+        """Count one request; read the clock only when ``left`` has run out."""
+        left = self.left
+        if left:
+            self.left = left - 1
+        else:
+            self.deposit_and_read()
 
-    def flush(self) -> None:
-        """File the pending deposits into the window (reads the clock)."""
-        self.advance(_backend.current_time())
+    def deposit_and_read(self) -> None:
+        """Count one request, reading the clock: no deposit is ``left``."""
+        now = _backend.current_time()
+        span = now - self.read_at
+        pending = self.room
+        if span > 0:
+            per_slot = pending * self.window / span
+        else:  # all at one instant (if any), or a new loop's clock
+            per_slot = math.inf if span == 0 and pending else 0.0
+        self.advance(now)
+        left = MAX_UNREAD if per_slot >= MAX_UNREAD else int(per_slot)
+        self.left = left
+        self.room = left + 1  # this deposit, pending, dated now
+
+    def read_clock(self) -> None:
+        """File the pending deposits and move the window to now."""
+        now = _backend.current_time()
+        left = self.left
+        span = now - self.read_at
+        if span > 0:
+            # deposits slower than planned (traffic dropped): count fewer
+            # of them before the next reading; never more (a withdrawal
+            # right after a deposit says nothing about the rate)
+            per_slot = (self.room - left) * self.window / span
+            if per_slot < left:
+                left = int(per_slot)
+        elif span < 0:  # a new event loop whose clock starts again
+            left = 0
+        self.advance(now)
+        self.left = self.room = left
 
     def advance(self, now: float) -> None:
-        """Move the window to *now* and file the pending deposits.
-
-        The pending deposits were made at unknown times since the last
-        flush. They are filed into the slot that was current then, the
-        oldest they can belong to, so they expire no later than they
-        should: the budget errs on the side of fewer retries.
-        """
-        self.deposits[self.index] += self.pending
-        self.pending = 0
+        """File the pending deposits at the last reading; move the window to *now*."""
+        pending = self.room - self.left
         start = self.slot_start
-        if start is None or now < start:
-            # first use, or a new event loop whose clock starts again
+        if start is not None and now < start:
+            # A new event loop whose clock starts again: how old the deposits
+            # are is unknown, so they no longer count; the retries taken keep
+            # counting until they expire on the new clock (fewer retries,
+            # never more).
+            self.deposits = [0] * SLOTS
+            pending = 0
+            start = None
+        self.deposits[self.index] += pending
+        self.read_at = now
+        if start is None:
             self.slot_start = now
         elif now - start >= self.window:
             steps = int((now - start) / self.window)
@@ -94,12 +142,12 @@ class BudgetState:
             self.slot_start = start + steps * self.window
 
     def balance(self) -> float:
-        """Retries that the window allows now (call :meth:`advance` first)."""
+        """Retries that the window allows now (call :meth:`read_clock` first)."""
         return sum(self.deposits) * self.ratio - sum(self.retries) + self.reserve
 
     def withdraw(self) -> bool:
         """Take one retry from the budget if it allows one."""
-        self.advance(_backend.current_time())
+        self.read_clock()
         # a small tolerance for the float products (0.2 x 5 deposits = 1 retry)
         if self.balance() >= 1 - 1e-9:
             self.retries[self.index] += 1
@@ -150,17 +198,24 @@ class RetryBudget:
     not thread-safe.
 
     **How the window is kept.** The window is ten slots of ``ttl / 10``
-    seconds, as in tower and Finagle. A deposit is only a counter increment:
-    the success path of a call never reads the clock. The counted deposits
-    are filed into the window at the next withdrawal, or after every 64
-    deposits, whichever comes first, and they are dated at the previous
-    filing, the oldest they can be. So a deposit may leave the window
-    early, never late: the budget never allows more retries than
-    Finagle's would. A deposit is dated at most the time that 64 calls
-    take too early: at 50 calls per second, where
-    20 % of the traffic starts to exceed the default floor of 10 per
-    second, that is 1.3 s of a 10 s window; below that rate the floor
-    dominates anyway.
+    seconds, as in tower and Finagle. A deposit is dated at the last reading
+    of the clock before it, so a deposit may leave the window early, never
+    late: the budget never allows more retries than Finagle's would. The
+    success path of a call mostly does not read the clock: after each
+    reading, the budget counts as many deposits without it as the recent
+    rate of calls brings in one slot, and at most 64. So in steady traffic
+    a deposit is dated at most about one slot early (at 1,000 calls per
+    second the clock is read once per 64 calls), and when calls are sparse
+    (less than about one per slot, where each one matters) every deposit
+    reads the clock and expires *ttl* after it was made, as in tower. A
+    sudden drop in traffic can date at most one such batch earlier than
+    that. Withdrawals always read the clock.
+
+    A later event loop whose clock starts again (a new ``anyio.run`` on
+    virtual time, or trio's clock, whose offset differs per run) cannot
+    tell how old the earlier deposits are: they no longer count, while the
+    retries taken before keep counting until they expire on the new clock
+    (fewer retries, never more).
 
     Args:
         ttl: How long deposits and withdrawals count, seconds, from 1 to 60
@@ -196,7 +251,7 @@ class RetryBudget:
     )
 
     def deposit(self) -> None:
-        """Count one request. Cheap: it does not read the clock.
+        """Count one request. Cheap: it mostly does not read the clock.
 
         :class:`~layers.Retry` calls it once per call; call it yourself only
         if you use the budget in your own retry logic.
@@ -213,7 +268,7 @@ class RetryBudget:
     def statistics(self) -> RetryBudgetStatistics:
         """Return a snapshot of the window now (needs a running event loop)."""
         state = self._state
-        state.flush()
+        state.read_clock()
         return RetryBudgetStatistics(
             deposits=sum(state.deposits),
             retries=sum(state.retries),

@@ -21,7 +21,7 @@ from ._backoff import (
     check_delay,
     to_backoff,
 )
-from ._budget import FLUSH_EVERY, BudgetState, RetryBudget
+from ._budget import BudgetState, RetryBudget
 from ._config import (
     callable_or_none,
     fail,
@@ -48,6 +48,10 @@ __all__ = [
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
+
+HINT_LIMIT: Final = 60.0
+"""The default limit on a hinted wait (``retry_after``), seconds, when neither
+``max_delay`` nor an :class:`ExponentialBackoff`'s ``cap`` gives one."""
 
 ATTEMPT: Final[ContextVar[int]] = ContextVar("layers_attempt", default=1)
 """The attempt number of the innermost Retry; 1 when nothing has retried."""
@@ -122,8 +126,9 @@ class RetriesExhausted(Event):
         attempts: Attempts made.
         reason: ``"attempts"`` (the attempts limit), ``"max_time"`` (the
             next attempt could not start within ``max_time``) or
-            ``"retry_after"`` (the error's delay hint was longer than
-            ``max_delay``).
+            ``"retry_after"`` (the error's delay hint was longer than the
+            limit on hinted waits: ``max_delay``, by default the
+            :class:`~layers.ExponentialBackoff`'s ``cap`` or 60 s).
         error: The type of the last exception, or ``None`` if the last
             attempt returned a retryable response (which is returned).
     """
@@ -255,8 +260,9 @@ class Retry:
 
     1. the attempts limit is reached (``attempts``);
     2. the deadline has passed;
-    3. the delay hint of the error (``retry_after``) is longer than
-       *max_delay*, or infinite: waiting that long is not worth it;
+    3. the delay hint of the error (``retry_after``) is longer than the
+       limit on hinted waits (*max_delay*; see there for its default):
+       waiting that long is not worth it;
     4. the next attempt could not start within *max_time* of the first
        attempt's start;
     5. the deadline would leave at most *min_attempt_time* seconds for the
@@ -274,6 +280,16 @@ class Retry:
     response that *on_result* wanted retried, that response is returned. An
     exception that *on* does not match is raised at once, unchanged (after
     a first retry it gets a note too).
+
+    **One note per reason.** A ``Retry`` notes an exception at most once
+    per reason (the attempts limit, *max_time*, a delay hint, the
+    deadline, the budget, an error that is not retryable), whatever the
+    attempt count: an exception object that many calls share (one failed
+    future awaited by 100 tasks) carries one note per reason that stopped
+    them, not one per call. Nested ``Retry`` layers that give up on the same
+    exception each add their own note, outer after inner; they are told
+    apart by *name*, so two nested layers with the same name and the same
+    reason add one note.
 
     **How long it waits** before attempt ``n + 1``: the error's delay hint
     if it has one (*retry_after*, then :attr:`Rejected.retry_after
@@ -311,9 +327,12 @@ class Retry:
         budget: The :class:`RetryBudget` that retries draw on (default: a
             new one with Finagle's defaults), or ``None`` for no budget.
         max_delay: The longest wait, seconds > 0: computed delays are
-            clamped to it, and a longer ``retry_after`` hint ends retrying.
-            Default: the ``cap`` of an :class:`ExponentialBackoff`, no limit
-            for other backoffs.
+            clamped to it, and a longer ``retry_after`` hint ends retrying
+            at once. Default: the ``cap`` of an :class:`ExponentialBackoff`
+            (10 s by default). With another backoff, computed delays are
+            not clamped, and hinted waits are limited to 60 s: a hint from
+            the network (a ``Retry-After`` header) never makes a call wait
+            for hours; set *max_delay* to wait longer.
         min_attempt_time: Seconds >= 0 that must remain before the deadline
             for a new attempt to start after its wait (default 0: any time
             at all). Set it to what an attempt needs at least.
@@ -392,7 +411,6 @@ class Retry:
         retryable = loop.retryable
         state = loop.state
         get_attempt = _get_attempt
-        flush_at = FLUSH_EVERY
 
         if self.max_time is None and self.on_result is None:
             # The default shape, kept as short as it can be: no clock, no
@@ -404,10 +422,12 @@ class Retry:
                 async def retry_with_budget(request: Req, /) -> Res:
                     if get_attempt() != 1:
                         return await loop.first_of_nested(retry_with_budget, request)
-                    pending = state.pending + 1
-                    state.pending = pending
-                    if pending >= flush_at:
-                        state.flush()
+                    # the budget's deposit (BudgetState.deposit), inlined
+                    left = state.left
+                    if left:
+                        state.left = left - 1
+                    else:
+                        state.deposit_and_read()
                     try:
                         return await inner(request)
                     except Exception as error:
@@ -463,6 +483,8 @@ class _Loop(Generic[Req, Res]):
     __slots__ = (
         "backoff",
         "hint",
+        "hint_limit",
+        "hint_limit_text",
         "inner",
         "max_attempts",
         "max_delay",
@@ -490,6 +512,15 @@ class _Loop(Generic[Req, Res]):
             self.max_delay = float(config.backoff.cap)
         else:
             self.max_delay = math.inf
+        if self.max_delay < math.inf:
+            self.hint_limit = self.max_delay
+            self.hint_limit_text = f"max_delay ({self.max_delay:g} s)"
+        else:
+            self.hint_limit = HINT_LIMIT
+            self.hint_limit_text = (
+                f"the default limit on hinted waits ({HINT_LIMIT:g} s; set "
+                "max_delay to change it)"
+            )
         self.min_attempt_time = float(config.min_attempt_time)
         self.hint = config.retry_after
         self.on_result = config.on_result
@@ -593,13 +624,10 @@ class _Loop(Generic[Req, Res]):
                 delay = computed if hint is None else hint
                 if testing is not None:
                     delay = 0.0
-                if hint is not None and (hint > self.max_delay or hint == math.inf):
-                    # (an infinite hint can never be waited out, max_delay or not)
+                if hint is not None and hint > self.hint_limit:
                     reason = (
                         f"the error's retry_after ({hint:g} s) is longer than "
-                        f"max_delay ({self.max_delay:g} s)"
-                        if hint > self.max_delay
-                        else "the error's retry_after is infinite"
+                        f"{self.hint_limit_text}"
                     )
                     stop = RetriesExhausted(
                         layer=self.name,
@@ -657,9 +685,12 @@ class _Loop(Generic[Req, Res]):
                 response = await self.inner(outgoing)
             except Exception as error:
                 if not self.retryable(error):
-                    error.add_note(
+                    add_note_once(
+                        error,
+                        self.name,
+                        "not_retryable",
                         f"retry {self.name!r}: attempt {attempt} raised an error "
-                        "that is not retryable"
+                        "that is not retryable",
                     )
                     raise
                 failure = error
@@ -707,8 +738,61 @@ class _Loop(Generic[Req, Res]):
             events.emit(stop)
         if failure is None:
             return cast(Res, response)
+        if isinstance(stop, RetriesExhausted):
+            kind = stop.reason
+        elif isinstance(stop, RetryDeadlineReached):
+            kind = "deadline"
+        else:
+            kind = "budget"
         plural = "attempt" if attempt == 1 else "attempts"
-        failure.add_note(
-            f"retry {self.name!r} gave up after {attempt} {plural}: {reason}"
+        add_note_once(
+            failure,
+            self.name,
+            kind,
+            f"retry {self.name!r} gave up after {attempt} {plural}: {reason}",
         )
         raise failure
+
+
+@final
+class RetryNote(str):
+    """A :pep:`678` note added by a :class:`Retry`: a ``str`` that knows its origin.
+
+    It records the ``layer`` (the Retry's name) and the ``reason`` that
+    wrote it, so that the same layer and reason never note one exception
+    twice.
+    """
+
+    layer: str
+    reason: str
+
+    def __new__(cls, text: str, layer: str, reason: str) -> RetryNote:
+        """Make the note *text*, written by *layer* for *reason*."""
+        note = super().__new__(cls, text)
+        note.layer = layer
+        note.reason = reason
+        return note
+
+    def __reduce__(self) -> tuple[type[RetryNote], tuple[str, str, str]]:
+        """Pickle (and copy) as the same note."""
+        return (RetryNote, (str(self), self.layer, self.reason))
+
+
+def add_note_once(error: BaseException, layer: str, reason: str, text: str) -> None:
+    """Add *text* to *error*'s notes unless *layer* already noted it for *reason*.
+
+    An exception object can reach a Retry many times: one failed future
+    awaited by many calls, or nested Retry layers that both give up on it.
+    One note per layer and reason says it all; a note per call would grow
+    without limit.
+    """
+    notes: object = getattr(error, "__notes__", None)
+    if isinstance(notes, list):
+        for note in cast("list[object]", notes):
+            if (
+                isinstance(note, RetryNote)
+                and note.layer == layer
+                and note.reason == reason
+            ):
+                return
+    error.add_note(RetryNote(text, layer, reason))

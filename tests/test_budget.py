@@ -68,17 +68,89 @@ async def test_deposits_expire_after_ttl() -> None:
     assert not budget.withdraw()
 
 
-async def test_pending_deposits_are_filed_at_the_oldest_time() -> None:
-    """Deposits counted since the last filing are dated at it (conservative)."""
-    budget = RetryBudget(ttl=2, min_per_second=0, percent=100)
-    assert not budget.withdraw()  # files (nothing) at t=0
-    await anyio.sleep(10)
-    for _ in range(3):
-        budget.deposit()  # made at t=10, but not filed yet
-    # At the next filing, they count as made at t=0: already expired.
-    assert not budget.withdraw()
+async def test_a_deposit_before_the_first_withdrawal_expires_on_time() -> None:
+    """A deposit made before the budget ever read the clock still expires ttl later.
+
+    The defect: it was dated at the first filing (30 s later) and paid for a
+    retry that late.
+    """
+    budget = RetryBudget(ttl=1, min_per_second=0, percent=100)
     budget.deposit()
-    assert budget.withdraw()  # filed at t=10 this time
+    await anyio.sleep(30)
+    assert not budget.withdraw()
+    assert budget.statistics().deposits == 0
+
+
+async def test_a_deposit_is_dated_at_the_last_clock_reading_never_later() -> None:
+    """Deposits counted without the clock are dated at the reading before them."""
+    budget = RetryBudget(ttl=2, min_per_second=0, percent=100)
+    budget.deposit()  # reads the clock: t=0
+    budget.deposit()  # a burst at one instant: the next ones do not read it
+    budget.deposit()
+    await anyio.sleep(1.5)
+    assert budget.statistics().deposits == 3  # made at 0, counted until t=2
+    await anyio.sleep(0.6)
+    assert budget.statistics().deposits == 0  # t=2.1: all three have expired
+    await anyio.sleep(10)
+    budget.deposit()  # after a quiet spell: reads the clock, dated t=12.1
+    assert budget.withdraw()
+
+
+async def test_sparse_deposits_are_each_dated() -> None:
+    """When calls are rarer than the clock readings pay for, each one reads it."""
+    budget = RetryBudget(ttl=1, min_per_second=0, percent=100)
+    for _ in range(5):
+        budget.deposit()
+        await anyio.sleep(0.3)
+    # deposits at 0, .3, .6, .9, 1.2; now 1.5: the last three are in the window
+    # (give or take the slot of 0.1 s that holds 0.6)
+    assert budget.statistics().deposits in (2, 3)
+    await anyio.sleep(0.25)  # 1.75: .9 and 1.2 left
+    assert budget.statistics().deposits == 2
+
+
+# ------------------------------------------------- tower's TpsBudget tests
+# Ported from tower (tower/src/retry/budget/tps_budget.rs): ttl, min_per_sec
+# and retry_percent (a fraction there, a percentage here).
+
+
+async def test_tower_tps_empty() -> None:
+    """tps_empty: no reserve and no deposit allow no retry."""
+    budget = RetryBudget(ttl=1, min_per_second=0, percent=100)
+    assert not budget.withdraw()
+
+
+async def test_tower_tps_leaky() -> None:
+    """tps_leaky: one deposit, 3 s later (ttl 1 s) it pays for nothing."""
+    budget = RetryBudget(ttl=1, min_per_second=0, percent=100)
+    budget.deposit()
+    await anyio.sleep(3)
+    assert not budget.withdraw()
+
+
+async def test_tower_tps_slots() -> None:
+    """tps_slots: deposits expire slot by slot, each ttl after it was made."""
+    budget = RetryBudget(ttl=1, min_per_second=0, percent=50)
+    budget.deposit()
+    budget.deposit()
+    await anyio.sleep(0.901)
+    assert budget.withdraw()  # 900 ms later the deposits still count
+
+    await anyio.sleep(2.001)  # a blank slate
+    budget.deposit()
+    await anyio.sleep(0.301)
+    budget.deposit()
+    await anyio.sleep(0.801)
+    budget.deposit()
+    # the first of the three has expired; the second and third pay for one
+    assert budget.withdraw()
+    assert budget.statistics().deposits == 2
+
+
+async def test_tower_tps_reserve() -> None:
+    """tps_reserve: min_per_second x ttl retries with no deposit at all."""
+    budget = RetryBudget(ttl=1, min_per_second=5, percent=100)
+    assert [budget.withdraw() for _ in range(6)] == [True] * 5 + [False]
 
 
 async def test_steady_traffic_counts_without_withdrawals() -> None:
@@ -104,6 +176,8 @@ async def test_steady_traffic_counts_without_withdrawals() -> None:
 # in the loop and by the one after it
 @hypothesis.example(gaps=[0.0, 0.0, 3.0], withdraw_every=2)
 @hypothesis.example(gaps=[0.0, 1.0, 3.0], withdraw_every=100)
+# a deposit made before the budget first read the clock (tower's tps_leaky)
+@hypothesis.example(gaps=[0.0, 3.0], withdraw_every=2)
 def test_deposits_never_count_longer_than_ttl(
     gaps: list[float], withdraw_every: int
 ) -> None:
@@ -127,7 +201,7 @@ def test_deposits_never_count_longer_than_ttl(
             await anyio.sleep(gap)
             budget.deposit()
             times.append(anyio.current_time())
-            if index % withdraw_every == 0:
+            if (index + 1) % withdraw_every == 0:
                 check()
         check()
 
@@ -160,6 +234,26 @@ def test_a_budget_outlives_its_event_loop(backend: str) -> None:
 
     assert layers.testing.run(first, backend=backend)
     assert layers.testing.run(later, backend=backend) == [True, False]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_deposits_from_an_earlier_event_loop_no_longer_count(backend: str) -> None:
+    """A later loop's clock says nothing about how old earlier deposits are: dropped."""
+    budget = RetryBudget(ttl=10, min_per_second=0, percent=100)
+
+    async def first() -> bool:
+        await anyio.sleep(100)
+        budget.deposit()
+        budget.deposit()
+        return budget.withdraw()
+
+    async def later() -> bool:
+        # a new virtual clock at 0: the deposit left from t=100 is not counted
+        return budget.withdraw()
+
+    assert layers.testing.run(first, backend=backend)
+    assert not layers.testing.run(later, backend=backend)
+    assert layers.testing.run(first, backend=backend)
 
 
 # ------------------------------------------------------------- retry storms

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import hypothesis
 import pytest
 from helpers import quiet_events as quiet_events  # autouse fixture
@@ -197,6 +198,140 @@ async def test_a_non_retryable_error_after_retries_gets_a_note() -> None:
         await svc("x")
     assert info.value.__notes__ == [
         "retry 'retry': attempt 3 raised an error that is not retryable"
+    ]
+
+
+class SharedFailure:
+    """One failed result awaited by many callers: each await raises the same object.
+
+    As an ``asyncio.Future`` that holds an exception, or a cached failed
+    lookup, does.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.calls = 0
+
+    async def __call__(self, request: object) -> object:
+        self.calls += 1
+        await anyio.lowlevel.checkpoint()
+        raise self.error
+
+
+async def gather_failures(svc: Callable[[int], Any], calls: int) -> list[BaseException]:
+    """Run *calls* calls of *svc* at once; return what each one raised."""
+    raised: list[BaseException] = []
+
+    async def one(request: int) -> None:
+        try:
+            await svc(request)
+        except Exception as error:
+            raised.append(error)
+
+    async with anyio.create_task_group() as group:
+        for request in range(calls):
+            group.start_soon(one, request)
+    assert len(raised) == calls
+    return raised
+
+
+async def test_a_shared_error_gets_one_note_however_many_calls_give_up() -> None:
+    """100 calls giving up on one shared exception object add one note, not 100."""
+    shared = SharedFailure(ConnectionError("down"))
+    svc = Retry(
+        on=ConnectionError, attempts=3, backoff=[0.1], budget=None, name="api"
+    ).layer(shared)
+    raised = await gather_failures(svc, 100)
+    assert all(error is shared.error for error in raised)
+    assert shared.calls == 300
+    assert shared.error.__notes__ == [
+        "retry 'api' gave up after 3 attempts: the attempts limit (3) was reached"
+    ]
+
+
+async def test_a_shared_error_gets_one_note_per_reason() -> None:
+    """Calls that stop for another reason add that reason once; counts do not matter."""
+    # a budget of 60 retries for 100 calls of 3 attempts: 40 calls are refused
+    # after 1 attempt, the other 60 after 2; one reason, one note
+    shared = SharedFailure(ConnectionError("down"))
+    budget = layers.RetryBudget(ttl=10, min_per_second=6, percent=0)
+    svc = Retry(on=ConnectionError, attempts=3, backoff=[0.1], budget=budget)
+    await gather_failures(svc.layer(shared), 100)
+    assert shared.calls == 160
+    assert shared.error.__notes__ == [
+        "retry 'retry' gave up after 1 attempt: the retry budget is exhausted"
+    ]
+
+    # 150 retries: 50 calls refused after 2 attempts, 50 reach the limit
+    shared = SharedFailure(ConnectionError("down"))
+    budget = layers.RetryBudget(ttl=10, min_per_second=15, percent=0)
+    svc = Retry(on=ConnectionError, attempts=3, backoff=[0.1], budget=budget)
+    await gather_failures(svc.layer(shared), 100)
+    assert shared.error.__notes__ == [
+        "retry 'retry' gave up after 2 attempts: the retry budget is exhausted",
+        "retry 'retry' gave up after 3 attempts: the attempts limit (3) was reached",
+    ]
+
+
+async def test_a_shared_non_retryable_error_gets_one_note() -> None:
+    """The note on an error that is not retryable is added once too."""
+    shared = ValueError("bad")
+    seen: set[int] = set()
+
+    async def service(request: int) -> int:
+        await anyio.lowlevel.checkpoint()
+        if request not in seen:
+            seen.add(request)
+            raise ConnectionError
+        raise shared
+
+    svc = Retry(on=ConnectionError, attempts=3, backoff=[0]).layer(service)
+    raised = await gather_failures(svc, 20)
+    assert all(error is shared for error in raised)
+    assert shared.__notes__ == [
+        "retry 'retry': attempt 2 raised an error that is not retryable"
+    ]
+
+
+async def test_nested_retries_on_a_shared_error_each_note_once() -> None:
+    """An inner and an outer Retry that give up on one error each add one note."""
+    shared = SharedFailure(ConnectionError("down"))
+    inner = Retry(
+        on=ConnectionError, attempts=2, backoff=[0], budget=None, name="inner"
+    )
+    outer = Retry(
+        on=ConnectionError, attempts=3, backoff=[0], budget=None, name="outer"
+    )
+    svc = outer.layer(inner.layer(shared))
+    await gather_failures(svc, 10)
+    assert shared.calls == 60  # 10 calls x 3 outer attempts x 2 inner attempts
+    assert shared.error.__notes__ == [
+        "retry 'inner' gave up after 2 attempts: the attempts limit (2) was reached",
+        "retry 'outer' gave up after 3 attempts: the attempts limit (3) was reached",
+    ]
+
+
+def test_a_retry_note_is_plain_text_that_survives_pickling() -> None:
+    """A Retry's note equals its text, prints as it, and keeps its origin in a copy."""
+    import pickle
+
+    from layers._retry import RetryNote, add_note_once
+
+    error = ConnectionError("down")
+    add_note_once(error, "api", "attempts", "retry 'api' gave up")
+    copied = pickle.loads(pickle.dumps(error))
+    (note,) = copied.__notes__
+    assert note == "retry 'api' gave up"
+    assert isinstance(note, RetryNote)
+    assert (note.layer, note.reason) == ("api", "attempts")
+    assert traceback.format_exception(copied)[-1] == "retry 'api' gave up\n"
+    add_note_once(copied, "api", "attempts", "retry 'api' gave up again")
+    add_note_once(copied, "api", "budget", "retry 'api': budget")
+    add_note_once(copied, "other", "attempts", "retry 'other' gave up")
+    assert copied.__notes__ == [
+        "retry 'api' gave up",
+        "retry 'api': budget",
+        "retry 'other' gave up",
     ]
 
 
@@ -859,7 +994,7 @@ async def test_a_nan_hint_is_infinite_and_ends_retrying() -> None:
 
 
 async def test_an_infinite_hint_ends_retrying_without_a_max_delay() -> None:
-    """With no max_delay (a delay list), an infinite hint still stops, not hangs."""
+    """With no max_delay (a delay list), an infinite hint is over the default limit."""
     flaky = Flaky(2)
     svc = Retry(
         on=ConnectionError, attempts=3, backoff=[1], retry_after=lambda error: math.inf
@@ -872,9 +1007,110 @@ async def test_an_infinite_hint_ends_retrying_without_a_max_delay() -> None:
     assert flaky.starts == [0]
     assert now() == 0
     assert info.value.__notes__ == [
-        "retry 'retry' gave up after 1 attempt: the error's retry_after is infinite"
+        "retry 'retry' gave up after 1 attempt: the error's retry_after (inf s) is "
+        "longer than the default limit on hinted waits (60 s; set max_delay to "
+        "change it)"
     ]
     assert [event.reason for event in stopped] == ["retry_after"]
+
+
+@pytest.mark.parametrize(
+    "backoff",
+    [[0.01], ConstantBackoff(0.01), lambda attempt: 0.01],
+    ids=["list", "constant", "function"],
+)
+async def test_a_huge_hint_without_max_delay_ends_retrying(backoff: Any) -> None:
+    """Without max_delay, any backoff still caps hinted waits (60 s): no 3,000 years."""
+    flaky = Flaky(2)
+    svc = Retry(
+        on=ConnectionError,
+        attempts=3,
+        backoff=backoff,
+        retry_after=lambda error: 99999999999,
+        name="api",
+    ).layer(flaky)
+    with (
+        capture_events(layers.RetriesExhausted) as stopped,
+        pytest.raises(ConnectionError) as info,
+    ):
+        await svc("x")
+    assert flaky.starts == [0]
+    assert now() == 0
+    assert info.value.__notes__ == [
+        "retry 'api' gave up after 1 attempt: the error's retry_after (1e+11 s) is "
+        "longer than the default limit on hinted waits (60 s; set max_delay to "
+        "change it)"
+    ]
+    assert stopped == [
+        layers.RetriesExhausted(
+            layer="api", attempts=1, reason="retry_after", error="ConnectionError"
+        )
+    ]
+
+
+async def test_the_default_hint_limit_waits_up_to_60_seconds() -> None:
+    """Without max_delay, a 60 s hint is waited out; 60.5 s stops at once."""
+    flaky = Flaky(1)
+    svc = Retry(
+        on=ConnectionError, attempts=3, backoff=[0.1], retry_after=lambda error: 60
+    ).layer(flaky)
+    assert await svc("x") == "x"
+    assert flaky.gaps == [60]
+
+    flaky = Flaky(1, error=lambda: layers.RateLimited(retry_after=60.5))
+    svc = Retry(on=layers.RateLimited, attempts=3, backoff=[0.1]).layer(flaky)
+    with pytest.raises(layers.RateLimited):
+        await svc("x")
+    assert flaky.starts == [now()]
+
+
+async def test_max_delay_sets_the_hint_limit() -> None:
+    """An explicit max_delay is the limit on hinted waits: longer ones are waited."""
+    flaky = Flaky(1, error=lambda: layers.RateLimited(retry_after=500))
+    svc = Retry(on=layers.RateLimited, attempts=3, backoff=[0.1], max_delay=600).layer(
+        flaky
+    )
+    assert await svc("x") == "x"
+    assert flaky.gaps == [500]
+
+    flaky = Flaky(1, error=lambda: layers.RateLimited(retry_after=30))
+    svc = Retry(on=layers.RateLimited, attempts=3, backoff=[0.1], max_delay=20)
+    with pytest.raises(layers.RateLimited) as info:
+        await svc.layer(flaky)("x")
+    assert info.value.__notes__ == [
+        "retry 'retry' gave up after 1 attempt: the error's retry_after (30 s) is "
+        "longer than max_delay (20 s)"
+    ]
+
+
+async def test_the_default_hint_limit_does_not_clamp_computed_delays() -> None:
+    """The 60 s limit is on hints only: a backoff's own long delays are kept."""
+    flaky = Flaky(1)
+    svc = Retry(on=ConnectionError, attempts=2, backoff=[120]).layer(flaky)
+    assert await svc("x") == "x"
+    assert flaky.gaps == [120]
+
+
+async def test_a_huge_retry_after_header_through_httpx_is_not_waited() -> None:
+    """LayeredTransport's documented stack returns the 503 at once on a huge header."""
+    httpx = pytest.importorskip("httpx")
+    from layers.httpx import LayeredTransport, RetryOn, retry_after
+
+    calls: list[float] = []
+
+    def answer(request: Any) -> Any:
+        calls.append(now())
+        return httpx.Response(503, headers={"Retry-After": "99999999999"})
+
+    stack = layers.ServiceBuilder().retry(
+        on=RetryOn(), retry_after=retry_after, attempts=3, backoff=[0.01]
+    )
+    transport = LayeredTransport(stack, httpx.MockTransport(answer))
+    async with httpx.AsyncClient(transport=transport) as client:
+        response = await client.get("http://api.test/")
+    assert response.status_code == 503
+    assert calls == [0]
+    assert now() == 0
 
 
 async def test_max_delay_clamps_computed_delays() -> None:
@@ -974,8 +1210,35 @@ async def test_the_budget_counts_every_call() -> None:
 @pytest.mark.parametrize(
     "kwargs", [{"attempts": 3}, {"max_time": 5}], ids=["default", "max_time"]
 )
-async def test_deposits_are_filed_every_64_calls(kwargs: dict[str, Any]) -> None:
-    """The 64th call files the deposits, so they expire ttl after it, not later."""
+async def test_an_early_call_does_not_pay_for_a_late_retry(
+    kwargs: dict[str, Any],
+) -> None:
+    """A call at t=0 pays for no retry 30 s later with ttl=1 (its deposit expired).
+
+    With percent=50, it takes two calls' deposits to pay for a retry: the
+    failing call's own and, had it not expired, the first call's.
+    """
+    budget = layers.RetryBudget(ttl=1, min_per_second=0, percent=50)
+    retry = Retry(on=ConnectionError, backoff=[0], budget=budget, **kwargs)
+    assert await retry.layer(Flaky(0))("x") == "x"
+    await anyio.sleep(30)
+    flaky = Flaky(1)
+    with (
+        capture_events(layers.RetryBudgetExhausted) as refused,
+        pytest.raises(ConnectionError),
+    ):
+        await retry.layer(flaky)("x")
+    assert len(flaky.starts) == 1
+    assert len(refused) == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"attempts": 3}, {"max_time": 5}], ids=["default", "max_time"]
+)
+async def test_a_burst_of_calls_is_dated_when_it_started(
+    kwargs: dict[str, Any],
+) -> None:
+    """64 calls at one instant are dated then: they expire ttl later, not later."""
 
     async def echo(request: int) -> int:
         return request
@@ -985,7 +1248,7 @@ async def test_deposits_are_filed_every_64_calls(kwargs: dict[str, Any]) -> None
     for request in range(64):
         await svc(request)
     await anyio.sleep(2)
-    # filed at 0 by the 64th call: expired (unfiled, they would count now)
+    # dated at 0, the clock reading before them: expired
     assert budget.statistics().deposits == 0
     assert await svc(64) == 64
     assert budget.statistics().deposits == 1
