@@ -684,7 +684,8 @@ def retry_after(error: Exception, /) -> float | None:
     :class:`RetryableResponse` (and an ``httpx.HTTPStatusError``, for
     services that raise those). ``None`` (no header, a malformed one, another
     error) lets Retry use the error's own hint or its backoff. A hint longer
-    than Retry's ``max_delay`` ends retrying.
+    than Retry's limit on hinted waits (``max_delay``, else a default)
+    ends retrying.
     """
     if isinstance(error, RetryableResponse):
         return error.retry_after
@@ -1020,9 +1021,10 @@ class LayeredTransport(httpx.AsyncBaseTransport):
     retried by :class:`RetryOn`: the caller gets the first attempt's
     outcome, the ``httpx.TransportError`` itself or the retryable response.
 
-    **Retry-After** is the server's to choose: give the retry a
-    ``max_delay`` (as below) so that a hint longer than you would wait
-    returns the response at once instead of sleeping. A header that no
+    **Retry-After** is the server's to choose: a hint longer than the
+    retry's limit on hinted waits (its ``max_delay`` as below, else a
+    default of at most 60 s) returns the response at once instead of
+    sleeping. A header that no
     number can hold never raises (see :func:`parse_retry_after`).
 
     Args:
