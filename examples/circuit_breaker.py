@@ -125,5 +125,5 @@ if __name__ == "__main__":
         run("asyncio")
     if backend in ("trio", "both"):
         if importlib.util.find_spec("trio") is None:
-            sys.exit("trio is not installed: pip install 'service-layers[trio]'")
+            sys.exit("trio is not installed: pip install -e '.[trio]'")
         run("trio")

@@ -11,7 +11,7 @@
   every service wrapped by one ``Shed`` shares one limit. When it refuses a
   call it emits a ``LoadShed`` event.
 
-Run it on both backends (trio needs ``pip install 'service-layers[trio]'``)::
+Run it on both backends (trio needs ``pip install -e '.[trio]'``)::
 
     python examples/custom_layer.py                    # both backends
     python examples/custom_layer.py --backend trio     # or asyncio
@@ -211,12 +211,12 @@ def cli() -> int:
     layers.add_sink(print_event)
     has_trio = importlib.util.find_spec("trio") is not None
     if backend == "trio" and not has_trio:
-        print("trio is not installed: pip install 'service-layers[trio]'")
+        print("trio is not installed: pip install -e '.[trio]'")
         return 1
     run_on = ["asyncio", "trio"] if backend == "both" else [backend]
     for name in run_on:
         if name == "trio" and not has_trio:
-            print("== trio == skipped: pip install 'service-layers[trio]'")
+            print("== trio == skipped: pip install -e '.[trio]'")
             continue
         print(f"== {name} ==")
         anyio.run(main, backend=name)

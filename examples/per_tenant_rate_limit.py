@@ -16,7 +16,7 @@ fourth tenant arriving while the three are still live is refused until the
 earliest entry expires (a live entry is never evicted, so fresh tenant ids
 cannot reset anybody's limit).
 
-Run it on both backends (trio needs ``pip install 'service-layers[trio]'``)::
+Run it on both backends (trio needs ``pip install -e '.[trio]'``)::
 
     python examples/per_tenant_rate_limit.py                  # both backends
     python examples/per_tenant_rate_limit.py --backend trio   # or asyncio
@@ -117,12 +117,12 @@ def cli() -> int:
     layers.set_logging(False)  # keep the output to what this script prints
     has_trio = importlib.util.find_spec("trio") is not None
     if backend == "trio" and not has_trio:
-        print("trio is not installed: pip install 'service-layers[trio]'")
+        print("trio is not installed: pip install -e '.[trio]'")
         return 1
     run_on = ["asyncio", "trio"] if backend == "both" else [backend]
     for name in run_on:
         if name == "trio" and not has_trio:
-            print("== trio == skipped: pip install 'service-layers[trio]'")
+            print("== trio == skipped: pip install -e '.[trio]'")
             continue
         print(f"== {name} ==")
         anyio.run(main, backend=name)

@@ -10,8 +10,8 @@ The service is a fake users API that lives in this file: most lookups take
 4. ``map_err`` turns the API's ``KeyError`` into our own ``UserNotFound``;
 5. ``map_response`` turns the API's record into a display name.
 
-The same stack runs on asyncio and on trio (``pip install
-'service-layers[trio]'``)::
+The same stack runs on asyncio and on trio (``pip install -e
+'.[trio]'`` from the checkout)::
 
     python examples/quickstart.py                    # both backends
     python examples/quickstart.py --backend trio     # or asyncio
@@ -120,12 +120,12 @@ def cli() -> int:
 
     has_trio = importlib.util.find_spec("trio") is not None
     if backend == "trio" and not has_trio:
-        print("trio is not installed: pip install 'service-layers[trio]'")
+        print("trio is not installed: pip install -e '.[trio]'")
         return 1
     run_on = ["asyncio", "trio"] if backend == "both" else [backend]
     for name in run_on:
         if name == "trio" and not has_trio:
-            print("== trio == skipped: pip install 'service-layers[trio]'")
+            print("== trio == skipped: pip install -e '.[trio]'")
             continue
         run(name)
     return 0

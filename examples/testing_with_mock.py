@@ -4,7 +4,7 @@ This file is a pytest test module: every test runs on asyncio and on trio,
 on a virtual clock, so a test of a 5 s timeout takes no real time. It needs
 pytest and the ``testing`` extra (trio and looptime)::
 
-    pip install pytest 'service-layers[testing]'
+    pip install pytest -e '.[testing]'   # from the checkout
     python examples/testing_with_mock.py      # runs pytest on this file
 
 The last two tests exercise the ``Shed`` layer of ``custom_layer.py``.
