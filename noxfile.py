@@ -91,7 +91,7 @@ def _find_pythons() -> list[str]:
 PYTHONS = _find_pythons() or ["3.11"]
 LATEST = PYTHONS[-1]
 
-nox.options.sessions = ["tests", "typing", "lint", "docs", "coverage"]
+nox.options.sessions = ["tests", "portable", "typing", "lint", "docs", "coverage"]
 
 
 @nox.session(python=PYTHONS)
@@ -99,6 +99,15 @@ def tests(session: nox.Session) -> None:
     """Run the test suite on every Python found."""
     session.install("-e", ".[tests]")
     session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python=LATEST)
+def portable(session: nox.Session) -> None:
+    """Run the test suite with every backend fast path off (LAYERS_NO_FAST_PATHS)."""
+    session.install("-e", ".[tests]")
+    session.run(
+        "python", "-m", "pytest", *session.posargs, env={"LAYERS_NO_FAST_PATHS": "1"}
+    )
 
 
 @nox.session(python=PYTHONS[0])
