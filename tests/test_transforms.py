@@ -435,14 +435,9 @@ ASYNC_MAPPERS = [
     ),
     pytest.param(AsyncMapper, id="async-__call__"),
     pytest.param(lambda: AsyncMapper().method, id="bound-async-method"),
-    pytest.param(
-        marked_mapper,
-        id="markcoroutinefunction",
-        marks=pytest.mark.skipif(
-            sys.version_info < (3, 12), reason="inspect.markcoroutinefunction is 3.12+"
-        ),
-    ),
 ]
+if sys.version_info >= (3, 12):  # inspect.markcoroutinefunction is new in 3.12
+    ASYNC_MAPPERS.append(pytest.param(marked_mapper, id="markcoroutinefunction"))
 
 SYNC_ONLY = [
     pytest.param(MapRequest, "MapRequest", "layer_fn", id="MapRequest"),
