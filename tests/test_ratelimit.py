@@ -543,6 +543,44 @@ async def test_cancelling_every_waiter_at_once_leaves_nothing(keyed: bool) -> No
     assert len(log) == (3 if keyed else 2)
 
 
+@pytest.mark.parametrize("order", ["newest_first", "oldest_first", "every_other"])
+async def test_mass_cancellation_keeps_the_schedule_and_leaves_nothing(
+    order: str,
+) -> None:
+    """Cancel many waiters in any order: the rest keep their order and schedule."""
+    count = 300
+    log: list[tuple[Any, float]] = []
+    arrived: list[int] = []
+    limit = layers.RateLimit(10)
+    svc = limit.layer(recorder(log))
+    await svc(-1)  # t=0: the next call is due at t=0.1
+    scopes = [anyio.CancelScope() for _ in range(count)]
+    if order == "newest_first":
+        doomed = list(range(count - 1, count // 3, -1))
+    elif order == "oldest_first":
+        doomed = list(range(count // 3))
+    else:
+        doomed = list(range(1, count, 2))
+    async with anyio.create_task_group() as group:
+        for i in range(count):
+            group.start_soon(arrive, svc, i, arrived, scopes[i])
+        await anyio.sleep(0.05)
+        assert limit.statistics().waiting == count
+        for i in doomed:
+            scopes[i].cancel()
+        await anyio.sleep(0.01)
+        assert limit.statistics().waiting == count - len(doomed)
+    cancelled = set(doomed)
+    survivors = [r for r in arrived if r not in cancelled]
+    assert [r for r, _ in log[1:]] == survivors
+    # the cancelled calls took nothing: the survivors follow the schedule
+    assert [at for _, at in log[1:]] == pytest.approx(
+        [0.1 * (k + 1) for k in range(len(survivors))], abs=1e-6
+    )
+    assert limit.statistics().waiting == 0
+    assert limit._state.queues == {}  # pyright: ignore[reportPrivateUsage]
+
+
 async def _call_in_scope(
     svc: layers.Service[Any, Any], request: Any, scope: anyio.CancelScope
 ) -> None:
