@@ -718,6 +718,55 @@ async def test_free_call_on_an_idle_key_leaves_no_entry() -> None:
     assert info.value.retry_after == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("mode", ["wait", "reject"])
+async def test_free_call_on_a_new_key_passes_a_full_table(mode: str) -> None:
+    """A cost-0 call on a new key is admitted at once while the table is full."""
+    log: list[tuple[Any, float]] = []
+    limit = layers.RateLimit(
+        1, 10.0, mode=mode, key=lambda r: r[0], cost=lambda r: r[1], max_keys=2
+    )
+    svc = limit.layer(recorder(log))
+    await svc(("a", 1))
+    await svc(("b", 1))  # the table is full of live keys until t=10
+    for cost in (0, 0.0, Fraction(0)):
+        assert await svc(("new", cost)) == ("new", cost)
+    assert [at for _, at in log] == [0, 0, 0, 0, 0]
+    stats = limit.statistics()
+    assert (stats.keys, stats.table_full, stats.rejected) == (2, 0, 0)
+    if mode == "reject":
+        with pytest.raises(layers.RateLimited):
+            await svc(("new", 1))  # a call that takes something still meets it
+
+
+async def test_free_call_never_waits_behind_a_queue() -> None:
+    """In wait mode a cost-0 call takes nothing, so it does not queue."""
+    log: list[tuple[Any, float]] = []
+    limit = layers.RateLimit(1, key=lambda r: r[0], cost=lambda r: r[1])
+    svc = limit.layer(recorder(log))
+    await svc(("a", 1))
+    async with anyio.create_task_group() as group:
+        group.start_soon(svc, ("a", 1))  # waits until t=1
+        await anyio.sleep(0.1)
+        assert limit.statistics().waiting == 1
+        assert await svc(("a", 0)) == ("a", 0)
+        assert now() == pytest.approx(0.1)
+    assert [(r, round(at, 6)) for r, at in log] == [
+        (("a", 1), 0),
+        (("a", 0), 0.1),
+        (("a", 1), 1),
+    ]
+
+
+def test_store_admits_a_free_call_on_a_new_key_when_full() -> None:
+    """MemoryRateLimitStore: cost 0 on a new key needs no entry, full or not."""
+    store = layers.MemoryRateLimitStore(1)
+    assert store.take("a", 1, 0.0, 1.0, 1.0) == 0.0
+    assert store.take("b", 0, 0.5, 1.0, 1.0) == 0.0
+    assert store.peek("b", 0, 0.5, 1.0, 1.0) == 0.0
+    assert (len(store), store.table_full) == (1, 0)
+    assert store.take("b", 1, 0.5, 1.0, 1.0) == pytest.approx(0.5)  # still full
+
+
 def test_heap_stays_bounded_when_keys_repeat() -> None:
     """Keys taken again and again leave stale heap items; rebuilds bound them."""
     store = layers.MemoryRateLimitStore()
