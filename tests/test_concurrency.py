@@ -650,4 +650,56 @@ async def test_cancelling_waiters_costs_the_same_in_any_order(
     assert newest == oldest
     eq_calls, hash_calls = newest
     assert eq_calls <= count  # a search would compare ~count**2 / 2 times
-    assert hash_calls <= 2 * count
+    assert hash_calls <= 4 * count  # linear: O(1) per cancellation, amortized
+
+
+async def test_waiters_that_give_up_do_not_pile_up() -> None:
+    """Waiters leaving by max_wait under a held permit: the queue stays bounded."""
+    limit = layers.ConcurrencyLimit(1, max_wait=0.05)
+    svc = limit.layer(Gauge())
+    state = limit._state  # pyright: ignore[reportPrivateUsage]
+    outcomes: list[tuple[Any, str]] = []
+    worst = 0
+    async with anyio.create_task_group() as group:
+        group.start_soon(svc, ("holder", 3.0))
+        await until_in_flight(limit, 1)
+        for i in range(2_000):
+            group.start_soon(arrive, svc, i, list[Any](), None, outcomes)
+            await anyio.sleep(0.001)
+            waiting = limit.statistics().waiting
+            assert waiting <= 51
+            worst = max(worst, len(state.waiters))
+            assert len(state.waiters) <= 2 * waiting + 64
+    assert worst > 51  # the waiters that gave up were kept for a while
+    assert outcomes == [(i, "overloaded") for i in range(2_000)]
+    assert limit.statistics() == layers.ConcurrencyLimitStatistics(
+        in_flight=0, waiting=0, rejected=2_000, max_in_flight=1
+    )
+    assert len(state.waiters) == 0
+
+
+async def test_queue_bound_counts_only_live_waiters() -> None:
+    """max_queue counts the calls still waiting, not those that gave up."""
+    gauge = Gauge()
+    limit = layers.ConcurrencyLimit(1, max_queue=3)
+    svc = limit.layer(gauge)
+    scopes = [anyio.CancelScope() for _ in range(3)]
+    arrived: list[Any] = []
+    async with anyio.create_task_group() as group:
+        group.start_soon(svc, ("holder", 1.0))
+        await until_in_flight(limit, 1)
+        for i in range(3):
+            group.start_soon(arrive, svc, i, arrived, scopes[i])
+        await anyio.sleep(0.1)
+        scopes[0].cancel()
+        scopes[2].cancel()
+        await anyio.sleep(0.1)
+        assert limit.statistics().waiting == 1
+        group.start_soon(svc, "d")
+        await anyio.sleep(0.01)
+        group.start_soon(svc, "e")
+        await anyio.sleep(0.01)
+        assert limit.statistics().waiting == 3
+        with pytest.raises(layers.Overloaded):
+            await svc("f")
+    assert [r for r in gauge.started if r != ("holder", 1.0)] == [1, "d", "e"]
