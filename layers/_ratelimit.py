@@ -514,7 +514,11 @@ class RateLimit:
     through at once when the limit has been idle. With the default
     ``burst=1`` there is no burst at all: admitted calls are at least ``T``
     apart. Over any stretch of time ``d`` at most ``burst + d / T`` calls
-    are admitted.
+    are admitted. The limit trusts the event loop's clock: calls that read
+    the same instant share the burst, and a late wake-up is not made up
+    for, so a fast limit admits less than its rate unless *burst* covers
+    the loop's granularity (about ``1 + rate x 2 ms``; see the how-to guide,
+    "Fast limits and the event loop's clock").
 
     **Wait mode** (the default): a call that does not fit waits until it
     does, in arrival order per key; a newcomer never overtakes a waiting
