@@ -609,14 +609,18 @@ class CircuitBreaker:
     # -- manual control -------------------------------------------------------------
 
     def force_open(self) -> None:
-        """Reject every call (state ``FORCED_OPEN``) until another manual call."""
+        """Reject every call (state ``FORCED_OPEN``) until another manual call.
+
+        Already forced open, it does nothing (no event).
+        """
         self._core.manual(_FORCED_OPEN, "force_open")
 
     def force_closed(self) -> None:
         """Let every call through and record nothing (state ``DISABLED``).
 
         The breaker stays so until another manual call
-        (:meth:`reset` resumes normal operation).
+        (:meth:`reset` resumes normal operation). Already disabled, it does
+        nothing (no event).
         """
         self._core.manual(_DISABLED, "force_closed")
 
@@ -629,7 +633,9 @@ class CircuitBreaker:
 
         A shadow mode to tune thresholds on real traffic: the window is kept
         as when closed, and a :class:`CircuitThresholdExceeded` event reports
-        each time the breaker would have opened.
+        each time the breaker would have opened. It starts with an empty
+        window; already metrics-only, it does nothing (the window is kept,
+        no event): :meth:`reset` first to start afresh.
         """
         self._core.manual(_METRICS_ONLY, "metrics_only")
 
@@ -637,7 +643,9 @@ class CircuitBreaker:
         """Go back to ``CLOSED`` with an empty window and no trips in a row.
 
         Leaves any state, manual ones included. Calls in flight from before
-        do not count toward the new window.
+        do not count toward the new window. On a breaker that is already
+        closed it still empties the window and forgets the trips, but that is
+        not a transition: no event, and the time in state runs on.
         """
         self._core.manual(_CLOSED, "reset")
 
@@ -1077,17 +1085,30 @@ class _Core:
             self.half_open(now)
 
     def manual(self, state: CircuitState, reason: str) -> None:
-        try:
-            now: float | None = _now()
-        except RuntimeError:  # no event loop: the time in state is unknown
-            now = None
+        """Enter *state* by hand; in that state already, it is no transition.
+
+        A manual state set again changes nothing and emits nothing (as in
+        resilience4j, a same-state call is not a transition): a second
+        ``metrics_only()`` keeps its window. ``reset()`` of a closed breaker
+        still empties the window and forgets the trips in a row, silently.
+        """
+        previous = self.state
+        if state is previous and state is not _CLOSED:
+            return
         self.window = self.new_window()
         self.trial = None
         self.exceeded = False
         if state is _CLOSED:
             self.trips = 0
             self.open_until = -math.inf
-        previous = self._enter(state, now)
+            if previous is _CLOSED:
+                self.fast = self.window  # the success paths record here now
+                return
+        try:
+            now: float | None = _now()
+        except RuntimeError:  # no event loop: the time in state is unknown
+            now = None
+        self._enter(state, now)
         if events.STATE.sinks:
             event_type = CircuitClosed if state is _CLOSED else CircuitStateChanged
             events.emit(

@@ -13,6 +13,15 @@ between. A waiter cancelled at the very moment the permit reaches it hands
 the permit on to the next waiter (or gives it back), so no permit is lost
 and none is granted twice. Hence: while anyone waits, every permit is in
 use, and a newcomer that finds a free permit may take it.
+
+The queue is a deque of waiters. A waiter that gives up (cancelled, or
+``max_wait`` passed) is not searched for: it is marked as gone (put in a
+set) and skipped when its turn comes, and the marked ones are swept out
+once they are half the queue. So joining, being woken and leaving each
+cost O(1) (amortized), cancelling many waiters costs the same in any
+order, and the queue never holds more than twice the live waiters (plus
+64). An ordered dict would do the same with less code, but it made every
+queued call about 5 % slower under contention than a deque.
 """
 
 from __future__ import annotations
@@ -92,29 +101,51 @@ class ConcurrencyLimitStatistics:
 class _State:
     """The permits of one ConcurrencyLimit, shared by every service it wraps."""
 
-    __slots__ = ("in_flight", "rejected", "waiters")
+    __slots__ = ("gone", "in_flight", "rejected", "waiters")
 
     def __init__(self) -> None:
         self.in_flight = 0
         self.rejected = 0
-        # FIFO; a waiter leaves it when woken (popped) or cancelled (removed)
+        # FIFO; a waiter leaves it when woken (popped from the front) or,
+        # having given up, when its turn comes or a sweep finds it in `gone`
+        # (deque.remove() would search: cancelling N waiters newest-first
+        # took O(N**2)). Both objects stay the same: the layer holds them.
         self.waiters: deque[Waiter] = deque()
+        self.gone: set[Waiter] = set()
+
+    def waiting(self) -> int:
+        """The waiters that have not given up."""
+        return len(self.waiters) - len(self.gone)
 
     def release(self) -> None:
         """Give a permit back: to the first waiter if any, else to the pool."""
-        if self.waiters:
+        waiters = self.waiters
+        gone = self.gone
+        while waiters:
+            waiter = waiters.popleft()
+            if gone and waiter in gone:
+                gone.remove(waiter)
+                continue
             # The permit passes straight to it: in_flight does not change.
-            self.waiters.popleft().wake()
-        else:
-            self.in_flight -= 1
+            waiter.wake()
+            return
+        self.in_flight -= 1
 
     def leave(self, waiter: Waiter) -> None:
         """A waiter gives up (cancelled, or max_wait passed)."""
         if waiter.woken:
             # The permit reached it as it was cancelled: pass it on.
             self.release()
-        else:
-            self.waiters.remove(waiter)
+            return
+        gone = self.gone
+        gone.add(waiter)
+        waiters = self.waiters
+        if len(gone) > 64 and 2 * len(gone) > len(waiters):
+            # Half the queue is gone: sweep (O(n), once per n/2 leaves).
+            live = [w for w in waiters if w not in gone]
+            waiters.clear()
+            waiters.extend(live)
+            gone.clear()
 
 
 @final
@@ -194,7 +225,7 @@ class ConcurrencyLimit:
         state = self._state
         return ConcurrencyLimitStatistics(
             in_flight=state.in_flight,
-            waiting=len(state.waiters),
+            waiting=state.waiting(),
             rejected=state.rejected,
             max_in_flight=self.max_in_flight,
         )
@@ -203,6 +234,7 @@ class ConcurrencyLimit:
         """Wrap *inner* in this limit (shared with every service it wraps)."""
         state = self._state
         waiters = state.waiters
+        gone = state.gone
         limit = self.max_in_flight
         reject = self._reject
         max_wait = self.max_wait
@@ -222,7 +254,7 @@ class ConcurrencyLimit:
                         state.release()
                     else:
                         state.in_flight -= 1
-            if len(waiters) >= max_queue:
+            if len(waiters) - len(gone) >= max_queue:
                 reject("queue_full")
             waiter = new_waiter()
             waiters.append(waiter)
@@ -248,7 +280,7 @@ class ConcurrencyLimit:
     def _reject(self, reason: Literal["queue_full", "max_wait"]) -> NoReturn:
         state = self._state
         state.rejected += 1
-        waiting = len(state.waiters)
+        waiting = state.waiting()
         if events.STATE.sinks:
             events.emit(
                 ConcurrencyLimitRejected(

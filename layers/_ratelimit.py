@@ -228,6 +228,8 @@ class MemoryRateLimitStore:
         tats = self._tats
         tat = tats.get(key)
         if tat is None:
+            if now + cost * interval <= now:
+                return 0.0  # a free call on a new key: no entry, full or not
             if len(tats) >= self.max_keys:
                 wait = self._make_room(now)
                 if wait > 0.0:
@@ -266,6 +268,8 @@ class MemoryRateLimitStore:
         tat = tats.get(key)
         room = 0.0
         if tat is None:
+            if now + cost * interval <= now:
+                return 0.0  # as take(): a free call needs no entry
             if len(tats) >= self.max_keys:
                 room = self._make_room(now)
             tat = now + room
@@ -510,7 +514,11 @@ class RateLimit:
     through at once when the limit has been idle. With the default
     ``burst=1`` there is no burst at all: admitted calls are at least ``T``
     apart. Over any stretch of time ``d`` at most ``burst + d / T`` calls
-    are admitted.
+    are admitted. The limit trusts the event loop's clock: calls that read
+    the same instant share the burst, and a late wake-up is not made up
+    for, so a fast limit admits less than its rate unless *burst* covers
+    the loop's granularity (about ``1 + rate x 2 ms``; see the how-to guide,
+    "Fast limits and the event loop's clock").
 
     **Wait mode** (the default): a call that does not fit waits until it
     does, in arrival order per key; a newcomer never overtakes a waiting
@@ -530,6 +538,8 @@ class RateLimit:
 
     **Weighted calls**: *cost* maps a request to its cost in calls (a number
     >= 0; the default costs 1). A call of cost ``n`` counts as ``n`` calls.
+    A call of cost 0 is free: it is admitted at once in either mode (even
+    behind a queue or with the table of keys full) and leaves no entry.
     A cost greater than *burst* can never be admitted and raises
     :class:`~layers.RateLimited` with ``retry_after=None``; a cost that is
     negative, not a finite number, or a bool raises :class:`ValueError`.
@@ -705,8 +715,10 @@ class RateLimit:
                 cost = cost_of(request)
                 # One exact type test first: a comparison alone would admit
                 # True as 1 and raise a bare TypeError for a non-number.
-                if type(cost) not in plain or not 0 <= cost <= burst:
+                if type(cost) not in plain or not 0 < cost <= burst:
                     cost = check_cost(cost)
+                    if not cost:  # free: it takes nothing, so it never waits
+                        return await inner(request)
             now = clock()
             wait = None
             if not queues or key not in queues:
@@ -729,12 +741,13 @@ class RateLimit:
         ) from None
 
     def _check_cost(self, cost: object) -> float:
-        """Check a cost that is not a plain int or float in ``[0, burst]``.
+        """Check a cost that is not a plain int or float in ``(0, burst]``.
 
         Another real number (``numpy.int64``, ``Fraction``, a subclass of
-        ``float``) in range is returned as it is; a bool, a non-number, a
-        negative or non-finite number raises :class:`ValueError`; a cost
-        beyond the burst raises :class:`~layers.RateLimited`.
+        ``float``) in range, or zero, is returned as it is; a bool, a
+        non-number, a negative or non-finite number raises
+        :class:`ValueError`; a cost beyond the burst raises
+        :class:`~layers.RateLimited`.
         """
         if (
             isinstance(cost, bool)

@@ -737,6 +737,110 @@ async def test_reset_drops_outcomes_of_calls_from_before() -> None:
     assert breaker.statistics().calls == 0
 
 
+_WINDOW_OPTIONS = pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"window_type": "time", "window_size": 60},
+        {"slow_call_duration": 5},
+        {"window_type": "time", "window_size": 60, "slow_call_duration": 5},
+        {"failure_response": lambda response: response == "bad"},
+    ],
+    ids=["count", "time", "count+slow", "time+slow", "failure_response"],
+)
+
+
+@pytest.mark.parametrize(
+    ("method", "state"),
+    [
+        ("force_open", CircuitState.FORCED_OPEN),
+        ("force_closed", CircuitState.DISABLED),
+        ("disable", CircuitState.DISABLED),
+        ("metrics_only", CircuitState.METRICS_ONLY),
+    ],
+)
+async def test_a_manual_state_set_again_is_not_a_transition(
+    method: str, state: CircuitState
+) -> None:
+    """Setting a manual state again emits nothing and changes nothing."""
+    breaker, _ = make(name="api")
+    with capture_events(layers.CircuitStateChanged) as seen:
+        getattr(breaker, method)()
+        await anyio.sleep(5)
+        before = breaker.statistics()
+        getattr(breaker, method)()
+        getattr(breaker, method)()
+    assert [(e.from_state, e.to_state) for e in seen] == [("closed", state.value)]
+    after = breaker.statistics()
+    assert after == before  # same state, same generation, same time in state
+    assert after.time_in_state == pytest.approx(5)
+
+
+async def test_force_closed_then_disable_is_one_transition() -> None:
+    """disable() after force_closed() (both DISABLED) is not a second transition."""
+    breaker, _ = make()
+    with capture_events(layers.CircuitStateChanged) as seen:
+        breaker.force_closed()
+        breaker.disable()
+    assert [e.to_state for e in seen] == ["disabled"]
+
+
+@_WINDOW_OPTIONS
+async def test_metrics_only_again_keeps_the_window(options: dict[str, Any]) -> None:
+    """A second metrics_only() keeps the window and the would-trip report."""
+    breaker, svc = make(name="shadow", **options)
+    breaker.metrics_only()
+    with capture_events() as seen:
+        await run(svc, *["fail"] * 3)  # below minimum_calls: no verdict yet
+        breaker.metrics_only()
+        await run(svc, "fail")  # the fourth failure in the window
+        stats = breaker.statistics()
+        breaker.metrics_only()
+        await run(svc, "fail")  # the threshold still holds: not reported again
+    assert stats.state is CircuitState.METRICS_ONLY
+    assert (stats.calls, stats.failed_calls) == (4, 4)
+    assert [type(e).__name__ for e in seen] == ["CircuitThresholdExceeded"]
+
+
+@_WINDOW_OPTIONS
+async def test_reset_of_a_closed_breaker_empties_the_window_silently(
+    options: dict[str, Any],
+) -> None:
+    """reset() when closed: a fresh window and no trips in a row, but no event."""
+    breaker, svc = make(open_duration_growth=2, half_open_calls=1, **options)
+    await run(svc, *["fail"] * 4)  # trips
+    await anyio.sleep(10)
+    await run(svc, "ok")  # the probe closes it; one trip in a row remembered
+    await run(svc, "fail", "fail", "ok")
+    closed = breaker.statistics()
+    assert (closed.state, closed.trips, closed.calls) == (CircuitState.CLOSED, 1, 3)
+    assert closed.open_duration == 20
+    with capture_events() as seen:
+        breaker.reset()
+    assert seen == []
+    stats = breaker.statistics()
+    assert (stats.state, stats.calls, stats.trips) == (CircuitState.CLOSED, 0, 0)
+    assert stats.open_duration == 10
+    assert stats.generation == closed.generation  # no state change
+    assert stats.time_in_state == closed.time_in_state
+    # the calls after the reset count in the new window, on every success path
+    assert await run(svc, "ok", "ok", "fail") == ["ok", "ok", "Boom"]
+    assert (breaker.statistics().calls, breaker.statistics().failed_calls) == (3, 1)
+
+
+async def test_reset_from_another_state_is_one_transition() -> None:
+    """reset() from a manual or automatic state emits one CircuitClosed."""
+    breaker, _ = make()
+    with capture_events(layers.CircuitStateChanged) as seen:
+        breaker.force_open()
+        breaker.reset()
+        breaker.reset()
+    assert [(e.from_state, e.to_state, e.reason) for e in seen] == [
+        ("closed", "forced_open", "force_open"),
+        ("forced_open", "closed", "reset"),
+    ]
+
+
 def test_manual_transitions_work_outside_an_event_loop() -> None:
     """Manual calls and statistics() work outside a loop (time in state unknown)."""
     breaker = layers.CircuitBreaker()

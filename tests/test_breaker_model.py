@@ -151,12 +151,17 @@ class Model:
         self.state = "closed"
 
     def manual(self, state: str, t: float) -> None:
+        # A manual state set again changes nothing; reset() of a closed
+        # breaker empties the window and the trips, but is no transition.
+        if state == self.state and state != "closed":
+            return
         self.new_window()
         self.trial = None
         if state == "closed":
             self.trips = 0
             self.open_until = -math.inf
-            self.closed_since = t
+            if self.state != "closed":
+                self.closed_since = t
         self.state = state
 
     def catch_up(self, t: float) -> None:

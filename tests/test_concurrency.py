@@ -540,3 +540,166 @@ async def test_task_cancel_as_the_permit_arrives_passes_it_on() -> None:
     assert "b" not in gauge.started
     assert gauge.finished == [("a", 1.0), "c"]
     assert limit.statistics().in_flight == 0
+
+
+# ------------------------------------------------------------ mass cancellation
+
+
+@pytest.mark.parametrize("order", ["newest_first", "oldest_first", "every_other"])
+async def test_mass_cancellation_keeps_order_and_leaves_nothing_behind(
+    order: str,
+) -> None:
+    """Cancel many waiters in any order: the rest start in arrival order, none left."""
+    count = 300
+    gauge = Gauge(duration=0.01)
+    limit = layers.ConcurrencyLimit(2)
+    svc = limit.layer(gauge)
+    scopes = [anyio.CancelScope() for _ in range(count)]
+    arrived: list[Any] = []
+    if order == "newest_first":
+        doomed = list(range(count - 1, count // 3, -1))
+    elif order == "oldest_first":
+        doomed = list(range(count // 3))
+    else:
+        doomed = list(range(1, count, 2))
+    async with anyio.create_task_group() as group:
+        group.start_soon(svc, ("holder 1", 1.0))
+        group.start_soon(svc, ("holder 2", 1.0))
+        await until_in_flight(limit, 2)
+        for i in range(count):
+            group.start_soon(arrive, svc, i, arrived, scopes[i])
+        await anyio.sleep(0.1)
+        assert limit.statistics().waiting == count
+        for i in doomed:
+            scopes[i].cancel()
+        await anyio.sleep(0.1)
+        assert limit.statistics().waiting == count - len(doomed)
+        assert limit.statistics().in_flight == 2
+    # trio starts tasks in an order of its own: arrival order is what counts
+    cancelled = set(doomed)
+    survivors = [r for r in arrived if r not in cancelled]
+    assert len(survivors) == count - len(doomed)
+    assert sorted(r for r in gauge.started if isinstance(r, int)) == sorted(survivors)
+    starts = [gauge.start_times[r] for r in survivors]
+    assert starts == sorted(starts)  # first come, first served
+    assert gauge.max_in_flight == 2
+    assert limit.statistics() == layers.ConcurrencyLimitStatistics(
+        in_flight=0, waiting=0, rejected=0, max_in_flight=2
+    )
+
+
+class _CountingWaiter:
+    """Wraps a backend waiter; counts the comparisons and hashes made on it."""
+
+    eq_calls = 0
+    hash_calls = 0
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    @property
+    def woken(self) -> bool:
+        return bool(self.inner.woken)
+
+    def wait(self) -> Any:
+        return self.inner.wait()
+
+    def wake(self) -> None:
+        self.inner.wake()
+
+    def __eq__(self, other: object) -> bool:
+        type(self).eq_calls += 1
+        return self is other
+
+    def __hash__(self) -> int:
+        type(self).hash_calls += 1
+        return id(self) >> 4
+
+
+@pytest.mark.parametrize("count", [50, 400])
+async def test_cancelling_waiters_costs_the_same_in_any_order(
+    count: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancelled waiter is never searched for: newest-first costs as oldest-first."""
+    import layers._concurrency as module
+
+    real = module.new_waiter
+    monkeypatch.setattr(module, "new_waiter", lambda: _CountingWaiter(real()))
+
+    async def cancel_all(newest_first: bool) -> tuple[int, int]:
+        limit = layers.ConcurrencyLimit(1)
+        svc = limit.layer(Gauge())
+        scopes = [anyio.CancelScope() for _ in range(count)]
+        async with anyio.create_task_group() as group:
+            group.start_soon(svc, ("holder", 1.0))
+            await until_in_flight(limit, 1)
+            for i in range(count):
+                group.start_soon(arrive, svc, i, list[Any](), scopes[i])
+            await anyio.sleep(0.1)
+            assert limit.statistics().waiting == count
+            _CountingWaiter.eq_calls = _CountingWaiter.hash_calls = 0
+            for scope in reversed(scopes) if newest_first else scopes:
+                scope.cancel()
+            await anyio.sleep(0.1)
+            assert limit.statistics().waiting == 0
+        assert limit.statistics().in_flight == 0
+        return _CountingWaiter.eq_calls, _CountingWaiter.hash_calls
+
+    newest = await cancel_all(newest_first=True)
+    oldest = await cancel_all(newest_first=False)
+    assert newest == oldest
+    eq_calls, hash_calls = newest
+    assert eq_calls <= count  # a search would compare ~count**2 / 2 times
+    assert hash_calls <= 4 * count  # linear: O(1) per cancellation, amortized
+
+
+async def test_waiters_that_give_up_do_not_pile_up() -> None:
+    """Waiters leaving by max_wait under a held permit: the queue stays bounded."""
+    limit = layers.ConcurrencyLimit(1, max_wait=0.05)
+    svc = limit.layer(Gauge())
+    state = limit._state  # pyright: ignore[reportPrivateUsage]
+    outcomes: list[tuple[Any, str]] = []
+    worst = 0
+    async with anyio.create_task_group() as group:
+        group.start_soon(svc, ("holder", 3.0))
+        await until_in_flight(limit, 1)
+        for i in range(2_000):
+            group.start_soon(arrive, svc, i, list[Any](), None, outcomes)
+            await anyio.sleep(0.001)
+            waiting = limit.statistics().waiting
+            assert waiting <= 51
+            worst = max(worst, len(state.waiters))
+            assert len(state.waiters) <= 2 * waiting + 64
+    assert worst > 51  # the waiters that gave up were kept for a while
+    assert outcomes == [(i, "overloaded") for i in range(2_000)]
+    assert limit.statistics() == layers.ConcurrencyLimitStatistics(
+        in_flight=0, waiting=0, rejected=2_000, max_in_flight=1
+    )
+    assert len(state.waiters) == 0
+
+
+async def test_queue_bound_counts_only_live_waiters() -> None:
+    """max_queue counts the calls still waiting, not those that gave up."""
+    gauge = Gauge()
+    limit = layers.ConcurrencyLimit(1, max_queue=3)
+    svc = limit.layer(gauge)
+    scopes = [anyio.CancelScope() for _ in range(3)]
+    arrived: list[Any] = []
+    async with anyio.create_task_group() as group:
+        group.start_soon(svc, ("holder", 1.0))
+        await until_in_flight(limit, 1)
+        for i in range(3):
+            group.start_soon(arrive, svc, i, arrived, scopes[i])
+        await anyio.sleep(0.1)
+        scopes[0].cancel()
+        scopes[2].cancel()
+        await anyio.sleep(0.1)
+        assert limit.statistics().waiting == 1
+        group.start_soon(svc, "d")
+        await anyio.sleep(0.01)
+        group.start_soon(svc, "e")
+        await anyio.sleep(0.01)
+        assert limit.statistics().waiting == 3
+        with pytest.raises(layers.Overloaded):
+            await svc("f")
+    assert [r for r in gauge.started if r != ("holder", 1.0)] == [1, "d", "e"]

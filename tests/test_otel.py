@@ -238,6 +238,34 @@ async def test_breaker_transitions_rejections_and_state_gauge(
     assert to_states == {"open", "half_open", "closed"}
 
 
+async def test_a_manual_state_set_again_is_not_counted(
+    metrics: OtelMetrics, reader: InMemoryMetricReader
+) -> None:
+    """Same-state manual calls add nothing to the transitions counter."""
+    breaker = layers.CircuitBreaker(name="db")
+    breaker.force_open()
+    breaker.force_open()
+    breaker.metrics_only()
+    breaker.metrics_only()
+    breaker.reset()
+    breaker.reset()  # already closed: it empties the window, no transition
+    breaker.disable()
+    breaker.force_closed()
+    counted = {
+        (
+            attrs["layers.circuit_breaker.from_state"],
+            attrs["layers.circuit_breaker.to_state"],
+        ): v
+        for attrs, v in read(reader)["layers.circuit_breaker.transitions"]
+    }
+    assert counted == {
+        ("closed", "forced_open"): 1,
+        ("forced_open", "metrics_only"): 1,
+        ("metrics_only", "closed"): 1,
+        ("closed", "disabled"): 1,
+    }
+
+
 async def test_timeouts_are_counted(
     metrics: OtelMetrics, reader: InMemoryMetricReader
 ) -> None:

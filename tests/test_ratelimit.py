@@ -596,6 +596,44 @@ async def test_cancelling_every_waiter_at_once_leaves_nothing(keyed: bool) -> No
     assert len(log) == (3 if keyed else 2)
 
 
+@pytest.mark.parametrize("order", ["newest_first", "oldest_first", "every_other"])
+async def test_mass_cancellation_keeps_the_schedule_and_leaves_nothing(
+    order: str,
+) -> None:
+    """Cancel many waiters in any order: the rest keep their order and schedule."""
+    count = 300
+    log: list[tuple[Any, float]] = []
+    arrived: list[int] = []
+    limit = layers.RateLimit(10)
+    svc = limit.layer(recorder(log))
+    await svc(-1)  # t=0: the next call is due at t=0.1
+    scopes = [anyio.CancelScope() for _ in range(count)]
+    if order == "newest_first":
+        doomed = list(range(count - 1, count // 3, -1))
+    elif order == "oldest_first":
+        doomed = list(range(count // 3))
+    else:
+        doomed = list(range(1, count, 2))
+    async with anyio.create_task_group() as group:
+        for i in range(count):
+            group.start_soon(arrive, svc, i, arrived, scopes[i])
+        await anyio.sleep(0.05)
+        assert limit.statistics().waiting == count
+        for i in doomed:
+            scopes[i].cancel()
+        await anyio.sleep(0.01)
+        assert limit.statistics().waiting == count - len(doomed)
+    cancelled = set(doomed)
+    survivors = [r for r in arrived if r not in cancelled]
+    assert [r for r, _ in log[1:]] == survivors
+    # the cancelled calls took nothing: the survivors follow the schedule
+    assert [at for _, at in log[1:]] == pytest.approx(
+        [0.1 * (k + 1) for k in range(len(survivors))], abs=1e-6
+    )
+    assert limit.statistics().waiting == 0
+    assert limit._state.queues == {}  # pyright: ignore[reportPrivateUsage]
+
+
 async def _call_in_scope(
     svc: layers.Service[Any, Any], request: Any, scope: anyio.CancelScope
 ) -> None:
@@ -731,6 +769,55 @@ async def test_free_call_on_an_idle_key_leaves_no_entry() -> None:
     with pytest.raises(layers.RateLimited) as info:
         await svc(("b", 1))
     assert info.value.retry_after == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("mode", ["wait", "reject"])
+async def test_free_call_on_a_new_key_passes_a_full_table(mode: str) -> None:
+    """A cost-0 call on a new key is admitted at once while the table is full."""
+    log: list[tuple[Any, float]] = []
+    limit = layers.RateLimit(
+        1, 10.0, mode=mode, key=lambda r: r[0], cost=lambda r: r[1], max_keys=2
+    )
+    svc = limit.layer(recorder(log))
+    await svc(("a", 1))
+    await svc(("b", 1))  # the table is full of live keys until t=10
+    for cost in (0, 0.0, Fraction(0)):
+        assert await svc(("new", cost)) == ("new", cost)
+    assert [at for _, at in log] == [0, 0, 0, 0, 0]
+    stats = limit.statistics()
+    assert (stats.keys, stats.table_full, stats.rejected) == (2, 0, 0)
+    if mode == "reject":
+        with pytest.raises(layers.RateLimited):
+            await svc(("new", 1))  # a call that takes something still meets it
+
+
+async def test_free_call_never_waits_behind_a_queue() -> None:
+    """In wait mode a cost-0 call takes nothing, so it does not queue."""
+    log: list[tuple[Any, float]] = []
+    limit = layers.RateLimit(1, key=lambda r: r[0], cost=lambda r: r[1])
+    svc = limit.layer(recorder(log))
+    await svc(("a", 1))
+    async with anyio.create_task_group() as group:
+        group.start_soon(svc, ("a", 1))  # waits until t=1
+        await anyio.sleep(0.1)
+        assert limit.statistics().waiting == 1
+        assert await svc(("a", 0)) == ("a", 0)
+        assert now() == pytest.approx(0.1)
+    assert [(r, round(at, 6)) for r, at in log] == [
+        (("a", 1), 0),
+        (("a", 0), 0.1),
+        (("a", 1), 1),
+    ]
+
+
+def test_store_admits_a_free_call_on_a_new_key_when_full() -> None:
+    """MemoryRateLimitStore: cost 0 on a new key needs no entry, full or not."""
+    store = layers.MemoryRateLimitStore(1)
+    assert store.take("a", 1, 0.0, 1.0, 1.0) == 0.0
+    assert store.take("b", 0, 0.5, 1.0, 1.0) == 0.0
+    assert store.peek("b", 0, 0.5, 1.0, 1.0) == 0.0
+    assert (len(store), store.table_full) == (1, 0)
+    assert store.take("b", 1, 0.5, 1.0, 1.0) == pytest.approx(0.5)  # still full
 
 
 def test_heap_stays_bounded_when_keys_repeat() -> None:
