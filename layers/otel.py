@@ -46,6 +46,7 @@ from ._concurrency import ConcurrencyLimit, ConcurrencyLimitRejected
 from ._config import name_value
 from ._core import Service
 from ._errors import ConfigurationError, Elapsed, Rejected, type_name
+from ._failures import split_failure
 from ._ratelimit import RateLimit, RateLimitRejected
 from ._retry import RetryAttemptFailed
 from .events import Event, TimeoutElapsed
@@ -347,12 +348,16 @@ class OtelMetrics:
                 ``success``, ``rejected`` (a :class:`~layers.Rejected`),
                 ``timeout`` (:class:`~layers.Elapsed`), ``cancelled`` (a
                 ``BaseException`` that is not an ``Exception``, such as a
-                cancellation) or ``failure`` (any other exception).
+                cancellation) or ``failure`` (any other exception, and a
+                group that holds one beside a cancellation).
         """
         attributes: Attributes
         if error is None:
             attributes = {ATTRIBUTE_LAYER_NAME: name, _OUTCOME: "success"}
         else:
+            # A group of a cancellation and an error (a child task that
+            # failed while the call was cancelled, on trio) is a failure.
+            error = split_failure(error)[0] or error
             if isinstance(error, Rejected):
                 outcome = "rejected"
             elif isinstance(error, Elapsed):

@@ -367,6 +367,33 @@ async def test_instrumented_records_a_cancelled_call(
     assert value(points, "layers.concurrency_limit.in_flight") == 0
 
 
+async def test_instrumented_records_a_failure_raised_while_cancelled(
+    metrics: OtelMetrics, reader: InMemoryMetricReader
+) -> None:
+    """A child task failing while the call is cancelled is a failure, not cancelled.
+
+    On trio (and anyio's task groups on trio) the call ends with a group of
+    the cancellation and the error; the error is what the call did.
+    """
+
+    async def fails_in_cleanup(request: int) -> int:
+        async with anyio.create_task_group() as group:
+            group.start_soon(anyio.sleep_forever)
+            try:
+                await anyio.sleep_forever()
+            finally:
+                raise KeyError("cleanup")
+        raise AssertionError
+
+    svc = Instrumented(metrics, name="c").layer(fails_in_cleanup)
+    with pytest.raises(BaseException) as info, anyio.move_on_after(3):  # noqa: PT011
+        await svc(1)
+    assert not isinstance(info.value, anyio.get_cancelled_exc_class())
+    (attrs, count) = read(reader)["layers.calls"][0]
+    assert attrs["layers.call.outcome"] == "failure"
+    assert count == 1
+
+
 async def test_instrumented_records_nothing_unless_installed(
     reader: InMemoryMetricReader,
 ) -> None:
