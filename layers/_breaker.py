@@ -1215,9 +1215,11 @@ class _Core:
     def open_duration(self, trips: int) -> float:
         """How long the breaker stays open after *trips* earlier trips (capped)."""
         breaker = self.breaker
-        return min(
-            self.max_open, breaker.open_duration * breaker.open_duration_growth**trips
-        )
+        try:
+            grown = breaker.open_duration * breaker.open_duration_growth**trips
+        except OverflowError:  # a float growth past the largest float: the cap
+            return self.max_open
+        return min(self.max_open, grown)
 
     def _next_duration(self, now: float | None) -> float:
         """The open duration of the next trip."""

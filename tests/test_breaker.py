@@ -633,6 +633,26 @@ async def test_open_duration_grows_on_repeated_trips_up_to_the_cap() -> None:
     assert breaker.statistics().trips == 5
 
 
+async def test_open_duration_stays_at_the_cap_after_many_trips() -> None:
+    """After thousands of trips the open duration is the cap (no float overflow)."""
+    breaker, svc = make(
+        half_open_calls=1,
+        open_duration=1.0,
+        open_duration_growth=2.0,  # a float: 2.0 ** 1100 overflows, 2 ** 1100 not
+        max_open_duration=5,
+    )
+    await run(svc, *["fail"] * 4)
+    for _ in range(1100):  # 2.0 ** 1100 is past the largest float
+        retry_after = breaker.statistics().retry_after
+        assert retry_after is not None
+        await anyio.sleep(retry_after)
+        await run(svc, "fail")  # the probe fails: open again
+    statistics = breaker.statistics()
+    assert statistics.trips == 1101
+    assert statistics.retry_after == 5
+    assert statistics.open_duration == 5
+
+
 async def test_open_duration_resets_after_a_healthy_period() -> None:
     """Closed for healthy_duration, the next trip starts from open_duration again."""
     breaker, svc = make(
