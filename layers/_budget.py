@@ -66,7 +66,7 @@ class BudgetState:
 
     def flush(self) -> None:
         """File the pending deposits into the window (reads the clock)."""
-        self.advance(_backend.current_time())
+        self.advance(_backend.base_time())
 
     def advance(self, now: float) -> None:
         """Move the window to *now* and file the pending deposits.
@@ -99,7 +99,7 @@ class BudgetState:
 
     def withdraw(self) -> bool:
         """Take one retry from the budget if it allows one."""
-        self.advance(_backend.current_time())
+        self.advance(_backend.base_time())
         # a small tolerance for the float products (0.2 x 5 deposits = 1 retry)
         if self.balance() >= 1 - 1e-9:
             self.retries[self.index] += 1
