@@ -1008,10 +1008,10 @@ def base_time() -> float:
     its own start. Differences of two readings are the loop's durations.
     """
     ident = get_ident()
-    if ident == _clock_loop._thread_id:
-        return _clock_fn()
     if ident == _trio_thread:
         return _trio_read()
+    if ident == _clock_loop._thread_id:
+        return _clock_fn()
     return clock_source()[1]()
 
 
@@ -1024,18 +1024,30 @@ def clock_source() -> ClockSource:
     a coroutine never changes event loop, so the source stays right for the
     whole call. Raises RuntimeError outside an event loop.
     """
+    global _last_source
     ident = get_ident()
-    if ident == _clock_loop._thread_id:
-        return _clock_source
     if ident == _trio_thread:
         return _trio_run.source
+    if ident == _clock_loop._thread_id:
+        return _clock_source
     try:
         loop = _running_loop()
     except RuntimeError:  # not asyncio: trio, or no event loop (RuntimeError)
         return _trio_run_here(_trio or _import_trio()).source
+    last_loop, source = _last_source
+    if last_loop is loop:  # uvloop, after its first call
+        return source
     if _remember_loop(loop):
         return _clock_source
-    return (0.0, loop.time)
+    source = (0.0, loop.time)
+    if _CACHES:
+        _last_source = (loop, source)
+    return source
+
+
+# The last loop that clock_source() found uncacheable (uvloop), and its
+# source, as one tuple.
+_last_source: tuple[object, ClockSource] = (None, (0.0, monotonic))
 
 
 class Waiter(Protocol):
