@@ -351,17 +351,8 @@ class _OpaqueTask(asyncio.Task):  # type: ignore[type-arg]
         raise AttributeError("_must_cancel")
 
 
-@ASYNCIO_ONLY
-@pytest.mark.anyio
-@pytest.mark.parametrize("setter_first", [True, False], ids=["setter", "call"])
-async def test_without_task_internals_a_response_at_the_deadline_still_wins(
-    setter_first: bool,
-) -> None:
-    """With the task's internals unreadable, an event set at the deadline still wins."""
-    loop = asyncio.get_running_loop()
-    loop.set_task_factory(
-        lambda loop, coro, **kwargs: _OpaqueTask(coro, loop=loop, **kwargs)
-    )
+async def race_at_the_deadline(setter_first: bool) -> None:
+    """An event set exactly at a Timeout's deadline wins; a late call expires."""
     event = anyio.Event()
     outcomes: list[object] = []
 
@@ -374,24 +365,71 @@ async def test_without_task_internals_a_response_at_the_deadline_still_wins(
         event.set()
 
     async def call() -> None:
-        assert isinstance(asyncio.current_task(), _OpaqueTask)
         outcomes.append(await layers.Timeout(1.0).layer(wait_for_event)("hi"))
         with pytest.raises(layers.Elapsed):
             await layers.Timeout(1.0).layer(sleeper(2))("late")
         outcomes.append(anyio.current_time())
 
+    start = anyio.current_time()
+    async with anyio.create_task_group() as tg:
+        if setter_first:
+            tg.start_soon(setter)
+            await anyio.lowlevel.checkpoint()
+            tg.start_soon(call)
+        else:
+            tg.start_soon(call)
+            tg.start_soon(setter)
+    assert outcomes == ["hi", pytest.approx(start + 2.0, abs=1e-6)]
+
+
+@ASYNCIO_ONLY
+@pytest.mark.anyio
+@pytest.mark.parametrize("setter_first", [True, False], ids=["setter", "call"])
+async def test_without_task_internals_a_response_at_the_deadline_still_wins(
+    setter_first: bool,
+) -> None:
+    """With the task's internals unreadable, an event set at the deadline still wins."""
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(
+        lambda loop, coro, **kwargs: _OpaqueTask(coro, loop=loop, **kwargs)
+    )
     try:
-        async with anyio.create_task_group() as tg:
-            if setter_first:
-                tg.start_soon(setter)
-                await anyio.lowlevel.checkpoint()
-                tg.start_soon(call)
-            else:
-                tg.start_soon(call)
-                tg.start_soon(setter)
+        await race_at_the_deadline(setter_first)
     finally:
         loop.set_task_factory(None)
-    assert outcomes == ["hi", pytest.approx(2.0, abs=1e-6)]
+
+
+@ASYNCIO_ONLY
+@pytest.mark.anyio
+@pytest.mark.parametrize("setter_first", [True, False], ids=["setter", "call"])
+async def test_without_the_ready_queue_work_due_at_the_deadline_still_runs_first(
+    monkeypatch: pytest.MonkeyPatch, setter_first: bool
+) -> None:
+    """If loop._ready were not a deque, the wheel still lets due work run first."""
+    monkeypatch.setattr(_backend, "deque", type("NotTheReadyQueue", (), {}))
+    await race_at_the_deadline(setter_first)
+
+
+@pytest.mark.realtime
+def test_a_trio_clock_of_its_own_is_read_through_its_api() -> None:
+    """A real-time trio clock that is not trio's SystemClock: read, never guessed."""
+
+    class Shifted(trio.abc.Clock):
+        def start_clock(self) -> None:
+            pass
+
+        def current_time(self) -> float:
+            return time.perf_counter() + 1000.0
+
+        def deadline_to_sleep_time(self, deadline: float) -> float:
+            return deadline - self.current_time()
+
+    async def main() -> None:
+        await check_timeouts_fire_right(trio.current_time)()
+        # its base time is perf_counter()'s, measured once
+        assert _backend.base_time() == pytest.approx(time.perf_counter(), abs=0.01)
+
+    trio.run(main, clock=Shifted())
 
 
 def test_without_trios_internals_the_wheel_enters_scopes_publicly(
