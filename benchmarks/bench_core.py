@@ -25,7 +25,8 @@ The goals checked at the end come from the performance issue:
 * ``Retry`` in its default configuration (budget on) costs at most 4x.
 * a ``CircuitBreaker`` (closed, success path) with its default configuration
   and a time window costs at most 4x, with a slow-call threshold too at
-  most 5x.
+  most 5x; with a ``failure_response`` predicate (what
+  ``layers.httpx.breaker_options()`` sets), at most 4x.
 * ``RateLimit`` (never limited) and ``ConcurrencyLimit`` (never full) each
   cost at most 4x on asyncio and trio (benchmarks/bench_limits.py measures
   them under contention and for accuracy).
@@ -64,6 +65,11 @@ async def f(x: Any) -> Any:
 
 def ident(x: Any) -> Any:
     return x
+
+
+def is_failure_response(response: Any) -> bool:
+    """A response predicate as cheap as httpx's status test."""
+    return response is None
 
 
 def make_cases(backend: str) -> dict[str, Case]:
@@ -108,6 +114,11 @@ def make_cases(backend: str) -> dict[str, Case]:
         ).layer(f),
         "CircuitBreaker(time window, slow calls)": layers.CircuitBreaker(
             window_type="time", window_size=60, slow_call_duration=5
+        ).layer(f),
+        # a response predicate, as layers.httpx.breaker_options() sets
+        # (default count window): one call of it per response
+        "CircuitBreaker(failure_response)": layers.CircuitBreaker(
+            failure_response=is_failure_response
         ).layer(f),
         # success path: never limited (one GCRA update), never full (a counter)
         # (a huge burst: uvloop's clock stands still while the loop runs)
@@ -273,6 +284,13 @@ def report(backend: str, samples: dict[str, list[float]]) -> bool:
             "CircuitBreaker, time window + slow calls vs bare (goal <= 5x)",
             ratio["CircuitBreaker(time window, slow calls)"],
             5.0,
+        )
+    )
+    results.append(
+        check(
+            "CircuitBreaker, failure_response vs bare (goal <= 4x)",
+            ratio["CircuitBreaker(failure_response)"],
+            4.0,
         )
     )
     for case in ("RateLimit(never limited)", "ConcurrencyLimit(10)"):

@@ -3,13 +3,101 @@
 Everything else in ``layers`` uses anyio. This module exists for the success
 path of hot layers, where anyio's portable primitives cost far more than the
 backend's own (``anyio.fail_after`` is about 3x ``asyncio.timeout``, which is
-itself mostly the cost of one timer handle per call). Keep it small; keep
-every asyncio or trio detail here.
+itself mostly the cost of one timer handle per call). It holds primitives
+only; each layer's behaviour lives in the layer's own module.
+
+The interface
+-------------
+* :func:`current_time`: the running loop's clock (:func:`anyio.current_time`,
+  cheaper).
+* :func:`base_time` and :func:`clock_source`: the same clock without its
+  per-run offset, the time the stateful layers (rate limit, breaker, retry
+  budget) keep. On a real clock it means the same in every run (see
+  "Times across runs" below).
+* :func:`timeout_call`: the Timeout layer's call (the timer wheels).
+* :func:`new_waiter`: a parked task, woken once (the limits' queues).
+* :func:`get_running_loop`: the running asyncio loop, or None.
+
+Private details relied on
+-------------------------
+Each one is checked against the public API before its first use in a run
+(or at each use, where that is as cheap); a missing attribute, a failed
+import or a disagreement makes that fast path give way to its portable
+fallback, which behaves the same. Importing ``layers`` reads no private name.
+
++---------------------------+-------------------------------+------------------------+
+| private detail, what for  | checked against, when         | fallback               |
++===========================+===============================+========================+
+| ``loop._thread_id`` (stock| equals ``get_ident()`` while  | ``asyncio.get_running_ |
+| loops): the cached loop   | ``asyncio.get_running_loop()``| loop()`` on every call |
+| runs in this thread       | is that loop; when the loop is|                        |
+|                           | cached (first use in a thread)|                        |
++---------------------------+-------------------------------+------------------------+
+| ``BaseEventLoop.time()``  | ``monotonic() <= loop.time()  | ``loop.time()``        |
+| is ``time.monotonic()``:  | <= monotonic()``; when the    |                        |
+| one C call per read       | loop is cached                |                        |
++---------------------------+-------------------------------+------------------------+
+| ``asyncio.tasks.          | ``get(loop) is asyncio.       | ``asyncio.             |
+| _current_tasks`` (3.11):  | current_task(loop)``; when a  | current_task()``       |
+| the current task, no frame| loop's wheel is made          |                        |
++---------------------------+-------------------------------+------------------------+
+| ``Task._fut_waiter``,     | present, a future or None, and| deliver one loop       |
+| ``Task._must_cancel``: do | a bool; at each delivery (off | iteration later: what  |
+| not cancel a task about to| the success path)             | was ready to resume has|
+| resume with its result    |                               | run by then            |
++---------------------------+-------------------------------+------------------------+
+| ``loop._ready``: other    | a ``collections.deque``; at   | wait while the clock   |
+| work is due at this       | each delivery                 | stands still, at most  |
+| instant of a virtual clock|                               | 64 iterations          |
++---------------------------+-------------------------------+------------------------+
+| trio's ``SystemClock``    | ``offset + perf_counter()``,  | the clock's own        |
+| is ``offset +             | read before and after, must   | ``current_time()``     |
+| perf_counter()``: one C   | bracket ``clock.current_time  |                        |
+| call per read             | ()``; at the run's first use  |                        |
++---------------------------+-------------------------------+------------------------+
+| the lean cancel-scope     | a scope it enters equals, in  | ``trio.CancelScope.    |
+| entry (``GLOBAL_RUN_      | every attrs field, one entered| __enter__``            |
+| CONTEXT.task``, ``Cancel  | by trio's ``__enter__``; when |                        |
+| Status``, scope fields)   | the run's wheel starts        |                        |
++---------------------------+-------------------------------+------------------------+
+
+The run's own state (its Timeout wheel, its clock) is found through public
+API only: :class:`trio.lowlevel.RunVar`, :func:`trio.lowlevel.current_clock`
+and an instrument (:func:`trio.lowlevel.add_instrument`) that forgets the run
+when it ends.
+
+The switch: ``LAYERS_NO_FAST_PATHS``
+------------------------------------
+Set the environment variable ``LAYERS_NO_FAST_PATHS`` to any value but
+``0`` or the empty string (read once, at import) and no private detail is
+used and no module-level cache is kept: every call finds its loop, its
+clock and its task through the public API. The behaviour is the same;
+only the cost differs. CI runs the test suite both ways.
+
+The caches (the cached loop, trio run and clock in module globals) rely on
+the GIL: one function stores them with no call in between, and a reader
+loads them with no call in between, so under the GIL a thread never sees
+a mix of two runs. On a free-threaded build with the GIL disabled
+(``sys._is_gil_enabled()`` false) they are not used either.
+
+Times across runs
+-----------------
+:func:`base_time` is the loop's clock without its per-run offset. asyncio's
+clock has none: the stock loops' ``loop.time()`` is ``time.monotonic()``,
+uvloop's is libuv's monotonic clock. trio's default clock is a random
+offset plus ``time.perf_counter()``, a new offset per run; its base time is
+that clock less the offset (measured once per run against
+``perf_counter()`` through the public API, or read exactly when the fast
+path's check holds). On Linux ``monotonic()`` and ``perf_counter()`` are
+both ``CLOCK_MONOTONIC``, so the stateful layers' times mean the same in
+every run, on either backend. A virtual clock (trio's ``MockClock``,
+looptime's loop) is its own base: its times start again at its own start
+in each run.
 
 Timeout on asyncio: a timer wheel
 ---------------------------------
 One :class:`_Wheel` per event loop keeps the calls in flight in *buckets* of
-deadlines (1/64 s wide). A bucket owns one ``loop.call_at`` handle, set for
+deadlines (1/64 s wide). A bucket has one ``loop.call_at`` timer, set for
 the earliest deadline in it, so a call costs a dict insert and a delete, not
 a timer handle. When a bucket's timer fires, the calls whose deadline has
 passed are cancelled with ``Task.cancel()`` (after one turn of the loop, see
@@ -17,7 +105,9 @@ below); the others get the timer set again for the next deadline. The call
 then turns its own cancellation into :class:`~layers.Elapsed`, and only its
 own: it counts ``Task.cancelling()`` as :func:`asyncio.timeout` does, so a
 cancellation from outside (an anyio cancel scope, ``Task.cancel()``) that
-lands at the same time still propagates as a cancellation.
+lands at the same time still propagates as a cancellation. The wheel holds
+its loop by a weak reference and keeps no timer handle, so a closed loop is
+collected once nothing else refers to it.
 
 *A response ready at the deadline wins* (as in tower): cancellation is
 delivered one loop iteration after the deadline, and not while the task is
@@ -42,33 +132,58 @@ still filed get a trio deadline instead.
 
 from __future__ import annotations
 
+import importlib
+import os
 import sys
 import time
 import weakref
-from asyncio import (
-    AbstractEventLoop,
-    BaseEventLoop,
-    CancelledError,
-    Task,
-    TimerHandle,
-    current_task,
-)
-from asyncio import _get_running_loop as get_running_loop  # pyright: ignore[reportPrivateUsage]
+from asyncio import AbstractEventLoop, BaseEventLoop, CancelledError, Task, isfuture
+from asyncio import current_task as _asyncio_current_task
+from asyncio import get_running_loop as _running_loop
 from asyncio import tasks as asyncio_tasks
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from contextvars import Context
 from heapq import heappop, heappush
 from math import floor, inf, nextafter
 from threading import get_ident
 from time import monotonic, perf_counter
-from typing import TYPE_CHECKING, Any, Final, Generic, NamedTuple, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from ._deadline import DEADLINE
 
-__all__ = ["TimedService", "current_time", "get_running_loop", "timeout_call"]
+__all__ = [
+    "FAST_PATHS",
+    "ClockSource",
+    "TimedService",
+    "Waiter",
+    "base_time",
+    "clock_source",
+    "current_time",
+    "get_running_loop",
+    "new_waiter",
+    "timeout_call",
+]
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
+
+
+def _fast_paths_wanted(environ: Mapping[str, str]) -> bool:
+    """False when ``LAYERS_NO_FAST_PATHS`` is set to anything but ``""``/``"0"``."""
+    return environ.get("LAYERS_NO_FAST_PATHS", "") in ("", "0")
+
+
+def _gil_enabled() -> bool:
+    """Whether the GIL is on (always, before Python 3.13's free-threaded build)."""
+    is_enabled = getattr(sys, "_is_gil_enabled", None)
+    return True if is_enabled is None else bool(is_enabled())
+
+
+FAST_PATHS: Final = _fast_paths_wanted(os.environ)
+"""Whether the fast paths may be used (``LAYERS_NO_FAST_PATHS``, read at import)."""
+_CACHES: Final = FAST_PATHS and _gil_enabled()
+"""Whether the module-level caches may be used (they rely on the GIL)."""
 
 _SLOTS_PER_SECOND: Final = 64
 _CANCEL_MESSAGE: Final = "deadline exceeded (layers.Timeout)"
@@ -89,6 +204,16 @@ _WAITING: Final = 0
 _DUE: Final = 1
 _FIRED: Final = 2
 
+_MISSING: Final[Any] = object()
+
+
+def get_running_loop() -> AbstractEventLoop | None:
+    """The running asyncio loop, or None (:func:`asyncio.get_running_loop`)."""
+    try:
+        return _running_loop()
+    except RuntimeError:
+        return None
+
 
 class TimedService(Protocol[Req, Res]):
     """What :func:`timeout_call` needs from the Timeout layer's service."""
@@ -106,7 +231,7 @@ _Entry = list[Any]
 
 
 class _Bucket:
-    __slots__ = ("end", "entries", "handle", "key", "when")
+    __slots__ = ("end", "entries", "key", "when")
 
     def __init__(self, key: int) -> None:
         self.key = key
@@ -117,7 +242,6 @@ class _Bucket:
         # The end of its key's range; -inf once it left the wheel, so that a
         # new call never joins it: when <= deadline < end says "join".
         self.end = (key + 1) / _SLOTS_PER_SECOND
-        self.handle: TimerHandle | None = None
 
 
 _NO_BUCKET = _Bucket(0)
@@ -130,7 +254,9 @@ class _Buckets:
     A subclass arms a bucket's timer (:meth:`_arm`) for the earliest deadline
     in it. When the timer fires, it takes the calls that are due, then
     :meth:`_settle` sets the timer again for the next deadline, or drops
-    the bucket.
+    the bucket. A timer set again earlier leaves the older one to fire for
+    nothing: a timer counts only while ``bucket.when`` is its time and the
+    bucket is in the wheel.
     """
 
     __slots__ = ("buckets", "current")
@@ -173,37 +299,60 @@ class _Buckets:
                 del self.buckets[bucket.key]
 
 
+def _current_task_getter(
+    loop: AbstractEventLoop,
+) -> Callable[[AbstractEventLoop], Task[Any] | None]:
+    """``asyncio.current_task``, or Python 3.11's table of them if it agrees.
+
+    On Python 3.11 :func:`asyncio.current_task` is a Python function over a
+    dict; the dict's ``get`` is a C call. Checked in the running task (or
+    callback) against the public function before it is used.
+    """
+    if not FAST_PATHS or sys.version_info >= (3, 12):
+        return _asyncio_current_task
+    table = getattr(asyncio_tasks, "_current_tasks", None)
+    get = getattr(table, "get", None)
+    if get is None:
+        return _asyncio_current_task
+    try:
+        agrees = get(loop) is _asyncio_current_task(loop)
+    except Exception:  # pragma: no cover - a table of another kind
+        agrees = False
+    return get if agrees else _asyncio_current_task
+
+
 class _Wheel(_Buckets):
-    """The asyncio wheel: a ``loop.call_at`` handle per bucket."""
+    """The asyncio wheel: a ``loop.call_at`` timer per bucket.
 
-    __slots__ = ("__weakref__", "clock", "loop", "native")
+    It holds its loop by a weak reference and keeps no timer handle (the
+    loop holds them, and through them the wheel), so nothing here keeps a
+    closed loop alive.
+    """
 
-    def __init__(self, loop: AbstractEventLoop | None) -> None:
+    __slots__ = ("__weakref__", "loop_ref", "task_of")
+
+    def __init__(self, loop: AbstractEventLoop) -> None:
         super().__init__()
-        self.loop: Any = loop
-        # The stock loops record the thread they run on: a cheap, exact test
-        # that this wheel's loop is the running one (get_running_loop() makes
-        # a getpid() system call per call on Python 3.11).
-        self.native = loop is not None and hasattr(loop, "_thread_id")
-        # loop.time() is time.monotonic() unless the loop has its own clock
-        # (looptime's virtual clock): call the C function directly then.
-        self.clock: Callable[[], float] = (
-            monotonic
-            if loop is None or type(loop).time is BaseEventLoop.time
-            else loop.time
-        )
+        try:
+            self.loop_ref: Callable[[], AbstractEventLoop | None] = weakref.ref(loop)
+        except TypeError:  # a loop that takes no weak references (not cached)
+            self.loop_ref = lambda: loop
+        self.task_of = _current_task_getter(loop)
 
     def _arm(self, bucket: _Bucket, when: float) -> None:
-        assert self.loop is not None
-        if bucket.handle is not None:
-            bucket.handle.cancel()
+        loop = self.loop_ref()
+        if loop is None:  # pragma: no cover - the loop is gone
+            return
         bucket.when = when
-        bucket.handle = self.loop.call_at(when, self._fire, bucket)
+        loop.call_at(when, self._fire, bucket, when)
 
-    def _fire(self, bucket: _Bucket) -> None:
-        assert self.loop is not None
-        bucket.handle = None
-        now = self.loop.time() + _CLOCK_RESOLUTION
+    def _fire(self, bucket: _Bucket, when: float) -> None:
+        if bucket.when != when or self.buckets.get(bucket.key) is not bucket:
+            return  # a timer set again since, or a bucket that left
+        loop = self.loop_ref()
+        if loop is None:  # pragma: no cover - the loop is gone
+            return
+        now = loop.time() + _CLOCK_RESOLUTION
         due: list[tuple[int, _Entry]] = []
         earliest = inf
         for token, entry in bucket.entries.items():
@@ -216,7 +365,7 @@ class _Wheel(_Buckets):
                 earliest = entry[1]
         self._settle(bucket, earliest)
         if due:
-            self.loop.call_soon(self._deliver, bucket.entries, due)
+            loop.call_soon(self._deliver, bucket.entries, due)
 
     def _deliver(
         self,
@@ -224,13 +373,15 @@ class _Wheel(_Buckets):
         due: list[tuple[int, _Entry]],
         rounds: int = 0,
     ) -> None:
-        assert self.loop is not None
+        loop = self.loop_ref()
+        if loop is None:  # pragma: no cover - the loop is gone
+            return
         # On a virtual clock (looptime) the time stands still while callbacks
         # are ready: let the other work due at the deadline run first (a task
         # that wakes at the deadline and sets what the call waits for), as
         # trio's MockClock does. On a real clock the time has moved on by now.
-        settle = rounds < _SETTLE_ROUNDS and bool(getattr(self.loop, "_ready", None))
-        now = self.loop.time() - _CLOCK_RESOLUTION
+        settle = rounds < _SETTLE_ROUNDS and _work_ready(loop)
+        now = loop.time() - _CLOCK_RESOLUTION
         again: list[tuple[int, _Entry]] = []
         for token, entry in due:
             if entries.get(token) is not entry:
@@ -238,44 +389,53 @@ class _Wheel(_Buckets):
             task: Task[Any] = entry[0]
             if task.done():
                 continue
-            waiter = getattr(task, "_fut_waiter", None)
-            if (
-                getattr(task, "_must_cancel", False)
-                or (waiter is not None and waiter.done())
-                or (settle and now <= entry[1])
-            ):
-                again.append((token, entry))  # about to resume: let it run first
+            if _about_to_resume(task, rounds) or (settle and now <= entry[1]):
+                again.append((token, entry))  # let it run first
                 continue
             entry[3] = _FIRED
             task.cancel(_CANCEL_MESSAGE)
         if again:
-            self.loop.call_soon(self._deliver, entries, again, rounds + 1)
+            loop.call_soon(self._deliver, entries, again, rounds + 1)
+
+
+def _work_ready(loop: AbstractEventLoop) -> bool:
+    """Whether other callbacks are ready now (or might be: the portable answer)."""
+    if FAST_PATHS:
+        ready: Any = getattr(loop, "_ready", None)
+        if type(ready) is deque:
+            return len(ready) > 0  # pyright: ignore[reportUnknownArgumentType]
+    return True  # unknown: wait while the clock stands still
+
+
+def _about_to_resume(task: Task[Any], rounds: int) -> bool:
+    """Whether *task* is about to resume (its future done, or a cancel pending).
+
+    The portable answer: on the first delivery, assume it may be, so that
+    every resumption ready by then runs before the cancellation.
+    """
+    if FAST_PATHS:
+        waiter = getattr(task, "_fut_waiter", _MISSING)
+        must_cancel = getattr(task, "_must_cancel", _MISSING)
+        if (waiter is None or isfuture(waiter)) and type(must_cancel) is bool:
+            return must_cancel or (waiter is not None and waiter.done())
+    return rounds == 0
 
 
 _wheels: weakref.WeakKeyDictionary[AbstractEventLoop, _Wheel] = (
     weakref.WeakKeyDictionary()
 )
-_last_wheel = _Wheel(None)
 
 
 def _wheel_for(loop: AbstractEventLoop) -> _Wheel:
-    global _last_wheel
+    """The Timeout wheel of *loop* (made on its first use)."""
     try:
-        wheel = _wheels[loop]
-    except KeyError:
-        wheel = _wheels[loop] = _Wheel(loop)
+        wheel = _wheels.get(loop)
+        if wheel is None:
+            wheel = _wheels[loop] = _Wheel(loop)
     except TypeError:  # a loop that takes no weak references
         wheel = _Wheel(loop)
-    _last_wheel = wheel
     return wheel
 
-
-# Python 3.11's current_task() is a Python function; its table is a dict.
-_current_task: Callable[[AbstractEventLoop], Task[Any] | None] = (
-    getattr(asyncio_tasks, "_current_tasks", {}).get
-    if sys.version_info < (3, 12) and hasattr(asyncio_tasks, "_current_tasks")
-    else current_task
-)
 
 _get_deadline = DEADLINE.get
 _set_deadline = DEADLINE.set
@@ -284,55 +444,30 @@ _reset_deadline = DEADLINE.reset
 
 async def timeout_call(service: TimedService[Req, Res], request: Req, /) -> Res:
     """Call ``service.inner(request)``, cancelled ``service.seconds`` from now."""
-    wheel = _last_wheel
     ident = get_ident()
-    if not wheel.native or wheel.loop._thread_id != ident:
-        trio_wheel = _trio_run.wheel
-        if ident == _trio_thread and trio_wheel is not None:
-            # trio, its run cached: the trio wheel (kept inline: no extra
-            # coroutine on the success path)
-            now = _trio_offset + _trio_read()
-            deadline = now + service.seconds
-            outer = _get_deadline()
-            if outer is not None and outer < deadline:
-                if outer < now:  # already passed: trio's own deadline
-                    return await _trio_timeout_call(service, request)
-                deadline = outer
-            bucket = trio_wheel.current
-            if not bucket.when <= deadline < bucket.end:
-                bucket = trio_wheel.schedule(deadline)
-            scope = trio_wheel.new_scope()
-            trio_entries = bucket.entries
-            trio_entries[scope] = deadline
-            token = _set_deadline(deadline)
-            try:
-                trio_wheel.enter(scope)  # `with scope:`, spelled out (see _lean_enter)
-                try:
-                    response = await service.inner(request)
-                except BaseException as error:
-                    if not scope.__exit__(type(error), error, error.__traceback__):
-                        raise
-                else:
-                    scope.__exit__(None, None, None)
-                    return response
-            finally:
-                del trio_entries[scope]
-                _reset_deadline(token)
-            # Only our own scope's cancellation is swallowed by its exit.
-            raise service.elapsed()
-        loop = get_running_loop()
-        if loop is None:  # not asyncio: trio, the run's first call (or guest)
+    loop = _clock_loop
+    if ident == loop._thread_id:  # asyncio, the loop cached
+        wheel = _clock_wheel
+        now = _clock_fn()
+    elif ident == _trio_thread and _trio_run.wheel is not None:  # trio, cached
+        return await _trio_wheel_call(
+            _trio_run.wheel, _trio_offset + _trio_read(), service, request
+        )
+    else:
+        try:
+            loop = _running_loop()
+        except RuntimeError:  # not asyncio: trio (or no event loop at all)
             return await _trio_timeout_call(service, request)
-        if wheel.loop is not loop:
-            wheel = _wheel_for(loop)
-    deadline = wheel.clock() + service.seconds
+        wheel = _asyncio_wheel(loop)
+        now = loop.time()
+    deadline = now + service.seconds
     outer = _get_deadline()
     if outer is not None and outer < deadline:
         deadline = outer
     bucket = wheel.current
     if not bucket.when <= deadline < bucket.end:
         bucket = wheel.schedule(deadline)
-    task = _current_task(wheel.loop)
+    task = wheel.task_of(loop)
     if task is None:  # a callback of the loop: a trio guest run on asyncio
         raise RuntimeError(_NOT_IN_A_TASK)
     entry: _Entry = [task, deadline, task.cancelling(), 0]  # 0: _WAITING
@@ -356,24 +491,83 @@ async def timeout_call(service: TimedService[Req, Res], request: Req, /) -> Res:
     return response
 
 
-async def _trio_timeout_call(service: TimedService[Req, Res], request: Req, /) -> Res:
-    """Timeout on trio off the wheel's path: start the wheel, or use trio's deadline.
+# The last loop whose wheel _asyncio_wheel() looked up, and that wheel, as
+# one tuple (uvloop, whose loop is not cached, asks for it on every call).
+_last_wheel: tuple[object, _Wheel | None] = (None, None)
 
-    The first call of a run starts the run's wheel and takes the wheel's
-    path. Trio's own deadline serves a run that cannot be cached (trio's
-    internals moved), a run whose wheel has ended (its system tasks were
-    cancelled: the run is closing), and a deadline that has already passed
-    (trio cancels the scope at once).
+
+def _asyncio_wheel(loop: AbstractEventLoop) -> _Wheel:
+    """The wheel of *loop*, the running loop, off the cached path."""
+    global _last_wheel
+    last_loop, wheel = _last_wheel
+    if last_loop is loop and wheel is not None:  # uvloop, after its first call
+        return wheel
+    if _remember_loop(loop):
+        return _clock_wheel
+    wheel = _wheel_for(loop)
+    if _CACHES:
+        _last_wheel = (loop, wheel)
+    return wheel
+
+
+async def _trio_wheel_call(
+    wheel: _TrioWheel, now: float, service: TimedService[Req, Res], request: Req, /
+) -> Res:
+    """Timeout on trio: a plain cancel scope, filed in the run's wheel."""
+    deadline = now + service.seconds
+    outer = _get_deadline()
+    if outer is not None and outer < deadline:
+        if outer < now:  # already passed: trio's own deadline
+            return await _trio_deadline_call(wheel.trio, now, service, request)
+        deadline = outer
+    bucket = wheel.current
+    if not bucket.when <= deadline < bucket.end:
+        bucket = wheel.schedule(deadline)
+    scope = wheel.new_scope()
+    entries = bucket.entries
+    entries[scope] = deadline
+    token = _set_deadline(deadline)
+    try:
+        wheel.enter(scope)  # `with scope:`, spelled out (see _lean_enter)
+        try:
+            response = await service.inner(request)
+        except BaseException as error:
+            if not scope.__exit__(type(error), error, error.__traceback__):
+                raise
+        else:
+            scope.__exit__(None, None, None)
+            return response
+    finally:
+        del entries[scope]
+        _reset_deadline(token)
+    # Only our own scope's cancellation is swallowed by its exit.
+    raise service.elapsed()
+
+
+async def _trio_timeout_call(service: TimedService[Req, Res], request: Req, /) -> Res:
+    """Timeout on trio off the cached path: start the wheel, or use trio's deadline.
+
+    The first call of a run starts the run's wheel. Trio's own deadline
+    serves a run whose wheel has ended (its system tasks were cancelled:
+    the run is closing).
     """
     trio = _trio or _import_trio()
-    now = _current_time_slow()  # caches the run where it can
-    run = _trio_run
-    if _trio_thread == get_ident() and run.wheel is None and not run.wheel_ended:
+    run = _trio_run_here(trio)  # RuntimeError outside a run
+    if run.wheel is None and not run.wheel_ended:
         run.wheel = _TrioWheel(run, trio)
         trio.lowlevel.spawn_system_task(
             run.wheel.serve, name="layers.Timeout deadlines", context=Context()
         )
-        return await timeout_call(service, request)
+    now = trio.current_time()
+    if run.wheel is not None:
+        return await _trio_wheel_call(run.wheel, now, service, request)
+    return await _trio_deadline_call(trio, now, service, request)
+
+
+async def _trio_deadline_call(
+    trio: Any, now: float, service: TimedService[Req, Res], request: Req, /
+) -> Res:
+    """Timeout on trio with trio's own deadline (no wheel)."""
     deadline = now + service.seconds
     outer = _get_deadline()
     if outer is not None and outer < deadline:
@@ -405,6 +599,8 @@ def _lean_enter(trio: Any) -> Callable[[Any], None] | None:
     it enters differs from one trio enters (:func:`_enters_alike`), None
     (the wheel then uses ``__enter__``). It is KI-protected, as trio's is.
     """
+    if not FAST_PATHS:
+        return None
     try:
         import attrs
         from trio._core._run import GLOBAL_RUN_CONTEXT, CancelScope, CancelStatus
@@ -570,53 +766,53 @@ class _TrioWheel(_Buckets):
 
 
 _trio: Any = None
+_run_var: Any = None  # trio.lowlevel.RunVar: the _TrioRun of each run
 
 
 def _import_trio() -> Any:
-    global _trio
-    _trio = sys.modules.get("trio")
-    if _trio is None:
+    global _trio, _run_var
+    trio = sys.modules.get("trio")
+    if trio is None:
         raise RuntimeError("layers needs a running asyncio or trio event loop")
-    return _trio
+    importlib.import_module("trio.lowlevel")
+    importlib.import_module("trio.testing")  # MockClock (see _new_trio_run)
+    run_var: Any = trio.lowlevel.RunVar("layers_backend_run")
+    _run_var = run_var
+    _trio = trio
+    return trio
 
 
 # ============================================================================
-# THE CLOCK for layers that read it on every call, and the RateLimit
-# success path.
+# THE CLOCK for layers that read it on every call.
 #
 # A rate limit, a time-window breaker or a retry budget reads the clock on
 # every call, so their success path is mostly the cost of finding the
-# running loop's clock. current_time() keeps that answer in module globals
-# that one identity test per backend validates, trio's first:
+# running loop's clock. With the caches on (_CACHES), the answer is kept in
+# module globals that one identity test per backend validates:
 #
+# * asyncio (stock loops and their subclasses, looptime included): the loop
+#   that runs in this thread, its clock function and its Timeout wheel. The
+#   loop records the thread it runs on (`_thread_id`, None once stopped), so
+#   `_clock_loop._thread_id == get_ident()` is an exact test that it is the
+#   running loop.
 # * trio: the run in progress in this thread, kept in a _TrioRun: its
 #   thread, and its clock as `offset + read()` (for trio's default
-#   SystemClock, its frozen offset and perf_counter, which
-#   trio.current_time() reaches through three Python calls; for any other
-#   clock, MockClock included, 0 and the clock's bound current_time). The
-#   _TrioRun is also an instrument of the run: its after_run() hook drops
-#   it from the cache when the run ends, so `_trio_thread == get_ident()`
-#   is an exact test that the cached run is the one in this thread. It
-#   also keeps the run's Timeout wheel. The hot paths read the thread, the
-#   offset and the read function from module globals (about 15 ns less
-#   than from the object's slots): _cache_trio_run() stores them, and no
-#   call or loop between its stores, or between a reader's loads, lets
-#   another thread run in between (under the GIL a thread switches at
-#   calls and backward jumps only), so a reader never mixes two runs.
-# * asyncio (stock loops and their subclasses, looptime included): the loop
-#   that runs in this thread and its clock function. The loop records the
-#   thread it runs on (`_thread_id`, None once stopped), so
-#   `_clock_loop._thread_id == get_ident()` is an exact test that it is the
-#   running loop, as for the timer wheel above.
-# * anything else (uvloop, a loop that records no thread): the slow path,
-#   get_running_loop().
+#   SystemClock, its offset and perf_counter once the formula is checked;
+#   for any other clock, MockClock included, 0 and the clock's bound
+#   current_time). The _TrioRun is also an instrument of the run: its
+#   after_run() hook drops it from the cache when the run ends, so
+#   `_trio_thread == get_ident()` is an exact test that the cached run is
+#   the one in this thread. It also keeps the run's Timeout wheel.
+# * anything else (uvloop, a loop that records no thread, the caches off):
+#   the slow path, through the public API.
+#
+# _cache_trio_run() and _remember_loop() store the globals with no call or
+# loop between the stores, and a reader loads them with no call or loop in
+# between (under the GIL a thread switches at calls and backward jumps
+# only), so a reader never mixes two runs. Without the GIL, no cache.
 #
 # A trio guest run on an asyncio loop shares that loop's thread: it would
 # read asyncio's clock. It is not supported (Timeout refuses it).
-#
-# rate_limit_call() builds the RateLimit success path here, where these
-# globals are one LOAD_GLOBAL away (about 50 ns less than calling
-# current_time() from the layer's module on Python 3.11).
 # ============================================================================
 
 
@@ -633,21 +829,40 @@ class _NoLoop:
         self._thread_id: int | None = _NO_THREAD
 
 
-class _TrioRun:
-    """A trio run, cached for the thread it runs in: its clock and Timeout wheel.
+ClockSource = tuple[float, Callable[[], float]]
+"""``(offset, read)``: the running loop's time is ``offset + read()``.
 
-    Installed as an instrument of the run (trio calls the hooks a class
+``read()`` is the base time (:func:`base_time`): the clock without its
+per-run offset.
+"""
+
+
+class _Shifted:
+    """A clock less a constant: trio's clock less its measured per-run offset."""
+
+    __slots__ = ("offset", "read")
+
+    def __init__(self, read: Callable[[], float], offset: float) -> None:
+        self.read = read
+        self.offset = offset
+
+    def __call__(self) -> float:
+        return self.read() - self.offset
+
+
+class _TrioRun:
+    """A trio run: its clock, its Timeout wheel, its thread (while cached).
+
+    Found through a :class:`trio.lowlevel.RunVar`. Installed as an
+    instrument of the run when it is cached (trio calls the hooks a class
     defines, no base class needed), so that the cache forgets it when the
     run ends.
     """
 
-    __slots__ = ("offset", "read", "runner", "source", "thread", "wheel", "wheel_ended")
+    __slots__ = ("offset", "read", "source", "thread", "wheel", "wheel_ended")
 
-    def __init__(
-        self, thread: int, runner: Any, offset: float, read: Callable[[], float]
-    ) -> None:
+    def __init__(self, thread: int, offset: float, read: Callable[[], float]) -> None:
         self.thread = thread
-        self.runner = runner
         self.offset = offset
         self.read = read
         self.source: ClockSource = (offset, read)
@@ -661,10 +876,12 @@ class _TrioRun:
             _cache_trio_run(_NO_TRIO_RUN)
 
 
-_NO_TRIO_RUN: Final = _TrioRun(_NO_THREAD, None, 0.0, perf_counter)
+_NO_TRIO_RUN: Final = _TrioRun(_NO_THREAD, 0.0, perf_counter)
 
 _clock_loop: Any = _NoLoop()  # the stock asyncio loop whose clock is cached
 _clock_fn: Callable[[], float] = monotonic
+_clock_source: ClockSource = (0.0, monotonic)
+_clock_wheel: _Wheel = _Wheel.__new__(_Wheel)  # the cached loop's wheel
 # the trio run whose clock is cached, and its thread and clock
 _trio_run = _NO_TRIO_RUN
 _trio_thread: int = _NO_THREAD
@@ -681,13 +898,83 @@ def _cache_trio_run(run: _TrioRun) -> None:
     _trio_thread = run.thread
 
 
+def _remember_loop(loop: AbstractEventLoop) -> bool:
+    """Cache *loop*, the running loop (from the public API), if it checks out.
+
+    It must record this thread in ``_thread_id`` (the stock loops do); its
+    clock is read with ``time.monotonic()`` if it is ``BaseEventLoop.time``
+    and agrees with ``monotonic()``, else with ``loop.time``.
+    """
+    global _clock_loop, _clock_fn, _clock_source, _clock_wheel
+    if not _CACHES:
+        return False
+    ident = get_ident()
+    if getattr(loop, "_thread_id", None) != ident:  # not a stock loop, or moved
+        return False
+    read: Callable[[], float] = loop.time
+    if type(loop).time is BaseEventLoop.time:
+        before = monotonic()
+        now = loop.time()
+        if before <= now <= monotonic():
+            read = monotonic
+    wheel = _wheel_for(loop)
+    _clock_loop = _NO_LOOP
+    _clock_fn = read
+    _clock_source = (0.0, read)
+    _clock_wheel = wheel
+    _clock_loop = loop
+    return True
+
+
+_NO_LOOP: Final = _NoLoop()
+
+
+def _trio_run_here(trio: Any) -> _TrioRun:
+    """The :class:`_TrioRun` of the trio run in this thread (made on first use).
+
+    Caches it in the module globals where the caches are on. Raises
+    RuntimeError outside a trio run.
+    """
+    run: _TrioRun | None = _run_var.get(None)
+    if run is None:
+        run = _new_trio_run(trio)
+        _run_var.set(run)
+        if _CACHES:
+            trio.lowlevel.add_instrument(run)
+    if _CACHES:
+        _cache_trio_run(run)
+    return run
+
+
+def _new_trio_run(trio: Any) -> _TrioRun:
+    """Find how to read this run's clock, and its offset from the base time.
+
+    A virtual clock (``trio.testing.MockClock``) is its own base. Any other
+    clock (trio's ``SystemClock``, whose time is a random offset plus
+    ``perf_counter()``) is measured once against ``perf_counter()``: its
+    base time is ``perf_counter()``'s. If its formula is exactly trio's
+    (``offset + perf_counter()`` brackets ``current_time()``), the fast
+    path reads ``perf_counter()`` itself.
+    """
+    clock = trio.lowlevel.current_clock()
+    thread = get_ident()
+    if isinstance(clock, trio.testing.MockClock):
+        return _TrioRun(thread, 0.0, clock.current_time)
+    before = perf_counter()
+    now = clock.current_time()
+    after = perf_counter()
+    offset = getattr(clock, "offset", None) if FAST_PATHS else None
+    if type(offset) is float and offset + before <= now <= offset + after:
+        return _TrioRun(thread, offset, perf_counter)
+    measured = now - (before + after) / 2
+    return _TrioRun(thread, measured, _Shifted(clock.current_time, measured))
+
+
 def current_time() -> float:
     """The running event loop's clock: :func:`anyio.current_time`, but cheaper.
 
-    For layers whose success path reads the clock (rate limits, breakers,
-    budgets): about 100 ns on asyncio and trio instead of anyio's 700 ns.
-    The answer's source is cached in module globals that one identity test
-    validates (see the section comment above).
+    About 100 ns on asyncio and trio instead of anyio's 700 ns, with the
+    caches on (see the section comment above).
     """
     ident = get_ident()
     if ident == _trio_thread:
@@ -697,131 +984,70 @@ def current_time() -> float:
     return _current_time_slow()
 
 
-ClockSource = tuple[float, Callable[[], float]]
-"""``(offset, read)``: the running loop's time is ``offset + read()``."""
+def _current_time_slow() -> float:
+    try:
+        loop = _running_loop()
+    except RuntimeError:  # not asyncio: trio, or no event loop (RuntimeError)
+        trio = _trio or _import_trio()
+        now: float = trio.current_time()
+        if _CACHES:
+            _trio_run_here(trio)
+        return now
+    if _remember_loop(loop):
+        return _clock_fn()
+    now = loop.time()
+    return now
 
-_asyncio_source: ClockSource = (0.0, monotonic)
+
+def base_time() -> float:
+    """The running loop's clock without its per-run offset (see the module docs).
+
+    What the stateful layers keep their times on: a rate limit's schedule,
+    a breaker's window and open period, a retry budget's window. On a real
+    clock it means the same in every run; a virtual clock starts again at
+    its own start. Differences of two readings are the loop's durations.
+    """
+    ident = get_ident()
+    if ident == _trio_thread:
+        return _trio_read()
+    if ident == _clock_loop._thread_id:
+        return _clock_fn()
+    return clock_source()[1]()
 
 
 def clock_source() -> ClockSource:
     """The running loop's clock as ``(offset, read)``: its time is ``offset + read()``.
 
-    For a layer that reads the clock twice in one call (a breaker timing
-    slow calls): validate once, then read with a bare C call. A coroutine
-    never changes event loop, so the source stays right for the whole call.
+    ``read()`` is :func:`base_time`. For a layer that reads the clock twice
+    in one call (a breaker timing slow calls), or that converts between the
+    loop's time and the base time (a rate limit sleeping until a base time):
+    a coroutine never changes event loop, so the source stays right for the
+    whole call. Raises RuntimeError outside an event loop.
     """
-    source = _cached_source()
-    if source is None:
-        _current_time_slow()  # caches the source where it can
-        source = _cached_source()
-    if source is not None:
-        return source
-    loop = get_running_loop()
-    if loop is not None:  # a loop that records no thread (uvloop)
-        return (0.0, loop.time)
-    return (0.0, (_trio or _import_trio()).current_time)  # pragma: no cover
-
-
-def _cached_source() -> ClockSource | None:
+    global _last_source
     ident = get_ident()
     if ident == _trio_thread:
         return _trio_run.source
     if ident == _clock_loop._thread_id:
-        return _asyncio_source
-    return None
-
-
-def _remember_loop(loop: AbstractEventLoop) -> bool:
-    """Cache *loop* as the one running in this thread, if it records its thread."""
-    global _clock_loop, _clock_fn, _asyncio_source
-    if not hasattr(loop, "_thread_id"):  # not a stock loop or a subclass
-        return False
-    _clock_fn = monotonic if type(loop).time is BaseEventLoop.time else loop.time
-    _asyncio_source = (0.0, _clock_fn)
-    _clock_loop = loop
-    return True
-
-
-def _current_time_slow() -> float:
-    loop = get_running_loop()
-    if loop is not None:
-        if _remember_loop(loop):
-            return _clock_fn()
-        now: float = loop.time()
-        return now
-    trio = _trio or _import_trio()
-    now = trio.current_time()  # trio, or RuntimeError
-    _remember_trio_run(trio)
-    return now
-
-
-def _remember_trio_run(trio: Any) -> None:
-    """Cache the trio run in this thread (no asyncio loop runs here)."""
+        return _clock_source
     try:
-        from trio._core._run import GLOBAL_RUN_CONTEXT, SystemClock
-    except ImportError:  # pragma: no cover - trio internals moved
-        return
-    runner = getattr(GLOBAL_RUN_CONTEXT, "runner", None)
-    if runner is None:  # pragma: no cover - trio.current_time() answered
-        return
-    for instrument in runner.instruments.get("after_run", ()):
-        if type(instrument) is _TrioRun:  # seen before (another thread ran since)
-            _cache_trio_run(instrument)
-            return
-    clock = runner.clock
-    if type(clock) is SystemClock:
-        run = _TrioRun(get_ident(), runner, clock.offset, perf_counter)
-    else:
-        run = _TrioRun(get_ident(), runner, 0.0, clock.current_time)
-    trio.lowlevel.add_instrument(run)
-    _cache_trio_run(run)
+        loop = _running_loop()
+    except RuntimeError:  # not asyncio: trio, or no event loop (RuntimeError)
+        return _trio_run_here(_trio or _import_trio()).source
+    last_loop, source = _last_source
+    if last_loop is loop:  # uvloop, after its first call
+        return source
+    if _remember_loop(loop):
+        return _clock_source
+    source = (0.0, loop.time)
+    if _CACHES:
+        _last_source = (loop, source)
+    return source
 
 
-if TYPE_CHECKING:
-    from ._core import Service
-
-
-class TatCell(Protocol):
-    """The GCRA state of a rate limit without a key (see layers._ratelimit)."""
-
-    tat: float
-
-
-def rate_limit_call(
-    inner: Callable[[Req], Awaitable[Res]],
-    cell: TatCell,
-    interval: float,
-    slack: float,
-    slow: Callable[[float], Awaitable[None]],
-) -> Service[Req, Res]:
-    """Build the success path of a RateLimit without key or cost function.
-
-    One GCRA update of cost 1 (see layers._ratelimit): admitted when the
-    limit is idle (``tat <= now``) or its lead fits in *slack*
-    (``tau - T``); otherwise ``await slow(now)`` queues or raises.
-    ``cell.tat`` is ``+inf`` while anyone waits, so nobody overtakes them.
-    """
-
-    async def rate_limit(request: Req, /) -> Res:
-        # current_time(), inline
-        ident = get_ident()
-        if ident == _trio_thread:  # trio
-            now = _trio_offset + _trio_read()
-        elif ident == _clock_loop._thread_id:  # asyncio
-            now = _clock_fn()
-        else:
-            now = _current_time_slow()
-        tat = cell.tat
-        if tat <= now:  # idle: admitted
-            cell.tat = now + interval
-            return await inner(request)
-        if tat - now <= slack:
-            cell.tat = tat + interval
-            return await inner(request)
-        await slow(now)
-        return await inner(request)
-
-    return rate_limit
+# The last loop that clock_source() found uncacheable (uvloop), and its
+# source, as one tuple.
+_last_source: tuple[object, ClockSource] = (None, (0.0, monotonic))
 
 
 class Waiter(Protocol):
@@ -916,188 +1142,3 @@ def new_waiter() -> Waiter:
         _remember_loop(loop)
         return _AsyncioWaiter(loop)
     return _TrioWaiter()
-
-
-# ============================================================================
-# THE CIRCUIT BREAKER's clocked success paths (see layers._breaker).
-#
-# A closed breaker with a time window reads the clock once per call; with a
-# slow-call threshold, twice (start and end). As for rate_limit_call(), the
-# success path is built here, where current_time()'s cached source is one
-# LOAD_GLOBAL away: the validation (the same exact identity tests) and the
-# reads are inlined in the closure, and the breaker's own code is called
-# back only off the fast path (another state, an exception, an outcome
-# that may change a verdict). A call validates the source once: a coroutine
-# never changes event loop, so it stays right for the second read.
-# ============================================================================
-
-
-class BreakerHooks(NamedTuple, Generic[Req, Res]):
-    """What a breaker's clocked success path calls back, and its constants."""
-
-    other: Callable[[Req], Awaitable[Res]]
-    """The call in any state but closed."""
-    record: Callable[[Any, int, float], None]
-    """``record(window, outcome, now)``: an outcome that may change a verdict."""
-    record_error: Callable[[Any, Exception, float | None], None]
-    """``record_error(window, error, start)``: an exception from the call."""
-    success: int
-    """The outcome code of a success."""
-    slow: int
-    """The outcome code of a slow success."""
-    slow_after: float
-    """The slow-call threshold in seconds (with one)."""
-
-
-class BreakerCore(Protocol):
-    """What the breaker's success paths read from its state (layers._breaker)."""
-
-    @property
-    def fast(self) -> object:
-        """The window while the breaker is closed, else None."""
-        ...
-
-
-class TimeWindowCell(Protocol):
-    """A breaker's time window, as its success path sees it."""
-
-    clean_until: float
-    cur_calls: int
-
-
-class CountWindowCell(Protocol):
-    """A breaker's count window, as its success path sees it."""
-
-    ring: bytearray
-    pos: int
-    size: int
-    streak: int
-
-
-def breaker_time_call(
-    core: BreakerCore,
-    inner: Callable[[Req], Awaitable[Res]],
-    hooks: BreakerHooks[Req, Res],
-) -> Service[Req, Res]:
-    """A time window, no slow-call threshold: one clock read per call.
-
-    While ``core.fast`` is None, the call is ``other(request)``. A success
-    read at ``now < window.clean_until`` adds one to ``window.cur_calls``;
-    otherwise ``record(window, success, now)``. An exception goes to
-    ``record_error(window, error, None)`` and propagates.
-    """
-    other, record, record_error, success = hooks[:4]
-
-    async def circuit_breaker(request: Req, /) -> Res:
-        window: TimeWindowCell | None = core.fast  # type: ignore[assignment]
-        if window is None:
-            return await other(request)
-        try:
-            response = await inner(request)
-        except Exception as error:
-            record_error(window, error, None)
-            raise
-        # current_time(), inline
-        ident = get_ident()
-        if ident == _trio_thread:  # trio
-            now = _trio_offset + _trio_read()
-        elif ident == _clock_loop._thread_id:  # asyncio
-            now = _clock_fn()
-        else:
-            now = _current_time_slow()
-        if now < window.clean_until:
-            window.cur_calls += 1
-        else:
-            record(window, success, now)
-        return response
-
-    return circuit_breaker
-
-
-def breaker_slow_time_call(
-    core: BreakerCore,
-    inner: Callable[[Req], Awaitable[Res]],
-    hooks: BreakerHooks[Req, Res],
-) -> Service[Req, Res]:
-    """A time window and a slow-call threshold: two clock reads per call.
-
-    As :func:`breaker_time_call`, and a call that took ``slow_after`` or
-    more (``end >= start + slow_after``) is ``record(window, slow, end)``.
-    The two reads are taken without the clock's offset (the duration is
-    the same), which is added where a time is recorded.
-    """
-    other, record, record_error, success, slow, slow_after = hooks
-
-    async def circuit_breaker(request: Req, /) -> Res:
-        window: TimeWindowCell | None = core.fast  # type: ignore[assignment]
-        if window is None:
-            return await other(request)
-        # clock_source(), inline
-        ident = get_ident()
-        if ident == _trio_thread:  # trio
-            offset = _trio_offset
-            read = _trio_read
-        elif ident == _clock_loop._thread_id:  # asyncio
-            offset = 0.0
-            read = _clock_fn
-        else:
-            offset, read = clock_source()
-        start = read()  # without the offset: a float addition less
-        try:
-            response = await inner(request)
-        except Exception as error:
-            record_error(window, error, offset + start)
-            raise
-        end = read()
-        if end >= start + slow_after:
-            record(window, slow, offset + end)
-            return response
-        now = offset + end
-        if now < window.clean_until:
-            window.cur_calls += 1
-        else:
-            record(window, success, now)
-        return response
-
-    return circuit_breaker
-
-
-def breaker_slow_count_call(
-    core: BreakerCore,
-    inner: Callable[[Req], Awaitable[Res]],
-    hooks: BreakerHooks[Req, Res],
-) -> Service[Req, Res]:
-    """A count window and a slow-call threshold: two clock reads per call.
-
-    A slow call is ``record(window, slow, end)``. A success that replaces a
-    success (``window.ring[window.pos] == success``) outside a failure run
-    only moves ``window.pos``; otherwise ``record(window, success, end)``.
-    """
-    other, record, record_error, success, slow, slow_after = hooks
-
-    async def circuit_breaker(request: Req, /) -> Res:
-        window: CountWindowCell | None = core.fast  # type: ignore[assignment]
-        if window is None:
-            return await other(request)
-        # not a goal of the benchmarks: the call, not the inline copy
-        offset, read = clock_source()
-        start = read()
-        try:
-            response = await inner(request)
-        except Exception as error:
-            record_error(window, error, offset + start)
-            raise
-        end = read()
-        if end >= start + slow_after:
-            record(window, slow, offset + end)
-            return response
-        i = window.pos
-        if window.ring[i] == success and not window.streak:
-            # a success replaces a success: only the position moves
-            i += 1
-            window.pos = 0 if i == window.size else i
-        else:
-            record(window, success, offset + end)
-        return response
-
-    return circuit_breaker

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import (
     Any,
     ClassVar,
@@ -44,8 +44,9 @@ from typing import (
 
 import attrs
 
-from . import _backend, events
-from ._backend import current_time as _now
+from . import events
+from ._backend import base_time as _now
+from ._backend import clock_source
 from ._config import (
     callable_or_none,
     fail,
@@ -573,18 +574,18 @@ class CircuitBreaker:
 
         The success path is chosen here, once: without a slow-call threshold
         a count window reads no clock and a time window reads it once per
-        call; with one, a call reads it twice.
+        call; with one, a call reads it twice. A ``failure_response``
+        predicate adds one call of it per response.
         """
         core = self._core
-        if core.general:
-            return _general_service(core, inner)
+        check = self.failure_response
         if self.slow_call_duration is not None:
             if self.window_type == "time":
-                return _clocked_service(core, inner, _backend.breaker_slow_time_call)
-            return _clocked_service(core, inner, _backend.breaker_slow_count_call)
+                return _slow_time_service(core, inner, check)
+            return _slow_count_service(core, inner, check)
         if self.window_type == "time":
-            return _clocked_service(core, inner, _backend.breaker_time_call)
-        return _count_service(core, inner)
+            return _time_service(core, inner, check)
+        return _count_service(core, inner, check)
 
     # -- looking at it ------------------------------------------------------------
 
@@ -854,7 +855,6 @@ class _Core:
         "failure_on",
         "failure_on_types",
         "fast",
-        "general",
         "generation",
         "half_open_calls",
         "healthy_duration",
@@ -912,8 +912,6 @@ class _Core:
             else breaker.max_half_open_duration
         )
         self.half_open_calls = breaker.half_open_calls
-        # the fast __call__ paths do not check responses
-        self.general = breaker.failure_response is not None
         self.state = _CLOSED
         self.window: _Window = self.new_window()
         self.fast: _Window | None = self.window  # the window while closed
@@ -1333,10 +1331,23 @@ def _record_error(
 # The services are closures rather than objects with __call__: a closure's
 # variables are cheaper to reach than an object's attributes, and the success
 # path is counted in nanoseconds (see benchmarks/README.md). ``core.fast`` is
-# the window while the breaker is closed, else None: one load decides.
+# the window while the breaker is closed, else None: one load decides. Each
+# window kind has two closures, chosen in CircuitBreaker.layer(): without a
+# failure_response predicate, and with one (*check*), which records a
+# response it calls a failure as the general path does. Every time is the
+# base time (layers._backend.base_time), which keeps its meaning across runs.
 
 
-def _count_service(core: _Core, inner: Service[Req, Res]) -> Service[Req, Res]:
+def _record_failed_response(
+    core: _Core, window: _Window, now: float, slow: bool
+) -> None:
+    """Record a response that ``failure_response`` calls a failure."""
+    core.record(window, _FAILED | _PRESENT | _SLOW if slow else _FAILED | _PRESENT, now)
+
+
+def _count_service(
+    core: _Core, inner: Service[Req, Res], check: Callable[[Any], bool] | None
+) -> Service[Req, Res]:
     """A count window, no slow-call threshold: no clock on the success path."""
 
     async def circuit_breaker(request: Req, /) -> Res:
@@ -1357,43 +1368,204 @@ def _count_service(core: _Core, inner: Service[Req, Res]) -> Service[Req, Res]:
             core.record(window, _SUCCESS, _now())
         return response
 
-    return circuit_breaker
+    if check is None:
+        return circuit_breaker
+
+    async def checked_circuit_breaker(request: Req, /) -> Res:
+        window: _CountWindow | None = core.fast  # type: ignore[assignment]
+        if window is None:
+            return await _call_other(core, inner, request)
+        try:
+            response = await inner(request)
+        except Exception as error:
+            _record_error(core, window, error, None)
+            raise
+        if check(response):
+            _record_failed_response(core, window, _now(), False)
+            return response
+        i = window.pos
+        if window.ring[i] == _SUCCESS and not window.streak:
+            i += 1
+            window.pos = 0 if i == window.size else i
+        else:
+            core.record(window, _SUCCESS, _now())
+        return response
+
+    return checked_circuit_breaker
 
 
-# With a clock on the success path, the service is built in the backend
-# corner (layers._backend), where the clock's cached source is cheapest to
-# validate and read; it calls back into this module off the fast path only.
-
-
-def _clocked_service(
-    core: _Core,
-    inner: Service[Req, Res],
-    build: Callable[
-        [_Core, Service[Req, Res], _backend.BreakerHooks[Req, Res]], Service[Req, Res]
-    ],
+def _time_service(
+    core: _Core, inner: Service[Req, Res], check: Callable[[Any], bool] | None
 ) -> Service[Req, Res]:
-    """A success path that reads the clock, built by *build* in the backend corner.
+    """A time window, no slow-call threshold: one clock read per call.
 
-    It calls back here only off the fast path: ``other(request)`` (any call
-    but a closed-state one), ``core.record`` and ``record_error``.
+    A success read at ``now < window.clean_until`` adds one to
+    ``window.cur_calls`` (it can change no verdict); otherwise it is
+    recorded in full.
     """
-
-    def other(request: Req, /) -> Awaitable[Res]:
-        return _call_other(core, inner, request)
-
-    def record_error(window: _Window, error: Exception, start: float | None) -> None:
-        _record_error(core, window, error, start)
-
-    hooks = _backend.BreakerHooks(
-        other, core.record, record_error, _SUCCESS, _SUCCESS | _SLOW, core.slow_after
-    )
-    return build(core, inner, hooks)
-
-
-def _general_service(core: _Core, inner: Service[Req, Res]) -> Service[Req, Res]:
-    """Any configuration (a response predicate): every call on the general path."""
+    clock = _now
 
     async def circuit_breaker(request: Req, /) -> Res:
-        return await _call_other(core, inner, request)
+        window: _TimeWindow | None = core.fast  # type: ignore[assignment]
+        if window is None:
+            return await _call_other(core, inner, request)
+        try:
+            response = await inner(request)
+        except Exception as error:
+            _record_error(core, window, error, None)
+            raise
+        now = clock()
+        if now < window.clean_until:
+            window.cur_calls += 1
+        else:
+            core.record(window, _SUCCESS, now)
+        return response
 
-    return circuit_breaker
+    if check is None:
+        return circuit_breaker
+
+    async def checked_circuit_breaker(request: Req, /) -> Res:
+        window: _TimeWindow | None = core.fast  # type: ignore[assignment]
+        if window is None:
+            return await _call_other(core, inner, request)
+        try:
+            response = await inner(request)
+        except Exception as error:
+            _record_error(core, window, error, None)
+            raise
+        now = clock()
+        if check(response):
+            _record_failed_response(core, window, now, False)
+        elif now < window.clean_until:
+            window.cur_calls += 1
+        else:
+            core.record(window, _SUCCESS, now)
+        return response
+
+    return checked_circuit_breaker
+
+
+def _slow_time_service(
+    core: _Core, inner: Service[Req, Res], check: Callable[[Any], bool] | None
+) -> Service[Req, Res]:
+    """A time window and a slow-call threshold: two clock reads per call.
+
+    As :func:`_time_service`, and a call that took ``slow_after`` or more
+    (``end >= start + slow_after``) is recorded as slow. The clock source
+    is found once per call: a coroutine never changes event loop.
+    """
+    slow_after = core.slow_after
+
+    async def circuit_breaker(request: Req, /) -> Res:
+        window: _TimeWindow | None = core.fast  # type: ignore[assignment]
+        if window is None:
+            return await _call_other(core, inner, request)
+        read = clock_source()[1]
+        start = read()
+        try:
+            response = await inner(request)
+        except Exception as error:
+            _record_error(core, window, error, start)
+            raise
+        end = read()
+        if end >= start + slow_after:
+            core.record(window, _SUCCESS | _SLOW, end)
+        elif end < window.clean_until:
+            window.cur_calls += 1
+        else:
+            core.record(window, _SUCCESS, end)
+        return response
+
+    if check is None:
+        return circuit_breaker
+
+    async def checked_circuit_breaker(request: Req, /) -> Res:
+        window: _TimeWindow | None = core.fast  # type: ignore[assignment]
+        if window is None:
+            return await _call_other(core, inner, request)
+        read = clock_source()[1]
+        start = read()
+        try:
+            response = await inner(request)
+        except Exception as error:
+            _record_error(core, window, error, start)
+            raise
+        end = read()
+        slow = end >= start + slow_after
+        if check(response):
+            _record_failed_response(core, window, end, slow)
+        elif slow:
+            core.record(window, _SUCCESS | _SLOW, end)
+        elif end < window.clean_until:
+            window.cur_calls += 1
+        else:
+            core.record(window, _SUCCESS, end)
+        return response
+
+    return checked_circuit_breaker
+
+
+def _slow_count_service(
+    core: _Core, inner: Service[Req, Res], check: Callable[[Any], bool] | None
+) -> Service[Req, Res]:
+    """A count window and a slow-call threshold: two clock reads per call.
+
+    A slow call is recorded as slow. A success that replaces a success
+    outside a failure run only moves the ring's position.
+    """
+    slow_after = core.slow_after
+
+    async def circuit_breaker(request: Req, /) -> Res:
+        window: _CountWindow | None = core.fast  # type: ignore[assignment]
+        if window is None:
+            return await _call_other(core, inner, request)
+        read = clock_source()[1]
+        start = read()
+        try:
+            response = await inner(request)
+        except Exception as error:
+            _record_error(core, window, error, start)
+            raise
+        end = read()
+        if end >= start + slow_after:
+            core.record(window, _SUCCESS | _SLOW, end)
+            return response
+        i = window.pos
+        if window.ring[i] == _SUCCESS and not window.streak:
+            i += 1
+            window.pos = 0 if i == window.size else i
+        else:
+            core.record(window, _SUCCESS, end)
+        return response
+
+    if check is None:
+        return circuit_breaker
+
+    async def checked_circuit_breaker(request: Req, /) -> Res:
+        window: _CountWindow | None = core.fast  # type: ignore[assignment]
+        if window is None:
+            return await _call_other(core, inner, request)
+        read = clock_source()[1]
+        start = read()
+        try:
+            response = await inner(request)
+        except Exception as error:
+            _record_error(core, window, error, start)
+            raise
+        end = read()
+        slow = end >= start + slow_after
+        if check(response):
+            _record_failed_response(core, window, end, slow)
+            return response
+        if slow:
+            core.record(window, _SUCCESS | _SLOW, end)
+            return response
+        i = window.pos
+        if window.ring[i] == _SUCCESS and not window.streak:
+            i += 1
+            window.pos = 0 if i == window.size else i
+        else:
+            core.record(window, _SUCCESS, end)
+        return response
+
+    return checked_circuit_breaker

@@ -85,7 +85,7 @@ class BudgetState:
 
     def deposit_and_read(self) -> None:
         """Count one request, reading the clock: no deposit is ``left``."""
-        now = _backend.current_time()
+        now = _backend.base_time()
         span = now - self.read_at
         pending = self.room
         if span > 0:
@@ -99,7 +99,7 @@ class BudgetState:
 
     def read_clock(self) -> None:
         """File the pending deposits and move the window to now."""
-        now = _backend.current_time()
+        now = _backend.base_time()
         left = self.left
         span = now - self.read_at
         if span > 0:

@@ -32,7 +32,7 @@ import heapq
 import math
 import numbers
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import (
     Any,
     ClassVar,
@@ -50,7 +50,7 @@ import anyio.lowlevel
 import attrs
 
 from . import events
-from ._backend import Waiter, current_time, new_waiter, rate_limit_call
+from ._backend import Waiter, base_time, clock_source, new_waiter
 from ._config import (
     callable_or_none,
     check_int,
@@ -685,7 +685,7 @@ class RateLimit:
             # the in-memory cell (whose tat is +inf while anyone waits).
             # _slow(now) itself is the slow path: its defaults are this
             # case's, so a queued call runs no coroutine but _slow's.
-            return rate_limit_call(
+            return _cell_service(
                 inner, cell, interval, tolerance - 1 * interval, self._slow
             )
 
@@ -697,7 +697,7 @@ class RateLimit:
         check_cost = self._check_cost
         bad_key = self._bad_key
         plain = (int, float)
-        clock = current_time
+        clock = base_time
         burst = self.burst
 
         async def keyed_rate_limit(request: Req, /) -> Res:
@@ -817,8 +817,11 @@ class RateLimit:
             self._reject(wait, cost, "limited")
         limit = math.inf if self.max_wait is None else now + self.max_wait
         deadline = DEADLINE.get()
-        if deadline is not None and deadline < limit:
-            limit = deadline
+        if deadline is not None:
+            # the deadline is on the loop's clock, the schedule on the base time
+            deadline -= clock_source()[0]
+            if deadline < limit:
+                limit = deadline
         if now + wait > limit:
             self._reject(wait, cost, "max_wait" if limit != deadline else "deadline")
         await self._wait(key, cost, now, limit)
@@ -849,8 +852,9 @@ class RateLimit:
                 # Promoted as our scope was being cancelled: take nothing.
                 await anyio.lowlevel.checkpoint_if_cancelled()
             due = start
+            offset, read = clock_source()  # the loop's time is offset + read()
             while True:
-                now = current_time()
+                now = read()
                 if now < due:  # the clock woke us a hair early
                     now = due
                 wait = store.take(key, cost, now, interval, tolerance)
@@ -859,13 +863,16 @@ class RateLimit:
                 if now + wait > limit:
                     # Someone else took the capacity (a shared store), or the
                     # table of keys is full: the wait no longer fits.
+                    deadline = DEADLINE.get()
                     self._reject(
                         wait,
                         cost,
-                        "deadline" if limit == DEADLINE.get() else "max_wait",
+                        "deadline"
+                        if deadline is not None and limit == deadline - offset
+                        else "max_wait",
                     )
                 due = max(now + wait, math.nextafter(now, math.inf))
-                await anyio.sleep_until(due)
+                await anyio.sleep_until(offset + due)
         finally:
             head = next(iter(waiters)) is waiter
             del waiters[waiter]
@@ -884,7 +891,46 @@ class RateLimit:
         state.waited += 1
         if events.STATE.sinks:
             events.emit(
-                RateLimitWaited(
-                    layer=self.name, waited=current_time() - start, cost=cost
-                )
+                RateLimitWaited(layer=self.name, waited=base_time() - start, cost=cost)
             )
+
+
+# ------------------------------------------------------------ the success path
+
+
+class _TatCell(Protocol):
+    """The GCRA state of a limit without a key: its ``tat`` (see _State.cell)."""
+
+    tat: float
+
+
+def _cell_service(
+    inner: Service[Req, Res],
+    cell: _TatCell,
+    interval: float,
+    slack: float,
+    slow: Callable[[float], Awaitable[None]],
+) -> Service[Req, Res]:
+    """The service of a RateLimit without key or cost function, in memory.
+
+    One GCRA update of cost 1: admitted when the limit is idle
+    (``tat <= now``) or its lead fits in *slack* (``tau - T``); otherwise
+    ``await slow(now)`` queues or raises. ``cell.tat`` is ``+inf`` while
+    anyone waits, so nobody overtakes them. A closure: its variables are
+    cheaper to reach than an object's attributes.
+    """
+    clock = base_time
+
+    async def rate_limit(request: Req, /) -> Res:
+        now = clock()
+        tat = cell.tat
+        if tat <= now:  # idle: admitted
+            cell.tat = now + interval
+            return await inner(request)
+        if tat - now <= slack:
+            cell.tat = tat + interval
+            return await inner(request)
+        await slow(now)
+        return await inner(request)
+
+    return rate_limit

@@ -448,7 +448,7 @@ def current_wheel() -> Any:
     """The Timeout wheel of the running asyncio loop or trio run."""
     if on_asyncio():
         return _backend._wheel_for(asyncio.get_running_loop())  # pyright: ignore[reportPrivateUsage]
-    found = _backend._trio_run.wheel  # pyright: ignore[reportPrivateUsage]
+    found = _backend._trio_run_here(trio).wheel  # pyright: ignore[reportPrivateUsage]
     assert found is not None  # started by the run's first Timeout call
     return found
 

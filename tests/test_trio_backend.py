@@ -36,10 +36,21 @@ def sleeper(duration: float) -> layers.Service[str, str]:
     return service
 
 
+CACHED = pytest.mark.skipif(
+    not _backend._CACHES,  # pyright: ignore[reportPrivateUsage]
+    reason="the caches are off (LAYERS_NO_FAST_PATHS, or no GIL)",
+)
+FAST = pytest.mark.skipif(
+    not _backend.FAST_PATHS, reason="the fast paths are off (LAYERS_NO_FAST_PATHS)"
+)
+
+
 def wheel() -> Any:
     """The Timeout wheel of the trio run in progress."""
-    assert _backend._trio_thread == threading.get_ident()  # pyright: ignore[reportPrivateUsage]
-    found = _backend._trio_run.wheel  # pyright: ignore[reportPrivateUsage]
+    run = _backend._trio_run_here(trio)  # pyright: ignore[reportPrivateUsage]
+    if _backend._CACHES:  # pyright: ignore[reportPrivateUsage]
+        assert _backend._trio_thread == threading.get_ident()  # pyright: ignore[reportPrivateUsage]
+    found = run.wheel
     assert found is not None
     return found
 
@@ -139,6 +150,7 @@ def test_calls_in_flight_when_the_run_closes_get_trio_deadlines() -> None:
     ]
 
 
+@FAST
 def test_the_public_enter_serves_when_trio_internals_differ(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -197,6 +209,7 @@ def test_clock_cache_follows_runs_and_threads() -> None:
     assert not _backend._trio_thread  # pyright: ignore[reportPrivateUsage]
 
 
+@CACHED
 def test_anyio_trio_runs_share_the_cache_rules() -> None:
     """anyio.run on trio (a plain trio run) is cached and forgotten the same way."""
 
@@ -239,6 +252,7 @@ def test_a_trio_guest_run_on_asyncio_is_refused_clearly() -> None:
         result.unwrap()
 
 
+@CACHED
 @TRIO_ONLY
 @pytest.mark.anyio
 async def test_a_run_that_lost_the_cache_finds_its_own_state_again() -> None:
@@ -260,6 +274,7 @@ async def test_a_run_that_lost_the_cache_finds_its_own_state_again() -> None:
     assert trio.lowlevel.current_statistics().tasks_living == tasks
 
 
+@FAST
 @TRIO_ONLY
 @pytest.mark.anyio
 async def test_the_lean_enter_is_checked_against_trios_own() -> None:
