@@ -59,6 +59,7 @@ from ._config import (
 )
 from ._core import Service
 from ._errors import CircuitOpen, ConfigurationError
+from ._failures import split_failure
 from .events import Event, Level
 
 __all__ = [
@@ -1267,7 +1268,7 @@ async def _call_recorded(
     start = _now() if core.slow_after < math.inf else 0.0
     try:
         response = await inner(request)
-    except Exception as error:
+    except BaseException as error:
         _record_error(core, window, error, start)
         raise
     end = _now()
@@ -1288,8 +1289,9 @@ async def _call_probe(
     code = 0  # not counted: frees the slot
     try:
         response = await inner(request)
-    except Exception as error:
-        kind = core.kind_of(error)
+    except BaseException as raised:
+        error = split_failure(raised)[0]
+        kind = _KIND_IGNORED if error is None else core.kind_of(error)
         if kind == _KIND_FAILURE:
             code = _FAILED | _PRESENT
         elif kind == _KIND_SUCCESS:
@@ -1310,14 +1312,18 @@ async def _call_probe(
 
 
 def _record_error(
-    core: _Core, window: _Window, error: Exception, start: float | None
+    core: _Core, window: _Window, raised: BaseException, start: float | None
 ) -> None:
-    """Record an exception raised by a closed-state call admitted under *window*.
+    """Record what a closed-state call admitted under *window* raised.
 
     *start* is the call's start time when slow calls are tracked, else None.
+    A cancellation is not an outcome; the errors in a group that also holds
+    one (a child task that failed while the call was cancelled, on trio)
+    are, as they are on asyncio, where the group holds only the errors.
     """
-    if window is not core.window:
-        return  # admitted before a half-open period or a reset: dropped
+    error = split_failure(raised)[0]
+    if error is None or window is not core.window:
+        return  # a cancellation; or admitted before a half-open period or a reset
     kind = core.kind_of(error)
     if kind == _KIND_IGNORED:
         return
@@ -1356,7 +1362,7 @@ def _count_service(
             return await _call_other(core, inner, request)
         try:
             response = await inner(request)
-        except Exception as error:
+        except BaseException as error:
             _record_error(core, window, error, None)
             raise
         i = window.pos
@@ -1377,7 +1383,7 @@ def _count_service(
             return await _call_other(core, inner, request)
         try:
             response = await inner(request)
-        except Exception as error:
+        except BaseException as error:
             _record_error(core, window, error, None)
             raise
         if check(response):
@@ -1411,7 +1417,7 @@ def _time_service(
             return await _call_other(core, inner, request)
         try:
             response = await inner(request)
-        except Exception as error:
+        except BaseException as error:
             _record_error(core, window, error, None)
             raise
         now = clock()
@@ -1430,7 +1436,7 @@ def _time_service(
             return await _call_other(core, inner, request)
         try:
             response = await inner(request)
-        except Exception as error:
+        except BaseException as error:
             _record_error(core, window, error, None)
             raise
         now = clock()
@@ -1464,7 +1470,7 @@ def _slow_time_service(
         start = read()
         try:
             response = await inner(request)
-        except Exception as error:
+        except BaseException as error:
             _record_error(core, window, error, start)
             raise
         end = read()
@@ -1487,7 +1493,7 @@ def _slow_time_service(
         start = read()
         try:
             response = await inner(request)
-        except Exception as error:
+        except BaseException as error:
             _record_error(core, window, error, start)
             raise
         end = read()
@@ -1523,7 +1529,7 @@ def _slow_count_service(
         start = read()
         try:
             response = await inner(request)
-        except Exception as error:
+        except BaseException as error:
             _record_error(core, window, error, start)
             raise
         end = read()
@@ -1549,7 +1555,7 @@ def _slow_count_service(
         start = read()
         try:
             response = await inner(request)
-        except Exception as error:
+        except BaseException as error:
             _record_error(core, window, error, start)
             raise
         end = read()

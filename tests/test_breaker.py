@@ -67,7 +67,7 @@ def make(**options: Any) -> tuple[layers.CircuitBreaker, layers.Service[str, str
 # ----------------------------------------------------------------- closed
 
 
-@pytest.mark.parametrize(
+_WINDOW_OPTIONS = pytest.mark.parametrize(
     "options",
     [
         {},
@@ -78,6 +78,9 @@ def make(**options: Any) -> tuple[layers.CircuitBreaker, layers.Service[str, str
     ],
     ids=["count", "time", "count+slow", "time+slow", "failure_response"],
 )
+
+
+@_WINDOW_OPTIONS
 async def test_success_path_adds_no_checkpoint(options: dict[str, Any]) -> None:
     """A closed breaker's call does not yield: it completes in a cancelled scope."""
     breaker, svc = make(**options)
@@ -86,6 +89,45 @@ async def test_success_path_adds_no_checkpoint(options: dict[str, Any]) -> None:
         assert await svc("ok") == "ok"
     assert not scope.cancelled_caught
     assert breaker.statistics().calls == 1
+
+
+async def fails_while_cancelled(request: str) -> str:
+    """A call whose child task fails while the call is being cancelled.
+
+    On trio it ends with a group of the cancellation and the KeyError.
+    """
+    async with anyio.create_task_group() as group:
+        group.start_soon(anyio.sleep_forever)
+        try:
+            await anyio.sleep_forever()
+        finally:
+            raise KeyError(request)
+    raise AssertionError
+
+
+@_WINDOW_OPTIONS
+async def test_a_failure_raised_while_cancelled_is_counted(
+    options: dict[str, Any],
+) -> None:
+    """An error that ends a cancelled call counts as a failure on both backends."""
+    breaker = layers.CircuitBreaker(**{"minimum_calls": 4, **options})
+    svc = breaker.layer(fails_while_cancelled)
+    with pytest.raises((KeyError, ExceptionGroup)), anyio.move_on_after(1):
+        await svc("x")
+    stats = breaker.statistics()
+    assert (stats.calls, stats.failed_calls) == (1, 1)
+
+
+async def test_a_probe_failing_while_cancelled_reopens_the_breaker() -> None:
+    """A half-open probe that fails while cancelled is a failed probe, not freed."""
+    breaker, svc = make(half_open_calls=1)
+    await run(svc, *["fail"] * 4)
+    await anyio.sleep(10)  # open -> half-open at the next call
+    probe = breaker.layer(fails_while_cancelled)
+    with pytest.raises((KeyError, ExceptionGroup)), anyio.move_on_after(1):
+        await probe("x")
+    assert breaker.state is CircuitState.OPEN
+    assert breaker.statistics().trips == 2
 
 
 async def test_successes_pass_through_and_are_counted() -> None:
@@ -755,19 +797,6 @@ async def test_reset_drops_outcomes_of_calls_from_before() -> None:
         await anyio.sleep(1)
         breaker.reset()
     assert breaker.statistics().calls == 0
-
-
-_WINDOW_OPTIONS = pytest.mark.parametrize(
-    "options",
-    [
-        {},
-        {"window_type": "time", "window_size": 60},
-        {"slow_call_duration": 5},
-        {"window_type": "time", "window_size": 60, "slow_call_duration": 5},
-        {"failure_response": lambda response: response == "bad"},
-    ],
-    ids=["count", "time", "count+slow", "time+slow", "failure_response"],
-)
 
 
 @pytest.mark.parametrize(

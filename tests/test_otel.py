@@ -386,9 +386,8 @@ async def test_instrumented_records_a_failure_raised_while_cancelled(
         raise AssertionError
 
     svc = Instrumented(metrics, name="c").layer(fails_in_cleanup)
-    with pytest.raises(BaseException) as info, anyio.move_on_after(3):  # noqa: PT011
+    with pytest.raises((KeyError, ExceptionGroup)), anyio.move_on_after(3):
         await svc(1)
-    assert not isinstance(info.value, anyio.get_cancelled_exc_class())
     (attrs, count) = read(reader)["layers.calls"][0]
     assert attrs["layers.call.outcome"] == "failure"
     assert count == 1
