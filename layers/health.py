@@ -33,6 +33,7 @@ import anyio
 import attrs
 
 from . import events
+from ._backend import base_time
 from ._breaker import CircuitBreaker, CircuitState
 from ._concurrency import ConcurrencyLimit
 from ._config import check_name, check_number, fail_value
@@ -540,7 +541,7 @@ class HealthChecks:
         """
         while True:
             cached = self._cached
-            if cached is not None and anyio.current_time() < self._expires:
+            if cached is not None and base_time() < self._expires:
                 return cached
             flight = self._flight
             if flight is None:
@@ -555,7 +556,8 @@ class HealthChecks:
         try:
             report = await self._run_all()
             self._cached = report
-            self._expires = report.checked_at + report.duration + self._cache_ttl
+            # on the base time, which keeps its meaning in a later run
+            self._expires = base_time() + self._cache_ttl
             flight.report = report
         finally:
             self._flight = None

@@ -207,6 +207,29 @@ def test_a_retry_budget_keeps_its_window_in_later_runs(first: str, second: str) 
         assert run_on(backend, look) == (4, 2, False)
 
 
+@pytest.mark.realtime
+@pytest.mark.parametrize(("first", "second"), runs_param())
+def test_a_health_report_stays_cached_in_later_runs(first: str, second: str) -> None:
+    """A report cached for an hour in one run is the cached one in the next runs."""
+    from layers.health import HealthChecks
+
+    checks = HealthChecks(cache_ttl=3600)
+    ran: list[None] = []
+
+    async def check() -> None:
+        ran.append(None)
+
+    checks.add("db", check)
+
+    async def look() -> None:
+        await checks.run()
+
+    run_on(first, look)
+    for backend in (second, first, second, first):  # new clock offsets on trio
+        run_on(backend, look)
+    assert len(ran) == 1
+
+
 @pytest.mark.anyio
 async def test_virtual_clocks_are_their_own_base() -> None:
     """On a virtual clock the base time is the clock itself (it starts at 0)."""
