@@ -969,65 +969,55 @@ async def test_a_hint_that_is_not_a_number_is_a_type_error(hint: object) -> None
     assert flaky.starts == [0]
 
 
-async def test_a_nan_hint_is_infinite_and_ends_retrying() -> None:
-    """A NaN retry_after is an infinite wait: longer than max_delay, so it stops."""
-    flaky = Flaky(2)
-    svc = Retry(
-        on=ConnectionError, attempts=3, retry_after=lambda error: float("nan")
-    ).layer(flaky)
-    with (
-        capture_events(layers.RetriesExhausted) as stopped,
-        pytest.raises(ConnectionError) as info,
-    ):
-        await svc("x")
-    assert flaky.starts == [0]
-    assert now() == 0
-    assert info.value.__notes__ == [
-        "retry 'retry' gave up after 1 attempt: the error's retry_after (inf s) is "
-        "longer than max_delay (10 s)"
-    ]
-    assert stopped == [
-        layers.RetriesExhausted(
-            layer="retry", attempts=1, reason="retry_after", error="ConnectionError"
-        )
-    ]
-
-
-async def test_an_infinite_hint_ends_retrying_without_a_max_delay() -> None:
-    """With no max_delay (a delay list), an infinite hint is over the default limit."""
-    flaky = Flaky(2)
-    svc = Retry(
-        on=ConnectionError, attempts=3, backoff=[1], retry_after=lambda error: math.inf
-    ).layer(flaky)
-    with (
-        capture_events(layers.RetriesExhausted) as stopped,
-        pytest.raises(ConnectionError) as info,
-    ):
-        await svc("x")
-    assert flaky.starts == [0]
-    assert now() == 0
-    assert info.value.__notes__ == [
-        "retry 'retry' gave up after 1 attempt: the error's retry_after (inf s) is "
-        "longer than the default limit on hinted waits (60 s; set max_delay to "
-        "change it)"
-    ]
-    assert [event.reason for event in stopped] == ["retry_after"]
+_DEFAULT_LIMIT = "the default limit on hinted waits (60 s; set max_delay to change it)"
 
 
 @pytest.mark.parametrize(
-    "backoff",
-    [[0.01], ConstantBackoff(0.01), lambda attempt: 0.01],
-    ids=["list", "constant", "function"],
+    ("backoff", "hint", "note"),
+    [
+        pytest.param(
+            None,
+            float("nan"),
+            "retry_after (inf s) is longer than max_delay (10 s)",
+            id="nan-is-infinite",
+        ),
+        pytest.param(
+            [1],
+            math.inf,
+            f"retry_after (inf s) is longer than {_DEFAULT_LIMIT}",
+            id="infinite-no-max_delay",
+        ),
+        *(
+            pytest.param(
+                backoff,
+                99999999999,
+                f"retry_after (1e+11 s) is longer than {_DEFAULT_LIMIT}",
+                id=f"huge-{kind}",
+            )
+            for backoff, kind in [
+                ([0.01], "list"),
+                (ConstantBackoff(0.01), "constant"),
+                (lambda attempt: 0.01, "function"),
+            ]
+        ),
+    ],
 )
-async def test_a_huge_hint_without_max_delay_ends_retrying(backoff: Any) -> None:
-    """Without max_delay, any backoff still caps hinted waits (60 s): no 3,000 years."""
+async def test_a_hint_over_the_limit_ends_retrying_at_once(
+    backoff: Any, hint: float, note: str
+) -> None:
+    """A hint longer than the limit on hinted waits stops at once: no 3,000 years.
+
+    The limit is max_delay (the ExponentialBackoff's cap by default), else 60 s
+    for any other backoff; a NaN hint is an infinite wait.
+    """
     flaky = Flaky(2)
+    options: dict[str, Any] = {} if backoff is None else {"backoff": backoff}
     svc = Retry(
         on=ConnectionError,
         attempts=3,
-        backoff=backoff,
-        retry_after=lambda error: 99999999999,
+        retry_after=lambda error: hint,
         name="api",
+        **options,
     ).layer(flaky)
     with (
         capture_events(layers.RetriesExhausted) as stopped,
@@ -1037,9 +1027,7 @@ async def test_a_huge_hint_without_max_delay_ends_retrying(backoff: Any) -> None
     assert flaky.starts == [0]
     assert now() == 0
     assert info.value.__notes__ == [
-        "retry 'api' gave up after 1 attempt: the error's retry_after (1e+11 s) is "
-        "longer than the default limit on hinted waits (60 s; set max_delay to "
-        "change it)"
+        f"retry 'api' gave up after 1 attempt: the error's {note}"
     ]
     assert stopped == [
         layers.RetriesExhausted(
