@@ -25,6 +25,25 @@ def recording(name: str, seen: list[str]) -> layers.LayerFn[Any, Any, Any, Any]:
     return layer_fn(wrap)
 
 
+CANCEL_ORDERS = ["newest_first", "oldest_first", "every_other"]
+"""The orders in which the mass-cancellation tests cancel waiters."""
+
+
+def cancelled_waiters(order: str, count: int) -> list[int]:
+    """Which of *count* waiters (by arrival) to cancel, in which order.
+
+    ``newest_first``: the newest two thirds, newest first (a search from the
+    front would be quadratic); ``oldest_first``: the oldest third;
+    ``every_other``: the odd ones.
+    """
+    if order == "newest_first":
+        return list(range(count - 1, count // 3, -1))
+    if order == "oldest_first":
+        return list(range(count // 3))
+    assert order == "every_other", order
+    return list(range(1, count, 2))
+
+
 @pytest.fixture(autouse=True)
 def quiet_events(monkeypatch: pytest.MonkeyPatch) -> None:
     """No structlog output: only the sinks a test installs.

@@ -12,6 +12,7 @@ import anyio.lowlevel
 import hypothesis
 import pytest
 import sniffio
+from helpers import CANCEL_ORDERS, cancelled_waiters
 from hypothesis import strategies as st
 
 import layers
@@ -545,7 +546,7 @@ async def test_task_cancel_as_the_permit_arrives_passes_it_on() -> None:
 # ------------------------------------------------------------ mass cancellation
 
 
-@pytest.mark.parametrize("order", ["newest_first", "oldest_first", "every_other"])
+@pytest.mark.parametrize("order", CANCEL_ORDERS)
 async def test_mass_cancellation_keeps_order_and_leaves_nothing_behind(
     order: str,
 ) -> None:
@@ -556,12 +557,7 @@ async def test_mass_cancellation_keeps_order_and_leaves_nothing_behind(
     svc = limit.layer(gauge)
     scopes = [anyio.CancelScope() for _ in range(count)]
     arrived: list[Any] = []
-    if order == "newest_first":
-        doomed = list(range(count - 1, count // 3, -1))
-    elif order == "oldest_first":
-        doomed = list(range(count // 3))
-    else:
-        doomed = list(range(1, count, 2))
+    doomed = cancelled_waiters(order, count)
     async with anyio.create_task_group() as group:
         group.start_soon(svc, ("holder 1", 1.0))
         group.start_soon(svc, ("holder 2", 1.0))

@@ -15,6 +15,7 @@ import anyio
 import anyio.lowlevel
 import hypothesis
 import pytest
+from helpers import CANCEL_ORDERS, cancelled_waiters
 from hypothesis import strategies as st
 
 import layers
@@ -596,7 +597,7 @@ async def test_cancelling_every_waiter_at_once_leaves_nothing(keyed: bool) -> No
     assert len(log) == (3 if keyed else 2)
 
 
-@pytest.mark.parametrize("order", ["newest_first", "oldest_first", "every_other"])
+@pytest.mark.parametrize("order", CANCEL_ORDERS)
 async def test_mass_cancellation_keeps_the_schedule_and_leaves_nothing(
     order: str,
 ) -> None:
@@ -608,12 +609,7 @@ async def test_mass_cancellation_keeps_the_schedule_and_leaves_nothing(
     svc = limit.layer(recorder(log))
     await svc(-1)  # t=0: the next call is due at t=0.1
     scopes = [anyio.CancelScope() for _ in range(count)]
-    if order == "newest_first":
-        doomed = list(range(count - 1, count // 3, -1))
-    elif order == "oldest_first":
-        doomed = list(range(count // 3))
-    else:
-        doomed = list(range(1, count, 2))
+    doomed = cancelled_waiters(order, count)
     async with anyio.create_task_group() as group:
         for i in range(count):
             group.start_soon(arrive, svc, i, arrived, scopes[i])
