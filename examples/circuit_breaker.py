@@ -22,6 +22,7 @@ import sys
 import anyio
 
 import layers
+from layers.events import CircuitCallRejected, CircuitStateChanged
 
 
 class HostDown(ConnectionError):
@@ -51,9 +52,9 @@ class PaymentsHost:
 
 def show(event: layers.Event) -> None:
     """A sink that prints the breaker's transitions and rejections."""
-    if isinstance(event, layers.CircuitStateChanged):
+    if isinstance(event, CircuitStateChanged):
         print(f"    event: {event.event} {event.from_state} -> {event.to_state}")
-    elif isinstance(event, layers.CircuitCallRejected):
+    elif isinstance(event, CircuitCallRejected):
         print(f"    event: {event.event} state={event.state}")
 
 

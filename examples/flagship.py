@@ -66,6 +66,14 @@ from hypercorn.typing import (
 )
 
 import layers
+from layers.events import (
+    CircuitCallRejected,
+    CircuitStateChanged,
+    ConcurrencyLimitRejected,
+    RateLimitRejected,
+    RateLimitWaited,
+    RetryAttemptFailed,
+)
 
 # ------------------------------------------------------------------ scenario
 
@@ -346,20 +354,18 @@ class Run:
 
     def sink(self, event: layers.Event) -> None:
         """Count what the layers do (an events sink)."""
-        if isinstance(event, layers.RetryAttemptFailed):
+        if isinstance(event, RetryAttemptFailed):
             self.retries += 1
             if event.error is not None and event.error.endswith("CircuitOpen"):
                 self.retries_after_rejection += 1
-        elif isinstance(event, layers.CircuitStateChanged):
+        elif isinstance(event, CircuitStateChanged):
             at = anyio.current_time() - self.origin
             self.transitions.append(f"{event.to_state} at {at:.2f} s")
-        elif isinstance(event, layers.CircuitCallRejected):
+        elif isinstance(event, CircuitCallRejected):
             self.breaker_rejections += 1
-        elif isinstance(
-            event, layers.RateLimitRejected | layers.ConcurrencyLimitRejected
-        ):
+        elif isinstance(event, RateLimitRejected | ConcurrencyLimitRejected):
             self.limit_rejections += 1
-        elif isinstance(event, layers.RateLimitWaited):
+        elif isinstance(event, RateLimitWaited):
             self.quota_waits.append(event.waited)
 
 

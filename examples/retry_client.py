@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import anyio
 
 import layers
+from layers.events import RetryAttemptFailed, RetryStopped
 
 
 @dataclass
@@ -75,13 +76,15 @@ def retry_after_header(error: Exception) -> float | None:
 
 def print_event(event: layers.Event) -> None:
     """A sink that prints the retry events."""
-    if isinstance(event, layers.RetryAttemptFailed):
+    if isinstance(event, RetryAttemptFailed):
         print(
             f"  event: attempt {event.attempt} failed ({event.error}), "
             f"retrying in {event.delay:.3f} s"
         )
-    elif isinstance(event, layers.RetryDeadlineReached | layers.RetriesExhausted):
-        print(f"  event: {event.event} after {event.attempts} attempts")
+    elif isinstance(event, RetryStopped):
+        print(
+            f"  event: {event.event} ({event.reason}) after {event.attempts} attempts"
+        )
 
 
 async def transient_errors() -> None:

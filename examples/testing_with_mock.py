@@ -21,6 +21,7 @@ import pytest
 from custom_layer import LoadShed, Shed
 
 import layers
+from layers.events import TimeoutElapsed
 from layers.testing import MockService, capture_events, virtual_time_backend
 
 pytestmark = pytest.mark.anyio
@@ -43,12 +44,12 @@ async def test_scripted_answers() -> None:
 
     assert await service("a") == "fast"
 
-    with capture_events(layers.TimeoutElapsed) as events:
+    with capture_events(TimeoutElapsed) as events:
         with pytest.raises(layers.Elapsed) as caught:
             await service("b")
         assert anyio.current_time() == pytest.approx(5)  # virtual seconds
     assert caught.value.layer == "api"
-    assert events == [layers.TimeoutElapsed(layer="api", timeout=5)]
+    assert events == [TimeoutElapsed(layer="api", timeout=5)]
 
     # The mock's own error passes through the layers unchanged.
     with pytest.raises(ConnectionError):

@@ -9,25 +9,18 @@ Everything runs on anyio, so the same code runs under asyncio and trio.
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
-from . import events
+from . import events  # first: it imports the layers' event classes
 from ._backoff import Backoff, ConstantBackoff, ExponentialBackoff
 from ._breaker import (
     CircuitBreaker,
     CircuitBreakerOptions,
     CircuitBreakerStatistics,
-    CircuitCallRejected,
-    CircuitClosed,
-    CircuitHalfOpened,
-    CircuitOpened,
     CircuitState,
-    CircuitStateChanged,
-    CircuitThresholdExceeded,
 )
 from ._budget import RetryBudget, RetryBudgetStatistics
 from ._builder import ServiceBuilder, Unchanged
 from ._concurrency import (
     ConcurrencyLimit,
-    ConcurrencyLimitRejected,
     ConcurrencyLimitStatistics,
 )
 from ._core import (
@@ -41,7 +34,7 @@ from ._core import (
     service_fn,
 )
 from ._deadline import current_deadline
-from ._drain import Drain, DrainRejected, DrainStarted, DrainStatistics
+from ._drain import Drain, DrainStatistics
 from ._errors import (
     CircuitOpen,
     ConfigurationError,
@@ -56,23 +49,15 @@ from ._errors import (
 from ._ratelimit import (
     MemoryRateLimitStore,
     RateLimit,
-    RateLimitRejected,
     RateLimitStatistics,
     RateLimitStore,
-    RateLimitWaited,
 )
 from ._retry import (
-    RetriesExhausted,
     Retry,
-    RetryAttemptFailed,
-    RetryBudgetExhausted,
-    RetryDeadlineReached,
     current_attempt,
 )
 from ._shutdown import (
-    ShutdownCompleted,
     ShutdownReport,
-    ShutdownStarted,
     Supervisor,
     TaskOutcome,
     wait_for_signal,
@@ -82,7 +67,6 @@ from ._transforms import AndThen, Filter, MapErr, MapRequest, MapResponse
 from .events import (
     Event,
     Sink,
-    TimeoutElapsed,
     add_sink,
     remove_sink,
     set_error_messages,
@@ -102,22 +86,13 @@ __all__ = [
     "CircuitBreaker",
     "CircuitBreakerOptions",
     "CircuitBreakerStatistics",
-    "CircuitCallRejected",
-    "CircuitClosed",
-    "CircuitHalfOpened",
     "CircuitOpen",
-    "CircuitOpened",
     "CircuitState",
-    "CircuitStateChanged",
-    "CircuitThresholdExceeded",
     "ConcurrencyLimit",
-    "ConcurrencyLimitRejected",
     "ConcurrencyLimitStatistics",
     "ConfigurationError",
     "ConstantBackoff",
     "Drain",
-    "DrainRejected",
-    "DrainStarted",
     "DrainStatistics",
     "Elapsed",
     "Event",
@@ -138,31 +113,22 @@ __all__ = [
     "MemoryRateLimitStore",
     "Overloaded",
     "RateLimit",
-    "RateLimitRejected",
     "RateLimitStatistics",
     "RateLimitStore",
-    "RateLimitWaited",
     "RateLimited",
     "Rejected",
-    "RetriesExhausted",
     "Retry",
-    "RetryAttemptFailed",
     "RetryBudget",
-    "RetryBudgetExhausted",
     "RetryBudgetStatistics",
-    "RetryDeadlineReached",
     "Service",
     "ServiceBuilder",
-    "ShutdownCompleted",
     "ShutdownReport",
-    "ShutdownStarted",
     "ShuttingDown",
     "Sink",
     "Stack",
     "Supervisor",
     "TaskOutcome",
     "Timeout",
-    "TimeoutElapsed",
     "TimeoutService",
     "TypePreservingLayer",
     "Unchanged",

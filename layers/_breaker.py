@@ -106,8 +106,8 @@ class CircuitState(enum.StrEnum):
     """Every call is rejected (``retry_after`` is ``None``)."""
     METRICS_ONLY = "metrics_only"
     """Shadow mode, in which outcomes are recorded and a
-    :class:`CircuitThresholdExceeded` event reports when the breaker *would*
-    open, but no call is ever rejected."""
+    :class:`~layers.events.CircuitThresholdExceeded` event reports when the
+    breaker *would* open, but no call is ever rejected."""
 
 
 _CLOSED: Final = CircuitState.CLOSED
@@ -134,7 +134,7 @@ _KIND_IGNORED: Final = 2
 
 @attrs.frozen(kw_only=True)
 class CircuitStateChanged(Event):
-    """A :class:`CircuitBreaker` changed state.
+    """A :class:`~layers.CircuitBreaker` changed state.
 
     Transitions to ``open``, ``half_open`` and ``closed`` are reported by the
     subclasses :class:`CircuitOpened`, :class:`CircuitHalfOpened` and
@@ -142,7 +142,7 @@ class CircuitStateChanged(Event):
     (``forced_open``, ``disabled``, ``metrics_only``) by this class.
 
     Attributes:
-        from_state: The state left (a :class:`CircuitState` value).
+        from_state: The state left (a :class:`~layers.CircuitState` value).
         to_state: The state entered.
         reason: Why: ``"failure_rate"``, ``"slow_call_rate"``,
             ``"consecutive_failures"``, ``"half_open_timeout"``,
@@ -634,8 +634,8 @@ class CircuitBreaker:
         """Record and report, never reject (state ``METRICS_ONLY``).
 
         A shadow mode to tune thresholds on real traffic: the window is kept
-        as when closed, and a :class:`CircuitThresholdExceeded` event reports
-        each time the breaker would have opened. It starts with an empty
+        as when closed, and a :class:`~layers.events.CircuitThresholdExceeded`
+        event reports each time the breaker would have opened. It starts with an empty
         window; already metrics-only, it does nothing (the window is kept,
         no event): :meth:`reset` first to start afresh.
         """

@@ -188,8 +188,8 @@ class RetryBudget:
     seconds with ``N`` requests, retries stay within
     ``percent/100 x N + min_per_second x (ttl + T)``. When the budget is
     empty, Retry raises the last error at once and emits
-    :class:`~layers.RetryBudgetExhausted`: during an outage, the retries
-    stop adding load to a service that is already down.
+    :class:`~layers.events.RetryStopped` (``reason="budget"``): during an
+    outage, the retries stop adding load to a service that is already down.
 
     One budget can be shared: pass the same object to several
     :class:`~layers.Retry` layers (one budget per downstream host, say), or

@@ -60,7 +60,10 @@ _name = name_value
 
 @attrs.frozen(kw_only=True)
 class ConcurrencyLimitRejected(Event):
-    """A :class:`ConcurrencyLimit` refused a call with :class:`~layers.Overloaded`.
+    """A concurrency limit refused a call with :class:`~layers.Overloaded`.
+
+    Emitted by :class:`~layers.ConcurrencyLimit` (and so by the load shedder,
+    :meth:`~layers.ServiceBuilder.load_shed`).
 
     Attributes:
         reason: ``"queue_full"`` (every permit in use and the queue at its

@@ -32,7 +32,7 @@ _optional_seconds = finite_number(
 
 @attrs.frozen(kw_only=True)
 class DrainStarted(Event):
-    """A :class:`Drain` began draining: new calls are refused from now on.
+    """A :class:`~layers.Drain` began draining: new calls are refused from now on.
 
     Attributes:
         in_flight: Calls still inside at that moment.
@@ -47,7 +47,7 @@ class DrainStarted(Event):
 
 @attrs.frozen(kw_only=True)
 class DrainRejected(Event):
-    """A :class:`Drain` refused a call with :class:`~layers.ShuttingDown`.
+    """A :class:`~layers.Drain` refused a call with :class:`~layers.ShuttingDown`.
 
     Attributes:
         in_flight: Calls still inside at that moment.

@@ -380,7 +380,7 @@ class _Cell:
 
 @attrs.frozen(kw_only=True)
 class RateLimitRejected(Event):
-    """A :class:`RateLimit` refused a call with :class:`~layers.RateLimited`.
+    """A :class:`~layers.RateLimit` refused a call with :class:`~layers.RateLimited`.
 
     Attributes:
         retry_after: The ``retry_after`` of the error: seconds until the
@@ -405,7 +405,7 @@ class RateLimitRejected(Event):
 
 @attrs.frozen(kw_only=True)
 class RateLimitWaited(Event):
-    """A call waited in a :class:`RateLimit`'s queue, then went through.
+    """A call waited in a :class:`~layers.RateLimit`'s queue, then went through.
 
     Attributes:
         waited: Seconds from its arrival to its admission.

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
-from typing import Any, ClassVar, Final, Generic, TypeVar, cast, final
+from typing import Any, ClassVar, Final, Generic, Literal, TypeVar, cast, final
 
 import anyio
 import attrs
@@ -38,11 +38,9 @@ from .events import Event, Level
 __all__ = [
     "ATTEMPT",
     "TESTING",
-    "RetriesExhausted",
     "Retry",
     "RetryAttemptFailed",
-    "RetryBudgetExhausted",
-    "RetryDeadlineReached",
+    "RetryStopped",
     "current_attempt",
 ]
 
@@ -99,7 +97,7 @@ TESTING: Final = _Testing()
 
 @attrs.frozen(kw_only=True)
 class RetryAttemptFailed(Event):
-    """An attempt failed and :class:`Retry` will try again after *delay*.
+    """An attempt failed and :class:`~layers.Retry` will try again after *delay*.
 
     Attributes:
         attempt: The number of the attempt that failed (1 for the first).
@@ -119,69 +117,51 @@ class RetryAttemptFailed(Event):
 
 
 @attrs.frozen(kw_only=True)
-class RetriesExhausted(Event):
-    """:class:`Retry` stopped: a limit was reached; the last error is raised.
+class RetryStopped(Event):
+    """:class:`~layers.Retry` stopped retrying: the last error is raised.
+
+    If the last attempt returned a response that *on_result* wanted
+    retried, that response is returned instead.
 
     Attributes:
         attempts: Attempts made.
-        reason: ``"attempts"`` (the attempts limit), ``"max_time"`` (the
-            next attempt could not start within ``max_time``) or
-            ``"retry_after"`` (the error's delay hint was longer than the
-            limit on hinted waits: ``max_delay``, by default the
-            :class:`~layers.ExponentialBackoff`'s ``cap`` or 60 s).
+        reason: Why it stopped: ``"attempts"`` (the attempts limit was
+            reached), ``"max_time"`` (the next attempt could not start within
+            ``max_time``), ``"retry_after"`` (the error's delay hint was
+            longer than the limit on hinted waits: ``max_delay``, by default
+            the :class:`~layers.ExponentialBackoff`'s ``cap`` or 60 s),
+            ``"deadline"`` (the deadline, :func:`~layers.current_deadline`,
+            leaves no time for another attempt), ``"budget"`` (the
+            :class:`~layers.RetryBudget` is empty) or ``"not_retryable"`` (a
+            retry raised an error that ``on`` does not match, raised as it
+            is).
         error: The type of the last exception, or ``None`` if the last
-            attempt returned a retryable response (which is returned).
-    """
-
-    event: ClassVar[str] = "retries_exhausted"
-    kind: ClassVar[str] = "retry"
-    level: ClassVar[Level] = "warning"
-
-    attempts: int
-    reason: str
-    error: str | None
-
-
-@attrs.frozen(kw_only=True)
-class RetryBudgetExhausted(Event):
-    """:class:`Retry` stopped because its :class:`RetryBudget` is empty.
-
-    Attributes:
-        attempts: Attempts made.
-        error: The type of the last exception, or ``None`` for a response.
-    """
-
-    event: ClassVar[str] = "retry_budget_exhausted"
-    kind: ClassVar[str] = "retry"
-    level: ClassVar[Level] = "warning"
-
-    attempts: int
-    error: str | None
-
-
-@attrs.frozen(kw_only=True)
-class RetryDeadlineReached(Event):
-    """:class:`Retry` stopped: the deadline leaves no time for another attempt.
-
-    The deadline is :func:`~layers.current_deadline`, set by a
-    :class:`~layers.Timeout` outside the retry.
-
-    Attributes:
-        attempts: Attempts made.
+            attempt returned a retryable response.
+        delay: The wait that the next attempt needed first, in seconds (the
+            error's hint for ``"retry_after"``; ``0.0`` when none was left);
+            ``None`` when Retry stopped before it knew it (``"attempts"``,
+            ``"not_retryable"``).
         remaining: Seconds that were left before the deadline (``<= 0`` when
-            it had passed).
-        delay: The wait that the next attempt needed first.
-        error: The type of the last exception, or ``None`` for a response.
+            it had passed); ``None`` when no deadline was in force.
     """
 
-    event: ClassVar[str] = "retry_deadline_reached"
+    event: ClassVar[str] = "retry_stopped"
     kind: ClassVar[str] = "retry"
     level: ClassVar[Level] = "warning"
 
     attempts: int
-    remaining: float
-    delay: float
+    reason: Literal[
+        "attempts", "max_time", "retry_after", "deadline", "budget", "not_retryable"
+    ]
     error: str | None
+    delay: float | None
+    remaining: float | None
+
+
+_Reason = Literal[
+    "attempts", "max_time", "retry_after", "deadline", "budget", "not_retryable"
+]
+"""Why Retry stopped (:attr:`RetryStopped.reason`), as the code spells it."""
 
 
 def _type_name(error: BaseException | None) -> str | None:
@@ -274,9 +254,9 @@ class Retry:
     It then raises the **last error itself**: the same object, its
     traceback kept, never wrapped, with a note (:pep:`678`,
     ``add_note``) such as ``retry 'users-api' gave up after 3 attempts:
-    the attempts limit (3) was reached``; and emits an event
-    (:class:`RetriesExhausted`, :class:`RetryDeadlineReached` or
-    :class:`RetryBudgetExhausted`). If the last attempt returned a
+    the attempts limit (3) was reached``; and emits
+    :class:`~layers.events.RetryStopped`, whose ``reason`` says which
+    limit it was. If the last attempt returned a
     response that *on_result* wanted retried, that response is returned. An
     exception that *on* does not match is raised at once, unchanged (after
     a first retry it gets a note too).
@@ -296,7 +276,7 @@ class Retry:
     <layers.Rejected.retry_after>`), otherwise the next delay of *backoff*
     (clamped to *max_delay*). It sleeps with :func:`anyio.sleep`, so the
     wait can be cancelled; with no delay it still lets other tasks run.
-    Each retry emits :class:`RetryAttemptFailed`.
+    Each retry emits :class:`~layers.events.RetryAttemptFailed`.
 
     **The request** is sent again as it is (the same Python object). A
     request that cannot be replayed (a stream already read) is the
@@ -591,20 +571,15 @@ class _Loop(Generic[Req, Res]):
             now = _backend.current_time()
             deadline = _get_deadline()
             delay = 0.0
-            stop: Event | None = None
-            reason = ""
-            error_type = _type_name(failure)
+            stop: _Reason | None = None
+            text = ""
             if max_attempts is not None and attempt >= max_attempts:
-                reason = f"the attempts limit ({max_attempts}) was reached"
-                stop = RetriesExhausted(
-                    layer=self.name,
-                    attempts=attempt,
-                    reason="attempts",
-                    error=error_type,
+                stop, text = (
+                    "attempts",
+                    f"the attempts limit ({max_attempts}) was reached",
                 )
             elif deadline is not None and now >= deadline:
-                reason = "the deadline has passed"
-                stop = self.deadline_reached(attempt, deadline - now, 0.0, error_type)
+                stop, text = "deadline", "the deadline has passed"
             else:
                 if delays is None:
                     delays = iter(self.backoff.delays())
@@ -625,40 +600,37 @@ class _Loop(Generic[Req, Res]):
                 if testing is not None:
                     delay = 0.0
                 if hint is not None and hint > self.hint_limit:
-                    reason = (
+                    stop = "retry_after"
+                    text = (
                         f"the error's retry_after ({hint:g} s) is longer than "
                         f"{self.hint_limit_text}"
                     )
-                    stop = RetriesExhausted(
-                        layer=self.name,
-                        attempts=attempt,
-                        reason="retry_after",
-                        error=error_type,
-                    )
                 elif limit is not None and now + delay > limit:
-                    reason, stop = self.max_time_reached(attempt, error_type)
+                    stop, text = "max_time", self.max_time_text()
                 elif (
                     deadline is not None
                     and deadline - (now + delay) <= self.min_attempt_time
                 ):
-                    reason = (
+                    stop = "deadline"
+                    text = (
                         f"the deadline, {deadline - now:.3g} s away, leaves no time "
                         f"for another attempt after a {delay:.3g} s wait"
                     )
-                    stop = self.deadline_reached(
-                        attempt, deadline - now, delay, error_type
-                    )
                 elif state is not None and not state.withdraw():
-                    reason = "the retry budget is exhausted"
-                    stop = RetryBudgetExhausted(
-                        layer=self.name, attempts=attempt, error=error_type
-                    )
+                    stop, text = "budget", "the retry budget is exhausted"
             if stop is not None:
-                return self.give_up(stop, attempt, reason, failure, response)
+                wait = None if stop == "attempts" else delay
+                remaining = None if deadline is None else deadline - now
+                return self.give_up(
+                    stop, text, attempt, failure, response, wait, remaining
+                )
             if events.STATE.sinks:
                 events.emit(
                     RetryAttemptFailed(
-                        layer=self.name, attempt=attempt, delay=delay, error=error_type
+                        layer=self.name,
+                        attempt=attempt,
+                        delay=delay,
+                        error=_type_name(failure),
                     )
                 )
             # a checkpoint even without a delay: a loop of failures that
@@ -666,16 +638,18 @@ class _Loop(Generic[Req, Res]):
             await anyio.sleep(delay)
             if deadline is not None or limit is not None:
                 now = _backend.current_time()
+                remaining = None if deadline is None else deadline - now
                 # the sleep may have ended late (a busy loop, a clock jump)
-                if deadline is not None and deadline - now <= self.min_attempt_time:
-                    reason = "the deadline leaves no time for another attempt"
-                    stop = self.deadline_reached(
-                        attempt, deadline - now, 0.0, error_type
+                if remaining is not None and remaining <= self.min_attempt_time:
+                    text = "the deadline leaves no time for another attempt"
+                    return self.give_up(
+                        "deadline", text, attempt, failure, response, 0.0, remaining
                     )
-                    return self.give_up(stop, attempt, reason, failure, response)
                 if limit is not None and now > limit:
-                    reason, stop = self.max_time_reached(attempt, error_type)
-                    return self.give_up(stop, attempt, reason, failure, response)
+                    text = self.max_time_text()
+                    return self.give_up(
+                        "max_time", text, attempt, failure, response, 0.0, remaining
+                    )
             attempt += 1
             outgoing = (
                 request if self.prepare is None else self.prepare(request, attempt)
@@ -685,13 +659,7 @@ class _Loop(Generic[Req, Res]):
                 response = await self.inner(outgoing)
             except Exception as error:
                 if not self.retryable(error):
-                    add_note_once(
-                        error,
-                        self.name,
-                        "not_retryable",
-                        f"retry {self.name!r}: attempt {attempt} raised an error "
-                        "that is not retryable",
-                    )
+                    self.not_retryable(error, attempt, deadline)
                     raise
                 failure = error
                 response = None
@@ -702,54 +670,64 @@ class _Loop(Generic[Req, Res]):
                 return response
             failure = None
 
-    def deadline_reached(
-        self, attempt: int, remaining: float, delay: float, error_type: str | None
-    ) -> RetryDeadlineReached:
-        """The event for a stop because of the deadline."""
-        return RetryDeadlineReached(
-            layer=self.name,
-            attempts=attempt,
-            remaining=remaining,
-            delay=delay,
-            error=error_type,
-        )
+    def max_time_text(self) -> str:
+        """The reason, for the note, of a stop at *max_time*."""
+        return f"the next attempt could not start within max_time ({self.max_time:g} s)"
 
-    def max_time_reached(
-        self, attempt: int, error_type: str | None
-    ) -> tuple[str, RetriesExhausted]:
-        """The reason (for the note) and the event for a stop at *max_time*."""
-        reason = (
-            f"the next attempt could not start within max_time ({self.max_time:g} s)"
+    def not_retryable(
+        self, error: Exception, attempt: int, deadline: float | None
+    ) -> None:
+        """Report that a retry raised *error*, which is not retryable."""
+        add_note_once(
+            error,
+            self.name,
+            "not_retryable",
+            f"retry {self.name!r}: attempt {attempt} raised an error "
+            "that is not retryable",
         )
-        return reason, RetriesExhausted(
-            layer=self.name, attempts=attempt, reason="max_time", error=error_type
-        )
+        if events.STATE.sinks:
+            remaining = None if deadline is None else deadline - _backend.current_time()
+            events.emit(
+                RetryStopped(
+                    layer=self.name,
+                    attempts=attempt,
+                    reason="not_retryable",
+                    error=_type_name(error),
+                    delay=None,
+                    remaining=remaining,
+                )
+            )
 
     def give_up(
         self,
-        stop: Event,
+        reason: _Reason,
+        text: str,
         attempt: int,
-        reason: str,
         failure: Exception | None,
         response: Res | None,
+        delay: float | None,
+        remaining: float | None,
     ) -> Res:
         """Report why retrying stopped; raise the last error or return the response."""
         if events.STATE.sinks:
-            events.emit(stop)
+            events.emit(
+                RetryStopped(
+                    layer=self.name,
+                    attempts=attempt,
+                    reason=reason,
+                    error=_type_name(failure),
+                    delay=delay,
+                    remaining=remaining,
+                )
+            )
         if failure is None:
             return cast(Res, response)
-        if isinstance(stop, RetriesExhausted):
-            kind = stop.reason
-        elif isinstance(stop, RetryDeadlineReached):
-            kind = "deadline"
-        else:
-            kind = "budget"
         plural = "attempt" if attempt == 1 else "attempts"
         add_note_once(
             failure,
             self.name,
-            kind,
-            f"retry {self.name!r} gave up after {attempt} {plural}: {reason}",
+            reason,
+            f"retry {self.name!r} gave up after {attempt} {plural}: {text}",
         )
         raise failure
 

@@ -198,10 +198,10 @@ class ShutdownReport:
 
 @attrs.frozen(kw_only=True)
 class ShutdownStarted(Event):
-    """A :class:`Supervisor` began shutting down.
+    """A :class:`~layers.Supervisor` began shutting down.
 
     Attributes:
-        reason: Why (see :attr:`ShutdownReport.reason`).
+        reason: Why (see :attr:`~layers.ShutdownReport.reason`).
         running: Tasks still running at that moment.
         grace: The grace period in seconds.
     """
@@ -217,7 +217,7 @@ class ShutdownStarted(Event):
 
 @attrs.frozen(kw_only=True)
 class ShutdownCompleted(Event):
-    """The last task of a :class:`Supervisor` ended.
+    """The last task of a :class:`~layers.Supervisor` ended.
 
     Attributes:
         finished: How many tasks returned.

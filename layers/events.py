@@ -1,17 +1,29 @@
 """Typed events: what the layers report, and where the reports go.
 
-Every layer reports what it does (a timeout expired, a retry is scheduled, a
-call was rejected...) as a small frozen event object. Events go to *sinks*:
-callables that take one event. By default one sink is installed, which logs
-each event to the standard library's :mod:`logging` under the logger
-``layers`` (or to structlog, once the application has configured structlog);
-turn it off with :func:`set_logging` and add your own with :func:`add_sink`
-(a metrics sink, say). As for any library, the application decides where
-logs go: with no logging configuration, nothing below WARNING is shown and
-nothing ever reaches standard output. Nothing is built or called on a
-layer's success path, and nothing at all when no sink listens.
+Every layer reports what it does (a timeout expired, a failed attempt will
+be retried, a call was rejected...) as a small frozen event object. Events
+go to *sinks*: callables that take one event. By default one sink is
+installed, which logs each event to the standard library's :mod:`logging`
+under the logger ``layers`` (or to structlog, once the application has
+configured structlog); turn it off with :func:`~layers.set_logging` and add
+your own with :func:`~layers.add_sink` (a metrics sink, say). As for any library, the
+application decides where logs go: with no logging configuration, nothing
+below WARNING is shown and nothing ever reaches standard output. Nothing is
+built or called on a layer's success path, and nothing at all when no sink
+listens.
 
 Events never carry request or response payloads.
+
+This module is the public home of every event class of the core
+(``layers.events.RetryStopped``, ``layers.events.CircuitOpened``...); the
+top-level ``layers`` namespace keeps only :class:`~layers.Event` and the
+sink functions, so that an event never reads like the exception a caller
+catches (:class:`~layers.CircuitOpen` is raised,
+:class:`~layers.events.CircuitOpened` is reported). Each event class is
+defined next to the layer that emits it and published here. An integration
+that needs an extra keeps its events in its own module
+(:class:`layers.httpx.HostRefused`), since this module cannot import the
+extra.
 """
 
 from __future__ import annotations
@@ -28,8 +40,23 @@ import structlog
 
 __all__ = [
     "STATE",
+    "CircuitCallRejected",
+    "CircuitClosed",
+    "CircuitHalfOpened",
+    "CircuitOpened",
+    "CircuitStateChanged",
+    "CircuitThresholdExceeded",
+    "ConcurrencyLimitRejected",
+    "DrainRejected",
+    "DrainStarted",
     "Event",
     "Level",
+    "RateLimitRejected",
+    "RateLimitWaited",
+    "RetryAttemptFailed",
+    "RetryStopped",
+    "ShutdownCompleted",
+    "ShutdownStarted",
     "Sink",
     "TimeoutElapsed",
     "add_sink",
@@ -67,7 +94,7 @@ class Event:
     """
 
     event: ClassVar[str] = "event"
-    """The event's name, as logged (``"elapsed"``, ``"retry_scheduled"``...)."""
+    """The event's name, as logged (``"elapsed"``, ``"retry_attempt_failed"``...)."""
 
     level: ClassVar[Level] = "info"
     """The log level the default logging sink uses for it."""
@@ -285,3 +312,45 @@ def _report_broken_sink(sink: Sink, event: Event, error: Exception) -> None:
 
 
 set_logging(True)
+
+
+# ------------------------------------------------------------------ the events
+#
+# The built-in layers' events, defined next to the layer that emits them and
+# published here under this module's name. Those modules import Event from
+# this one, so these imports come last (and layers/__init__.py imports this
+# module before any layer's).
+
+from ._breaker import (  # noqa: E402
+    CircuitCallRejected,
+    CircuitClosed,
+    CircuitHalfOpened,
+    CircuitOpened,
+    CircuitStateChanged,
+    CircuitThresholdExceeded,
+)
+from ._concurrency import ConcurrencyLimitRejected  # noqa: E402
+from ._drain import DrainRejected, DrainStarted  # noqa: E402
+from ._ratelimit import RateLimitRejected, RateLimitWaited  # noqa: E402
+from ._retry import RetryAttemptFailed, RetryStopped  # noqa: E402
+from ._shutdown import ShutdownCompleted, ShutdownStarted  # noqa: E402
+
+for _published in (
+    CircuitCallRejected,
+    CircuitClosed,
+    CircuitHalfOpened,
+    CircuitOpened,
+    CircuitStateChanged,
+    CircuitThresholdExceeded,
+    ConcurrencyLimitRejected,
+    DrainRejected,
+    DrainStarted,
+    RateLimitRejected,
+    RateLimitWaited,
+    RetryAttemptFailed,
+    RetryStopped,
+    ShutdownCompleted,
+    ShutdownStarted,
+):
+    _published.__module__ = __name__  # its public home, as in reprs and docs
+del _published

@@ -8,7 +8,8 @@ Three parts, each opt-in:
 
 * :class:`OtelMetrics` is an event sink (:func:`layers.add_sink`): once
   installed (:meth:`~OtelMetrics.install`), it counts the events of every layer
-  (``layers.events``), retries (``layers.retries``), rejections by reason
+  (``layers.events``), retries (``layers.retries``), the calls Retry gave
+  up on by reason (``layers.retry.stops``), rejections by reason
   (``layers.rejections``), circuit breaker transitions
   (``layers.circuit_breaker.transitions``) and timeouts (``layers.timeouts``).
   Events are only emitted off the success path, so this adds nothing to a
@@ -48,7 +49,7 @@ from ._core import Service
 from ._errors import ConfigurationError, Elapsed, Rejected, type_name
 from ._failures import split_failure
 from ._ratelimit import RateLimit, RateLimitRejected
-from ._retry import RetryAttemptFailed
+from ._retry import RetryAttemptFailed, RetryStopped
 from .events import Event, TimeoutElapsed
 
 try:
@@ -88,6 +89,7 @@ ATTRIBUTE_ERROR_TYPE: Final = "error.type"
 _EVENT_NAME: Final = "layers.event.name"
 _EVENT_SEVERITY: Final = "layers.event.severity"
 _REASON: Final = "layers.rejection.reason"
+_RETRY_REASON: Final = "layers.retry.reason"
 _OUTCOME: Final = "layers.call.outcome"
 _FROM_STATE: Final = "layers.circuit_breaker.from_state"
 _TO_STATE: Final = "layers.circuit_breaker.to_state"
@@ -149,6 +151,7 @@ class OtelMetrics:
         "_rate_limits",
         "_rejections",
         "_retries",
+        "_retry_stops",
         "_timeouts",
         "_transitions",
         "enabled",
@@ -171,6 +174,11 @@ class OtelMetrics:
             "layers.retries",
             unit="{retry}",
             description="Failed attempts that Retry will try again.",
+        )
+        self._retry_stops = meter.create_counter(
+            "layers.retry.stops",
+            unit="{call}",
+            description="Calls on which Retry gave up, by reason.",
         )
         self._rejections = meter.create_counter(
             "layers.rejections",
@@ -275,6 +283,8 @@ class OtelMetrics:
     def _handler_for(self, kind: type[Event]) -> Callable[[Any], None]:
         if issubclass(kind, RetryAttemptFailed):
             return self._on_retry
+        if issubclass(kind, RetryStopped):
+            return self._on_retry_stopped
         if issubclass(kind, (RateLimitRejected, ConcurrencyLimitRejected)):
             return self._on_limit_rejected
         if issubclass(kind, CircuitCallRejected):
@@ -290,6 +300,15 @@ class OtelMetrics:
         if event.error is not None:
             attributes[ATTRIBUTE_ERROR_TYPE] = event.error
         self._retries.add(1, attributes)
+
+    def _on_retry_stopped(self, event: RetryStopped) -> None:
+        attributes: dict[str, str] = {
+            ATTRIBUTE_LAYER_NAME: event.layer,
+            _RETRY_REASON: event.reason,
+        }
+        if event.error is not None:
+            attributes[ATTRIBUTE_ERROR_TYPE] = event.error
+        self._retry_stops.add(1, attributes)
 
     def _on_limit_rejected(
         self, event: RateLimitRejected | ConcurrencyLimitRejected

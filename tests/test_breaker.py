@@ -405,7 +405,7 @@ async def test_open_half_opens_lazily_after_the_open_duration() -> None:
 async def test_late_outcomes_of_calls_admitted_before_opening_are_recorded() -> None:
     """Calls in flight when the breaker opens still record, without tripping again."""
     breaker, svc = make(window_size=10, minimum_calls=4, half_open_calls=1)
-    with capture_events(layers.CircuitOpened) as opened:
+    with capture_events(layers.events.CircuitOpened) as opened:
         async with anyio.create_task_group() as group:
             for _ in range(3):
                 group.start_soon(call, svc, "slowfail")  # done at t=5
@@ -450,7 +450,7 @@ async def test_half_open_closes_when_the_probes_succeed() -> None:
     breaker, svc = make(half_open_calls=3, failure_rate_threshold=0.5)
     await run(svc, *["fail"] * 4)
     await anyio.sleep(10)
-    with capture_events(layers.CircuitStateChanged) as seen:
+    with capture_events(layers.events.CircuitStateChanged) as seen:
         assert await run(svc, "ok", "fail", "ok") == ["ok", "Boom", "ok"]
     assert breaker.state is CircuitState.CLOSED
     assert breaker.statistics().calls == 0
@@ -660,7 +660,7 @@ async def test_open_duration_grows_on_repeated_trips_up_to_the_cap() -> None:
     )
     durations: list[float] = []
     next_durations: list[float] = []
-    with capture_events(layers.CircuitOpened) as opened:
+    with capture_events(layers.events.CircuitOpened) as opened:
         await run(svc, *["fail"] * 4)
         for _ in range(4):
             retry_after = breaker.statistics().retry_after
@@ -759,21 +759,21 @@ async def test_metrics_only_records_and_reports_but_never_rejects() -> None:
     """metrics_only: outcomes counted, a would-trip event emitted, nothing rejected."""
     breaker, svc = make(name="shadow")
     breaker.metrics_only()
-    with capture_events(layers.CircuitThresholdExceeded) as exceeded:
+    with capture_events(layers.events.CircuitThresholdExceeded) as exceeded:
         results = await run(svc, *["fail"] * 10)
     assert results == ["Boom"] * 10
     stats = breaker.statistics()
     assert stats.state is CircuitState.METRICS_ONLY
     assert (stats.calls, stats.failed_calls, stats.failure_rate) == (4, 4, 1.0)
     assert exceeded == [
-        layers.CircuitThresholdExceeded(
+        layers.events.CircuitThresholdExceeded(
             layer="shadow",
             reason="failure_rate",
             failure_rate=1.0,
             slow_call_rate=0.0,
         )
     ]
-    with capture_events(layers.CircuitThresholdExceeded) as exceeded:
+    with capture_events(layers.events.CircuitThresholdExceeded) as exceeded:
         await run(svc, "ok", "ok", "ok", "fail", "fail", "fail")
     assert len(exceeded) == 1  # reported again after it stopped holding
 
@@ -813,7 +813,7 @@ async def test_a_manual_state_set_again_is_not_a_transition(
 ) -> None:
     """Setting a manual state again emits nothing and changes nothing."""
     breaker, _ = make(name="api")
-    with capture_events(layers.CircuitStateChanged) as seen:
+    with capture_events(layers.events.CircuitStateChanged) as seen:
         getattr(breaker, method)()
         await anyio.sleep(5)
         before = breaker.statistics()
@@ -828,7 +828,7 @@ async def test_a_manual_state_set_again_is_not_a_transition(
 async def test_force_closed_then_disable_is_one_transition() -> None:
     """disable() after force_closed() (both DISABLED) is not a second transition."""
     breaker, _ = make()
-    with capture_events(layers.CircuitStateChanged) as seen:
+    with capture_events(layers.events.CircuitStateChanged) as seen:
         breaker.force_closed()
         breaker.disable()
     assert [e.to_state for e in seen] == ["disabled"]
@@ -880,7 +880,7 @@ async def test_reset_of_a_closed_breaker_empties_the_window_silently(
 async def test_reset_from_another_state_is_one_transition() -> None:
     """reset() from a manual or automatic state emits one CircuitClosed."""
     breaker, _ = make()
-    with capture_events(layers.CircuitStateChanged) as seen:
+    with capture_events(layers.events.CircuitStateChanged) as seen:
         breaker.force_open()
         breaker.reset()
         breaker.reset()
@@ -976,7 +976,7 @@ async def test_events_on_every_transition_and_rejection() -> None:
     ]
     assert all(e.layer == "api" for e in seen)
     opened = seen[0]
-    assert isinstance(opened, layers.CircuitOpened)
+    assert isinstance(opened, layers.events.CircuitOpened)
     assert (opened.reason, opened.failure_rate, opened.open_duration) == (
         "failure_rate",
         1.0,
@@ -984,7 +984,7 @@ async def test_events_on_every_transition_and_rejection() -> None:
     )
     assert opened.level == "warning"
     rejected = seen[1]
-    assert isinstance(rejected, layers.CircuitCallRejected)
+    assert isinstance(rejected, layers.events.CircuitCallRejected)
     assert rejected.retry_after == pytest.approx(10)
     assert rejected.state == "open"
 

@@ -289,16 +289,14 @@ async def storm(budget: RetryBudget | None) -> tuple[int, float]:
 async def test_retry_storm_with_the_default_budget() -> None:
     """Against a dead service, retries stay within 20 % of calls plus the floor."""
     budget = RetryBudget()
-    with capture_events(
-        layers.RetryBudgetExhausted, layers.RetriesExhausted
-    ) as stopped:
+    with capture_events(layers.events.RetryStopped) as stopped:
         retries, elapsed = await storm(budget)
     bound = 0.2 * 1_000 + 10 * (10 + elapsed)
     print(f"retries with the default budget: {retries} (bound {bound:.0f})")
     assert 100 < retries <= bound
     # every call ended once: its retries used up, or refused by the budget
     assert len(stopped) == 1_000
-    refused = [e for e in stopped if isinstance(e, layers.RetryBudgetExhausted)]
+    refused = [e for e in stopped if e.reason == "budget"]
     assert len(refused) > 500
     assert math.isclose(elapsed, 10.2, abs_tol=0.1)
 

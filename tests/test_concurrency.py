@@ -227,7 +227,7 @@ async def test_queue_bound_refuses_at_once_without_calling_inner() -> None:
     svc = limit.layer(gauge)
     outcomes: list[tuple[Any, str]] = []
     arrived: list[Any] = []
-    with capture_events(layers.ConcurrencyLimitRejected) as events:
+    with capture_events(layers.events.ConcurrencyLimitRejected) as events:
         async with anyio.create_task_group() as group:
             for i in range(5):
                 group.start_soon(arrive, svc, i, arrived, None, outcomes)
@@ -279,7 +279,7 @@ async def test_max_wait_refuses_after_waiting_that_long() -> None:
     """A call that gets no permit within max_wait leaves the queue with Overloaded."""
     limit = layers.ConcurrencyLimit(1, max_wait=0.5)
     svc = limit.layer(Gauge(duration=2.0))
-    with capture_events(layers.ConcurrencyLimitRejected) as events:
+    with capture_events(layers.events.ConcurrencyLimitRejected) as events:
         async with anyio.create_task_group() as group:
             group.start_soon(svc, 1)
             await until_in_flight(limit, 1)

@@ -81,7 +81,9 @@ async def test_new_calls_are_refused_once_draining() -> None:
 
     svc = drain.layer(inner)
     assert await svc("before") == "before"
-    with capture_events(layers.DrainStarted, layers.DrainRejected) as seen:
+    with capture_events(
+        layers.events.DrainStarted, layers.events.DrainRejected
+    ) as seen:
         drain.start()
         drain.start()  # idempotent: one event
         with pytest.raises(layers.ShuttingDown) as info:
@@ -93,8 +95,8 @@ async def test_new_calls_are_refused_once_draining() -> None:
     assert error.layer == "api"
     assert str(error) == "drain 'api' is shutting down: 0 calls still in flight"
     assert seen == [
-        layers.DrainStarted(layer="api", in_flight=0),
-        layers.DrainRejected(layer="api", in_flight=0),
+        layers.events.DrainStarted(layer="api", in_flight=0),
+        layers.events.DrainRejected(layer="api", in_flight=0),
     ]
     assert drain.draining
     assert drain.statistics().rejected == 1

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 import structlog.testing
 
@@ -238,3 +241,65 @@ def test_type_name_is_the_public_name() -> None:
         assert type_name(_Private()) == "layers._nowhere._Private"
     finally:
         _Private.__module__ = __name__
+
+
+def event_classes() -> list[type[Event]]:
+    """Every event class of the package (the integrations' too)."""
+    import layers.httpx  # noqa: F401  (its events)
+
+    found: list[type[Event]] = []
+    pending: list[type[Event]] = [Event]
+    while pending:
+        for cls in pending.pop().__subclasses__():
+            pending.append(cls)
+            if cls.__module__.split(".")[0] == "layers":
+                found.append(cls)
+    return found
+
+
+def events_table() -> dict[str, list[str]]:
+    """The rows of the table in docs/howto/events.md, by the class they name."""
+    page = Path(__file__).parent.parent / "docs" / "howto" / "events.md"
+    rows: dict[str, list[str]] = {}
+    for line in page.read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) == 5:
+            match = re.fullmatch(r"\{class\}`([\w.]+)`", cells[1])
+            assert match, line
+            rows[match[1]] = cells
+    return rows
+
+
+def test_the_events_table_lists_every_event() -> None:
+    """docs/howto/events.md has a row per event: its home, name, level and fields."""
+    rows = events_table()
+    expected = {f"{cls.__module__}.{cls.__qualname__}": cls for cls in event_classes()}
+    assert set(rows) == set(expected)
+    for path, cls in expected.items():
+        name, _, level, fields, _ = rows[path]
+        assert name == f"`{cls.event}`", path
+        assert level == cls.level, path
+        own = [f"`{f.name}`" for f in attrs.fields(cls) if f.name != "layer"]
+        assert fields == ", ".join(own), path
+
+
+# Quoted words shaped like event names that are not events.
+NOT_EVENTS: set[str] = {"force_closed", "response_started"}
+
+
+def test_docs_name_no_event_that_does_not_exist() -> None:
+    """Every event name that the docs, docstrings or examples quote exists."""
+    names = {cls.event for cls in event_classes()}
+    root = Path(__file__).parent.parent
+    pages = [*(root / "docs").rglob("*.md"), *(root / "layers").glob("*.py")]
+    pages += [*(root / "examples").glob("*.py"), root / "README.md"]
+    suffixes = ("_rejected", "_exhausted", "_reached", "_scheduled", "_failed")
+    suffixes += ("_opened", "_closed", "_started", "_completed", "_waited")
+    suffixes += ("_refused", "_stopped", "_changed", "_exceeded")
+    stale = [
+        (page.name, word)
+        for page in pages
+        for word in re.findall(r"[`\"]([a-z_]+)[`\"]", page.read_text("utf-8"))
+        if word.endswith(suffixes) and word not in names | NOT_EVENTS
+    ]
+    assert stale == []

@@ -138,7 +138,7 @@ def test_retry_client() -> None:
                 "-> 200 widget: 12 in stock (attempt 3)",
                 "event: attempt 2 failed (__main__.ServerBusy), retrying in 0.050 s",
                 "-> 200 after 3 calls",
-                "event: retry_deadline_reached after 3 attempts",
+                "event: retry_stopped (deadline) after 3 attempts",
                 "note: retry 'retry' gave up after 3 attempts: the deadline",
                 "retries with the default budget: 160",
                 "retries without a budget: 600",

@@ -60,44 +60,43 @@ def layers_logger() -> Iterator[logging.Logger]:
 EVENTS: list[tuple[events.Event, str, str]] = [
     (events.TimeoutElapsed(layer="l", timeout=1.0), "warning", "timeout"),
     (
-        layers.RetryAttemptFailed(layer="l", attempt=1, delay=0.5, error="OSError"),
+        events.RetryAttemptFailed(layer="l", attempt=1, delay=0.5, error="OSError"),
         "info",
         "retry",
     ),
     (
-        layers.RetriesExhausted(layer="l", attempts=3, reason="attempts", error=None),
-        "warning",
-        "retry",
-    ),
-    (
-        layers.RetryBudgetExhausted(layer="l", attempts=2, error="OSError"),
-        "warning",
-        "retry",
-    ),
-    (
-        layers.RetryDeadlineReached(
-            layer="l", attempts=2, remaining=0.1, delay=0.2, error=None
+        events.RetryStopped(
+            layer="l",
+            attempts=2,
+            reason="deadline",
+            error=None,
+            delay=0.2,
+            remaining=0.1,
         ),
         "warning",
         "retry",
     ),
     (
-        layers.RateLimitRejected(
+        events.RateLimitRejected(
             layer="l", retry_after=1.0, cost=1.0, reason="limited"
         ),
         "warning",
         "rate_limit",
     ),
-    (layers.RateLimitWaited(layer="l", waited=0.5, cost=1.0), "debug", "rate_limit"),
     (
-        layers.ConcurrencyLimitRejected(
+        events.RateLimitWaited(layer="l", waited=0.5, cost=1.0),
+        "debug",
+        "rate_limit",
+    ),
+    (
+        events.ConcurrencyLimitRejected(
             layer="l", reason="queue_full", max_in_flight=2, waiting=0
         ),
         "warning",
         "concurrency_limit",
     ),
     (
-        layers.CircuitOpened(
+        events.CircuitOpened(
             layer="l",
             from_state="closed",
             to_state="open",
@@ -110,7 +109,7 @@ EVENTS: list[tuple[events.Event, str, str]] = [
         "circuit_breaker",
     ),
     (
-        layers.CircuitHalfOpened(
+        events.CircuitHalfOpened(
             layer="l",
             from_state="open",
             to_state="half_open",
@@ -121,7 +120,7 @@ EVENTS: list[tuple[events.Event, str, str]] = [
         "circuit_breaker",
     ),
     (
-        layers.CircuitClosed(
+        events.CircuitClosed(
             layer="l",
             from_state="half_open",
             to_state="closed",
@@ -131,35 +130,35 @@ EVENTS: list[tuple[events.Event, str, str]] = [
         "circuit_breaker",
     ),
     (
-        layers.CircuitStateChanged(
+        events.CircuitStateChanged(
             layer="l", from_state="closed", to_state="forced_open", reason="force_open"
         ),
         "info",
         "circuit_breaker",
     ),
     (
-        layers.CircuitCallRejected(layer="l", state="open", retry_after=3.0),
+        events.CircuitCallRejected(layer="l", state="open", retry_after=3.0),
         "debug",
         "circuit_breaker",
     ),
     (
-        layers.CircuitThresholdExceeded(
+        events.CircuitThresholdExceeded(
             layer="l", reason="failure_rate", failure_rate=0.9, slow_call_rate=None
         ),
         "warning",
         "circuit_breaker",
     ),
-    (layers.DrainStarted(layer="l", in_flight=2), "info", "drain"),
-    (layers.DrainRejected(layer="l", in_flight=2), "info", "drain"),
+    (events.DrainStarted(layer="l", in_flight=2), "info", "drain"),
+    (events.DrainRejected(layer="l", in_flight=2), "info", "drain"),
     (
-        layers.ShutdownStarted(
+        events.ShutdownStarted(
             layer="l", reason="signal SIGTERM", running=3, grace=30.0
         ),
         "warning",
         "supervisor",
     ),
     (
-        layers.ShutdownCompleted(
+        events.ShutdownCompleted(
             layer="l", finished=2, failed=0, cancelled=1, forced=False
         ),
         "info",
@@ -216,11 +215,11 @@ def test_every_event_reaches_a_configured_structlog_with_its_fields(
 
 
 def test_every_event_class_is_covered() -> None:
-    """The table above lists every exported event class."""
+    """The table above lists every event class of events."""
     exported = {
         obj
-        for name in layers.__all__
-        if isinstance(obj := getattr(layers, name), type)
+        for name in events.__all__
+        if isinstance(obj := getattr(events, name), type)
         and issubclass(obj, events.Event)
         and obj is not events.Event
     }
@@ -234,21 +233,26 @@ def test_the_message_reads_as_key_value_pairs(
     with caplog.at_level(logging.DEBUG, logger="layers"):
         events.emit(events.TimeoutElapsed(layer="api", timeout=0.5))
         events.emit(
-            layers.ShutdownStarted(
+            events.ShutdownStarted(
                 layer="sup", reason="signal SIGTERM", running=3, grace=30.0
             )
         )
         events.emit(
-            layers.RetriesExhausted(
-                layer="r", attempts=3, reason="attempts", error=None
+            events.RetryStopped(
+                layer="r",
+                attempts=3,
+                reason="attempts",
+                error=None,
+                delay=None,
+                remaining=None,
             )
         )
     assert [r.getMessage() for r in records(caplog)] == [
         "elapsed layer=api layer_kind=timeout timeout=0.5",
         "shutdown_started layer=sup layer_kind=supervisor reason='signal SIGTERM' "
         "running=3 grace=30.0",
-        "retries_exhausted layer=r layer_kind=retry attempts=3 reason=attempts "
-        "error=None",
+        "retry_stopped layer=r layer_kind=retry attempts=3 reason=attempts "
+        "error=None delay=None remaining=None",
     ]
 
 
@@ -279,7 +283,7 @@ def test_below_the_logger_level_nothing_is_logged_and_nothing_built(
 ) -> None:
     """Debug events are dropped at INFO; above every level, nobody listens."""
     with caplog.at_level(logging.INFO, logger="layers"):
-        events.emit(layers.RateLimitWaited(layer="api", waited=0.1, cost=1.0))
+        events.emit(events.RateLimitWaited(layer="api", waited=0.1, cost=1.0))
         events.emit(events.TimeoutElapsed(layer="api", timeout=0.5))
         assert events.STATE.sinks
     assert [r.getMessage().split()[0] for r in records(caplog)] == ["elapsed"]
@@ -388,7 +392,7 @@ async def test_breaker_opening_is_a_warning_closing_info_retry_info(
     assert levels == [
         ("retry_attempt_failed", "INFO", "db-retry"),
         ("circuit_opened", "WARNING", "db"),
-        ("retries_exhausted", "WARNING", "db-retry"),
+        ("retry_stopped", "WARNING", "db-retry"),
         ("circuit_half_opened", "WARNING", "db"),
         ("circuit_closed", "INFO", "db"),
     ]
@@ -434,7 +438,7 @@ def test_structlog_routed_through_stdlib_reaches_the_layers_logger(
     )
     with caplog.at_level(logging.INFO, logger="layers"):
         events.emit(events.TimeoutElapsed(layer="api", timeout=0.5))
-        events.emit(layers.RateLimitWaited(layer="api", waited=0.1, cost=1.0))
+        events.emit(events.RateLimitWaited(layer="api", waited=0.1, cost=1.0))
     [record] = records(caplog)  # the debug event is filtered by the stdlib level
     assert record.levelno == logging.WARNING
     assert record.getMessage() == (

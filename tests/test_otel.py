@@ -123,6 +123,34 @@ async def test_retries_and_events_are_counted(
         assert "secret" not in repr(attrs)
 
 
+async def test_retry_stops_are_counted_by_reason(
+    metrics: OtelMetrics, reader: InMemoryMetricReader
+) -> None:
+    """layers.retry.stops counts the calls Retry gave up on, by reason and error."""
+
+    async def down(request: int) -> int:
+        raise ConnectionError("secret payload")
+
+    svc = layers.Retry(on=ConnectionError, attempts=2, backoff=[0], name="r")
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            await svc.layer(down)(1)
+    budget = layers.RetryBudget(min_per_second=0, percent=0)
+    for _ in range(3):
+        with pytest.raises(ConnectionError):
+            await layers.Retry(
+                on=ConnectionError, attempts=3, budget=budget, name="r"
+            ).layer(down)(1)
+    points = read(reader)
+    stops = "layers.retry.stops"
+    common = {"layers__layer__name": "r", "error__type": "ConnectionError"}
+    assert value(points, stops, layers__retry__reason="attempts", **common) == 2
+    assert value(points, stops, layers__retry__reason="budget", **common) == 3
+    assert value(points, "layers.events", layers__event__name="retry_stopped") == 5
+    for attrs, _ in points[stops]:
+        assert "secret" not in repr(attrs)
+
+
 async def test_rate_limit_rejections_by_reason(
     metrics: OtelMetrics, reader: InMemoryMetricReader
 ) -> None:

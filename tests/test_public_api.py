@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import inspect
+import pkgutil
 import types
 from pathlib import Path
 
@@ -67,3 +68,56 @@ def test_version_matches_the_installed_metadata() -> None:
 def test_package_is_typed() -> None:
     """The package ships a py.typed marker."""
     assert (Path(inspect.getfile(layers)).parent / "py.typed").is_file()
+
+
+# -------------------------------------------------------------------- events
+
+# The integrations that need an extra keep their events in their own module
+# (layers.events cannot import httpx); every other event is in layers.events.
+INTEGRATIONS = ("layers.httpx",)
+
+
+def package_events() -> list[type[layers.Event]]:
+    """Every subclass of Event that a module of the package defines."""
+    for module in pkgutil.iter_modules(layers.__path__, "layers."):
+        importlib.import_module(module.name)
+    found: list[type[layers.Event]] = []
+    pending = [layers.Event]
+    while pending:
+        for cls in pending.pop().__subclasses__():
+            pending.append(cls)
+            if cls.__module__.split(".")[0] == "layers":
+                found.append(cls)
+    return found
+
+
+def test_the_top_level_has_no_event_class_but_event() -> None:
+    """layers.__all__ holds the base class Event and no event class."""
+    exported = {
+        name
+        for name in layers.__all__
+        if isinstance(value := getattr(layers, name), type)
+        and issubclass(value, layers.Event)
+    }
+    assert exported == {"Event"}
+
+
+def test_every_event_is_public_in_layers_events() -> None:
+    """Every event class of the package is layers.events.X (an extra's: its module)."""
+    found = package_events()
+    assert len(found) >= 17  # the walk found them
+    for cls in found:
+        home = cls.__module__
+        assert home == "layers.events" or home in INTEGRATIONS, cls
+        module = importlib.import_module(home)
+        assert getattr(module, cls.__qualname__) is cls
+        assert cls.__qualname__ in module.__all__
+
+
+@pytest.mark.parametrize("name", layers.events.__all__)
+def test_every_name_of_layers_events_is_documented(name: str) -> None:
+    """Every name in layers.events.__all__ exists and has a docstring of its own."""
+    value = getattr(layers.events, name)
+    if inspect.isclass(value) or inspect.isfunction(value):
+        doc = vars(value).get("__doc__") if inspect.isclass(value) else value.__doc__
+        assert doc, f"layers.events.{name} has no docstring"

@@ -386,7 +386,7 @@ async def test_cost_beyond_the_burst_is_refused_without_retry_after() -> None:
     limit = layers.RateLimit(10, burst=2, cost=lambda r: r)
     svc = limit.layer(inner)
     with (
-        capture_events(layers.RateLimitRejected) as events,
+        capture_events(layers.events.RateLimitRejected) as events,
         pytest.raises(layers.RateLimited, match="exceeds the burst") as info,
     ):
         await svc(3)
@@ -506,7 +506,7 @@ async def test_max_wait_refuses_calls_that_would_wait_longer() -> None:
         except layers.RateLimited as error:
             refused.append(error.retry_after)
 
-    with capture_events(layers.RateLimitRejected) as events:
+    with capture_events(layers.events.RateLimitRejected) as events:
         async with anyio.create_task_group() as group:
             for i in range(5):
                 group.start_soon(call, i)
@@ -524,7 +524,7 @@ async def test_a_wait_beyond_the_deadline_is_refused_at_once() -> None:
     svc = layers.ServiceBuilder().timeout(0.5).layer(limit).service(echo)
     await svc(1)
     with (
-        capture_events(layers.RateLimitRejected) as events,
+        capture_events(layers.events.RateLimitRejected) as events,
         pytest.raises(layers.RateLimited) as info,
     ):
         await svc(2)
@@ -1051,8 +1051,8 @@ async def test_events_and_statistics() -> None:
             for i in range(4):
                 group.start_soon(_swallow, svc, i)
                 await anyio.lowlevel.checkpoint()
-    waited = [e for e in events if isinstance(e, layers.RateLimitWaited)]
-    rejected = [e for e in events if isinstance(e, layers.RateLimitRejected)]
+    waited = [e for e in events if isinstance(e, layers.events.RateLimitWaited)]
+    rejected = [e for e in events if isinstance(e, layers.events.RateLimitRejected)]
     assert [e.waited for e in waited] == pytest.approx([0.1])
     assert [(e.layer, e.reason, e.cost) for e in rejected] == [
         ("api", "max_wait", 1),

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 import layers
 from layers import ConstantBackoff, ExponentialBackoff, Retry
 from layers._deadline import DEADLINE
+from layers.events import RetryAttemptFailed, RetryStopped
 from layers.testing import (
     capture_events,
     retry_testing,
@@ -382,12 +383,17 @@ async def test_retries_a_response_and_returns_the_last_one() -> None:
     svc = Retry(
         on=ConnectionError, attempts=3, backoff=[0.1], on_result=lambda s: s >= 500
     ).layer(always_503)
-    with capture_events(layers.RetriesExhausted) as stopped:
+    with capture_events(RetryStopped) as stopped:
         assert await svc("GET /") == 503
     assert len(calls) == 3
     assert stopped == [
-        layers.RetriesExhausted(
-            layer="retry", attempts=3, reason="attempts", error=None
+        RetryStopped(
+            layer="retry",
+            attempts=3,
+            reason="attempts",
+            error=None,
+            delay=None,
+            remaining=None,
         )
     ]
 
@@ -698,7 +704,7 @@ async def test_inside_a_timeout_no_attempt_starts_past_the_deadline() -> None:
         .service(flaky)
     )
     with (
-        capture_events(layers.RetryDeadlineReached) as stopped,
+        capture_events(RetryStopped) as stopped,
         pytest.raises(ConnectionError) as info,
     ):
         await svc("x")
@@ -707,6 +713,7 @@ async def test_inside_a_timeout_no_attempt_starts_past_the_deadline() -> None:
     assert info.value is flaky.raised[-1]
     (note,) = info.value.__notes__
     assert note.startswith("retry 'retry' gave up after 4 attempts: the deadline")
+    assert stopped[0].reason == "deadline"
     assert stopped[0].attempts == 4
     assert stopped[0].remaining == pytest.approx(0.1)
     assert stopped[0].delay == pytest.approx(0.3)
@@ -762,7 +769,7 @@ async def test_a_failure_after_the_deadline_is_not_retried() -> None:
     token = DEADLINE.set(now() + 1)
     try:
         with (
-            capture_events(layers.RetryDeadlineReached) as stopped,
+            capture_events(RetryStopped) as stopped,
             pytest.raises(ConnectionError) as info,
         ):
             await svc("x")
@@ -772,6 +779,7 @@ async def test_a_failure_after_the_deadline_is_not_retried() -> None:
     assert info.value.__notes__ == [
         "retry 'retry' gave up after 1 attempt: the deadline has passed"
     ]
+    assert stopped[0].reason == "deadline"
     assert stopped[0].remaining == pytest.approx(-1)
 
 
@@ -849,21 +857,27 @@ async def test_a_backoff_sleep_that_ends_late_is_checked_again(limit: str) -> No
     assert flaky.starts == [start]
     assert now() == pytest.approx(start + 10.5)
     (failed, stopped) = seen
-    assert failed == layers.RetryAttemptFailed(
+    assert failed == RetryAttemptFailed(
         layer="retry", attempt=1, delay=1.0, error="ConnectionError"
     )
     if limit == "deadline":
-        assert stopped == layers.RetryDeadlineReached(
+        assert stopped == RetryStopped(
             layer="retry",
             attempts=1,
+            reason="deadline",
             remaining=pytest.approx(-5.5),  # type: ignore[arg-type]
             delay=0.0,
             error="ConnectionError",
         )
         reason = "the deadline leaves no time for another attempt"
     else:
-        assert stopped == layers.RetriesExhausted(
-            layer="retry", attempts=1, reason="max_time", error="ConnectionError"
+        assert stopped == RetryStopped(
+            layer="retry",
+            attempts=1,
+            reason="max_time",
+            error="ConnectionError",
+            delay=0.0,
+            remaining=None,
         )
         reason = "the next attempt could not start within max_time (5 s)"
     assert info.value.__notes__ == [f"retry 'retry' gave up after 1 attempt: {reason}"]
@@ -896,7 +910,7 @@ async def test_a_hint_longer_than_the_cap_ends_retrying() -> None:
     flaky = Flaky(2, error=lambda: layers.CircuitOpen(retry_after=30))
     svc = Retry(on=layers.CircuitOpen, attempts=3, backoff=ExponentialBackoff(cap=5))
     with (
-        capture_events(layers.RetriesExhausted) as stopped,
+        capture_events(RetryStopped) as stopped,
         pytest.raises(layers.CircuitOpen) as info,
     ):
         await svc.layer(flaky)("x")
@@ -1020,7 +1034,7 @@ async def test_a_hint_over_the_limit_ends_retrying_at_once(
         **options,
     ).layer(flaky)
     with (
-        capture_events(layers.RetriesExhausted) as stopped,
+        capture_events(RetryStopped) as stopped,
         pytest.raises(ConnectionError) as info,
     ):
         await svc("x")
@@ -1030,8 +1044,13 @@ async def test_a_hint_over_the_limit_ends_retrying_at_once(
         f"retry 'api' gave up after 1 attempt: the error's {note}"
     ]
     assert stopped == [
-        layers.RetriesExhausted(
-            layer="api", attempts=1, reason="retry_after", error="ConnectionError"
+        RetryStopped(
+            layer="api",
+            attempts=1,
+            reason="retry_after",
+            error="ConnectionError",
+            delay=math.inf if math.isnan(hint) else hint,
+            remaining=None,
         )
     ]
 
@@ -1121,7 +1140,7 @@ async def test_max_time_stops_before_an_attempt_that_would_start_late() -> None:
         flaky
     )
     with (
-        capture_events(layers.RetriesExhausted) as stopped,
+        capture_events(RetryStopped) as stopped,
         pytest.raises(ConnectionError) as info,
     ):
         await svc("x")
@@ -1147,9 +1166,11 @@ async def test_an_empty_budget_stops_retrying() -> None:
     """With no budget left, the error is raised at once and an event says why."""
     budget = layers.RetryBudget(min_per_second=0, percent=0)
     flaky = Flaky(5)
-    svc = Retry(on=ConnectionError, attempts=5, budget=budget, name="db").layer(flaky)
+    svc = Retry(
+        on=ConnectionError, attempts=5, backoff=[0.25], budget=budget, name="db"
+    ).layer(flaky)
     with (
-        capture_events(layers.RetryBudgetExhausted) as stopped,
+        capture_events(RetryStopped) as stopped,
         pytest.raises(ConnectionError) as info,
     ):
         await svc("x")
@@ -1157,7 +1178,14 @@ async def test_an_empty_budget_stops_retrying() -> None:
         "retry 'db' gave up after 1 attempt: the retry budget is exhausted"
     ]
     assert stopped == [
-        layers.RetryBudgetExhausted(layer="db", attempts=1, error="ConnectionError")
+        RetryStopped(
+            layer="db",
+            attempts=1,
+            reason="budget",
+            error="ConnectionError",
+            delay=0.25,
+            remaining=None,
+        )
     ]
 
 
@@ -1212,7 +1240,7 @@ async def test_an_early_call_does_not_pay_for_a_late_retry(
     await anyio.sleep(30)
     flaky = Flaky(1)
     with (
-        capture_events(layers.RetryBudgetExhausted) as refused,
+        capture_events(RetryStopped) as refused,
         pytest.raises(ConnectionError),
     ):
         await retry.layer(flaky)("x")
@@ -1252,12 +1280,8 @@ async def test_events_report_attempts_by_error_type_only() -> None:
     with capture_events() as seen:
         await svc.layer(flaky)("x")
     assert seen == [
-        layers.RetryAttemptFailed(
-            layer="api", attempt=1, delay=0.5, error="ConnectionError"
-        ),
-        layers.RetryAttemptFailed(
-            layer="api", attempt=2, delay=1.0, error="ConnectionError"
-        ),
+        RetryAttemptFailed(layer="api", attempt=1, delay=0.5, error="ConnectionError"),
+        RetryAttemptFailed(layer="api", attempt=2, delay=1.0, error="ConnectionError"),
     ]
     assert "hunter2" not in repr(seen)
     assert seen[0].event == "retry_attempt_failed"
@@ -1266,23 +1290,80 @@ async def test_events_report_attempts_by_error_type_only() -> None:
 async def test_error_types_outside_builtins_are_qualified() -> None:
     """An error type from a module is named with its module."""
     flaky = Flaky(1, error=lambda: layers.RateLimited(retry_after=0))
-    with capture_events(layers.RetryAttemptFailed) as seen:
+    with capture_events(RetryAttemptFailed) as seen:
         await Retry(on=layers.RateLimited, attempts=2).layer(flaky)("x")
     assert seen[0].error == "layers.RateLimited"
 
 
 async def test_exhaustion_event() -> None:
-    """Giving up after the attempts limit emits RetriesExhausted."""
+    """Giving up after the attempts limit emits RetryStopped, reason attempts."""
     with (
-        capture_events(layers.RetriesExhausted) as seen,
+        capture_events(RetryStopped) as seen,
         pytest.raises(ConnectionError),
     ):
         await Retry(on=ConnectionError, attempts=2, backoff=[0]).layer(Flaky(5))("x")
     assert seen == [
-        layers.RetriesExhausted(
-            layer="retry", attempts=2, reason="attempts", error="ConnectionError"
+        RetryStopped(
+            layer="retry",
+            attempts=2,
+            reason="attempts",
+            error="ConnectionError",
+            delay=None,
+            remaining=None,
         )
     ]
+
+
+async def test_stopping_under_a_deadline_reports_the_time_remaining() -> None:
+    """RetryStopped carries the time left before the deadline, whatever the reason."""
+    svc = (
+        layers.ServiceBuilder()
+        .timeout(10)
+        .retry(on=ConnectionError, attempts=2, backoff=[1])
+        .service(Flaky(5))
+    )
+    with capture_events(RetryStopped) as seen, pytest.raises(ConnectionError):
+        await svc("x")
+    assert seen == [
+        RetryStopped(
+            layer="retry",
+            attempts=2,
+            reason="attempts",
+            error="ConnectionError",
+            delay=None,
+            remaining=pytest.approx(9),  # type: ignore[arg-type]
+        )
+    ]
+
+
+async def test_a_retry_that_raises_an_error_not_retried_stops_with_an_event() -> None:
+    """A retry whose error on= does not match ends it: RetryStopped not_retryable."""
+    errors = [ConnectionError(), ConnectionError(), KeyError("k")]
+    flaky = Flaky(3, error=lambda: errors.pop(0))
+    retry = Retry(on=ConnectionError, attempts=5, backoff=[0.5], name="db")
+    with capture_events(RetryStopped) as seen, pytest.raises(KeyError) as info:
+        await retry.layer(flaky)("x")
+    assert info.value.__notes__ == [
+        "retry 'db': attempt 3 raised an error that is not retryable"
+    ]
+    assert seen == [
+        RetryStopped(
+            layer="db",
+            attempts=3,
+            reason="not_retryable",
+            error="KeyError",
+            delay=None,
+            remaining=None,
+        )
+    ]
+
+
+async def test_a_first_attempt_not_retried_emits_no_stop() -> None:
+    """An error on= does not match on the first attempt: no retry began, no event."""
+    flaky = Flaky(1, error=lambda: KeyError("k"))
+    with capture_events() as seen, pytest.raises(KeyError):
+        await Retry(on=ConnectionError, attempts=3).layer(flaky)("x")
+    assert seen == []
 
 
 # ------------------------------------------------------------- testing mode

@@ -405,14 +405,16 @@ async def test_default_task_name_and_report_snapshot() -> None:
 
 async def test_events_started_and_completed() -> None:
     """Shutdown emits ShutdownStarted then ShutdownCompleted with the counts."""
-    with capture_events(layers.ShutdownStarted, layers.ShutdownCompleted) as seen:
+    with capture_events(
+        layers.events.ShutdownStarted, layers.events.ShutdownCompleted
+    ) as seen:
         async with layers.Supervisor(grace=1, signals=(), name="app") as supervisor:
             supervisor.start_soon(stubborn, name="a")
             supervisor.start_soon(polite, supervisor, 0.5, name="b")
             supervisor.shutdown("test")
     assert seen == [
-        layers.ShutdownStarted(layer="app", reason="test", running=2, grace=1.0),
-        layers.ShutdownCompleted(
+        layers.events.ShutdownStarted(layer="app", reason="test", running=2, grace=1.0),
+        layers.events.ShutdownCompleted(
             layer="app", finished=1, failed=0, cancelled=1, forced=False
         ),
     ]

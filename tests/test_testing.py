@@ -119,11 +119,14 @@ async def test_capture_events_filters_by_type() -> None:
     svc = layers.Timeout(1, name="db").layer(
         MockService[int, int]().respond(1, delay=5)
     )
-    with capture_events() as everything, capture_events(layers.TimeoutElapsed) as only:
+    with (
+        capture_events() as everything,
+        capture_events(layers.events.TimeoutElapsed) as only,
+    ):
         with pytest.raises(layers.Elapsed):
             await svc(0)
         layers.events.emit(layers.Event(layer="other"))
-    assert only == [layers.TimeoutElapsed(layer="db", timeout=1)]
+    assert only == [layers.events.TimeoutElapsed(layer="db", timeout=1)]
     assert everything == [*only, layers.Event(layer="other")]
     layers.events.emit(layers.Event(layer="after"))
     assert len(everything) == 2

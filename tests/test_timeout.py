@@ -524,7 +524,7 @@ async def test_one_event_per_expiry_and_none_on_success() -> None:
         assert captured == []
         with pytest.raises(layers.Elapsed):
             await layers.Timeout(1, name="db").layer(sleeper(2))("hi")
-        assert captured == [layers.TimeoutElapsed(layer="db", timeout=1)]
+        assert captured == [layers.events.TimeoutElapsed(layer="db", timeout=1)]
         captured.clear()
         # nested: one expiry, one event, from the layer that raised
         nested = layers.Timeout(1, name="outer").layer(
@@ -533,7 +533,7 @@ async def test_one_event_per_expiry_and_none_on_success() -> None:
         with pytest.raises(layers.Elapsed, match="after 1 s"):
             await nested("hi")
         # equal deadlines: the outer layer's cancellation is the one that lands
-        assert captured == [layers.TimeoutElapsed(layer="outer", timeout=1)]
+        assert captured == [layers.events.TimeoutElapsed(layer="outer", timeout=1)]
         captured.clear()
         # outside cancellation is not an expiry
         with anyio.move_on_after(0.5):
