@@ -256,10 +256,10 @@ class Retry:
     ``add_note``) such as ``retry 'users-api' gave up after 3 attempts:
     the attempts limit (3) was reached``; and emits
     :class:`~layers.events.RetryStopped`, whose ``reason`` says which
-    limit it was. If the last attempt returned a
-    response that *on_result* wanted retried, that response is returned. An
-    exception that *on* does not match is raised at once, unchanged (after
-    a first retry it gets a note too).
+    limit it was. If the last attempt returned a response that *on_result*
+    wanted retried, that response is returned. An exception that *on* does
+    not match is raised at once, unchanged (after a first retry it gets a
+    note too, and ``RetryStopped`` says ``"not_retryable"``).
 
     **One note per reason.** A ``Retry`` notes an exception at most once
     per reason (the attempts limit, *max_time*, a delay hint, the

@@ -79,7 +79,7 @@ INTEGRATIONS = ("layers.httpx",)
 
 def package_events() -> list[type[layers.Event]]:
     """Every subclass of Event that a module of the package defines."""
-    for module in pkgutil.iter_modules(layers.__path__, "layers."):
+    for module in pkgutil.walk_packages(layers.__path__, "layers."):
         importlib.import_module(module.name)
     found: list[type[layers.Event]] = []
     pending = [layers.Event]
