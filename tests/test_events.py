@@ -291,7 +291,7 @@ def test_docs_name_no_event_that_does_not_exist() -> None:
     """Every event name that the docs, docstrings or examples quote exists."""
     names = {cls.event for cls in event_classes()}
     root = Path(__file__).parent.parent
-    pages = [*(root / "docs").rglob("*.md"), *(root / "layers").glob("*.py")]
+    pages = [*(root / "docs").rglob("*.md"), *(root / "layers").rglob("*.py")]
     pages += [*(root / "examples").glob("*.py"), root / "README.md"]
     suffixes = ("_rejected", "_exhausted", "_reached", "_scheduled", "_failed")
     suffixes += ("_opened", "_closed", "_started", "_completed", "_waited")
