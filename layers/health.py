@@ -39,13 +39,9 @@ from ._concurrency import ConcurrencyLimit
 from ._config import check_name, check_number, fail_value
 from ._errors import ConfigurationError, type_name
 from ._failures import reraise, split_failure
+from ._lifespan import answer_lifespan
 from ._ratelimit import RateLimit
-from .asgi import (
-    Receive,
-    Scope,
-    Send,
-    _answer_lifespan,  # pyright: ignore[reportPrivateUsage]
-)
+from .asgi import Receive, Scope, Send
 
 __all__ = [
     "CheckResult",
@@ -740,7 +736,7 @@ class HealthApp:
         """Serve one ASGI connection (``http`` or ``lifespan``)."""
         kind = scope["type"]
         if kind == "lifespan":
-            await _answer_lifespan(receive, send)
+            await answer_lifespan(receive, send)
             return
         if kind != "http":
             if kind == "websocket":

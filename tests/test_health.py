@@ -760,3 +760,32 @@ async def test_app_request_shares_the_cached_run() -> None:
         await hit()
     assert codes == [200] * 25
     assert probe.calls == 1
+
+
+# ------------------------------------------------------------ structure
+
+
+def test_no_module_imports_a_private_name_of_a_public_module() -> None:
+    """layers.health shares the lifespan answer through a private module, not asgi's.
+
+    A public module's private names are its own: another module that needs
+    one gets it from a private module both import.
+    """
+    import ast
+    from pathlib import Path
+
+    package = Path(layers.__file__).parent
+    found: list[str] = []
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or node.level != 1:
+                continue
+            module = node.module or ""
+            if module.startswith("_") or not module:
+                continue
+            found += [
+                f"{path.name}: from .{module} import {alias.name}"
+                for alias in node.names
+                if alias.name.startswith("_")
+            ]
+    assert found == []
