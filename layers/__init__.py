@@ -53,6 +53,8 @@ from ._errors import (
     Rejected,
     ShuttingDown,
 )
+from ._observable import Observable, Observation
+from ._per_key import KeyTableFull, PerKey, PerKeyStatistics
 from ._ratelimit import (
     MemoryRateLimitStore,
     RateLimit,
@@ -129,6 +131,7 @@ __all__ = [
     "HealthReport",
     "HealthStatus",
     "Identity",
+    "KeyTableFull",
     "Layer",
     "LayerFn",
     "LayersError",
@@ -136,7 +139,11 @@ __all__ = [
     "MapRequest",
     "MapResponse",
     "MemoryRateLimitStore",
+    "Observable",
+    "Observation",
     "Overloaded",
+    "PerKey",
+    "PerKeyStatistics",
     "RateLimit",
     "RateLimitRejected",
     "RateLimitStatistics",

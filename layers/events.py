@@ -30,6 +30,7 @@ __all__ = [
     "STATE",
     "Event",
     "Level",
+    "PerKeyRejected",
     "Sink",
     "TimeoutElapsed",
     "add_sink",
@@ -285,3 +286,8 @@ def _report_broken_sink(sink: Sink, event: Event, error: Exception) -> None:
 
 
 set_logging(True)
+
+
+# Event classes defined with their layer's module, exported here too (their
+# public home). Imported last: those modules import this one.
+from ._per_key import PerKeyRejected as PerKeyRejected  # noqa: E402
