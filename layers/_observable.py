@@ -179,7 +179,7 @@ class Observable(Protocol):
 
     @property
     def name(self) -> str:
-        """The layer's name: the check's name and the metrics' ``layers.layer.name``."""
+        """The layer's name, which names its health check and its metrics."""
         ...
 
     @property

@@ -50,7 +50,7 @@ class KeyTableFull(Rejected):
 
 @attrs.frozen(kw_only=True)
 class PerKeyRejected(Event):
-    """:class:`PerKey` refused a new key (see :class:`KeyTableFull`).
+    """:class:`~layers.PerKey` refused a new key (see :class:`~layers.KeyTableFull`).
 
     Attributes:
         max_keys: The table's bound, every entry of it protected.
