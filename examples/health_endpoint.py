@@ -50,7 +50,7 @@ async def main() -> None:
     payments = layers.CircuitBreaker(name="payments-api")
     checks = HealthChecks(cache_ttl=0.5, default_timeout=2.0)
     checks.add("database", database.ping, timeout=1.0)
-    checks.add_circuit_breaker(payments)  # open: degraded, not unhealthy
+    checks.add_layer(payments)  # open: degraded, not unhealthy
     app = HealthApp(checks)
 
     # A socket on a free port, handed to hypercorn: no race for the port.

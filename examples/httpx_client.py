@@ -18,7 +18,6 @@ import httpx
 import layers
 from layers.httpx import (
     LayeredTransport,
-    PerHost,
     RetryOn,
     breaker_options,
     describe_request,
@@ -60,7 +59,7 @@ async def main() -> None:
             backoff=layers.ConstantBackoff(0.1),
             max_delay=30,  # a longer Retry-After returns the response at once
         )
-        .layer(PerHost(breaker))
+        .layer(layers.PerKey(breaker, key=host_key))
         .rate_limit(100, key=host_key)
     )
     transport = LayeredTransport(stack, httpx.MockTransport(flaky_api))

@@ -46,6 +46,8 @@ from ._errors import (
     Rejected,
     ShuttingDown,
 )
+from ._observable import Observable, Observation
+from ._per_key import KeyTableFull, PerKey, PerKeyStatistics
 from ._ratelimit import (
     MemoryRateLimitStore,
     RateLimit,
@@ -104,6 +106,7 @@ __all__ = [
     "HealthReport",
     "HealthStatus",
     "Identity",
+    "KeyTableFull",
     "Layer",
     "LayerFn",
     "LayersError",
@@ -111,7 +114,11 @@ __all__ = [
     "MapRequest",
     "MapResponse",
     "MemoryRateLimitStore",
+    "Observable",
+    "Observation",
     "Overloaded",
+    "PerKey",
+    "PerKeyStatistics",
     "RateLimit",
     "RateLimitStatistics",
     "RateLimitStore",

@@ -60,6 +60,7 @@ from ._config import (
 from ._core import Service
 from ._errors import CircuitOpen, ConfigurationError
 from ._failures import split_failure
+from ._observable import HealthStatus, Observation
 from .events import Event, Level
 
 __all__ = [
@@ -378,6 +379,16 @@ class CircuitBreakerOptions(TypedDict, total=False):
     max_half_open_duration: float | None
 
 
+_STATE_HEALTH: Final[dict[CircuitState, HealthStatus]] = {
+    CircuitState.CLOSED: HealthStatus.HEALTHY,
+    CircuitState.OPEN: HealthStatus.UNHEALTHY,
+    CircuitState.HALF_OPEN: HealthStatus.DEGRADED,
+    CircuitState.DISABLED: HealthStatus.HEALTHY,
+    CircuitState.FORCED_OPEN: HealthStatus.UNHEALTHY,
+    CircuitState.METRICS_ONLY: HealthStatus.HEALTHY,
+}
+
+
 # ---------------------------------------------------------------- the layer
 
 
@@ -532,6 +543,8 @@ class CircuitBreaker:
         default=None, validator=_optional_seconds
     )
     _core: _Core = attrs.field(init=False, repr=False)
+    kind = "circuit_breaker"
+    """The kind of layer, for events and metrics (:class:`~layers.Observable`)."""
 
     def __attrs_post_init__(self) -> None:
         size = self.window_size
@@ -607,6 +620,28 @@ class CircuitBreaker:
         window's eviction of old buckets) are as of the last call.
         """
         return self._core.statistics()
+
+    def observe(self) -> Observation:
+        """The breaker for health checks and metrics (:class:`~layers.Observable`).
+
+        Open or forced open is ``UNHEALTHY``, half-open ``DEGRADED``, any
+        other state ``HEALTHY``; ``state`` is the :class:`CircuitState`,
+        ``rejected`` the calls rejected so far, and the figures are the
+        failure rate, the slow-call rate and the seconds until the next
+        probe (``None`` when unknown).
+        """
+        stats = self._core.statistics()
+        state = stats.state
+        return Observation(
+            status=_STATE_HEALTH[state],
+            state=state,
+            rejected=stats.rejected_calls,
+            figures={
+                "failure_rate": stats.failure_rate,
+                "slow_call_rate": stats.slow_call_rate,
+                "retry_after": stats.retry_after,
+            },
+        )
 
     # -- manual control -------------------------------------------------------------
 

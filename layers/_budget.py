@@ -8,13 +8,15 @@ it. See :class:`RetryBudget` for the exact rules.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Final, final
 
 import attrs
 
 from . import _backend
-from ._config import finite_number
+from ._config import finite_number, name_value
+from ._observable import HealthStatus, Observation
 
 __all__ = ["RetryBudget", "RetryBudgetStatistics"]
 
@@ -224,6 +226,8 @@ class RetryBudget:
             traffic; finite, >= 0 (default 10).
         percent: Retries allowed as a percentage of requests, from 0 to
             1000 (default 20, that is 20 %: tower's ``retry_percent=0.2``).
+        name: A name for health checks and metrics (default
+            ``"retry_budget"``).
 
     Example:
         >>> import anyio, layers
@@ -241,6 +245,7 @@ class RetryBudget:
         default=10.0, kw_only=True, validator=_per_second
     )
     percent: float = attrs.field(default=20.0, kw_only=True, validator=_percent)
+    name: str = attrs.field(default="retry_budget", kw_only=True, validator=name_value)
     _state: BudgetState = attrs.field(
         init=False,
         repr=False,
@@ -249,6 +254,9 @@ class RetryBudget:
             takes_self=True,
         ),
     )
+
+    kind = "retry_budget"
+    """The kind of layer, for events and metrics (:class:`~layers.Observable`)."""
 
     def deposit(self) -> None:
         """Count one request. Cheap: it mostly does not read the clock.
@@ -273,4 +281,26 @@ class RetryBudget:
             deposits=sum(state.deposits),
             retries=sum(state.retries),
             available=max(0, math.floor(state.balance() + 1e-9)),
+        )
+
+    def observe(self) -> Observation:
+        """The budget for health checks and metrics (:class:`~layers.Observable`).
+
+        ``DEGRADED`` while retries have used the whole budget (a retry now
+        would be refused), else ``HEALTHY``; the figures are ``deposits``,
+        ``retries`` and ``available`` as in :meth:`statistics`. Outside the
+        event loop's thread (a metrics exporter's), it does not read the
+        clock: the figures are as of the last call.
+        """
+        state = self._state
+        with contextlib.suppress(RuntimeError):  # no event loop in this thread
+            state.read_clock()
+        deposits = sum(state.deposits) + state.room - state.left  # pending ones too
+        retries = sum(state.retries)
+        balance = deposits * state.ratio - retries + state.reserve
+        available = max(0, math.floor(balance + 1e-9))
+        exhausted = retries > 0 and available == 0
+        return Observation(
+            status=HealthStatus.DEGRADED if exhausted else HealthStatus.HEALTHY,
+            figures={"deposits": deposits, "retries": retries, "available": available},
         )

@@ -38,6 +38,7 @@ from ._backend import Waiter, new_waiter
 from ._config import int_at_least, name_value, optional_positive_seconds
 from ._core import Service
 from ._errors import Overloaded
+from ._observable import Observation
 from .events import Event, Level
 
 __all__ = [
@@ -222,6 +223,8 @@ class ConcurrencyLimit:
     )
     name: str = attrs.field(default="concurrency_limit", kw_only=True, validator=_name)
     _state: _State = attrs.field(init=False, factory=_State, repr=False)
+    kind = "concurrency_limit"
+    """The kind of layer, for events and metrics (:class:`~layers.Observable`)."""
 
     def statistics(self) -> ConcurrencyLimitStatistics:
         """A snapshot of the counters (see :class:`ConcurrencyLimitStatistics`)."""
@@ -231,6 +234,21 @@ class ConcurrencyLimit:
             waiting=state.waiting(),
             rejected=state.rejected,
             max_in_flight=self.max_in_flight,
+        )
+
+    def observe(self) -> Observation:
+        """The limit for health checks and metrics (:class:`~layers.Observable`).
+
+        Always ``HEALTHY`` itself (a health check turns ``degraded`` on
+        refusals); ``in_flight``, ``waiting`` and ``rejected`` as in
+        :meth:`statistics`, and the figure ``max_in_flight``.
+        """
+        state = self._state
+        return Observation(
+            in_flight=state.in_flight,
+            waiting=state.waiting(),
+            rejected=state.rejected,
+            figures={"max_in_flight": self.max_in_flight},
         )
 
     def layer(self, inner: Service[Req, Res], /) -> Service[Req, Res]:

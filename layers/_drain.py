@@ -18,6 +18,7 @@ from . import events
 from ._config import check_number, finite_number, name_value
 from ._core import Service
 from ._errors import ShuttingDown
+from ._observable import HealthStatus, Observation
 from .events import Event, Level
 
 __all__ = ["Drain", "DrainRejected", "DrainStarted", "DrainStatistics"]
@@ -160,6 +161,8 @@ class Drain:
     )
     name: str = attrs.field(default="drain", kw_only=True, validator=name_value)
     _state: _State = attrs.field(init=False, factory=_State, repr=False)
+    kind = "drain"
+    """The kind of layer, for events and metrics (:class:`~layers.Observable`)."""
 
     @property
     def draining(self) -> bool:
@@ -178,6 +181,23 @@ class Drain:
             in_flight=state.in_flight,
             draining=state.draining,
             admitted=state.admitted,
+            rejected=state.rejected,
+        )
+
+    def observe(self) -> Observation:
+        """The drain for health checks and metrics (:class:`~layers.Observable`).
+
+        ``UNHEALTHY`` once draining (the instance is leaving: a readiness
+        check should take it out), with the state ``"draining"``; else
+        ``HEALTHY``, ``"serving"``. ``in_flight`` and ``rejected`` as in
+        :meth:`statistics`.
+        """
+        state = self._state
+        draining = state.draining
+        return Observation(
+            status=HealthStatus.UNHEALTHY if draining else HealthStatus.HEALTHY,
+            state="draining" if draining else "serving",
+            in_flight=state.in_flight,
             rejected=state.rejected,
         )
 

@@ -63,6 +63,7 @@ from ._config import (
 from ._core import Service
 from ._deadline import DEADLINE
 from ._errors import ConfigurationError, RateLimited
+from ._observable import Observation
 from .events import Event, Level
 
 __all__ = [
@@ -614,6 +615,8 @@ class RateLimit:
     )
     name: str = attrs.field(default="rate_limit", kw_only=True, validator=_name)
     _state: _State = attrs.field(init=False, repr=False)
+    kind = "rate_limit"
+    """The kind of layer, for events and metrics (:class:`~layers.Observable`)."""
 
     def __attrs_post_init__(self) -> None:
         interval = self.period / self.rate
@@ -672,6 +675,19 @@ class RateLimit:
             rejected=state.rejected,
             keys=keys,
             table_full=table_full,
+        )
+
+    def observe(self) -> Observation:
+        """The limit for health checks and metrics (:class:`~layers.Observable`).
+
+        Always ``HEALTHY`` itself (a health check turns ``degraded`` on
+        refusals); ``waiting`` and ``rejected`` as in :meth:`statistics`,
+        and the figure ``keys`` (``None`` without a key function or with a
+        custom store).
+        """
+        stats = self.statistics()
+        return Observation(
+            waiting=stats.waiting, rejected=stats.rejected, figures={"keys": stats.keys}
         )
 
     def layer(self, inner: Service[Req, Res], /) -> Service[Req, Res]:

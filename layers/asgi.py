@@ -37,6 +37,7 @@ from ._errors import (
     Rejected,
     ShuttingDown,
 )
+from ._lifespan import answer_lifespan
 
 __all__ = [
     "MAX_RETRY_AFTER",
@@ -348,7 +349,7 @@ class LayersMiddleware:
         kind = scope["type"]
         if kind != "http":
             if kind == "lifespan" and self._answer_lifespan:
-                await _answer_lifespan(receive, send)
+                await answer_lifespan(receive, send)
                 return
             await self.app(scope, receive, send)
             return
@@ -397,13 +398,3 @@ async def _send_response(send: Send, response: ErrorResponse) -> None:
         {"type": "http.response.start", "status": response.status, "headers": headers}
     )
     await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-async def _answer_lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

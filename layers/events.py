@@ -21,9 +21,8 @@ sink functions, so that an event never reads like the exception a caller
 catches (:class:`~layers.CircuitOpen` is raised,
 :class:`~layers.events.CircuitOpened` is reported). Each event class is
 defined next to the layer that emits it and published here. An integration
-that needs an extra keeps its events in its own module
-(:class:`layers.httpx.HostRefused`), since this module cannot import the
-extra.
+that needs an extra would keep its events in its own module, since this
+module cannot import the extra (none has an event of its own today).
 """
 
 from __future__ import annotations
@@ -51,6 +50,7 @@ __all__ = [
     "DrainStarted",
     "Event",
     "Level",
+    "PerKeyRejected",
     "RateLimitRejected",
     "RateLimitWaited",
     "RetryAttemptFailed",
@@ -331,6 +331,7 @@ from ._breaker import (  # noqa: E402
 )
 from ._concurrency import ConcurrencyLimitRejected  # noqa: E402
 from ._drain import DrainRejected, DrainStarted  # noqa: E402
+from ._per_key import PerKeyRejected  # noqa: E402
 from ._ratelimit import RateLimitRejected, RateLimitWaited  # noqa: E402
 from ._retry import RetryAttemptFailed, RetryStopped  # noqa: E402
 from ._shutdown import ShutdownCompleted, ShutdownStarted  # noqa: E402
@@ -345,6 +346,7 @@ for _published in (
     ConcurrencyLimitRejected,
     DrainRejected,
     DrainStarted,
+    PerKeyRejected,
     RateLimitRejected,
     RateLimitWaited,
     RetryAttemptFailed,

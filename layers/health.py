@@ -1,7 +1,8 @@
 """Health checks: a registry of named checks, a report, and an ASGI app.
 
 A :class:`HealthChecks` registry holds named async checks (a database ping,
-a downstream's circuit breaker, a limiter's saturation), each with a
+or any observable layer: a downstream's circuit breaker, a limiter's
+saturation, a drain; see :meth:`HealthChecks.add_layer`), each with a
 timeout and a *critical* flag. :meth:`HealthChecks.run` runs them all
 concurrently and returns a :class:`HealthReport`:
 
@@ -23,29 +24,22 @@ Reports carry exception *types*, never messages, unless
 
 from __future__ import annotations
 
-import enum
 import json
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final, TypeAlias, final
+from typing import Any, Final, TypeAlias, cast, final
 
 import anyio
 import attrs
 
 from . import events
 from ._backend import base_time
-from ._breaker import CircuitBreaker, CircuitState
-from ._concurrency import ConcurrencyLimit
 from ._config import check_name, check_number, fail_value
 from ._errors import ConfigurationError, type_name
 from ._failures import reraise, split_failure
-from ._ratelimit import RateLimit
-from .asgi import (
-    Receive,
-    Scope,
-    Send,
-    _answer_lifespan,  # pyright: ignore[reportPrivateUsage]
-)
+from ._lifespan import answer_lifespan
+from ._observable import HealthStatus, Observable, Observation
+from .asgi import Receive, Scope, Send
 
 __all__ = [
     "CheckResult",
@@ -55,17 +49,6 @@ __all__ = [
     "HealthReport",
     "HealthStatus",
 ]
-
-
-class HealthStatus(enum.StrEnum):
-    """The status of one check, or of a whole :class:`HealthReport`."""
-
-    HEALTHY = "healthy"
-    """Everything works."""
-    DEGRADED = "degraded"
-    """It works, with less capacity or without an optional dependency."""
-    UNHEALTHY = "unhealthy"
-    """It does not work, and a readiness probe should take the instance out."""
 
 
 _HEALTHY: Final = HealthStatus.HEALTHY
@@ -171,6 +154,24 @@ class HealthReport:
             "status": self.status.value,
             "checks": {r.name: r.to_dict(errors=errors) for r in self.checks},
         }
+
+
+_RANK: Final = {_HEALTHY: 0, _DEGRADED: 1, _UNHEALTHY: 2}
+
+
+def _worst(one: HealthStatus, other: HealthStatus) -> HealthStatus:
+    return one if _RANK[one] >= _RANK[other] else other
+
+
+def _observed(layer: Observable) -> Observation:
+    """``layer.observe()``, checked: a wrong return is a clear TypeError."""
+    observation = cast(object, layer.observe())
+    if not isinstance(observation, Observation):
+        raise TypeError(
+            f"{layer.name!r}.observe() must return a layers.Observation, "
+            f"got {type(observation).__name__}"
+        )
+    return observation
 
 
 def _overall(results: tuple[CheckResult, ...]) -> HealthStatus:
@@ -397,128 +398,97 @@ class HealthChecks:
 
         return register
 
-    def add_circuit_breaker(
+    def add_layer(
         self,
-        breaker: CircuitBreaker,
-        *,
-        name: str | None = None,
-        critical: bool = False,
-    ) -> None:
-        """Register a check that reports the state of *breaker*.
-
-        An open (or forced-open) breaker is ``unhealthy``: with *critical*,
-        that makes the report ``unhealthy``; without (the default), only
-        ``degraded``, since the service answers, without that downstream. A
-        half-open breaker is ``degraded``; closed, disabled and metrics-only
-        are ``healthy``. The details give the state, the failure rate and
-        the seconds until the next probe.
-
-        Args:
-            breaker: The :class:`~layers.CircuitBreaker` to watch.
-            name: The check's name (default: the breaker's ``name``).
-            critical: Whether an open breaker makes the report ``unhealthy``
-                (default ``False``: ``degraded``).
-        """
-        _require(
-            "HealthChecks.add_circuit_breaker",
-            "breaker",
-            breaker,
-            CircuitBreaker,
-            "a layers.CircuitBreaker",
-        )
-
-        async def breaker_check() -> tuple[HealthStatus, Details]:
-            stats = breaker.statistics()
-            state = stats.state
-            if state in (CircuitState.OPEN, CircuitState.FORCED_OPEN):
-                status = _UNHEALTHY
-            elif state is CircuitState.HALF_OPEN:
-                status = _DEGRADED
-            else:
-                status = _HEALTHY
-            return status, {
-                "state": state.value,
-                "failure_rate": stats.failure_rate,
-                "retry_after": stats.retry_after,
-            }
-
-        self._register(
-            "HealthChecks.add_circuit_breaker",
-            breaker.name if name is None else name,
-            breaker_check,
-            None,
-            critical,
-            True,
-        )
-
-    def add_limit(
-        self,
-        limit: ConcurrencyLimit | RateLimit,
+        layer: Observable,
         *,
         name: str | None = None,
         max_waiting: int | None = None,
         critical: bool = False,
     ) -> None:
-        """Register a check that reports whether *limit* is saturated.
+        """Register a check that reports the state of an observable *layer*.
 
-        The check is ``degraded`` when the limit refused calls since the
-        previous run of the check (since registration, the first time), or
-        when more than *max_waiting* calls wait in its queue; ``healthy``
-        otherwise. A limiter that sheds load is working as designed, so it
-        never makes the report ``unhealthy``. The details give the
-        limiter's statistics (calls in flight and waiting, refusals so far,
-        keys in a rate limiter's table).
+        Any :class:`~layers.Observable` will do: a
+        :class:`~layers.CircuitBreaker`, a :class:`~layers.RateLimit`, a
+        :class:`~layers.ConcurrencyLimit`, a :class:`~layers.Drain`, a
+        :class:`~layers.RetryBudget`, a :class:`~layers.PerKey`, or a layer
+        of your own. Each run reads ``layer.observe()``
+        (an :class:`~layers.Observation`); the check's status is the worst of:
+
+        * the layer's own verdict (``Observation.status``): an open breaker
+          is ``unhealthy``, a half-open one ``degraded``; a started drain is
+          ``unhealthy`` (the instance is leaving); a retry budget that
+          retries have used up is ``degraded``; a limit is ``healthy``;
+        * ``degraded`` if the layer refused calls since the previous run of
+          the check (since registration, the first time): a limit that
+          sheds load is working as designed, so refusals alone never make
+          the check ``unhealthy``;
+        * ``degraded`` if more than *max_waiting* calls wait to get in.
+
+        An ``unhealthy`` check makes the report ``unhealthy`` only with
+        *critical*; otherwise ``degraded``, since the service answers,
+        without that downstream (give a :class:`~layers.Drain`
+        ``critical=True`` so that readiness fails once shutdown begins).
+        The details give the layer's state and figures (calls in flight
+        and waiting, refusals so far and since the previous run, a breaker's
+        failure rate, the keys in a table).
 
         Args:
-            limit: A :class:`~layers.ConcurrencyLimit` or
-                :class:`~layers.RateLimit`.
-            name: The check's name (default: the limit's ``name``).
+            layer: The layer to watch.
+            name: The check's name (default: the layer's ``name``).
             max_waiting: The most waiting calls that still count as healthy,
                 an int >= 0, or ``None`` (the default) to ignore the queue.
-            critical: Recorded in the report; a saturated limit is only ever
-                ``degraded``.
+            critical: Whether an ``unhealthy`` layer makes the report
+                ``unhealthy`` (default ``False``: ``degraded``).
+
+        Raises:
+            layers.ConfigurationError: If *layer* is not observable, for a
+                bad or duplicate name, or a bad *max_waiting*.
         """
-        _require(
-            "HealthChecks.add_limit",
-            "limit",
-            limit,
-            (ConcurrencyLimit, RateLimit),
-            "a layers.ConcurrencyLimit or layers.RateLimit",
-        )
+        owner = "HealthChecks.add_layer"
+        if not isinstance(cast(object, layer), Observable):
+            fail_value(
+                owner,
+                "layer",
+                layer,
+                "an Observable layer (a name, a kind and an observe() method)",
+            )
         if max_waiting is not None and not _is_count(max_waiting):
             raise ConfigurationError(
-                f"HealthChecks.add_limit(max_waiting={max_waiting!r}): max_waiting "
+                f"{owner}(max_waiting={max_waiting!r}): max_waiting "
                 f"must be None or an int >= 0, got {max_waiting!r}"
             )
-        seen = [limit.statistics().rejected]
+        first = _observed(layer)
+        seen = [first.rejected or 0]
 
-        async def limit_check() -> tuple[HealthStatus, Details]:
-            details: dict[str, str | int | float | None]
-            if isinstance(limit, ConcurrencyLimit):
-                stats = limit.statistics()
-                waiting, rejected = stats.waiting, stats.rejected
-                details = {
-                    "in_flight": stats.in_flight,
-                    "max_in_flight": stats.max_in_flight,
-                }
-            else:
-                rate_stats = limit.statistics()
-                waiting, rejected = rate_stats.waiting, rate_stats.rejected
-                details = {"keys": rate_stats.keys}
-            refused = rejected - seen[0]
-            seen[0] = rejected
-            details["waiting"] = waiting
-            details["rejected"] = rejected
-            details["rejected_since_last_check"] = refused
-            saturated = refused > 0 or (
-                max_waiting is not None and waiting > max_waiting
-            )
-            return (_DEGRADED if saturated else _HEALTHY), details
+        async def layer_check() -> tuple[HealthStatus, Details]:
+            observation = _observed(layer)
+            status = observation.status
+            details: dict[str, str | int | float | None] = {}
+            if observation.state is not None:
+                details["state"] = str(observation.state)
+            if observation.in_flight is not None:
+                details["in_flight"] = observation.in_flight
+            waiting = observation.waiting
+            if waiting is not None:
+                details["waiting"] = waiting
+                if max_waiting is not None and waiting > max_waiting:
+                    status = _worst(status, _DEGRADED)
+            rejected = observation.rejected
+            if rejected is not None:
+                refused = rejected - seen[0]
+                seen[0] = rejected
+                details["rejected"] = rejected
+                details["rejected_since_last_check"] = refused
+                if refused > 0:
+                    status = _worst(status, _DEGRADED)
+            details.update(observation.figures)
+            return status, details
 
         self._register(
-            "HealthChecks.add_limit",
-            limit.name if name is None else name,
-            limit_check,
+            owner,
+            layer.name if name is None else name,
+            layer_check,
             None,
             critical,
             True,
@@ -740,7 +710,7 @@ class HealthApp:
         """Serve one ASGI connection (``http`` or ``lifespan``)."""
         kind = scope["type"]
         if kind == "lifespan":
-            await _answer_lifespan(receive, send)
+            await answer_lifespan(receive, send)
             return
         if kind != "http":
             if kind == "websocket":

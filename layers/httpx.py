@@ -8,7 +8,12 @@ real transport (by default ``httpx.AsyncHTTPTransport()``)::
         ServiceBuilder()
         .timeout(10)
         .retry(on=RetryOn(), retry_after=retry_after, attempts=3, max_delay=30)
-        .layer(PerHost(lambda host: CircuitBreaker(name=host, **breaker_options())))
+        .layer(
+            PerKey(
+                lambda host: CircuitBreaker(name=host, **breaker_options()),
+                key=host_key,
+            )
+        )
         .rate_limit(50, key=host_key)
     )
     async with httpx.AsyncClient(transport=transport) as client:
@@ -26,8 +31,9 @@ The HTTP-aware helpers plug into the generic layers:
 * :func:`breaker_options` (:func:`is_failure`, :func:`is_failure_response`)
   makes a :class:`~layers.CircuitBreaker` count transport errors and 5xx
   responses as failures;
-* :func:`host_key` and :class:`PerHost` give each host its own rate limit
-  or breaker (a host whose breaker is not closed is never forgotten);
+* :func:`host_key` is the key of a request's origin: give it to
+  :class:`~layers.PerKey` (one breaker per host) or to a
+  :class:`~layers.RateLimit` (one rate per host);
 * :func:`redact_url`, :func:`redact_headers` and :func:`describe_request`
   describe a request without its credentials (:func:`is_credential_name`
   says which header and query parameter names are hidden).
@@ -39,26 +45,21 @@ It needs httpx: install the ``httpx`` extra (``pip install
 from __future__ import annotations
 
 import email.utils
-import math
 import re
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, ClassVar, Final, TypedDict, TypeVar, cast, final, overload
+from typing import Any, Final, TypedDict, TypeVar, cast, final, overload
 from urllib.parse import unquote_plus
 
 import anyio
 import attrs
 
-from . import events
-from ._breaker import CircuitBreaker, CircuitState
 from ._builder import ServiceBuilder
-from ._config import check_int, fail_value
-from ._core import Layer, Service, Stack, TypePreservingLayer, as_layer
-from ._errors import ConfigurationError, Elapsed, Rejected
-from .events import Event, Level
+from ._config import fail_value
+from ._core import Layer, Service, TypePreservingLayer, as_layer
+from ._errors import ConfigurationError, Elapsed
 
 try:
     import httpx
@@ -76,10 +77,7 @@ __all__ = [
     "SENSITIVE_NAME_PARTS",
     "SENSITIVE_NAME_WORDS",
     "BreakerOptions",
-    "HostRefused",
-    "HostTableFull",
     "LayeredTransport",
-    "PerHost",
     "RetryOn",
     "RetryableResponse",
     "breaker_options",
@@ -739,14 +737,15 @@ def breaker_options() -> BreakerOptions:
     return {"failure_on": is_failure, "failure_response": is_failure_response}
 
 
-# ------------------------------------------------------------------ per host
+# ------------------------------------------------------------------ the host key
 
 
 def host_key(request: httpx.Request, /) -> str:
     """The key of *request*'s origin: ``scheme://host:port``, no credentials.
 
-    A key function for a per-host limit
-    (``RateLimit(..., key=host_key)``) or :class:`PerHost`. The port is
+    A key function for a per-host limit (``RateLimit(..., key=host_key)``)
+    or breaker (``PerKey(factory, key=host_key)``, see
+    :class:`~layers.PerKey`). The port is
     always given (80 and 443 by default), so ``https://example.com`` and
     ``https://example.com:443`` share a key.
 
@@ -761,227 +760,6 @@ def host_key(request: httpx.Request, /) -> str:
     if port is None:
         port = {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(url.scheme, 0)
     return f"{url.scheme}://{url.host}:{port}"
-
-
-def _positive_int(owner: str, parameter: str, value: object) -> None:
-    check_int(owner, parameter, value, 1, "an integer >= 1")
-
-
-class HostTableFull(Rejected):
-    """:class:`PerHost` refused a new host: every host it keeps is protected.
-
-    The table holds *max_hosts* hosts and each of them has a breaker that is
-    not closed (open with time left, half-open with probes in flight, or set
-    by hand), so none can be forgotten and the new host gets no layer. The
-    inner service was not called. ``retry_after`` is the time until the
-    first of those breakers ends its open period (``None`` if none will by
-    itself).
-    """
-
-
-@attrs.frozen(kw_only=True)
-class HostRefused(Event):
-    """:class:`PerHost` refused a new host (see :class:`HostTableFull`).
-
-    Attributes:
-        max_hosts: The table's bound, every entry of it protected.
-        retry_after: As the exception's.
-    """
-
-    event: ClassVar[str] = "host_refused"
-    kind: ClassVar[str] = "per_host"
-    level: ClassVar[Level] = "warning"
-
-    max_hosts: int
-    retry_after: float | None
-
-
-def _breakers_in(layer: object) -> tuple[CircuitBreaker, ...]:
-    """The circuit breakers in *layer*: itself, or inside a builder or a Stack."""
-    if isinstance(layer, CircuitBreaker):
-        return (layer,)
-    if isinstance(layer, ServiceBuilder | Stack):
-        inner = cast("tuple[object, ...]", layer.layers)
-        return tuple(found for each in inner for found in _breakers_in(each))
-    return ()
-
-
-def _held_for(breaker: CircuitBreaker) -> float | None:
-    """How long *breaker* protects its host, in seconds.
-
-    ``None``: not at all (closed); ``0``: no longer (its open period is over,
-    or its half-open trial has no probe running); ``inf``: until something
-    happens (a probe ends, a manual call).
-    """
-    state = breaker.state
-    if state is CircuitState.CLOSED:
-        return None
-    if state is CircuitState.OPEN:
-        return breaker.statistics().retry_after or 0.0
-    if state is CircuitState.HALF_OPEN:
-        return math.inf if breaker.statistics().half_open_calls_in_flight else 0.0
-    return math.inf  # a state set by hand stays until another manual call
-
-
-def _protected_for(breakers: tuple[CircuitBreaker, ...]) -> float | None:
-    """The longest protection of any of *breakers* (``None``: none protects)."""
-    longest: float | None = None
-    for breaker in breakers:
-        held = _held_for(breaker)
-        if held is not None and (longest is None or held > longest):
-            longest = held
-    return longest
-
-
-@final
-class PerHost:
-    """Give each host (or any key) its own instance of a stateful layer.
-
-    A :class:`~layers.CircuitBreaker` holds one state for everything it
-    wraps; ``PerHost(factory)`` builds one layer per key, on the key's first
-    request, with ``factory(key)``, so that a failing host opens only its
-    own breaker.
-
-    **The table is bounded** by *max_hosts*. When it is full, a new key
-    takes the place of the least recently used host whose protection would
-    not be lost: a host with no breaker, or whose breakers (the layer
-    itself, or inside a :class:`~layers.ServiceBuilder` or
-    :class:`~layers.Stack` the factory returns) are all closed. A host whose
-    breaker is not closed is never forgotten while it protects: an open
-    breaker with time left, a half-open one with probes running, or a
-    state set by hand (:meth:`~layers.CircuitBreaker.force_open`...). Next
-    in line is the least recently used host whose protection has lapsed (an
-    open breaker past its open duration, a half-open one with no probe
-    running: its next call would be let through anyway). If every host is
-    protected, the new key is refused with :class:`HostTableFull` (a
-    :class:`~layers.Rejected`, with a ``retry_after``) and a
-    :class:`HostRefused` event, and the table keeps its bound. A forgotten
-    host starts afresh on its next request; its calls in flight finish
-    normally. Only breakers count as protection: another layer (a
-    concurrency limit) of a forgotten host starts afresh.
-
-    Finding a place scans the table from its oldest entry and stops at the
-    first host without protection, so it costs one step when the oldest
-    host is unprotected, and up to *max_hosts* when many are protected.
-
-    (A :class:`~layers.RateLimit` needs no ``PerHost``: give it
-    ``key=host_key``.)
-
-    Args:
-        factory: ``factory(key) -> layer``, called once per key kept.
-        key: ``key(request) -> hashable`` (default :func:`host_key`).
-        max_hosts: The most keys kept, an integer >= 1 (default 1,000).
-        name: The name in :class:`HostTableFull` and :class:`HostRefused`
-            (default ``"per_host"``).
-
-    Raises:
-        layers.ConfigurationError: For a *max_hosts* below 1.
-        TypeError: If *factory* or *key* is not callable, or *name* not a
-            string; at a call, if ``key(request)`` is not hashable.
-
-    Example:
-        >>> import httpx
-        >>> from layers.httpx import PerHost, breaker_options
-        >>> import layers
-        >>> breakers = PerHost(
-        ...     lambda host: layers.CircuitBreaker(name=host, **breaker_options())
-        ... )
-    """
-
-    __slots__ = ("factory", "key", "max_hosts", "name")
-
-    def __init__(
-        self,
-        factory: Callable[[Any], Layer[Any, Any, Any, Any] | TypePreservingLayer],
-        *,
-        key: Callable[[Any], Hashable] = host_key,
-        max_hosts: int = 1000,
-        name: str = "per_host",
-    ) -> None:
-        for parameter, value in (("factory", factory), ("key", key)):
-            if not callable(value):
-                raise TypeError(
-                    f"PerHost({parameter}={value!r}): {parameter} must be callable, "
-                    f"got {type(value).__name__}"
-                )
-        _positive_int("PerHost", "max_hosts", max_hosts)
-        if not isinstance(cast(object, name), str):
-            raise TypeError(
-                f"PerHost(name={name!r}): name must be a string, "
-                f"got {type(name).__name__}"
-            )
-        self.factory = factory
-        self.key = key
-        self.max_hosts = max_hosts
-        self.name = name
-
-    def layer(self, inner: Service[Req, Res], /) -> Service[Req, Res]:
-        """Wrap *inner*: each key gets ``factory(key).layer(inner)``."""
-        table: OrderedDict[
-            Hashable, tuple[Service[Req, Res], tuple[CircuitBreaker, ...]]
-        ] = OrderedDict()
-        factory = self.factory
-        key_of = self.key
-        max_hosts = self.max_hosts
-        name = self.name
-
-        def make_room() -> None:
-            """Forget one host, or raise HostTableFull."""
-            lapsed: Hashable | None = None
-            found_lapsed = False
-            soonest = math.inf
-            for kept, (_, breakers) in table.items():  # the oldest first
-                held = _protected_for(breakers) if breakers else None
-                if held is None:
-                    del table[kept]
-                    return
-                if held <= 0:
-                    if not found_lapsed:
-                        lapsed, found_lapsed = kept, True
-                else:
-                    soonest = min(soonest, held)
-            if found_lapsed:
-                del table[lapsed]
-                return
-            retry_after = None if math.isinf(soonest) else soonest
-            if events.STATE.sinks:
-                events.emit(
-                    HostRefused(
-                        layer=name, max_hosts=max_hosts, retry_after=retry_after
-                    )
-                )
-            raise HostTableFull(
-                f"PerHost {name!r}: all {max_hosts} hosts kept (max_hosts) have a "
-                "breaker that is not closed; a new host is refused",
-                retry_after=retry_after,
-                layer=name,
-            )
-
-        async def per_host(request: Req, /) -> Res:
-            key = key_of(request)
-            try:
-                entry = table.get(key)
-            except TypeError:
-                raise TypeError(
-                    f"PerHost(key={key_of!r}): key(request) must return a "
-                    f"hashable value, got {type(key).__name__}"
-                ) from None
-            if entry is None:
-                if len(table) >= max_hosts:
-                    make_room()
-                made = as_layer("PerHost", "factory(key)", factory(key))
-                service = cast("Service[Req, Res]", made.layer(inner))
-                table[key] = (service, _breakers_in(made))
-            else:
-                table.move_to_end(key)
-                service = entry[0]
-            return await service(request)
-
-        return per_host
-
-    def __repr__(self) -> str:
-        name = getattr(self.factory, "__qualname__", repr(self.factory))
-        return f"PerHost({name}, max_hosts={self.max_hosts})"
 
 
 # ------------------------------------------------------------------ the transport

@@ -19,9 +19,11 @@ Three parts, each opt-in:
   (``layers.call.duration``). Put it where you want calls measured,
   outermost to see what the caller sees. It records only while its
   :class:`OtelMetrics` is installed; otherwise it costs one attribute read.
-* :meth:`OtelMetrics.observe` registers circuit breakers, concurrency limits
-  and rate limits for observable gauges (breaker state, permits in flight,
-  callers waiting...), read when the metrics are collected.
+* :meth:`OtelMetrics.observe` registers any observable layer
+  (:class:`~layers.Observable`: the built-in stateful layers, and your own)
+  for observable gauges (breaker state, calls in flight and waiting,
+  refusals, figures such as a failure rate), read when the metrics are
+  collected.
 
 Every instrument and attribute is listed in the how-to guide "Metrics with
 OpenTelemetry". Attributes hold layer names, event names and fixed reasons,
@@ -30,31 +32,29 @@ never anything taken from a request, a response or an exception message.
 
 from __future__ import annotations
 
+import enum
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast, final
 
 import attrs
 
 from . import _backend, events
-from ._breaker import (
-    CircuitBreaker,
-    CircuitCallRejected,
-    CircuitState,
-    CircuitStateChanged,
-)
-from ._concurrency import ConcurrencyLimit, ConcurrencyLimitRejected
+from ._breaker import CircuitCallRejected, CircuitStateChanged
+from ._concurrency import ConcurrencyLimitRejected
 from ._config import name_value
 from ._core import Service
 from ._errors import ConfigurationError, Elapsed, Rejected, type_name
 from ._failures import split_failure
-from ._ratelimit import RateLimit, RateLimitRejected
+from ._observable import Observable, Observation, is_metric_name
+from ._ratelimit import RateLimitRejected
 from ._retry import RetryAttemptFailed, RetryStopped
 from .events import Event, TimeoutElapsed
 
 try:
     from opentelemetry import metrics as _otel_metrics
-    from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
+    from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider
+    from opentelemetry.metrics import Observation as OtelObservation
 except ImportError as error:  # pragma: no cover - tested in a subprocess-free way
     raise ImportError(
         "layers.otel needs OpenTelemetry: install the 'otel' extra "
@@ -94,7 +94,6 @@ _OUTCOME: Final = "layers.call.outcome"
 _FROM_STATE: Final = "layers.circuit_breaker.from_state"
 _TO_STATE: Final = "layers.circuit_breaker.to_state"
 _TRANSITION_REASON: Final = "layers.circuit_breaker.reason"
-_STATE: Final = "layers.circuit_breaker.state"
 
 # Bucket boundaries for call durations in seconds, as OpenTelemetry's HTTP
 # semantic conventions advise (5 ms to 10 s).
@@ -142,13 +141,11 @@ class OtelMetrics:
 
     __slots__ = (
         "__weakref__",
-        "_breakers",
         "_call_duration",
         "_calls",
         "_dispatch",
         "_events",
-        "_limits",
-        "_rate_limits",
+        "_observed",
         "_rejections",
         "_retries",
         "_retry_stops",
@@ -206,40 +203,9 @@ class OtelMetrics:
             description="Duration of calls measured by an Instrumented layer.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
-        # Observed layers, by id; weak, so observing never keeps one alive.
-        self._breakers: dict[int, weakref.ref[CircuitBreaker]] = {}
-        self._limits: dict[int, weakref.ref[ConcurrencyLimit]] = {}
-        self._rate_limits: dict[int, weakref.ref[RateLimit]] = {}
-        meter.create_observable_gauge(
-            "layers.circuit_breaker.state",
-            callbacks=[self._observe_breaker_state],
-            unit="1",
-            description="1 for the state each circuit breaker is in, else 0.",
-        )
-        meter.create_observable_gauge(
-            "layers.concurrency_limit.in_flight",
-            callbacks=[self._observe_in_flight],
-            unit="{call}",
-            description="Calls holding a permit of a concurrency limit.",
-        )
-        meter.create_observable_gauge(
-            "layers.concurrency_limit.waiting",
-            callbacks=[self._observe_limit_waiting],
-            unit="{call}",
-            description="Calls waiting for a permit of a concurrency limit.",
-        )
-        meter.create_observable_gauge(
-            "layers.concurrency_limit.limit",
-            callbacks=[self._observe_limit],
-            unit="{call}",
-            description="The permits of a concurrency limit (max_in_flight).",
-        )
-        meter.create_observable_gauge(
-            "layers.rate_limit.waiting",
-            callbacks=[self._observe_rate_waiting],
-            unit="{call}",
-            description="Calls waiting in a rate limit's queue.",
-        )
+        # The gauges of observed layers, made on first use: by instrument
+        # name, the layers it reports (weakly: observing keeps none alive).
+        self._observed: dict[str, dict[int, Callable[[], Observable | None]]] = {}
         # The handler for each event class, found once along its MRO.
         self._dispatch: dict[type[Event], Callable[[Any], None]] = {}
 
@@ -395,80 +361,177 @@ class OtelMetrics:
 
     # -- gauges ---------------------------------------------------------------------
 
-    def observe(
-        self, *layer_objects: CircuitBreaker | ConcurrencyLimit | RateLimit
-    ) -> None:
-        """Report these layers' state as observable gauges.
+    def observe(self, *layer_objects: Observable) -> None:
+        """Report these layers' state as observable gauges, read at each collection.
 
-        Circuit breakers give ``layers.circuit_breaker.state``; concurrency
-        limits ``layers.concurrency_limit.in_flight``, ``.waiting`` and
-        ``.limit``; rate limits ``layers.rate_limit.waiting``. The gauges are
-        read when the metrics are collected. The layers are held weakly: a
-        layer that is garbage collected stops being reported. Observing one
-        twice is no error.
+        Any :class:`~layers.Observable` will do: the built-in stateful layers
+        (:class:`~layers.CircuitBreaker`, :class:`~layers.RateLimit`,
+        :class:`~layers.ConcurrencyLimit`, :class:`~layers.Drain`,
+        :class:`~layers.RetryBudget`, :class:`~layers.PerKey`) and your own.
+        A layer of kind ``K`` gets, for each field of its
+        :class:`~layers.Observation` that is not ``None`` when it is
+        observed here:
+
+        * ``state``: the gauge ``layers.K.state``, 1 with the attribute
+          ``layers.K.state`` set to the state, and (for a string enum such
+          as :class:`~layers.CircuitState`) 0 for each other state;
+        * ``in_flight`` and ``waiting``: the gauges ``layers.K.in_flight``
+          and ``layers.K.waiting``;
+        * ``rejected``: the observable counter ``layers.K.rejected``;
+        * each figure ``F``: the gauge ``layers.K.F`` (skipped at a
+          collection where its value is ``None``).
+
+        Every point carries ``layers.layer.name``. The layers are held
+        weakly (a layer that cannot be weakly referenced is held strongly):
+        a layer that is garbage collected stops being reported. Observing
+        one twice is no error. ``observe()`` is read at each collection,
+        maybe in an exporter's thread; a layer whose ``observe()`` raises
+        then is left out of that collection.
 
         Raises:
-            ConfigurationError: An argument is not one of those layers.
+            ConfigurationError: An argument is not observable, or its kind
+                is not a lower-case name (``[a-z][a-z0-9_]*``).
         """
         for obj in layer_objects:
-            key = id(obj)
-            if isinstance(obj, CircuitBreaker):
-                self._breakers[key] = weakref.ref(obj, _Forget(self._breakers, key))
-            elif isinstance(obj, ConcurrencyLimit):
-                self._limits[key] = weakref.ref(obj, _Forget(self._limits, key))
-            elif isinstance(obj, RateLimit):  # pyright: ignore[reportUnnecessaryIsInstance]
-                self._rate_limits[key] = weakref.ref(
-                    obj, _Forget(self._rate_limits, key)
-                )
-            else:
+            if not isinstance(cast(object, obj), Observable):
                 raise ConfigurationError(
-                    f"OtelMetrics.observe(): {obj!r} is not a CircuitBreaker, "
-                    "ConcurrencyLimit or RateLimit; allowed: those layer objects"
+                    f"OtelMetrics.observe(): {obj!r} is not observable; allowed: "
+                    "an Observable layer (a name, a kind and an observe() method), "
+                    "such as a CircuitBreaker, ConcurrencyLimit or RateLimit"
                 )
-
-    def _observe_breaker_state(self, options: CallbackOptions) -> Iterable[Observation]:
-        for breaker in _alive(self._breakers):
-            current = breaker.state
-            for state in CircuitState:
-                yield Observation(
-                    1 if state is current else 0,
-                    {ATTRIBUTE_LAYER_NAME: breaker.name, _STATE: state.value},
+            kind = obj.kind
+            if not is_metric_name(kind):
+                raise ConfigurationError(
+                    f"OtelMetrics.observe(): {obj!r} has kind={kind!r}; kind must "
+                    "be a lower-case name ([a-z][a-z0-9_]*), part of the "
+                    "instruments' names"
                 )
+            observation = obj.observe()
+            key = id(obj)
+            for figure in _figures_of(observation):
+                name = f"layers.{kind}.{figure}"
+                table = self._observed.get(name)
+                if table is None:
+                    table = self._observed[name] = {}
+                    self._instrument(name, kind, figure, table)
+                try:
+                    table[key] = weakref.ref(obj, _Forget(table, key))
+                except TypeError:  # no weak reference to it: hold it
+                    table[key] = _Held(obj)
 
-    def _observe_in_flight(self, options: CallbackOptions) -> Iterable[Observation]:
-        for limit in _alive(self._limits):
-            yield Observation(
-                limit.statistics().in_flight, {ATTRIBUTE_LAYER_NAME: limit.name}
+    def _instrument(
+        self,
+        name: str,
+        kind: str,
+        figure: str,
+        table: dict[int, Callable[[], Observable | None]],
+    ) -> None:
+        """Make the instrument *name*, which reports *figure* of *table*'s layers."""
+
+        def collect(options: CallbackOptions) -> Iterable[OtelObservation]:
+            for layer in _alive(table):
+                try:
+                    observation = layer.observe()
+                    points = list(_points(observation, kind, figure))
+                except Exception:  # one layer must not hide the others
+                    continue
+                layer_name = layer.name
+                for value, attributes in points:
+                    yield OtelObservation(
+                        value, {ATTRIBUTE_LAYER_NAME: layer_name, **attributes}
+                    )
+
+        meter = self.meter
+        if figure == "rejected":
+            meter.create_observable_counter(
+                name,
+                callbacks=[collect],
+                unit="{call}",
+                description=f"Calls refused so far by each observed {kind} layer.",
             )
-
-    def _observe_limit_waiting(self, options: CallbackOptions) -> Iterable[Observation]:
-        for limit in _alive(self._limits):
-            yield Observation(
-                limit.statistics().waiting, {ATTRIBUTE_LAYER_NAME: limit.name}
+        elif figure == "state":
+            meter.create_observable_gauge(
+                name,
+                callbacks=[collect],
+                unit="1",
+                description=f"1 for the state each observed {kind} layer is in.",
             )
-
-    def _observe_limit(self, options: CallbackOptions) -> Iterable[Observation]:
-        for limit in _alive(self._limits):
-            yield Observation(limit.max_in_flight, {ATTRIBUTE_LAYER_NAME: limit.name})
-
-    def _observe_rate_waiting(self, options: CallbackOptions) -> Iterable[Observation]:
-        for limit in _alive(self._rate_limits):
-            yield Observation(
-                limit.statistics().waiting, {ATTRIBUTE_LAYER_NAME: limit.name}
+        elif figure in ("in_flight", "waiting"):
+            what = "inside" if figure == "in_flight" else "waiting to get in"
+            meter.create_observable_gauge(
+                name,
+                callbacks=[collect],
+                unit="{call}",
+                description=f"Calls {what} each observed {kind} layer.",
+            )
+        else:
+            meter.create_observable_gauge(
+                name,
+                callbacks=[collect],
+                description=f"The {figure} of each observed {kind} layer.",
             )
 
     def __repr__(self) -> str:
         return f"OtelMetrics(enabled={self.enabled})"
 
 
-T = TypeVar("T")
+_SHARED: Final = ("state", "in_flight", "waiting", "rejected")
 
 
-def _alive(table: dict[int, weakref.ref[T]]) -> Iterator[T]:
+def _figures_of(observation: object) -> list[str]:
+    """The names of the fields and figures *observation* reports."""
+    if not isinstance(observation, Observation):
+        raise TypeError(
+            "observe() must return a layers.Observation, got "
+            f"{type(observation).__name__}"
+        )
+    shared = [name for name in _SHARED if getattr(observation, name) is not None]
+    return shared + list(observation.figures)
+
+
+def _points(
+    observation: Observation, kind: str, figure: str
+) -> Iterator[tuple[float, dict[str, str]]]:
+    """The values of *figure* in *observation*, with their own attributes."""
+    if figure == "state":
+        state = observation.state
+        if state is None:
+            return
+        attribute = f"layers.{kind}.state"
+        if isinstance(state, enum.Enum):
+            for member in type(state):
+                yield (1 if member is state else 0), {attribute: str(member.value)}
+        else:
+            yield 1, {attribute: state}
+        return
+    if figure in _SHARED:
+        value = getattr(observation, figure)
+    else:
+        value = observation.figures.get(figure)
+    if value is not None:
+        yield value, {}
+
+
+def _alive(
+    table: dict[int, Callable[[], Observable | None]],
+) -> Iterator[Observable]:
     for ref in list(table.values()):  # a copy: a callback may remove entries
         obj = ref()
         if obj is not None:
             yield obj
+
+
+@final
+class _Held:
+    """A strong stand-in for a weak reference, for a layer that has none."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Observable) -> None:
+        self.obj = obj
+
+    def __call__(self) -> Observable:
+        return self.obj
 
 
 @final

@@ -154,7 +154,7 @@ def test_stack_refuses_a_layer_class_pointing_to_an_instance() -> None:
 def test_a_builder_is_not_a_layer_where_one_is_checked() -> None:
     """Where a layer is checked, not converted, a builder points to into_layer()."""
     with pytest.raises(TypeError, match=r"into_layer\(\)"):
-        check_layer("PerHost", "factory(key)", ServiceBuilder().timeout(1))
+        check_layer("PerKey", "factory(key)", ServiceBuilder().timeout(1))
 
 
 def test_stack_repr_lists_its_layers() -> None:

@@ -89,6 +89,7 @@ checks = layers.HealthChecks()
 payments_breaker = layers.CircuitBreaker(name="payments")
 ledger_breaker = layers.CircuitBreaker(name="ledger")
 bulkhead = layers.ConcurrencyLimit(10)
+drain = layers.Drain()
 """,
     "howto/limits.md": """
 async def call_api(request): ...

@@ -444,7 +444,7 @@ async def test_open_breaker_degrades_or_fails_the_report() -> None:
     breaker = layers.CircuitBreaker(name="payments")
     strict = layers.CircuitBreaker(name="ledger")
     checks = HealthChecks(cache_ttl=0)
-    checks.add_circuit_breaker(breaker)
+    checks.add_layer(breaker)
     report = await checks.run()
     assert report.status is HEALTHY
     assert report["payments"].details["state"] == "closed"
@@ -453,7 +453,7 @@ async def test_open_breaker_degrades_or_fails_the_report() -> None:
     assert report.status is DEGRADED
     assert report["payments"].status is UNHEALTHY
     assert report["payments"].details["state"] == "forced_open"
-    checks.add_circuit_breaker(strict, name="ledger-db", critical=True)
+    checks.add_layer(strict, name="ledger-db", critical=True)
     strict.force_open()
     assert (await checks.run()).status is UNHEALTHY
     breaker.reset()
@@ -476,7 +476,7 @@ async def test_tripped_and_half_open_breaker() -> None:
 
     service = breaker.layer(api)
     checks = HealthChecks(cache_ttl=0)
-    checks.add_circuit_breaker(breaker, critical=True)
+    checks.add_layer(breaker, critical=True)
     with pytest.raises(ConnectionError):
         await service("fail")
     report = await checks.run()
@@ -505,7 +505,7 @@ async def test_concurrency_limit_saturation_is_degraded() -> None:
 
     service = limit.layer(work)
     checks = HealthChecks(cache_ttl=0)
-    checks.add_limit(limit)
+    checks.add_layer(limit)
     async with anyio.create_task_group() as group:
         group.start_soon(service, 1)
         await anyio.sleep(0.01)
@@ -537,7 +537,7 @@ async def test_queue_length_above_max_waiting_is_degraded() -> None:
 
     service = limit.layer(work)
     checks = HealthChecks(cache_ttl=0)
-    checks.add_limit(limit, name="pool", max_waiting=1)
+    checks.add_layer(limit, name="pool", max_waiting=1)
     async with anyio.create_task_group() as group:
         for i in range(2):
             group.start_soon(service, i)
@@ -560,7 +560,7 @@ async def test_rate_limit_rejections_degrade() -> None:
 
     service = limit.layer(echo)
     checks = HealthChecks(cache_ttl=0)
-    checks.add_limit(limit)
+    checks.add_layer(limit)
     await service("a")
     assert (await checks.run()).status is HEALTHY
     with pytest.raises(layers.RateLimited):
@@ -569,6 +569,151 @@ async def test_rate_limit_rejections_degrade() -> None:
     assert report.status is DEGRADED
     assert report["per-user"].details["keys"] == 1
     assert (await checks.run()).status is HEALTHY
+
+
+async def echo(request: int) -> int:
+    """A service that answers its request."""
+    return request
+
+
+class Maintenance:
+    """A user's own layer: refuses every call while in maintenance; observable."""
+
+    kind = "maintenance"
+
+    def __init__(self, name: str = "maintenance") -> None:
+        self.name = name
+        self.on = False
+        self.inside = 0
+        self.refused = 0
+
+    def layer(self, inner: layers.Service[int, int], /) -> layers.Service[int, int]:
+        """Wrap *inner*: refuse while in maintenance."""
+
+        async def service(request: int, /) -> int:
+            if self.on:
+                self.refused += 1
+                raise layers.Rejected("in maintenance", layer=self.name)
+            self.inside += 1
+            try:
+                return await inner(request)
+            finally:
+                self.inside -= 1
+
+        return service
+
+    def observe(self) -> layers.Observation:
+        """Unhealthy in maintenance; the calls inside and refused."""
+        return layers.Observation(
+            status=UNHEALTHY if self.on else HEALTHY,
+            state="maintenance" if self.on else "serving",
+            in_flight=self.inside,
+            rejected=self.refused,
+            figures={"switches": 1},
+        )
+
+
+async def test_a_users_own_layer_is_a_health_check() -> None:
+    """A layer implementing Observable becomes a check: its verdict and figures."""
+    maintenance = Maintenance()
+    assert isinstance(maintenance, layers.Observable)
+    service = maintenance.layer(echo)
+    checks = HealthChecks(cache_ttl=0)
+    checks.add_layer(maintenance, critical=True)
+    assert await service(1) == 1
+    report = await checks.run()
+    assert report.status is HEALTHY
+    assert dict(report["maintenance"].details) == {
+        "state": "serving",
+        "in_flight": 0,
+        "rejected": 0,
+        "rejected_since_last_check": 0,
+        "switches": 1,
+    }
+    maintenance.on = True
+    with pytest.raises(layers.Rejected):
+        await service(2)
+    report = await checks.run()
+    assert report.status is UNHEALTHY  # critical
+    assert report["maintenance"].details["rejected_since_last_check"] == 1
+
+
+async def test_a_started_drain_fails_readiness() -> None:
+    """A Drain as a critical check: healthy while serving, unhealthy once draining."""
+    drain = layers.Drain(name="server")
+    checks = HealthChecks(cache_ttl=0)
+    checks.add_layer(drain, critical=True)
+    report = await checks.run()
+    assert report.status is HEALTHY
+    assert report["server"].details["state"] == "serving"
+    drain.start()
+    report = await checks.run()
+    assert report.status is UNHEALTHY
+    assert report["server"].details["state"] == "draining"
+
+
+async def test_an_exhausted_retry_budget_is_degraded() -> None:
+    """A RetryBudget whose retries used it up is degraded, with its figures."""
+    budget = layers.RetryBudget(min_per_second=0, percent=50, name="api-retries")
+    checks = HealthChecks(cache_ttl=0)
+    checks.add_layer(budget)
+    assert (await checks.run()).status is HEALTHY  # no traffic: not exhausted
+    for _ in range(2):
+        budget.deposit()
+    assert budget.withdraw()
+    report = await checks.run()
+    assert report.status is DEGRADED
+    assert dict(report["api-retries"].details) == {
+        "deposits": 2,
+        "retries": 1,
+        "available": 0,
+    }
+
+
+async def test_a_per_key_table_that_refused_a_key_is_degraded() -> None:
+    """PerKey as a check: a key refused since the last run makes it degraded."""
+    per_key = layers.PerKey(
+        lambda key: layers.CircuitBreaker(name=str(key), consecutive_failures=1),
+        key=lambda request: request,
+        max_keys=1,
+        name="tenants",
+    )
+
+    async def fail(request: int) -> int:
+        raise ConnectionError
+
+    service = per_key.layer(fail)
+    checks = HealthChecks(cache_ttl=0)
+    checks.add_layer(per_key)
+    with pytest.raises(ConnectionError):
+        await service(1)
+    with pytest.raises(layers.KeyTableFull):
+        await service(2)
+    report = await checks.run()
+    assert report.status is DEGRADED
+    assert report["tenants"].details["protected"] == 1
+    assert (await checks.run()).status is HEALTHY
+
+
+async def test_an_observe_that_returns_no_observation_fails_the_check() -> None:
+    """observe() returning something else: the check is unhealthy (TypeError)."""
+
+    class Broken:
+        name = "broken"
+        kind = "broken"
+        calls = 0
+
+        def observe(self) -> layers.Observation:
+            self.calls += 1
+            if self.calls > 1:
+                return {"status": "fine"}  # type: ignore[return-value]
+            return layers.Observation()
+
+    checks = HealthChecks(cache_ttl=0)
+    checks.add_layer(Broken(), critical=True)
+    report = await checks.run()
+    assert report.status is UNHEALTHY
+    assert report["broken"].error == "TypeError"
 
 
 # ------------------------------------------------------------ configuration
@@ -585,10 +730,16 @@ async def test_rate_limit_rejections_degrade() -> None:
         (lambda: HealthChecks().add("x", 3), "check must be an async callable"),  # type: ignore[arg-type]
         (lambda: HealthChecks().add("x", Counter(), timeout=-2), "timeout=-2"),
         (lambda: HealthChecks().add("x", Counter(), critical=1), "critical=1"),  # type: ignore[arg-type]
-        (lambda: HealthChecks().add_circuit_breaker(3), "breaker must be"),  # type: ignore[arg-type]
-        (lambda: HealthChecks().add_limit("x"), "limit must be"),  # type: ignore[arg-type]
         (
-            lambda: HealthChecks().add_limit(
+            lambda: HealthChecks().add_layer(3),
+            "layer=3\\): layer must be an Observable",
+        ),  # type: ignore[arg-type]
+        (
+            lambda: HealthChecks().add_layer(layers.Timeout(1)),
+            "layer must be an Observable",
+        ),  # type: ignore[arg-type]
+        (
+            lambda: HealthChecks().add_layer(
                 layers.ConcurrencyLimit(1), max_waiting=-1
             ),
             "max_waiting must be None or an int >= 0, got -1",
@@ -618,7 +769,7 @@ def test_duplicate_names_are_refused() -> None:
         checks.add("db", Counter())
     breaker = layers.CircuitBreaker(name="db")
     with pytest.raises(layers.ConfigurationError, match="already registered"):
-        checks.add_circuit_breaker(breaker)
+        checks.add_layer(breaker)
 
 
 async def test_decorator_registers() -> None:
@@ -760,3 +911,32 @@ async def test_app_request_shares_the_cached_run() -> None:
         await hit()
     assert codes == [200] * 25
     assert probe.calls == 1
+
+
+# ------------------------------------------------------------ structure
+
+
+def test_no_module_imports_a_private_name_of_a_public_module() -> None:
+    """layers.health shares the lifespan answer through a private module, not asgi's.
+
+    A public module's private names are its own: another module that needs
+    one gets it from a private module both import.
+    """
+    import ast
+    from pathlib import Path
+
+    package = Path(layers.__file__).parent
+    found: list[str] = []
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or node.level != 1:
+                continue
+            module = node.module or ""
+            if module.startswith("_") or not module:
+                continue
+            found += [
+                f"{path.name}: from .{module} import {alias.name}"
+                for alias in node.names
+                if alias.name.startswith("_")
+            ]
+    assert found == []

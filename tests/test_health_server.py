@@ -99,9 +99,9 @@ async def test_open_breaker_over_http() -> None:
     """An open breaker: 200 degraded when not critical, 503 when critical."""
     breaker = layers.CircuitBreaker(name="payments")
     checks = HealthChecks(cache_ttl=0)
-    checks.add_circuit_breaker(breaker)
+    checks.add_layer(breaker)
     strict = HealthChecks(cache_ttl=0)
-    strict.add_circuit_breaker(breaker, critical=True)
+    strict.add_layer(breaker, critical=True)
     breaker.force_open()
 
     async def router(scope: Any, receive: Any, send: Any) -> None:

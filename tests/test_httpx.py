@@ -19,9 +19,7 @@ from layers.httpx import (
     IDEMPOTENT_METHODS,
     MAX_RETRY_AFTER,
     RETRY_STATUSES,
-    HostTableFull,
     LayeredTransport,
-    PerHost,
     RetryableResponse,
     RetryOn,
     breaker_options,
@@ -382,7 +380,7 @@ def test_breaker_classification() -> None:
 
 
 async def test_per_host_breakers_are_separate() -> None:
-    """PerHost: a failing host opens its own breaker; another host still works."""
+    """PerKey(key=host_key): a failing host opens its own breaker, not another's."""
     made: dict[str, layers.CircuitBreaker] = {}
 
     def breaker(host: str) -> layers.CircuitBreaker:
@@ -394,7 +392,8 @@ async def test_per_host_breakers_are_separate() -> None:
     async def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(503 if request.url.host == "down.test" else 200)
 
-    transport = LayeredTransport(PerHost(breaker), httpx.MockTransport(handler))
+    per_host = layers.PerKey(breaker, key=host_key)
+    transport = LayeredTransport(per_host, httpx.MockTransport(handler))
     async with httpx.AsyncClient(transport=transport) as http:
         for _ in range(2):
             await http.get("https://down.test/")
@@ -403,22 +402,6 @@ async def test_per_host_breakers_are_separate() -> None:
         assert (await http.get("https://up.test/")).status_code == 200
     assert made["https://down.test:443"].state is layers.CircuitState.OPEN
     assert made["https://up.test:443"].state is layers.CircuitState.CLOSED
-
-
-async def test_per_host_table_is_bounded() -> None:
-    """PerHost keeps at most max_hosts layers, dropping the least recently used."""
-    made: list[str] = []
-
-    def limit(host: str) -> layers.ConcurrencyLimit:
-        made.append(host)
-        return layers.ConcurrencyLimit(1)
-
-    server = Server(200)
-    async with client(PerHost(limit, max_hosts=2), server) as http:
-        for host in ["a", "b", "a", "c", "a", "b"]:
-            await http.get(f"https://{host}.test/")
-    # a stays (recently used); b is dropped when c arrives and made again
-    assert made == [f"https://{h}.test:443" for h in ["a", "b", "c", "b"]]
 
 
 async def test_rate_limit_per_host() -> None:
@@ -572,7 +555,6 @@ def test_parse_retry_after_never_raises(value: str) -> None:
         (lambda: RetryOn(methods="GET"), "methods"),
         (lambda: RetryOn(methods=[""]), "methods"),
         (lambda: RetryOn(errors=(int,)), "errors"),  # type: ignore[arg-type]
-        (lambda: PerHost(lambda key: layers.Identity(), max_hosts=0), "max_hosts"),
         (
             lambda: LayeredTransport(layers.Identity(), raise_statuses=503),  # type: ignore[arg-type]
             "raise_statuses",
@@ -588,7 +570,6 @@ def test_parse_retry_after_never_raises(value: str) -> None:
         "methods-str",
         "methods-empty",
         "errors-int",
-        "max-hosts-0",
         "raise-statuses-int",
         "raise-statuses-600",
     ],
@@ -609,8 +590,6 @@ def test_bad_types_are_type_errors() -> None:
         TypeError, match=r"transport must be an httpx\.AsyncBaseTransport"
     ):
         LayeredTransport(layers.Identity(), object())  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="factory must be callable"):
-        PerHost(None)  # type: ignore[arg-type]
 
 
 async def test_closing_the_transport_closes_the_real_one() -> None:
@@ -941,13 +920,16 @@ def test_status_messages_name_only_the_bad_values(
     assert "'700'" not in message, message  # numbers are shown as numbers
 
 
-# --- item 15: PerHost keeps protection
+# --- item 15: PerKey(key=host_key) keeps a host whose breaker is open
 
 
-def flaky_breaker(
-    made: dict[str, layers.CircuitBreaker],
-) -> Callable[[str], layers.CircuitBreaker]:
-    """A factory of breakers that open after 2 failures, for 30 s."""
+async def test_per_host_full_table_keeps_the_open_host() -> None:
+    """Through the transport: a full table never forgets the host that is down.
+
+    The rules themselves are tested on plain services in test_per_key.py.
+    """
+    made: dict[str, layers.CircuitBreaker] = {}
+    hosts: list[str] = []
 
     def breaker(host: str) -> layers.CircuitBreaker:
         made[host] = layers.CircuitBreaker(
@@ -955,171 +937,22 @@ def flaky_breaker(
             window_size=2,
             minimum_calls=2,
             open_duration=30,
-            half_open_calls=1,
             **breaker_options(),
         )
         return made[host]
-
-    return breaker
-
-
-def down_host_server() -> tuple[httpx.MockTransport, list[str]]:
-    """down.test answers 503, every other host 200; records the hosts called."""
-    hosts: list[str] = []
 
     async def handler(request: httpx.Request) -> httpx.Response:
         hosts.append(request.url.host)
         return httpx.Response(503 if request.url.host == "down.test" else 200)
 
-    return httpx.MockTransport(handler), hosts
-
-
-async def open_down_host(http: httpx.AsyncClient) -> None:
-    """Fail down.test twice, so that its breaker opens."""
-    for _ in range(2):
-        assert (await http.get("https://down.test/")).status_code == 503
-
-
-async def test_per_host_does_not_evict_an_open_breaker() -> None:
-    """A full table evicts a closed host, never the one whose breaker is open."""
-    made: dict[str, layers.CircuitBreaker] = {}
-    transport, hosts = down_host_server()
-    layered = LayeredTransport(PerHost(flaky_breaker(made), max_hosts=2), transport)
+    per_host = layers.PerKey(breaker, key=host_key, max_keys=1)
+    layered = LayeredTransport(per_host, httpx.MockTransport(handler))
     async with httpx.AsyncClient(transport=layered) as http:
-        await open_down_host(http)
-        for host in ["a", "b", "c", "d"]:  # down.test is now the least recently used
-            assert (await http.get(f"https://{host}.test/")).status_code == 200
-        hosts.clear()
+        for _ in range(2):
+            assert (await http.get("https://down.test/")).status_code == 503
+        with pytest.raises(layers.KeyTableFull):
+            await http.get("https://new.test/")
         with pytest.raises(layers.CircuitOpen):
             await http.get("https://down.test/")
-    assert hosts == []  # the failing host was not called again
-
-
-async def test_per_host_full_of_open_breakers_refuses_a_new_host() -> None:
-    """Every kept host protected: a new one is refused (HostTableFull), bound kept."""
-    made: dict[str, layers.CircuitBreaker] = {}
-    transport, hosts = down_host_server()
-    per_host = PerHost(flaky_breaker(made), max_hosts=1)
-    layered = LayeredTransport(per_host, transport)
-    with capture_events(layers.Event) as events:
-        async with httpx.AsyncClient(transport=layered) as http:
-            await open_down_host(http)
-            await anyio.sleep(10)
-            hosts.clear()
-            with pytest.raises(HostTableFull) as raised:
-                await http.get("https://new.test/")
-            assert hosts == []
-            assert "new.test" not in made
-            assert isinstance(raised.value, layers.Rejected)
-            assert raised.value.retry_after == pytest.approx(20, abs=0.01)
-            assert "max_hosts" in str(raised.value)
-            with pytest.raises(layers.CircuitOpen):  # still protected
-                await http.get("https://down.test/")
-            # once the open period is over, its protection has lapsed: evicted
-            await anyio.sleep(20)
-            assert (await http.get("https://new.test/")).status_code == 200
-    assert hosts == ["new.test"]
-    assert any(type(event).__name__ == "HostRefused" for event in events)
-
-
-async def test_per_host_keeps_a_forced_open_breaker() -> None:
-    """A breaker forced open by hand is kept however full the table gets."""
-    made: dict[str, layers.CircuitBreaker] = {}
-    transport, hosts = down_host_server()
-    layered = LayeredTransport(PerHost(flaky_breaker(made), max_hosts=2), transport)
-    async with httpx.AsyncClient(transport=layered) as http:
-        assert (await http.get("https://kept.test/")).status_code == 200
-        made["https://kept.test:443"].force_open()
-        for host in ["a", "b", "c"]:
-            assert (await http.get(f"https://{host}.test/")).status_code == 200
-        with pytest.raises(layers.CircuitOpen):
-            await http.get("https://kept.test/")
-    assert hosts == ["kept.test", "a.test", "b.test", "c.test"]
-
-
-async def test_per_host_sees_breakers_inside_a_builder() -> None:
-    """A factory returning a ServiceBuilder with a breaker is protected the same."""
-    made: dict[str, layers.CircuitBreaker] = {}
-    make = flaky_breaker(made)
-
-    def stack(host: str) -> layers.ServiceBuilder[Any, Any, Any, Any]:
-        return layers.ServiceBuilder().timeout(5).layer(make(host))
-
-    transport, hosts = down_host_server()
-    layered = LayeredTransport(PerHost(stack, max_hosts=2), transport)
-    async with httpx.AsyncClient(transport=layered) as http:
-        await open_down_host(http)
-        for host in ["a", "b", "c"]:
-            assert (await http.get(f"https://{host}.test/")).status_code == 200
-        hosts.clear()
-        with pytest.raises(layers.CircuitOpen):
-            await http.get("https://down.test/")
-    assert hosts == []
-
-
-async def test_per_host_half_open_probe_in_flight_is_kept() -> None:
-    """A half-open breaker whose probe is running is not evicted."""
-    made: dict[str, layers.CircuitBreaker] = {}
-    release = anyio.Event()
-    calls: list[str] = []
-
-    async def handler(request: httpx.Request) -> httpx.Response:
-        calls.append(request.url.host)
-        if request.url.host == "down.test":
-            if len(calls) > 2:
-                await release.wait()  # the probe hangs
-            return httpx.Response(503 if len(calls) <= 2 else 200)
-        return httpx.Response(200)
-
-    layered = LayeredTransport(
-        PerHost(flaky_breaker(made), max_hosts=1), httpx.MockTransport(handler)
-    )
-    async with httpx.AsyncClient(transport=layered) as http:
-        await open_down_host(http)
-        await anyio.sleep(31)
-        async with anyio.create_task_group() as group:
-            group.start_soon(http.get, "https://down.test/")  # the probe
-            await anyio.sleep(1)
-            assert made["https://down.test:443"].state is layers.CircuitState.HALF_OPEN
-            with pytest.raises(HostTableFull):
-                await http.get("https://new.test/")
-            release.set()
-        assert made["https://down.test:443"].state is layers.CircuitState.CLOSED
-        assert (await http.get("https://new.test/")).status_code == 200
-
-
-async def test_per_host_forgets_a_closed_host_before_a_lapsed_one() -> None:
-    """A closed host goes first; an open breaker past its open time goes next."""
-    made: dict[str, layers.CircuitBreaker] = {}
-    factory = flaky_breaker(made)
-    calls: list[str] = []
-
-    def counted(host: str) -> layers.CircuitBreaker:
-        calls.append(host)
-        return factory(host)
-
-    transport, _ = down_host_server()
-    layered = LayeredTransport(PerHost(counted, max_hosts=2), transport)
-    async with httpx.AsyncClient(transport=layered) as http:
-        await open_down_host(http)
-        await anyio.sleep(31)  # down.test's open period is over: lapsed
-        await http.get("https://b.test/")
-        await http.get("https://c.test/")  # b.test (closed) is forgotten
-        await http.get("https://d.test/")  # c.test too: closed goes first
-        await http.get("https://down.test/")  # its breaker, kept, lets a probe by
-    assert [host.split("//")[1].split(".")[0] for host in calls] == [
-        "down",
-        "b",
-        "c",
-        "d",
-    ]
-    assert made["https://down.test:443"].state is layers.CircuitState.OPEN  # re-tripped
-
-
-async def test_per_host_unhashable_key_is_a_clear_error() -> None:
-    """A key function returning an unhashable value: a TypeError naming key."""
-    server = Server(200)
-    per_host = PerHost(lambda key: layers.Identity(), key=lambda request: [1])
-    async with client(per_host, server) as http:
-        with pytest.raises(TypeError, match=r"PerHost\(key=.*hashable.*list"):
-            await http.get(URL)
+    assert hosts == ["down.test", "down.test"]
+    assert list(made) == ["https://down.test:443"]

@@ -164,6 +164,11 @@ EVENTS: list[tuple[events.Event, str, str]] = [
         "info",
         "supervisor",
     ),
+    (
+        events.PerKeyRejected(layer="l", max_keys=3, retry_after=2.0),
+        "warning",
+        "per_key",
+    ),
 ]
 
 

@@ -195,7 +195,8 @@ async def test_concurrency_rejections_and_gauges(
         points = read(reader)
         assert value(points, "layers.concurrency_limit.in_flight") == 1
         assert value(points, "layers.concurrency_limit.waiting") == 1
-        assert value(points, "layers.concurrency_limit.limit") == 1
+        assert value(points, "layers.concurrency_limit.max_in_flight") == 1
+        assert value(points, "layers.concurrency_limit.rejected") == 1
         release.set()
     points = read(reader)
     assert value(points, "layers.concurrency_limit.in_flight") == 0
@@ -485,6 +486,204 @@ def test_observed_layers_are_held_weakly(
     del breaker
     gc.collect()
     assert read(reader).get("layers.circuit_breaker.state", []) == []
+
+
+class Maintenance:
+    """A user's own layer: refuses every call while in maintenance; observable."""
+
+    kind = "maintenance"
+
+    def __init__(self, name: str = "maintenance") -> None:
+        self.name = name
+        self.on = False
+        self.inside = 0
+        self.refused = 0
+
+    def layer(self, inner: layers.Service[int, int], /) -> layers.Service[int, int]:
+        """Wrap *inner*: refuse while in maintenance."""
+
+        async def service(request: int, /) -> int:
+            if self.on:
+                self.refused += 1
+                raise layers.Rejected("in maintenance", layer=self.name)
+            self.inside += 1
+            try:
+                return await inner(request)
+            finally:
+                self.inside -= 1
+
+        return service
+
+    def observe(self) -> layers.Observation:
+        """Unhealthy in maintenance; the calls inside and refused, a figure."""
+        return layers.Observation(
+            status=(
+                layers.HealthStatus.UNHEALTHY
+                if self.on
+                else layers.HealthStatus.HEALTHY
+            ),
+            state="maintenance" if self.on else "serving",
+            in_flight=self.inside,
+            rejected=self.refused,
+            figures={"switches": 1.5},
+        )
+
+
+async def test_a_users_own_layer_gets_gauges_and_is_a_health_check(
+    metrics: OtelMetrics, reader: InMemoryMetricReader
+) -> None:
+    """A user-defined Observable layer gets OTel gauges and becomes a health check."""
+    maintenance = Maintenance("edge")
+    metrics.observe(maintenance)
+    checks = layers.HealthChecks(cache_ttl=0)
+    checks.add_layer(maintenance, critical=True)
+    release = anyio.Event()
+
+    async def held(request: int) -> int:
+        await release.wait()
+        return request
+
+    service = maintenance.layer(held)
+    async with anyio.create_task_group() as group:
+        group.start_soon(service, 1)
+        await anyio.sleep(1)
+        points = read(reader)
+        assert (
+            value(points, "layers.maintenance.in_flight", layers__layer__name="edge")
+            == 1
+        )
+        assert (
+            value(
+                points, "layers.maintenance.state", layers__maintenance__state="serving"
+            )
+            == 1
+        )
+        assert value(points, "layers.maintenance.switches") == 1.5
+        assert value(points, "layers.maintenance.rejected") == 0
+        assert (await checks.run()).status is layers.HealthStatus.HEALTHY
+        release.set()
+    maintenance.on = True
+    with pytest.raises(layers.Rejected):
+        await service(2)
+    points = read(reader)
+    assert value(points, "layers.maintenance.in_flight") == 0
+    assert value(points, "layers.maintenance.rejected") == 1
+    assert points["layers.maintenance.state"] == [
+        ({"layers.layer.name": "edge", "layers.maintenance.state": "maintenance"}, 1)
+    ]
+    assert "layers.maintenance.waiting" not in points  # None: not reported
+    report = await checks.run()
+    assert report.status is layers.HealthStatus.UNHEALTHY
+    assert report["edge"].details["rejected_since_last_check"] == 1
+
+
+async def test_every_built_in_stateful_layer_gets_gauges(
+    metrics: OtelMetrics, reader: InMemoryMetricReader
+) -> None:
+    """Drain, RetryBudget and PerKey are observable too, as breakers and limits are."""
+    drain = layers.Drain(name="server")
+    budget = layers.RetryBudget(min_per_second=0, percent=50, name="retries")
+    per_key = layers.PerKey(
+        lambda key: layers.ConcurrencyLimit(1), key=lambda request: request, name="keys"
+    )
+    metrics.observe(drain, budget, per_key)
+    await drain.layer(per_key.layer(ok))(3)
+    for _ in range(4):
+        budget.deposit()
+    assert budget.withdraw()
+    drain.start()
+    points = read(reader)
+    assert value(points, "layers.drain.in_flight") == 0
+    assert value(points, "layers.drain.state", layers__drain__state="draining") == 1
+    assert value(points, "layers.retry_budget.deposits") == 4
+    assert value(points, "layers.retry_budget.retries") == 1
+    assert value(points, "layers.retry_budget.available") == 1
+    assert value(points, "layers.per_key.keys", layers__layer__name="keys") == 1
+    assert value(points, "layers.per_key.max_keys") == 1000
+    assert value(points, "layers.per_key.rejected") == 0
+
+
+async def test_gauges_are_read_from_an_exporters_thread(
+    metrics: OtelMetrics, reader: InMemoryMetricReader
+) -> None:
+    """A collection in another thread (no event loop there) reads every layer."""
+    breaker = layers.CircuitBreaker(name="db", window_size=1)
+    budget = layers.RetryBudget(name="retries")
+    quota = layers.RateLimit(1, name="quota")
+    metrics.observe(breaker, budget, quota)
+
+    async def fail(request: int) -> int:
+        raise OSError("down")
+
+    with pytest.raises(OSError, match="down"):
+        await breaker.layer(fail)(1)
+    budget.deposit()
+    points = await anyio.to_thread.run_sync(read, reader)
+    assert (
+        value(
+            points,
+            "layers.circuit_breaker.state",
+            layers__circuit_breaker__state="open",
+        )
+        == 1
+    )
+    assert value(points, "layers.circuit_breaker.failure_rate") == 1.0
+    assert value(points, "layers.retry_budget.available") == 100
+    assert value(points, "layers.rate_limit.waiting") == 0
+
+
+async def test_a_layer_whose_observe_fails_is_left_out_of_that_collection(
+    metrics: OtelMetrics, reader: InMemoryMetricReader
+) -> None:
+    """observe() raising at a collection hides that layer only, that time."""
+    broken, fine = Maintenance("broken"), Maintenance("fine")
+    metrics.observe(broken, fine)
+    broken.observe = lambda: 1 / 0  # type: ignore[method-assign,assignment,return-value]
+    points = read(reader)
+    assert [
+        a["layers.layer.name"] for a, _ in points["layers.maintenance.in_flight"]
+    ] == ["fine"]
+
+
+def test_a_layer_without_weak_references_is_held(
+    metrics: OtelMetrics, reader: InMemoryMetricReader
+) -> None:
+    """An observable that cannot be weakly referenced is held, and reported."""
+
+    class Slotted:
+        __slots__ = ()
+        name = "slotted"
+        kind = "slotted"
+
+        def observe(self) -> layers.Observation:
+            return layers.Observation(waiting=2)
+
+    metrics.observe(Slotted())
+    gc.collect()
+    assert value(read(reader), "layers.slotted.waiting") == 2
+
+
+@pytest.mark.parametrize(
+    ("kind", "observation"),
+    [("Bad Kind", layers.Observation()), ("", layers.Observation()), ("ok", None)],
+    ids=["spaces", "empty", "no-observation"],
+)
+def test_observe_refuses_a_bad_kind_or_observation(
+    metrics: OtelMetrics, kind: str, observation: layers.Observation | None
+) -> None:
+    """A kind that cannot be part of an instrument name, or no Observation: refused."""
+
+    class Odd:
+        name = "odd"
+
+        def observe(self) -> layers.Observation | None:
+            return observation
+
+    odd = Odd()
+    odd.kind = kind  # type: ignore[attr-defined]
+    error = layers.ConfigurationError if observation is not None else TypeError
+    with pytest.raises(error, match=r"kind=|Observation"):
+        metrics.observe(odd)  # type: ignore[arg-type]
 
 
 def test_unknown_events_are_counted_as_events(

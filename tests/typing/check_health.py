@@ -17,14 +17,30 @@ async def replica() -> HealthStatus:
     return HealthStatus.DEGRADED
 
 
+class Cache:
+    """A user's own observable layer (no base class: the protocol is structural)."""
+
+    name = "cache"
+    kind = "cache"
+
+    def observe(self) -> layers.Observation:
+        """Its figures."""
+        return layers.Observation(in_flight=0, figures={"size": 12})
+
+
 async def main() -> None:
     """What an editor sees for the health API."""
     checks = HealthChecks(cache_ttl=1.0)
     checks.add("database", database, timeout=1.0)
     checks.add("replica", replica, critical=False)
-    checks.add_circuit_breaker(layers.CircuitBreaker(name="api"))
-    checks.add_limit(layers.ConcurrencyLimit(4), max_waiting=2)
-    checks.add_limit(layers.RateLimit(10))
+    checks.add_layer(layers.CircuitBreaker(name="api"))
+    checks.add_layer(layers.ConcurrencyLimit(4), max_waiting=2)
+    checks.add_layer(layers.RateLimit(10))
+    checks.add_layer(layers.Drain(), critical=True)
+    checks.add_layer(layers.RetryBudget())
+    checks.add_layer(layers.PerKey(lambda key: layers.Identity(), key=str))
+    checks.add_layer(Cache())
+    assert_type(Cache().observe(), layers.Observation)
 
     @checks.check("cache")
     async def cache() -> None:

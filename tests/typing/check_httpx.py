@@ -11,7 +11,6 @@ from layers import Service, ServiceBuilder
 from layers.httpx import (
     BreakerOptions,
     LayeredTransport,
-    PerHost,
     RetryOn,
     breaker_options,
     describe_request,
@@ -36,7 +35,7 @@ builder = (
     ServiceBuilder()
     .timeout(10)
     .retry(on=RetryOn(), retry_after=retry_after, attempts=3)
-    .layer(PerHost(breaker))
+    .layer(layers.PerKey(breaker, key=host_key))
     .circuit_breaker(name="all", **breaker_options())
     .rate_limit(10, key=host_key)
 )
