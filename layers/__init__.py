@@ -24,7 +24,7 @@ from ._breaker import (
     CircuitThresholdExceeded,
 )
 from ._budget import RetryBudget, RetryBudgetStatistics
-from ._builder import ServiceBuilder, Unchanged
+from ._builder import RetryOptions, ServiceBuilder, Unchanged
 from ._concurrency import (
     ConcurrencyLimit,
     ConcurrencyLimitRejected,
@@ -151,6 +151,7 @@ __all__ = [
     "RetryBudgetExhausted",
     "RetryBudgetStatistics",
     "RetryDeadlineReached",
+    "RetryOptions",
     "Service",
     "ServiceBuilder",
     "ShutdownCompleted",

@@ -95,7 +95,7 @@ def client(stack: Any, server: Server, **options: Any) -> httpx.AsyncClient:
     )
 
 
-def retrying(**options: Any) -> layers.ServiceBuilder[Any, Any, Any, Any]:
+def retrying(**options: Any) -> layers.ServiceBuilder:
     """A builder with an HTTP retry: 3 attempts, 1 s apart, no budget."""
     settings: dict[str, Any] = {
         "on": RetryOn(),
@@ -858,7 +858,7 @@ def slow_then_fast(delays: list[float]) -> tuple[httpx.MockTransport, list[str]]
 
 def retry_with_attempt_timeout(
     on: RetryOn,
-) -> layers.ServiceBuilder[Any, Any, Any, Any]:
+) -> layers.ServiceBuilder:
     """The pattern of docs/howto/retry.md: retry, then a per-attempt timeout."""
     return retrying(on=on).timeout(1.0, name="attempt")
 
@@ -1042,7 +1042,7 @@ async def test_per_host_sees_breakers_inside_a_builder() -> None:
     made: dict[str, layers.CircuitBreaker] = {}
     make = flaky_breaker(made)
 
-    def stack(host: str) -> layers.ServiceBuilder[Any, Any, Any, Any]:
+    def stack(host: str) -> layers.ServiceBuilder:
         return layers.ServiceBuilder().timeout(5).layer(make(host))
 
     transport, hosts = down_host_server()
