@@ -34,10 +34,15 @@ loop; inside it, each attempt takes (and waits for) a slot of its own.
 State
 -----
 The builder is immutable: every method returns a new builder and leaves the
-old one as it was, so a partial builder can be shared and extended. A method
-that adds a stateful layer (a rate limit, a breaker...) makes the layer object
-when the method is called; every service built from that builder, or from
-builders extended from it, shares that one state.
+old one as it was, so a partial builder can be shared and extended.
+
+One rule for the methods named after a layer (``.timeout()``, ``.retry()``,
+``.circuit_breaker()``...): each makes a **new** layer from the layer's own
+options, with the layer's own defaults, when the method is called; every
+service built from that builder, or from builders extended from it, shares
+that one state. A layer object that you make and keep (one breaker for the
+services of one host, a :class:`~layers.Drain` that a supervisor starts) is
+added with ``.layer(obj)``; no builder method takes one.
 
 Adding and building
 -------------------

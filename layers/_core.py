@@ -95,6 +95,10 @@ class Layer(Protocol[InReq_co, InRes_contra, OutReq_contra, OutRes_co]):
     the wrapping service; the work happens when that service is called.
     Type-preserving layers (most of them) implement ``layer`` as a generic
     method ``Service[R, S] -> Service[R, S]``; see :class:`TypePreservingLayer`.
+
+    The type parameters come inner side first, as
+    :class:`~layers.ServiceBuilder`'s; the outer side defaults to the inner
+    one, so ``Layer[Req, Res]`` is ``Layer[Req, Res, Req, Res]``.
     """
 
     def layer(
