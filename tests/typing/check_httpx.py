@@ -138,3 +138,29 @@ assert_type(signed_only().service(send), Service[httpx.Request, httpx.Response])
 def built_client() -> Service[httpx.Request, httpx.Response]:
     """A helper that builds: the service's type."""
     return http_only().service(send)
+
+
+def http_checks() -> ServiceBuilder[httpx.Request, httpx.Response]:
+    """The tutorial's: a stack for httpx services, with a type-preserving one in it."""
+    return ServiceBuilder().map_request(signed).map_response(checked).layer(resilient())
+
+
+def checks_only() -> ServiceBuilder[Unchanged, httpx.Response]:
+    """Touches the responses only: the request side stays Unchanged."""
+    return ServiceBuilder().map_response(checked).layer(resilient())
+
+
+assert_type(checks_only().service(send), Service[httpx.Request, httpx.Response])
+
+
+def user_client(http: httpx.AsyncClient) -> Service[int, dict[str, Any]]:
+    """The tutorial's: a builder that changes the types, then one that keeps them."""
+    return users_api().layer(http_checks()).service(http.send)
+
+
+assert_type(
+    users_api().layer(http_checks()),
+    ServiceBuilder[httpx.Request, httpx.Response, int, dict[str, Any]],
+)
+to_user = ServiceBuilder().map_request(user_request)
+users_api().layer(to_user)  # type: ignore[arg-type]
