@@ -88,7 +88,7 @@ async def main(backend: str) -> int:
     drain = layers.Drain(retry_after=1, name="http")
     stack = (
         layers.ServiceBuilder()
-        .drain(drain)
+        .layer(drain)
         .rate_limit(2, 1, mode="reject", key=client_address)
         .timeout(1)
     )

@@ -79,8 +79,8 @@ async def main() -> None:
         half_open_calls=2,
     )
     # one breaker, two services: they share its state
-    charge = layers.ServiceBuilder().circuit_breaker(breaker).service(host.charge)
-    refund = layers.ServiceBuilder().circuit_breaker(breaker).service(host.refund)
+    charge = layers.ServiceBuilder().layer(breaker).service(host.charge)
+    refund = layers.ServiceBuilder().layer(breaker).service(host.refund)
 
     print("the host is up:")
     await attempt(charge, 10)

@@ -59,7 +59,7 @@ async def main() -> None:
         layers.ServiceBuilder()
         .layer(metrics.instrument("inventory-api"))
         .retry(on=ConnectionError, attempts=2, backoff=[0.01], budget=None)
-        .circuit_breaker(breaker)
+        .layer(breaker)
         .service(inventory)
     )
     for item in ["apple", "pear", "broken", "plum"]:

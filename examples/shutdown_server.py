@@ -65,7 +65,7 @@ async def stuck() -> None:
 
 async def main(grace: float, with_stuck_task: bool) -> int:
     drain = layers.Drain(retry_after=5, name="jobs")
-    handler = layers.ServiceBuilder().drain(drain).timeout(5).service(handle)
+    handler = layers.ServiceBuilder().layer(drain).timeout(5).service(handle)
     async with layers.Supervisor(grace=grace, drains=[drain]) as supervisor:
         supervisor.start_soon(worker, supervisor, handler, name="worker")
         if with_stuck_task:

@@ -18,7 +18,7 @@ from ._breaker import (
     CircuitState,
 )
 from ._budget import RetryBudget, RetryBudgetStatistics
-from ._builder import ServiceBuilder, Unchanged
+from ._builder import RetryOptions, ServiceBuilder, Unchanged
 from ._concurrency import (
     ConcurrencyLimit,
     ConcurrencyLimitStatistics,
@@ -127,6 +127,7 @@ __all__ = [
     "Retry",
     "RetryBudget",
     "RetryBudgetStatistics",
+    "RetryOptions",
     "Service",
     "ServiceBuilder",
     "ShutdownReport",

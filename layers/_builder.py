@@ -34,10 +34,15 @@ loop; inside it, each attempt takes (and waits for) a slot of its own.
 State
 -----
 The builder is immutable: every method returns a new builder and leaves the
-old one as it was, so a partial builder can be shared and extended. A method
-that adds a stateful layer (a rate limit, a breaker...) makes the layer object
-when the method is called; every service built from that builder, or from
-builders extended from it, shares that one state.
+old one as it was, so a partial builder can be shared and extended.
+
+One rule for the methods named after a layer (``.timeout()``, ``.retry()``,
+``.circuit_breaker()``...): each makes a **new** layer from the layer's own
+options, with the layer's own defaults, when the method is called; every
+service built from that builder, or from builders extended from it, shares
+that one state. A layer object that you make and keep (one breaker for the
+services of one host, a :class:`~layers.Drain` that a supervisor starts) is
+added with ``.layer(obj)``; no builder method takes one.
 
 Adding and building
 -------------------
@@ -73,10 +78,11 @@ take a builder as well, and use its ``into_layer()``.
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any, Generic, Literal, TypeVar, Unpack, final, overload
+from typing import Any, Generic, TypedDict, Unpack, final, overload
 
-from ._backoff import BackoffSpec, ExponentialBackoff
+from ._backoff import BackoffSpec
 from ._breaker import CircuitBreaker, CircuitBreakerOptions
 from ._budget import RetryBudget
 from ._concurrency import ConcurrencyLimit
@@ -90,7 +96,6 @@ from ._core import (
     is_async_callable,
     wrap_in,
 )
-from ._drain import Drain
 from ._ratelimit import Mode, RateLimit, RateLimitStore
 from ._retry import Classification, Retry
 from ._timeout import Timeout
@@ -103,7 +108,32 @@ from ._transforms import (
     check_plain_function,
 )
 
-__all__ = ["ServiceBuilder", "Unchanged"]
+# Type parameter defaults (PEP 696) are in typing from Python 3.13 on.
+if sys.version_info >= (3, 13):
+    from typing import TypeVar
+else:
+    from typing_extensions import TypeVar
+
+__all__ = ["RetryOptions", "ServiceBuilder", "Unchanged"]
+
+
+@final
+class Unchanged:
+    """Type marker: this side of the builder does not change the type.
+
+    A builder whose layers all keep the request and response types is a
+    ``ServiceBuilder[Unchanged, Unchanged, Unchanged, Unchanged]``, which a
+    bare ``ServiceBuilder`` means (the type parameters default to it):
+    ``.service(f)`` returns a service with exactly *f*'s types. A builder
+    that changes one side only (a ``map_request``, say) keeps ``Unchanged``
+    on the other. It is never instantiated.
+    """
+
+    def __init__(self) -> None:  # pragma: no cover
+        raise TypeError("Unchanged is a type marker, not a value")
+
+
+U = Unchanged
 
 A = TypeVar("A")
 B = TypeVar("B")
@@ -113,41 +143,70 @@ P = TypeVar("P")
 Q = TypeVar("Q")
 R = TypeVar("R")
 S = TypeVar("S")
-X = TypeVar("X")
-Y = TypeVar("Y")
+# What a transform's function takes and gives where nothing else says: Any
+# when the function is a lambda (its parameter has no type), so that the
+# built service takes Any rather than a type guessed from elsewhere.
+X = TypeVar("X", default=Any)
+Y = TypeVar("Y", default=Any)
 
-ReqOut = TypeVar("ReqOut")
-ResOut = TypeVar("ResOut")
-ReqIn = TypeVar("ReqIn")
-ResIn = TypeVar("ResIn")
+# Inner first, as Layer's: a ServiceBuilder[InReq, InRes, OutReq, OutRes]
+# builds a Service[OutReq, OutRes] around a Service[InReq, InRes]. A bare
+# ServiceBuilder is the type-preserving one; ServiceBuilder[Req, Res] is one
+# that keeps the types of a Service[Req, Res].
+InReq = TypeVar("InReq", default=Unchanged)
+InRes = TypeVar("InRes", default=Unchanged)
+OutReq = TypeVar("OutReq", default=InReq)
+OutRes = TypeVar("OutRes", default=InRes)
 
 
-@final
-class Unchanged:
-    """Type marker: this side of the builder does not change the type.
+class RetryOptions(TypedDict, total=False):
+    """The keyword options of :class:`~layers.Retry`, as a typed dict.
 
-    ``ServiceBuilder[Unchanged, Unchanged, Unchanged, Unchanged]`` is a builder
-    whose layers all keep the request and response types, so
-    ``.service(f)`` returns a service with exactly *f*'s types. It is never
-    instantiated.
+    :meth:`ServiceBuilder.retry <layers.ServiceBuilder.retry>` takes them
+    (``**options``) to make a retry layer; an option left out has the
+    layer's own default (a new :class:`~layers.RetryBudget`, the default
+    :class:`~layers.ExponentialBackoff`...).
     """
 
-    def __init__(self) -> None:  # pragma: no cover
-        raise TypeError("Unchanged is a type marker, not a value")
-
-
-U = Unchanged
+    attempts: int | None
+    max_time: float | None
+    backoff: BackoffSpec
+    budget: RetryBudget | None
+    max_delay: float | None
+    min_attempt_time: float
+    retry_after: Callable[[Exception], float | None] | None
+    on_result: Callable[[Any], bool] | None
+    prepare: Callable[[Any, int], Any] | None
+    name: str
 
 
 @final
-class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
+class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
     """An immutable stack of layers; the first one added is the outermost.
 
-    ``ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]`` builds a
-    ``Service[ReqOut, ResOut]`` around a ``Service[ReqIn, ResIn]``. While all
-    its layers keep the types, the parameters are :class:`Unchanged` and the
-    built service has the inner service's types. Type checkers follow the
-    types through the built-in layers and transforms.
+    ``ServiceBuilder[InReq, InRes, OutReq, OutRes]`` builds a
+    ``Service[OutReq, OutRes]`` around a ``Service[InReq, InRes]``: the same
+    parameters, in the same order, as :class:`~layers.Layer` (and
+    :meth:`into_layer` gives a ``Layer[InReq, InRes, OutReq, OutRes]``).
+    While all its layers keep the types, the parameters are
+    :class:`Unchanged` and the built service has the inner service's types.
+    Type checkers follow the types through the built-in layers and
+    transforms.
+
+    The parameters have defaults, so a helper's return type is short:
+
+    * ``-> ServiceBuilder``: a builder that keeps the types, whatever the
+      service (``ServiceBuilder[Unchanged, Unchanged, Unchanged, Unchanged]``);
+    * ``-> ServiceBuilder[Req, Res]``: one that keeps the types of a
+      ``Service[Req, Res]`` (the outer side defaults to the inner one);
+    * ``-> ServiceBuilder[InReq, InRes, OutReq, OutRes]``: one that changes
+      them (``Unchanged`` on a side it leaves alone).
+
+    Each built-in layer has a method that makes a new layer from the
+    layer's own options, with the layer's defaults (``.timeout(2.0)`` is
+    ``.layer(layers.Timeout(2.0))``). To share a layer object that you
+    made (one breaker for two services, a :class:`~layers.Drain` that a
+    :class:`~layers.Supervisor` starts), add it with ``.layer(obj)``.
 
     ``.layer(some_layer)`` adds a layer and :meth:`service` builds. The
     builder is not itself a :class:`~layers.Layer` (its ``.layer()`` only
@@ -193,27 +252,35 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
     @overload
     def layer(
         self, layer: TypePreservingLayer, /
-    ) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]: ...
+    ) -> ServiceBuilder[InReq, InRes, OutReq, OutRes]: ...
     @overload
     def layer(
         self, layer: ServiceBuilder[U, U, U, U], /
-    ) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]: ...
+    ) -> ServiceBuilder[InReq, InRes, OutReq, OutRes]: ...
     @overload
     def layer(
         self: ServiceBuilder[U, U, U, U], layer: Layer[P, Q, A, B], /
-    ) -> ServiceBuilder[A, B, P, Q]: ...
+    ) -> ServiceBuilder[P, Q, A, B]: ...
     @overload
     def layer(
-        self: ServiceBuilder[U, D, U, C], layer: Layer[P, Q, A, C], /
-    ) -> ServiceBuilder[A, D, P, Q]: ...
+        self: ServiceBuilder[U, C, U, D], layer: Layer[P, Q, A, C], /
+    ) -> ServiceBuilder[P, Q, A, D]: ...
     @overload
     def layer(
-        self: ServiceBuilder[A, U, B, U], layer: Layer[P, Q, B, D], /
-    ) -> ServiceBuilder[A, D, P, Q]: ...
+        self: ServiceBuilder[B, U, A, U], layer: Layer[P, Q, B, D], /
+    ) -> ServiceBuilder[P, Q, A, D]: ...
     @overload
     def layer(
-        self: ServiceBuilder[A, B, C, D], layer: Layer[P, Q, C, D], /
-    ) -> ServiceBuilder[A, B, P, Q]: ...
+        self: ServiceBuilder[C, D, A, B], layer: Layer[P, Q, C, D], /
+    ) -> ServiceBuilder[P, Q, A, B]: ...
+    @overload
+    def layer(
+        self: ServiceBuilder[U, U, U, U], layer: ServiceBuilder[P, Q, A, B], /
+    ) -> ServiceBuilder[P, Q, A, B]: ...
+    @overload
+    def layer(
+        self: ServiceBuilder[C, D, A, B], layer: ServiceBuilder[P, Q, C, D], /
+    ) -> ServiceBuilder[P, Q, A, B]: ...
     def layer(self, layer: Any, /) -> Any:
         """Add *layer* inside those already added; return the new builder.
 
@@ -224,6 +291,12 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
         Anything else is refused at once: a class (pass an instance), a
         function ``Service -> Service`` (pass ``layers.layer_fn(f)``), a
         service (build with :meth:`service`).
+
+        This is how a layer object you keep is added: one
+        :class:`~layers.CircuitBreaker` shared by several services, a
+        :class:`~layers.Drain` that the program starts at shutdown. (The
+        methods named after layers, such as :meth:`circuit_breaker`, make
+        a new layer each time they are called.)
 
         The builder is not itself a :class:`~layers.Layer`: where a layer is
         wanted, :meth:`into_layer` gives one. (The APIs of ``layers`` that
@@ -240,7 +313,7 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
 
     def option_layer(
         self, layer: TypePreservingLayer | ServiceBuilder[U, U, U, U] | None, /
-    ) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]:
+    ) -> ServiceBuilder[InReq, InRes, OutReq, OutRes]:
         """Add *layer* if it is not ``None``; otherwise add nothing.
 
         For a layer that configuration turns on or off::
@@ -259,22 +332,25 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
 
     # -- building ---------------------------------------------------------------
 
+    # The type-preserving overload comes last: a side typed Any (a lambda's
+    # parameter, say) then stays Any, instead of matching Unchanged and
+    # taking the inner service's type.
+    @overload
+    def service(
+        self: ServiceBuilder[B, U, A, U], inner: Service[B, S], /
+    ) -> Service[A, S]: ...
+    @overload
+    def service(
+        self: ServiceBuilder[U, C, U, D], inner: Service[R, C], /
+    ) -> Service[R, D]: ...
+    @overload
+    def service(
+        self: ServiceBuilder[A, B, C, D], inner: Service[A, B], /
+    ) -> Service[C, D]: ...
     @overload
     def service(
         self: ServiceBuilder[U, U, U, U], inner: Service[R, S], /
     ) -> Service[R, S]: ...
-    @overload
-    def service(
-        self: ServiceBuilder[U, D, U, C], inner: Service[R, C], /
-    ) -> Service[R, D]: ...
-    @overload
-    def service(
-        self: ServiceBuilder[A, U, B, U], inner: Service[B, S], /
-    ) -> Service[A, S]: ...
-    @overload
-    def service(
-        self: ServiceBuilder[A, B, C, D], inner: Service[C, D], /
-    ) -> Service[A, B]: ...
     def service(self, inner: Any, /) -> Any:
         """Wrap *inner* in every layer and return the stacked service.
 
@@ -294,11 +370,11 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
     @overload
     def into_layer(self: ServiceBuilder[U, U, U, U]) -> TypePreservingLayer: ...
     @overload
-    def into_layer(self: ServiceBuilder[U, D, U, C]) -> Layer[Any, C, Any, D]: ...
+    def into_layer(self: ServiceBuilder[U, C, U, D]) -> Layer[Any, C, Any, D]: ...
     @overload
-    def into_layer(self: ServiceBuilder[A, U, B, U]) -> Layer[B, Any, A, Any]: ...
+    def into_layer(self: ServiceBuilder[B, U, A, U]) -> Layer[B, Any, A, Any]: ...
     @overload
-    def into_layer(self: ServiceBuilder[A, B, C, D]) -> Layer[C, D, A, B]: ...
+    def into_layer(self: ServiceBuilder[A, B, C, D]) -> Layer[A, B, C, D]: ...
     def into_layer(self) -> Any:
         """Turn the whole stack into one layer: the builder's way to be a Layer.
 
@@ -315,74 +391,36 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
         return Stack(*self._layers)
 
     # -- built-in layers ----------------------------------------------------------
+    #
+    # One rule: each method makes a new layer from the layer's own options,
+    # with the layer's own defaults (tests/test_builder.py checks that they
+    # do not drift apart). A layer object to share goes through .layer(obj).
 
     def timeout(
         self, seconds: float, *, name: str = "timeout"
-    ) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]:
-        """Add a :class:`~layers.Timeout` of *seconds*."""
+    ) -> ServiceBuilder[InReq, InRes, OutReq, OutRes]:
+        """Add a new :class:`~layers.Timeout` of *seconds*; options are the layer's."""
         return self._add(Timeout(seconds, name=name))
 
-    def drain(self, drain: Drain, /) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]:
-        """Add the :class:`~layers.Drain` *drain*, which counts calls in flight.
-
-        The drain object is given, not made here, because the program keeps
-        it to start draining (``drain.start()``, or ``Supervisor(drains=[drain])``)
-        and to wait for the calls inside (``await drain.wait_idle(timeout)``).
-        Put it outermost, so that a refused call takes nothing else.
-
-        Raises:
-            TypeError: If *drain* is not a ``Drain``.
-        """
-        if not isinstance(drain, Drain):  # pyright: ignore[reportUnnecessaryIsInstance]
-            raise TypeError(
-                f"ServiceBuilder.drain(drain={drain!r}): drain must be a "
-                f"layers.Drain, got {type(drain).__name__}"
-            )
-        return self._add(drain)
-
-    @overload
     def circuit_breaker(
-        self, breaker: CircuitBreaker, /
-    ) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]: ...
-    @overload
-    def circuit_breaker(
-        self, /, **options: Unpack[CircuitBreakerOptions]
-    ) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]: ...
-    def circuit_breaker(
-        self,
-        breaker: CircuitBreaker | None = None,
-        /,
-        **options: Unpack[CircuitBreakerOptions],
-    ) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]:
-        """Add a :class:`~layers.CircuitBreaker`: a shared one, or a new one.
+        self, **options: Unpack[CircuitBreakerOptions]
+    ) -> ServiceBuilder[InReq, InRes, OutReq, OutRes]:
+        """Add a new :class:`~layers.CircuitBreaker`; the options are the layer's.
 
-        ``.circuit_breaker(breaker)`` adds *breaker* itself: pass the same
-        object to several builders to guard several services with one state
-        (one breaker per downstream host). ``.circuit_breaker(**options)``
-        makes a breaker now from :class:`~layers.CircuitBreaker`'s options
-        (see :class:`~layers.CircuitBreakerOptions`), so every service built
-        from this builder shares it::
+        The breaker is made now from :class:`~layers.CircuitBreaker`'s options
+        (see :class:`~layers.CircuitBreakerOptions`), with its defaults, so
+        every service built from this builder shares it::
 
             builder.circuit_breaker(name="users-api", failure_rate_threshold=0.25)
 
+        To guard services built from different builders with one breaker
+        (one breaker per downstream host), make the breaker yourself and add
+        it with ``.layer(breaker)``.
+
         Raises:
-            TypeError: If *breaker* is not a ``CircuitBreaker``, or is given
-                with options.
             layers.ConfigurationError: For an invalid option.
         """
-        if breaker is None:
-            return self._add(CircuitBreaker(**options))
-        if not isinstance(breaker, CircuitBreaker):  # pyright: ignore[reportUnnecessaryIsInstance]
-            raise TypeError(
-                f"ServiceBuilder.circuit_breaker(breaker={breaker!r}): breaker must "
-                f"be a layers.CircuitBreaker, got {type(breaker).__name__}"
-            )
-        if options:
-            raise TypeError(
-                "ServiceBuilder.circuit_breaker(): give either a CircuitBreaker or "
-                f"options for a new one, not both (got {', '.join(options)})"
-            )
-        return self._add(breaker)
+        return self._add(CircuitBreaker(**options))
 
     def rate_limit(
         self,
@@ -397,11 +435,12 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
         cost: Callable[[Any], float] | None = None,
         store: RateLimitStore | None = None,
         name: str = "rate_limit",
-    ) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]:
-        """Add a :class:`~layers.RateLimit`: *rate* calls per *period*.
+    ) -> ServiceBuilder[InReq, InRes, OutReq, OutRes]:
+        """Add a new :class:`~layers.RateLimit`: *rate* calls per *period*.
 
         The options are the layer's. The layer object is made now, so every
-        service built from this builder shares one limit.
+        service built from this builder shares one limit; to share one limit
+        between builders, add a ``RateLimit`` you made with ``.layer()``.
         """
         return self._add(
             RateLimit(
@@ -425,8 +464,8 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
         max_queue: int | None = None,
         max_wait: float | None = None,
         name: str = "concurrency_limit",
-    ) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]:
-        """Add a :class:`~layers.ConcurrencyLimit` of *max_in_flight* calls.
+    ) -> ServiceBuilder[InReq, InRes, OutReq, OutRes]:
+        """Add a new :class:`~layers.ConcurrencyLimit` of *max_in_flight* calls.
 
         The options are the layer's. The layer object is made now, so every
         service built from this builder shares the same permits.
@@ -439,10 +478,10 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
 
     def load_shed(
         self, max_in_flight: int, *, name: str = "load_shed"
-    ) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]:
+    ) -> ServiceBuilder[InReq, InRes, OutReq, OutRes]:
         """Add load shedding: refuse at once what finds *max_in_flight* calls inside.
 
-        The same as ``.concurrency_limit(max_in_flight, max_queue=0)``: a
+        The same as ``.concurrency_limit(max_in_flight, max_queue=0)``: a new
         :class:`~layers.ConcurrencyLimit` without a queue, whose refusals
         raise :class:`~layers.Overloaded` without calling the inner service.
         (Tower's ``load_shed()`` sheds when the inner service is not ready;
@@ -452,58 +491,43 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
         return self._add(ConcurrencyLimit(max_in_flight, max_queue=0, name=name))
 
     def retry(
-        self,
-        on: Classification,
-        *,
-        attempts: int | None = None,
-        max_time: float | None = None,
-        backoff: BackoffSpec | None = None,
-        budget: RetryBudget | Literal["new"] | None = "new",
-        max_delay: float | None = None,
-        min_attempt_time: float = 0.0,
-        retry_after: Callable[[Exception], float | None] | None = None,
-        on_result: Callable[[Any], bool] | None = None,
-        prepare: Callable[[Any, int], Any] | None = None,
-        name: str = "retry",
-    ) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]:
-        """Add a :class:`~layers.Retry`; the options are the layer's.
+        self, on: Classification, **options: Unpack[RetryOptions]
+    ) -> ServiceBuilder[InReq, InRes, OutReq, OutRes]:
+        """Add a new :class:`~layers.Retry`; the options are the layer's.
 
-        ``backoff=None`` means the default ``ExponentialBackoff()``;
-        ``budget="new"`` (the default) gives the layer a new
+        *on* and the options (see :class:`RetryOptions`) are
+        :class:`~layers.Retry`'s, with its defaults: an option left out has
+        the layer's default, so the layer gets a new
         :class:`~layers.RetryBudget`, made now and shared by every service
-        built from this builder; ``budget=None`` turns the budget off.
+        built from this builder, unless ``budget=`` says otherwise
+        (``budget=None`` turns it off)::
+
+            builder.retry(on=ConnectionError, attempts=3)
+
+        Raises:
+            layers.ConfigurationError: For an invalid option.
         """
-        return self._add(
-            Retry(
-                on,
-                attempts=attempts,
-                max_time=max_time,
-                backoff=ExponentialBackoff() if backoff is None else backoff,
-                budget=RetryBudget() if budget == "new" else budget,
-                max_delay=max_delay,
-                min_attempt_time=min_attempt_time,
-                retry_after=retry_after,
-                on_result=on_result,
-                prepare=prepare,
-                name=name,
-            )
-        )
+        return self._add(Retry(on, **options))
 
     # -- transforms -----------------------------------------------------------------
 
     @overload
     def map_request(
-        self: ServiceBuilder[U, D, U, C], function: Callable[[X], Y], /
-    ) -> ServiceBuilder[X, D, Y, C]: ...
+        self: ServiceBuilder[U, C, U, D], function: Callable[[X], Y]
+    ) -> ServiceBuilder[Y, C, X, D]: ...
     @overload
     def map_request(
-        self: ServiceBuilder[A, D, B, C], function: Callable[[B], Y], /
-    ) -> ServiceBuilder[A, D, Y, C]: ...
-    def map_request(self, function: Callable[[Any], Any], /) -> Any:
+        self: ServiceBuilder[B, C, A, D], function: Callable[[B], Y]
+    ) -> ServiceBuilder[Y, C, A, D]: ...
+    def map_request(self, function: Callable[[Any], Any]) -> Any:
         """Add a :class:`~layers.MapRequest`: the inner gets ``function(request)``.
 
         *function* is a plain function; an async one is refused (for async
         work on the request, add a layer made with :func:`~layers.layer_fn`).
+        Give it a function whose parameter is annotated (``def parse(body:
+        bytes) -> int``): the built service then takes that type. A lambda's
+        parameter has no type for a checker to find (mypy takes it as
+        ``Any``; pyright strict reports it).
 
         Raises:
             layers.ConfigurationError: If *function* is not callable, or is async.
@@ -513,13 +537,13 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
 
     @overload
     def map_response(
-        self: ServiceBuilder[A, U, B, U], function: Callable[[X], Y], /
-    ) -> ServiceBuilder[A, Y, B, X]: ...
+        self: ServiceBuilder[B, U, A, U], function: Callable[[X], Y]
+    ) -> ServiceBuilder[B, X, A, Y]: ...
     @overload
     def map_response(
-        self: ServiceBuilder[A, D, B, C], function: Callable[[X], C], /
-    ) -> ServiceBuilder[A, D, B, X]: ...
-    def map_response(self, function: Callable[[Any], Any], /) -> Any:
+        self: ServiceBuilder[B, C, A, D], function: Callable[[X], C]
+    ) -> ServiceBuilder[B, X, A, D]: ...
+    def map_response(self, function: Callable[[Any], Any]) -> Any:
         """Add a :class:`~layers.MapResponse`: callers get ``function(response)``.
 
         *function* is a plain function; for an async one, use :meth:`and_then`.
@@ -532,19 +556,19 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
 
     @overload
     def and_then(
-        self: ServiceBuilder[A, U, B, U], function: Callable[[X], Awaitable[Y]], /
-    ) -> ServiceBuilder[A, Y, B, X]: ...
+        self: ServiceBuilder[B, U, A, U], function: Callable[[X], Awaitable[Y]]
+    ) -> ServiceBuilder[B, X, A, Y]: ...
     @overload
     def and_then(
-        self: ServiceBuilder[A, D, B, C], function: Callable[[X], Awaitable[C]], /
-    ) -> ServiceBuilder[A, D, B, X]: ...
-    def and_then(self, function: Callable[[Any], Awaitable[Any]], /) -> Any:
+        self: ServiceBuilder[B, C, A, D], function: Callable[[X], Awaitable[C]]
+    ) -> ServiceBuilder[B, X, A, D]: ...
+    def and_then(self, function: Callable[[Any], Awaitable[Any]]) -> Any:
         """Add an :class:`~layers.AndThen`: callers get ``await function(response)``."""
         return self._add(AndThen(function))
 
     def map_err(
-        self, function: Callable[[Exception], Exception], /
-    ) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]:
+        self, function: Callable[[Exception], Exception]
+    ) -> ServiceBuilder[InReq, InRes, OutReq, OutRes]:
         """Add a :class:`~layers.MapErr`: exceptions pass through ``function``.
 
         *function* is a plain function that returns the exception to raise.
@@ -558,10 +582,9 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
     def filter(
         self,
         predicate: Callable[[Any], bool] | Callable[[Any], Awaitable[bool]],
-        /,
         *,
         name: str = "filter",
-    ) -> ServiceBuilder[ReqOut, ResOut, ReqIn, ResIn]:
+    ) -> ServiceBuilder[InReq, InRes, OutReq, OutRes]:
         """Add a :class:`~layers.Filter`; refused requests raise ``Filtered``."""
         return self._add(Filter(predicate, name=name))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import (
     TYPE_CHECKING,
@@ -21,7 +22,6 @@ from typing import (
     NoReturn,
     Protocol,
     TypeGuard,
-    TypeVar,
     cast,
     final,
     overload,
@@ -31,6 +31,12 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from ._config import check_callable
+
+# Type parameter defaults (PEP 696) are in typing from Python 3.13 on.
+if sys.version_info >= (3, 13):
+    from typing import TypeVar
+else:
+    from typing_extensions import TypeVar
 
 if TYPE_CHECKING:
     from ._builder import ServiceBuilder
@@ -51,14 +57,18 @@ Res = TypeVar("Res")
 Req_contra = TypeVar("Req_contra", contravariant=True)
 Res_co = TypeVar("Res_co", covariant=True)
 
+# The type parameters of a layer, inner first: ``Layer[InReq, InRes, OutReq,
+# OutRes]`` wraps a ``Service[InReq, InRes]`` into a ``Service[OutReq, OutRes]``
+# (the order of ServiceBuilder's too). The outer side defaults to the inner
+# one, so ``Layer[Req, Res]`` is a layer that keeps the types.
 InReq = TypeVar("InReq")
 InRes = TypeVar("InRes")
-OutReq = TypeVar("OutReq")
-OutRes = TypeVar("OutRes")
+OutReq = TypeVar("OutReq", default=InReq)
+OutRes = TypeVar("OutRes", default=InRes)
 InReq_co = TypeVar("InReq_co", covariant=True)
 InRes_contra = TypeVar("InRes_contra", contravariant=True)
-OutReq_contra = TypeVar("OutReq_contra", contravariant=True)
-OutRes_co = TypeVar("OutRes_co", covariant=True)
+OutReq_contra = TypeVar("OutReq_contra", contravariant=True, default=InReq_co)
+OutRes_co = TypeVar("OutRes_co", covariant=True, default=InRes_contra)
 
 
 class Service(Protocol[Req_contra, Res_co]):
@@ -85,6 +95,10 @@ class Layer(Protocol[InReq_co, InRes_contra, OutReq_contra, OutRes_co]):
     the wrapping service; the work happens when that service is called.
     Type-preserving layers (most of them) implement ``layer`` as a generic
     method ``Service[R, S] -> Service[R, S]``; see :class:`TypePreservingLayer`.
+
+    The type parameters come inner side first, as
+    :class:`~layers.ServiceBuilder`'s; the outer side defaults to the inner
+    one, so ``Layer[Req, Res]`` is ``Layer[Req, Res, Req, Res]``.
     """
 
     def layer(

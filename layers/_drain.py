@@ -117,6 +117,9 @@ class Drain:
     A :class:`~layers.Supervisor` given the drain (``drains=[drain]``) starts
     it when shutdown begins, at the same moment it tells its tasks; the
     ASGI middleware (:mod:`layers.asgi`) answers ``ShuttingDown`` with 503.
+    Add it to a stack with ``ServiceBuilder().layer(drain)``: the program
+    keeps the object to start it and wait on it, so no builder method makes
+    one.
 
     The state lives in this layer object: every service it wraps counts
     into the same total, and one :meth:`start` drains them all. The success

@@ -311,7 +311,7 @@ class LayersMiddleware:
         drain = layers.Drain()
         stack = (
             layers.ServiceBuilder()
-            .drain(drain)
+            .layer(drain)
             .rate_limit(10, key=layers.asgi.client_address, mode="reject")
             .load_shed(100)
             .timeout(5.0)

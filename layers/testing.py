@@ -33,10 +33,11 @@ would jump past their timeouts while they wait.
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator
 from contextlib import contextmanager
-from typing import Any, Generic, Literal, TypeVar, final
+from typing import Any, Generic, Literal, final
 
 import anyio
 import attrs
@@ -44,6 +45,12 @@ import attrs
 from ._config import check_int
 from ._retry import TESTING as _RETRY_TESTING
 from .events import Event, add_sink
+
+# Type parameter defaults (PEP 696) are in typing from Python 3.13 on.
+if sys.version_info >= (3, 13):
+    from typing import TypeVar
+else:
+    from typing_extensions import TypeVar
 
 __all__ = [
     "MockService",
@@ -59,7 +66,8 @@ __all__ = [
 Req = TypeVar("Req")
 Res = TypeVar("Res")
 T = TypeVar("T")
-E = TypeVar("E", bound=Event)
+# capture_events() with no class captures every Event.
+E = TypeVar("E", bound=Event, default=Event)
 
 Backend = Literal["asyncio", "trio"]
 
@@ -114,7 +122,9 @@ def capture_events(*types: type[E]) -> Generator[list[E]]:
         *types: Keep only events of these types (all events if none given).
 
     Yields:
-        The list that receives the events, in order.
+        The list that receives the events, in order. Type checkers know its
+        type without an annotation: ``list[Event]`` with no class given,
+        ``list[SomeEvent]`` for ``capture_events(SomeEvent)``.
 
     Example:
         >>> import anyio, layers

@@ -142,7 +142,7 @@ async def test_a_refusal_the_app_raises_is_answered_the_same_way() -> None:
 async def test_shutting_down_is_503_with_connection_close() -> None:
     """A draining stack answers 503, Retry-After from the drain, Connection: close."""
     drain = layers.Drain(retry_after=5)
-    app = LayersMiddleware(hello, layers.ServiceBuilder().drain(drain))
+    app = LayersMiddleware(hello, layers.ServiceBuilder().layer(drain))
     drain.start()
     status, headers, body = await call(app, http_scope())
     assert (status, body) == (503, b"Service Unavailable\n")
@@ -210,7 +210,7 @@ async def test_custom_error_response() -> None:
     drain = layers.Drain()
     drain.start()
     app = LayersMiddleware(
-        hello, layers.ServiceBuilder().drain(drain), error_response=mapping
+        hello, layers.ServiceBuilder().layer(drain), error_response=mapping
     )
     with pytest.raises(layers.ShuttingDown):
         await call(app, http_scope())
@@ -220,7 +220,7 @@ async def test_lifespan_passes_through_untouched() -> None:
     """Lifespan messages reach the app, which answers them; the stack is not used."""
     drain = layers.Drain()
     drain.start()  # would refuse anything that went through the stack
-    app = LayersMiddleware(hello, layers.ServiceBuilder().drain(drain))
+    app = LayersMiddleware(hello, layers.ServiceBuilder().layer(drain))
     await check_lifespan(app)
     assert drain.statistics().rejected == 0
 
@@ -259,7 +259,7 @@ async def test_websocket_passes_through() -> None:
 
     drain = layers.Drain()
     drain.start()
-    middleware = LayersMiddleware(app, layers.ServiceBuilder().drain(drain))
+    middleware = LayersMiddleware(app, layers.ServiceBuilder().layer(drain))
     await middleware({"type": "websocket"}, None, None)  # type: ignore[arg-type]
     assert seen == ["websocket"]
 
@@ -267,7 +267,7 @@ async def test_websocket_passes_through() -> None:
 async def test_cancelled_request_releases_the_stack() -> None:
     """A request cancelled while inside leaves the concurrency limit and drain."""
     drain = layers.Drain()
-    stack = layers.ServiceBuilder().drain(drain).concurrency_limit(1)
+    stack = layers.ServiceBuilder().layer(drain).concurrency_limit(1)
     app = LayersMiddleware(hello, stack)
     with anyio.move_on_after(1):
         await call(app, http_scope("/10"))

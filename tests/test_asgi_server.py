@@ -99,7 +99,7 @@ async def test_status_codes_over_real_http(anyio_backend: str) -> None:
 async def test_graceful_shutdown_drains_in_flight_request(anyio_backend: str) -> None:
     """Shutdown mid-request: it gets its 200; a later one gets 503 or no server."""
     drain = layers.Drain(retry_after=2)
-    stack = layers.ServiceBuilder().drain(drain)
+    stack = layers.ServiceBuilder().layer(drain)
     results: dict[str, Any] = {}
     async with (
         layers.Supervisor(grace=10, signals=(), drains=[drain]) as supervisor,
@@ -143,7 +143,7 @@ async def test_uvicorn_graceful_shutdown_drains_in_flight_request(
             yield
 
     drain = layers.Drain(retry_after=2)
-    stack = layers.ServiceBuilder().drain(drain)
+    stack = layers.ServiceBuilder().layer(drain)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()

@@ -920,10 +920,10 @@ async def test_one_breaker_guards_several_services() -> None:
         await svc_b("x")
 
 
-async def test_builder_shares_a_given_breaker_and_makes_one_from_options() -> None:
-    """.circuit_breaker(breaker) adds it; .circuit_breaker(**options) makes one now."""
+async def test_builder_makes_a_breaker_from_options_and_layer_shares_one() -> None:
+    """.circuit_breaker(**options) makes one now; .layer(breaker) adds a given one."""
     breaker = layers.CircuitBreaker(window_size=1, minimum_calls=1)
-    builder = layers.ServiceBuilder().circuit_breaker(breaker)
+    builder = layers.ServiceBuilder().layer(breaker)
     assert builder.layers == (breaker,)
     made = layers.ServiceBuilder().circuit_breaker(
         name="api", window_size=1, minimum_calls=1
@@ -937,12 +937,10 @@ async def test_builder_shares_a_given_breaker_and_makes_one_from_options() -> No
 
 
 def test_builder_refuses_bad_arguments() -> None:
-    """.circuit_breaker refuses a non-breaker, and a breaker with options."""
-    with pytest.raises(TypeError, match=r"must be a layers\.CircuitBreaker"):
-        layers.ServiceBuilder().circuit_breaker(object())  # type: ignore[call-overload]
-    with pytest.raises(TypeError, match="not both"):
-        layers.ServiceBuilder().circuit_breaker(  # type: ignore[call-overload]
-            layers.CircuitBreaker(), name="x"
+    """.circuit_breaker takes options only (a breaker goes to .layer), valid ones."""
+    with pytest.raises(TypeError, match="positional"):
+        layers.ServiceBuilder().circuit_breaker(  # type: ignore[call-arg]
+            layers.CircuitBreaker()
         )
     with pytest.raises(layers.ConfigurationError, match="failure_rate_threshold"):
         layers.ServiceBuilder().circuit_breaker(failure_rate_threshold=2)

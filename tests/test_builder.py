@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any
+import sys
+import typing
+from typing import Any, ForwardRef
 
 import anyio
 import pytest
@@ -351,24 +353,151 @@ async def test_builder_timeout_passes_a_fast_response() -> None:
     assert await ServiceBuilder().timeout(1).service(quick)("x") == "x"
 
 
-@pytest.mark.parametrize(
-    ("method", "layer_type", "own_defaults"),
-    [
-        ("timeout", layers.Timeout, set()),
-        ("rate_limit", layers.RateLimit, set()),
-        ("concurrency_limit", layers.ConcurrencyLimit, set()),
-        # backoff=None and budget="new" stand for the layer's factory defaults
-        ("retry", layers.Retry, {"backoff", "budget"}),
-    ],
-)
-def test_builder_methods_take_the_layers_options_and_defaults(
-    method: str, layer_type: type, own_defaults: set[str]
-) -> None:
-    """A builder method has its layer's options, with the same defaults."""
-    ours = inspect.signature(getattr(layers.ServiceBuilder, method)).parameters
+# -- one builder pattern: each method makes a new layer from the layer's options
+
+
+# Every builder method named after a layer: the layer it makes, and whether
+# its parameters' annotations are the layer's word for word (the transforms'
+# layers are generic, their builder methods spell the types their own way).
+LAYER_METHODS: dict[str, tuple[type, bool]] = {
+    "timeout": (layers.Timeout, True),
+    "rate_limit": (layers.RateLimit, True),
+    "concurrency_limit": (layers.ConcurrencyLimit, True),
+    "load_shed": (layers.ConcurrencyLimit, True),
+    "circuit_breaker": (layers.CircuitBreaker, True),
+    "retry": (layers.Retry, True),
+    "map_request": (layers.MapRequest, False),
+    "map_response": (layers.MapResponse, False),
+    "and_then": (layers.AndThen, False),
+    "map_err": (layers.MapErr, False),
+    "filter": (layers.Filter, False),
+}
+# The builder's own methods: adding a layer, building, looking at the stack.
+OWN_METHODS = {"layer", "option_layer", "service", "into_layer", "layers"}
+# Options that a builder method sets itself and does not take: load_shed is
+# a ConcurrencyLimit without a queue.
+SET_BY_THE_METHOD = {"load_shed": {"max_queue", "max_wait"}}
+# Defaults that a builder method chooses on purpose: load_shed's own name.
+OWN_DEFAULTS = {"load_shed": {"name"}}
+
+
+def test_every_builder_method_is_a_layer_method_or_the_builders_own() -> None:
+    """A new builder method must be listed here, so the drift test covers it."""
+    public = {name for name in vars(ServiceBuilder) if not name.startswith("_")}
+    assert public == set(LAYER_METHODS) | OWN_METHODS
+
+
+def spelled(annotation: object) -> str:
+    """An annotation as written in the source, whitespace removed."""
+    if isinstance(annotation, ForwardRef):
+        annotation = annotation.__forward_arg__
+    assert isinstance(annotation, str), annotation  # from __future__ import annotations
+    return "".join(annotation.split())
+
+
+def builder_parameters(method: str) -> list[inspect.Parameter]:
+    """The method's parameters, with ``**options: Unpack[SomeOptions]`` unpacked.
+
+    An unpacked option has no default of its own: a left-out option is not
+    passed, so the layer's default applies (shown here as the layer's).
+    """
+    signature = inspect.signature(getattr(ServiceBuilder, method))
+    layer_type, _ = LAYER_METHODS[method]
     theirs = inspect.signature(layer_type).parameters
-    assert [name for name in ours if name != "self"] == list(theirs)
-    for name, parameter in theirs.items():
-        if name not in own_defaults:
-            assert ours[name].default == parameter.default, name
-            assert ours[name].kind == parameter.kind, name
+    ours: list[inspect.Parameter] = []
+    for parameter in list(signature.parameters.values())[1:]:
+        if parameter.kind is not inspect.Parameter.VAR_KEYWORD:
+            ours.append(parameter)
+            continue
+        options = typing.get_args(
+            eval(parameter.annotation, vars(sys.modules[ServiceBuilder.__module__]))
+        )[0]
+        assert options.__total__ is False
+        for name, annotation in options.__annotations__.items():
+            ours.append(
+                inspect.Parameter(
+                    name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=theirs[name].default if name in theirs else None,
+                    annotation=annotation,
+                )
+            )
+    return ours
+
+
+@pytest.mark.parametrize("method", sorted(LAYER_METHODS))
+def test_builder_methods_take_the_layers_options_and_defaults(method: str) -> None:
+    """A builder method has its layer's options: names, kinds, defaults, types."""
+    layer_type, same_annotations = LAYER_METHODS[method]
+    theirs = {
+        name: parameter
+        for name, parameter in inspect.signature(layer_type).parameters.items()
+        if name not in SET_BY_THE_METHOD.get(method, set())
+    }
+    ours = builder_parameters(method)
+    assert [parameter.name for parameter in ours] == list(theirs)
+    for parameter in ours:
+        layer_parameter = theirs[parameter.name]
+        assert parameter.kind == layer_parameter.kind, parameter.name
+        if parameter.name not in OWN_DEFAULTS.get(method, set()):
+            assert parameter.default == layer_parameter.default, parameter.name
+        if same_annotations:
+            assert spelled(parameter.annotation) == spelled(
+                layer_parameter.annotation
+            ), parameter.name
+
+
+def test_builder_retry_has_no_sentinel_and_makes_a_budget_per_call() -> None:
+    """.retry() with no budget option gets the layer's default: a new RetryBudget."""
+    builder = ServiceBuilder().retry(on=OSError, attempts=2)
+    (retry,) = builder.layers
+    assert isinstance(retry, layers.Retry)
+    assert isinstance(retry.budget, layers.RetryBudget)
+    assert isinstance(retry.backoff, layers.ExponentialBackoff)
+    (again,) = ServiceBuilder().retry(on=OSError, attempts=2).layers
+    assert isinstance(again, layers.Retry)
+    assert again.budget is not retry.budget
+    (none,) = ServiceBuilder().retry(on=OSError, attempts=2, budget=None).layers
+    assert isinstance(none, layers.Retry)
+    assert none.budget is None
+    with pytest.raises(layers.ConfigurationError, match="budget"):
+        ServiceBuilder().retry(on=OSError, attempts=2, budget="new")  # type: ignore[typeddict-item]
+
+
+@pytest.mark.parametrize(
+    ("add", "layer_type"),
+    [
+        (lambda b: b.timeout(1), layers.Timeout),
+        (lambda b: b.rate_limit(1), layers.RateLimit),
+        (lambda b: b.concurrency_limit(1), layers.ConcurrencyLimit),
+        (lambda b: b.load_shed(1), layers.ConcurrencyLimit),
+        (lambda b: b.circuit_breaker(), layers.CircuitBreaker),
+        (lambda b: b.retry(on=OSError, attempts=2), layers.Retry),
+    ],
+    ids=["timeout", "rate_limit", "concurrency_limit", "load_shed", "breaker", "retry"],
+)
+def test_each_call_of_a_builder_method_makes_a_new_layer(
+    add: Any, layer_type: type
+) -> None:
+    """Two calls of one builder method make two layer objects of the layer's type."""
+    (first,) = add(ServiceBuilder()).layers
+    (second,) = add(ServiceBuilder()).layers
+    assert type(first) is type(second) is layer_type
+    assert first is not second
+
+
+@pytest.mark.parametrize(
+    ("add", "shared"),
+    [
+        (lambda b, obj: b.circuit_breaker(obj), layers.CircuitBreaker()),
+        (lambda b, obj: b.retry(OSError, obj), layers.Retry(on=OSError, attempts=2)),
+    ],
+    ids=["circuit_breaker", "retry"],
+)
+def test_a_layer_object_is_shared_through_layer_not_a_builder_method(
+    add: Any, shared: Any
+) -> None:
+    """A builder method refuses a layer object; .layer(obj) adds that very object."""
+    with pytest.raises(TypeError, match="positional"):
+        add(ServiceBuilder(), shared)
+    assert ServiceBuilder().layer(shared).layers == (shared,)

@@ -216,16 +216,21 @@ async def test_one_drain_shared_by_two_services() -> None:
         assert anyio.current_time() == pytest.approx(2, abs=1e-6)
 
 
-async def test_builder_drain_keeps_the_given_object() -> None:
-    """.drain(d) adds d itself; starting it refuses calls of the built service."""
+async def test_builder_layer_keeps_the_given_drain() -> None:
+    """.layer(d) adds d itself; starting it refuses calls of the built service."""
     drain = layers.Drain()
-    svc = layers.ServiceBuilder().drain(drain).timeout(5).service(sleeper(1))
+    builder = layers.ServiceBuilder().layer(drain).timeout(5)
+    assert builder.layers[0] is drain
+    svc = builder.service(sleeper(1))
     assert await svc("x") == "x"
     drain.start()
     with pytest.raises(layers.ShuttingDown):
         await svc("y")
-    with pytest.raises(TypeError, match=r"drain must be a layers\.Drain"):
-        layers.ServiceBuilder().drain(object())  # type: ignore[arg-type]
+
+
+def test_builder_has_no_drain_method() -> None:
+    """A drain is made by the program, which keeps it: no builder method makes one."""
+    assert not hasattr(layers.ServiceBuilder, "drain")
 
 
 @pytest.mark.parametrize(

@@ -93,7 +93,7 @@ def client(stack: Any, server: Server, **options: Any) -> httpx.AsyncClient:
     )
 
 
-def retrying(**options: Any) -> layers.ServiceBuilder[Any, Any, Any, Any]:
+def retrying(**options: Any) -> layers.ServiceBuilder:
     """A builder with an HTTP retry: 3 attempts, 1 s apart, no budget."""
     settings: dict[str, Any] = {
         "on": RetryOn(),
@@ -837,7 +837,7 @@ def slow_then_fast(delays: list[float]) -> tuple[httpx.MockTransport, list[str]]
 
 def retry_with_attempt_timeout(
     on: RetryOn,
-) -> layers.ServiceBuilder[Any, Any, Any, Any]:
+) -> layers.ServiceBuilder:
     """The pattern of docs/howto/retry.md: retry, then a per-attempt timeout."""
     return retrying(on=on).timeout(1.0, name="attempt")
 

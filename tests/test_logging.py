@@ -383,7 +383,7 @@ async def test_breaker_opening_is_a_warning_closing_info_retry_info(
     svc = (
         layers.ServiceBuilder()
         .retry(on=OSError, attempts=2, backoff=[0.1], name="db-retry", budget=None)
-        .circuit_breaker(breaker)
+        .layer(breaker)
         .service(downstream)
     )
     with caplog.at_level(logging.DEBUG, logger="layers"):

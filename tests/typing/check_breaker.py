@@ -16,7 +16,7 @@ async def fetch(request: int) -> str:
 breaker = CircuitBreaker(name="users-api", window_type="time", window_size=30)
 
 assert_type(breaker.layer(fetch), Service[int, str])
-assert_type(ServiceBuilder().circuit_breaker(breaker).service(fetch), Service[int, str])
+assert_type(ServiceBuilder().layer(breaker).service(fetch), Service[int, str])
 assert_type(
     ServiceBuilder()
     .circuit_breaker(failure_rate_threshold=0.25, slow_call_duration=2.0)
@@ -32,7 +32,7 @@ def parse(body: bytes) -> int:
 
 
 assert_type(
-    ServiceBuilder().map_request(parse).circuit_breaker(breaker).service(fetch),
+    ServiceBuilder().map_request(parse).layer(breaker).service(fetch),
     Service[bytes, str],
 )
 assert_type(ServiceBuilder().layer(breaker).service(fetch), Service[int, str])

@@ -83,7 +83,26 @@ assert_type(
 )
 assert_type(
     ServiceBuilder().map_request(parse).layer(ServiceBuilder().timeout(1)),
-    ServiceBuilder[bytes, layers.Unchanged, int, layers.Unchanged],
+    ServiceBuilder[int, layers.Unchanged, bytes, layers.Unchanged],
+)
+# A builder that changes the types is added with its types.
+assert_type(
+    ServiceBuilder().timeout(1).layer(ServiceBuilder().map_request(parse)),
+    ServiceBuilder[int, layers.Unchanged, bytes, layers.Unchanged],
+)
+
+
+def encode(text: str) -> bytes:
+    """Maps a request."""
+    return text.encode()
+
+
+assert_type(
+    ServiceBuilder()
+    .map_request(encode)
+    .layer(ServiceBuilder().map_request(parse))
+    .service(fetch),
+    Service[str, str],
 )
 ServiceBuilder().layer(fetch)  # type: ignore[call-overload]
 ServiceBuilder().layer(layers.Timeout)  # type: ignore[call-overload]

@@ -32,13 +32,13 @@ def parse(body: bytes) -> int:
 drain = Drain(retry_after=5, name="api")
 
 assert_type(drain.layer(fetch), Service[int, str])
-assert_type(ServiceBuilder().drain(drain).service(fetch), Service[int, str])
+assert_type(ServiceBuilder().layer(drain).service(fetch), Service[int, str])
 assert_type(
-    ServiceBuilder().drain(drain).timeout(1).concurrency_limit(4).service(fetch),
+    ServiceBuilder().layer(drain).timeout(1).concurrency_limit(4).service(fetch),
     Service[int, str],
 )
 assert_type(
-    ServiceBuilder().map_request(parse).drain(drain).service(fetch),
+    ServiceBuilder().map_request(parse).layer(drain).service(fetch),
     Service[bytes, str],
 )
 assert_type(drain.statistics(), layers.DrainStatistics)
@@ -77,10 +77,10 @@ async def handler(request: HTTPRequest) -> None:
 
 middleware = LayersMiddleware(
     app,
-    ServiceBuilder().drain(drain).rate_limit(10, key=client_address),
+    ServiceBuilder().layer(drain).rate_limit(10, key=client_address),
 )
 assert_type(middleware, LayersMiddleware)
 assert_type(
-    ServiceBuilder().drain(drain).timeout(1).service(handler),
+    ServiceBuilder().layer(drain).timeout(1).service(handler),
     Service[HTTPRequest, None],
 )
