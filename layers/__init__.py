@@ -43,6 +43,7 @@ from ._core import (
 from ._deadline import current_deadline
 from ._drain import Drain, DrainRejected, DrainStarted, DrainStatistics
 from ._errors import (
+    CallbackError,
     CircuitOpen,
     ConfigurationError,
     Elapsed,
@@ -53,6 +54,7 @@ from ._errors import (
     Rejected,
     ShuttingDown,
 )
+from ._public import publish as _publish
 from ._ratelimit import (
     MemoryRateLimitStore,
     RateLimit,
@@ -98,6 +100,7 @@ except _PackageNotFoundError:  # pragma: no cover - running from a bare checkout
 __all__ = [
     "AndThen",
     "Backoff",
+    "CallbackError",
     "CheckResult",
     "CircuitBreaker",
     "CircuitBreakerOptions",
@@ -178,3 +181,5 @@ __all__ = [
     "set_logging",
     "wait_for_signal",
 ]
+
+_publish(__name__, __all__)

@@ -1171,7 +1171,9 @@ class _Core:
                     layer=self.name, state=state.value, retry_after=retry_after
                 )
             )
-        return CircuitOpen(message, retry_after=retry_after, layer=self.name)
+        return CircuitOpen(
+            message, retry_after=retry_after, layer=self.name, reason=state.value
+        )
 
     # -- statistics --------------------------------------------------------------------
 

@@ -91,6 +91,7 @@ from ._core import (
     wrap_in,
 )
 from ._drain import Drain
+from ._errors import ConfigurationError
 from ._ratelimit import Mode, RateLimit, RateLimitStore
 from ._retry import Classification, Retry
 from ._timeout import Timeout
@@ -331,10 +332,10 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
         Put it outermost, so that a refused call takes nothing else.
 
         Raises:
-            TypeError: If *drain* is not a ``Drain``.
+            layers.ConfigurationError: If *drain* is not a ``Drain``.
         """
         if not isinstance(drain, Drain):  # pyright: ignore[reportUnnecessaryIsInstance]
-            raise TypeError(
+            raise ConfigurationError(
                 f"ServiceBuilder.drain(drain={drain!r}): drain must be a "
                 f"layers.Drain, got {type(drain).__name__}"
             )
@@ -366,19 +367,19 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
             builder.circuit_breaker(name="users-api", failure_rate_threshold=0.25)
 
         Raises:
-            TypeError: If *breaker* is not a ``CircuitBreaker``, or is given
-                with options.
-            layers.ConfigurationError: For an invalid option.
+            layers.ConfigurationError: If *breaker* is not a
+                ``CircuitBreaker``, or is given with options, or for an
+                invalid option.
         """
         if breaker is None:
             return self._add(CircuitBreaker(**options))
         if not isinstance(breaker, CircuitBreaker):  # pyright: ignore[reportUnnecessaryIsInstance]
-            raise TypeError(
+            raise ConfigurationError(
                 f"ServiceBuilder.circuit_breaker(breaker={breaker!r}): breaker must "
                 f"be a layers.CircuitBreaker, got {type(breaker).__name__}"
             )
         if options:
-            raise TypeError(
+            raise ConfigurationError(
                 "ServiceBuilder.circuit_breaker(): give either a CircuitBreaker or "
                 f"options for a new one, not both (got {', '.join(options)})"
             )
@@ -568,12 +569,12 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
 
 def _check_service(inner: Any) -> None:
     if not callable(inner):
-        raise TypeError(
+        raise ConfigurationError(
             f"ServiceBuilder.service(inner={inner!r}): inner must be a service "
             f"(an async callable), got {type(inner).__name__}"
         )
     if inspect.isfunction(inner) and not is_async_callable(inner):
-        raise TypeError(
+        raise ConfigurationError(
             f"ServiceBuilder.service(inner={inner.__qualname__}): inner is a sync "
             "function; make it an async def, or wrap it with layers.service_fn() "
             "to run it in a worker thread"

@@ -31,6 +31,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from ._config import check_callable
+from ._errors import CallbackError, ConfigurationError
 
 if TYPE_CHECKING:
     from ._builder import ServiceBuilder
@@ -234,9 +235,9 @@ def not_a_layer(owner: str, parameter: str, value: object) -> str:
 
 
 def check_layer(owner: str, parameter: str, value: object) -> None:
-    """Raise a clear TypeError unless *value* is a Layer (see :func:`is_layer`)."""
+    """Raise a clear ConfigurationError unless *value* is a Layer (:func:`is_layer`)."""
     if not is_layer(value):
-        raise TypeError(not_a_layer(owner, parameter, value))
+        raise ConfigurationError(not_a_layer(owner, parameter, value))
 
 
 def as_layer(owner: str, parameter: str, value: object) -> Layer[Any, Any, Any, Any]:
@@ -364,6 +365,8 @@ class _ThreadService(Generic[Req, Res]):
                 f"service_fn({self._function!r}) ran a sync callable in a worker "
                 "thread and it returned an awaitable; make it an async def (an "
                 "async callable is a service as it is)",
+                layer="service_fn",
+                parameter="function",
             )
         return response
 
@@ -371,14 +374,22 @@ class _ThreadService(Generic[Req, Res]):
         return f"service_fn({self._function!r}, thread)"
 
 
-def refuse_awaitable(value: object, message: str) -> NoReturn:
+def refuse_awaitable(
+    value: object,
+    message: str,
+    *,
+    layer: str | None = None,
+    parameter: str | None = None,
+) -> NoReturn:
     """Close *value* if it is a coroutine (no "never awaited" warning), then raise.
 
-    For a sync callable that returned an awaitable where a plain value was due.
+    For a sync callable that returned an awaitable where a plain value was
+    due: a :class:`~layers.CallbackError` with *message*, *layer* and
+    *parameter*.
     """
     if inspect.iscoroutine(value):
         value.close()
-    raise TypeError(message)
+    raise CallbackError(message, layer=layer, parameter=parameter)
 
 
 def is_async_callable(function: object) -> bool:

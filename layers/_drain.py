@@ -262,6 +262,7 @@ class Drain:
             "in flight",
             retry_after=self.retry_after,
             layer=self.name,
+            reason="draining",
         )
 
 

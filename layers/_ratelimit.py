@@ -62,7 +62,7 @@ from ._config import (
 )
 from ._core import Service
 from ._deadline import DEADLINE
-from ._errors import ConfigurationError, RateLimited
+from ._errors import CallbackError, ConfigurationError, RateLimited
 from .events import Event, Level
 
 __all__ = [
@@ -733,11 +733,13 @@ class RateLimit:
     # -- off the success path --------------------------------------------------
 
     def _bad_key(self, key: object) -> NoReturn:
-        """Raise the TypeError for a key function's unhashable result."""
+        """Raise the CallbackError for a key function's unhashable result."""
         # The value's type only: the key may hold a payload.
-        raise TypeError(
+        raise CallbackError(
             f"RateLimit {self.name!r}: the key function (key=) must return a "
-            f"hashable value, got an unhashable {type(key).__name__}"
+            f"hashable value, got an unhashable {type(key).__name__}",
+            layer=self.name,
+            parameter="key",
         ) from None
 
     def _check_cost(self, cost: object) -> float:
@@ -746,7 +748,7 @@ class RateLimit:
         Another real number (``numpy.int64``, ``Fraction``, a subclass of
         ``float``) in range, or zero, is returned as it is; a bool, a
         non-number, a negative or non-finite number raises
-        :class:`ValueError`; a cost beyond the burst raises
+        :class:`~layers.CallbackError`; a cost beyond the burst raises
         :class:`~layers.RateLimited`.
         """
         if (
@@ -755,9 +757,11 @@ class RateLimit:
             or not (isinstance(cost, numbers.Integral) or math.isfinite(cost))
             or cost < 0
         ):
-            raise ValueError(
+            raise CallbackError(
                 f"RateLimit {self.name!r}: the cost function must return a finite "
-                f"number >= 0, got {cost!r}"
+                f"number >= 0, got {cost!r}",
+                layer=self.name,
+                parameter="cost",
             )
         real = cast("float", cost)
         if real > self.burst:
@@ -788,7 +792,9 @@ class RateLimit:
             message = (
                 f"rate limit {self.name!r} exceeded; retry after {retry_after:.6g} s"
             )
-        raise RateLimited(message, retry_after=retry_after, layer=self.name)
+        raise RateLimited(
+            message, retry_after=retry_after, layer=self.name, reason=reason
+        )
 
     async def _slow(
         self,

@@ -23,7 +23,7 @@ import attrs
 
 from ._config import Validator, callable_value, check_callable, name_value
 from ._core import Service, describe, is_async_callable, refuse_awaitable
-from ._errors import ConfigurationError, Filtered
+from ._errors import CallbackError, ConfigurationError, Filtered
 
 __all__ = ["AndThen", "Filter", "MapErr", "MapRequest", "MapResponse"]
 
@@ -84,6 +84,7 @@ def _returned_coroutine(
         f"{owner} (ServiceBuilder.{transform}): the function {describe(function)} "
         "returned a coroutine; it is a plain function wrapping an async one, and "
         f"its coroutine cannot be passed on: {_INSTEAD[transform]}",
+        parameter=transform,
     )
 
 
@@ -254,7 +255,7 @@ class MapErr:
 
 
 def _not_an_exception(function: object, value: object, error: Exception) -> NoReturn:
-    """Raise the TypeError for a map_err function that returned *value*."""
+    """Raise the CallbackError for a map_err function that returned *value*."""
     got = type(value).__name__
     if isinstance(value, type):
         got = f"the class {value.__name__} (return an instance)"
@@ -265,9 +266,10 @@ def _not_an_exception(function: object, value: object, error: Exception) -> NoRe
             "on an error, write a layer with layers.layer_fn)"
         )
     # The value's type only: the value itself may hold the payload.
-    raise TypeError(
+    raise CallbackError(
         f"MapErr (ServiceBuilder.map_err): the function {describe(function)} must "
-        f"return an Exception to raise, got {got}"
+        f"return an Exception to raise, got {got}",
+        parameter="map_err",
     ) from error
 
 
@@ -300,7 +302,11 @@ class Filter(Generic[Req]):
 
             async def async_filter(request: Req, /) -> Res:
                 if not await check(request):
-                    raise Filtered(f"request refused by filter {name!r}", layer=name)
+                    raise Filtered(
+                        f"request refused by filter {name!r}",
+                        layer=name,
+                        reason="filtered",
+                    )
                 return await inner(request)
 
             return async_filter
@@ -315,9 +321,15 @@ class Filter(Generic[Req]):
                         f"the predicate of filter {name!r} returned an awaitable "
                         "but is not an async def; make it one (an awaitable is not "
                         "an answer: it would admit every request)",
+                        layer=name,
+                        parameter="predicate",
                     )
                 if not admitted:
-                    raise Filtered(f"request refused by filter {name!r}", layer=name)
+                    raise Filtered(
+                        f"request refused by filter {name!r}",
+                        layer=name,
+                        reason="filtered",
+                    )
             return await inner(request)
 
         return sync_filter

@@ -30,6 +30,7 @@ import attrs
 from ._builder import ServiceBuilder
 from ._core import Layer, Service, TypePreservingLayer, as_layer
 from ._errors import (
+    ConfigurationError,
     Elapsed,
     Filtered,
     LayersError,
@@ -37,6 +38,7 @@ from ._errors import (
     Rejected,
     ShuttingDown,
 )
+from ._public import publish as _publish
 
 __all__ = [
     "MAX_RETRY_AFTER",
@@ -158,7 +160,9 @@ def header_key(
     """
     checked = cast(object, name)
     if not isinstance(checked, str) or not checked:
-        raise TypeError(f"header_key(name={name!r}): name must be a non-empty string")
+        raise ConfigurationError(
+            f"header_key(name={name!r}): name must be a non-empty string"
+        )
 
     def key(request: HTTPRequest) -> Hashable:
         value = request.header(name)
@@ -331,7 +335,9 @@ class LayersMiddleware:
         answer_lifespan: bool = False,
     ) -> None:
         if not callable(app):
-            raise TypeError(f"LayersMiddleware(app={app!r}): app must be callable")
+            raise ConfigurationError(
+                f"LayersMiddleware(app={app!r}): app must be callable"
+            )
         layer = as_layer("LayersMiddleware", "stack", stack)
         self.app = app
         self.stack = stack
@@ -407,3 +413,6 @@ async def _answer_lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+_publish(__name__, __all__)

@@ -39,6 +39,7 @@ from ._concurrency import ConcurrencyLimit
 from ._config import check_name, check_number, fail_value
 from ._errors import ConfigurationError, type_name
 from ._failures import reraise, split_failure
+from ._public import publish as _publish
 from ._ratelimit import RateLimit
 from .asgi import (
     Receive,
@@ -790,3 +791,6 @@ async def _respond(
     await send({"type": "http.response.start", "status": code, "headers": headers})
     head = scope.get("method") == "HEAD"
     await send({"type": "http.response.body", "body": b"" if head else payload})
+
+
+_publish(__name__, __all__)

@@ -57,7 +57,8 @@ from ._breaker import CircuitBreaker, CircuitState
 from ._builder import ServiceBuilder
 from ._config import check_int, fail_value
 from ._core import Layer, Service, Stack, TypePreservingLayer, as_layer
-from ._errors import ConfigurationError, Elapsed, Rejected
+from ._errors import CallbackError, ConfigurationError, Elapsed, Rejected
+from ._public import publish as _publish
 from .events import Event, Level
 
 try:
@@ -494,6 +495,10 @@ class RetryableResponse(Exception):
     def __repr__(self) -> str:
         return f"RetryableResponse({str(self)!r})"
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # httpx pickles a response and a request (an unread body stays unread)
+        return (RetryableResponse, (self.response, self.request))
+
 
 def _is_status(value: object) -> bool:
     """Whether *value* is an HTTP status code, an int from 100 to 599."""
@@ -900,13 +905,13 @@ class PerHost:
     ) -> None:
         for parameter, value in (("factory", factory), ("key", key)):
             if not callable(value):
-                raise TypeError(
+                raise ConfigurationError(
                     f"PerHost({parameter}={value!r}): {parameter} must be callable, "
                     f"got {type(value).__name__}"
                 )
         _positive_int("PerHost", "max_hosts", max_hosts)
         if not isinstance(cast(object, name), str):
-            raise TypeError(
+            raise ConfigurationError(
                 f"PerHost(name={name!r}): name must be a string, "
                 f"got {type(name).__name__}"
             )
@@ -955,17 +960,20 @@ class PerHost:
                 "breaker that is not closed; a new host is refused",
                 retry_after=retry_after,
                 layer=name,
+                reason="host_table_full",
             )
 
         async def per_host(request: Req, /) -> Res:
             key = key_of(request)
             try:
                 entry = table.get(key)
-            except TypeError:
-                raise TypeError(
-                    f"PerHost(key={key_of!r}): key(request) must return a "
-                    f"hashable value, got {type(key).__name__}"
-                ) from None
+            except TypeError as error:
+                raise CallbackError(
+                    f"PerHost {name!r} (key={key_of!r}): key(request) must return "
+                    f"a hashable value, got {type(key).__name__}",
+                    layer=name,
+                    parameter="key",
+                ) from error
             if entry is None:
                 if len(table) >= max_hosts:
                     make_room()
@@ -1079,7 +1087,7 @@ class LayeredTransport(httpx.AsyncBaseTransport):
         if transport is None:
             transport = httpx.AsyncHTTPTransport()
         elif not isinstance(cast(object, transport), httpx.AsyncBaseTransport):
-            raise TypeError(
+            raise ConfigurationError(
                 f"LayeredTransport(transport={transport!r}): transport must be an "
                 f"httpx.AsyncBaseTransport, got {type(transport).__name__}"
             )
@@ -1161,3 +1169,6 @@ class LayeredTransport(httpx.AsyncBaseTransport):
 
     def __repr__(self) -> str:
         return f"LayeredTransport({self.stack!r}, {self.transport!r})"
+
+
+_publish(__name__, __all__)

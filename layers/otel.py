@@ -47,6 +47,7 @@ from ._config import name_value
 from ._core import Service
 from ._errors import ConfigurationError, Elapsed, Rejected, type_name
 from ._failures import split_failure
+from ._public import publish as _publish
 from ._ratelimit import RateLimit, RateLimitRejected
 from ._retry import RetryAttemptFailed
 from .events import Event, TimeoutElapsed
@@ -541,3 +542,6 @@ class InstrumentedService(Generic[Req, Res]):
 
     def __repr__(self) -> str:
         return f"InstrumentedService({self.inner!r}, name={self.name!r})"
+
+
+_publish(__name__, __all__)

@@ -1013,6 +1013,7 @@ async def test_per_host_full_of_open_breakers_refuses_a_new_host() -> None:
             assert isinstance(raised.value, layers.Rejected)
             assert raised.value.retry_after == pytest.approx(20, abs=0.01)
             assert "max_hosts" in str(raised.value)
+            assert raised.value.reason == "host_table_full"
             with pytest.raises(layers.CircuitOpen):  # still protected
                 await http.get("https://down.test/")
             # once the open period is over, its protection has lapsed: evicted
@@ -1117,9 +1118,14 @@ async def test_per_host_forgets_a_closed_host_before_a_lapsed_one() -> None:
 
 
 async def test_per_host_unhashable_key_is_a_clear_error() -> None:
-    """A key function returning an unhashable value: a TypeError naming key."""
+    """A key function returning an unhashable value: a CallbackError naming key."""
     server = Server(200)
     per_host = PerHost(lambda key: layers.Identity(), key=lambda request: [1])
     async with client(per_host, server) as http:
-        with pytest.raises(TypeError, match=r"PerHost\(key=.*hashable.*list"):
+        with pytest.raises(
+            layers.CallbackError, match=r"PerHost 'per_host' \(key=.*hashable.*list"
+        ) as info:
             await http.get(URL)
+    assert info.value.layer == "per_host"
+    assert info.value.parameter == "key"
+    assert isinstance(info.value.__cause__, TypeError)
