@@ -67,7 +67,7 @@ take a builder as well, and use its ``into_layer()``.
     >>> layers.ServiceBuilder().layer(handler)
     Traceback (most recent call last):
       ...
-    TypeError: ServiceBuilder.layer(layer=handler): layer must be a Layer ...
+    layers.ConfigurationError: ServiceBuilder.layer(layer=handler): layer must be ...
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
         ``LayeredTransport``, take a builder too and do that themselves.)
 
         Raises:
-            TypeError: If *layer* is not a layer or a builder.
+            layers.ConfigurationError: If *layer* is not a layer or a builder.
         """
         if isinstance(layer, ServiceBuilder):
             return ServiceBuilder._of((*self._layers, *layer._layers))
@@ -249,7 +249,8 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
             builder.option_layer(layers.Timeout(t) if t is not None else None)
 
         Raises:
-            TypeError: If *layer* is neither ``None``, a layer nor a builder.
+            layers.ConfigurationError: If *layer* is neither ``None``, a layer
+                nor a builder.
         """
         if layer is None:
             return self
@@ -285,7 +286,8 @@ class ServiceBuilder(Generic[ReqOut, ResOut, ReqIn, ResIn]):
                 function is refused; adapt it with :func:`~layers.service_fn`.
 
         Raises:
-            TypeError: If *inner* is not callable or is a plain sync function.
+            layers.ConfigurationError: If *inner* is not callable or is a plain
+                sync function.
         """
         _check_service(inner)
         return wrap_in(self._layers, inner)

@@ -139,7 +139,8 @@ class Stack:
             :meth:`~layers.ServiceBuilder.into_layer`.
 
     Raises:
-        TypeError: If one of *layers* is not a layer (nor a builder).
+        layers.ConfigurationError: If one of *layers* is not a layer (nor a
+            builder).
     """
 
     __slots__ = ("layers",)
@@ -246,7 +247,7 @@ def as_layer(owner: str, parameter: str, value: object) -> Layer[Any, Any, Any, 
     For the parameters that take a whole stack (``LayersMiddleware(app,
     stack)``, ``LayeredTransport(stack)``, :class:`Stack`...), where a
     builder is the usual way to write one. Anything else that is not a
-    layer raises :class:`TypeError` (see :func:`check_layer`).
+    layer raises :class:`~layers.ConfigurationError` (see :func:`check_layer`).
     """
     if _is_builder(value):
         return value.into_layer()
@@ -459,7 +460,7 @@ def service_fn(
         layers.ConfigurationError: If *function* is not callable.
 
     A sync callable that returns an awaitable (``lambda r: client.get(r)``)
-    is a mistake here: the call raises :class:`TypeError` instead of
+    is a mistake here: the call raises :class:`~layers.CallbackError` instead of
     awaiting a coroutine made in a worker thread. Write an ``async def``.
     """
     check_callable("service_fn", "function", function)

@@ -8,14 +8,28 @@ Each public module calls :func:`publish` once, over its ``__all__``, at the
 end of its body.
 
 Event classes are left alone: ``layers.events`` gives them their home.
+
+A class's string annotations (``from __future__ import annotations``) are
+resolved first, in the module that defines the class: ``typing.get_type_hints``
+looks names up in the module ``__module__`` names, which would no longer be
+the one whose imports the annotations use (svcs met this, hynek/svcs#52).
+
+:data:`ORIGINS` remembers where each class is defined, for tools that read
+the source (Sphinx's attribute docstrings and source links, see
+docs/conf.py).
 """
 
 from __future__ import annotations
 
 import sys
+import typing
 from collections.abc import Iterable
 
-__all__ = ["is_private", "publish"]
+__all__ = ["ORIGINS", "is_private", "publish"]
+
+ORIGINS: dict[str, str] = {}
+"""``"layers.RateLimited"`` -> ``"layers._errors"``: the module that defines
+each class :func:`publish` moved, by the class's public dotted name."""
 
 
 def is_private(module: str) -> bool:
@@ -35,6 +49,7 @@ def publish(module: str, names: Iterable[str]) -> None:
     from .events import Event
 
     namespace = vars(sys.modules[module])
+    moved: list[tuple[type, str]] = []
     for name in names:
         value = namespace.get(name)
         if (
@@ -43,4 +58,30 @@ def publish(module: str, names: Iterable[str]) -> None:
             and is_private(value.__module__)
             and not issubclass(value, Event)
         ):
+            ORIGINS[f"{module}.{name}"] = value.__module__
+            moved.append((value, value.__module__))
             value.__module__ = module
+    # after the moves, so that a generic alias made here (Service[Req, Res])
+    # takes its origin's public module
+    for cls, origin in moved:
+        _resolve_annotations(cls, origin)
+
+
+def _resolve_annotations(cls: type, origin: str) -> None:
+    """Replace *cls*'s own string annotations by what they name in *origin*.
+
+    A class whose annotations do not all resolve at run time (a name
+    imported only for type checkers) keeps them as they are.
+    """
+    own: dict[str, object] | None = vars(cls).get("__annotations__")
+    if not own or not any(isinstance(value, str) for value in own.values()):
+        return
+    # A stand-in with the class's own annotations only, in the defining module.
+    stand_in = type(
+        cls.__name__, (), {"__annotations__": dict(own), "__module__": origin}
+    )
+    try:
+        hints = typing.get_type_hints(stand_in, include_extras=True)
+    except Exception:  # best effort: left as strings
+        return
+    own.update(hints)

@@ -542,7 +542,8 @@ class RateLimit:
     behind a queue or with the table of keys full) and leaves no entry.
     A cost greater than *burst* can never be admitted and raises
     :class:`~layers.RateLimited` with ``retry_after=None``; a cost that is
-    negative, not a finite number, or a bool raises :class:`ValueError`.
+    negative, not a finite number, or a bool raises
+    :class:`~layers.CallbackError`.
 
     **Per-key limits**: *key* maps a request to a hashable key (a tenant, a
     host); each key has its own limit and its own queue. The state lives in
@@ -564,7 +565,7 @@ class RateLimit:
             (default ``None``: no bound). Not allowed in reject mode.
         key: A function from the request to the key of its limit, a
             hashable value (default ``None``: one limit for all calls). An
-            unhashable key raises :class:`TypeError` at call time.
+            unhashable key raises :class:`~layers.CallbackError` at call time.
         max_keys: With *key*, the most keys the in-memory table holds, an
             int >= 1 (default 10,000). Not allowed without *key*, nor with a
             custom *store*.

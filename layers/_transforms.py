@@ -8,8 +8,9 @@ function. An async one is refused when the layer is made: its coroutine
 would be passed on unawaited. ``AndThen`` is the async sibling of
 ``MapResponse``; async work on a request or an error is a layer of its own
 (:func:`~layers.layer_fn`). A plain function that returns a coroutine anyway
-(``lambda r: fetch(r)``) raises :class:`TypeError` when it does; any other
-value, an awaitable such as a future included, is passed on as it is.
+(``lambda r: fetch(r)``) raises :class:`~layers.CallbackError` when it does;
+any other value, an awaitable such as a future included, is passed on as it
+is.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ class MapRequest(Generic[A, B]):
         layers.ConfigurationError: If *function* is not callable, or is
             async (an ``async def``, a partial of one, an object with an
             ``async def __call__``).
-        TypeError: At call time, if *function* returns a coroutine.
+        layers.CallbackError: At call time, if *function* returns a coroutine.
     """
 
     function: Callable[[A], B] = attrs.field(validator=_plain_function("map_request"))
@@ -149,7 +150,7 @@ class MapResponse(Generic[A, B]):
     Raises:
         layers.ConfigurationError: If *function* is not callable, or is
             async (use :class:`AndThen`).
-        TypeError: At call time, if *function* returns a coroutine.
+        layers.CallbackError: At call time, if *function* returns a coroutine.
     """
 
     function: Callable[[A], B] = attrs.field(validator=_plain_function("map_response"))
@@ -209,8 +210,8 @@ class MapErr:
     *function* is a plain function (an async one is refused: write a layer
     with :func:`~layers.layer_fn` for async work on an error) and must
     return an :class:`Exception` instance; anything else (a string, ``None``,
-    an exception class) raises :class:`TypeError`, with the original error
-    as its ``__cause__``.
+    an exception class) raises :class:`~layers.CallbackError`, with the
+    original error as its ``__cause__``.
 
     Args:
         function: Maps an exception to the exception to raise.

@@ -880,9 +880,9 @@ class PerHost:
             (default ``"per_host"``).
 
     Raises:
-        layers.ConfigurationError: For a *max_hosts* below 1.
-        TypeError: If *factory* or *key* is not callable, or *name* not a
-            string; at a call, if ``key(request)`` is not hashable.
+        layers.ConfigurationError: For a *max_hosts* below 1, if *factory*
+            or *key* is not callable, or *name* not a string.
+        layers.CallbackError: At a call, if ``key(request)`` is not hashable.
 
     Example:
         >>> import httpx
@@ -1047,9 +1047,9 @@ class LayeredTransport(httpx.AsyncBaseTransport):
             ``on_result=RetryOn().response``).
 
     Raises:
-        TypeError: If *stack* is not a layer or *transport* not an
-            ``httpx.AsyncBaseTransport``.
-        layers.ConfigurationError: For a status outside 100-599.
+        layers.ConfigurationError: If *stack* is not a layer or *transport*
+            not an ``httpx.AsyncBaseTransport``, or for a status outside
+            100-599.
 
     Example:
         >>> import httpx

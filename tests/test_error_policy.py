@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import pickle
 import traceback
+import typing
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -552,3 +553,17 @@ async def test_shutting_down_and_filtered_reasons() -> None:
 async def fetch_false(request: Any) -> bool:
     """An async predicate that refuses every request."""
     return False
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "cls"),
+    PUBLIC_CLASSES,
+    ids=[f"{module}.{name}" for module, name, _ in PUBLIC_CLASSES],
+)
+def test_type_hints_still_resolve(module: str, name: str, cls: type) -> None:
+    """get_type_hints works on every public class, though __module__ moved.
+
+    It looks names up in the module that ``__module__`` names (hynek/svcs#52);
+    the annotations were resolved where the class is defined.
+    """
+    typing.get_type_hints(cls)
