@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import builtins
 from importlib.metadata import version as _version
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sphinx.application import Sphinx
 
 project = "layers"
 author = "The layers authors"
@@ -158,16 +162,16 @@ def _public_analyzers() -> None:
                 (analyzer.tagorder, source.tagorder),
             ):
                 for key, value in theirs.items():
-                    mine.setdefault(key, value)  # type: ignore[arg-type]
+                    mine.setdefault(key, value)
             analyzer.finals.extend(source.finals)
 
 
-def _defining_module(app: object, modname: str, fullname: str) -> str | None:
+def _defining_module(app: Sphinx, modname: str, fullname: str) -> str | None:
     from layers._public import ORIGINS
 
     return ORIGINS.get(f"{modname}.{fullname.partition('.')[0]}")
 
 
-def setup(app: object) -> None:
+def setup(app: Sphinx) -> None:
     _public_analyzers()
-    app.connect("viewcode-follow-imported", _defining_module)  # type: ignore[attr-defined]
+    app.connect("viewcode-follow-imported", _defining_module)

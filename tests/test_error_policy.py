@@ -387,7 +387,7 @@ async def test_a_misbehaving_callback_raises_callback_error(
 
 
 @pytest.mark.anyio
-async def test_an_unhashable_key_is_chained_from_nothing_with_a_payload() -> None:
+async def test_an_unhashable_key_names_its_type_not_its_value() -> None:
     """The key's value is not in the message (it may hold a payload), its type is."""
     svc = RateLimit(10, key=lambda r: {"secret": r}, name="rl").layer(echo)
     with pytest.raises(CallbackError) as info:
