@@ -49,25 +49,27 @@ def publish(module: str, names: Iterable[str]) -> None:
     from .events import Event
 
     namespace = vars(sys.modules[module])
-    moved: list[tuple[type, str]] = []
+    moved: list[tuple[type[object], str]] = []
     for name in names:
-        value = namespace.get(name)
+        value: object = namespace.get(name)
+        if not isinstance(value, type):
+            continue
+        cls: type[object] = value
         if (
-            isinstance(value, type)
-            and value.__qualname__ == name
-            and is_private(value.__module__)
-            and not issubclass(value, Event)
+            cls.__qualname__ == name
+            and is_private(cls.__module__)
+            and not issubclass(cls, Event)
         ):
-            ORIGINS[f"{module}.{name}"] = value.__module__
-            moved.append((value, value.__module__))
-            value.__module__ = module
+            ORIGINS[f"{module}.{name}"] = cls.__module__
+            moved.append((cls, cls.__module__))
+            cls.__module__ = module
     # after the moves, so that a generic alias made here (Service[Req, Res])
     # takes its origin's public module
     for cls, origin in moved:
         _resolve_annotations(cls, origin)
 
 
-def _resolve_annotations(cls: type, origin: str) -> None:
+def _resolve_annotations(cls: type[object], origin: str) -> None:
     """Replace *cls*'s own string annotations by what they name in *origin*.
 
     A class whose annotations do not all resolve at run time (a name
