@@ -567,3 +567,37 @@ def test_type_hints_still_resolve(module: str, name: str, cls: type) -> None:
     the annotations were resolved where the class is defined.
     """
     typing.get_type_hints(cls)
+
+
+@pytest.mark.anyio
+async def test_a_probe_whose_failure_response_raises_is_not_a_success() -> None:
+    """A raising failure_response neither closes the breaker nor holds the slot.
+
+    The closed state records nothing for such a call; a half-open trial call
+    does the same: its slot is freed, uncounted, so a broken predicate cannot
+    close the breaker.
+    """
+    broken = False
+
+    def failure_response(response: Any) -> bool:
+        if broken:
+            raise Refused(response)
+        return False
+
+    breaker = CircuitBreaker(
+        consecutive_failures=1,
+        open_duration=10,
+        half_open_calls=1,
+        failure_response=failure_response,
+    )
+    with pytest.raises(Boom):
+        await breaker.layer(boom)(1)
+    await anyio.sleep(10)
+    broken = True
+    svc = breaker.layer(echo)
+    with pytest.raises(Refused):
+        await svc(1)
+    assert breaker.state is layers.CircuitState.HALF_OPEN
+    broken = False
+    assert await svc(2) == 2  # the freed slot takes the next probe
+    assert breaker.state is layers.CircuitState.CLOSED
