@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import builtins
 from importlib.metadata import version as _version
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sphinx.application import Sphinx
 
 project = "layers"
 author = "The layers authors"
@@ -128,3 +132,46 @@ copybutton_exclude = ".linenos"  # not ".gp": the prompts must reach the pattern
 # HTML
 html_theme = "furo"
 html_title = f"layers {release}"
+
+
+# Public homes. Every public class has its public module as ``__module__``
+# (``layers.RateLimited``, see layers/_public.py), but its source, with the
+# docstrings of its attributes, the order of its members and its overloads,
+# is in a private module (layers/_errors.py). Sphinx reads the source of the
+# module that ``__module__`` names: give it, for each public module, an
+# analyzer that also knows what the private modules define, and send the
+# source links ([source]) to the module that defines each class.
+def _public_analyzers() -> None:
+    from sphinx.pycode import ModuleAnalyzer
+
+    from layers._public import ORIGINS
+
+    origins: dict[str, set[str]] = {}
+    for public_name, origin in ORIGINS.items():
+        origins.setdefault(public_name.rpartition(".")[0], set()).add(origin)
+    for public, privates in origins.items():
+        analyzer = ModuleAnalyzer.for_module(public)
+        analyzer.analyze()
+        for private in sorted(privates):
+            source = ModuleAnalyzer.for_module(private)
+            source.analyze()
+            for mine, theirs in (
+                (analyzer.attr_docs, source.attr_docs),
+                (analyzer.annotations, source.annotations),
+                (analyzer.overloads, source.overloads),
+                (analyzer.tagorder, source.tagorder),
+            ):
+                for key, value in theirs.items():
+                    mine.setdefault(key, value)
+            analyzer.finals.extend(source.finals)
+
+
+def _defining_module(app: Sphinx, modname: str, fullname: str) -> str | None:
+    from layers._public import ORIGINS
+
+    return ORIGINS.get(f"{modname}.{fullname.partition('.')[0]}")
+
+
+def setup(app: Sphinx) -> None:
+    _public_analyzers()
+    app.connect("viewcode-follow-imported", _defining_module)

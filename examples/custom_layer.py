@@ -145,7 +145,9 @@ class ShedService(Generic[Req, Res]):
                 LoadShed(layer=layer.name, max_in_flight=layer.max_in_flight)
             )
         return layers.Overloaded(
-            f"{layer.max_in_flight} calls already in flight", layer=layer.name
+            f"{layer.max_in_flight} calls already in flight",
+            layer=layer.name,
+            reason="queue_full",  # the word ConcurrencyLimit uses for the same refusal
         )
 
 

@@ -36,6 +36,7 @@ from ._core import (
 from ._deadline import current_deadline
 from ._drain import Drain, DrainStatistics
 from ._errors import (
+    CallbackError,
     CircuitOpen,
     ConfigurationError,
     Elapsed,
@@ -48,6 +49,7 @@ from ._errors import (
 )
 from ._observable import Observable, Observation
 from ._per_key import KeyTableFull, PerKey, PerKeyStatistics
+from ._public import publish as _publish
 from ._ratelimit import (
     MemoryRateLimitStore,
     RateLimit,
@@ -84,6 +86,7 @@ except _PackageNotFoundError:  # pragma: no cover - running from a bare checkout
 __all__ = [
     "AndThen",
     "Backoff",
+    "CallbackError",
     "CheckResult",
     "CircuitBreaker",
     "CircuitBreakerOptions",
@@ -152,3 +155,5 @@ __all__ = [
     "set_logging",
     "wait_for_signal",
 ]
+
+_publish(__name__, __all__)

@@ -33,7 +33,7 @@ from ._config import (
     positive_seconds,
     seconds_at_least_zero,
 )
-from ._errors import ConfigurationError
+from ._errors import CallbackError, ConfigurationError
 
 __all__ = ["Backoff", "ConstantBackoff", "ExponentialBackoff"]
 
@@ -276,11 +276,15 @@ def check_delay(
     attempt: int,
     delay: object,
     cause: BaseException | None = None,
+    *,
+    layer: str | None = None,
 ) -> float:
-    """Return *delay* as a float, or raise ValueError (from *cause*) if it is bad."""
+    """Return *delay* as a float, or raise CallbackError (from *cause*) if bad."""
     if not is_finite_number(delay) or delay < 0:
-        raise ValueError(
+        raise CallbackError(
             f"{owner}: backoff {backoff!r} gave {delay!r} as the delay after "
-            f"attempt {attempt}; delays must be finite numbers of seconds >= 0"
+            f"attempt {attempt}; delays must be finite numbers of seconds >= 0",
+            layer=layer,
+            parameter="backoff",
         ) from cause
     return float(delay)

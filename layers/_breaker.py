@@ -1206,7 +1206,9 @@ class _Core:
                     layer=self.name, state=state.value, retry_after=retry_after
                 )
             )
-        return CircuitOpen(message, retry_after=retry_after, layer=self.name)
+        return CircuitOpen(
+            message, retry_after=retry_after, layer=self.name, reason=state.value
+        )
 
     # -- statistics --------------------------------------------------------------------
 
@@ -1333,10 +1335,10 @@ async def _call_probe(
             code = _SUCCESS
         raise
     else:
-        code = _SUCCESS
         check = core.breaker.failure_response
-        if check is not None and check(response):
-            code |= _FAILED
+        # a predicate that raises leaves code 0: the slot is freed, uncounted
+        failed = check is not None and check(response)
+        code = _SUCCESS | _FAILED if failed else _SUCCESS
         return response
     finally:
         # also on cancellation (code 0, the slot is freed): never stuck half-open

@@ -72,7 +72,7 @@ take a builder as well, and use its ``into_layer()``.
     >>> layers.ServiceBuilder().layer(handler)
     Traceback (most recent call last):
       ...
-    TypeError: ServiceBuilder.layer(layer=handler): layer must be a Layer ...
+    layers.ConfigurationError: ServiceBuilder.layer(layer=handler): layer must be ...
 """
 
 from __future__ import annotations
@@ -96,6 +96,7 @@ from ._core import (
     is_async_callable,
     wrap_in,
 )
+from ._errors import ConfigurationError
 from ._ratelimit import Mode, RateLimit, RateLimitStore
 from ._retry import Classification, Retry
 from ._timeout import Timeout
@@ -304,7 +305,7 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
         ``LayeredTransport``, take a builder too and do that themselves.)
 
         Raises:
-            TypeError: If *layer* is not a layer or a builder.
+            layers.ConfigurationError: If *layer* is not a layer or a builder.
         """
         if isinstance(layer, ServiceBuilder):
             return ServiceBuilder._of((*self._layers, *layer._layers))
@@ -321,7 +322,8 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
             builder.option_layer(layers.Timeout(t) if t is not None else None)
 
         Raises:
-            TypeError: If *layer* is neither ``None``, a layer nor a builder.
+            layers.ConfigurationError: If *layer* is neither ``None``, a layer
+                nor a builder.
         """
         if layer is None:
             return self
@@ -360,7 +362,8 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
                 function is refused; adapt it with :func:`~layers.service_fn`.
 
         Raises:
-            TypeError: If *inner* is not callable or is a plain sync function.
+            layers.ConfigurationError: If *inner* is not callable or is a plain
+                sync function.
         """
         _check_service(inner)
         return wrap_in(self._layers, inner)
@@ -591,12 +594,12 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
 
 def _check_service(inner: Any) -> None:
     if not callable(inner):
-        raise TypeError(
+        raise ConfigurationError(
             f"ServiceBuilder.service(inner={inner!r}): inner must be a service "
             f"(an async callable), got {type(inner).__name__}"
         )
     if inspect.isfunction(inner) and not is_async_callable(inner):
-        raise TypeError(
+        raise ConfigurationError(
             f"ServiceBuilder.service(inner={inner.__qualname__}): inner is a sync "
             "function; make it an async def, or wrap it with layers.service_fn() "
             "to run it in a worker thread"

@@ -322,4 +322,4 @@ class ConcurrencyLimit:
                 f"concurrency limit {self.name!r} is full: {state.in_flight} calls "
                 f"in flight, {waiting} waiting"
             )
-        raise Overloaded(message, layer=self.name)
+        raise Overloaded(message, layer=self.name, reason=reason)

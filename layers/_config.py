@@ -2,7 +2,9 @@
 
 Each check raises :class:`~layers.ConfigurationError` with a message that
 names the owner, the parameter, the value given and what is allowed, e.g.
-``Timeout(seconds=-1): seconds must be a finite number > 0, got -1``.
+``Timeout(seconds=-1): seconds must be a finite number > 0, got -1``: for a
+value of the wrong type as for a bad value (the error is both a
+``TypeError`` and a ``ValueError``; see docs/explanation/errors.md).
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from ._config import check_callable
+from ._errors import CallbackError, ConfigurationError
 
 # Type parameter defaults (PEP 696) are in typing from Python 3.13 on.
 if sys.version_info >= (3, 13):
@@ -152,7 +153,8 @@ class Stack:
             :meth:`~layers.ServiceBuilder.into_layer`.
 
     Raises:
-        TypeError: If one of *layers* is not a layer (nor a builder).
+        layers.ConfigurationError: If one of *layers* is not a layer (nor a
+            builder).
     """
 
     __slots__ = ("layers",)
@@ -248,9 +250,9 @@ def not_a_layer(owner: str, parameter: str, value: object) -> str:
 
 
 def check_layer(owner: str, parameter: str, value: object) -> None:
-    """Raise a clear TypeError unless *value* is a Layer (see :func:`is_layer`)."""
+    """Raise a clear ConfigurationError unless *value* is a Layer (:func:`is_layer`)."""
     if not is_layer(value):
-        raise TypeError(not_a_layer(owner, parameter, value))
+        raise ConfigurationError(not_a_layer(owner, parameter, value))
 
 
 def as_layer(owner: str, parameter: str, value: object) -> Layer[Any, Any, Any, Any]:
@@ -259,7 +261,7 @@ def as_layer(owner: str, parameter: str, value: object) -> Layer[Any, Any, Any, 
     For the parameters that take a whole stack (``LayersMiddleware(app,
     stack)``, ``LayeredTransport(stack)``, :class:`Stack`...), where a
     builder is the usual way to write one. Anything else that is not a
-    layer raises :class:`TypeError` (see :func:`check_layer`).
+    layer raises :class:`~layers.ConfigurationError` (see :func:`check_layer`).
     """
     if _is_builder(value):
         return value.into_layer()
@@ -378,6 +380,8 @@ class _ThreadService(Generic[Req, Res]):
                 f"service_fn({self._function!r}) ran a sync callable in a worker "
                 "thread and it returned an awaitable; make it an async def (an "
                 "async callable is a service as it is)",
+                layer="service_fn",
+                parameter="function",
             )
         return response
 
@@ -385,14 +389,22 @@ class _ThreadService(Generic[Req, Res]):
         return f"service_fn({self._function!r}, thread)"
 
 
-def refuse_awaitable(value: object, message: str) -> NoReturn:
+def refuse_awaitable(
+    value: object,
+    message: str,
+    *,
+    layer: str | None = None,
+    parameter: str | None = None,
+) -> NoReturn:
     """Close *value* if it is a coroutine (no "never awaited" warning), then raise.
 
-    For a sync callable that returned an awaitable where a plain value was due.
+    For a sync callable that returned an awaitable where a plain value was
+    due: a :class:`~layers.CallbackError` with *message*, *layer* and
+    *parameter*.
     """
     if inspect.iscoroutine(value):
         value.close()
-    raise TypeError(message)
+    raise CallbackError(message, layer=layer, parameter=parameter)
 
 
 def is_async_callable(function: object) -> bool:
@@ -462,7 +474,7 @@ def service_fn(
         layers.ConfigurationError: If *function* is not callable.
 
     A sync callable that returns an awaitable (``lambda r: client.get(r)``)
-    is a mistake here: the call raises :class:`TypeError` instead of
+    is a mistake here: the call raises :class:`~layers.CallbackError` instead of
     awaiting a coroutine made in a worker thread. Write an ``async def``.
     """
     check_callable("service_fn", "function", function)

@@ -285,6 +285,7 @@ class Drain:
             "in flight",
             retry_after=self.retry_after,
             layer=self.name,
+            reason="draining",
         )
 
 

@@ -32,8 +32,6 @@ class HealthStatus(enum.StrEnum):
     and so has an :class:`Observation`: the layer's own verdict.
     """
 
-    __module__ = "layers.health"
-
     HEALTHY = "healthy"
     """Everything works."""
     DEGRADED = "degraded"
@@ -141,11 +139,6 @@ class Observation:
     )
 
 
-# After the class is made: attrs compiles its methods against the globals of
-# the module named by __module__, and layers' own namespace is not this one.
-Observation.__module__ = "layers"
-
-
 @runtime_checkable
 class Observable(Protocol):
     """A layer that health checks and metrics can look at.
@@ -194,6 +187,3 @@ class Observable(Protocol):
     def observe(self) -> Observation:
         """Look at the layer now: its verdict and its figures."""
         ...
-
-
-Observable.__module__ = "layers"

@@ -20,7 +20,7 @@ from ._breaker import CircuitBreaker, CircuitState
 from ._builder import ServiceBuilder
 from ._config import check_int
 from ._core import Layer, Service, Stack, TypePreservingLayer, as_layer
-from ._errors import Rejected
+from ._errors import CallbackError, ConfigurationError, Rejected
 from ._observable import Observation
 from .events import Event, Level
 
@@ -42,10 +42,8 @@ class KeyTableFull(Rejected):
     by hand), so none can be forgotten and the new key gets no layer. The
     inner service was not called. ``retry_after`` is the time until the
     first of those breakers ends its open period (``None`` if none will by
-    itself).
+    itself). Its ``reason`` is ``"key_table_full"``.
     """
-
-    __module__ = "layers"
 
 
 @attrs.frozen(kw_only=True)
@@ -82,12 +80,6 @@ class PerKeyStatistics:
     protected: int
     rejected: int
     max_keys: int
-
-
-# Set after the classes are made: attrs compiles their methods against the
-# globals of the module named by __module__.
-PerKeyRejected.__module__ = "layers.events"
-PerKeyStatistics.__module__ = "layers"
 
 
 def _breakers_in(layer: object) -> tuple[CircuitBreaker, ...]:
@@ -229,7 +221,6 @@ class PerKey:
         PerKeyStatistics(keys=2, protected=1, rejected=0, max_keys=10000)
     """
 
-    __module__ = "layers"
     __slots__ = (
         "__weakref__",
         "_rejected",
@@ -254,13 +245,13 @@ class PerKey:
     ) -> None:
         for parameter, value in (("factory", factory), ("key", key)):
             if not callable(value):
-                raise TypeError(
+                raise ConfigurationError(
                     f"PerKey({parameter}={value!r}): {parameter} must be callable, "
                     f"got {type(value).__name__}"
                 )
         check_int("PerKey", "max_keys", max_keys, 1, "an integer >= 1")
         if not isinstance(cast(object, name), str):
-            raise TypeError(
+            raise ConfigurationError(
                 f"PerKey(name={name!r}): name must be a string, "
                 f"got {type(name).__name__}"
             )
@@ -340,6 +331,7 @@ class PerKey:
             "breaker that is not closed; a new key is refused",
             retry_after=retry_after,
             layer=name,
+            reason="key_table_full",
         )
 
     def _admit(self, key: Hashable) -> _Entry:
@@ -347,7 +339,12 @@ class PerKey:
         table = self._table
         if len(table) >= self.max_keys:
             self._make_room()
-        made = as_layer("PerKey", "factory(key)", self.factory(key))
+        try:
+            made = as_layer("PerKey", "factory(key)", self.factory(key))
+        except ConfigurationError as error:  # the factory misbehaved: not a layer
+            raise CallbackError(
+                f"PerKey {self.name!r}: {error}", layer=self.name, parameter="factory"
+            ) from error
         entry = table[key] = _Entry(made, _breakers_in(made))
         return entry
 
@@ -364,9 +361,11 @@ class PerKey:
             try:
                 entry = table.get(key)
             except TypeError:
-                raise TypeError(
-                    f"PerKey(key={key_of!r}): key(request) must return a "
-                    f"hashable value, got {type(key).__name__}"
+                raise CallbackError(
+                    f"PerKey {self.name!r}: the key function (key={key_of!r}) must "
+                    f"return a hashable value, got an unhashable {type(key).__name__}",
+                    layer=self.name,
+                    parameter="key",
                 ) from None
             if entry is None:
                 entry = admit(key)

@@ -62,7 +62,7 @@ from ._config import (
 )
 from ._core import Service
 from ._deadline import DEADLINE
-from ._errors import ConfigurationError, RateLimited
+from ._errors import CallbackError, ConfigurationError, RateLimited
 from ._observable import Observation
 from .events import Event, Level
 
@@ -543,7 +543,8 @@ class RateLimit:
     behind a queue or with the table of keys full) and leaves no entry.
     A cost greater than *burst* can never be admitted and raises
     :class:`~layers.RateLimited` with ``retry_after=None``; a cost that is
-    negative, not a finite number, or a bool raises :class:`ValueError`.
+    negative, not a finite number, or a bool raises
+    :class:`~layers.CallbackError`.
 
     **Per-key limits**: *key* maps a request to a hashable key (a tenant, a
     host); each key has its own limit and its own queue. The state lives in
@@ -565,7 +566,7 @@ class RateLimit:
             (default ``None``: no bound). Not allowed in reject mode.
         key: A function from the request to the key of its limit, a
             hashable value (default ``None``: one limit for all calls). An
-            unhashable key raises :class:`TypeError` at call time.
+            unhashable key raises :class:`~layers.CallbackError` at call time.
         max_keys: With *key*, the most keys the in-memory table holds, an
             int >= 1 (default 10,000). Not allowed without *key*, nor with a
             custom *store*.
@@ -749,11 +750,13 @@ class RateLimit:
     # -- off the success path --------------------------------------------------
 
     def _bad_key(self, key: object) -> NoReturn:
-        """Raise the TypeError for a key function's unhashable result."""
+        """Raise the CallbackError for a key function's unhashable result."""
         # The value's type only: the key may hold a payload.
-        raise TypeError(
+        raise CallbackError(
             f"RateLimit {self.name!r}: the key function (key=) must return a "
-            f"hashable value, got an unhashable {type(key).__name__}"
+            f"hashable value, got an unhashable {type(key).__name__}",
+            layer=self.name,
+            parameter="key",
         ) from None
 
     def _check_cost(self, cost: object) -> float:
@@ -762,7 +765,7 @@ class RateLimit:
         Another real number (``numpy.int64``, ``Fraction``, a subclass of
         ``float``) in range, or zero, is returned as it is; a bool, a
         non-number, a negative or non-finite number raises
-        :class:`ValueError`; a cost beyond the burst raises
+        :class:`~layers.CallbackError`; a cost beyond the burst raises
         :class:`~layers.RateLimited`.
         """
         if (
@@ -771,9 +774,11 @@ class RateLimit:
             or not (isinstance(cost, numbers.Integral) or math.isfinite(cost))
             or cost < 0
         ):
-            raise ValueError(
+            raise CallbackError(
                 f"RateLimit {self.name!r}: the cost function must return a finite "
-                f"number >= 0, got {cost!r}"
+                f"number >= 0, got {cost!r}",
+                layer=self.name,
+                parameter="cost",
             )
         real = cast("float", cost)
         if real > self.burst:
@@ -804,7 +809,9 @@ class RateLimit:
             message = (
                 f"rate limit {self.name!r} exceeded; retry after {retry_after:.6g} s"
             )
-        raise RateLimited(message, retry_after=retry_after, layer=self.name)
+        raise RateLimited(
+            message, retry_after=retry_after, layer=self.name, reason=reason
+        )
 
     async def _slow(
         self,

@@ -32,7 +32,7 @@ from ._config import (
 )
 from ._core import Service
 from ._deadline import DEADLINE
-from ._errors import ConfigurationError, Rejected, type_name
+from ._errors import CallbackError, ConfigurationError, Rejected, type_name
 from .events import Event, Level
 
 __all__ = [
@@ -536,9 +536,12 @@ class _Loop(Generic[Req, Res]):
         if hint is None:
             return None
         if isinstance(hint, bool) or not isinstance(hint, int | float):
-            raise TypeError(
-                f"Retry {self.name!r}: the delay hint for {_type_name(error)} must "
-                f"be a number of seconds or None, got {hint!r}"
+            raise CallbackError(
+                f"Retry {self.name!r}: the delay hint (retry_after=) for "
+                f"{_type_name(error)} must "
+                f"be a number of seconds or None, got {hint!r}",
+                layer=self.name,
+                parameter="retry_after",
             ) from error
         if math.isnan(hint):
             return math.inf
@@ -591,6 +594,7 @@ class _Loop(Generic[Req, Res]):
                             attempt,
                             value,
                             failure,
+                            layer=self.name,
                         ),
                         self.max_delay,
                     )

@@ -8,8 +8,9 @@ function. An async one is refused when the layer is made: its coroutine
 would be passed on unawaited. ``AndThen`` is the async sibling of
 ``MapResponse``; async work on a request or an error is a layer of its own
 (:func:`~layers.layer_fn`). A plain function that returns a coroutine anyway
-(``lambda r: fetch(r)``) raises :class:`TypeError` when it does; any other
-value, an awaitable such as a future included, is passed on as it is.
+(``lambda r: fetch(r)``) raises :class:`~layers.CallbackError` when it does;
+any other value, an awaitable such as a future included, is passed on as it
+is.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import attrs
 
 from ._config import Validator, callable_value, check_callable, name_value
 from ._core import Service, describe, is_async_callable, refuse_awaitable
-from ._errors import ConfigurationError, Filtered
+from ._errors import CallbackError, ConfigurationError, Filtered
 
 __all__ = ["AndThen", "Filter", "MapErr", "MapRequest", "MapResponse"]
 
@@ -84,6 +85,7 @@ def _returned_coroutine(
         f"{owner} (ServiceBuilder.{transform}): the function {describe(function)} "
         "returned a coroutine; it is a plain function wrapping an async one, and "
         f"its coroutine cannot be passed on: {_INSTEAD[transform]}",
+        parameter=transform,
     )
 
 
@@ -113,7 +115,7 @@ class MapRequest(Generic[A, B]):
         layers.ConfigurationError: If *function* is not callable, or is
             async (an ``async def``, a partial of one, an object with an
             ``async def __call__``).
-        TypeError: At call time, if *function* returns a coroutine.
+        layers.CallbackError: At call time, if *function* returns a coroutine.
     """
 
     function: Callable[[A], B] = attrs.field(validator=_plain_function("map_request"))
@@ -148,7 +150,7 @@ class MapResponse(Generic[A, B]):
     Raises:
         layers.ConfigurationError: If *function* is not callable, or is
             async (use :class:`AndThen`).
-        TypeError: At call time, if *function* returns a coroutine.
+        layers.CallbackError: At call time, if *function* returns a coroutine.
     """
 
     function: Callable[[A], B] = attrs.field(validator=_plain_function("map_response"))
@@ -208,8 +210,8 @@ class MapErr:
     *function* is a plain function (an async one is refused: write a layer
     with :func:`~layers.layer_fn` for async work on an error) and must
     return an :class:`Exception` instance; anything else (a string, ``None``,
-    an exception class) raises :class:`TypeError`, with the original error
-    as its ``__cause__``.
+    an exception class) raises :class:`~layers.CallbackError`, with the
+    original error as its ``__cause__``.
 
     Args:
         function: Maps an exception to the exception to raise.
@@ -254,7 +256,7 @@ class MapErr:
 
 
 def _not_an_exception(function: object, value: object, error: Exception) -> NoReturn:
-    """Raise the TypeError for a map_err function that returned *value*."""
+    """Raise the CallbackError for a map_err function that returned *value*."""
     got = type(value).__name__
     if isinstance(value, type):
         got = f"the class {value.__name__} (return an instance)"
@@ -265,9 +267,10 @@ def _not_an_exception(function: object, value: object, error: Exception) -> NoRe
             "on an error, write a layer with layers.layer_fn)"
         )
     # The value's type only: the value itself may hold the payload.
-    raise TypeError(
+    raise CallbackError(
         f"MapErr (ServiceBuilder.map_err): the function {describe(function)} must "
-        f"return an Exception to raise, got {got}"
+        f"return an Exception to raise, got {got}",
+        parameter="map_err",
     ) from error
 
 
@@ -300,7 +303,11 @@ class Filter(Generic[Req]):
 
             async def async_filter(request: Req, /) -> Res:
                 if not await check(request):
-                    raise Filtered(f"request refused by filter {name!r}", layer=name)
+                    raise Filtered(
+                        f"request refused by filter {name!r}",
+                        layer=name,
+                        reason="filtered",
+                    )
                 return await inner(request)
 
             return async_filter
@@ -315,9 +322,15 @@ class Filter(Generic[Req]):
                         f"the predicate of filter {name!r} returned an awaitable "
                         "but is not an async def; make it one (an awaitable is not "
                         "an answer: it would admit every request)",
+                        layer=name,
+                        parameter="predicate",
                     )
                 if not admitted:
-                    raise Filtered(f"request refused by filter {name!r}", layer=name)
+                    raise Filtered(
+                        f"request refused by filter {name!r}",
+                        layer=name,
+                        reason="filtered",
+                    )
             return await inner(request)
 
         return sync_filter

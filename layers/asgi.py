@@ -30,6 +30,7 @@ import attrs
 from ._builder import ServiceBuilder
 from ._core import Layer, Service, TypePreservingLayer, as_layer
 from ._errors import (
+    ConfigurationError,
     Elapsed,
     Filtered,
     LayersError,
@@ -38,6 +39,7 @@ from ._errors import (
     ShuttingDown,
 )
 from ._lifespan import answer_lifespan
+from ._public import publish as _publish
 
 __all__ = [
     "MAX_RETRY_AFTER",
@@ -159,7 +161,9 @@ def header_key(
     """
     checked = cast(object, name)
     if not isinstance(checked, str) or not checked:
-        raise TypeError(f"header_key(name={name!r}): name must be a non-empty string")
+        raise ConfigurationError(
+            f"header_key(name={name!r}): name must be a non-empty string"
+        )
 
     def key(request: HTTPRequest) -> Hashable:
         value = request.header(name)
@@ -332,7 +336,9 @@ class LayersMiddleware:
         answer_lifespan: bool = False,
     ) -> None:
         if not callable(app):
-            raise TypeError(f"LayersMiddleware(app={app!r}): app must be callable")
+            raise ConfigurationError(
+                f"LayersMiddleware(app={app!r}): app must be callable"
+            )
         layer = as_layer("LayersMiddleware", "stack", stack)
         self.app = app
         self.stack = stack
@@ -398,3 +404,6 @@ async def _send_response(send: Send, response: ErrorResponse) -> None:
         {"type": "http.response.start", "status": response.status, "headers": headers}
     )
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+_publish(__name__, __all__)

@@ -37,6 +37,8 @@ from typing import Any, ClassVar, Final, Literal, Protocol
 import attrs
 import structlog
 
+from ._errors import ConfigurationError
+
 __all__ = [
     "STATE",
     "CircuitCallRejected",
@@ -238,7 +240,7 @@ def add_sink(sink: Sink) -> Callable[[], None]:
         A function that removes the sink again.
     """
     if not callable(sink):
-        raise TypeError(f"add_sink(sink={sink!r}): sink must be callable")
+        raise ConfigurationError(f"add_sink(sink={sink!r}): sink must be callable")
     STATE.sinks = _Sinks((*STATE.sinks, sink))
     return lambda: remove_sink(sink)
 

@@ -39,6 +39,7 @@ from ._errors import ConfigurationError, type_name
 from ._failures import reraise, split_failure
 from ._lifespan import answer_lifespan
 from ._observable import HealthStatus, Observable, Observation
+from ._public import publish as _publish
 from .asgi import Receive, Scope, Send
 
 __all__ = [
@@ -760,3 +761,6 @@ async def _respond(
     await send({"type": "http.response.start", "status": code, "headers": headers})
     head = scope.get("method") == "HEAD"
     await send({"type": "http.response.body", "body": b"" if head else payload})
+
+
+_publish(__name__, __all__)

@@ -60,6 +60,7 @@ from ._builder import ServiceBuilder
 from ._config import fail_value
 from ._core import Layer, Service, TypePreservingLayer, as_layer
 from ._errors import ConfigurationError, Elapsed
+from ._public import publish as _publish
 
 try:
     import httpx
@@ -492,6 +493,10 @@ class RetryableResponse(Exception):
     def __repr__(self) -> str:
         return f"RetryableResponse({str(self)!r})"
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # httpx pickles a response and a request (an unread body stays unread)
+        return (RetryableResponse, (self.response, self.request))
+
 
 def _is_status(value: object) -> bool:
     """Whether *value* is an HTTP status code, an int from 100 to 599."""
@@ -817,9 +822,9 @@ class LayeredTransport(httpx.AsyncBaseTransport):
             ``on_result=RetryOn().response``).
 
     Raises:
-        TypeError: If *stack* is not a layer or *transport* not an
-            ``httpx.AsyncBaseTransport``.
-        layers.ConfigurationError: For a status outside 100-599.
+        layers.ConfigurationError: If *stack* is not a layer or *transport*
+            not an ``httpx.AsyncBaseTransport``, or for a status outside
+            100-599.
 
     Example:
         >>> import httpx
@@ -857,7 +862,7 @@ class LayeredTransport(httpx.AsyncBaseTransport):
         if transport is None:
             transport = httpx.AsyncHTTPTransport()
         elif not isinstance(cast(object, transport), httpx.AsyncBaseTransport):
-            raise TypeError(
+            raise ConfigurationError(
                 f"LayeredTransport(transport={transport!r}): transport must be an "
                 f"httpx.AsyncBaseTransport, got {type(transport).__name__}"
             )
@@ -939,3 +944,6 @@ class LayeredTransport(httpx.AsyncBaseTransport):
 
     def __repr__(self) -> str:
         return f"LayeredTransport({self.stack!r}, {self.transport!r})"
+
+
+_publish(__name__, __all__)

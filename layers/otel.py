@@ -47,6 +47,7 @@ from ._core import Service
 from ._errors import ConfigurationError, Elapsed, Rejected, type_name
 from ._failures import split_failure
 from ._observable import Observable, Observation, is_metric_name
+from ._public import publish as _publish
 from ._ratelimit import RateLimitRejected
 from ._retry import RetryAttemptFailed, RetryStopped
 from .events import Event, TimeoutElapsed
@@ -623,3 +624,6 @@ class InstrumentedService(Generic[Req, Res]):
 
     def __repr__(self) -> str:
         return f"InstrumentedService({self.inner!r}, name={self.name!r})"
+
+
+_publish(__name__, __all__)

@@ -43,6 +43,8 @@ import anyio
 import attrs
 
 from ._config import check_int
+from ._errors import ConfigurationError
+from ._public import publish as _publish
 from ._retry import TESTING as _RETRY_TESTING
 from .events import Event, add_sink
 
@@ -82,7 +84,7 @@ def virtual_time_backend(backend: Backend | str) -> tuple[str, dict[str, Any]]:
     * ``"asyncio"``: an event loop from :func:`looptime.new_event_loop`.
 
     Raises:
-        ValueError: For another backend name.
+        layers.ConfigurationError: For another backend name.
         ModuleNotFoundError: If trio or looptime is not installed.
     """
     if backend == "trio":
@@ -96,7 +98,7 @@ def virtual_time_backend(backend: Backend | str) -> tuple[str, dict[str, Any]]:
             return looptime.new_event_loop(start=0.0)
 
         return ("asyncio", {"loop_factory": loop_factory})
-    raise ValueError(
+    raise ConfigurationError(
         f"virtual_time_backend(backend={backend!r}): backend must be 'asyncio' "
         "or 'trio'"
     )
@@ -318,7 +320,7 @@ class MockService(Generic[Req, Res]):
 
     def respond(self, value: Res, *, delay: float = 0.0) -> MockService[Req, Res]:
         """Queue an answer: the next unscripted call returns *value* after *delay* s."""
-        self._script.append(_Answer(value=value, delay=_delay(delay)))
+        self._script.append(_Answer(value=value, delay=_delay("respond", delay)))
         return self
 
     def fail(
@@ -329,14 +331,14 @@ class MockService(Generic[Req, Res]):
         Pass an exception class to raise a fresh instance each time (a
         raised instance keeps its traceback, which grows if it is reused).
         """
-        self._script.append(_Answer(error=error, delay=_delay(delay)))
+        self._script.append(_Answer(error=error, delay=_delay("fail", delay)))
         return self
 
     def respond_always(
         self, value: Res, *, delay: float = 0.0
     ) -> MockService[Req, Res]:
         """Answer every call with *value* (after *delay*) once the script is empty."""
-        self._default = _Answer(value=value, delay=_delay(delay))
+        self._default = _Answer(value=value, delay=_delay("respond_always", delay))
         return self
 
     @property
@@ -400,7 +402,13 @@ class MockService(Generic[Req, Res]):
         return f"<MockService calls={self.calls} in_flight={self._in_flight}>"
 
 
-def _delay(delay: object) -> float:
+def _delay(method: str, delay: object) -> float:
     if isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0:
-        raise ValueError(f"delay must be a number of seconds >= 0, got {delay!r}")
+        raise ConfigurationError(
+            f"MockService.{method}(delay={delay!r}): delay must be a number of "
+            f"seconds >= 0, got {delay!r}"
+        )
     return float(delay)
+
+
+_publish(__name__, __all__)

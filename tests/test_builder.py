@@ -410,7 +410,7 @@ def builder_parameters(method: str) -> list[inspect.Parameter]:
             ours.append(parameter)
             continue
         options = typing.get_args(
-            eval(parameter.annotation, vars(sys.modules[ServiceBuilder.__module__]))
+            eval(parameter.annotation, vars(sys.modules["layers._builder"]))
         )[0]
         assert options.__total__ is False
         for name, annotation in options.__annotations__.items():

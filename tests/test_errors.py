@@ -8,6 +8,7 @@ import pytest
 
 import layers
 from layers import (
+    CallbackError,
     CircuitOpen,
     ConfigurationError,
     Elapsed,
@@ -46,23 +47,39 @@ def test_elapsed_is_a_timeout_error_not_a_rejection() -> None:
         raise Elapsed(timeout=1.0)
 
 
-def test_configuration_error_is_a_value_error() -> None:
-    """ConfigurationError is a LayersError and a builtin ValueError."""
-    assert issubclass(ConfigurationError, ValueError)
-    assert issubclass(ConfigurationError, LayersError)
-    assert not issubclass(ConfigurationError, Rejected)
+@pytest.mark.parametrize("cls", [ConfigurationError, CallbackError])
+def test_configuration_and_callback_errors_are_value_and_type_errors(
+    cls: type[LayersError],
+) -> None:
+    """Both are LayersErrors and both builtins (a wrong type or a bad value)."""
+    assert issubclass(cls, ValueError)
+    assert issubclass(cls, TypeError)
+    assert issubclass(cls, LayersError)
+    assert not issubclass(cls, Rejected)
+    assert not issubclass(ConfigurationError, CallbackError)
+    assert not issubclass(CallbackError, ConfigurationError)
+
+
+def test_callback_error_attributes() -> None:
+    """A CallbackError carries layer and parameter, both None by default."""
+    error = CallbackError("bad key", layer="limit", parameter="key")
+    assert (str(error), error.layer, error.parameter) == ("bad key", "limit", "key")
+    bare = CallbackError()
+    assert (bare.layer, bare.parameter) == (None, None)
 
 
 @pytest.mark.parametrize("cls", [Rejected, *REJECTIONS])
 def test_rejected_attributes(cls: type[Rejected]) -> None:
-    """A rejection carries retry_after and layer, both None by default."""
-    error = cls("no", retry_after=2.5, layer="limit")
+    """A rejection carries retry_after, layer (None) and reason ("") by default."""
+    error = cls("no", retry_after=2.5, layer="limit", reason="max_wait")
     assert str(error) == "no"
     assert error.retry_after == 2.5
     assert error.layer == "limit"
+    assert error.reason == "max_wait"
     bare = cls()
     assert bare.retry_after is None
     assert bare.layer is None
+    assert bare.reason == ""
 
 
 @pytest.mark.parametrize("cls", [Rejected, *REJECTIONS])
@@ -91,13 +108,14 @@ def test_elapsed_attributes_and_default_messages() -> None:
 @pytest.mark.parametrize("cls", [Rejected, *REJECTIONS])
 @pytest.mark.parametrize("message", ["", "busy"])
 def test_rejected_pickles(cls: type[Rejected], message: str) -> None:
-    """A rejection survives pickling with its type, message, retry_after and layer."""
-    error = cls(message, retry_after=1.25, layer="limit")
+    """A rejection survives pickling with its message, retry_after, layer, reason."""
+    error = cls(message, retry_after=1.25, layer="limit", reason="limited")
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is cls
     assert str(copy) == str(error)
     assert copy.retry_after == 1.25
     assert copy.layer == "limit"
+    assert copy.reason == "limited"
 
 
 @pytest.mark.parametrize(
@@ -116,9 +134,9 @@ def test_elapsed_pickles(error: Elapsed) -> None:
     assert copy.layer == "api"
 
 
-@pytest.mark.parametrize("cls", [LayersError, ConfigurationError])
+@pytest.mark.parametrize("cls", [LayersError, ConfigurationError, CallbackError])
 def test_plain_errors_pickle(cls: type[LayersError]) -> None:
-    """LayersError and ConfigurationError survive pickling with their message."""
+    """LayersError, ConfigurationError, CallbackError pickle with their message."""
     copy = pickle.loads(pickle.dumps(cls("bad value")))
     assert type(copy) is cls
     assert str(copy) == "bad value"

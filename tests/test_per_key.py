@@ -246,30 +246,36 @@ async def test_a_closed_key_is_forgotten_before_a_lapsed_one() -> None:
 
 
 async def test_an_unhashable_key_is_a_clear_error() -> None:
-    """A key function returning an unhashable value: a TypeError naming key."""
+    """A key function returning an unhashable value: a CallbackError naming key."""
     service = PerKey(lambda key: layers.Identity(), key=lambda request: [1]).layer(
         Backend()
     )
-    with pytest.raises(TypeError, match=r"PerKey\(key=.*hashable.*list"):
+    with pytest.raises(layers.CallbackError, match=r"PerKey .*key=.*hashable.*list"):
         await service("a")
 
 
 def test_bad_configuration_is_a_clear_error() -> None:
-    """A bad bound is a ConfigurationError, a bad type a TypeError, each named."""
+    """A bad bound or a bad type is a ConfigurationError, each named."""
     with pytest.raises(layers.ConfigurationError, match=r"PerKey\(max_keys=0\)"):
         PerKey(lambda key: layers.Identity(), key=same, max_keys=0)
-    with pytest.raises(TypeError, match=r"PerKey\(factory=None\).*must be callable"):
+    with pytest.raises(
+        layers.ConfigurationError, match=r"PerKey\(factory=None\).*must be callable"
+    ):
         PerKey(None, key=same)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"PerKey\(key=3\).*must be callable"):
+    with pytest.raises(
+        layers.ConfigurationError, match=r"PerKey\(key=3\).*must be callable"
+    ):
         PerKey(lambda key: layers.Identity(), key=3)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"PerKey\(name=1\).*must be a string"):
+    with pytest.raises(
+        layers.ConfigurationError, match=r"PerKey\(name=1\).*must be a string"
+    ):
         PerKey(lambda key: layers.Identity(), key=same, name=1)  # type: ignore[arg-type]
 
 
 async def test_a_factory_that_returns_no_layer_is_a_clear_error() -> None:
-    """factory(key) must return a layer: a TypeError naming it, at the call."""
+    """factory(key) must return a layer: a CallbackError naming it, at the call."""
     service = PerKey(lambda key: 42, key=same).layer(Backend())  # type: ignore[arg-type,return-value]
-    with pytest.raises(TypeError, match=r"factory\(key\)"):
+    with pytest.raises(layers.CallbackError, match=r"factory\(key\)"):
         await service("a")
 
 

@@ -965,18 +965,19 @@ async def test_a_user_hook_reads_the_hint() -> None:
 
 
 @pytest.mark.parametrize("hint", ["1.5", True, [1]], ids=["str", "bool", "list"])
-async def test_a_hint_that_is_not_a_number_is_a_type_error(hint: object) -> None:
-    """A retry_after hook returning a non-number raises TypeError from the error."""
+async def test_a_hint_that_is_not_a_number_is_a_callback_error(hint: object) -> None:
+    """A retry_after hook returning a non-number: CallbackError from the error."""
     flaky = Flaky(2)
     svc = Retry(
         on=ConnectionError,
         attempts=3,
         retry_after=lambda error: hint,  # type: ignore[arg-type,return-value]
     ).layer(flaky)
-    with pytest.raises(TypeError) as info:
+    with pytest.raises(layers.CallbackError) as info:
         await svc("x")
     assert str(info.value) == (
-        "Retry 'retry': the delay hint for ConnectionError must be a number of "
+        "Retry 'retry': the delay hint (retry_after=) for ConnectionError must be "
+        "a number of "
         f"seconds or None, got {hint!r}"
     )
     assert info.value.__cause__ is flaky.raised[0]
