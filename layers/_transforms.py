@@ -22,7 +22,13 @@ from typing import Any, Generic, NoReturn, TypeVar, cast, final
 import attrs
 
 from ._config import Validator, callable_value, check_callable, name_value
-from ._core import Service, describe, is_async_callable, refuse_awaitable
+from ._core import (
+    Service,
+    describe,
+    is_async_callable,
+    mark_built,
+    refuse_awaitable,
+)
 from ._errors import ConfigurationError, Filtered
 
 __all__ = ["AndThen", "Filter", "MapErr", "MapRequest", "MapResponse"]
@@ -130,7 +136,7 @@ class MapRequest(Generic[A, B]):
                 )
             return await inner(mapped)
 
-        return map_request
+        return mark_built(map_request, self, inner)
 
 
 @final
@@ -165,7 +171,7 @@ class MapResponse(Generic[A, B]):
                 )
             return mapped
 
-        return map_response
+        return mark_built(map_response, self, inner)
 
 
 @final
@@ -189,7 +195,7 @@ class AndThen(Generic[A, B]):
         async def and_then(request: Req, /) -> B:
             return await function(await inner(request))
 
-        return and_then
+        return mark_built(and_then, self, inner)
 
 
 @final
@@ -250,7 +256,7 @@ class MapErr:
                     _not_an_exception(function, replacement, error)
                 raise replacement from error
 
-        return map_err
+        return mark_built(map_err, self, inner)
 
 
 def _not_an_exception(function: object, value: object, error: Exception) -> NoReturn:
@@ -303,7 +309,7 @@ class Filter(Generic[Req]):
                     raise Filtered(f"request refused by filter {name!r}", layer=name)
                 return await inner(request)
 
-            return async_filter
+            return mark_built(async_filter, self, inner)
         predicate = cast(Callable[[Req], object], self.predicate)
 
         async def sync_filter(request: Req, /) -> Res:
@@ -320,4 +326,4 @@ class Filter(Generic[Req]):
                     raise Filtered(f"request refused by filter {name!r}", layer=name)
             return await inner(request)
 
-        return sync_filter
+        return mark_built(sync_filter, self, inner)
