@@ -116,30 +116,31 @@ class Shed:
 class ShedService(Generic[Req, Res]):
     """The service that :class:`Shed` builds."""
 
-    __slots__ = ("_inner", "_layer", "_state")
+    # built_by and inner show the stack to layers.layers_of() and friends.
+    __slots__ = ("_state", "built_by", "inner")
 
     def __init__(
         self, inner: layers.Service[Req, Res], layer: Shed, state: _ShedState
     ) -> None:
-        self._inner = inner
-        self._layer = layer
+        self.inner = inner
+        self.built_by = layer
         self._state = state
 
     async def __call__(self, request: Req, /) -> Res:
         state = self._state
         # No await between the check and the increment: no other task can
         # run in between, so no lock is needed.
-        if state.in_flight >= self._layer.max_in_flight:
+        if state.in_flight >= self.built_by.max_in_flight:
             raise self._refuse()
         state.in_flight += 1
         try:
-            return await self._inner(request)
+            return await self.inner(request)
         finally:  # also when the call is cancelled
             state.in_flight -= 1
 
     def _refuse(self) -> layers.Overloaded:
         # Off the success path: the event is built only if a sink listens.
-        layer = self._layer
+        layer = self.built_by
         if layers.events.STATE.sinks:
             layers.events.emit(
                 LoadShed(layer=layer.name, max_in_flight=layer.max_in_flight)

@@ -57,7 +57,7 @@ from ._config import (
     name_value,
     positive_seconds,
 )
-from ._core import Service
+from ._core import Service, mark_built
 from ._errors import CircuitOpen, ConfigurationError
 from ._failures import split_failure
 from ._observable import HealthStatus, Observation
@@ -595,11 +595,14 @@ class CircuitBreaker:
         check = self.failure_response
         if self.slow_call_duration is not None:
             if self.window_type == "time":
-                return _slow_time_service(core, inner, check)
-            return _slow_count_service(core, inner, check)
-        if self.window_type == "time":
-            return _time_service(core, inner, check)
-        return _count_service(core, inner, check)
+                build = _slow_time_service
+            else:
+                build = _slow_count_service
+        elif self.window_type == "time":
+            build = _time_service
+        else:
+            build = _count_service
+        return mark_built(build(core, inner, check), self, inner)
 
     # -- looking at it ------------------------------------------------------------
 

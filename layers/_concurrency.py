@@ -36,7 +36,7 @@ import attrs
 from . import events
 from ._backend import Waiter, new_waiter
 from ._config import int_at_least, name_value, optional_positive_seconds
-from ._core import Service
+from ._core import Service, mark_built
 from ._errors import Overloaded
 from ._observable import Observation
 from .events import Event, Level
@@ -296,7 +296,7 @@ class ConcurrencyLimit:
             finally:
                 state.release()
 
-        return concurrency_limit
+        return mark_built(concurrency_limit, self, inner)
 
     def _reject(self, reason: Literal["queue_full", "max_wait"]) -> NoReturn:
         state = self._state

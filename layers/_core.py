@@ -11,6 +11,7 @@ number of services (sharing its state, if it has any).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import sys
@@ -49,7 +50,11 @@ __all__ = [
     "Service",
     "Stack",
     "TypePreservingLayer",
+    "describe_stack",
+    "inner_of",
     "layer_fn",
+    "layers_of",
+    "mark_built",
     "service_fn",
 ]
 
@@ -57,6 +62,7 @@ Req = TypeVar("Req")
 Res = TypeVar("Res")
 Req_contra = TypeVar("Req_contra", contravariant=True)
 Res_co = TypeVar("Res_co", covariant=True)
+S = TypeVar("S")
 
 # The type parameters of a layer, inner first: ``Layer[InReq, InRes, OutReq,
 # OutRes]`` wraps a ``Service[InReq, InRes]`` into a ``Service[OutReq, OutRes]``
@@ -284,8 +290,19 @@ class LayerFn(Generic[InReq, InRes, OutReq, OutRes]):
         self.function = function
 
     def layer(self, inner: Service[InReq, InRes], /) -> Service[OutReq, OutRes]:
-        """Return ``function(inner)``."""
-        return self.function(inner)
+        """Return ``function(inner)``, marked as built by this layer.
+
+        The service it returns gets the marks :func:`inner_of` and
+        :func:`layers_of` read (``built_by``, this layer; ``inner``), unless
+        it is *inner* itself, it was already built by layers (the function
+        applied other layers: the walk shows those), or it takes no
+        attributes.
+        """
+        service = self.function(inner)
+        if service is not inner and not _marked_by_itself(service, inner):
+            with contextlib.suppress(AttributeError, TypeError):
+                mark_built(service, self, inner)
+        return service
 
     def __repr__(self) -> str:
         return f"layer_fn({getattr(self.function, '__qualname__', self.function)!r})"
@@ -322,6 +339,175 @@ def layer_fn(
     """
     check_callable("layer_fn", "function", function)
     return LayerFn(function)
+
+
+# -- inspecting a built stack ----------------------------------------------------
+#
+# A built service says how it was built with two attributes, set once when it
+# is built (on a closure: the function object's own attributes), so a call
+# pays nothing for them: ``built_by``, the layer object, and ``inner``, the
+# service it wraps.
+
+
+def mark_built(service: S, layer: Layer[Any, Any, Any, Any], inner: object) -> S:
+    """Mark *service* as built by *layer* around *inner*, and return it.
+
+    It sets ``service.built_by = layer`` and ``service.inner = inner``, the
+    two attributes that :func:`inner_of`, :func:`layers_of` and
+    :func:`describe_stack` read; every built-in layer marks the services it
+    builds. Call it in your own layer's ``layer()`` when the service is a
+    closure (a type checker refuses attributes set on a function); a service
+    class can instead have the two attributes itself. A call costs nothing
+    more: the marks are set once, when the service is built.
+
+        >>> import layers
+        >>> class Tag:
+        ...     def layer(self, inner):
+        ...         async def tag(request):
+        ...             return await inner(request)
+        ...
+        ...         return layers.mark_built(tag, self, inner)
+        >>> async def echo(request):
+        ...     return request
+        >>> tag = Tag()
+        >>> layers.layers_of(layers.ServiceBuilder().layer(tag).service(echo)) == (tag,)
+        True
+
+    Args:
+        service: The service *layer* built: a function or an object that
+            takes attributes.
+        layer: The layer object that built it.
+        inner: The service it wraps.
+
+    Returns:
+        *service* itself.
+
+    Raises:
+        AttributeError: If *service* takes no attributes (an object with
+            ``__slots__`` that lack them, a bound method, a builtin).
+    """
+    marked = cast(Any, service)
+    marked.built_by = layer
+    marked.inner = inner
+    return service
+
+
+def _mark(service: object, attribute: str) -> Any:
+    """*service*'s own *attribute*, or None; never one a mock makes up on the fly."""
+    try:
+        inspect.getattr_static(service, attribute)
+    except AttributeError:
+        return None
+    return getattr(service, attribute, None)
+
+
+def _built(service: object) -> tuple[Any, Any] | None:
+    """``(built_by, inner)`` of a built service, or None."""
+    layer = _mark(service, "built_by")
+    if layer is None:
+        return None
+    inner = _mark(service, "inner")
+    if inner is None:
+        return None
+    return layer, inner
+
+
+def _marked_by_itself(service: object, inner: object) -> bool:
+    """Whether *service* has marks that are not a copy of *inner*'s.
+
+    :func:`functools.wraps` copies a function's ``__dict__``, and so its marks,
+    into the wrapper: those say nothing about the wrapper.
+    """
+    built = _built(service)
+    if built is None:
+        return False
+    below = _built(inner)
+    return below is None or built[0] is not below[0] or built[1] is not below[1]
+
+
+def _walk(service: object) -> tuple[list[Any], object]:
+    """The layers from *service* inwards, and the first service not built by one."""
+    found: list[Any] = []
+    seen: set[int] = set()
+    while id(service) not in seen and (built := _built(service)) is not None:
+        seen.add(id(service))
+        found.append(built[0])
+        service = built[1]
+    return found, service
+
+
+def inner_of(service: object) -> Service[Any, Any] | None:
+    """The service that *service* wraps, or None if no layer built it.
+
+    The Python spelling of tower's ``get_ref``: a service a layer built
+    carries the service it wraps (its ``inner`` attribute, see
+    :func:`mark_built`). The user's own function, a mock, or a service of a
+    layer that does not mark what it builds give None.
+
+        >>> import layers
+        >>> async def echo(request):
+        ...     return request
+        >>> svc = layers.ServiceBuilder().timeout(1).service(echo)
+        >>> layers.inner_of(svc) is echo
+        True
+        >>> layers.inner_of(echo) is None
+        True
+    """
+    built = _built(service)
+    return None if built is None else cast("Service[Any, Any]", built[1])
+
+
+def layers_of(service: object) -> tuple[Layer[Any, Any, Any, Any], ...]:
+    """The layers a built service is made of, the outermost first.
+
+    It follows each service's ``built_by`` and ``inner`` (see
+    :func:`mark_built`) down to the first service that no layer built: the
+    user's own, usually. The layer objects are the very ones given to the
+    builder, so a stack can be searched for its breaker or limit::
+
+        breakers = [x for x in layers.layers_of(svc) if isinstance(x, CircuitBreaker)]
+
+    A :class:`Stack` or a builder's :meth:`~layers.ServiceBuilder.into_layer`
+    inside shows as the layers it holds; :class:`Identity` builds nothing and
+    does not show. A layer made with :func:`layer_fn` shows as its
+    :class:`LayerFn`. The walk stops at a service that does not say how it
+    was built (a user's layer that does not mark its services).
+
+        >>> import layers
+        >>> async def echo(request):
+        ...     return request
+        >>> svc = layers.ServiceBuilder().timeout(1).concurrency_limit(4).service(echo)
+        >>> [type(layer).__name__ for layer in layers.layers_of(svc)]
+        ['Timeout', 'ConcurrencyLimit']
+
+    Returns:
+        The layer objects, outermost first; empty if no layer built *service*.
+    """
+    return tuple(_walk(service)[0])
+
+
+def describe_stack(service: object) -> str:
+    """A readable picture of a built service: its layers, then the service inside.
+
+    One line per layer (its ``repr``), the outermost first, each nested in
+    the one above, and last the innermost service (a function by its name).
+    The walk is that of :func:`layers_of`.
+
+        >>> import layers
+        >>> async def echo(request):
+        ...     return request
+        >>> svc = layers.ServiceBuilder().timeout(1).layer(layers.Drain()).service(echo)
+        >>> print(layers.describe_stack(svc))
+        Timeout(seconds=1, name='timeout')
+        └─ Drain(retry_after=None, name='drain')
+           └─ echo
+    """
+    found, innermost = _walk(service)
+    lines = [*map(repr, found), describe(innermost)]
+    return "\n".join(
+        line if depth == 0 else f"{'   ' * (depth - 1)}└─ {line}"
+        for depth, line in enumerate(lines)
+    )
 
 
 @final

@@ -16,7 +16,7 @@ import attrs
 
 from . import events
 from ._config import check_number, finite_number, name_value
-from ._core import Service
+from ._core import Service, mark_built
 from ._errors import ShuttingDown
 from ._observable import HealthStatus, Observation
 from .events import Event, Level
@@ -271,7 +271,7 @@ class Drain:
             finally:
                 state.leave()
 
-        return drain
+        return mark_built(drain, self, inner)
 
     def _reject(self) -> NoReturn:
         state = self._state

@@ -19,7 +19,7 @@ from . import events
 from ._breaker import CircuitBreaker, CircuitState
 from ._builder import ServiceBuilder
 from ._config import check_int
-from ._core import Layer, Service, Stack, TypePreservingLayer, as_layer
+from ._core import Layer, Service, Stack, TypePreservingLayer, as_layer, mark_built
 from ._errors import CallbackError, ConfigurationError, Rejected
 from ._observable import Observation
 from .events import Event, Level
@@ -376,7 +376,7 @@ class PerKey:
                 service = entry.services[slot] = entry.layer.layer(inner)
             return cast("Res", await service(request))
 
-        return per_key
+        return mark_built(per_key, self, inner)
 
     def __repr__(self) -> str:
         name = getattr(self.factory, "__qualname__", repr(self.factory))

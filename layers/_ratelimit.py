@@ -60,7 +60,7 @@ from ._config import (
     name_value,
     optional_positive_seconds,
 )
-from ._core import Service
+from ._core import Service, mark_built
 from ._deadline import DEADLINE
 from ._errors import CallbackError, ConfigurationError, RateLimited
 from ._observable import Observation
@@ -702,8 +702,12 @@ class RateLimit:
             # the in-memory cell (whose tat is +inf while anyone waits).
             # _slow(now) itself is the slow path: its defaults are this
             # case's, so a queued call runs no coroutine but _slow's.
-            return _cell_service(
-                inner, cell, interval, tolerance - 1 * interval, self._slow
+            return mark_built(
+                _cell_service(
+                    inner, cell, interval, tolerance - 1 * interval, self._slow
+                ),
+                self,
+                inner,
             )
 
         key_of = self.key
@@ -745,7 +749,7 @@ class RateLimit:
             await general_slow(now, key, cost, wait)
             return await inner(request)
 
-        return keyed_rate_limit
+        return mark_built(keyed_rate_limit, self, inner)
 
     # -- off the success path --------------------------------------------------
 

@@ -30,7 +30,7 @@ from ._config import (
     optional_positive_seconds,
     seconds_at_least_zero,
 )
-from ._core import Service
+from ._core import Service, mark_built
 from ._deadline import DEADLINE
 from ._errors import CallbackError, ConfigurationError, Rejected, type_name
 from .events import Event, Level
@@ -416,7 +416,7 @@ class Retry:
                         failure = error
                     return await run(request, failure, None, None)
 
-                return retry_with_budget
+                return mark_built(retry_with_budget, self, inner)
 
             async def retry(request: Req, /) -> Res:
                 if get_attempt() != 1:
@@ -429,7 +429,7 @@ class Retry:
                     failure = error
                 return await run(request, failure, None, None)
 
-            return retry
+            return mark_built(retry, self, inner)
 
         timed = self.max_time is not None
         on_result = self.on_result
@@ -453,7 +453,7 @@ class Retry:
                 return await run(request, None, response, start)
             return await run(request, failure, None, start)
 
-        return retry_general
+        return mark_built(retry_general, self, inner)
 
 
 @final

@@ -80,12 +80,14 @@ class Timeout:
 class TimeoutService(Generic[Req, Res]):
     """The service built by :class:`Timeout`; see there."""
 
-    __slots__ = ("_layer", "inner", "seconds")
+    __slots__ = ("built_by", "inner", "seconds")
 
     def __init__(self, inner: Service[Req, Res], layer: Timeout) -> None:
         self.inner: Callable[[Req], Awaitable[Res]] = inner
+        """The service it wraps (see :func:`~layers.inner_of`)."""
+        self.built_by: Timeout = layer
+        """The layer that built it (see :func:`~layers.layers_of`)."""
         self.seconds: float = layer.seconds
-        self._layer = layer
 
     if TYPE_CHECKING:
 
@@ -98,10 +100,10 @@ class TimeoutService(Generic[Req, Res]):
 
     def elapsed(self) -> Elapsed:
         """Report the expiry (an event) and return the error to raise."""
-        layer = self._layer
+        layer = self.built_by
         if events.STATE.sinks:
             events.emit(events.TimeoutElapsed(layer=layer.name, timeout=layer.seconds))
         return Elapsed(timeout=layer.seconds, layer=layer.name)
 
     def __repr__(self) -> str:
-        return f"TimeoutService({self.inner!r}, seconds={self.seconds!r})"
+        return f"TimeoutService({self.built_by!r}, inner={self.inner!r})"

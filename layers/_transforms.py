@@ -23,7 +23,13 @@ from typing import Any, Generic, NoReturn, TypeVar, cast, final
 import attrs
 
 from ._config import Validator, callable_value, check_callable, name_value
-from ._core import Service, describe, is_async_callable, refuse_awaitable
+from ._core import (
+    Service,
+    describe,
+    is_async_callable,
+    mark_built,
+    refuse_awaitable,
+)
 from ._errors import CallbackError, ConfigurationError, Filtered
 
 __all__ = ["AndThen", "Filter", "MapErr", "MapRequest", "MapResponse"]
@@ -132,7 +138,7 @@ class MapRequest(Generic[A, B]):
                 )
             return await inner(mapped)
 
-        return map_request
+        return mark_built(map_request, self, inner)
 
 
 @final
@@ -167,7 +173,7 @@ class MapResponse(Generic[A, B]):
                 )
             return mapped
 
-        return map_response
+        return mark_built(map_response, self, inner)
 
 
 @final
@@ -191,7 +197,7 @@ class AndThen(Generic[A, B]):
         async def and_then(request: Req, /) -> B:
             return await function(await inner(request))
 
-        return and_then
+        return mark_built(and_then, self, inner)
 
 
 @final
@@ -252,7 +258,7 @@ class MapErr:
                     _not_an_exception(function, replacement, error)
                 raise replacement from error
 
-        return map_err
+        return mark_built(map_err, self, inner)
 
 
 def _not_an_exception(function: object, value: object, error: Exception) -> NoReturn:
@@ -310,7 +316,7 @@ class Filter(Generic[Req]):
                     )
                 return await inner(request)
 
-            return async_filter
+            return mark_built(async_filter, self, inner)
         predicate = cast(Callable[[Req], object], self.predicate)
 
         async def sync_filter(request: Req, /) -> Res:
@@ -333,4 +339,4 @@ class Filter(Generic[Req]):
                     )
             return await inner(request)
 
-        return sync_filter
+        return mark_built(sync_filter, self, inner)

@@ -601,10 +601,13 @@ class Instrumented:
 class InstrumentedService(Generic[Req, Res]):
     """The service built by :class:`Instrumented`; see there."""
 
-    __slots__ = ("_metrics", "inner", "name")
+    __slots__ = ("_metrics", "built_by", "inner", "name")
 
     def __init__(self, inner: Service[Req, Res], layer: Instrumented) -> None:
         self.inner: Callable[[Req], Awaitable[Res]] = inner
+        """The service it wraps (see :func:`~layers.inner_of`)."""
+        self.built_by: Instrumented = layer
+        """The layer that built it (see :func:`~layers.layers_of`)."""
         self.name: str = layer.name
         self._metrics = layer.metrics
 
@@ -623,7 +626,7 @@ class InstrumentedService(Generic[Req, Res]):
         return response
 
     def __repr__(self) -> str:
-        return f"InstrumentedService({self.inner!r}, name={self.name!r})"
+        return f"InstrumentedService({self.built_by!r}, inner={self.inner!r})"
 
 
 _publish(__name__, __all__)

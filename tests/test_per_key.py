@@ -302,3 +302,13 @@ def test_public_homes() -> None:
     assert layers.KeyTableFull.__module__ == "layers"
     assert layers.events.PerKeyRejected.__module__ == "layers.events"
     assert "PerKeyRejected" not in layers.__all__
+
+
+def test_a_per_key_service_shows_in_the_stack() -> None:
+    """layers_of walks through a PerKey to the service it wraps."""
+    per_key = PerKey(lambda key: layers.Identity(), key=same)
+    timeout = layers.Timeout(5)
+    backend = Backend()
+    service = timeout.layer(per_key.layer(backend))
+    assert layers.layers_of(service) == (timeout, per_key)
+    assert layers.inner_of(layers.inner_of(service)) is backend
