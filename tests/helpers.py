@@ -51,3 +51,45 @@ def quiet_events(monkeypatch: pytest.MonkeyPatch) -> None:
     Autouse in every test module that imports it.
     """
     monkeypatch.setattr(layers.events.STATE, "sinks", ())
+
+
+class Maintenance:
+    """A user's own layer: refuses every call while in maintenance; observable."""
+
+    kind = "maintenance"
+
+    def __init__(self, name: str = "maintenance", *, switches: float = 1) -> None:
+        self.name = name
+        self.on = False
+        self.inside = 0
+        self.refused = 0
+        self.switches = switches
+
+    def layer(self, inner: layers.Service[int, int], /) -> layers.Service[int, int]:
+        """Wrap *inner*: refuse while in maintenance."""
+
+        async def service(request: int, /) -> int:
+            if self.on:
+                self.refused += 1
+                raise layers.Rejected("in maintenance", layer=self.name)
+            self.inside += 1
+            try:
+                return await inner(request)
+            finally:
+                self.inside -= 1
+
+        return service
+
+    def observe(self) -> layers.Observation:
+        """Unhealthy in maintenance; the calls inside and refused, a figure."""
+        return layers.Observation(
+            status=(
+                layers.HealthStatus.UNHEALTHY
+                if self.on
+                else layers.HealthStatus.HEALTHY
+            ),
+            state="maintenance" if self.on else "serving",
+            in_flight=self.inside,
+            rejected=self.refused,
+            figures={"switches": self.switches},
+        )

@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers import Maintenance
 
 import layers
 from layers.health import HealthApp, HealthChecks, HealthReport, HealthStatus
@@ -574,43 +575,6 @@ async def test_rate_limit_rejections_degrade() -> None:
 async def echo(request: int) -> int:
     """A service that answers its request."""
     return request
-
-
-class Maintenance:
-    """A user's own layer: refuses every call while in maintenance; observable."""
-
-    kind = "maintenance"
-
-    def __init__(self, name: str = "maintenance") -> None:
-        self.name = name
-        self.on = False
-        self.inside = 0
-        self.refused = 0
-
-    def layer(self, inner: layers.Service[int, int], /) -> layers.Service[int, int]:
-        """Wrap *inner*: refuse while in maintenance."""
-
-        async def service(request: int, /) -> int:
-            if self.on:
-                self.refused += 1
-                raise layers.Rejected("in maintenance", layer=self.name)
-            self.inside += 1
-            try:
-                return await inner(request)
-            finally:
-                self.inside -= 1
-
-        return service
-
-    def observe(self) -> layers.Observation:
-        """Unhealthy in maintenance; the calls inside and refused."""
-        return layers.Observation(
-            status=UNHEALTHY if self.on else HEALTHY,
-            state="maintenance" if self.on else "serving",
-            in_flight=self.inside,
-            rejected=self.refused,
-            figures={"switches": 1},
-        )
 
 
 async def test_a_users_own_layer_is_a_health_check() -> None:

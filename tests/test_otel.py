@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from helpers import Maintenance
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
@@ -488,52 +489,11 @@ def test_observed_layers_are_held_weakly(
     assert read(reader).get("layers.circuit_breaker.state", []) == []
 
 
-class Maintenance:
-    """A user's own layer: refuses every call while in maintenance; observable."""
-
-    kind = "maintenance"
-
-    def __init__(self, name: str = "maintenance") -> None:
-        self.name = name
-        self.on = False
-        self.inside = 0
-        self.refused = 0
-
-    def layer(self, inner: layers.Service[int, int], /) -> layers.Service[int, int]:
-        """Wrap *inner*: refuse while in maintenance."""
-
-        async def service(request: int, /) -> int:
-            if self.on:
-                self.refused += 1
-                raise layers.Rejected("in maintenance", layer=self.name)
-            self.inside += 1
-            try:
-                return await inner(request)
-            finally:
-                self.inside -= 1
-
-        return service
-
-    def observe(self) -> layers.Observation:
-        """Unhealthy in maintenance; the calls inside and refused, a figure."""
-        return layers.Observation(
-            status=(
-                layers.HealthStatus.UNHEALTHY
-                if self.on
-                else layers.HealthStatus.HEALTHY
-            ),
-            state="maintenance" if self.on else "serving",
-            in_flight=self.inside,
-            rejected=self.refused,
-            figures={"switches": 1.5},
-        )
-
-
 async def test_a_users_own_layer_gets_gauges_and_is_a_health_check(
     metrics: OtelMetrics, reader: InMemoryMetricReader
 ) -> None:
     """A user-defined Observable layer gets OTel gauges and becomes a health check."""
-    maintenance = Maintenance("edge")
+    maintenance = Maintenance("edge", switches=1.5)
     metrics.observe(maintenance)
     checks = layers.HealthChecks(cache_ttl=0)
     checks.add_layer(maintenance, critical=True)
