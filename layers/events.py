@@ -338,23 +338,14 @@ from ._ratelimit import RateLimitRejected, RateLimitWaited  # noqa: E402
 from ._retry import RetryAttemptFailed, RetryStopped  # noqa: E402
 from ._shutdown import ShutdownCompleted, ShutdownStarted  # noqa: E402
 
-for _published in (
-    CircuitCallRejected,
-    CircuitClosed,
-    CircuitHalfOpened,
-    CircuitOpened,
-    CircuitStateChanged,
-    CircuitThresholdExceeded,
-    ConcurrencyLimitRejected,
-    DrainRejected,
-    DrainStarted,
-    PerKeyRejected,
-    RateLimitRejected,
-    RateLimitWaited,
-    RetryAttemptFailed,
-    RetryStopped,
-    ShutdownCompleted,
-    ShutdownStarted,
-):
-    _published.__module__ = __name__  # its public home, as in reprs and docs
-del _published
+
+def _publish_events() -> None:
+    """Give every event class imported above its public home, as docs show it."""
+    namespace = globals()
+    for name in __all__:
+        value = namespace[name]
+        if isinstance(value, type) and issubclass(value, Event):
+            value.__module__ = __name__
+
+
+_publish_events()
