@@ -25,7 +25,7 @@ The goals checked at the end come from the performance issue:
 * ``Retry`` in its default configuration (budget on) costs at most 4x.
 * a ``CircuitBreaker`` (closed, success path) with its default configuration
   and a time window costs at most 4x, with a slow-call threshold too at
-  most 5x; with a ``failure_response`` predicate (what
+  most 5x; with an ``on_result`` predicate (what
   ``layers.httpx.breaker_options()`` sets), at most 4x.
 * ``RateLimit`` (never limited) and ``ConcurrencyLimit`` (never full) each
   cost at most 4x on asyncio and trio (benchmarks/bench_limits.py measures
@@ -117,8 +117,8 @@ def make_cases(backend: str) -> dict[str, Case]:
         ).layer(f),
         # a response predicate, as layers.httpx.breaker_options() sets
         # (default count window): one call of it per response
-        "CircuitBreaker(failure_response)": layers.CircuitBreaker(
-            failure_response=is_failure_response
+        "CircuitBreaker(on_result)": layers.CircuitBreaker(
+            on_result=is_failure_response
         ).layer(f),
         # success path: never limited (one GCRA update), never full (a counter)
         # (a huge burst: uvloop's clock stands still while the loop runs)
@@ -288,8 +288,8 @@ def report(backend: str, samples: dict[str, list[float]]) -> bool:
     )
     results.append(
         check(
-            "CircuitBreaker, failure_response vs bare (goal <= 4x)",
-            ratio["CircuitBreaker(failure_response)"],
+            "CircuitBreaker, on_result vs bare (goal <= 4x)",
+            ratio["CircuitBreaker(on_result)"],
             4.0,
         )
     )

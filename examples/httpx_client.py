@@ -43,7 +43,7 @@ def flaky_api(request: httpx.Request) -> httpx.Response:
 def breaker(host: str) -> layers.CircuitBreaker:
     """One breaker per host: 4 calls in the window, open for 30 s."""
     return layers.CircuitBreaker(
-        name=host, window_size=4, minimum_calls=4, open_duration=30, **breaker_options()
+        name=host, window_size=4, min_calls=4, open_duration=30, **breaker_options()
     )
 
 

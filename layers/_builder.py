@@ -85,6 +85,7 @@ from typing import Any, Generic, TypedDict, Unpack, final, overload
 from ._backoff import BackoffSpec
 from ._breaker import CircuitBreaker, CircuitBreakerOptions
 from ._budget import RetryBudget
+from ._classify import Classification
 from ._concurrency import ConcurrencyLimit
 from ._core import (
     Identity,
@@ -98,7 +99,7 @@ from ._core import (
 )
 from ._errors import ConfigurationError
 from ._ratelimit import Mode, RateLimit, RateLimitStore
-from ._retry import Classification, Retry
+from ._retry import Retry
 from ._timeout import Timeout
 from ._transforms import (
     AndThen,

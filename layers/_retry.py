@@ -22,6 +22,7 @@ from ._backoff import (
     to_backoff,
 )
 from ._budget import BudgetState, RetryBudget
+from ._classify import Classification, classification
 from ._config import (
     callable_or_none,
     fail,
@@ -170,33 +171,7 @@ def _type_name(error: BaseException | None) -> str | None:
 
 # ------------------------------------------------------------------ config
 
-Classification = (
-    type[Exception] | tuple[type[Exception], ...] | Callable[[Exception], bool]
-)
-"""What ``Retry(on=...)`` accepts."""
-
-_ON_RULE: Final = (
-    "an Exception subclass, a tuple of them, or a predicate on the exception "
-    "(cancellation and other BaseExceptions are never retried)"
-)
-
-
-def _exception_type(value: object) -> bool:
-    return isinstance(value, type) and issubclass(value, Exception)
-
-
-def _classification(
-    instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    if isinstance(value, type):
-        if not _exception_type(value):
-            fail(instance, attribute, value, _ON_RULE)
-    elif isinstance(value, tuple):
-        items = cast("tuple[object, ...]", value)
-        if not items or not all(_exception_type(each) for each in items):
-            fail(instance, attribute, items, _ON_RULE)
-    elif not callable(value):
-        fail(instance, attribute, value, _ON_RULE)
+_classification = classification("retried")
 
 
 _attempts = int_at_least(1, "None or an integer >= 1", optional=True)

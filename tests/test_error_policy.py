@@ -410,10 +410,10 @@ RAISING: list[tuple[str, Callable[[], Callable[[Any], Awaitable[Any]]]]] = [
     ("retry-on", lambda: Retry(on=refuse, attempts=2).layer(boom)),
     ("filter", lambda: Filter(refuse).layer(echo)),
     ("map-request", lambda: ServiceBuilder().map_request(refuse).service(echo)),
-    ("breaker-failure-on", lambda: CircuitBreaker(failure_on=refuse).layer(boom)),
+    ("breaker-failure-on", lambda: CircuitBreaker(on=refuse).layer(boom)),
     (
         "breaker-failure-response",
-        lambda: CircuitBreaker(failure_response=refuse).layer(echo),
+        lambda: CircuitBreaker(on_result=refuse).layer(echo),
     ),
 ]
 
@@ -509,9 +509,7 @@ async def test_overloaded_reason_is_the_events(
 @pytest.mark.anyio
 async def test_circuit_open_reason_is_the_breakers_state() -> None:
     """CircuitOpen.reason: "open", "half_open" (trial calls all out), "forced_open"."""
-    breaker = CircuitBreaker(
-        consecutive_failures=1, open_duration=10, half_open_calls=1
-    )
+    breaker = CircuitBreaker(consecutive_failures=1, open_duration=10, probes=1)
     failing = breaker.layer(boom)
     with pytest.raises(Boom):
         await failing(1)
@@ -569,7 +567,7 @@ def test_type_hints_still_resolve(module: str, name: str, cls: type) -> None:
 
 @pytest.mark.anyio
 async def test_a_probe_whose_failure_response_raises_is_not_a_success() -> None:
-    """A raising failure_response neither closes the breaker nor holds the slot.
+    """A raising on_result neither closes the breaker nor holds the slot.
 
     The closed state records nothing for such a call; a half-open trial call
     does the same: its slot is freed, uncounted, so a broken predicate cannot
@@ -577,7 +575,7 @@ async def test_a_probe_whose_failure_response_raises_is_not_a_success() -> None:
     """
     broken = False
 
-    def failure_response(response: Any) -> bool:
+    def on_result(response: Any) -> bool:
         if broken:
             raise Refused(response)
         return False
@@ -585,8 +583,8 @@ async def test_a_probe_whose_failure_response_raises_is_not_a_success() -> None:
     breaker = CircuitBreaker(
         consecutive_failures=1,
         open_duration=10,
-        half_open_calls=1,
-        failure_response=failure_response,
+        probes=1,
+        on_result=on_result,
     )
     with pytest.raises(Boom):
         await breaker.layer(boom)(1)

@@ -464,7 +464,7 @@ async def test_open_breaker_degrades_or_fails_the_report() -> None:
 async def test_tripped_and_half_open_breaker() -> None:
     """A tripped breaker is unhealthy, half-open is degraded, then healthy."""
     breaker = layers.CircuitBreaker(
-        name="api", consecutive_failures=1, open_duration=1.0, half_open_calls=1
+        name="api", consecutive_failures=1, open_duration=1.0, probes=1
     )
     gate = anyio.Event()
 
@@ -654,7 +654,7 @@ async def test_a_started_drain_fails_readiness() -> None:
 
 async def test_an_exhausted_retry_budget_is_degraded() -> None:
     """A RetryBudget whose retries used it up is degraded, with its figures."""
-    budget = layers.RetryBudget(min_per_second=0, percent=50, name="api-retries")
+    budget = layers.RetryBudget(min_per_second=0, ratio=0.5, name="api-retries")
     checks = HealthChecks(cache_ttl=0)
     checks.add_layer(budget)
     assert (await checks.run()).status is HEALTHY  # no traffic: not exhausted

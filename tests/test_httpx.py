@@ -350,7 +350,7 @@ async def test_breaker_counts_5xx_and_transport_errors_not_429() -> None:
     """breaker_options(): 503s and 500s open the breaker; 429s do not."""
     server = Server(429)
     breaker = layers.CircuitBreaker(
-        name="api", window_size=4, minimum_calls=4, **breaker_options()
+        name="api", window_size=4, min_calls=4, **breaker_options()
     )
     async with client(layers.ServiceBuilder().layer(breaker), server) as http:
         for _ in range(4):
@@ -385,7 +385,7 @@ async def test_per_host_breakers_are_separate() -> None:
 
     def breaker(host: str) -> layers.CircuitBreaker:
         made[host] = layers.CircuitBreaker(
-            name=host, window_size=2, minimum_calls=2, **breaker_options()
+            name=host, window_size=2, min_calls=2, **breaker_options()
         )
         return made[host]
 
@@ -935,7 +935,7 @@ async def test_per_host_full_table_keeps_the_open_host() -> None:
         made[host] = layers.CircuitBreaker(
             name=host,
             window_size=2,
-            minimum_calls=2,
+            min_calls=2,
             open_duration=30,
             **breaker_options(),
         )

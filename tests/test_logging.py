@@ -378,7 +378,7 @@ async def test_breaker_opening_is_a_warning_closing_info_retry_info(
         return request
 
     breaker = layers.CircuitBreaker(
-        name="db", consecutive_failures=2, open_duration=10, half_open_calls=1
+        name="db", consecutive_failures=2, open_duration=10, probes=1
     )
     svc = (
         layers.ServiceBuilder()

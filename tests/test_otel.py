@@ -135,7 +135,7 @@ async def test_retry_stops_are_counted_by_reason(
     for _ in range(2):
         with pytest.raises(ConnectionError):
             await svc.layer(down)(1)
-    budget = layers.RetryBudget(min_per_second=0, percent=0)
+    budget = layers.RetryBudget(min_per_second=0, ratio=0)
     for _ in range(3):
         with pytest.raises(ConnectionError):
             await layers.Retry(
@@ -217,7 +217,7 @@ async def test_breaker_transitions_rejections_and_state_gauge(
 ) -> None:
     """A breaker's trip, rejections and recovery move the counters and the gauge."""
     breaker = layers.CircuitBreaker(
-        name="db", consecutive_failures=2, open_duration=10, half_open_calls=1
+        name="db", consecutive_failures=2, open_duration=10, probes=1
     )
     metrics.observe(breaker)
     fail = True
@@ -582,7 +582,7 @@ async def test_every_built_in_stateful_layer_gets_gauges(
 ) -> None:
     """Drain, RetryBudget and PerKey are observable too, as breakers and limits are."""
     drain = layers.Drain(name="server")
-    budget = layers.RetryBudget(min_per_second=0, percent=50, name="retries")
+    budget = layers.RetryBudget(min_per_second=0, ratio=0.5, name="retries")
     per_key = layers.PerKey(
         lambda key: layers.ConcurrencyLimit(1), key=lambda request: request, name="keys"
     )

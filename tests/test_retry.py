@@ -255,7 +255,7 @@ async def test_a_shared_error_gets_one_note_per_reason() -> None:
     # a budget of 60 retries for 100 calls of 3 attempts: 40 calls are refused
     # after 1 attempt, the other 60 after 2; one reason, one note
     shared = SharedFailure(ConnectionError("down"))
-    budget = layers.RetryBudget(ttl=10, min_per_second=6, percent=0)
+    budget = layers.RetryBudget(ttl=10, min_per_second=6, ratio=0)
     svc = Retry(on=ConnectionError, attempts=3, backoff=[0.1], budget=budget)
     await gather_failures(svc.layer(shared), 100)
     assert shared.calls == 160
@@ -265,7 +265,7 @@ async def test_a_shared_error_gets_one_note_per_reason() -> None:
 
     # 150 retries: 50 calls refused after 2 attempts, 50 reach the limit
     shared = SharedFailure(ConnectionError("down"))
-    budget = layers.RetryBudget(ttl=10, min_per_second=15, percent=0)
+    budget = layers.RetryBudget(ttl=10, min_per_second=15, ratio=0)
     svc = Retry(on=ConnectionError, attempts=3, backoff=[0.1], budget=budget)
     await gather_failures(svc.layer(shared), 100)
     assert shared.error.__notes__ == [
@@ -1165,7 +1165,7 @@ async def test_max_time_counts_from_the_first_attempt() -> None:
 
 async def test_an_empty_budget_stops_retrying() -> None:
     """With no budget left, the error is raised at once and an event says why."""
-    budget = layers.RetryBudget(min_per_second=0, percent=0)
+    budget = layers.RetryBudget(min_per_second=0, ratio=0)
     flaky = Flaky(5)
     svc = Retry(
         on=ConnectionError, attempts=5, backoff=[0.25], budget=budget, name="db"
@@ -1196,7 +1196,7 @@ async def test_one_layer_shares_its_budget_between_services() -> None:
         on=ConnectionError,
         attempts=2,
         backoff=[0],
-        budget=layers.RetryBudget(ttl=1, min_per_second=1, percent=0),
+        budget=layers.RetryBudget(ttl=1, min_per_second=1, ratio=0),
     )
     first, second = retry.layer(Flaky(1)), retry.layer(Flaky(1))
     assert await first("a") == "a"  # takes the one retry there is
@@ -1232,10 +1232,10 @@ async def test_an_early_call_does_not_pay_for_a_late_retry(
 ) -> None:
     """A call at t=0 pays for no retry 30 s later with ttl=1 (its deposit expired).
 
-    With percent=50, it takes two calls' deposits to pay for a retry: the
+    With ratio=0.5, it takes two calls' deposits to pay for a retry: the
     failing call's own and, had it not expired, the first call's.
     """
-    budget = layers.RetryBudget(ttl=1, min_per_second=0, percent=50)
+    budget = layers.RetryBudget(ttl=1, min_per_second=0, ratio=0.5)
     retry = Retry(on=ConnectionError, backoff=[0], budget=budget, **kwargs)
     assert await retry.layer(Flaky(0))("x") == "x"
     await anyio.sleep(30)
@@ -1260,7 +1260,7 @@ async def test_a_burst_of_calls_is_dated_when_it_started(
     async def echo(request: int) -> int:
         return request
 
-    budget = layers.RetryBudget(ttl=1, min_per_second=0, percent=100)
+    budget = layers.RetryBudget(ttl=1, min_per_second=0, ratio=1)
     svc = Retry(on=ConnectionError, budget=budget, **kwargs).layer(echo)
     for request in range(64):
         await svc(request)

@@ -82,15 +82,15 @@ BUILT_INS: dict[str, Callable[[], layers.Layer[Any, Any, Any, Any]]] = {
     "ConcurrencyLimit": lambda: ConcurrencyLimit(10),
     "CircuitBreaker, count": lambda: CircuitBreaker(),
     "CircuitBreaker, count, checked": lambda: CircuitBreaker(
-        failure_response=lambda response: False
+        on_result=lambda response: False
     ),
     "CircuitBreaker, time": lambda: CircuitBreaker(window_type="time"),
     "CircuitBreaker, time, checked": lambda: CircuitBreaker(
-        window_type="time", failure_response=lambda response: False
+        window_type="time", on_result=lambda response: False
     ),
     "CircuitBreaker, slow count": lambda: CircuitBreaker(slow_call_duration=1),
     "CircuitBreaker, slow count, checked": lambda: CircuitBreaker(
-        slow_call_duration=1, failure_response=lambda response: False
+        slow_call_duration=1, on_result=lambda response: False
     ),
     "CircuitBreaker, slow time": lambda: CircuitBreaker(
         window_type="time", slow_call_duration=1
@@ -98,7 +98,7 @@ BUILT_INS: dict[str, Callable[[], layers.Layer[Any, Any, Any, Any]]] = {
     "CircuitBreaker, slow time, checked": lambda: CircuitBreaker(
         window_type="time",
         slow_call_duration=1,
-        failure_response=lambda response: False,
+        on_result=lambda response: False,
     ),
     "Drain": lambda: Drain(),
     "MapRequest": lambda: MapRequest(same),

@@ -25,7 +25,7 @@ assert_type(
         on=(ConnectionError, TimeoutError),
         max_time=5,
         backoff=layers.ExponentialBackoff(jitter="equal", rng=random.Random(1).random),
-        budget=layers.RetryBudget(percent=10),
+        budget=layers.RetryBudget(ratio=0.1),
         retry_after=lambda error: 1.0,
         on_result=lambda response: response == "busy",
         prepare=lambda request, attempt: request,
