@@ -373,7 +373,7 @@ class CircuitBreaker:
     whose ``retry_after`` is the time left until the breaker half-opens. After
     the open duration the next call half-opens it (no timer runs).
 
-    **Half-open**, exactly *probes* probe calls go through and every
+    **Half-open**, exactly *probes* trial calls (probes) go through and every
     other call is rejected (``retry_after=None``: the time the probes take
     is unknown). Once all the probes have finished, the breaker closes if
     their failure rate and slow-call rate are below the thresholds, else it
