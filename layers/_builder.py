@@ -465,7 +465,7 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
         self,
         max_in_flight: int,
         *,
-        max_queue: int | None = None,
+        max_waiting: int | None = None,
         max_wait: float | None = None,
         name: str = "concurrency_limit",
     ) -> ServiceBuilder[InReq, InRes, OutReq, OutRes]:
@@ -476,7 +476,7 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
         """
         return self._add(
             ConcurrencyLimit(
-                max_in_flight, max_queue=max_queue, max_wait=max_wait, name=name
+                max_in_flight, max_waiting=max_waiting, max_wait=max_wait, name=name
             )
         )
 
@@ -485,14 +485,14 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
     ) -> ServiceBuilder[InReq, InRes, OutReq, OutRes]:
         """Add load shedding: refuse at once what finds *max_in_flight* calls inside.
 
-        The same as ``.concurrency_limit(max_in_flight, max_queue=0)``: a new
+        The same as ``.concurrency_limit(max_in_flight, max_waiting=0)``: a new
         :class:`~layers.ConcurrencyLimit` without a queue, whose refusals
         raise :class:`~layers.Overloaded` without calling the inner service.
         (Tower's ``load_shed()`` sheds when the inner service is not ready;
         in ``layers`` a service has no readiness, so the bound is given
         here.)
         """
-        return self._add(ConcurrencyLimit(max_in_flight, max_queue=0, name=name))
+        return self._add(ConcurrencyLimit(max_in_flight, max_waiting=0, name=name))
 
     def retry(
         self, on: Classification, **options: Unpack[RetryOptions]

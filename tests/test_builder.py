@@ -376,7 +376,7 @@ LAYER_METHODS: dict[str, tuple[type, bool]] = {
 OWN_METHODS = {"layer", "option_layer", "service", "into_layer", "layers"}
 # Options that a builder method sets itself and does not take: load_shed is
 # a ConcurrencyLimit without a queue.
-SET_BY_THE_METHOD = {"load_shed": {"max_queue", "max_wait"}}
+SET_BY_THE_METHOD = {"load_shed": {"max_waiting", "max_wait"}}
 # Defaults that a builder method chooses on purpose: load_shed's own name.
 OWN_DEFAULTS = {"load_shed": {"name"}}
 

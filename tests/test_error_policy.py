@@ -485,7 +485,7 @@ async def test_rate_limited_reason_deadline_and_cost() -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     ("options", "reason"),
-    [({"max_queue": 0}, "queue_full"), ({"max_wait": 1.0}, "max_wait")],
+    [({"max_waiting": 0}, "queue_full"), ({"max_wait": 1.0}, "max_wait")],
 )
 async def test_overloaded_reason_is_the_events(
     options: dict[str, Any], reason: str

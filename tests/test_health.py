@@ -496,7 +496,7 @@ async def test_tripped_and_half_open_breaker() -> None:
 
 async def test_concurrency_limit_saturation_is_degraded() -> None:
     """A limit that refused calls since the last check is degraded, then healthy."""
-    limit = layers.ConcurrencyLimit(1, max_queue=0, name="bulkhead")
+    limit = layers.ConcurrencyLimit(1, max_waiting=0, name="bulkhead")
     release = anyio.Event()
 
     async def work(request: int) -> int:

@@ -177,7 +177,7 @@ async def test_concurrency_rejections_and_gauges(
     metrics: OtelMetrics, reader: InMemoryMetricReader
 ) -> None:
     """A full limit counts queue_full rejections; its gauges show occupancy."""
-    limit = layers.ConcurrencyLimit(1, max_queue=1, name="pool")
+    limit = layers.ConcurrencyLimit(1, max_waiting=1, name="pool")
     metrics.observe(limit)
     release = anyio.Event()
 

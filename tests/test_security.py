@@ -165,8 +165,8 @@ async def test_rate_limit_wait_queue_is_bounded_by_max_wait() -> None:
 
 @pytest.mark.usefixtures("quiet")
 async def test_concurrency_queue_is_bounded_by_max_queue() -> None:
-    """1,000 callers at a full limit: max_queue wait, the rest are refused."""
-    limit = layers.ConcurrencyLimit(2, max_queue=10)
+    """1,000 callers at a full limit: max_waiting wait, the rest are refused."""
+    limit = layers.ConcurrencyLimit(2, max_waiting=10)
     release = anyio.Event()
 
     async def hold(request: int) -> int:

@@ -58,6 +58,7 @@ _RETIRED = {
     r"^half_open_calls": "probes",
     r"^failure_on$": "on",
     r"^failure_response$": "on_result",
+    r"^max_queue$": "max_waiting",
 }
 
 
@@ -99,6 +100,14 @@ def test_probes_is_one_word() -> None:
     assert "probes" in _field_names(layers.events.CircuitHalfOpened)
     stats = breaker.statistics()
     assert (stats.probes_in_flight, stats.probes_recorded) == (0, 0)
+
+
+def test_a_bound_shares_the_word_of_what_it_bounds() -> None:
+    """ConcurrencyLimit bounds ``in_flight`` and ``waiting`` with ``max_`` them."""
+    limit = layers.ConcurrencyLimit(2, max_waiting=3)
+    assert (limit.max_in_flight, limit.max_waiting) == (2, 3)
+    stats = limit.statistics()
+    assert (stats.in_flight, stats.waiting, stats.max_in_flight) == (0, 0, 2)
 
 
 def test_rejected_is_the_shared_counter() -> None:
