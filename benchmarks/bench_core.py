@@ -102,9 +102,9 @@ def make_cases(backend: str) -> dict[str, Case]:
         "Timeout(10), outer deadline": timeout,  # run under an outer deadline
         "timeout(10) + map_request": stack,
         # the default configuration: full-jitter backoff, budget on
-        "Retry(on=..., attempts=3)": layers.Retry(on=ConnectionError, attempts=3).layer(
-            f
-        ),
+        "Retry(on=..., max_attempts=3)": layers.Retry(
+            on=ConnectionError, max_attempts=3
+        ).layer(f),
         # closed, success path: the default configuration (count window, no
         # clock read), a time window (one clock read), and a slow-call
         # threshold as well (two clock reads)
@@ -132,7 +132,7 @@ def make_cases(backend: str) -> dict[str, Case]:
         full = (
             layers.ServiceBuilder()
             .timeout(10)
-            .retry(on=ConnectionError, attempts=3)
+            .retry(on=ConnectionError, max_attempts=3)
             .circuit_breaker()
             .rate_limit(1e12, burst=10**9)
             .concurrency_limit(10)
@@ -268,7 +268,7 @@ def report(backend: str, samples: dict[str, list[float]]) -> bool:
     results.append(
         check(
             "Retry (default, budget on) vs bare (goal <= 4x)",
-            ratio["Retry(on=..., attempts=3)"],
+            ratio["Retry(on=..., max_attempts=3)"],
             4.0,
         )
     )

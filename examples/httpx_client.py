@@ -55,7 +55,7 @@ async def main() -> None:
         .retry(
             on=RetryOn(),
             retry_after=retry_after,
-            attempts=4,
+            max_attempts=4,
             backoff=layers.ConstantBackoff(0.1),
             max_delay=30,  # a longer Retry-After returns the response at once
         )

@@ -170,7 +170,7 @@ class RetryOptions(TypedDict, total=False):
     :class:`~layers.ExponentialBackoff`...).
     """
 
-    attempts: int | None
+    max_attempts: int | None
     max_time: float | None
     backoff: BackoffSpec
     budget: RetryBudget | None
@@ -506,7 +506,7 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
         built from this builder, unless ``budget=`` says otherwise
         (``budget=None`` turns it off)::
 
-            builder.retry(on=ConnectionError, attempts=3)
+            builder.retry(on=ConnectionError, max_attempts=3)
 
         Raises:
             layers.ConfigurationError: For an invalid option.

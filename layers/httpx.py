@@ -7,7 +7,7 @@ real transport (by default ``httpx.AsyncHTTPTransport()``)::
     transport = LayeredTransport(
         ServiceBuilder()
         .timeout(10)
-        .retry(on=RetryOn(), retry_after=retry_after, attempts=3, max_delay=30)
+        .retry(on=RetryOn(), retry_after=retry_after, max_attempts=3, max_delay=30)
         .layer(
             PerKey(
                 lambda host: CircuitBreaker(name=host, **breaker_options()),
@@ -616,7 +616,7 @@ class RetryOn:
         >>> import httpx
         >>> from layers.httpx import RetryOn, retry_after
         >>> import layers
-        >>> retry = layers.Retry(on=RetryOn(), retry_after=retry_after, attempts=3)
+        >>> retry = layers.Retry(on=RetryOn(), retry_after=retry_after, max_attempts=3)
         >>> on = RetryOn(methods={"GET", "POST"}, statuses={503})
         >>> on(httpx.ConnectError("refused", request=httpx.Request("POST", "http://x")))
         True
@@ -835,7 +835,7 @@ class LayeredTransport(httpx.AsyncBaseTransport):
         >>> stack = layers.ServiceBuilder().retry(
         ...     on=RetryOn(),
         ...     retry_after=retry_after,
-        ...     attempts=3,
+        ...     max_attempts=3,
         ...     backoff=[0.01],
         ...     max_delay=30,  # a longer Retry-After returns the response
         ... )

@@ -260,7 +260,7 @@ def test_deposits_from_an_earlier_event_loop_no_longer_count(backend: str) -> No
 
 
 async def storm(budget: RetryBudget | None) -> tuple[int, float]:
-    """1,000 calls, one every 10 ms, to a service that always fails, attempts=5.
+    """1,000 calls, one every 10 ms, to a service that always fails, max_attempts=5.
 
     Returns the number of retries and the virtual time elapsed.
     """
@@ -269,7 +269,7 @@ async def storm(budget: RetryBudget | None) -> tuple[int, float]:
         mock.fail(ConnectionError)
     svc = layers.Retry(
         on=ConnectionError,
-        attempts=5,
+        max_attempts=5,
         backoff=layers.ConstantBackoff(0.05),
         budget=budget,
     ).layer(mock)
@@ -302,7 +302,7 @@ async def test_retry_storm_with_the_default_budget() -> None:
 
 
 async def test_retry_storm_without_a_budget() -> None:
-    """Without a budget, 1,000 calls with attempts=5 make exactly 4,000 retries."""
+    """Without a budget, 1,000 calls with max_attempts=5 make exactly 4,000 retries."""
     retries, _ = await storm(None)
     print(f"retries without a budget: {retries}")
     assert retries == 4_000

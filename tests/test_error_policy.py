@@ -192,7 +192,9 @@ TESTING: Any = layers.testing
 
 WRONG_TYPES = [
     pytest.param(lambda: L.Timeout("1"), "Timeout(seconds='1')", id="timeout-str"),
-    pytest.param(lambda: L.Retry(on=Boom, attempts="3"), "attempts", id="retry"),
+    pytest.param(
+        lambda: L.Retry(on=Boom, max_attempts="3"), "max_attempts", id="retry"
+    ),
     pytest.param(lambda: L.RateLimit("10"), "rate", id="rate-limit"),
     pytest.param(lambda: L.ConcurrencyLimit("x"), "max_in_flight", id="concurrency"),
     pytest.param(
@@ -311,7 +313,7 @@ CALLBACKS = [
     ),
     pytest.param(
         lambda: L.Retry(
-            on=Boom, attempts=2, retry_after=lambda e: "1", name="rt"
+            on=Boom, max_attempts=2, retry_after=lambda e: "1", name="rt"
         ).layer(boom),
         "rt",
         "retry_after",
@@ -319,7 +321,7 @@ CALLBACKS = [
         id="retry-hint",
     ),
     pytest.param(
-        lambda: Retry(on=Boom, attempts=2, backoff=lambda n: -1.0, name="rt").layer(
+        lambda: Retry(on=Boom, max_attempts=2, backoff=lambda n: -1.0, name="rt").layer(
             boom
         ),
         "rt",
@@ -406,8 +408,11 @@ def refuse(value: Any) -> Any:
 RAISING: list[tuple[str, Callable[[], Callable[[Any], Awaitable[Any]]]]] = [
     ("rate-key", lambda: RateLimit(10, key=refuse).layer(echo)),
     ("rate-cost", lambda: RateLimit(10, cost=refuse).layer(echo)),
-    ("retry-hint", lambda: Retry(on=Boom, attempts=2, retry_after=refuse).layer(boom)),
-    ("retry-on", lambda: Retry(on=refuse, attempts=2).layer(boom)),
+    (
+        "retry-hint",
+        lambda: Retry(on=Boom, max_attempts=2, retry_after=refuse).layer(boom),
+    ),
+    ("retry-on", lambda: Retry(on=refuse, max_attempts=2).layer(boom)),
     ("filter", lambda: Filter(refuse).layer(echo)),
     ("map-request", lambda: ServiceBuilder().map_request(refuse).service(echo)),
     ("breaker-failure-on", lambda: CircuitBreaker(on=refuse).layer(boom)),

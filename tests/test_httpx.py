@@ -98,7 +98,7 @@ def retrying(**options: Any) -> layers.ServiceBuilder:
     settings: dict[str, Any] = {
         "on": RetryOn(),
         "retry_after": retry_after,
-        "attempts": 3,
+        "max_attempts": 3,
         "backoff": [1.0],
         "budget": None,
     }
@@ -666,7 +666,7 @@ async def test_against_a_real_server(anyio_backend: str) -> None:
         stack = (
             layers.ServiceBuilder()
             .timeout(10)
-            .layer(layers.Retry(on=RetryOn(), retry_after=retry_after, attempts=3))
+            .layer(layers.Retry(on=RetryOn(), retry_after=retry_after, max_attempts=3))
         )
         async with httpx.AsyncClient(transport=LayeredTransport(stack)) as http:
             for _ in range(100):
@@ -805,7 +805,11 @@ def test_retry_after_reader_never_raises_on_huge_headers() -> None:
 async def test_documented_stack_does_not_sleep_on_a_huge_retry_after() -> None:
     """The LayeredTransport docstring's stack (with its max_delay): no absurd sleep."""
     stack = layers.ServiceBuilder().retry(
-        on=RetryOn(), retry_after=retry_after, attempts=3, backoff=[0.01], max_delay=30
+        on=RetryOn(),
+        retry_after=retry_after,
+        max_attempts=3,
+        backoff=[0.01],
+        max_delay=30,
     )
     server = Server((503, {"Retry-After": "99999999999"}), 200)
     async with client(stack, server) as http:

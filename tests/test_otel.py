@@ -97,7 +97,9 @@ async def test_retries_and_events_are_counted(
             raise failures.pop()
         return request
 
-    svc = layers.Retry(on=ConnectionError, attempts=3, name="api-retry").layer(flaky)
+    svc = layers.Retry(on=ConnectionError, max_attempts=3, name="api-retry").layer(
+        flaky
+    )
     assert await svc(7) == 7
     points = read(reader)
     assert (
@@ -131,7 +133,7 @@ async def test_retry_stops_are_counted_by_reason(
     async def down(request: int) -> int:
         raise ConnectionError("secret payload")
 
-    svc = layers.Retry(on=ConnectionError, attempts=2, backoff=[0], name="r")
+    svc = layers.Retry(on=ConnectionError, max_attempts=2, backoff=[0], name="r")
     for _ in range(2):
         with pytest.raises(ConnectionError):
             await svc.layer(down)(1)
@@ -139,12 +141,12 @@ async def test_retry_stops_are_counted_by_reason(
     for _ in range(3):
         with pytest.raises(ConnectionError):
             await layers.Retry(
-                on=ConnectionError, attempts=3, budget=budget, name="r"
+                on=ConnectionError, max_attempts=3, budget=budget, name="r"
             ).layer(down)(1)
     points = read(reader)
     stops = "layers.retry.stops"
     common = {"layers__layer__name": "r", "error__type": "ConnectionError"}
-    assert value(points, stops, layers__retry__reason="attempts", **common) == 2
+    assert value(points, stops, layers__retry__reason="max_attempts", **common) == 2
     assert value(points, stops, layers__retry__reason="budget", **common) == 3
     assert value(points, "layers.events", layers__event__name="retry_stopped") == 5
     for attrs, _ in points[stops]:

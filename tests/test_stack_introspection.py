@@ -74,9 +74,9 @@ def passing(inner: layers.Service[Any, Any]) -> layers.Service[Any, Any]:
 # One factory per way a built-in layer builds its service (each closure).
 BUILT_INS: dict[str, Callable[[], layers.Layer[Any, Any, Any, Any]]] = {
     "Timeout": lambda: Timeout(10),
-    "Retry, budget": lambda: Retry(on=ValueError, attempts=3),
-    "Retry, no budget": lambda: Retry(on=ValueError, attempts=3, budget=None),
-    "Retry, general": lambda: Retry(on=ValueError, attempts=3, max_time=5),
+    "Retry, budget": lambda: Retry(on=ValueError, max_attempts=3),
+    "Retry, no budget": lambda: Retry(on=ValueError, max_attempts=3, budget=None),
+    "Retry, general": lambda: Retry(on=ValueError, max_attempts=3, max_time=5),
     "RateLimit": lambda: RateLimit(1000),
     "RateLimit, key": lambda: RateLimit(1000, key=lambda request: 0),
     "ConcurrencyLimit": lambda: ConcurrencyLimit(10),
@@ -335,7 +335,7 @@ async def test_calls_allocate_nothing_that_stays() -> None:
     service = (
         ServiceBuilder()
         .layer(Timeout(10))
-        .layer(Retry(on=ValueError, attempts=3))
+        .layer(Retry(on=ValueError, max_attempts=3))
         .layer(ConcurrencyLimit(10))
         .layer(CircuitBreaker())
         .layer(MapRequest(same))

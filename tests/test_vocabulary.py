@@ -110,6 +110,16 @@ def test_a_bound_shares_the_word_of_what_it_bounds() -> None:
     assert (stats.in_flight, stats.waiting, stats.max_in_flight) == (0, 0, 2)
 
 
+def test_a_limit_is_max_and_its_reason_says_so() -> None:
+    """Retry's limits are max_attempts and max_time, and so are its reasons."""
+    retry = {field.name for field in attrs.fields(layers.Retry)}
+    assert {"max_attempts", "max_time"} <= retry
+    assert "attempts" not in retry
+    reasons = layers.events.RetryStopped.__annotations__["reason"]
+    assert "max_attempts" in reasons
+    assert "max_time" in reasons
+
+
 def test_rejected_is_the_shared_counter() -> None:
     """Every stateful layer's statistics count refusals as ``rejected``."""
     stats = [
