@@ -25,7 +25,7 @@ The goals checked at the end come from the performance issue:
 * ``Retry`` in its default configuration (budget on) costs at most 4x.
 * a ``CircuitBreaker`` (closed, success path) with its default configuration
   and a time window costs at most 4x, with a slow-call threshold too at
-  most 5x; with a ``failure_response`` predicate (what
+  most 5x; with an ``on_result`` predicate (what
   ``layers.httpx.breaker_options()`` sets), at most 4x.
 * ``RateLimit`` (never limited) and ``ConcurrencyLimit`` (never full) each
   cost at most 4x on asyncio and trio (benchmarks/bench_limits.py measures
@@ -102,9 +102,9 @@ def make_cases(backend: str) -> dict[str, Case]:
         "Timeout(10), outer deadline": timeout,  # run under an outer deadline
         "timeout(10) + map_request": stack,
         # the default configuration: full-jitter backoff, budget on
-        "Retry(on=..., attempts=3)": layers.Retry(on=ConnectionError, attempts=3).layer(
-            f
-        ),
+        "Retry(on=..., max_attempts=3)": layers.Retry(
+            on=ConnectionError, max_attempts=3
+        ).layer(f),
         # closed, success path: the default configuration (count window, no
         # clock read), a time window (one clock read), and a slow-call
         # threshold as well (two clock reads)
@@ -117,8 +117,8 @@ def make_cases(backend: str) -> dict[str, Case]:
         ).layer(f),
         # a response predicate, as layers.httpx.breaker_options() sets
         # (default count window): one call of it per response
-        "CircuitBreaker(failure_response)": layers.CircuitBreaker(
-            failure_response=is_failure_response
+        "CircuitBreaker(on_result)": layers.CircuitBreaker(
+            on_result=is_failure_response
         ).layer(f),
         # success path: never limited (one GCRA update), never full (a counter)
         # (a huge burst: uvloop's clock stands still while the loop runs)
@@ -132,7 +132,7 @@ def make_cases(backend: str) -> dict[str, Case]:
         full = (
             layers.ServiceBuilder()
             .timeout(10)
-            .retry(on=ConnectionError, attempts=3)
+            .retry(on=ConnectionError, max_attempts=3)
             .circuit_breaker()
             .rate_limit(1e12, burst=10**9)
             .concurrency_limit(10)
@@ -268,7 +268,7 @@ def report(backend: str, samples: dict[str, list[float]]) -> bool:
     results.append(
         check(
             "Retry (default, budget on) vs bare (goal <= 4x)",
-            ratio["Retry(on=..., attempts=3)"],
+            ratio["Retry(on=..., max_attempts=3)"],
             4.0,
         )
     )
@@ -288,8 +288,8 @@ def report(backend: str, samples: dict[str, list[float]]) -> bool:
     )
     results.append(
         check(
-            "CircuitBreaker, failure_response vs bare (goal <= 4x)",
-            ratio["CircuitBreaker(failure_response)"],
+            "CircuitBreaker, on_result vs bare (goal <= 4x)",
+            ratio["CircuitBreaker(on_result)"],
             4.0,
         )
     )

@@ -15,7 +15,7 @@ The stack, outermost first: timeout (10 s), retry (on ``ConnectionError``,
 concurrency limit (10), then the service. Three ways to build it:
 
 * **layers**: ``ServiceBuilder().timeout(10).retry(on=ConnectionError,
-  attempts=3).circuit_breaker().rate_limit(1e12, burst=10**9)
+  max_attempts=3).circuit_breaker().rate_limit(1e12, burst=10**9)
   .concurrency_limit(10)``, default configurations otherwise (retry budget
   on, full-jitter backoff; breaker with a count window).
 * **hand-composed**: one nested coroutine per part, from the cheapest peer
@@ -330,7 +330,7 @@ def layers_stack(service: Case) -> Case:
     return (
         layers.ServiceBuilder()
         .timeout(TIMEOUT)
-        .retry(on=ConnectionError, attempts=3)
+        .retry(on=ConnectionError, max_attempts=3)
         .circuit_breaker()
         .rate_limit(1e12, burst=10**9)
         .concurrency_limit(LIMIT)

@@ -73,10 +73,10 @@ async def main() -> None:
     breaker = layers.CircuitBreaker(
         name="payments-host",
         window_size=10,  # the last 10 calls
-        minimum_calls=4,  # no verdict before 4 calls
+        min_calls=4,  # no verdict before 4 calls
         failure_rate_threshold=0.5,
         open_duration=0.3,
-        half_open_calls=2,
+        probes=2,
     )
     # one breaker, two services: they share its state
     charge = layers.ServiceBuilder().layer(breaker).service(host.charge)

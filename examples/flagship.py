@@ -316,14 +316,14 @@ def layered(
         .circuit_breaker(
             name="api",
             window_size=20,
-            minimum_calls=10,
+            min_calls=10,
             failure_rate_threshold=0.5,
-            failure_on=is_failure,
+            on=is_failure,
             ignore=layers.Rejected,
             open_duration=0.25,
             open_duration_growth=2.0,
             max_open_duration=0.5,
-            half_open_calls=3,
+            probes=3,
         )
         # Under the server's limit: its 429s never come.
         .rate_limit(QUOTA, burst=4, name="api-quota")

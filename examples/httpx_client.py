@@ -43,7 +43,7 @@ def flaky_api(request: httpx.Request) -> httpx.Response:
 def breaker(host: str) -> layers.CircuitBreaker:
     """One breaker per host: 4 calls in the window, open for 30 s."""
     return layers.CircuitBreaker(
-        name=host, window_size=4, minimum_calls=4, open_duration=30, **breaker_options()
+        name=host, window_size=4, min_calls=4, open_duration=30, **breaker_options()
     )
 
 
@@ -55,7 +55,7 @@ async def main() -> None:
         .retry(
             on=RetryOn(),
             retry_after=retry_after,
-            attempts=4,
+            max_attempts=4,
             backoff=layers.ConstantBackoff(0.1),
             max_delay=30,  # a longer Retry-After returns the response at once
         )

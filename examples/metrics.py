@@ -58,7 +58,7 @@ async def main() -> None:
     client = (
         layers.ServiceBuilder()
         .layer(metrics.instrument("inventory-api"))
-        .retry(on=ConnectionError, attempts=2, backoff=[0.01], budget=None)
+        .retry(on=ConnectionError, max_attempts=2, backoff=[0.01], budget=None)
         .layer(breaker)
         .service(inventory)
     )

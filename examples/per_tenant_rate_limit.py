@@ -54,7 +54,7 @@ async def paid_tier() -> None:
     per_tenant = layers.RateLimit(
         20, 1.0, burst=2, key=lambda r: r.tenant, max_wait=0.22, name="per-tenant"
     )
-    bulkhead = layers.ConcurrencyLimit(3, max_queue=50, name="api-bulkhead")
+    bulkhead = layers.ConcurrencyLimit(3, max_waiting=50, name="api-bulkhead")
     client = layers.ServiceBuilder().layer(per_tenant).layer(bulkhead).service(api)
 
     outcomes: dict[str, list[str]] = {"acme": [], "globex": []}

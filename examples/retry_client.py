@@ -94,7 +94,7 @@ async def transient_errors() -> None:
         layers.ServiceBuilder()
         .retry(
             on=ConnectionError,
-            attempts=4,
+            max_attempts=4,
             backoff=layers.ExponentialBackoff(
                 base=0.01, cap=0.1, rng=random.Random(1).random
             ),
@@ -114,7 +114,7 @@ async def busy_responses() -> None:
         layers.ServiceBuilder()
         .retry(
             on=(ConnectionError, ServerBusy),
-            attempts=4,
+            max_attempts=4,
             retry_after=retry_after_header,
             backoff=layers.ConstantBackoff(0.01),
         )
@@ -132,7 +132,7 @@ async def under_a_deadline() -> None:
     client = (
         layers.ServiceBuilder()
         .timeout(0.25, name="checkout")
-        .retry(on=ConnectionError, attempts=10, backoff=layers.ConstantBackoff(0.1))
+        .retry(on=ConnectionError, max_attempts=10, backoff=layers.ConstantBackoff(0.1))
         .service(api)
     )
     try:
@@ -144,14 +144,14 @@ async def under_a_deadline() -> None:
 
 
 async def outage() -> None:
-    print("4. an outage: 300 calls to a dead API, attempts=3")
+    print("4. an outage: 300 calls to a dead API, max_attempts=3")
     for budget in (layers.RetryBudget(), None):
         api = FakeApi(failures=10**9)
         client = (
             layers.ServiceBuilder()
             .retry(
                 on=ConnectionError,
-                attempts=3,
+                max_attempts=3,
                 backoff=layers.ConstantBackoff(0.001),
                 budget=budget,
             )

@@ -47,6 +47,7 @@ import attrs
 from . import events
 from ._backend import base_time as _now
 from ._backend import clock_source
+from ._classify import Classification, ExceptionTypes, classification, exception_types
 from ._config import (
     callable_or_none,
     fail,
@@ -78,9 +79,6 @@ __all__ = [
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
-
-ExceptionTypes = type[BaseException] | tuple[type[BaseException], ...]
-"""An exception class or a tuple of them, as for ``isinstance``."""
 
 
 class CircuitState(enum.StrEnum):
@@ -269,7 +267,7 @@ class CircuitBreakerStatistics:
     """Slow calls (successful or not) in the window."""
     failure_rate: float | None
     """``failed_calls / calls``, or ``None`` while ``calls`` is below
-    ``minimum_calls`` (no rate is computed then, as in resilience4j)."""
+    ``min_calls`` (no rate is computed then, as in resilience4j)."""
     slow_call_rate: float | None
     """``slow_calls / calls``, or ``None`` likewise."""
     consecutive_failures: int
@@ -280,11 +278,11 @@ class CircuitBreakerStatistics:
     """The open duration of the next trip (it grows on repeated trips)."""
     trips: int
     """Trips in a row without a healthy period (the growth exponent)."""
-    half_open_calls_in_flight: int
+    probes_in_flight: int
     """Probes running now (half-open only, else 0)."""
-    half_open_calls_recorded: int
+    probes_recorded: int
     """Probes that have finished and counted (half-open only, else 0)."""
-    rejected_calls: int
+    rejected: int
     """Calls rejected since the breaker was made."""
     generation: int
     """Counts state changes; calls admitted in an older generation never
@@ -304,42 +302,7 @@ _optional_callable = callable_or_none("None or a callable")
 _growth = finite_number("a finite number >= 1 (1 means no growth)", lambda v: v >= 1)
 
 
-def _is_exception_class(value: object) -> bool:
-    return isinstance(value, type) and issubclass(value, BaseException)
-
-
-def _is_exception_types(value: object) -> bool:
-    if _is_exception_class(value):
-        return True
-    if not isinstance(value, tuple):
-        return False
-    items: tuple[object, ...] = value  # pyright: ignore[reportUnknownVariableType]
-    return all(_is_exception_class(each) for each in items)
-
-
-def _exception_types(
-    instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    if not _is_exception_types(value):
-        fail(
-            instance,
-            attribute,
-            value,
-            "an exception class or a tuple of exception classes",
-        )
-
-
-def _failure_on(
-    instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    if _is_exception_types(value) or (callable(value) and not isinstance(value, type)):
-        return
-    fail(
-        instance,
-        attribute,
-        value,
-        "an exception class, a tuple of them, or a predicate taking the exception",
-    )
+_on = classification("counted")
 
 
 def _window_type(
@@ -364,18 +327,18 @@ class CircuitBreakerOptions(TypedDict, total=False):
     window_type: Literal["count", "time"]
     window_size: float
     window_buckets: int
-    minimum_calls: int | None
+    min_calls: int | None
     slow_call_duration: float | None
     slow_call_rate_threshold: float
     consecutive_failures: int | None
-    failure_on: ExceptionTypes | Callable[[BaseException], bool]
+    on: Classification
     ignore: ExceptionTypes
-    failure_response: Callable[[Any], bool] | None
+    on_result: Callable[[Any], bool] | None
     open_duration: float
     open_duration_growth: float
     max_open_duration: float | None
     healthy_duration: float | None
-    half_open_calls: int
+    probes: int
     max_half_open_duration: float | None
 
 
@@ -401,7 +364,7 @@ class CircuitBreaker:
     is recorded in a sliding *window*, either the last *window_size* calls
     (``window_type="count"``) or the last *window_size* seconds in
     *window_buckets* buckets (``window_type="time"``). Once the window holds
-    at least *minimum_calls* outcomes, the breaker **opens** (trips) when the
+    at least *min_calls* outcomes, the breaker **opens** (trips) when the
     failure rate reaches *failure_rate_threshold* or the slow-call rate
     reaches *slow_call_rate_threshold*; with *consecutive_failures* set, it
     also opens after that many failures in a row.
@@ -410,7 +373,7 @@ class CircuitBreaker:
     whose ``retry_after`` is the time left until the breaker half-opens. After
     the open duration the next call half-opens it (no timer runs).
 
-    **Half-open**, exactly *half_open_calls* probe calls go through and every
+    **Half-open**, exactly *probes* trial calls (probes) go through and every
     other call is rejected (``retry_after=None``: the time the probes take
     is unknown). Once all the probes have finished, the breaker closes if
     their failure rate and slow-call rate are below the thresholds, else it
@@ -423,10 +386,10 @@ class CircuitBreaker:
     *max_open_duration*; after *healthy_duration* seconds closed, the next
     trip starts from *open_duration* again.
 
-    **What counts.** An exception matching *failure_on* is a failure unless
+    **What counts.** An exception matching *on* is a failure unless
     it matches *ignore*; an ignored call is not counted at all. Any other
     exception counts as a success (as in resilience4j: the service answered).
-    A response for which *failure_response* returns true is a failure. A call
+    A response for which *on_result* returns true is a failure. A call
     taking *slow_call_duration* seconds or more is also slow (successful or
     not). Cancellation (and any other :class:`BaseException` that is not an
     :class:`Exception`) is never counted. A :class:`~layers.Timeout` *inside*
@@ -446,7 +409,7 @@ class CircuitBreaker:
         window_size: Calls (an integer >= 1) or seconds (> 0).
         window_buckets: For a time window, how many buckets it is kept in;
             outcomes leave the window one bucket at a time.
-        minimum_calls: No rate is computed below this many outcomes in the
+        min_calls: No rate is computed below this many outcomes in the
             window. Default: ``min(100, window_size)`` for a count window,
             100 for a time window. For a count window it may not exceed
             *window_size*.
@@ -459,14 +422,15 @@ class CircuitBreaker:
             (with no success between; ignored calls do not break a run). In a
             time window, a run is forgotten once all its failures have left
             the window.
-        failure_on: Which exceptions are failures: a class, a tuple of
-            classes, or a predicate ``(exception) -> bool`` (which must not
-            raise). Default: :class:`Exception` (all of them).
-        ignore: Exception classes that are not counted at all (the call
-            neither fails nor succeeds), checked before *failure_on*.
-        failure_response: A predicate ``(response) -> bool``; a response for
-            which it returns true counts as a failure (the response is still
-            returned).
+        on: Which exceptions are failures, as :class:`~layers.Retry`'s
+            ``on``: an :class:`Exception` subclass, a tuple of them, or a
+            predicate ``(exception) -> bool`` (which must not raise).
+            Default: :class:`Exception` (all of them).
+        ignore: :class:`Exception` subclasses that are not counted at all (the call
+            neither fails nor succeeds), checked before *on*.
+        on_result: A predicate ``(response) -> bool``, as
+            :class:`~layers.Retry`'s ``on_result``; a response for which it
+            returns true counts as a failure (the response is still returned).
         open_duration: Seconds the breaker stays open after its first trip.
         open_duration_growth: Factor (>= 1) by which each further trip in a
             row lengthens the open duration.
@@ -475,7 +439,8 @@ class CircuitBreaker:
         healthy_duration: Seconds the breaker must stay closed for its open
             duration to go back to *open_duration*. Default: the max open
             duration.
-        half_open_calls: How many probes a half-open breaker lets through.
+        probes: How many trial calls (probes) a half-open breaker lets
+            through.
         max_half_open_duration: If set, a half-open period lasting this long
             without a verdict opens the breaker again (its probes' late
             outcomes are not counted). Default: no limit.
@@ -487,7 +452,7 @@ class CircuitBreaker:
     Example:
         >>> import anyio, layers
         >>> breaker = layers.CircuitBreaker(
-        ...     name="users-api", window_size=4, minimum_calls=4, open_duration=30
+        ...     name="users-api", window_size=4, min_calls=4, open_duration=30
         ... )
         >>> async def users_api(request: int) -> str:
         ...     raise ConnectionError("down")
@@ -508,14 +473,14 @@ class CircuitBreaker:
         <CircuitState.OPEN: 'open'>
     """
 
-    name: str = attrs.field(default="circuit-breaker", validator=name_value)
+    name: str = attrs.field(default="circuit_breaker", validator=name_value)
     failure_rate_threshold: float = attrs.field(default=0.5, validator=_rate)
     window_type: Literal["count", "time"] = attrs.field(
         default="count", validator=_window_type
     )
     window_size: float = attrs.field(default=100)
     window_buckets: int = attrs.field(default=10, validator=_count)
-    minimum_calls: int | None = attrs.field(default=None, validator=_optional_count)
+    min_calls: int | None = attrs.field(default=None, validator=_optional_count)
     slow_call_duration: float | None = attrs.field(
         default=None, validator=_optional_seconds
     )
@@ -523,11 +488,9 @@ class CircuitBreaker:
     consecutive_failures: int | None = attrs.field(
         default=None, validator=_optional_count
     )
-    failure_on: ExceptionTypes | Callable[[BaseException], bool] = attrs.field(
-        default=Exception, validator=_failure_on
-    )
-    ignore: ExceptionTypes = attrs.field(default=(), validator=_exception_types)
-    failure_response: Callable[[Any], bool] | None = attrs.field(
+    on: Classification = attrs.field(default=Exception, validator=_on)
+    ignore: ExceptionTypes = attrs.field(default=(), validator=exception_types)
+    on_result: Callable[[Any], bool] | None = attrs.field(
         default=None, validator=_optional_callable
     )
     open_duration: float = attrs.field(default=60.0, validator=positive_seconds)
@@ -538,7 +501,7 @@ class CircuitBreaker:
     healthy_duration: float | None = attrs.field(
         default=None, validator=_optional_seconds
     )
-    half_open_calls: int = attrs.field(default=10, validator=_count)
+    probes: int = attrs.field(default=10, validator=_count)
     max_half_open_duration: float | None = attrs.field(
         default=None, validator=_optional_seconds
     )
@@ -556,12 +519,12 @@ class CircuitBreaker:
                     size,
                     "an integer >= 1 (calls) for a count window",
                 )
-            if self.minimum_calls is not None and self.minimum_calls > size:
+            if self.min_calls is not None and self.min_calls > size:
                 raise ConfigurationError(
-                    f"CircuitBreaker(minimum_calls={self.minimum_calls!r}): "
-                    f"minimum_calls must be <= window_size ({size}) for a count "
+                    f"CircuitBreaker(min_calls={self.min_calls!r}): "
+                    f"min_calls must be <= window_size ({size}) for a count "
                     f"window, which never holds more calls, got "
-                    f"{self.minimum_calls!r}"
+                    f"{self.min_calls!r}"
                 )
         elif not is_finite_number(size) or size <= 0:
             fail_value(
@@ -588,11 +551,11 @@ class CircuitBreaker:
 
         The success path is chosen here, once: without a slow-call threshold
         a count window reads no clock and a time window reads it once per
-        call; with one, a call reads it twice. A ``failure_response``
+        call; with one, a call reads it twice. An ``on_result``
         predicate adds one call of it per response.
         """
         core = self._core
-        check = self.failure_response
+        check = self.on_result
         if self.slow_call_duration is not None:
             if self.window_type == "time":
                 build = _slow_time_service
@@ -638,7 +601,7 @@ class CircuitBreaker:
         return Observation(
             status=_STATE_HEALTH[state],
             state=state,
-            rejected=stats.rejected_calls,
+            rejected=stats.rejected,
             figures={
                 "failure_rate": stats.failure_rate,
                 "slow_call_rate": stats.slow_call_rate,
@@ -780,7 +743,7 @@ class _TimeWindow:
         # Until when a success can be counted by adding one to cur_calls:
         # the current bucket's end while a success can change no verdict
         # (no failure run, and no failure or slow call in a window still
-        # short of minimum_calls), else -inf.
+        # short of min_calls), else -inf.
         self.clean_until = -math.inf
         self.cur_calls = self.cur_failures = self.cur_slow = 0
         self.old_calls = self.old_failures = self.old_slow = 0
@@ -891,18 +854,18 @@ class _Core:
     __slots__ = (
         "breaker",
         "exceeded",
-        "failure_on",
-        "failure_on_types",
         "fast",
         "generation",
-        "half_open_calls",
         "healthy_duration",
         "ignore",
         "max_half_open",
         "max_open",
         "minimum",
         "name",
+        "on",
+        "on_types",
         "open_until",
+        "probes",
         "rejected",
         "since",
         "slow_after",
@@ -915,19 +878,19 @@ class _Core:
     def __init__(self, breaker: CircuitBreaker) -> None:
         self.breaker = breaker
         self.name = breaker.name
-        if breaker.minimum_calls is not None:
-            self.minimum = breaker.minimum_calls
+        if breaker.min_calls is not None:
+            self.minimum = breaker.min_calls
         elif breaker.window_type == "count":
             self.minimum = min(100, int(breaker.window_size))
         else:
             self.minimum = 100
-        failure_on = breaker.failure_on
-        if isinstance(failure_on, type | tuple):
-            self.failure_on_types: ExceptionTypes | None = failure_on
-            self.failure_on: Callable[[BaseException], bool] | None = None
+        on = breaker.on
+        if isinstance(on, type | tuple):
+            self.on_types: ExceptionTypes | None = on
+            self.on: Callable[[Exception], bool] | None = None
         else:
-            self.failure_on_types = None
-            self.failure_on = failure_on
+            self.on_types = None
+            self.on = on
         ignore = breaker.ignore
         self.ignore: ExceptionTypes | None = ignore if ignore != () else None
         self.slow_after = (
@@ -950,7 +913,7 @@ class _Core:
             if breaker.max_half_open_duration is None
             else breaker.max_half_open_duration
         )
-        self.half_open_calls = breaker.half_open_calls
+        self.probes = breaker.probes
         self.state = _CLOSED
         self.window: _Window = self.new_window()
         self.fast: _Window | None = self.window  # the window while closed
@@ -970,16 +933,16 @@ class _Core:
 
     # -- classification ------------------------------------------------------------
 
-    def kind_of(self, error: BaseException) -> int:
+    def kind_of(self, error: Exception) -> int:
         """Failure, success (not a failure) or ignored, for an Exception."""
         ignore = self.ignore
         if ignore is not None and isinstance(error, ignore):
             return _KIND_IGNORED
-        types = self.failure_on_types
+        types = self.on_types
         if types is not None:
             return _KIND_FAILURE if isinstance(error, types) else _KIND_SUCCESS
-        assert self.failure_on is not None
-        return _KIND_FAILURE if self.failure_on(error) else _KIND_SUCCESS
+        assert self.on is not None
+        return _KIND_FAILURE if self.on(error) else _KIND_SUCCESS
 
     # -- recording in the closed (and metrics-only, and open) window ------------------
 
@@ -1090,7 +1053,7 @@ class _Core:
                     from_state=previous.value,
                     to_state="half_open",
                     reason="open_duration_elapsed",
-                    probes=self.half_open_calls,
+                    probes=self.probes,
                 )
             )
 
@@ -1173,7 +1136,7 @@ class _Core:
             trial.failures += 1
         if code & _SLOW:
             trial.slow += 1
-        probes = self.half_open_calls
+        probes = self.probes
         if trial.recorded < probes:
             return
         breaker = self.breaker
@@ -1199,7 +1162,7 @@ class _Core:
         elif state is _HALF_OPEN:
             message = (
                 f"circuit breaker {self.name!r} is half-open and its "
-                f"{self.half_open_calls} trial call(s) are in flight"
+                f"{self.probes} trial call(s) are in flight"
             )
         else:
             message = f"circuit breaker {self.name!r} is forced open"
@@ -1243,11 +1206,9 @@ class _Core:
             ),
             open_duration=self._next_duration(now),
             trips=self.trips,
-            half_open_calls_in_flight=0
-            if trial is None
-            else trial.taken - trial.recorded,
-            half_open_calls_recorded=0 if trial is None else trial.recorded,
-            rejected_calls=self.rejected,
+            probes_in_flight=0 if trial is None else trial.taken - trial.recorded,
+            probes_recorded=0 if trial is None else trial.recorded,
+            rejected=self.rejected,
             generation=self.generation,
         )
 
@@ -1294,7 +1255,7 @@ async def _call_other(core: _Core, inner: Service[Req, Res], request: Req) -> Re
     if core.state is _HALF_OPEN:
         trial = core.trial
         assert trial is not None
-        if trial.taken < core.half_open_calls:
+        if trial.taken < core.probes:
             trial.taken += 1  # the slot is held until the outcome or cancellation
             return await _call_probe(core, trial, inner, request, now)
     raise core.reject(now)
@@ -1313,7 +1274,7 @@ async def _call_recorded(
         raise
     end = _now()
     code = _SUCCESS
-    check = core.breaker.failure_response
+    check = core.breaker.on_result
     if check is not None and check(response):
         code |= _FAILED
     if end >= start + core.slow_after:
@@ -1338,7 +1299,7 @@ async def _call_probe(
             code = _SUCCESS
         raise
     else:
-        check = core.breaker.failure_response
+        check = core.breaker.on_result
         # a predicate that raises leaves code 0: the slot is freed, uncounted
         failed = check is not None and check(response)
         code = _SUCCESS | _FAILED if failed else _SUCCESS
@@ -1379,7 +1340,7 @@ def _record_error(
 # path is counted in nanoseconds (see benchmarks/README.md). ``core.fast`` is
 # the window while the breaker is closed, else None: one load decides. Each
 # window kind has two closures, chosen in CircuitBreaker.layer(): without a
-# failure_response predicate, and with one (*check*), which records a
+# on_result predicate, and with one (*check*), which records a
 # response it calls a failure as the general path does. Every time is the
 # base time (layers._backend.base_time), which keeps its meaning across runs.
 
@@ -1387,7 +1348,7 @@ def _record_error(
 def _record_failed_response(
     core: _Core, window: _Window, now: float, slow: bool
 ) -> None:
-    """Record a response that ``failure_response`` calls a failure."""
+    """Record a response that ``on_result`` calls a failure."""
     core.record(window, _FAILED | _PRESENT | _SLOW if slow else _FAILED | _PRESENT, now)
 
 

@@ -29,7 +29,7 @@ MAX_UNREAD: Final = 64
 
 _ttl = finite_number("a number of seconds from 1 to 60", lambda v: 1 <= v <= 60)
 _per_second = finite_number("a finite number >= 0", lambda v: v >= 0)
-_percent = finite_number("a percentage from 0 to 1000", lambda v: 0 <= v <= 1000)
+_ratio = finite_number("a fraction from 0 to 10 (0.2 is 20 %)", lambda v: 0 <= v <= 10)
 
 
 @final
@@ -62,7 +62,7 @@ class BudgetState:
         "window",
     )
 
-    def __init__(self, ttl: float, min_per_second: float, percent: float) -> None:
+    def __init__(self, ttl: float, min_per_second: float, ratio: float) -> None:
         self.left: int = 0
         """Deposits that may still be counted without reading the clock."""
         self.room: int = 0
@@ -74,7 +74,7 @@ class BudgetState:
         self.index = 0
         self.slot_start: float | None = None
         self.window = ttl / SLOTS
-        self.ratio = percent / 100
+        self.ratio = ratio
         self.reserve = min_per_second * ttl
 
     def deposit(self) -> None:
@@ -181,14 +181,14 @@ class RetryBudget:
     (its first attempt); every retry *withdraws* one. A retry is allowed
     while, over the last *ttl* seconds,
 
-        retries + 1 <= percent / 100 x requests + min_per_second x ttl
+        retries + 1 <= ratio x requests + min_per_second x ttl
 
-    so in steady traffic retries add at most *percent* % to the load, and at
+    so in steady traffic retries add at most *ratio* of the load (0.2: 20 %), and at
     least *min_per_second* retries per second are always allowed (the
     reserve ``min_per_second x ttl`` is there from the start, and every
     retry gives its share back *ttl* seconds later). Over a stretch of ``T``
     seconds with ``N`` requests, retries stay within
-    ``percent/100 x N + min_per_second x (ttl + T)``. When the budget is
+    ``ratio x N + min_per_second x (ttl + T)``. When the budget is
     empty, Retry raises the last error at once and emits
     :class:`~layers.events.RetryStopped` (``reason="budget"``): during an
     outage, the retries stop adding load to a service that is already down.
@@ -224,14 +224,14 @@ class RetryBudget:
             (default 10).
         min_per_second: Retries per second always allowed, whatever the
             traffic; finite, >= 0 (default 10).
-        percent: Retries allowed as a percentage of requests, from 0 to
-            1000 (default 20, that is 20 %: tower's ``retry_percent=0.2``).
+        ratio: Retries allowed per request, a fraction from 0 to 10
+            (default 0.2, that is 20 %, as tower's ``retry_percent=0.2``).
         name: A name for health checks and metrics (default
             ``"retry_budget"``).
 
     Example:
         >>> import anyio, layers
-        >>> budget = layers.RetryBudget(ttl=10, min_per_second=0, percent=50)
+        >>> budget = layers.RetryBudget(ttl=10, min_per_second=0, ratio=0.5)
         >>> async def main():
         ...     for _ in range(4):
         ...         budget.deposit()
@@ -244,13 +244,13 @@ class RetryBudget:
     min_per_second: float = attrs.field(
         default=10.0, kw_only=True, validator=_per_second
     )
-    percent: float = attrs.field(default=20.0, kw_only=True, validator=_percent)
+    ratio: float = attrs.field(default=0.2, kw_only=True, validator=_ratio)
     name: str = attrs.field(default="retry_budget", kw_only=True, validator=name_value)
     _state: BudgetState = attrs.field(
         init=False,
         repr=False,
         default=attrs.Factory(
-            lambda self: BudgetState(self.ttl, self.min_per_second, self.percent),
+            lambda self: BudgetState(self.ttl, self.min_per_second, self.ratio),
             takes_self=True,
         ),
     )

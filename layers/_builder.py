@@ -85,6 +85,7 @@ from typing import Any, Generic, TypedDict, Unpack, final, overload
 from ._backoff import BackoffSpec
 from ._breaker import CircuitBreaker, CircuitBreakerOptions
 from ._budget import RetryBudget
+from ._classify import Classification
 from ._concurrency import ConcurrencyLimit
 from ._core import (
     Identity,
@@ -98,7 +99,7 @@ from ._core import (
 )
 from ._errors import ConfigurationError
 from ._ratelimit import Mode, RateLimit, RateLimitStore
-from ._retry import Classification, Retry
+from ._retry import Retry
 from ._timeout import Timeout
 from ._transforms import (
     AndThen,
@@ -169,7 +170,7 @@ class RetryOptions(TypedDict, total=False):
     :class:`~layers.ExponentialBackoff`...).
     """
 
-    attempts: int | None
+    max_attempts: int | None
     max_time: float | None
     backoff: BackoffSpec
     budget: RetryBudget | None
@@ -464,7 +465,7 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
         self,
         max_in_flight: int,
         *,
-        max_queue: int | None = None,
+        max_waiting: int | None = None,
         max_wait: float | None = None,
         name: str = "concurrency_limit",
     ) -> ServiceBuilder[InReq, InRes, OutReq, OutRes]:
@@ -475,7 +476,7 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
         """
         return self._add(
             ConcurrencyLimit(
-                max_in_flight, max_queue=max_queue, max_wait=max_wait, name=name
+                max_in_flight, max_waiting=max_waiting, max_wait=max_wait, name=name
             )
         )
 
@@ -484,14 +485,14 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
     ) -> ServiceBuilder[InReq, InRes, OutReq, OutRes]:
         """Add load shedding: refuse at once what finds *max_in_flight* calls inside.
 
-        The same as ``.concurrency_limit(max_in_flight, max_queue=0)``: a new
+        The same as ``.concurrency_limit(max_in_flight, max_waiting=0)``: a new
         :class:`~layers.ConcurrencyLimit` without a queue, whose refusals
         raise :class:`~layers.Overloaded` without calling the inner service.
         (Tower's ``load_shed()`` sheds when the inner service is not ready;
         in ``layers`` a service has no readiness, so the bound is given
         here.)
         """
-        return self._add(ConcurrencyLimit(max_in_flight, max_queue=0, name=name))
+        return self._add(ConcurrencyLimit(max_in_flight, max_waiting=0, name=name))
 
     def retry(
         self, on: Classification, **options: Unpack[RetryOptions]
@@ -505,7 +506,7 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
         built from this builder, unless ``budget=`` says otherwise
         (``budget=None`` turns it off)::
 
-            builder.retry(on=ConnectionError, attempts=3)
+            builder.retry(on=ConnectionError, max_attempts=3)
 
         Raises:
             layers.ConfigurationError: For an invalid option.

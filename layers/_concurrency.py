@@ -68,7 +68,7 @@ class ConcurrencyLimitRejected(Event):
 
     Attributes:
         reason: ``"queue_full"`` (every permit in use and the queue at its
-            bound; with ``max_queue=0``, load shedding) or ``"max_wait"``
+            bound; with ``max_waiting=0``, load shedding) or ``"max_wait"``
             (the call waited ``max_wait`` seconds without a permit).
         max_in_flight: The layer's limit.
         waiting: Calls waiting in the queue at the time.
@@ -167,8 +167,8 @@ class ConcurrencyLimit:
     Two bounds turn waiting into :class:`~layers.Overloaded`, raised without
     calling the inner service:
 
-    * *max_queue*: a call that finds this many calls already waiting is
-      refused at once. ``max_queue=0`` never queues: a call that finds every
+    * *max_waiting*: a call that finds this many calls already waiting is
+      refused at once. ``max_waiting=0`` never queues: a call that finds every
       permit in use is refused at once, which is **load shedding**
       (:meth:`ServiceBuilder.load_shed <layers.ServiceBuilder.load_shed>`).
     * *max_wait*: a call that has waited this long without a permit leaves
@@ -183,7 +183,7 @@ class ConcurrencyLimit:
 
     Args:
         max_in_flight: The most calls inside at once, an int >= 1.
-        max_queue: The most calls waiting, an int >= 0, or ``None`` (the
+        max_waiting: The most calls waiting, an int >= 0, or ``None`` (the
             default) for no bound.
         max_wait: The longest a call waits for a permit, in seconds, or
             ``None`` (the default) for no bound.
@@ -197,7 +197,7 @@ class ConcurrencyLimit:
         >>> async def slow(request: int) -> int:
         ...     await anyio.sleep(1)
         ...     return request
-        >>> limit = layers.ConcurrencyLimit(2, max_queue=0)
+        >>> limit = layers.ConcurrencyLimit(2, max_waiting=0)
         >>> svc = limit.layer(slow)
         >>> async def call(i: int) -> None:
         ...     try:
@@ -215,7 +215,7 @@ class ConcurrencyLimit:
     """
 
     max_in_flight: int = attrs.field(validator=_positive_int)
-    max_queue: int | None = attrs.field(
+    max_waiting: int | None = attrs.field(
         default=None, kw_only=True, validator=_optional_queue_bound
     )
     max_wait: float | None = attrs.field(
@@ -259,7 +259,7 @@ class ConcurrencyLimit:
         limit = self.max_in_flight
         reject = self._reject
         max_wait = self.max_wait
-        max_queue = math.inf if self.max_queue is None else self.max_queue
+        max_waiting = math.inf if self.max_waiting is None else self.max_waiting
 
         # The queued path is inline too: under contention every call takes
         # it, and a second coroutine would be resumed at every wake-up.
@@ -275,7 +275,7 @@ class ConcurrencyLimit:
                         state.release()
                     else:
                         state.in_flight -= 1
-            if len(waiters) - len(gone) >= max_queue:
+            if len(waiters) - len(gone) >= max_waiting:
                 reject("queue_full")
             waiter = new_waiter()
             waiters.append(waiter)

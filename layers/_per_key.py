@@ -105,7 +105,7 @@ def _held_for(breaker: CircuitBreaker) -> float | None:
     if state is _OPEN:
         return breaker.statistics().retry_after or 0.0
     if state is _HALF_OPEN:
-        return math.inf if breaker.statistics().half_open_calls_in_flight else 0.0
+        return math.inf if breaker.statistics().probes_in_flight else 0.0
     return math.inf  # a state set by hand stays until another manual call
 
 

@@ -22,6 +22,7 @@ from ._backoff import (
     to_backoff,
 )
 from ._budget import BudgetState, RetryBudget
+from ._classify import Classification, classification
 from ._config import (
     callable_or_none,
     fail,
@@ -125,7 +126,7 @@ class RetryStopped(Event):
 
     Attributes:
         attempts: Attempts made.
-        reason: Why it stopped: ``"attempts"`` (the attempts limit was
+        reason: Why it stopped: ``"max_attempts"`` (the attempts limit was
             reached), ``"max_time"`` (the next attempt could not start within
             ``max_time``), ``"retry_after"`` (the error's delay hint was
             longer than the limit on hinted waits: ``max_delay``, by default
@@ -139,7 +140,7 @@ class RetryStopped(Event):
             attempt returned a retryable response.
         delay: The wait that the next attempt needed first, in seconds (the
             error's hint for ``"retry_after"``; ``0.0`` when none was left);
-            ``None`` when Retry stopped before it knew it (``"attempts"``,
+            ``None`` when Retry stopped before it knew it (``"max_attempts"``,
             ``"not_retryable"``).
         remaining: Seconds that were left before the deadline (``<= 0`` when
             it had passed); ``None`` when no deadline was in force.
@@ -151,7 +152,12 @@ class RetryStopped(Event):
 
     attempts: int
     reason: Literal[
-        "attempts", "max_time", "retry_after", "deadline", "budget", "not_retryable"
+        "max_attempts",
+        "max_time",
+        "retry_after",
+        "deadline",
+        "budget",
+        "not_retryable",
     ]
     error: str | None
     delay: float | None
@@ -159,7 +165,12 @@ class RetryStopped(Event):
 
 
 _Reason = Literal[
-    "attempts", "max_time", "retry_after", "deadline", "budget", "not_retryable"
+    "max_attempts",
+    "max_time",
+    "retry_after",
+    "deadline",
+    "budget",
+    "not_retryable",
 ]
 """Why Retry stopped (:attr:`RetryStopped.reason`), as the code spells it."""
 
@@ -170,33 +181,7 @@ def _type_name(error: BaseException | None) -> str | None:
 
 # ------------------------------------------------------------------ config
 
-Classification = (
-    type[Exception] | tuple[type[Exception], ...] | Callable[[Exception], bool]
-)
-"""What ``Retry(on=...)`` accepts."""
-
-_ON_RULE: Final = (
-    "an Exception subclass, a tuple of them, or a predicate on the exception "
-    "(cancellation and other BaseExceptions are never retried)"
-)
-
-
-def _exception_type(value: object) -> bool:
-    return isinstance(value, type) and issubclass(value, Exception)
-
-
-def _classification(
-    instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    if isinstance(value, type):
-        if not _exception_type(value):
-            fail(instance, attribute, value, _ON_RULE)
-    elif isinstance(value, tuple):
-        items = cast("tuple[object, ...]", value)
-        if not items or not all(_exception_type(each) for each in items):
-            fail(instance, attribute, items, _ON_RULE)
-    elif not callable(value):
-        fail(instance, attribute, value, _ON_RULE)
+_classification = classification("retried")
 
 
 _attempts = int_at_least(1, "None or an integer >= 1", optional=True)
@@ -234,11 +219,11 @@ class Retry:
     overloaded, circuit open) is retried only if *on* matches it, and then
     not before its ``retry_after``.
 
-    **When it stops.** At least one limit is required: *attempts* (all
+    **When it stops.** At least one limit is required: *max_attempts* (all
     attempts, the first included) and/or *max_time*. Before every retry,
     Retry decides, in this order, and stops at the first that applies:
 
-    1. the attempts limit is reached (``attempts``);
+    1. the attempts limit is reached (``max_attempts``);
     2. the deadline has passed;
     3. the delay hint of the error (``retry_after``) is longer than the
        limit on hinted waits (*max_delay*; see there for its default):
@@ -293,8 +278,8 @@ class Retry:
     Args:
         on: What to retry: an :class:`Exception` subclass, a tuple of them,
             or a predicate ``on(error) -> bool``.
-        attempts: The most attempts, the first included, an integer >= 1
-            (``attempts=1`` never retries), or ``None`` for no count limit.
+        max_attempts: The most attempts, the first included, an integer >= 1
+            (``max_attempts=1`` never retries), or ``None`` for no count limit.
         max_time: Seconds from the start of the first attempt after which no
             new attempt starts, or ``None``. It never cancels an attempt in
             progress: put a :class:`~layers.Timeout` outside the retry for
@@ -343,14 +328,16 @@ class Retry:
         ...         raise answer
         ...     return f"{answer} on attempt {layers.current_attempt()}"
         >>> svc = layers.Retry(
-        ...     on=ConnectionError, attempts=3, backoff=layers.ConstantBackoff(0.01)
+        ...     on=ConnectionError, max_attempts=3, backoff=layers.ConstantBackoff(0.01)
         ... ).layer(flaky)
         >>> anyio.run(svc, "GET /")
         'ok on attempt 3'
     """
 
     on: Classification = attrs.field(validator=_classification)
-    attempts: int | None = attrs.field(default=None, kw_only=True, validator=_attempts)
+    max_attempts: int | None = attrs.field(
+        default=None, kw_only=True, validator=_attempts
+    )
     max_time: float | None = attrs.field(
         default=None, kw_only=True, validator=_optional_positive
     )
@@ -378,10 +365,10 @@ class Retry:
     name: str = attrs.field(default="retry", kw_only=True, validator=name_value)
 
     def __attrs_post_init__(self) -> None:
-        if self.attempts is None and self.max_time is None:
+        if self.max_attempts is None and self.max_time is None:
             raise ConfigurationError(
-                "Retry(attempts=None, max_time=None): give at least one limit, "
-                "attempts (an integer >= 1) and/or max_time (seconds > 0)"
+                "Retry(max_attempts=None, max_time=None): give at least one limit, "
+                "max_attempts (an integer >= 1) and/or max_time (seconds > 0)"
             )
 
     def layer(self, inner: Service[Req, Res], /) -> Service[Req, Res]:
@@ -480,7 +467,7 @@ class _Loop(Generic[Req, Res]):
     def __init__(self, config: Retry, inner: Service[Req, Res]) -> None:
         self.inner: Callable[[Req], Awaitable[Res]] = inner
         self.name = config.name
-        self.max_attempts = config.attempts
+        self.max_attempts = config.max_attempts
         self.max_time = config.max_time
         self.backoff = config.backoff
         self.state: BudgetState | None = (
@@ -578,7 +565,7 @@ class _Loop(Generic[Req, Res]):
             text = ""
             if max_attempts is not None and attempt >= max_attempts:
                 stop, text = (
-                    "attempts",
+                    "max_attempts",
                     f"the attempts limit ({max_attempts}) was reached",
                 )
             elif deadline is not None and now >= deadline:
@@ -623,7 +610,7 @@ class _Loop(Generic[Req, Res]):
                 elif state is not None and not state.withdraw():
                     stop, text = "budget", "the retry budget is exhausted"
             if stop is not None:
-                wait = None if stop == "attempts" else delay
+                wait = None if stop == "max_attempts" else delay
                 remaining = None if deadline is None else deadline - now
                 return self.give_up(
                     stop, text, attempt, failure, response, wait, remaining

@@ -7,7 +7,7 @@ real transport (by default ``httpx.AsyncHTTPTransport()``)::
     transport = LayeredTransport(
         ServiceBuilder()
         .timeout(10)
-        .retry(on=RetryOn(), retry_after=retry_after, attempts=3, max_delay=30)
+        .retry(on=RetryOn(), retry_after=retry_after, max_attempts=3, max_delay=30)
         .layer(
             PerKey(
                 lambda host: CircuitBreaker(name=host, **breaker_options()),
@@ -616,7 +616,7 @@ class RetryOn:
         >>> import httpx
         >>> from layers.httpx import RetryOn, retry_after
         >>> import layers
-        >>> retry = layers.Retry(on=RetryOn(), retry_after=retry_after, attempts=3)
+        >>> retry = layers.Retry(on=RetryOn(), retry_after=retry_after, max_attempts=3)
         >>> on = RetryOn(methods={"GET", "POST"}, statuses={503})
         >>> on(httpx.ConnectError("refused", request=httpx.Request("POST", "http://x")))
         True
@@ -701,7 +701,7 @@ def retry_after(error: Exception, /) -> float | None:
 
 
 def is_failure(error: BaseException, /) -> bool:
-    """Whether *error* says the server is unhealthy (for ``failure_on=``).
+    """Whether *error* says the server is unhealthy (for the breaker's ``on=``).
 
     True for ``httpx.TransportError`` (it could not be reached or broke
     the connection), for a :class:`RetryableResponse` with a 5xx status,
@@ -716,30 +716,30 @@ def is_failure(error: BaseException, /) -> bool:
 
 
 def is_failure_response(response: httpx.Response, /) -> bool:
-    """Whether *response* has a 5xx status (for ``failure_response=``)."""
+    """Whether *response* has a 5xx status (for the breaker's ``on_result=``)."""
     return response.status_code >= 500
 
 
 class BreakerOptions(TypedDict):
     """What :func:`breaker_options` returns: two options of a breaker."""
 
-    failure_on: Callable[[BaseException], bool]
+    on: Callable[[Exception], bool]
     """:func:`is_failure`."""
-    failure_response: Callable[[Any], bool]
+    on_result: Callable[[Any], bool]
     """:func:`is_failure_response`."""
 
 
 def breaker_options() -> BreakerOptions:
     """The :class:`~layers.CircuitBreaker` options that classify HTTP outcomes.
 
-    ``{"failure_on": is_failure, "failure_response": is_failure_response}``:
+    ``{"on": is_failure, "on_result": is_failure_response}``:
     transport errors, timeouts and 5xx responses count as failures,
     everything else as successes. Spread it into the breaker's options::
 
         layers.CircuitBreaker(name="api", open_duration=30, **breaker_options())
         builder.circuit_breaker(name="api", **breaker_options())
     """
-    return {"failure_on": is_failure, "failure_response": is_failure_response}
+    return {"on": is_failure, "on_result": is_failure_response}
 
 
 # ------------------------------------------------------------------ the host key
@@ -835,7 +835,7 @@ class LayeredTransport(httpx.AsyncBaseTransport):
         >>> stack = layers.ServiceBuilder().retry(
         ...     on=RetryOn(),
         ...     retry_after=retry_after,
-        ...     attempts=3,
+        ...     max_attempts=3,
         ...     backoff=[0.01],
         ...     max_delay=30,  # a longer Retry-After returns the response
         ... )

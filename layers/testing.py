@@ -155,14 +155,15 @@ def capture_events(*types: type[E]) -> Generator[list[E]]:
         remove()
 
 
-def set_retry_testing(enabled: bool, *, attempts: int = 1) -> None:
+def set_retry_testing(enabled: bool, *, max_attempts: int = 1) -> None:
     """Turn retry testing mode on or off, for the whole process.
 
     In your own test suite, retries with real backoff make tests slow and
     hide failures. With testing mode on, every :class:`~layers.Retry`
     waits 0 s between attempts (it still lets other tasks run) and makes
-    at most *attempts* attempts (fewer if its own ``attempts`` is lower).
-    The default, ``attempts=1``, turns retrying off: the first error is
+    at most *max_attempts* attempts (fewer if its own ``max_attempts`` is
+    lower).
+    The default, ``max_attempts=1``, turns retrying off: the first error is
     raised, with a note saying the limit was reached. Everything else
     (classification, deadlines, budgets, events) works as usual. The
     success path of a call does not look at the mode, so it costs nothing
@@ -170,18 +171,18 @@ def set_retry_testing(enabled: bool, *, attempts: int = 1) -> None:
 
     Args:
         enabled: ``True`` to turn the mode on, ``False`` to turn it off.
-        attempts: The most attempts per call while the mode is on, an
+        max_attempts: The most attempts per call while the mode is on, an
             integer >= 1.
 
     Raises:
-        layers.ConfigurationError: If *attempts* is not an integer >= 1.
+        layers.ConfigurationError: If *max_attempts* is not an integer >= 1.
     """
-    check_int("set_retry_testing", "attempts", attempts, 1, "an integer >= 1")
-    _RETRY_TESTING.attempts = attempts if enabled else None
+    check_int("set_retry_testing", "max_attempts", max_attempts, 1, "an integer >= 1")
+    _RETRY_TESTING.attempts = max_attempts if enabled else None
 
 
 @contextmanager
-def retry_testing(*, attempts: int = 1) -> Generator[None]:
+def retry_testing(*, max_attempts: int = 1) -> Generator[None]:
     """Retry testing mode inside a ``with`` block (see :func:`set_retry_testing`).
 
     The mode in force before the block is restored after it.
@@ -190,13 +191,13 @@ def retry_testing(*, attempts: int = 1) -> Generator[None]:
         >>> import anyio, layers
         >>> from layers.testing import MockService, retry_testing
         >>> mock = MockService[str, str]().fail(ConnectionError).respond("ok")
-        >>> svc = layers.Retry(on=ConnectionError, attempts=5).layer(mock)
-        >>> with retry_testing(attempts=2):
+        >>> svc = layers.Retry(on=ConnectionError, max_attempts=5).layer(mock)
+        >>> with retry_testing(max_attempts=2):
         ...     anyio.run(svc, "x")
         'ok'
     """
     previous = _RETRY_TESTING.attempts
-    set_retry_testing(True, attempts=attempts)
+    set_retry_testing(True, max_attempts=max_attempts)
     try:
         yield
     finally:

@@ -163,7 +163,7 @@ def test_an_open_breaker_stays_open_in_a_second_run(
     breaker = layers.CircuitBreaker(
         window_type=window_type,  # type: ignore[arg-type]
         window_size=2 if window_type == "count" else 60,
-        minimum_calls=2,
+        min_calls=2,
         open_duration=30,
     )
     service = breaker.layer(down)
@@ -191,7 +191,7 @@ def test_an_open_breaker_stays_open_in_a_second_run(
 @pytest.mark.parametrize(("first", "second"), runs_param())
 def test_a_retry_budget_keeps_its_window_in_later_runs(first: str, second: str) -> None:
     """Deposits and withdrawals of one run still count in the next ones."""
-    budget = layers.RetryBudget(ttl=10, min_per_second=0, percent=50)
+    budget = layers.RetryBudget(ttl=10, min_per_second=0, ratio=0.5)
 
     async def spend() -> None:
         for _ in range(4):
@@ -547,7 +547,7 @@ def test_without_the_gil_the_caches_are_not_used() -> None:
     assert run_program(prelude, environ) == expected
 
 
-# ---------------------------------------- a breaker with a failure_response check
+# ---------------------------------------- a breaker with a on_result check
 
 KINDS = [
     pytest.param({"window_type": "count", "window_size": 4}, id="count"),
@@ -568,11 +568,11 @@ KINDS = [
 async def test_a_failure_response_trips_the_breaker_on_its_fast_path(
     options: dict[str, Any],
 ) -> None:
-    """failure_response takes a closure of its own; failures are counted as before."""
+    """on_result takes a closure of its own; failures are counted as before."""
     breaker = layers.CircuitBreaker(
-        minimum_calls=4,
+        min_calls=4,
         failure_rate_threshold=0.4,
-        failure_response=lambda response: response == "bad",
+        on_result=lambda response: response == "bad",
         **options,
     )
     service = breaker.layer(echo)

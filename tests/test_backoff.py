@@ -280,4 +280,4 @@ def test_bad_constant_delay(delay: object) -> None:
 def test_bad_backoff_values_for_retry(value: object, message: str) -> None:
     """Retry(backoff=...) refuses empty or negative sequences and iterators."""
     with pytest.raises(layers.ConfigurationError, match=message):
-        layers.Retry(on=OSError, attempts=2, backoff=value)  # type: ignore[arg-type]
+        layers.Retry(on=OSError, max_attempts=2, backoff=value)  # type: ignore[arg-type]

@@ -56,9 +56,9 @@ def make(**options: Any) -> tuple[layers.CircuitBreaker, layers.Service[str, str
     """A breaker with test-friendly defaults, and the service it guards."""
     defaults: dict[str, Any] = {
         "window_size": 4,
-        "minimum_calls": 4,
+        "min_calls": 4,
         "open_duration": 10,
-        "half_open_calls": 2,
+        "probes": 2,
     }
     breaker = layers.CircuitBreaker(**{**defaults, **options})
     return breaker, breaker.layer(service)
@@ -74,9 +74,9 @@ _WINDOW_OPTIONS = pytest.mark.parametrize(
         {"window_type": "time", "window_size": 60},
         {"slow_call_duration": 5},
         {"window_type": "time", "window_size": 60, "slow_call_duration": 5},
-        {"failure_response": lambda response: response == "bad"},
+        {"on_result": lambda response: response == "bad"},
     ],
-    ids=["count", "time", "count+slow", "time+slow", "failure_response"],
+    ids=["count", "time", "count+slow", "time+slow", "on_result"],
 )
 
 
@@ -110,7 +110,7 @@ async def test_a_failure_raised_while_cancelled_is_counted(
     options: dict[str, Any],
 ) -> None:
     """An error that ends a cancelled call counts as a failure on both backends."""
-    breaker = layers.CircuitBreaker(**{"minimum_calls": 4, **options})
+    breaker = layers.CircuitBreaker(**{"min_calls": 4, **options})
     svc = breaker.layer(fails_while_cancelled)
     with pytest.raises((KeyError, ExceptionGroup)), anyio.move_on_after(1):
         await svc("x")
@@ -120,7 +120,7 @@ async def test_a_failure_raised_while_cancelled_is_counted(
 
 async def test_a_probe_failing_while_cancelled_reopens_the_breaker() -> None:
     """A half-open probe that fails while cancelled is a failed probe, not freed."""
-    breaker, svc = make(half_open_calls=1)
+    breaker, svc = make(probes=1)
     await run(svc, *["fail"] * 4)
     await anyio.sleep(10)  # open -> half-open at the next call
     probe = breaker.layer(fails_while_cancelled)
@@ -137,7 +137,7 @@ async def test_successes_pass_through_and_are_counted() -> None:
     stats = breaker.statistics()
     assert stats.state is CircuitState.CLOSED
     assert (stats.calls, stats.failed_calls) == (3, 0)
-    assert stats.failure_rate is None  # below minimum_calls
+    assert stats.failure_rate is None  # below min_calls
 
 
 async def test_inner_exception_passes_through_unchanged() -> None:
@@ -155,8 +155,8 @@ async def test_inner_exception_passes_through_unchanged() -> None:
 
 
 async def test_count_window_trips_at_the_failure_rate() -> None:
-    """A count window trips once minimum_calls are in and failures reach the rate."""
-    breaker, svc = make(window_size=4, minimum_calls=4, failure_rate_threshold=0.5)
+    """A count window trips once min_calls are in and failures reach the rate."""
+    breaker, svc = make(window_size=4, min_calls=4, failure_rate_threshold=0.5)
     assert await run(svc, "fail", "ok", "ok") == ["Boom", "ok", "ok"]
     assert breaker.state is CircuitState.CLOSED
     # 4 calls, 2 failures: 50 % >= 50 %
@@ -166,7 +166,7 @@ async def test_count_window_trips_at_the_failure_rate() -> None:
 
 async def test_count_window_forgets_the_oldest_outcome() -> None:
     """Only the last window_size outcomes count: old failures slide out."""
-    breaker, svc = make(window_size=4, minimum_calls=4, failure_rate_threshold=0.75)
+    breaker, svc = make(window_size=4, min_calls=4, failure_rate_threshold=0.75)
     await run(svc, "fail", "fail", "ok", "ok", "ok")  # the first failure slid out
     stats = breaker.statistics()
     assert (stats.calls, stats.failed_calls) == (4, 1)
@@ -176,9 +176,9 @@ async def test_count_window_forgets_the_oldest_outcome() -> None:
     assert breaker.state is CircuitState.OPEN
 
 
-async def test_minimum_calls_holds_back_the_rate() -> None:
-    """Below minimum_calls nothing trips, whatever the failure rate."""
-    breaker, svc = make(window_size=10, minimum_calls=5)
+async def test_min_calls_holds_back_the_rate() -> None:
+    """Below min_calls nothing trips, whatever the failure rate."""
+    breaker, svc = make(window_size=10, min_calls=5)
     await run(svc, *["fail"] * 4)
     stats = breaker.statistics()
     assert stats.state is CircuitState.CLOSED
@@ -187,9 +187,9 @@ async def test_minimum_calls_holds_back_the_rate() -> None:
     assert breaker.state is CircuitState.OPEN
 
 
-async def test_a_success_reaching_minimum_calls_can_trip() -> None:
-    """The call that brings the window to minimum_calls is evaluated, even a success."""
-    breaker, svc = make(window_size=4, minimum_calls=4, failure_rate_threshold=0.5)
+async def test_a_success_reaching_min_calls_can_trip() -> None:
+    """The call that brings the window to min_calls is evaluated, even a success."""
+    breaker, svc = make(window_size=4, min_calls=4, failure_rate_threshold=0.5)
     await run(svc, "fail", "fail", "fail")
     assert breaker.state is CircuitState.CLOSED
     await run(svc, "ok")  # 3 of 4 failed
@@ -203,7 +203,7 @@ async def test_time_window_counts_the_last_seconds(slow: bool) -> None:
         window_type="time",
         window_size=10,
         window_buckets=5,
-        minimum_calls=4,
+        min_calls=4,
         failure_rate_threshold=0.5,
         slow_call_duration=100 if slow else None,
     )
@@ -221,10 +221,10 @@ async def test_time_window_counts_the_last_seconds(slow: bool) -> None:
     assert breaker.state is CircuitState.CLOSED
 
 
-async def test_time_window_minimum_calls_counts_only_the_window() -> None:
-    """Outcomes that left the time window do not count toward minimum_calls."""
+async def test_time_window_min_calls_counts_only_the_window() -> None:
+    """Outcomes that left the time window do not count toward min_calls."""
     breaker, svc = make(
-        window_type="time", window_size=4, window_buckets=4, minimum_calls=3
+        window_type="time", window_size=4, window_buckets=4, min_calls=3
     )
     await run(svc, "fail", "fail")
     await anyio.sleep(4)  # both left the window
@@ -239,7 +239,7 @@ async def test_time_window_success_fast_path_still_reaches_minimum() -> None:
     breaker, svc = make(
         window_type="time",
         window_size=60,
-        minimum_calls=3,
+        min_calls=3,
         failure_rate_threshold=0.3,
     )
     await run(svc, "fail", "ok", "ok")  # 1/3 >= 0.3 once the third call is in
@@ -252,8 +252,8 @@ async def test_time_window_success_fast_path_still_reaches_minimum() -> None:
 
 
 async def test_consecutive_failures_trip_on_their_own() -> None:
-    """consecutive_failures trips after a run of failures, below minimum_calls."""
-    breaker, svc = make(window_size=100, minimum_calls=100, consecutive_failures=3)
+    """consecutive_failures trips after a run of failures, below min_calls."""
+    breaker, svc = make(window_size=100, min_calls=100, consecutive_failures=3)
     await run(svc, "fail", "fail", "ok", "fail", "fail")
     assert breaker.statistics().consecutive_failures == 2
     assert breaker.state is CircuitState.CLOSED
@@ -265,7 +265,7 @@ async def test_consecutive_failures_trip_on_their_own() -> None:
 async def test_ignored_calls_do_not_break_a_run_of_failures() -> None:
     """An ignored exception neither counts nor resets the failure run."""
     breaker, svc = make(
-        window_size=100, minimum_calls=100, consecutive_failures=2, ignore=Benign
+        window_size=100, min_calls=100, consecutive_failures=2, ignore=Benign
     )
     await run(svc, "fail", "benign", "benign")
     assert breaker.statistics().calls == 1
@@ -311,7 +311,7 @@ async def test_calls_just_under_the_slow_threshold_are_not_slow() -> None:
 
 
 @pytest.mark.parametrize(
-    ("failure_on", "ignore", "expected"),
+    ("on", "ignore", "expected"),
     [
         (Exception, (), {"fail": 1, "benign": 1}),
         (Boom, (), {"fail": 1, "benign": 0}),
@@ -323,11 +323,11 @@ async def test_calls_just_under_the_slow_threshold_are_not_slow() -> None:
     ids=["all", "type", "tuple", "predicate", "ignore", "ignore-tuple"],
 )
 async def test_what_counts_as_a_failure(
-    failure_on: Any, ignore: Any, expected: dict[str, int | None]
+    on: Any, ignore: Any, expected: dict[str, int | None]
 ) -> None:
-    """failure_on picks failures (others succeed); ignore keeps calls out entirely."""
+    """`on` picks failures (others succeed); `ignore` keeps calls out."""
     for request, failures in expected.items():
-        breaker, svc = make(failure_on=failure_on, ignore=ignore)
+        breaker, svc = make(on=on, ignore=ignore)
         await run(svc, request)
         stats = breaker.statistics()
         if failures is None:
@@ -337,9 +337,9 @@ async def test_what_counts_as_a_failure(
 
 
 async def test_failure_response_counts_a_response_as_a_failure() -> None:
-    """failure_response marks responses as failures; they are still returned."""
+    """on_result marks responses as failures; they are still returned."""
     breaker = layers.CircuitBreaker(
-        window_size=2, failure_response=lambda response: response["status"] >= 500
+        window_size=2, on_result=lambda response: response["status"] >= 500
     )
 
     async def http(request: int) -> dict[str, int]:
@@ -387,7 +387,7 @@ async def test_open_rejects_at_once_with_retry_after() -> None:
     assert info.value.layer == "db"
     assert str(info.value) == "circuit breaker 'db' is open"
     assert isinstance(info.value, layers.Rejected)
-    assert breaker.statistics().rejected_calls == 1
+    assert breaker.statistics().rejected == 1
     assert breaker.statistics().retry_after == pytest.approx(18)
 
 
@@ -399,12 +399,12 @@ async def test_open_half_opens_lazily_after_the_open_duration() -> None:
     assert breaker.state is CircuitState.OPEN  # no timer moved it
     assert await run(svc, "ok") == ["ok"]
     assert breaker.state is CircuitState.HALF_OPEN
-    assert breaker.statistics().half_open_calls_recorded == 1
+    assert breaker.statistics().probes_recorded == 1
 
 
 async def test_late_outcomes_of_calls_admitted_before_opening_are_recorded() -> None:
     """Calls in flight when the breaker opens still record, without tripping again."""
-    breaker, svc = make(window_size=10, minimum_calls=4, half_open_calls=1)
+    breaker, svc = make(window_size=10, min_calls=4, probes=1)
     with capture_events(layers.events.CircuitOpened) as opened:
         async with anyio.create_task_group() as group:
             for _ in range(3):
@@ -420,7 +420,7 @@ async def test_late_outcomes_of_calls_admitted_before_opening_are_recorded() -> 
 
 async def test_outcomes_from_before_half_open_do_not_count_as_probes() -> None:
     """A call admitted while closed and ending in half-open leaves the trial alone."""
-    breaker, svc = make(open_duration=10, half_open_calls=1, consecutive_failures=1)
+    breaker, svc = make(open_duration=10, probes=1, consecutive_failures=1)
 
     async def slow_ok(request: str) -> str:
         await anyio.sleep(30)
@@ -436,8 +436,8 @@ async def test_outcomes_from_before_half_open_do_not_count_as_probes() -> None:
         await anyio.sleep(25)  # t = 36: slow_ok ended at t=30 (a success)
         assert breaker.state is CircuitState.HALF_OPEN
         stats = breaker.statistics()
-        assert stats.half_open_calls_recorded == 0
-        assert stats.half_open_calls_in_flight == 1
+        assert stats.probes_recorded == 0
+        assert stats.probes_in_flight == 1
         assert stats.calls == 0
         group.cancel_scope.cancel()
 
@@ -447,7 +447,7 @@ async def test_outcomes_from_before_half_open_do_not_count_as_probes() -> None:
 
 async def test_half_open_closes_when_the_probes_succeed() -> None:
     """All N probes under the threshold close the breaker with a fresh window."""
-    breaker, svc = make(half_open_calls=3, failure_rate_threshold=0.5)
+    breaker, svc = make(probes=3, failure_rate_threshold=0.5)
     await run(svc, *["fail"] * 4)
     await anyio.sleep(10)
     with capture_events(layers.events.CircuitStateChanged) as seen:
@@ -462,7 +462,7 @@ async def test_half_open_closes_when_the_probes_succeed() -> None:
 
 async def test_half_open_reopens_when_the_probes_fail() -> None:
     """Probes at the failure rate open the breaker again."""
-    breaker, svc = make(half_open_calls=2, failure_rate_threshold=0.5)
+    breaker, svc = make(probes=2, failure_rate_threshold=0.5)
     await run(svc, *["fail"] * 4)
     await anyio.sleep(10)
     await run(svc, "ok", "fail")
@@ -473,9 +473,7 @@ async def test_half_open_reopens_when_the_probes_fail() -> None:
 
 async def test_half_open_reopens_on_slow_probes() -> None:
     """Probes at the slow-call rate open the breaker again."""
-    breaker, svc = make(
-        half_open_calls=2, slow_call_duration=1, slow_call_rate_threshold=0.5
-    )
+    breaker, svc = make(probes=2, slow_call_duration=1, slow_call_rate_threshold=0.5)
     await run(svc, *["fail"] * 4)
     await anyio.sleep(10)
     await run(svc, "ok", "slow")
@@ -489,7 +487,7 @@ async def test_thousand_concurrent_calls_in_half_open_let_exactly_n_through(
     """1,000 concurrent calls while half-open: exactly N reach the service."""
     mock = MockService[str, str]()
     breaker = layers.CircuitBreaker(
-        window_size=1, minimum_calls=1, open_duration=5, half_open_calls=probes
+        window_size=1, min_calls=1, open_duration=5, probes=probes
     )
     svc = breaker.layer(mock)
     breaker.force_open()
@@ -510,7 +508,7 @@ async def test_thousand_concurrent_calls_in_half_open_let_exactly_n_through(
         assert mock.calls == 1 + probes
         assert outcomes.count("rejected") == 1000 - probes
         stats = breaker.statistics()
-        assert stats.half_open_calls_in_flight == probes
+        assert stats.probes_in_flight == probes
         for _ in range(probes):
             (await mock.next_call()).respond("ok")
     assert outcomes.count("ok") == probes
@@ -519,7 +517,7 @@ async def test_thousand_concurrent_calls_in_half_open_let_exactly_n_through(
 
 async def test_half_open_rejection_has_no_retry_after() -> None:
     """While the probes run, rejections carry retry_after=None."""
-    _, svc = make(half_open_calls=1)
+    _, svc = make(probes=1)
     await run(svc, *["fail"] * 4)
     await anyio.sleep(10)
     async with anyio.create_task_group() as group:
@@ -534,30 +532,30 @@ async def test_half_open_rejection_has_no_retry_after() -> None:
 
 async def test_cancelled_probe_frees_its_slot() -> None:
     """A probe cancelled while it waits frees its slot for the next call."""
-    breaker, svc = make(half_open_calls=1)
+    breaker, svc = make(probes=1)
     await run(svc, *["fail"] * 4)
     await anyio.sleep(10)
     with anyio.move_on_after(3):
         await svc("hang")
     stats = breaker.statistics()
     assert stats.state is CircuitState.HALF_OPEN
-    assert (stats.half_open_calls_in_flight, stats.half_open_calls_recorded) == (0, 0)
+    assert (stats.probes_in_flight, stats.probes_recorded) == (0, 0)
     assert await run(svc, "ok") == ["ok"]
     assert breaker.state is CircuitState.CLOSED
 
 
 async def test_probe_cancelled_by_a_task_group_frees_its_slot() -> None:
     """Probes cancelled with their task group (no result) all free their slots."""
-    breaker, svc = make(half_open_calls=3)
+    breaker, svc = make(probes=3)
     await run(svc, *["fail"] * 4)
     await anyio.sleep(10)
     async with anyio.create_task_group() as group:
         for _ in range(3):
             group.start_soon(svc, "hang")
         await anyio.sleep(1)
-        assert breaker.statistics().half_open_calls_in_flight == 3
+        assert breaker.statistics().probes_in_flight == 3
         group.cancel_scope.cancel()
-    assert breaker.statistics().half_open_calls_in_flight == 0
+    assert breaker.statistics().probes_in_flight == 0
     assert await run(svc, "ok", "ok", "ok") == ["ok", "ok", "ok"]
     assert breaker.state is CircuitState.CLOSED
 
@@ -565,7 +563,7 @@ async def test_probe_cancelled_by_a_task_group_frees_its_slot() -> None:
 async def test_probe_timed_out_outside_frees_its_slot() -> None:
     """A Timeout outside the breaker cancels the probe: slot freed, not counted."""
     breaker = layers.CircuitBreaker(
-        window_size=1, minimum_calls=1, open_duration=10, half_open_calls=1
+        window_size=1, min_calls=1, open_duration=10, probes=1
     )
     svc = layers.ServiceBuilder().timeout(2).layer(breaker).service(service)
     await run(svc, "fail")
@@ -573,7 +571,7 @@ async def test_probe_timed_out_outside_frees_its_slot() -> None:
     assert await run(svc, "hang") == ["Elapsed"]
     stats = breaker.statistics()
     assert stats.state is CircuitState.HALF_OPEN
-    assert stats.half_open_calls_in_flight == 0
+    assert stats.probes_in_flight == 0
     assert await run(svc, "ok") == ["ok"]
     assert breaker.state is CircuitState.CLOSED
 
@@ -581,7 +579,7 @@ async def test_probe_timed_out_outside_frees_its_slot() -> None:
 async def test_probe_timed_out_inside_counts_as_a_failure() -> None:
     """A Timeout inside the breaker raises Elapsed: a failed probe, slot used."""
     breaker = layers.CircuitBreaker(
-        window_size=1, minimum_calls=1, open_duration=10, half_open_calls=1
+        window_size=1, min_calls=1, open_duration=10, probes=1
     )
     svc = layers.ServiceBuilder().layer(breaker).timeout(2).service(service)
     await run(svc, "fail")
@@ -592,7 +590,7 @@ async def test_probe_timed_out_inside_counts_as_a_failure() -> None:
 
 async def test_ignored_probe_frees_its_slot() -> None:
     """A probe whose exception is ignored does not count and frees its slot."""
-    breaker, svc = make(half_open_calls=1, ignore=Benign)
+    breaker, svc = make(probes=1, ignore=Benign)
     await run(svc, *["fail"] * 4)
     await anyio.sleep(10)
     assert await run(svc, "benign") == ["Benign"]
@@ -603,7 +601,7 @@ async def test_ignored_probe_frees_its_slot() -> None:
 
 async def test_max_half_open_duration_reopens_a_stalled_trial() -> None:
     """A trial without a verdict by max_half_open_duration opens the breaker again."""
-    breaker, svc = make(half_open_calls=1, max_half_open_duration=20, open_duration=10)
+    breaker, svc = make(probes=1, max_half_open_duration=20, open_duration=10)
     await run(svc, *["fail"] * 4)  # open until t=10
     await anyio.sleep(10)
     async with anyio.create_task_group() as group:
@@ -624,7 +622,7 @@ async def test_max_half_open_duration_reopens_a_stalled_trial() -> None:
 
 async def test_late_probe_outcome_after_expiry_is_dropped() -> None:
     """A probe ending after its trial expired is not counted in a newer trial."""
-    breaker, svc = make(half_open_calls=1, max_half_open_duration=5, open_duration=10)
+    breaker, svc = make(probes=1, max_half_open_duration=5, open_duration=10)
 
     async def slow(request: str) -> str:
         await anyio.sleep(float(request))
@@ -638,12 +636,12 @@ async def test_late_probe_outcome_after_expiry_is_dropped() -> None:
         await anyio.sleep(27)  # t = 37: expired at 15, open until 25, now probe #2
         group.start_soon(call, svc, "hang")
         await anyio.sleep(1)
-        assert breaker.statistics().half_open_calls_in_flight == 1
+        assert breaker.statistics().probes_in_flight == 1
         await anyio.sleep(3)  # t = 41: the old probe succeeded at 40: dropped
         stats = breaker.statistics()
         assert stats.state is CircuitState.HALF_OPEN
-        assert stats.half_open_calls_in_flight == 1
-        assert stats.half_open_calls_recorded == 0
+        assert stats.probes_in_flight == 1
+        assert stats.probes_recorded == 0
         group.cancel_scope.cancel()
 
 
@@ -653,7 +651,7 @@ async def test_late_probe_outcome_after_expiry_is_dropped() -> None:
 async def test_open_duration_grows_on_repeated_trips_up_to_the_cap() -> None:
     """Each trip in a row multiplies the open duration, up to max_open_duration."""
     breaker, svc = make(
-        half_open_calls=1,
+        probes=1,
         open_duration=10,
         open_duration_growth=2,
         max_open_duration=35,
@@ -678,7 +676,7 @@ async def test_open_duration_grows_on_repeated_trips_up_to_the_cap() -> None:
 async def test_open_duration_stays_at_the_cap_after_many_trips() -> None:
     """After thousands of trips the open duration is the cap (no float overflow)."""
     breaker, svc = make(
-        half_open_calls=1,
+        probes=1,
         open_duration=1.0,
         open_duration_growth=2.0,  # a float: 2.0 ** 1100 overflows, 2 ** 1100 not
         max_open_duration=5,
@@ -698,7 +696,7 @@ async def test_open_duration_stays_at_the_cap_after_many_trips() -> None:
 async def test_open_duration_resets_after_a_healthy_period() -> None:
     """Closed for healthy_duration, the next trip starts from open_duration again."""
     breaker, svc = make(
-        half_open_calls=1,
+        probes=1,
         open_duration=10,
         open_duration_growth=3,
         healthy_duration=60,
@@ -840,7 +838,7 @@ async def test_metrics_only_again_keeps_the_window(options: dict[str, Any]) -> N
     breaker, svc = make(name="shadow", **options)
     breaker.metrics_only()
     with capture_events() as seen:
-        await run(svc, *["fail"] * 3)  # below minimum_calls: no verdict yet
+        await run(svc, *["fail"] * 3)  # below min_calls: no verdict yet
         breaker.metrics_only()
         await run(svc, "fail")  # the fourth failure in the window
         stats = breaker.statistics()
@@ -856,7 +854,7 @@ async def test_reset_of_a_closed_breaker_empties_the_window_silently(
     options: dict[str, Any],
 ) -> None:
     """reset() when closed: a fresh window and no trips in a row, but no event."""
-    breaker, svc = make(open_duration_growth=2, half_open_calls=1, **options)
+    breaker, svc = make(open_duration_growth=2, probes=1, **options)
     await run(svc, *["fail"] * 4)  # trips
     await anyio.sleep(10)
     await run(svc, "ok")  # the probe closes it; one trip in a row remembered
@@ -906,7 +904,7 @@ def test_manual_transitions_work_outside_an_event_loop() -> None:
 
 async def test_one_breaker_guards_several_services() -> None:
     """Two services built from one breaker share its state."""
-    breaker = layers.CircuitBreaker(window_size=2, minimum_calls=2)
+    breaker = layers.CircuitBreaker(window_size=2, min_calls=2)
 
     async def a(request: str) -> str:
         raise Boom
@@ -922,11 +920,11 @@ async def test_one_breaker_guards_several_services() -> None:
 
 async def test_builder_makes_a_breaker_from_options_and_layer_shares_one() -> None:
     """.circuit_breaker(**options) makes one now; .layer(breaker) adds a given one."""
-    breaker = layers.CircuitBreaker(window_size=1, minimum_calls=1)
+    breaker = layers.CircuitBreaker(window_size=1, min_calls=1)
     builder = layers.ServiceBuilder().layer(breaker)
     assert builder.layers == (breaker,)
     made = layers.ServiceBuilder().circuit_breaker(
-        name="api", window_size=1, minimum_calls=1
+        name="api", window_size=1, min_calls=1
     )
     (layer,) = made.layers
     assert isinstance(layer, layers.CircuitBreaker)
@@ -951,7 +949,7 @@ def test_builder_refuses_bad_arguments() -> None:
 
 async def test_events_on_every_transition_and_rejection() -> None:
     """Each transition and each rejection emits an event with the breaker's name."""
-    breaker, svc = make(name="api", half_open_calls=1)
+    breaker, svc = make(name="api", probes=1)
     with capture_events() as seen:
         await run(svc, *["fail"] * 4)
         await run(svc, "ok")  # rejected
@@ -1046,10 +1044,10 @@ def test_breaker_is_compared_by_identity() -> None:
         ({"window_type": "time", "window_size": math.inf}, "for a time window"),
         ({"window_type": "sliding"}, "window_type must be 'count' or 'time'"),
         ({"window_buckets": 0}, "window_buckets must be an integer >= 1, got 0"),
-        ({"minimum_calls": 0}, "minimum_calls must be an integer >= 1, got 0"),
+        ({"min_calls": 0}, "min_calls must be an integer >= 1, got 0"),
         (
-            {"window_size": 10, "minimum_calls": 11},
-            "minimum_calls must be <= window_size (10) for a count window",
+            {"window_size": 10, "min_calls": 11},
+            "min_calls must be <= window_size (10) for a count window",
         ),
         ({"open_duration": -1}, "open_duration must be a finite number of seconds > 0"),
         ({"open_duration": 0}, "open_duration must be a finite number of seconds > 0"),
@@ -1065,13 +1063,17 @@ def test_breaker_is_compared_by_identity() -> None:
             {"open_duration_growth": 0.5},
             "open_duration_growth must be a finite number >= 1",
         ),
-        ({"half_open_calls": 0}, "half_open_calls must be an integer >= 1, got 0"),
+        ({"probes": 0}, "probes must be an integer >= 1, got 0"),
         ({"consecutive_failures": 0}, "consecutive_failures must be an integer >= 1"),
-        ({"failure_on": int}, "failure_on must be an exception class, a tuple"),
-        ({"failure_on": (Boom, "x")}, "failure_on must be an exception class, a tuple"),
-        ({"failure_on": 3}, "failure_on must be an exception class, a tuple"),
-        ({"ignore": [Boom]}, "ignore must be an exception class or a tuple"),
-        ({"failure_response": 1}, "failure_response must be None or a callable"),
+        ({"on": int}, "on must be an Exception subclass, a tuple of them"),
+        ({"on": (Boom, "x")}, "on must be an Exception subclass, a tuple of them"),
+        ({"on": 3}, "on must be an Exception subclass, a tuple of them"),
+        ({"on": ()}, "on must be an Exception subclass, a tuple of them"),
+        ({"on": KeyboardInterrupt}, "BaseExceptions are never counted), got"),
+        ({"on": (Boom, SystemExit)}, "on must be an Exception subclass"),
+        ({"ignore": [Boom]}, "ignore must be an Exception subclass or a tuple"),
+        ({"ignore": KeyboardInterrupt}, "ignore must be an Exception subclass"),
+        ({"on_result": 1}, "on_result must be None or a callable"),
         ({"name": ""}, "name must be a non-empty string"),
     ],
 )
@@ -1091,7 +1093,7 @@ def test_good_edge_configuration_is_accepted() -> None:
         failure_rate_threshold=1,
         slow_call_rate_threshold=1.0,
         window_size=1,
-        failure_on=(Boom, KeyError),
+        on=(Boom, KeyError),
         ignore=(),
         open_duration=0.001,
     )

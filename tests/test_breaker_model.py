@@ -85,7 +85,7 @@ class Model:
 
     @property
     def minimum(self) -> int:
-        minimum: int | None = self.cfg["minimum_calls"]
+        minimum: int | None = self.cfg["min_calls"]
         if minimum is not None:
             return minimum
         return (
@@ -186,7 +186,7 @@ class Model:
         self.catch_up(t)
         if self.state == "half_open":
             assert self.trial is not None
-            if self.trial["taken"] < self.cfg["half_open_calls"]:
+            if self.trial["taken"] < self.cfg["probes"]:
                 self.trial["taken"] += 1
                 return "call", ("trial", self.trial["id"])
             return "rejected", None
@@ -197,7 +197,7 @@ class Model:
         if kind in ("cancel", "ignored"):
             return None
         failed = kind in ("fail", "slowfail") or (
-            kind == "bad" and self.cfg["failure_response"]
+            kind == "bad" and self.cfg["on_result"]
         )
         slow = (
             self.cfg["slow_call_duration"] is not None and DURATION[kind] >= SLOW_AFTER
@@ -226,7 +226,7 @@ class Model:
         trial["recorded"] += 1
         trial["failures"] += outcome[0]
         trial["slow"] += outcome[1]
-        probes = self.cfg["half_open_calls"]
+        probes = self.cfg["probes"]
         if trial["recorded"] == probes:
             if (
                 trial["failures"] / probes >= self.cfg["failure_rate_threshold"]
@@ -300,7 +300,7 @@ def configs(draw: st.DrawFn) -> dict[str, Any]:
         "window_type": window_type,
         "window_size": size,
         "window_buckets": draw(st.sampled_from([1, 2, 4])),
-        "minimum_calls": minimum,
+        "min_calls": minimum,
         "failure_rate_threshold": draw(st.sampled_from([0.25, 0.5, 1.0])),
         "slow_call_duration": draw(st.sampled_from([None, SLOW_AFTER])),
         "slow_call_rate_threshold": draw(st.sampled_from([0.5, 1.0])),
@@ -309,9 +309,9 @@ def configs(draw: st.DrawFn) -> dict[str, Any]:
         "open_duration_growth": draw(st.sampled_from([1.0, 2.0])),
         "max_open_duration": draw(st.sampled_from([None, 8.0])),
         "healthy_duration": draw(st.sampled_from([None, 3.0])),
-        "half_open_calls": draw(st.integers(1, 3)),
+        "probes": draw(st.integers(1, 3)),
         "max_half_open_duration": draw(st.sampled_from([None, 2.0, 4.0])),
-        "failure_response": draw(st.booleans()),
+        "on_result": draw(st.booleans()),
     }
 
 
@@ -334,8 +334,8 @@ class BreakerMachine(RuleBasedStateMachine):
     @initialize(cfg=configs())
     def build(self, cfg: dict[str, Any]) -> None:
         options = dict(cfg)
-        if options.pop("failure_response"):
-            options["failure_response"] = lambda response: response == "bad"
+        if options.pop("on_result"):
+            options["on_result"] = lambda response: response == "bad"
         self.breaker = layers.CircuitBreaker(name="model", ignore=Ignored, **options)
 
         async def counted(kind: str) -> str:
@@ -456,11 +456,11 @@ class BreakerMachine(RuleBasedStateMachine):
             )
         trial = model.trial
         if trial is None:
-            assert stats.half_open_calls_in_flight == 0
-            assert stats.half_open_calls_recorded == 0
+            assert stats.probes_in_flight == 0
+            assert stats.probes_recorded == 0
         else:
-            assert stats.half_open_calls_recorded == trial["recorded"]
-            assert stats.half_open_calls_in_flight == trial["taken"] - trial["recorded"]
+            assert stats.probes_recorded == trial["recorded"]
+            assert stats.probes_in_flight == trial["taken"] - trial["recorded"]
 
 
 SETTINGS = hypothesis.settings(

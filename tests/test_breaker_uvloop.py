@@ -35,10 +35,10 @@ async def test_trips_rejects_probes_and_closes_on_uvloop(window_type: str) -> No
     breaker = layers.CircuitBreaker(
         window_type=window_type,  # type: ignore[arg-type]
         window_size=4 if window_type == "count" else 10,
-        minimum_calls=4,
+        min_calls=4,
         slow_call_duration=5,
         open_duration=0.05,
-        half_open_calls=1,
+        probes=1,
     )
     svc = breaker.layer(host)
     for _ in range(4):

@@ -19,30 +19,30 @@ pytestmark = pytest.mark.anyio
 
 async def test_the_reserve_allows_min_per_second_times_ttl_from_the_start() -> None:
     """With no traffic at all, min_per_second x ttl retries are allowed, then none."""
-    budget = RetryBudget(ttl=10, min_per_second=2, percent=0)
+    budget = RetryBudget(ttl=10, min_per_second=2, ratio=0)
     results = [budget.withdraw() for _ in range(21)]
     assert results == [True] * 20 + [False]
 
 
-async def test_percent_of_deposits() -> None:
+async def test_ratio_of_deposits() -> None:
     """With no reserve, 50 % allows one retry per two requests."""
-    budget = RetryBudget(min_per_second=0, percent=50)
+    budget = RetryBudget(min_per_second=0, ratio=0.5)
     for _ in range(10):
         budget.deposit()
     assert [budget.withdraw() for _ in range(6)] == [True] * 5 + [False]
 
 
-async def test_a_fractional_percent_is_not_rounded_to_all() -> None:
+async def test_a_ratio_is_not_rounded_to_all() -> None:
     """60 % allows 6 retries per 10 requests, not 10 (tower's bug #857)."""
-    budget = RetryBudget(min_per_second=0, percent=60)
+    budget = RetryBudget(min_per_second=0, ratio=0.6)
     for _ in range(10):
         budget.deposit()
     assert sum(budget.withdraw() for _ in range(20)) == 6
 
 
 async def test_more_than_one_retry_per_request() -> None:
-    """Percentages above 100 allow several retries per request."""
-    budget = RetryBudget(min_per_second=0, percent=250)
+    """A ratio above 1 allows several retries per request."""
+    budget = RetryBudget(min_per_second=0, ratio=2.5)
     for _ in range(2):
         budget.deposit()
     assert sum(budget.withdraw() for _ in range(10)) == 5
@@ -50,7 +50,7 @@ async def test_more_than_one_retry_per_request() -> None:
 
 async def test_withdrawals_expire_after_ttl_so_the_reserve_refills() -> None:
     """An emptied reserve is whole again ttl seconds later, not before."""
-    budget = RetryBudget(ttl=5, min_per_second=1, percent=0)
+    budget = RetryBudget(ttl=5, min_per_second=1, ratio=0)
     assert sum(budget.withdraw() for _ in range(10)) == 5
     await anyio.sleep(4)
     assert not budget.withdraw()
@@ -60,7 +60,7 @@ async def test_withdrawals_expire_after_ttl_so_the_reserve_refills() -> None:
 
 async def test_deposits_expire_after_ttl() -> None:
     """Requests older than ttl no longer pay for retries."""
-    budget = RetryBudget(ttl=2, min_per_second=0, percent=100)
+    budget = RetryBudget(ttl=2, min_per_second=0, ratio=1)
     for _ in range(3):
         budget.deposit()
     assert budget.withdraw()  # files the deposits at t=0
@@ -74,7 +74,7 @@ async def test_a_deposit_before_the_first_withdrawal_expires_on_time() -> None:
     The defect: it was dated at the first filing (30 s later) and paid for a
     retry that late.
     """
-    budget = RetryBudget(ttl=1, min_per_second=0, percent=100)
+    budget = RetryBudget(ttl=1, min_per_second=0, ratio=1)
     budget.deposit()
     await anyio.sleep(30)
     assert not budget.withdraw()
@@ -83,7 +83,7 @@ async def test_a_deposit_before_the_first_withdrawal_expires_on_time() -> None:
 
 async def test_a_deposit_is_dated_at_the_last_clock_reading_never_later() -> None:
     """Deposits counted without the clock are dated at the reading before them."""
-    budget = RetryBudget(ttl=2, min_per_second=0, percent=100)
+    budget = RetryBudget(ttl=2, min_per_second=0, ratio=1)
     budget.deposit()  # reads the clock: t=0
     budget.deposit()  # a burst at one instant: the next ones do not read it
     budget.deposit()
@@ -98,7 +98,7 @@ async def test_a_deposit_is_dated_at_the_last_clock_reading_never_later() -> Non
 
 async def test_sparse_deposits_are_each_dated() -> None:
     """When calls are rarer than the clock readings pay for, each one reads it."""
-    budget = RetryBudget(ttl=1, min_per_second=0, percent=100)
+    budget = RetryBudget(ttl=1, min_per_second=0, ratio=1)
     for _ in range(5):
         budget.deposit()
         await anyio.sleep(0.3)
@@ -111,18 +111,18 @@ async def test_sparse_deposits_are_each_dated() -> None:
 
 # ------------------------------------------------- tower's TpsBudget tests
 # Ported from tower (tower/src/retry/budget/tps_budget.rs): ttl, min_per_sec
-# and retry_percent (a fraction there, a percentage here).
+# and retry_percent (a fraction there, as our ratio).
 
 
 async def test_tower_tps_empty() -> None:
     """tps_empty: no reserve and no deposit allow no retry."""
-    budget = RetryBudget(ttl=1, min_per_second=0, percent=100)
+    budget = RetryBudget(ttl=1, min_per_second=0, ratio=1)
     assert not budget.withdraw()
 
 
 async def test_tower_tps_leaky() -> None:
     """tps_leaky: one deposit, 3 s later (ttl 1 s) it pays for nothing."""
-    budget = RetryBudget(ttl=1, min_per_second=0, percent=100)
+    budget = RetryBudget(ttl=1, min_per_second=0, ratio=1)
     budget.deposit()
     await anyio.sleep(3)
     assert not budget.withdraw()
@@ -130,7 +130,7 @@ async def test_tower_tps_leaky() -> None:
 
 async def test_tower_tps_slots() -> None:
     """tps_slots: deposits expire slot by slot, each ttl after it was made."""
-    budget = RetryBudget(ttl=1, min_per_second=0, percent=50)
+    budget = RetryBudget(ttl=1, min_per_second=0, ratio=0.5)
     budget.deposit()
     budget.deposit()
     await anyio.sleep(0.901)
@@ -149,13 +149,13 @@ async def test_tower_tps_slots() -> None:
 
 async def test_tower_tps_reserve() -> None:
     """tps_reserve: min_per_second x ttl retries with no deposit at all."""
-    budget = RetryBudget(ttl=1, min_per_second=5, percent=100)
+    budget = RetryBudget(ttl=1, min_per_second=5, ratio=1)
     assert [budget.withdraw() for _ in range(6)] == [True] * 5 + [False]
 
 
 async def test_steady_traffic_counts_without_withdrawals() -> None:
     """Deposits are filed every 64 even with no retry, so steady traffic counts."""
-    budget = RetryBudget(ttl=2, min_per_second=0, percent=100)
+    budget = RetryBudget(ttl=2, min_per_second=0, ratio=1)
     for _ in range(1_000):  # 100 requests per second for 10 s
         budget.deposit()
         await anyio.sleep(0.01)
@@ -185,7 +185,7 @@ def test_deposits_never_count_longer_than_ttl(
     ttl = 2.0
 
     async def scenario() -> None:
-        budget = RetryBudget(ttl=ttl, min_per_second=0, percent=0)
+        budget = RetryBudget(ttl=ttl, min_per_second=0, ratio=0)
         times: list[float] = []
 
         def check() -> None:
@@ -210,7 +210,7 @@ def test_deposits_never_count_longer_than_ttl(
 
 async def test_statistics() -> None:
     """statistics() counts the window's requests, retries and what is left."""
-    budget = RetryBudget(ttl=10, min_per_second=1, percent=20)
+    budget = RetryBudget(ttl=10, min_per_second=1, ratio=0.2)
     for _ in range(10):
         budget.deposit()
     assert budget.withdraw()
@@ -222,7 +222,7 @@ async def test_statistics() -> None:
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_budget_outlives_its_event_loop(backend: str) -> None:
     """A budget used by a later event loop, whose clock starts again, still works."""
-    budget = RetryBudget(ttl=1, min_per_second=2, percent=0)
+    budget = RetryBudget(ttl=1, min_per_second=2, ratio=0)
 
     async def first() -> bool:
         await anyio.sleep(100)
@@ -239,7 +239,7 @@ def test_a_budget_outlives_its_event_loop(backend: str) -> None:
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_deposits_from_an_earlier_event_loop_no_longer_count(backend: str) -> None:
     """A later loop's clock says nothing about how old earlier deposits are: dropped."""
-    budget = RetryBudget(ttl=10, min_per_second=0, percent=100)
+    budget = RetryBudget(ttl=10, min_per_second=0, ratio=1)
 
     async def first() -> bool:
         await anyio.sleep(100)
@@ -260,7 +260,7 @@ def test_deposits_from_an_earlier_event_loop_no_longer_count(backend: str) -> No
 
 
 async def storm(budget: RetryBudget | None) -> tuple[int, float]:
-    """1,000 calls, one every 10 ms, to a service that always fails, attempts=5.
+    """1,000 calls, one every 10 ms, to a service that always fails, max_attempts=5.
 
     Returns the number of retries and the virtual time elapsed.
     """
@@ -269,7 +269,7 @@ async def storm(budget: RetryBudget | None) -> tuple[int, float]:
         mock.fail(ConnectionError)
     svc = layers.Retry(
         on=ConnectionError,
-        attempts=5,
+        max_attempts=5,
         backoff=layers.ConstantBackoff(0.05),
         budget=budget,
     ).layer(mock)
@@ -302,7 +302,7 @@ async def test_retry_storm_with_the_default_budget() -> None:
 
 
 async def test_retry_storm_without_a_budget() -> None:
-    """Without a budget, 1,000 calls with attempts=5 make exactly 4,000 retries."""
+    """Without a budget, 1,000 calls with max_attempts=5 make exactly 4,000 retries."""
     retries, _ = await storm(None)
     print(f"retries without a budget: {retries}")
     assert retries == 4_000
@@ -322,15 +322,15 @@ async def test_retry_storm_without_a_budget() -> None:
         ({"min_per_second": -1}, "min_per_second must be a finite number >= 0, got -1"),
         ({"min_per_second": math.inf}, "min_per_second must be a finite number >= 0"),
         (
-            {"percent": -5},
-            "RetryBudget(percent=-5): percent must be a percentage from 0 to 1000",
+            {"ratio": -0.05},
+            "RetryBudget(ratio=-0.05): ratio must be a fraction from 0 to 10",
         ),
-        ({"percent": 1001}, "percent must be a percentage from 0 to 1000, got 1001"),
-        ({"percent": math.nan}, "percent must be a percentage from 0 to 1000, got nan"),
+        ({"ratio": 10.01}, "ratio must be a fraction from 0 to 10 (0.2 is 20 %), got"),
+        ({"ratio": math.nan}, "ratio must be a fraction from 0 to 10 (0.2 is 20 %)"),
     ],
 )
 def test_bad_budget_configuration(kwargs: dict[str, float], message: str) -> None:
-    """Out-of-range ttl, floor or percent fail at construction with a clear message."""
+    """Out-of-range ttl, floor or ratio fail at construction with a clear message."""
     import re
 
     with pytest.raises(layers.ConfigurationError, match=re.escape(message)):
@@ -340,4 +340,4 @@ def test_bad_budget_configuration(kwargs: dict[str, float], message: str) -> Non
 def test_defaults_are_finagles() -> None:
     """The defaults: 10 s ttl, 10 retries per second, 20 %."""
     budget = RetryBudget()
-    assert (budget.ttl, budget.min_per_second, budget.percent) == (10.0, 10.0, 20.0)
+    assert (budget.ttl, budget.min_per_second, budget.ratio) == (10.0, 10.0, 0.2)

@@ -376,7 +376,7 @@ LAYER_METHODS: dict[str, tuple[type, bool]] = {
 OWN_METHODS = {"layer", "option_layer", "service", "into_layer", "layers"}
 # Options that a builder method sets itself and does not take: load_shed is
 # a ConcurrencyLimit without a queue.
-SET_BY_THE_METHOD = {"load_shed": {"max_queue", "max_wait"}}
+SET_BY_THE_METHOD = {"load_shed": {"max_waiting", "max_wait"}}
 # Defaults that a builder method chooses on purpose: load_shed's own name.
 OWN_DEFAULTS = {"load_shed": {"name"}}
 
@@ -449,19 +449,19 @@ def test_builder_methods_take_the_layers_options_and_defaults(method: str) -> No
 
 def test_builder_retry_has_no_sentinel_and_makes_a_budget_per_call() -> None:
     """.retry() with no budget option gets the layer's default: a new RetryBudget."""
-    builder = ServiceBuilder().retry(on=OSError, attempts=2)
+    builder = ServiceBuilder().retry(on=OSError, max_attempts=2)
     (retry,) = builder.layers
     assert isinstance(retry, layers.Retry)
     assert isinstance(retry.budget, layers.RetryBudget)
     assert isinstance(retry.backoff, layers.ExponentialBackoff)
-    (again,) = ServiceBuilder().retry(on=OSError, attempts=2).layers
+    (again,) = ServiceBuilder().retry(on=OSError, max_attempts=2).layers
     assert isinstance(again, layers.Retry)
     assert again.budget is not retry.budget
-    (none,) = ServiceBuilder().retry(on=OSError, attempts=2, budget=None).layers
+    (none,) = ServiceBuilder().retry(on=OSError, max_attempts=2, budget=None).layers
     assert isinstance(none, layers.Retry)
     assert none.budget is None
     with pytest.raises(layers.ConfigurationError, match="budget"):
-        ServiceBuilder().retry(on=OSError, attempts=2, budget="new")  # type: ignore[typeddict-item]
+        ServiceBuilder().retry(on=OSError, max_attempts=2, budget="new")  # type: ignore[typeddict-item]
 
 
 @pytest.mark.parametrize(
@@ -472,7 +472,7 @@ def test_builder_retry_has_no_sentinel_and_makes_a_budget_per_call() -> None:
         (lambda b: b.concurrency_limit(1), layers.ConcurrencyLimit),
         (lambda b: b.load_shed(1), layers.ConcurrencyLimit),
         (lambda b: b.circuit_breaker(), layers.CircuitBreaker),
-        (lambda b: b.retry(on=OSError, attempts=2), layers.Retry),
+        (lambda b: b.retry(on=OSError, max_attempts=2), layers.Retry),
     ],
     ids=["timeout", "rate_limit", "concurrency_limit", "load_shed", "breaker", "retry"],
 )
@@ -490,7 +490,10 @@ def test_each_call_of_a_builder_method_makes_a_new_layer(
     ("add", "shared"),
     [
         (lambda b, obj: b.circuit_breaker(obj), layers.CircuitBreaker()),
-        (lambda b, obj: b.retry(OSError, obj), layers.Retry(on=OSError, attempts=2)),
+        (
+            lambda b, obj: b.retry(OSError, obj),
+            layers.Retry(on=OSError, max_attempts=2),
+        ),
     ],
     ids=["circuit_breaker", "retry"],
 )

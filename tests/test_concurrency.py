@@ -103,8 +103,12 @@ async def arrive(
         ((-3,), {}, "max_in_flight must be an int >= 1, got -3"),
         ((2.0,), {}, "max_in_flight must be an int >= 1, got 2.0"),
         ((True,), {}, "max_in_flight must be an int >= 1, got True"),
-        ((2,), {"max_queue": -1}, "max_queue must be None (no bound) or an int >= 0"),
-        ((2,), {"max_queue": 1.5}, "got 1.5"),
+        (
+            (2,),
+            {"max_waiting": -1},
+            "max_waiting must be None (no bound) or an int >= 0",
+        ),
+        ((2,), {"max_waiting": 1.5}, "got 1.5"),
         ((2,), {"max_wait": 0}, "max_wait must be None or a finite number of seconds"),
         ((2,), {"max_wait": -1.0}, "got -1.0"),
         ((2,), {"max_wait": math.inf}, "got inf"),
@@ -129,10 +133,10 @@ def test_builder_methods_validate_too() -> None:
 
 
 def test_load_shed_is_a_limit_without_a_queue() -> None:
-    """.load_shed(n) adds ConcurrencyLimit(n, max_queue=0, name='load_shed')."""
+    """.load_shed(n) adds ConcurrencyLimit(n, max_waiting=0, name='load_shed')."""
     (layer,) = layers.ServiceBuilder().load_shed(4).layers
     assert isinstance(layer, layers.ConcurrencyLimit)
-    assert (layer.max_in_flight, layer.max_queue, layer.name) == (4, 0, "load_shed")
+    assert (layer.max_in_flight, layer.max_waiting, layer.name) == (4, 0, "load_shed")
 
 
 # ------------------------------------------------------------ basics
@@ -221,9 +225,9 @@ async def test_newcomer_never_overtakes_a_handed_over_permit() -> None:
 
 
 async def test_queue_bound_refuses_at_once_without_calling_inner() -> None:
-    """Beyond max_queue waiting calls, Overloaded is raised at once."""
+    """Beyond max_waiting waiting calls, Overloaded is raised at once."""
     gauge = Gauge()
-    limit = layers.ConcurrencyLimit(2, max_queue=1, name="db")
+    limit = layers.ConcurrencyLimit(2, max_waiting=1, name="db")
     svc = limit.layer(gauge)
     outcomes: list[tuple[Any, str]] = []
     arrived: list[Any] = []
@@ -245,7 +249,7 @@ async def test_queue_bound_refuses_at_once_without_calling_inner() -> None:
 
 async def test_overloaded_error_says_why() -> None:
     """Overloaded is a Rejected naming the layer, with retry_after None."""
-    limit = layers.ConcurrencyLimit(1, max_queue=0, name="db")
+    limit = layers.ConcurrencyLimit(1, max_waiting=0, name="db")
     svc = limit.layer(Gauge())
     async with anyio.create_task_group() as group:
         group.start_soon(svc, 1)
@@ -425,7 +429,7 @@ async def test_permit_handed_to_a_waiter_being_cancelled_goes_to_the_next(
 )
 @hypothesis.given(
     limit_size=st.integers(1, 4),
-    max_queue=st.none() | st.integers(0, 5),
+    max_waiting=st.none() | st.integers(0, 5),
     max_wait=st.none() | st.sampled_from([0.05, 0.3]),
     calls=st.lists(
         st.tuples(
@@ -439,13 +443,15 @@ async def test_permit_handed_to_a_waiter_being_cancelled_goes_to_the_next(
 )
 async def test_property_random_cancellation_returns_to_zero(
     limit_size: int,
-    max_queue: int | None,
+    max_waiting: int | None,
     max_wait: float | None,
     calls: list[tuple[int, int, int | None]],
 ) -> None:
     """Cancel at random points: never over the limit, and zero in flight and waiting."""
     gauge = Gauge()
-    limit = layers.ConcurrencyLimit(limit_size, max_queue=max_queue, max_wait=max_wait)
+    limit = layers.ConcurrencyLimit(
+        limit_size, max_waiting=max_waiting, max_wait=max_wait
+    )
     svc = limit.layer(gauge)
     outcomes: list[tuple[Any, str]] = []
     arrived: list[Any] = []
@@ -465,7 +471,7 @@ async def test_property_random_cancellation_returns_to_zero(
     # Admission follows arrival order among the calls that were admitted.
     starts = [gauge.start_times[r] for r in arrived if r in gauge.start_times]
     assert starts == sorted(starts)
-    if max_queue == 0:
+    if max_waiting == 0:
         assert limit.statistics().rejected == sum(
             1 for _, what in outcomes if what == "overloaded"
         )
@@ -476,7 +482,7 @@ async def test_property_random_cancellation_returns_to_zero(
 
 async def test_one_layer_on_two_services_shares_the_permits() -> None:
     """One ConcurrencyLimit wrapping two services: one pool of permits."""
-    limit = layers.ConcurrencyLimit(1, max_queue=0)
+    limit = layers.ConcurrencyLimit(1, max_waiting=0)
     first, second = limit.layer(Gauge()), limit.layer(Gauge())
     async with anyio.create_task_group() as group:
         group.start_soon(first, 1)
@@ -487,8 +493,8 @@ async def test_one_layer_on_two_services_shares_the_permits() -> None:
 
 async def test_two_layers_are_separate_pools() -> None:
     """Two ConcurrencyLimit objects with the same settings are two pools."""
-    first = layers.ConcurrencyLimit(1, max_queue=0).layer(Gauge())
-    second = layers.ConcurrencyLimit(1, max_queue=0).layer(Gauge())
+    first = layers.ConcurrencyLimit(1, max_waiting=0).layer(Gauge())
+    second = layers.ConcurrencyLimit(1, max_waiting=0).layer(Gauge())
     async with anyio.create_task_group() as group:
         group.start_soon(first, 1)
         await anyio.sleep(0.01)
@@ -497,7 +503,7 @@ async def test_two_layers_are_separate_pools() -> None:
 
 async def test_a_builder_reused_for_two_services_shares_its_permits() -> None:
     """.concurrency_limit() makes the layer once: services built from it share."""
-    builder = layers.ServiceBuilder().concurrency_limit(1, max_queue=0)
+    builder = layers.ServiceBuilder().concurrency_limit(1, max_waiting=0)
     first, second = builder.service(Gauge()), builder.service(Gauge())
     async with anyio.create_task_group() as group:
         group.start_soon(first, 1)
@@ -508,12 +514,12 @@ async def test_a_builder_reused_for_two_services_shares_its_permits() -> None:
 
 def test_repr_and_identity() -> None:
     """The repr shows the settings; two equal configurations are two limits."""
-    limit = layers.ConcurrencyLimit(3, max_queue=5)
+    limit = layers.ConcurrencyLimit(3, max_waiting=5)
     assert repr(limit) == (
-        "ConcurrencyLimit(max_in_flight=3, max_queue=5, max_wait=None, "
+        "ConcurrencyLimit(max_in_flight=3, max_waiting=5, max_wait=None, "
         "name='concurrency_limit')"
     )
-    assert limit != layers.ConcurrencyLimit(3, max_queue=5)
+    assert limit != layers.ConcurrencyLimit(3, max_waiting=5)
 
 
 @pytest.mark.parametrize(
@@ -675,9 +681,9 @@ async def test_waiters_that_give_up_do_not_pile_up() -> None:
 
 
 async def test_queue_bound_counts_only_live_waiters() -> None:
-    """max_queue counts the calls still waiting, not those that gave up."""
+    """max_waiting counts the calls still waiting, not those that gave up."""
     gauge = Gauge()
-    limit = layers.ConcurrencyLimit(1, max_queue=3)
+    limit = layers.ConcurrencyLimit(1, max_waiting=3)
     svc = limit.layer(gauge)
     scopes = [anyio.CancelScope() for _ in range(3)]
     arrived: list[Any] = []

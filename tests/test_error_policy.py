@@ -192,7 +192,9 @@ TESTING: Any = layers.testing
 
 WRONG_TYPES = [
     pytest.param(lambda: L.Timeout("1"), "Timeout(seconds='1')", id="timeout-str"),
-    pytest.param(lambda: L.Retry(on=Boom, attempts="3"), "attempts", id="retry"),
+    pytest.param(
+        lambda: L.Retry(on=Boom, max_attempts="3"), "max_attempts", id="retry"
+    ),
     pytest.param(lambda: L.RateLimit("10"), "rate", id="rate-limit"),
     pytest.param(lambda: L.ConcurrencyLimit("x"), "max_in_flight", id="concurrency"),
     pytest.param(
@@ -311,7 +313,7 @@ CALLBACKS = [
     ),
     pytest.param(
         lambda: L.Retry(
-            on=Boom, attempts=2, retry_after=lambda e: "1", name="rt"
+            on=Boom, max_attempts=2, retry_after=lambda e: "1", name="rt"
         ).layer(boom),
         "rt",
         "retry_after",
@@ -319,7 +321,7 @@ CALLBACKS = [
         id="retry-hint",
     ),
     pytest.param(
-        lambda: Retry(on=Boom, attempts=2, backoff=lambda n: -1.0, name="rt").layer(
+        lambda: Retry(on=Boom, max_attempts=2, backoff=lambda n: -1.0, name="rt").layer(
             boom
         ),
         "rt",
@@ -406,14 +408,17 @@ def refuse(value: Any) -> Any:
 RAISING: list[tuple[str, Callable[[], Callable[[Any], Awaitable[Any]]]]] = [
     ("rate-key", lambda: RateLimit(10, key=refuse).layer(echo)),
     ("rate-cost", lambda: RateLimit(10, cost=refuse).layer(echo)),
-    ("retry-hint", lambda: Retry(on=Boom, attempts=2, retry_after=refuse).layer(boom)),
-    ("retry-on", lambda: Retry(on=refuse, attempts=2).layer(boom)),
+    (
+        "retry-hint",
+        lambda: Retry(on=Boom, max_attempts=2, retry_after=refuse).layer(boom),
+    ),
+    ("retry-on", lambda: Retry(on=refuse, max_attempts=2).layer(boom)),
     ("filter", lambda: Filter(refuse).layer(echo)),
     ("map-request", lambda: ServiceBuilder().map_request(refuse).service(echo)),
-    ("breaker-failure-on", lambda: CircuitBreaker(failure_on=refuse).layer(boom)),
+    ("breaker-failure-on", lambda: CircuitBreaker(on=refuse).layer(boom)),
     (
         "breaker-failure-response",
-        lambda: CircuitBreaker(failure_response=refuse).layer(echo),
+        lambda: CircuitBreaker(on_result=refuse).layer(echo),
     ),
 ]
 
@@ -485,7 +490,7 @@ async def test_rate_limited_reason_deadline_and_cost() -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     ("options", "reason"),
-    [({"max_queue": 0}, "queue_full"), ({"max_wait": 1.0}, "max_wait")],
+    [({"max_waiting": 0}, "queue_full"), ({"max_wait": 1.0}, "max_wait")],
 )
 async def test_overloaded_reason_is_the_events(
     options: dict[str, Any], reason: str
@@ -509,9 +514,7 @@ async def test_overloaded_reason_is_the_events(
 @pytest.mark.anyio
 async def test_circuit_open_reason_is_the_breakers_state() -> None:
     """CircuitOpen.reason: "open", "half_open" (trial calls all out), "forced_open"."""
-    breaker = CircuitBreaker(
-        consecutive_failures=1, open_duration=10, half_open_calls=1
-    )
+    breaker = CircuitBreaker(consecutive_failures=1, open_duration=10, probes=1)
     failing = breaker.layer(boom)
     with pytest.raises(Boom):
         await failing(1)
@@ -569,7 +572,7 @@ def test_type_hints_still_resolve(module: str, name: str, cls: type) -> None:
 
 @pytest.mark.anyio
 async def test_a_probe_whose_failure_response_raises_is_not_a_success() -> None:
-    """A raising failure_response neither closes the breaker nor holds the slot.
+    """A raising on_result neither closes the breaker nor holds the slot.
 
     The closed state records nothing for such a call; a half-open trial call
     does the same: its slot is freed, uncounted, so a broken predicate cannot
@@ -577,7 +580,7 @@ async def test_a_probe_whose_failure_response_raises_is_not_a_success() -> None:
     """
     broken = False
 
-    def failure_response(response: Any) -> bool:
+    def on_result(response: Any) -> bool:
         if broken:
             raise Refused(response)
         return False
@@ -585,8 +588,8 @@ async def test_a_probe_whose_failure_response_raises_is_not_a_success() -> None:
     breaker = CircuitBreaker(
         consecutive_failures=1,
         open_duration=10,
-        half_open_calls=1,
-        failure_response=failure_response,
+        probes=1,
+        on_result=on_result,
     )
     with pytest.raises(Boom):
         await breaker.layer(boom)(1)

@@ -465,7 +465,7 @@ async def test_open_breaker_degrades_or_fails_the_report() -> None:
 async def test_tripped_and_half_open_breaker() -> None:
     """A tripped breaker is unhealthy, half-open is degraded, then healthy."""
     breaker = layers.CircuitBreaker(
-        name="api", consecutive_failures=1, open_duration=1.0, half_open_calls=1
+        name="api", consecutive_failures=1, open_duration=1.0, probes=1
     )
     gate = anyio.Event()
 
@@ -497,7 +497,7 @@ async def test_tripped_and_half_open_breaker() -> None:
 
 async def test_concurrency_limit_saturation_is_degraded() -> None:
     """A limit that refused calls since the last check is degraded, then healthy."""
-    limit = layers.ConcurrencyLimit(1, max_queue=0, name="bulkhead")
+    limit = layers.ConcurrencyLimit(1, max_waiting=0, name="bulkhead")
     release = anyio.Event()
 
     async def work(request: int) -> int:
@@ -618,7 +618,7 @@ async def test_a_started_drain_fails_readiness() -> None:
 
 async def test_an_exhausted_retry_budget_is_degraded() -> None:
     """A RetryBudget whose retries used it up is degraded, with its figures."""
-    budget = layers.RetryBudget(min_per_second=0, percent=50, name="api-retries")
+    budget = layers.RetryBudget(min_per_second=0, ratio=0.5, name="api-retries")
     checks = HealthChecks(cache_ttl=0)
     checks.add_layer(budget)
     assert (await checks.run()).status is HEALTHY  # no traffic: not exhausted

@@ -98,7 +98,7 @@ def retrying(**options: Any) -> layers.ServiceBuilder:
     settings: dict[str, Any] = {
         "on": RetryOn(),
         "retry_after": retry_after,
-        "attempts": 3,
+        "max_attempts": 3,
         "backoff": [1.0],
         "budget": None,
     }
@@ -350,7 +350,7 @@ async def test_breaker_counts_5xx_and_transport_errors_not_429() -> None:
     """breaker_options(): 503s and 500s open the breaker; 429s do not."""
     server = Server(429)
     breaker = layers.CircuitBreaker(
-        name="api", window_size=4, minimum_calls=4, **breaker_options()
+        name="api", window_size=4, min_calls=4, **breaker_options()
     )
     async with client(layers.ServiceBuilder().layer(breaker), server) as http:
         for _ in range(4):
@@ -385,7 +385,7 @@ async def test_per_host_breakers_are_separate() -> None:
 
     def breaker(host: str) -> layers.CircuitBreaker:
         made[host] = layers.CircuitBreaker(
-            name=host, window_size=2, minimum_calls=2, **breaker_options()
+            name=host, window_size=2, min_calls=2, **breaker_options()
         )
         return made[host]
 
@@ -666,7 +666,7 @@ async def test_against_a_real_server(anyio_backend: str) -> None:
         stack = (
             layers.ServiceBuilder()
             .timeout(10)
-            .layer(layers.Retry(on=RetryOn(), retry_after=retry_after, attempts=3))
+            .layer(layers.Retry(on=RetryOn(), retry_after=retry_after, max_attempts=3))
         )
         async with httpx.AsyncClient(transport=LayeredTransport(stack)) as http:
             for _ in range(100):
@@ -805,7 +805,11 @@ def test_retry_after_reader_never_raises_on_huge_headers() -> None:
 async def test_documented_stack_does_not_sleep_on_a_huge_retry_after() -> None:
     """The LayeredTransport docstring's stack (with its max_delay): no absurd sleep."""
     stack = layers.ServiceBuilder().retry(
-        on=RetryOn(), retry_after=retry_after, attempts=3, backoff=[0.01], max_delay=30
+        on=RetryOn(),
+        retry_after=retry_after,
+        max_attempts=3,
+        backoff=[0.01],
+        max_delay=30,
     )
     server = Server((503, {"Retry-After": "99999999999"}), 200)
     async with client(stack, server) as http:
@@ -935,7 +939,7 @@ async def test_per_host_full_table_keeps_the_open_host() -> None:
         made[host] = layers.CircuitBreaker(
             name=host,
             window_size=2,
-            minimum_calls=2,
+            min_calls=2,
             open_duration=30,
             **breaker_options(),
         )

@@ -246,7 +246,7 @@ def test_the_message_reads_as_key_value_pairs(
             events.RetryStopped(
                 layer="r",
                 attempts=3,
-                reason="attempts",
+                reason="max_attempts",
                 error=None,
                 delay=None,
                 remaining=None,
@@ -256,7 +256,7 @@ def test_the_message_reads_as_key_value_pairs(
         "elapsed layer=api layer_kind=timeout timeout=0.5",
         "shutdown_started layer=sup layer_kind=supervisor reason='signal SIGTERM' "
         "running=3 grace=30.0",
-        "retry_stopped layer=r layer_kind=retry attempts=3 reason=attempts "
+        "retry_stopped layer=r layer_kind=retry attempts=3 reason=max_attempts "
         "error=None delay=None remaining=None",
     ]
 
@@ -354,7 +354,7 @@ async def test_a_success_is_never_logged(caplog: pytest.LogCaptureFixture) -> No
     svc = (
         layers.ServiceBuilder()
         .timeout(5)
-        .retry(on=OSError, attempts=3)
+        .retry(on=OSError, max_attempts=3)
         .rate_limit(100, burst=10)
         .concurrency_limit(4)
         .circuit_breaker(consecutive_failures=3)
@@ -378,11 +378,11 @@ async def test_breaker_opening_is_a_warning_closing_info_retry_info(
         return request
 
     breaker = layers.CircuitBreaker(
-        name="db", consecutive_failures=2, open_duration=10, half_open_calls=1
+        name="db", consecutive_failures=2, open_duration=10, probes=1
     )
     svc = (
         layers.ServiceBuilder()
-        .retry(on=OSError, attempts=2, backoff=[0.1], name="db-retry", budget=None)
+        .retry(on=OSError, max_attempts=2, backoff=[0.1], name="db-retry", budget=None)
         .layer(breaker)
         .service(downstream)
     )
@@ -416,7 +416,7 @@ async def test_error_fields_show_public_names(caplog: pytest.LogCaptureFixture) 
 
     svc = (
         layers.ServiceBuilder()
-        .retry(on=layers.Elapsed, attempts=2, backoff=[0.1], name="r", budget=None)
+        .retry(on=layers.Elapsed, max_attempts=2, backoff=[0.1], name="r", budget=None)
         .timeout(1, name="t")
         .service(slow)
     )
@@ -513,7 +513,7 @@ PROGRAM = textwrap.dedent(
             return request
 
         retried = layers.ServiceBuilder().retry(
-            on=OSError, attempts=2, backoff=[0.001], budget=None, name="r"
+            on=OSError, max_attempts=2, backoff=[0.001], budget=None, name="r"
         ).service(flaky)
         await retried("x")
 

@@ -98,7 +98,9 @@ async def test_retries_and_events_are_counted(
             raise failures.pop()
         return request
 
-    svc = layers.Retry(on=ConnectionError, attempts=3, name="api-retry").layer(flaky)
+    svc = layers.Retry(on=ConnectionError, max_attempts=3, name="api-retry").layer(
+        flaky
+    )
     assert await svc(7) == 7
     points = read(reader)
     assert (
@@ -132,20 +134,20 @@ async def test_retry_stops_are_counted_by_reason(
     async def down(request: int) -> int:
         raise ConnectionError("secret payload")
 
-    svc = layers.Retry(on=ConnectionError, attempts=2, backoff=[0], name="r")
+    svc = layers.Retry(on=ConnectionError, max_attempts=2, backoff=[0], name="r")
     for _ in range(2):
         with pytest.raises(ConnectionError):
             await svc.layer(down)(1)
-    budget = layers.RetryBudget(min_per_second=0, percent=0)
+    budget = layers.RetryBudget(min_per_second=0, ratio=0)
     for _ in range(3):
         with pytest.raises(ConnectionError):
             await layers.Retry(
-                on=ConnectionError, attempts=3, budget=budget, name="r"
+                on=ConnectionError, max_attempts=3, budget=budget, name="r"
             ).layer(down)(1)
     points = read(reader)
     stops = "layers.retry.stops"
     common = {"layers__layer__name": "r", "error__type": "ConnectionError"}
-    assert value(points, stops, layers__retry__reason="attempts", **common) == 2
+    assert value(points, stops, layers__retry__reason="max_attempts", **common) == 2
     assert value(points, stops, layers__retry__reason="budget", **common) == 3
     assert value(points, "layers.events", layers__event__name="retry_stopped") == 5
     for attrs, _ in points[stops]:
@@ -178,7 +180,7 @@ async def test_concurrency_rejections_and_gauges(
     metrics: OtelMetrics, reader: InMemoryMetricReader
 ) -> None:
     """A full limit counts queue_full rejections; its gauges show occupancy."""
-    limit = layers.ConcurrencyLimit(1, max_queue=1, name="pool")
+    limit = layers.ConcurrencyLimit(1, max_waiting=1, name="pool")
     metrics.observe(limit)
     release = anyio.Event()
 
@@ -218,7 +220,7 @@ async def test_breaker_transitions_rejections_and_state_gauge(
 ) -> None:
     """A breaker's trip, rejections and recovery move the counters and the gauge."""
     breaker = layers.CircuitBreaker(
-        name="db", consecutive_failures=2, open_duration=10, half_open_calls=1
+        name="db", consecutive_failures=2, open_duration=10, probes=1
     )
     metrics.observe(breaker)
     fail = True
@@ -542,7 +544,7 @@ async def test_every_built_in_stateful_layer_gets_gauges(
 ) -> None:
     """Drain, RetryBudget and PerKey are observable too, as breakers and limits are."""
     drain = layers.Drain(name="server")
-    budget = layers.RetryBudget(min_per_second=0, percent=50, name="retries")
+    budget = layers.RetryBudget(min_per_second=0, ratio=0.5, name="retries")
     per_key = layers.PerKey(
         lambda key: layers.ConcurrencyLimit(1), key=lambda request: request, name="keys"
     )

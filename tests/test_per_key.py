@@ -30,9 +30,9 @@ def flaky_breaker(
         made[key] = layers.CircuitBreaker(
             name=key,
             window_size=2,
-            minimum_calls=2,
+            min_calls=2,
             open_duration=30,
-            half_open_calls=1,
+            probes=1,
         )
         return made[key]
 

@@ -40,10 +40,10 @@ TRIO_ONLY = pytest.mark.parametrize(
 SHAPES = pytest.mark.parametrize(
     ("kwargs", "shape"),
     [
-        ({"attempts": 3}, "retry_with_budget"),
-        ({"attempts": 3, "budget": None}, "retry"),
+        ({"max_attempts": 3}, "retry_with_budget"),
+        ({"max_attempts": 3, "budget": None}, "retry"),
         ({"max_time": 5}, "retry_general"),
-        ({"attempts": 3, "on_result": lambda response: False}, "retry_general"),
+        ({"max_attempts": 3, "on_result": lambda response: False}, "retry_general"),
     ],
     ids=["default", "no-budget", "max_time", "on_result"],
 )
@@ -96,7 +96,7 @@ class Flaky:
 async def test_success_on_the_first_attempt() -> None:
     """A call that succeeds is returned at once, attempt 1, no retry, no wait."""
     flaky = Flaky(0)
-    svc = Retry(on=ConnectionError, attempts=3).layer(flaky)
+    svc = Retry(on=ConnectionError, max_attempts=3).layer(flaky)
     assert await svc("x") == "x"
     assert flaky.attempts == [1]
     assert now() == 0
@@ -120,7 +120,7 @@ async def test_success_adds_no_checkpoint(kwargs: dict[str, Any], shape: str) ->
 async def test_retries_until_success_and_numbers_attempts() -> None:
     """Retryable errors are retried; the inner sees current_attempt() 1, 2, 3."""
     flaky = Flaky(2)
-    svc = Retry(on=ConnectionError, attempts=5).layer(flaky)
+    svc = Retry(on=ConnectionError, max_attempts=5).layer(flaky)
     assert await svc("x") == "x"
     assert flaky.attempts == [1, 2, 3]
     assert flaky.requests == ["x", "x", "x"]  # the same request object again
@@ -130,7 +130,7 @@ async def test_retries_until_success_and_numbers_attempts() -> None:
 async def test_gives_up_with_the_last_error_itself_and_a_note() -> None:
     """After the last attempt, the last error is raised: same object, a note added."""
     flaky = Flaky(10)
-    svc = Retry(on=ConnectionError, attempts=3, name="users-api").layer(flaky)
+    svc = Retry(on=ConnectionError, max_attempts=3, name="users-api").layer(flaky)
     with pytest.raises(ConnectionError) as info:
         await svc("x")
     assert info.value is flaky.raised[-1]
@@ -153,7 +153,7 @@ async def test_non_retryable_errors_pass_through_unchanged() -> None:
         original.append(error)
         raise error
 
-    svc = Retry(on=ConnectionError, attempts=5).layer(broken)
+    svc = Retry(on=ConnectionError, max_attempts=5).layer(broken)
     with pytest.raises(KeyError) as info:
         await svc("x")
     assert info.value is original[0]
@@ -194,7 +194,7 @@ async def test_a_non_retryable_error_after_retries_gets_a_note() -> None:
     async def service(request: str) -> str:
         raise next(errors)
 
-    svc = Retry(on=ConnectionError, attempts=5, backoff=[0]).layer(service)
+    svc = Retry(on=ConnectionError, max_attempts=5, backoff=[0]).layer(service)
     with pytest.raises(ValueError, match="bad") as info:
         await svc("x")
     assert info.value.__notes__ == [
@@ -240,7 +240,7 @@ async def test_a_shared_error_gets_one_note_however_many_calls_give_up() -> None
     """100 calls giving up on one shared exception object add one note, not 100."""
     shared = SharedFailure(ConnectionError("down"))
     svc = Retry(
-        on=ConnectionError, attempts=3, backoff=[0.1], budget=None, name="api"
+        on=ConnectionError, max_attempts=3, backoff=[0.1], budget=None, name="api"
     ).layer(shared)
     raised = await gather_failures(svc, 100)
     assert all(error is shared.error for error in raised)
@@ -255,8 +255,8 @@ async def test_a_shared_error_gets_one_note_per_reason() -> None:
     # a budget of 60 retries for 100 calls of 3 attempts: 40 calls are refused
     # after 1 attempt, the other 60 after 2; one reason, one note
     shared = SharedFailure(ConnectionError("down"))
-    budget = layers.RetryBudget(ttl=10, min_per_second=6, percent=0)
-    svc = Retry(on=ConnectionError, attempts=3, backoff=[0.1], budget=budget)
+    budget = layers.RetryBudget(ttl=10, min_per_second=6, ratio=0)
+    svc = Retry(on=ConnectionError, max_attempts=3, backoff=[0.1], budget=budget)
     await gather_failures(svc.layer(shared), 100)
     assert shared.calls == 160
     assert shared.error.__notes__ == [
@@ -265,8 +265,8 @@ async def test_a_shared_error_gets_one_note_per_reason() -> None:
 
     # 150 retries: 50 calls refused after 2 attempts, 50 reach the limit
     shared = SharedFailure(ConnectionError("down"))
-    budget = layers.RetryBudget(ttl=10, min_per_second=15, percent=0)
-    svc = Retry(on=ConnectionError, attempts=3, backoff=[0.1], budget=budget)
+    budget = layers.RetryBudget(ttl=10, min_per_second=15, ratio=0)
+    svc = Retry(on=ConnectionError, max_attempts=3, backoff=[0.1], budget=budget)
     await gather_failures(svc.layer(shared), 100)
     assert shared.error.__notes__ == [
         "retry 'retry' gave up after 2 attempts: the retry budget is exhausted",
@@ -286,7 +286,7 @@ async def test_a_shared_non_retryable_error_gets_one_note() -> None:
             raise ConnectionError
         raise shared
 
-    svc = Retry(on=ConnectionError, attempts=3, backoff=[0]).layer(service)
+    svc = Retry(on=ConnectionError, max_attempts=3, backoff=[0]).layer(service)
     raised = await gather_failures(svc, 20)
     assert all(error is shared for error in raised)
     assert shared.__notes__ == [
@@ -298,10 +298,10 @@ async def test_nested_retries_on_a_shared_error_each_note_once() -> None:
     """An inner and an outer Retry that give up on one error each add one note."""
     shared = SharedFailure(ConnectionError("down"))
     inner = Retry(
-        on=ConnectionError, attempts=2, backoff=[0], budget=None, name="inner"
+        on=ConnectionError, max_attempts=2, backoff=[0], budget=None, name="inner"
     )
     outer = Retry(
-        on=ConnectionError, attempts=3, backoff=[0], budget=None, name="outer"
+        on=ConnectionError, max_attempts=3, backoff=[0], budget=None, name="outer"
     )
     svc = outer.layer(inner.layer(shared))
     await gather_failures(svc, 10)
@@ -319,16 +319,16 @@ def test_a_retry_note_is_plain_text_that_survives_pickling() -> None:
     from layers._retry import RetryNote, add_note_once
 
     error = ConnectionError("down")
-    add_note_once(error, "api", "attempts", "retry 'api' gave up")
+    add_note_once(error, "api", "max_attempts", "retry 'api' gave up")
     copied = pickle.loads(pickle.dumps(error))
     (note,) = copied.__notes__
     assert note == "retry 'api' gave up"
     assert isinstance(note, RetryNote)
-    assert (note.layer, note.reason) == ("api", "attempts")
+    assert (note.layer, note.reason) == ("api", "max_attempts")
     assert traceback.format_exception(copied)[-1] == "retry 'api' gave up\n"
-    add_note_once(copied, "api", "attempts", "retry 'api' gave up again")
+    add_note_once(copied, "api", "max_attempts", "retry 'api' gave up again")
     add_note_once(copied, "api", "budget", "retry 'api': budget")
-    add_note_once(copied, "other", "attempts", "retry 'other' gave up")
+    add_note_once(copied, "other", "max_attempts", "retry 'other' gave up")
     assert copied.__notes__ == [
         "retry 'api' gave up",
         "retry 'api': budget",
@@ -339,7 +339,7 @@ def test_a_retry_note_is_plain_text_that_survives_pickling() -> None:
 async def test_classification_by_tuple_and_predicate() -> None:
     """`on` takes a tuple of types or a predicate on the exception."""
     flaky = Flaky(2, error=lambda: TimeoutError())
-    svc = Retry(on=(ConnectionError, TimeoutError), attempts=3, backoff=[0]).layer(
+    svc = Retry(on=(ConnectionError, TimeoutError), max_attempts=3, backoff=[0]).layer(
         flaky
     )
     assert await svc("x") == "x"
@@ -347,7 +347,7 @@ async def test_classification_by_tuple_and_predicate() -> None:
     flaky = Flaky(2, error=lambda: OSError(503, "unavailable"))
     svc = Retry(
         on=lambda error: isinstance(error, OSError) and error.errno == 503,
-        attempts=3,
+        max_attempts=3,
         backoff=[0],
     ).layer(flaky)
     assert await svc("x") == "x"
@@ -355,7 +355,7 @@ async def test_classification_by_tuple_and_predicate() -> None:
     flaky = Flaky(2, error=lambda: OSError(404, "not found"))
     svc = Retry(
         on=lambda error: isinstance(error, OSError) and error.errno == 503,
-        attempts=3,
+        max_attempts=3,
     ).layer(flaky)
     with pytest.raises(OSError, match="not found"):
         await svc("x")
@@ -370,7 +370,7 @@ async def test_retries_a_response_and_returns_the_last_one() -> None:
         return next(answers)
 
     svc = Retry(
-        on=ConnectionError, attempts=5, backoff=[0.1], on_result=lambda s: s >= 500
+        on=ConnectionError, max_attempts=5, backoff=[0.1], on_result=lambda s: s >= 500
     ).layer(http)
     assert await svc("GET /") == 200
 
@@ -381,7 +381,7 @@ async def test_retries_a_response_and_returns_the_last_one() -> None:
         return 503
 
     svc = Retry(
-        on=ConnectionError, attempts=3, backoff=[0.1], on_result=lambda s: s >= 500
+        on=ConnectionError, max_attempts=3, backoff=[0.1], on_result=lambda s: s >= 500
     ).layer(always_503)
     with capture_events(RetryStopped) as stopped:
         assert await svc("GET /") == 503
@@ -390,7 +390,7 @@ async def test_retries_a_response_and_returns_the_last_one() -> None:
         RetryStopped(
             layer="retry",
             attempts=3,
-            reason="attempts",
+            reason="max_attempts",
             error=None,
             delay=None,
             remaining=None,
@@ -403,7 +403,7 @@ async def test_prepare_builds_the_request_of_each_retry() -> None:
     flaky = Flaky(2)
     svc = Retry(
         on=ConnectionError,
-        attempts=3,
+        max_attempts=3,
         backoff=[0],
         prepare=lambda request, attempt: f"{request}#{attempt}",
     ).layer(flaky)
@@ -437,10 +437,12 @@ async def test_nested_retries_each_count_their_own_attempts(
         return request
 
     budget = layers.RetryBudget() if with_budget else None
-    inner = Retry(on=ConnectionError, attempts=2, backoff=[0], budget=budget, **kwargs)
+    inner = Retry(
+        on=ConnectionError, max_attempts=2, backoff=[0], budget=budget, **kwargs
+    )
     outer = Retry(
         on=ConnectionError,
-        attempts=2,
+        max_attempts=2,
         backoff=[0],
         budget=None,
         prepare=lambda request, attempt: f"outer {attempt}",
@@ -457,7 +459,7 @@ async def test_nested_retries_each_count_their_own_attempts(
 async def test_many_calls_at_once() -> None:
     """Fifty concurrent calls each retry on their own and all succeed."""
     services = [Flaky(index % 3) for index in range(50)]
-    retry = Retry(on=ConnectionError, attempts=3, backoff=ConstantBackoff(1))
+    retry = Retry(on=ConnectionError, max_attempts=3, backoff=ConstantBackoff(1))
     results: dict[int, Any] = {}
 
     async def one(index: int) -> None:
@@ -507,9 +509,9 @@ async def test_the_exact_delays_between_attempts(
 ) -> None:
     """On virtual time, attempts start exactly the backoff's delays apart."""
     flaky = Flaky(5)
-    svc = Retry(on=ConnectionError, attempts=6, backoff=backoff(), budget=None).layer(
-        flaky
-    )
+    svc = Retry(
+        on=ConnectionError, max_attempts=6, backoff=backoff(), budget=None
+    ).layer(flaky)
     assert await svc("x") == "x"
     assert flaky.gaps == pytest.approx(reference(random.Random(5)), abs=1e-6)
 
@@ -520,7 +522,7 @@ async def test_decorrelated_delays_between_attempts() -> None:
     backoff = ExponentialBackoff(
         base=0.5, cap=3, jitter="decorrelated", rng=random.Random(11).random
     )
-    svc = Retry(on=ConnectionError, attempts=6, backoff=backoff).layer(flaky)
+    svc = Retry(on=ConnectionError, max_attempts=6, backoff=backoff).layer(flaky)
     await svc("x")
     r, previous, expected = random.Random(11), 0.5, []
     for _ in range(5):
@@ -551,7 +553,7 @@ async def test_a_backoff_that_ends_repeats_its_last_delay(
     """When a backoff's iterator ends, its last delay repeats (0 s if it gave none)."""
     flaky = Flaky(4)
     svc = Retry(
-        on=ConnectionError, attempts=5, backoff=FiniteBackoff(*values), budget=None
+        on=ConnectionError, max_attempts=5, backoff=FiniteBackoff(*values), budget=None
     ).layer(flaky)
     assert await svc("x") == "x"
     assert flaky.gaps == pytest.approx(gaps)
@@ -571,7 +573,7 @@ async def test_full_jitter_delays_stay_within_zero_and_cap(
     backoff = ExponentialBackoff(
         base=min(0.1, cap), cap=cap, rng=random.Random(seed).random
     )
-    svc = Retry(on=ConnectionError, attempts=9, backoff=backoff, budget=None).layer(
+    svc = Retry(on=ConnectionError, max_attempts=9, backoff=backoff, budget=None).layer(
         flaky
     )
     await svc("x")
@@ -582,7 +584,9 @@ async def test_full_jitter_delays_stay_within_zero_and_cap(
 async def test_a_bad_delay_from_a_backoff_function_is_an_error() -> None:
     """A backoff function giving a negative delay raises ValueError, in context."""
     flaky = Flaky(3)
-    svc = Retry(on=ConnectionError, attempts=3, backoff=lambda attempt: -1).layer(flaky)
+    svc = Retry(on=ConnectionError, max_attempts=3, backoff=lambda attempt: -1).layer(
+        flaky
+    )
     with pytest.raises(
         ValueError, match="gave -1 as the delay after attempt 1"
     ) as info:
@@ -603,7 +607,7 @@ async def test_zero_delays_still_let_other_tasks_run() -> None:
     async def other() -> None:
         progressed.append(len(ticks))
 
-    svc = Retry(on=ConnectionError, attempts=3, backoff=[0], budget=None).layer(
+    svc = Retry(on=ConnectionError, max_attempts=3, backoff=[0], budget=None).layer(
         fails_without_waiting
     )
     async with anyio.create_task_group() as group:
@@ -620,7 +624,7 @@ async def test_zero_delays_still_let_other_tasks_run() -> None:
 async def test_cancellation_during_an_attempt_is_not_retried() -> None:
     """Cancelled while an attempt runs: it propagates, nothing is retried after."""
     flaky = Flaky(0, duration=10)
-    svc = Retry(on=Exception, attempts=5, backoff=[0]).layer(flaky)
+    svc = Retry(on=Exception, max_attempts=5, backoff=[0]).layer(flaky)
     with anyio.move_on_after(1) as scope:
         await svc("x")
     assert scope.cancelled_caught
@@ -632,7 +636,7 @@ async def test_cancellation_during_an_attempt_is_not_retried() -> None:
 async def test_cancellation_during_the_backoff_sleep_is_not_retried() -> None:
     """Cancelled during the wait between attempts: no new attempt, cancel propagates."""
     flaky = Flaky(5)
-    svc = Retry(on=ConnectionError, attempts=5, backoff=ConstantBackoff(10)).layer(
+    svc = Retry(on=ConnectionError, max_attempts=5, backoff=ConstantBackoff(10)).layer(
         flaky
     )
     with anyio.move_on_after(3) as scope:
@@ -646,7 +650,7 @@ async def test_cancellation_during_the_backoff_sleep_is_not_retried() -> None:
 async def test_cancellation_during_the_second_attempt() -> None:
     """Cancelled in attempt 2: the attempt number is reset and nothing retries."""
     flaky = Flaky(1, duration=1)
-    svc = Retry(on=ConnectionError, attempts=5, backoff=[0.5]).layer(flaky)
+    svc = Retry(on=ConnectionError, max_attempts=5, backoff=[0.5]).layer(flaky)
     with anyio.move_on_after(2) as scope:
         await svc("x")
     assert scope.cancelled_caught
@@ -666,7 +670,7 @@ async def test_a_cancelled_error_raised_inside_is_never_retried() -> None:
         calls += 1
         raise asyncio.CancelledError
 
-    svc = Retry(on=lambda error: True, attempts=5, budget=None).layer(cancelled)
+    svc = Retry(on=lambda error: True, max_attempts=5, budget=None).layer(cancelled)
     with pytest.raises(asyncio.CancelledError):
         await svc("x")
     assert calls == 1
@@ -685,7 +689,7 @@ async def test_base_exceptions_are_never_retried() -> None:
         calls += 1
         raise Stop
 
-    svc = Retry(on=lambda error: True, attempts=5).layer(stopping)
+    svc = Retry(on=lambda error: True, max_attempts=5).layer(stopping)
     with pytest.raises(Stop):
         await svc("x")
     assert calls == 1
@@ -700,7 +704,7 @@ async def test_inside_a_timeout_no_attempt_starts_past_the_deadline() -> None:
     svc = (
         layers.ServiceBuilder()
         .timeout(1)
-        .retry(on=ConnectionError, attempts=10, backoff=ConstantBackoff(0.3))
+        .retry(on=ConnectionError, max_attempts=10, backoff=ConstantBackoff(0.3))
         .service(flaky)
     )
     with (
@@ -731,7 +735,7 @@ async def test_an_outer_timeout_is_not_retried_whatever_on_says() -> None:
     svc = (
         layers.ServiceBuilder()
         .timeout(1)
-        .retry(on=TimeoutError, attempts=5, backoff=[0], budget=None)
+        .retry(on=TimeoutError, max_attempts=5, backoff=[0], budget=None)
         .timeout(5)
         .service(hangs)
     )
@@ -750,7 +754,7 @@ async def test_min_attempt_time_keeps_room_for_an_attempt() -> None:
         .timeout(1)
         .retry(
             on=ConnectionError,
-            attempts=10,
+            max_attempts=10,
             backoff=ConstantBackoff(0.3),
             min_attempt_time=0.2,
         )
@@ -764,7 +768,7 @@ async def test_min_attempt_time_keeps_room_for_an_attempt() -> None:
 async def test_a_failure_after_the_deadline_is_not_retried() -> None:
     """A failure that arrives once the deadline has passed is raised, not retried."""
     flaky = Flaky(5, duration=2)
-    svc = Retry(on=ConnectionError, attempts=5, backoff=[0]).layer(flaky)
+    svc = Retry(on=ConnectionError, max_attempts=5, backoff=[0]).layer(flaky)
     # a deadline as an outer Timeout records it, but nothing that cancels
     token = DEADLINE.set(now() + 1)
     try:
@@ -802,7 +806,7 @@ async def test_no_sleep_or_attempt_past_the_deadline(
     svc = (
         layers.ServiceBuilder()
         .timeout(seconds)
-        .retry(on=ConnectionError, attempts=20, backoff=delays, budget=None)
+        .retry(on=ConnectionError, max_attempts=20, backoff=delays, budget=None)
         .service(flaky)
     )
     with pytest.raises((ConnectionError, layers.Elapsed)) as info:
@@ -832,7 +836,9 @@ async def test_a_backoff_sleep_that_ends_late_is_checked_again(limit: str) -> No
     assert isinstance(clock, trio.testing.MockClock)
     start = now()  # both cases share one MockClock (made at import)
     flaky = Flaky(5)
-    kwargs: dict[str, Any] = {"attempts": 5} if limit == "deadline" else {"max_time": 5}
+    kwargs: dict[str, Any] = (
+        {"max_attempts": 5} if limit == "deadline" else {"max_time": 5}
+    )
     svc = Retry(
         on=ConnectionError, backoff=ConstantBackoff(1), budget=None, **kwargs
     ).layer(flaky)
@@ -889,7 +895,7 @@ async def test_a_backoff_sleep_that_ends_late_is_checked_again(limit: str) -> No
 async def test_rejections_wait_for_their_retry_after() -> None:
     """A retried RateLimited waits its retry_after (not the backoff)."""
     flaky = Flaky(2, error=lambda: layers.RateLimited(retry_after=2.5))
-    svc = Retry(on=layers.Rejected, attempts=3, backoff=ConstantBackoff(0.1)).layer(
+    svc = Retry(on=layers.Rejected, max_attempts=3, backoff=ConstantBackoff(0.1)).layer(
         flaky
     )
     assert await svc("x") == "x"
@@ -899,7 +905,7 @@ async def test_rejections_wait_for_their_retry_after() -> None:
 async def test_rejections_are_not_retried_unless_classified() -> None:
     """A Rejected that `on` does not match is raised on the first attempt."""
     flaky = Flaky(2, error=lambda: layers.Overloaded())
-    svc = Retry(on=ConnectionError, attempts=3).layer(flaky)
+    svc = Retry(on=ConnectionError, max_attempts=3).layer(flaky)
     with pytest.raises(layers.Overloaded):
         await svc("x")
     assert len(flaky.starts) == 1
@@ -908,7 +914,9 @@ async def test_rejections_are_not_retried_unless_classified() -> None:
 async def test_a_hint_longer_than_the_cap_ends_retrying() -> None:
     """retry_after above max_delay (the exponential cap here) raises at once."""
     flaky = Flaky(2, error=lambda: layers.CircuitOpen(retry_after=30))
-    svc = Retry(on=layers.CircuitOpen, attempts=3, backoff=ExponentialBackoff(cap=5))
+    svc = Retry(
+        on=layers.CircuitOpen, max_attempts=3, backoff=ExponentialBackoff(cap=5)
+    )
     with (
         capture_events(RetryStopped) as stopped,
         pytest.raises(layers.CircuitOpen) as info,
@@ -928,7 +936,7 @@ async def test_a_hint_past_the_deadline_ends_retrying() -> None:
     svc = (
         layers.ServiceBuilder()
         .timeout(2)
-        .retry(on=layers.RateLimited, attempts=3)
+        .retry(on=layers.RateLimited, max_attempts=3)
         .service(flaky)
     )
     with pytest.raises(layers.RateLimited):
@@ -951,14 +959,14 @@ async def test_a_user_hook_reads_the_hint() -> None:
 
     flaky = Flaky(2, error=lambda: HttpError({"retry-after": "1.5"}))
     svc = Retry(
-        on=HttpError, attempts=3, retry_after=hint, backoff=ConstantBackoff(0.1)
+        on=HttpError, max_attempts=3, retry_after=hint, backoff=ConstantBackoff(0.1)
     ).layer(flaky)
     assert await svc("x") == "x"
     assert flaky.gaps == pytest.approx([1.5, 1.5])
 
     flaky = Flaky(2, error=lambda: HttpError({}))
     svc = Retry(
-        on=HttpError, attempts=3, retry_after=hint, backoff=ConstantBackoff(0.1)
+        on=HttpError, max_attempts=3, retry_after=hint, backoff=ConstantBackoff(0.1)
     ).layer(flaky)
     assert await svc("x") == "x"
     assert flaky.gaps == pytest.approx([0.1, 0.1])
@@ -970,7 +978,7 @@ async def test_a_hint_that_is_not_a_number_is_a_callback_error(hint: object) -> 
     flaky = Flaky(2)
     svc = Retry(
         on=ConnectionError,
-        attempts=3,
+        max_attempts=3,
         retry_after=lambda error: hint,  # type: ignore[arg-type,return-value]
     ).layer(flaky)
     with pytest.raises(layers.CallbackError) as info:
@@ -1029,7 +1037,7 @@ async def test_a_hint_over_the_limit_ends_retrying_at_once(
     options: dict[str, Any] = {} if backoff is None else {"backoff": backoff}
     svc = Retry(
         on=ConnectionError,
-        attempts=3,
+        max_attempts=3,
         retry_after=lambda error: hint,
         name="api",
         **options,
@@ -1060,13 +1068,13 @@ async def test_the_default_hint_limit_waits_up_to_60_seconds() -> None:
     """Without max_delay, a 60 s hint is waited out; 60.5 s stops at once."""
     flaky = Flaky(1)
     svc = Retry(
-        on=ConnectionError, attempts=3, backoff=[0.1], retry_after=lambda error: 60
+        on=ConnectionError, max_attempts=3, backoff=[0.1], retry_after=lambda error: 60
     ).layer(flaky)
     assert await svc("x") == "x"
     assert flaky.gaps == [60]
 
     flaky = Flaky(1, error=lambda: layers.RateLimited(retry_after=60.5))
-    svc = Retry(on=layers.RateLimited, attempts=3, backoff=[0.1]).layer(flaky)
+    svc = Retry(on=layers.RateLimited, max_attempts=3, backoff=[0.1]).layer(flaky)
     with pytest.raises(layers.RateLimited):
         await svc("x")
     assert flaky.starts == [now()]
@@ -1075,14 +1083,14 @@ async def test_the_default_hint_limit_waits_up_to_60_seconds() -> None:
 async def test_max_delay_sets_the_hint_limit() -> None:
     """An explicit max_delay is the limit on hinted waits: longer ones are waited."""
     flaky = Flaky(1, error=lambda: layers.RateLimited(retry_after=500))
-    svc = Retry(on=layers.RateLimited, attempts=3, backoff=[0.1], max_delay=600).layer(
-        flaky
-    )
+    svc = Retry(
+        on=layers.RateLimited, max_attempts=3, backoff=[0.1], max_delay=600
+    ).layer(flaky)
     assert await svc("x") == "x"
     assert flaky.gaps == [500]
 
     flaky = Flaky(1, error=lambda: layers.RateLimited(retry_after=30))
-    svc = Retry(on=layers.RateLimited, attempts=3, backoff=[0.1], max_delay=20)
+    svc = Retry(on=layers.RateLimited, max_attempts=3, backoff=[0.1], max_delay=20)
     with pytest.raises(layers.RateLimited) as info:
         await svc.layer(flaky)("x")
     assert info.value.__notes__ == [
@@ -1094,7 +1102,7 @@ async def test_max_delay_sets_the_hint_limit() -> None:
 async def test_the_default_hint_limit_does_not_clamp_computed_delays() -> None:
     """The 60 s limit is on hints only: a backoff's own long delays are kept."""
     flaky = Flaky(1)
-    svc = Retry(on=ConnectionError, attempts=2, backoff=[120]).layer(flaky)
+    svc = Retry(on=ConnectionError, max_attempts=2, backoff=[120]).layer(flaky)
     assert await svc("x") == "x"
     assert flaky.gaps == [120]
 
@@ -1111,7 +1119,7 @@ async def test_a_huge_retry_after_header_through_httpx_is_not_waited() -> None:
         return httpx.Response(503, headers={"Retry-After": "99999999999"})
 
     stack = layers.ServiceBuilder().retry(
-        on=RetryOn(), retry_after=retry_after, attempts=3, backoff=[0.01]
+        on=RetryOn(), retry_after=retry_after, max_attempts=3, backoff=[0.01]
     )
     transport = LayeredTransport(stack, httpx.MockTransport(answer))
     async with httpx.AsyncClient(transport=transport) as client:
@@ -1124,9 +1132,9 @@ async def test_a_huge_retry_after_header_through_httpx_is_not_waited() -> None:
 async def test_max_delay_clamps_computed_delays() -> None:
     """max_delay clamps the delays a backoff computes."""
     flaky = Flaky(3)
-    svc = Retry(on=ConnectionError, attempts=4, backoff=[1, 5, 50], max_delay=2).layer(
-        flaky
-    )
+    svc = Retry(
+        on=ConnectionError, max_attempts=4, backoff=[1, 5, 50], max_delay=2
+    ).layer(flaky)
     await svc("x")
     assert flaky.gaps == pytest.approx([1, 2, 2])
 
@@ -1165,10 +1173,10 @@ async def test_max_time_counts_from_the_first_attempt() -> None:
 
 async def test_an_empty_budget_stops_retrying() -> None:
     """With no budget left, the error is raised at once and an event says why."""
-    budget = layers.RetryBudget(min_per_second=0, percent=0)
+    budget = layers.RetryBudget(min_per_second=0, ratio=0)
     flaky = Flaky(5)
     svc = Retry(
-        on=ConnectionError, attempts=5, backoff=[0.25], budget=budget, name="db"
+        on=ConnectionError, max_attempts=5, backoff=[0.25], budget=budget, name="db"
     ).layer(flaky)
     with (
         capture_events(RetryStopped) as stopped,
@@ -1194,18 +1202,20 @@ async def test_one_layer_shares_its_budget_between_services() -> None:
     """Two services from one Retry layer (or builder) draw on one budget."""
     retry = Retry(
         on=ConnectionError,
-        attempts=2,
+        max_attempts=2,
         backoff=[0],
-        budget=layers.RetryBudget(ttl=1, min_per_second=1, percent=0),
+        budget=layers.RetryBudget(ttl=1, min_per_second=1, ratio=0),
     )
     first, second = retry.layer(Flaky(1)), retry.layer(Flaky(1))
     assert await first("a") == "a"  # takes the one retry there is
     with pytest.raises(ConnectionError):
         await second("b")
 
-    builder = layers.ServiceBuilder().retry(on=ConnectionError, attempts=2, backoff=[0])
+    builder = layers.ServiceBuilder().retry(
+        on=ConnectionError, max_attempts=2, backoff=[0]
+    )
     budget = builder.layers[0].budget  # type: ignore[attr-defined]
-    again = layers.ServiceBuilder().retry(on=ConnectionError, attempts=2)
+    again = layers.ServiceBuilder().retry(on=ConnectionError, max_attempts=2)
     assert isinstance(budget, layers.RetryBudget)
     assert again.layers[0].budget is not budget  # type: ignore[attr-defined]
     await builder.service(Flaky(1))("a")
@@ -1216,7 +1226,7 @@ async def test_one_layer_shares_its_budget_between_services() -> None:
 async def test_the_budget_counts_every_call() -> None:
     """Every call deposits once (first attempts), every retry withdraws once."""
     budget = layers.RetryBudget()
-    svc = Retry(on=ConnectionError, attempts=3, backoff=[0], budget=budget)
+    svc = Retry(on=ConnectionError, max_attempts=3, backoff=[0], budget=budget)
     for _ in range(5):
         await svc.layer(Flaky(0))("x")
     await svc.layer(Flaky(2))("x")
@@ -1225,17 +1235,17 @@ async def test_the_budget_counts_every_call() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"attempts": 3}, {"max_time": 5}], ids=["default", "max_time"]
+    "kwargs", [{"max_attempts": 3}, {"max_time": 5}], ids=["default", "max_time"]
 )
 async def test_an_early_call_does_not_pay_for_a_late_retry(
     kwargs: dict[str, Any],
 ) -> None:
     """A call at t=0 pays for no retry 30 s later with ttl=1 (its deposit expired).
 
-    With percent=50, it takes two calls' deposits to pay for a retry: the
+    With ratio=0.5, it takes two calls' deposits to pay for a retry: the
     failing call's own and, had it not expired, the first call's.
     """
-    budget = layers.RetryBudget(ttl=1, min_per_second=0, percent=50)
+    budget = layers.RetryBudget(ttl=1, min_per_second=0, ratio=0.5)
     retry = Retry(on=ConnectionError, backoff=[0], budget=budget, **kwargs)
     assert await retry.layer(Flaky(0))("x") == "x"
     await anyio.sleep(30)
@@ -1250,7 +1260,7 @@ async def test_an_early_call_does_not_pay_for_a_late_retry(
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"attempts": 3}, {"max_time": 5}], ids=["default", "max_time"]
+    "kwargs", [{"max_attempts": 3}, {"max_time": 5}], ids=["default", "max_time"]
 )
 async def test_a_burst_of_calls_is_dated_when_it_started(
     kwargs: dict[str, Any],
@@ -1260,7 +1270,7 @@ async def test_a_burst_of_calls_is_dated_when_it_started(
     async def echo(request: int) -> int:
         return request
 
-    budget = layers.RetryBudget(ttl=1, min_per_second=0, percent=100)
+    budget = layers.RetryBudget(ttl=1, min_per_second=0, ratio=1)
     svc = Retry(on=ConnectionError, budget=budget, **kwargs).layer(echo)
     for request in range(64):
         await svc(request)
@@ -1277,7 +1287,7 @@ async def test_a_burst_of_calls_is_dated_when_it_started(
 async def test_events_report_attempts_by_error_type_only() -> None:
     """Each retry emits attempt, delay and error type; never the error's message."""
     flaky = Flaky(2, error=lambda: ConnectionError("secret=hunter2"))
-    svc = Retry(on=ConnectionError, attempts=3, backoff=[0.5, 1], name="api")
+    svc = Retry(on=ConnectionError, max_attempts=3, backoff=[0.5, 1], name="api")
     with capture_events() as seen:
         await svc.layer(flaky)("x")
     assert seen == [
@@ -1292,7 +1302,7 @@ async def test_error_types_outside_builtins_are_qualified() -> None:
     """An error type from a module is named with its module."""
     flaky = Flaky(1, error=lambda: layers.RateLimited(retry_after=0))
     with capture_events(RetryAttemptFailed) as seen:
-        await Retry(on=layers.RateLimited, attempts=2).layer(flaky)("x")
+        await Retry(on=layers.RateLimited, max_attempts=2).layer(flaky)("x")
     assert seen[0].error == "layers.RateLimited"
 
 
@@ -1302,12 +1312,14 @@ async def test_exhaustion_event() -> None:
         capture_events(RetryStopped) as seen,
         pytest.raises(ConnectionError),
     ):
-        await Retry(on=ConnectionError, attempts=2, backoff=[0]).layer(Flaky(5))("x")
+        await Retry(on=ConnectionError, max_attempts=2, backoff=[0]).layer(Flaky(5))(
+            "x"
+        )
     assert seen == [
         RetryStopped(
             layer="retry",
             attempts=2,
-            reason="attempts",
+            reason="max_attempts",
             error="ConnectionError",
             delay=None,
             remaining=None,
@@ -1320,7 +1332,7 @@ async def test_stopping_under_a_deadline_reports_the_time_remaining() -> None:
     svc = (
         layers.ServiceBuilder()
         .timeout(10)
-        .retry(on=ConnectionError, attempts=2, backoff=[1])
+        .retry(on=ConnectionError, max_attempts=2, backoff=[1])
         .service(Flaky(5))
     )
     with capture_events(RetryStopped) as seen, pytest.raises(ConnectionError):
@@ -1329,7 +1341,7 @@ async def test_stopping_under_a_deadline_reports_the_time_remaining() -> None:
         RetryStopped(
             layer="retry",
             attempts=2,
-            reason="attempts",
+            reason="max_attempts",
             error="ConnectionError",
             delay=None,
             remaining=pytest.approx(9),  # type: ignore[arg-type]
@@ -1341,7 +1353,7 @@ async def test_a_retry_that_raises_an_error_not_retried_stops_with_an_event() ->
     """A retry whose error on= does not match ends it: RetryStopped not_retryable."""
     errors = [ConnectionError(), ConnectionError(), KeyError("k")]
     flaky = Flaky(3, error=lambda: errors.pop(0))
-    retry = Retry(on=ConnectionError, attempts=5, backoff=[0.5], name="db")
+    retry = Retry(on=ConnectionError, max_attempts=5, backoff=[0.5], name="db")
     with capture_events(RetryStopped) as seen, pytest.raises(KeyError) as info:
         await retry.layer(flaky)("x")
     assert info.value.__notes__ == [
@@ -1363,7 +1375,7 @@ async def test_a_first_attempt_not_retried_emits_no_stop() -> None:
     """An error on= does not match on the first attempt: no retry began, no event."""
     flaky = Flaky(1, error=lambda: KeyError("k"))
     with capture_events() as seen, pytest.raises(KeyError):
-        await Retry(on=ConnectionError, attempts=3).layer(flaky)("x")
+        await Retry(on=ConnectionError, max_attempts=3).layer(flaky)("x")
     assert seen == []
 
 
@@ -1375,27 +1387,27 @@ async def test_testing_mode_turns_retrying_off() -> None:
     set_retry_testing(True)
     try:
         flaky = Flaky(1)
-        svc = Retry(on=ConnectionError, attempts=5).layer(flaky)
+        svc = Retry(on=ConnectionError, max_attempts=5).layer(flaky)
         with pytest.raises(ConnectionError):
             await svc("x")
         assert len(flaky.starts) == 1
     finally:
         set_retry_testing(False)
     flaky = Flaky(1)
-    assert await Retry(on=ConnectionError, attempts=5).layer(flaky)("x") == "x"
+    assert await Retry(on=ConnectionError, max_attempts=5).layer(flaky)("x") == "x"
 
 
 async def test_testing_mode_context_manager_caps_attempts_and_skips_waits() -> None:
-    """retry_testing(attempts=3): at most 3 attempts, no waits; restored after."""
+    """retry_testing(max_attempts=3): at most 3 attempts, no waits; restored after."""
     flaky = Flaky(10)
-    svc = Retry(on=ConnectionError, attempts=5, backoff=ConstantBackoff(60)).layer(
+    svc = Retry(on=ConnectionError, max_attempts=5, backoff=ConstantBackoff(60)).layer(
         flaky
     )
-    with retry_testing(attempts=3):
+    with retry_testing(max_attempts=3):
         with pytest.raises(ConnectionError):
             await svc("x")
         assert len(flaky.starts) == 3
-        with retry_testing(attempts=10):  # never more than the layer's own
+        with retry_testing(max_attempts=10):  # never more than the layer's own
             flaky.starts.clear()
             with pytest.raises(ConnectionError):
                 await svc("x")
@@ -1405,9 +1417,9 @@ async def test_testing_mode_context_manager_caps_attempts_and_skips_waits() -> N
 
 
 def test_testing_mode_refuses_bad_attempts() -> None:
-    """set_retry_testing(attempts=0) is a configuration error."""
+    """set_retry_testing(max_attempts=0) is a configuration error."""
     with pytest.raises(layers.ConfigurationError, match="attempts must be an integer"):
-        set_retry_testing(True, attempts=0)
+        set_retry_testing(True, max_attempts=0)
 
 
 # ----------------------------------------------------------- configuration
@@ -1418,33 +1430,48 @@ def test_testing_mode_refuses_bad_attempts() -> None:
     [
         (
             {"on": OSError},
-            "Retry(attempts=None, max_time=None): give at least one limit",
+            "Retry(max_attempts=None, max_time=None): give at least one limit",
         ),
-        ({"on": OSError, "attempts": 0}, "attempts must be None or an integer >= 1"),
-        ({"on": OSError, "attempts": True}, "attempts must be None or an integer"),
-        ({"on": OSError, "attempts": 2.5}, "got 2.5"),
-        ({"on": OSError, "max_time": -1}, "max_time must be None or a finite number"),
-        ({"on": OSError, "attempts": 2, "max_delay": 0}, "max_delay must be None or"),
         (
-            {"on": OSError, "attempts": 2, "min_attempt_time": -0.1},
+            {"on": OSError, "max_attempts": 0},
+            "max_attempts must be None or an integer >= 1",
+        ),
+        (
+            {"on": OSError, "max_attempts": True},
+            "max_attempts must be None or an integer",
+        ),
+        ({"on": OSError, "max_attempts": 2.5}, "got 2.5"),
+        ({"on": OSError, "max_time": -1}, "max_time must be None or a finite number"),
+        (
+            {"on": OSError, "max_attempts": 2, "max_delay": 0},
+            "max_delay must be None or",
+        ),
+        (
+            {"on": OSError, "max_attempts": 2, "min_attempt_time": -0.1},
             "min_attempt_time must be a finite number of seconds >= 0",
         ),
-        ({"on": BaseException, "attempts": 2}, "on must be an Exception subclass"),
+        ({"on": BaseException, "max_attempts": 2}, "on must be an Exception subclass"),
         (
-            {"on": asyncio.CancelledError, "attempts": 2},
+            {"on": asyncio.CancelledError, "max_attempts": 2},
             "cancellation and other BaseExceptions are never retried",
         ),
-        ({"on": (), "attempts": 2}, "on must be an Exception subclass, a tuple"),
-        ({"on": (OSError, KeyboardInterrupt), "attempts": 2}, "Retry(on=("),
-        ({"on": "OSError", "attempts": 2}, "Retry(on='OSError')"),
-        ({"on": OSError, "attempts": 2, "budget": 5}, "budget must be a RetryBudget"),
+        ({"on": (), "max_attempts": 2}, "on must be an Exception subclass, a tuple"),
+        ({"on": (OSError, KeyboardInterrupt), "max_attempts": 2}, "Retry(on=("),
+        ({"on": "OSError", "max_attempts": 2}, "Retry(on='OSError')"),
         (
-            {"on": OSError, "attempts": 2, "retry_after": 3},
+            {"on": OSError, "max_attempts": 2, "budget": 5},
+            "budget must be a RetryBudget",
+        ),
+        (
+            {"on": OSError, "max_attempts": 2, "retry_after": 3},
             "retry_after must be None or callable",
         ),
-        ({"on": OSError, "attempts": 2, "name": ""}, "name must be a non-empty string"),
         (
-            {"on": OSError, "attempts": 2, "backoff": [-1]},
+            {"on": OSError, "max_attempts": 2, "name": ""},
+            "name must be a non-empty string",
+        ),
+        (
+            {"on": OSError, "max_attempts": 2, "backoff": [-1]},
             "backoff[0] must be a finite number of seconds >= 0",
         ),
     ],
@@ -1459,11 +1486,11 @@ def test_builder_method_adds_a_retry_layer() -> None:
     """.retry(...) adds one Retry with the options given."""
     budget = layers.RetryBudget()
     builder = layers.ServiceBuilder().retry(
-        on=ConnectionError, attempts=4, budget=budget, name="users"
+        on=ConnectionError, max_attempts=4, budget=budget, name="users"
     )
     (retry,) = builder.layers
     assert isinstance(retry, Retry)
-    assert (retry.attempts, retry.budget, retry.name) == (4, budget, "users")
+    assert (retry.max_attempts, retry.budget, retry.name) == (4, budget, "users")
     assert isinstance(retry.backoff, ExponentialBackoff)
     (no_budget,) = (
         layers.ServiceBuilder().retry(on=OSError, max_time=3, budget=None).layers
@@ -1494,9 +1521,9 @@ def _uvloop() -> Any:
 async def test_uvloop_smoke_retries_within_a_deadline() -> None:
     """On uvloop and the real clock: retries, delays and the deadline rule hold."""
     flaky = Flaky(2)
-    svc = Retry(on=ConnectionError, attempts=3, backoff=ConstantBackoff(0.02)).layer(
-        flaky
-    )
+    svc = Retry(
+        on=ConnectionError, max_attempts=3, backoff=ConstantBackoff(0.02)
+    ).layer(flaky)
     assert await svc("x") == "x"
     assert all(0.015 <= gap < 0.5 for gap in flaky.gaps)
     assert flaky.attempts == [1, 2, 3]
@@ -1505,7 +1532,7 @@ async def test_uvloop_smoke_retries_within_a_deadline() -> None:
     bounded = (
         layers.ServiceBuilder()
         .timeout(0.1)
-        .retry(on=ConnectionError, attempts=50, backoff=ConstantBackoff(0.03))
+        .retry(on=ConnectionError, max_attempts=50, backoff=ConstantBackoff(0.03))
         .service(down)
     )
     with pytest.raises(ConnectionError) as info:

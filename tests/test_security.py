@@ -41,7 +41,7 @@ async def test_events_and_logs_carry_types_not_messages() -> None:
     breaker = layers.CircuitBreaker(name="cb", consecutive_failures=2)
     service = (
         layers.ServiceBuilder()
-        .retry(on=PayloadError, attempts=3, backoff=layers.ConstantBackoff(0.01))
+        .retry(on=PayloadError, max_attempts=3, backoff=layers.ConstantBackoff(0.01))
         .layer(breaker)
         .timeout(5)
         .service(leaky)
@@ -165,8 +165,8 @@ async def test_rate_limit_wait_queue_is_bounded_by_max_wait() -> None:
 
 @pytest.mark.usefixtures("quiet")
 async def test_concurrency_queue_is_bounded_by_max_queue() -> None:
-    """1,000 callers at a full limit: max_queue wait, the rest are refused."""
-    limit = layers.ConcurrencyLimit(2, max_queue=10)
+    """1,000 callers at a full limit: max_waiting wait, the rest are refused."""
+    limit = layers.ConcurrencyLimit(2, max_waiting=10)
     release = anyio.Event()
 
     async def hold(request: int) -> int:
@@ -391,7 +391,11 @@ async def test_no_url_or_header_credential_reaches_a_message_event_or_log() -> N
         return httpx.Response(503)
 
     stack = layers.ServiceBuilder().retry(
-        on=RetryOn(), retry_after=retry_after, attempts=3, backoff=[0.1], budget=None
+        on=RetryOn(),
+        retry_after=retry_after,
+        max_attempts=3,
+        backoff=[0.1],
+        budget=None,
     )
     transport = LayeredTransport(stack, httpx.MockTransport(handler))
     headers = {"X-Api-Key": "hunter2", "X-Auth-Token": "hunter2"}

@@ -74,23 +74,23 @@ def passing(inner: layers.Service[Any, Any]) -> layers.Service[Any, Any]:
 # One factory per way a built-in layer builds its service (each closure).
 BUILT_INS: dict[str, Callable[[], layers.Layer[Any, Any, Any, Any]]] = {
     "Timeout": lambda: Timeout(10),
-    "Retry, budget": lambda: Retry(on=ValueError, attempts=3),
-    "Retry, no budget": lambda: Retry(on=ValueError, attempts=3, budget=None),
-    "Retry, general": lambda: Retry(on=ValueError, attempts=3, max_time=5),
+    "Retry, budget": lambda: Retry(on=ValueError, max_attempts=3),
+    "Retry, no budget": lambda: Retry(on=ValueError, max_attempts=3, budget=None),
+    "Retry, general": lambda: Retry(on=ValueError, max_attempts=3, max_time=5),
     "RateLimit": lambda: RateLimit(1000),
     "RateLimit, key": lambda: RateLimit(1000, key=lambda request: 0),
     "ConcurrencyLimit": lambda: ConcurrencyLimit(10),
     "CircuitBreaker, count": lambda: CircuitBreaker(),
     "CircuitBreaker, count, checked": lambda: CircuitBreaker(
-        failure_response=lambda response: False
+        on_result=lambda response: False
     ),
     "CircuitBreaker, time": lambda: CircuitBreaker(window_type="time"),
     "CircuitBreaker, time, checked": lambda: CircuitBreaker(
-        window_type="time", failure_response=lambda response: False
+        window_type="time", on_result=lambda response: False
     ),
     "CircuitBreaker, slow count": lambda: CircuitBreaker(slow_call_duration=1),
     "CircuitBreaker, slow count, checked": lambda: CircuitBreaker(
-        slow_call_duration=1, failure_response=lambda response: False
+        slow_call_duration=1, on_result=lambda response: False
     ),
     "CircuitBreaker, slow time": lambda: CircuitBreaker(
         window_type="time", slow_call_duration=1
@@ -98,7 +98,7 @@ BUILT_INS: dict[str, Callable[[], layers.Layer[Any, Any, Any, Any]]] = {
     "CircuitBreaker, slow time, checked": lambda: CircuitBreaker(
         window_type="time",
         slow_call_duration=1,
-        failure_response=lambda response: False,
+        on_result=lambda response: False,
     ),
     "Drain": lambda: Drain(),
     "MapRequest": lambda: MapRequest(same),
@@ -335,7 +335,7 @@ async def test_calls_allocate_nothing_that_stays() -> None:
     service = (
         ServiceBuilder()
         .layer(Timeout(10))
-        .layer(Retry(on=ValueError, attempts=3))
+        .layer(Retry(on=ValueError, max_attempts=3))
         .layer(ConcurrencyLimit(10))
         .layer(CircuitBreaker())
         .layer(MapRequest(same))

@@ -38,7 +38,7 @@ def length(text: str) -> int:
 
 def resilient() -> ServiceBuilder:
     """A bare ServiceBuilder: a builder that keeps the types of any service."""
-    return ServiceBuilder().timeout(10).retry(on=ConnectionError, attempts=3)
+    return ServiceBuilder().timeout(10).retry(on=ConnectionError, max_attempts=3)
 
 
 assert_type(resilient(), ServiceBuilder[Unchanged, Unchanged, Unchanged, Unchanged])

@@ -34,7 +34,7 @@ def breaker(host: str) -> layers.CircuitBreaker:
 builder = (
     ServiceBuilder()
     .timeout(10)
-    .retry(on=RetryOn(), retry_after=retry_after, attempts=3)
+    .retry(on=RetryOn(), retry_after=retry_after, max_attempts=3)
     .layer(layers.PerKey(breaker, key=host_key))
     .circuit_breaker(name="all", **breaker_options())
     .rate_limit(10, key=host_key)
@@ -42,7 +42,7 @@ builder = (
 assert_type(builder.service(send), Service[httpx.Request, httpx.Response])
 assert_type(
     ServiceBuilder()
-    .retry(on=httpx.TransportError, on_result=RetryOn().response, attempts=2)
+    .retry(on=httpx.TransportError, on_result=RetryOn().response, max_attempts=2)
     .service(send),
     Service[httpx.Request, httpx.Response],
 )
@@ -70,7 +70,7 @@ assert_type(breaker_options(), BreakerOptions)
 # A helper's return type, as the tutorial spells it (docs/tutorial.md).
 def resilient() -> ServiceBuilder:
     """Keeps the types: a bare ServiceBuilder."""
-    return ServiceBuilder().timeout(10).retry(on=RetryOn(), attempts=3)
+    return ServiceBuilder().timeout(10).retry(on=RetryOn(), max_attempts=3)
 
 
 assert_type(resilient().service(send), Service[httpx.Request, httpx.Response])
@@ -95,7 +95,7 @@ def users_api() -> ServiceBuilder[httpx.Request, httpx.Response, int, dict[str, 
         .map_request(user_request)
         .map_response(json_body)
         .timeout(5)
-        .retry(on=RetryOn(), attempts=3)
+        .retry(on=RetryOn(), max_attempts=3)
     )
 
 

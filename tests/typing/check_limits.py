@@ -42,7 +42,9 @@ assert_type(
     Service[int, str],
 )
 assert_type(
-    ServiceBuilder().concurrency_limit(10, max_queue=100, max_wait=1.0).service(fetch),
+    ServiceBuilder()
+    .concurrency_limit(10, max_waiting=100, max_wait=1.0)
+    .service(fetch),
     Service[int, str],
 )
 assert_type(ServiceBuilder().load_shed(4).service(fetch), Service[int, str])

@@ -15,7 +15,7 @@ async def fetch(request: int) -> str:
 
 
 assert_type(
-    ServiceBuilder().retry(on=ConnectionError, attempts=3).service(fetch),
+    ServiceBuilder().retry(on=ConnectionError, max_attempts=3).service(fetch),
     Service[int, str],
 )
 assert_type(
@@ -25,7 +25,7 @@ assert_type(
         on=(ConnectionError, TimeoutError),
         max_time=5,
         backoff=layers.ExponentialBackoff(jitter="equal", rng=random.Random(1).random),
-        budget=layers.RetryBudget(percent=10),
+        budget=layers.RetryBudget(ratio=0.1),
         retry_after=lambda error: 1.0,
         on_result=lambda response: response == "busy",
         prepare=lambda request, attempt: request,
@@ -44,22 +44,22 @@ def parse(body: bytes) -> int:
 assert_type(
     ServiceBuilder()
     .map_request(parse)
-    .retry(on=lambda error: True, attempts=2, backoff=[0.1, 1], budget=None)
+    .retry(on=lambda error: True, max_attempts=2, backoff=[0.1, 1], budget=None)
     .service(fetch),
     Service[bytes, str],
 )
 assert_type(
     ServiceBuilder()
-    .retry(on=OSError, attempts=2, backoff=lambda attempt: attempt * 0.5)
+    .retry(on=OSError, max_attempts=2, backoff=lambda attempt: attempt * 0.5)
     .service(fetch),
     Service[int, str],
 )
 assert_type(
-    layers.Retry(on=OSError, attempts=2).layer(fetch),
+    layers.Retry(on=OSError, max_attempts=2).layer(fetch),
     Service[int, str],
 )
 assert_type(
-    ServiceBuilder().layer(layers.Retry(on=OSError, attempts=2)).service(fetch),
+    ServiceBuilder().layer(layers.Retry(on=OSError, max_attempts=2)).service(fetch),
     Service[int, str],
 )
 assert_type(layers.current_attempt(), int)
