@@ -337,13 +337,6 @@ CALLBACKS = [
         id="map-err",
     ),
     pytest.param(
-        lambda: ServiceBuilder().map_request(returns_coroutine).service(echo),
-        None,
-        "map_request",
-        None,
-        id="map-request",
-    ),
-    pytest.param(
         lambda: Filter(returns_coroutine, name="f").layer(echo),
         "f",
         "predicate",
