@@ -7,7 +7,8 @@ pickle then say ``layers.RateLimited``, and pickle finds the class there.
 Each public module calls :func:`publish` once, over its ``__all__``, at the
 end of its body.
 
-Event classes are left alone: ``layers.events`` gives them their home.
+``layers.events`` calls it too, for the event classes that the layers'
+modules define.
 
 A class's string annotations (``from __future__ import annotations``) are
 resolved first, in the module that defines the class: ``typing.get_type_hints``
@@ -43,11 +44,8 @@ def publish(module: str, names: Iterable[str]) -> None:
     *names* are looked up in the module *module* (already in
     :data:`sys.modules`, as it is while its body runs). A class that already
     has a public home keeps it (``layers.health.HealthStatus``, re-exported
-    by ``layers``), and so does an event class (a subclass of
-    :class:`layers.events.Event`).
+    by ``layers``).
     """
-    from .events import Event
-
     namespace = vars(sys.modules[module])
     moved: list[tuple[type[object], str]] = []
     for name in names:
@@ -55,11 +53,7 @@ def publish(module: str, names: Iterable[str]) -> None:
         if not isinstance(value, type):
             continue
         cls: type[object] = value
-        if (
-            cls.__qualname__ == name
-            and is_private(cls.__module__)
-            and not issubclass(cls, Event)
-        ):
+        if cls.__qualname__ == name and is_private(cls.__module__):
             ORIGINS[f"{module}.{name}"] = cls.__module__
             moved.append((cls, cls.__module__))
             cls.__module__ = module

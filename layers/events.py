@@ -334,18 +334,9 @@ from ._breaker import (  # noqa: E402
 from ._concurrency import ConcurrencyLimitRejected  # noqa: E402
 from ._drain import DrainRejected, DrainStarted  # noqa: E402
 from ._per_key import PerKeyRejected  # noqa: E402
+from ._public import publish  # noqa: E402
 from ._ratelimit import RateLimitRejected, RateLimitWaited  # noqa: E402
 from ._retry import RetryAttemptFailed, RetryStopped  # noqa: E402
 from ._shutdown import ShutdownCompleted, ShutdownStarted  # noqa: E402
 
-
-def _publish_events() -> None:
-    """Give every event class imported above its public home, as docs show it."""
-    namespace = globals()
-    for name in __all__:
-        value = namespace[name]
-        if isinstance(value, type) and issubclass(value, Event):
-            value.__module__ = __name__
-
-
-_publish_events()
+publish(__name__, __all__)  # every event class imported above: its public home

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
 import pytest
@@ -93,3 +95,17 @@ class Maintenance:
             rejected=self.refused,
             figures={"switches": self.switches},
         )
+
+
+def package_events() -> list[type[layers.Event]]:
+    """Every subclass of Event that a module of the package defines."""
+    for module in pkgutil.walk_packages(layers.__path__, "layers."):
+        importlib.import_module(module.name)
+    found: list[type[layers.Event]] = []
+    pending = [layers.Event]
+    while pending:
+        for cls in pending.pop().__subclasses__():
+            pending.append(cls)
+            if cls.__module__.split(".")[0] == "layers":
+                found.append(cls)
+    return found

@@ -12,6 +12,7 @@ import anyio
 import attrs
 import pytest
 import structlog.testing
+from helpers import package_events
 
 import layers
 from layers import events
@@ -243,20 +244,6 @@ def test_type_name_is_the_public_name() -> None:
         _Private.__module__ = __name__
 
 
-def event_classes() -> list[type[Event]]:
-    """Every event class of the package (the integrations' too)."""
-    import layers.httpx  # noqa: F401  (its events)
-
-    found: list[type[Event]] = []
-    pending: list[type[Event]] = [Event]
-    while pending:
-        for cls in pending.pop().__subclasses__():
-            pending.append(cls)
-            if cls.__module__.split(".")[0] == "layers":
-                found.append(cls)
-    return found
-
-
 def events_table() -> dict[str, list[str]]:
     """The rows of the table in docs/howto/events.md, by the class they name."""
     page = Path(__file__).parent.parent / "docs" / "howto" / "events.md"
@@ -273,7 +260,7 @@ def events_table() -> dict[str, list[str]]:
 def test_the_events_table_lists_every_event() -> None:
     """docs/howto/events.md has a row per event: its home, name, level and fields."""
     rows = events_table()
-    expected = {f"{cls.__module__}.{cls.__qualname__}": cls for cls in event_classes()}
+    expected = {f"{cls.__module__}.{cls.__qualname__}": cls for cls in package_events()}
     assert set(rows) == set(expected)
     for path, cls in expected.items():
         name, _, level, fields, _ = rows[path]
@@ -289,7 +276,7 @@ NOT_EVENTS: set[str] = {"force_closed", "response_started"}
 
 def test_docs_name_no_event_that_does_not_exist() -> None:
     """Every event name that the docs, docstrings or examples quote exists."""
-    names = {cls.event for cls in event_classes()}
+    names = {cls.event for cls in package_events()}
     root = Path(__file__).parent.parent
     pages = [*(root / "docs").rglob("*.md"), *(root / "layers").rglob("*.py")]
     pages += [*(root / "examples").glob("*.py"), root / "README.md"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import inspect
-import pkgutil
 import types
 from pathlib import Path
 
 import pytest
+from helpers import package_events
 
 import layers
 
@@ -75,20 +75,6 @@ def test_package_is_typed() -> None:
 # The integrations that need an extra keep their events in their own module
 # (layers.events cannot import httpx); every other event is in layers.events.
 INTEGRATIONS = ("layers.httpx",)
-
-
-def package_events() -> list[type[layers.Event]]:
-    """Every subclass of Event that a module of the package defines."""
-    for module in pkgutil.walk_packages(layers.__path__, "layers."):
-        importlib.import_module(module.name)
-    found: list[type[layers.Event]] = []
-    pending = [layers.Event]
-    while pending:
-        for cls in pending.pop().__subclasses__():
-            pending.append(cls)
-            if cls.__module__.split(".")[0] == "layers":
-                found.append(cls)
-    return found
 
 
 def test_the_top_level_has_no_event_class_but_event() -> None:
