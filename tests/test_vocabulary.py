@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 from typing import Any
 
 import attrs
@@ -115,7 +116,8 @@ def test_a_limit_is_max_and_its_reason_says_so() -> None:
     retry = {field.name for field in attrs.fields(layers.Retry)}
     assert {"max_attempts", "max_time"} <= retry
     assert "attempts" not in retry
-    reasons = layers.events.RetryStopped.__annotations__["reason"]
+    hints = typing.get_type_hints(layers.events.RetryStopped)
+    reasons = typing.get_args(hints["reason"])
     assert "max_attempts" in reasons
     assert "max_time" in reasons
 
