@@ -15,6 +15,7 @@ import contextlib
 import functools
 import inspect
 import sys
+import types
 from collections.abc import Awaitable, Callable, Sequence
 from typing import (
     TYPE_CHECKING,
@@ -358,7 +359,10 @@ def mark_built(service: S, layer: Layer[Any, Any, Any, Any], inner: object) -> S
     builds. Call it in your own layer's ``layer()`` when the service is a
     closure (a type checker refuses attributes set on a function); a service
     class can instead have the two attributes itself. A call costs nothing
-    more: the marks are set once, when the service is built.
+    more: the marks are set once, when the service is built. A function's
+    ``__qualname__`` becomes the stack's layer classes, outermost first, so
+    its ``repr`` shows the stack (``<function Timeout > ConcurrencyLimit >
+    echo at 0x...>``; :func:`describe_stack` gives each layer's options).
 
         >>> import layers
         >>> class Tag:
@@ -389,6 +393,14 @@ def mark_built(service: S, layer: Layer[Any, Any, Any, Any], inner: object) -> S
     marked = cast(Any, service)
     marked.built_by = layer
     marked.inner = inner
+    if isinstance(service, types.FunctionType):
+        # A function's repr is Python's own, but it shows __qualname__:
+        # naming the stack there makes the repr show it, and costs a call
+        # nothing (tracebacks read the code object's name, not this one).
+        found, innermost = _walk(service)
+        marked.__qualname__ = " > ".join(
+            [*(type(each).__name__ for each in found), describe(innermost)]
+        )
     return service
 
 

@@ -385,3 +385,39 @@ def test_the_guides_shed_shows_up() -> None:
     service = ServiceBuilder().layer(shed).layer(auth).service(echo)
     assert layers_of(service) == (shed, auth)
     assert innermost(service) is echo
+
+
+def test_the_repr_of_a_built_function_shows_the_stack() -> None:
+    """A closure's repr names its layers, outermost first, then the service inside."""
+    service = (
+        ServiceBuilder()
+        .concurrency_limit(4)
+        .layer(MapRequest(same))
+        .rate_limit(10)
+        .service(echo)
+    )
+    assert type(service) is types.FunctionType
+    assert repr(service).startswith(
+        "<function ConcurrencyLimit > MapRequest > RateLimit > echo at 0x"
+    )
+    # Each service of the stack names what is below it, and the user's
+    # function keeps its own name.
+    assert inner_of(service).__qualname__ == "MapRequest > RateLimit > echo"  # type: ignore[union-attr]
+    assert echo.__qualname__ == "echo"
+    # A service class inside the stack (a TimeoutService) shows by its layer.
+    wrapped = ServiceBuilder().concurrency_limit(1).timeout(1).service(echo)
+    assert repr(wrapped).startswith("<function ConcurrencyLimit > Timeout > echo at 0x")
+
+
+async def test_a_renamed_service_still_names_its_code_in_a_traceback() -> None:
+    """The stack in __qualname__ does not replace the code's name in tracebacks."""
+
+    async def fail(request: int) -> int:
+        raise ValueError(request)
+
+    service = ServiceBuilder().concurrency_limit(1).service(fail)
+    with pytest.raises(ValueError, match=r"^1$") as caught:
+        await service(1)
+    names = [entry.name for entry in caught.traceback]
+    assert "fail" in names
+    assert not any(">" in name for name in names)
