@@ -50,6 +50,8 @@ from ._errors import (
     RateLimited,
     Rejected,
     ShuttingDown,
+    StoreError,
+    StoreUnavailable,
 )
 from ._observable import Observable, Observation
 from ._per_key import KeyTableFull, PerKey, PerKeyStatistics
@@ -141,6 +143,8 @@ __all__ = [
     "ShuttingDown",
     "Sink",
     "Stack",
+    "StoreError",
+    "StoreUnavailable",
     "Supervisor",
     "TaskOutcome",
     "Timeout",

@@ -9,7 +9,10 @@ Every exception of the library derives from :class:`LayersError`. The tree::
         │   ├── Overloaded            a concurrency limit or load shedder is full
         │   ├── RateLimited           a rate limit has no capacity left
         │   ├── CircuitOpen           a circuit breaker is open
-        │   └── ShuttingDown          the service is draining before shutdown
+        │   ├── ShuttingDown          the service is draining before shutdown
+        │   └── StoreUnavailable      a shared limit's store failed, and the
+        │                             layer's policy is to refuse (fail closed)
+        ├── StoreError                a shared store (Redis) failed or timed out
         ├── Elapsed (also TimeoutError)  a timeout expired during the call
         ├── ConfigurationError (also ValueError and TypeError)
         │                             a layer was built with a bad argument
@@ -70,6 +73,8 @@ __all__ = [
     "RateLimited",
     "Rejected",
     "ShuttingDown",
+    "StoreError",
+    "StoreUnavailable",
 ]
 
 
@@ -175,7 +180,8 @@ class Rejected(LayersError):
       ``"forced_open"``;
     * :class:`ShuttingDown`: ``"draining"``;
     * :class:`Filtered`: ``"filtered"``;
-    * :class:`~layers.KeyTableFull`: ``"key_table_full"``.
+    * :class:`~layers.KeyTableFull`: ``"key_table_full"``;
+    * :class:`StoreUnavailable`: ``"store_unavailable"``.
 
     ``""`` for a rejection raised without one (by a user's own code)."""
 
@@ -243,6 +249,46 @@ class CircuitOpen(Rejected):
 
 class ShuttingDown(Rejected):
     """The service is draining for shutdown and takes no new calls."""
+
+
+class StoreUnavailable(Rejected):
+    """A shared limit's store is unavailable, and the layer fails closed.
+
+    Raised by a layer whose state lives in a shared store (Redis, see
+    :mod:`layers.redis`) when the store failed or timed out and the store's
+    failure policy is ``"closed"``. Its ``__cause__`` is the
+    :class:`StoreError`; its :attr:`~Rejected.reason` is
+    ``"store_unavailable"``.
+    """
+
+
+class StoreError(LayersError):
+    """A shared store failed: an error from it, a timeout, or its guard is open.
+
+    A store (such as :class:`layers.redis.RedisRateLimitStore`) raises it,
+    chained (``__cause__``) from the client's own error; the layer that uses
+    the store catches it and applies the store's failure policy (fail open,
+    fail closed with :class:`StoreUnavailable`, or fall back to a local
+    limit), so a caller sees it only from a store used directly.
+
+    Args:
+        message: What failed.
+        store: The store's name, for events and metrics.
+    """
+
+    store: str
+    """The name of the store that failed."""
+
+    def __init__(self, message: str = "", *, store: str = "") -> None:
+        super().__init__(message or "the shared store failed")
+        self.store = store
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_store_error, (str(self), self.store))
+
+
+def _rebuild_store_error(message: str, store: str) -> StoreError:
+    return StoreError(message, store=store)
 
 
 class Elapsed(LayersError, TimeoutError):

@@ -60,6 +60,8 @@ __all__ = [
     "ShutdownCompleted",
     "ShutdownStarted",
     "Sink",
+    "StoreFailed",
+    "StoreRecovered",
     "TimeoutElapsed",
     "add_sink",
     "emit",
@@ -338,5 +340,6 @@ from ._public import publish  # noqa: E402
 from ._ratelimit import RateLimitRejected, RateLimitWaited  # noqa: E402
 from ._retry import RetryAttemptFailed, RetryStopped  # noqa: E402
 from ._shutdown import ShutdownCompleted, ShutdownStarted  # noqa: E402
+from ._store import StoreFailed, StoreRecovered  # noqa: E402
 
 publish(__name__, __all__)  # every event class imported above: its public home

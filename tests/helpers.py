@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import pkgutil
+import sys
 from typing import Any
 
 import pytest
@@ -101,11 +103,18 @@ def package_events() -> list[type[layers.Event]]:
     """Every subclass of Event that a module of the package defines."""
     for module in pkgutil.walk_packages(layers.__path__, "layers."):
         importlib.import_module(module.name)
+    # attrs replaces each slotted class with a new one: the first class
+    # object stays among __subclasses__() until it is collected.
+    gc.collect()
     found: list[type[layers.Event]] = []
     pending = [layers.Event]
     while pending:
         for cls in pending.pop().__subclasses__():
             pending.append(cls)
-            if cls.__module__.split(".")[0] == "layers":
+            home = sys.modules.get(cls.__module__)
+            if (
+                cls.__module__.split(".")[0] == "layers"
+                and getattr(home, cls.__qualname__, None) is cls
+            ):
                 found.append(cls)
     return found

@@ -1,0 +1,197 @@
+"""The connection the shared layers use: a coredis client, keys, guarded scripts."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any, TypeAlias, cast
+
+import anyio
+import coredis
+import coredis.exceptions
+from coredis.commands.script import Script
+
+from .._breaker import CircuitBreaker
+from .._config import check_name, check_number, fail_value
+from .._core import Service
+from .._deadline import current_deadline
+from .._errors import CircuitOpen, StoreError
+
+__all__ = ["RedisConnection"]
+
+Client: TypeAlias = "coredis.Redis[Any] | coredis.RedisCluster[Any]"
+"""A coredis client: a single server (or sentinel-managed) or a cluster."""
+
+Value: TypeAlias = "str | bytes | int | float"
+
+# What a failing Redis raises through coredis: its own errors, the socket's,
+# and the timeout of our own scope.
+_FAILURES = (coredis.exceptions.RedisError, OSError, TimeoutError)
+
+DEFAULT_TIMEOUT = 0.25
+
+
+def default_guard() -> CircuitBreaker:
+    """The breaker that guards a connection unless one is given.
+
+    It opens after 3 failures in a row (an error or a timeout), so a dead
+    Redis costs three timeouts and then none: while it is open, a call
+    fails at once and the layer applies its policy. It lets one probe
+    through after 1 s, then after twice as long each time the probe fails,
+    up to 30 s.
+    """
+    return CircuitBreaker(
+        name="redis_guard",
+        on=StoreError,
+        consecutive_failures=3,
+        failure_rate_threshold=1.0,
+        open_duration=1.0,
+        open_duration_growth=2.0,
+        max_open_duration=30.0,
+        probes=1,
+    )
+
+
+class RedisConnection:
+    """A coredis client, made ready for the shared layers.
+
+    The application owns its client and its pool: pass a connected
+    ``coredis.Redis`` (or ``coredis.RedisCluster``) client, entered with
+    ``async with`` as coredis requires; or open one from a URL for the
+    simple case with :meth:`from_url`. One connection serves every shared
+    layer of a process.
+
+    Every command a layer sends runs under *timeout* and under the caller's
+    deadline (:func:`~layers.current_deadline`, whichever is sooner), and
+    through a breaker, *guard*, that fails fast while Redis is down: a
+    layer then applies its store's failure policy at once instead of
+    waiting out a timeout per call. Scripts are sent with EVALSHA and
+    loaded again if the server answers NOSCRIPT (after a restart, say).
+
+    Keys are ``<prefix>:<kind>:{<name>}...``: the part in braces is a
+    Redis Cluster hash tag, so the keys of one limit share a slot.
+
+    Args:
+        client: A coredis client, already entered.
+        prefix: The first part of every key (a non-empty string).
+        timeout: Seconds each command may take (> 0; default 0.25).
+        guard: The breaker that guards the commands (default: opens after 3
+            failures in a row, see :func:`default_guard`); its ``on=``
+            should cover :class:`~layers.StoreError`, which every failure
+            is raised as.
+
+    Raises:
+        ConfigurationError: An argument is of the wrong type or out of range.
+    """
+
+    __slots__ = ("_guarded", "client", "guard", "prefix", "timeout")
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        prefix: str = "layers",
+        timeout: float = DEFAULT_TIMEOUT,
+        guard: CircuitBreaker | None = None,
+    ) -> None:
+        owner = type(self).__name__
+        if not isinstance(cast(object, client), (coredis.Redis, coredis.RedisCluster)):
+            fail_value(
+                owner,
+                "client",
+                client,
+                "a coredis.Redis or coredis.RedisCluster client",
+            )
+        self.client: Client = client
+        self.prefix = check_name(owner, "prefix", prefix)
+        self.timeout = check_number(
+            owner, "timeout", timeout, "a finite number of seconds > 0", lambda v: v > 0
+        )
+        if guard is not None and not isinstance(cast(object, guard), CircuitBreaker):
+            fail_value(owner, "guard", guard, "None or a CircuitBreaker")
+        self.guard = default_guard() if guard is None else guard
+        self._guarded: Service[tuple[Script[Any], Sequence[str], Sequence[Value]], Any]
+        self._guarded = self.guard.layer(self._evalsha)
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = "layers",
+        timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 (each command's)
+        guard: CircuitBreaker | None = None,
+    ) -> AsyncGenerator[RedisConnection]:
+        """Open a client for *url* (``redis://host:port/db``) for the block.
+
+        ``async with RedisConnection.from_url(url) as redis: ...``; the
+        client is closed when the block ends. The other arguments are
+        those of the class.
+        """
+        client: coredis.Redis[Any] = coredis.Redis.from_url(url, decode_responses=True)
+        async with client:
+            yield cls(client, prefix=prefix, timeout=timeout, guard=guard)
+
+    def key(self, kind: str, name: str, *rest: str) -> str:
+        """The key ``<prefix>:<kind>:{<name>}[:<rest>...]`` (``{...}``: a hash tag)."""
+        tail = "".join(f":{part}" for part in rest)
+        return f"{self.prefix}:{kind}:{{{name}}}{tail}"
+
+    def script(self, source: str) -> Script[Any]:
+        """Register a Lua script with the client; run it with :meth:`run`."""
+        return self.client.register_script(source)
+
+    async def run(
+        self,
+        script: Script[Any],
+        keys: Sequence[str],
+        args: Sequence[Value],
+    ) -> Any:
+        """Run *script* on the server: its reply, or :class:`~layers.StoreError`.
+
+        Under :attr:`timeout` and the caller's deadline, through the guard.
+        Cancellation passes through unchanged (coredis drops the reply of a
+        cancelled command, so the connection stays usable).
+        """
+        try:
+            return await self._guarded((script, keys, args))
+        except CircuitOpen as error:
+            raise StoreError(
+                f"Redis is failing; its guard breaker {self.guard.name!r} is open",
+                store=self.prefix,
+            ) from error
+
+    async def _evalsha(
+        self, request: tuple[Script[Any], Sequence[str], Sequence[Value]], /
+    ) -> Any:
+        script, keys, args = request
+        deadline = current_deadline()
+        # Under a caller's deadline sooner than our timeout, the caller's own
+        # cancel scope (its Timeout layer) ends the command, as cancellation:
+        # that is not a failure of Redis, and the guard does not count it.
+        own = deadline is None or deadline - anyio.current_time() >= self.timeout
+        try:
+            with anyio.fail_after(self.timeout if own else None):
+                # coredis's default callback is an untyped NoopCallback
+                reply: Any = await script(  # pyright: ignore[reportUnknownVariableType, reportUnknownArgumentType]
+                    keys=keys, args=args, client=self.client
+                )
+                return reply  # pyright: ignore[reportUnknownVariableType]
+        except _FAILURES as error:
+            kind = "timed out" if isinstance(error, TimeoutError) else "failed"
+            raise StoreError(
+                f"a Redis command {kind} ({type(error).__name__})", store=self.prefix
+            ) from error
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisConnection({self.client!r}, prefix={self.prefix!r}, "
+            f"timeout={self.timeout!r})"
+        )
+
+
+def finite(value: float) -> float:
+    """*value*, or a large finite number for an infinite one (no inf in Lua)."""
+    return value if math.isfinite(value) else 1e300
