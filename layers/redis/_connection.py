@@ -10,6 +10,7 @@ from typing import Any, TypeAlias, cast
 import anyio
 import coredis
 import coredis.exceptions
+from coredis.retry import NoRetryPolicy
 from coredis.commands.script import Script
 
 from .._breaker import CircuitBreaker
@@ -127,10 +128,16 @@ class RedisConnection:
         """Open a client for *url* (``redis://host:port/db``) for the block.
 
         ``async with RedisConnection.from_url(url) as redis: ...``; the
-        client is closed when the block ends. The other arguments are
-        those of the class.
+        client is closed when the block ends. It decodes replies and does
+        not retry a failed command (coredis's default retries twice: a
+        script that ran but whose reply was lost would count twice). The
+        other arguments are those of the class.
         """
-        client: coredis.Redis[Any] = coredis.Redis.from_url(url, decode_responses=True)
+        # No retry inside the client: a script that ran but whose reply was
+        # lost would be charged twice; the layers' own policy decides instead.
+        client: coredis.Redis[Any] = coredis.Redis.from_url(
+            url, decode_responses=True, retry_policy=NoRetryPolicy()
+        )
         async with client:
             yield cls(client, prefix=prefix, timeout=timeout, guard=guard)
 
