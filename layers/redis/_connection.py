@@ -10,8 +10,8 @@ from typing import Any, TypeAlias, cast
 import anyio
 import coredis
 import coredis.exceptions
-from coredis.retry import NoRetryPolicy
 from coredis.commands.script import Script
+from coredis.retry import NoRetryPolicy
 
 from .._breaker import CircuitBreaker
 from .._config import check_name, check_number, fail_value
