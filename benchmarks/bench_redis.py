@@ -193,7 +193,13 @@ def run_fleet(
         results = []
         seconds = max(spec["seconds"] for spec in specs)
         for process, log in zip(processes, logs, strict=True):
-            out, _ = process.communicate(timeout=seconds + grace)
+            try:
+                out, _ = process.communicate(timeout=seconds + grace)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                log.seek(0)
+                raise WorkerFailed(f"hung\n{log.read()[-3000:]}") from None
             lines = [x for x in out.splitlines() if x.startswith("result ")]
             if process.returncode != 0 or not lines:
                 log.seek(0)
