@@ -70,6 +70,7 @@ class Tally:
     def window(self, start: float, seconds: float) -> None:
         self.start = start
         self.end = start + seconds
+        self.cpu = time.process_time()
 
     def admit(self) -> None:
         now = time.time()
@@ -79,7 +80,12 @@ class Tally:
                 self.stamps.append(now)
 
     def result(self, **extra: Any) -> dict[str, Any]:
-        return {"admitted": self.admitted, "stamps": self.stamps, **extra}
+        return {
+            "admitted": self.admitted,
+            "stamps": self.stamps,
+            "cpu": time.process_time() - self.cpu,  # this process's, in the run
+            **extra,
+        }
 
 
 # --------------------------------------------------------------------- layers
@@ -114,9 +120,18 @@ async def _layers_rate(spec: dict[str, Any]) -> None:
         tally.window(start, spec["seconds"])
         await anyio.sleep(max(0.0, start - time.time()))
 
+        refused = 0
+
         async def caller() -> None:
+            nonlocal refused
             while True:
-                await limited(None)
+                try:
+                    await limited(None)
+                except layers.StoreUnavailable:
+                    # A command timed out (the connection's 0.25 s), or the
+                    # guard is open: counted, and reported by bench_redis.py.
+                    refused += 1
+                    await anyio.sleep(0.001)
 
         with anyio.move_on_after(max(0.0, tally.end - time.time())):
             async with anyio.create_task_group() as group:
@@ -127,6 +142,7 @@ async def _layers_rate(spec: dict[str, Any]) -> None:
             tally.result(
                 waited=stats.waited,
                 fallbacks=getattr(stats, "store_fallbacks", 0),
+                refused=refused,
             )
         )
 

@@ -5,7 +5,10 @@ Run::
     python benchmarks/bench_redis.py [--part accuracy|cost|peers|lease|
                                              concurrency|all]
                                      [--seconds S] [--processes P]
-                                     [--tasks T] [--redis-url URL]
+                                     [--tasks T] [--fast-tasks T]
+                                     [--backend mixed|asyncio|trio]
+                                     [--lease L] [--lease-ttl SECONDS]
+                                     [--rounds N] [--redis-url URL]
                                      [--limits-python PATH]
 
 It starts its own ``redis-server`` (Debian's package) on a free port in a
@@ -23,36 +26,44 @@ run. Five parts:
   (at any offset) holds more than ``rate x 0.1 + burst = 220``. The
   admission times are read in the inner call, in each process
   (``time.time()``: one clock on one machine). Also reported: round trips
-  (the server's count of EVALSHA) per admitted call.
+  (the server's count of EVALSHA) per admitted call, and the CPU time per
+  admitted call of the workers and of redis-server (on a small machine
+  the fleet is CPU-bound).
 * **cost**: one task calls sequentially; an admitted call through
   ``RateLimit`` with a ``RedisRateLimitStore`` (a limit that never
   refuses) against a bare EVALSHA of a trivial script (``return 1``) on
-  the same coredis client, the floor of one round trip. Round-robin blocks
-  of calls, per-call latency, p50 and p99, on asyncio and trio. Goal: at
-  most 1.15x the bare EVALSHA at p50.
+  the same coredis client, the floor of one round trip; and the same
+  script through ``RedisConnection.run`` (its timeout and guard). Round-
+  robin blocks of 100 calls for ``--rounds`` rounds (40), per-call
+  latency, p50 and p99, on asyncio and trio. Goal: at most 1.15x the bare
+  EVALSHA at p50.
 * **peers**: ``limits`` (its async moving-window and fixed-window
   strategies on its async Redis storage) and pyrate-limiter (its
   ``RedisBucket``, a sliding log, and its GCRA ``StateBucket`` on a
   ``RedisStateStore``), side by side with layers on the same server: the
   accuracy run's setting (2000/s; the window peers count per 1 s window)
-  for the achieved rate, the busiest 1 s and 100 ms windows; and a limit
-  none reaches (1,000,000/s) for S/3 seconds for calls/s. The peers run on
-  asyncio (their async clients are asyncio-only); so does layers in this
-  part. ``limits`` pins ``coredis < 6``: give it a venv of its own and
-  pass its interpreter with ``--limits-python``. Goals: layers never above
-  what its limit allows where a peer is, and at least 2x each peer's
-  calls/s.
-* **lease**: lease mode (``lease=L``, 20) against exact mode: calls/s with
-  a limit none reaches (goal: at least 10x exact mode), and the aggregate
-  admitted on ``RateLimit(20000, burst=200)`` for S seconds (goal: within
-  2 % of ``rate x S + burst``, never above).
+  for the achieved rate, the busiest 1 s and 100 ms windows; and calls/s:
+  P processes x ``--fast-tasks`` tasks (10) on a limit none reaches
+  (1,000,000/s) for min(S, 3) seconds. The peers run on asyncio (their
+  async clients are asyncio-only); so does layers in this part. ``limits``
+  pins ``coredis < 6``: give it a venv of its own and pass its interpreter
+  with ``--limits-python``. Goals: layers never above what its limit
+  allows, and at least 2x each peer's calls/s.
+* **lease**: lease mode (``lease=L``, ``--lease``, 100) against exact
+  mode: calls/s as in the peers part (goal: at least 10x exact mode), and
+  the calls admitted by P x T tasks on ``RateLimit(10000, burst=200)`` for
+  S seconds (goal: within 2 % of ``rate x S + burst``, never above).
 * **concurrency**: P processes x 5 tasks through one
   ``ConcurrencyLimit(10)`` with a ``RedisConcurrencyStore``, each call
   holding its permit 10 ms: the most calls in flight across the fleet
   (from the calls' enter and leave times on the machine's monotonic
   clock; goal: exactly 10). Then a process takes all 10 permits and is
   killed with SIGKILL while this process waits for 10 permits: the time
-  until the permits are back (goal: within ``lease_ttl``, 2 s here).
+  until the permits are back (goal: within ``lease_ttl``,
+  ``--lease-ttl``, 2 s here).
+
+A call refused with ``StoreUnavailable`` (a command over the connection's
+0.25 s timeout, under overload) is counted and reported, not admitted.
 
 The script exits with status 1 when a goal fails.
 """
@@ -143,6 +154,12 @@ async def _admin(url: str, command: str) -> Any:
 def admin(url: str, command: str) -> Any:
     """``flush``, ``reset-stats``, or INFO of a section, on a client of its own."""
     return anyio.run(_admin, url, command)
+
+
+def redis_cpu(url: str) -> float:
+    """The CPU seconds redis-server has used (user + system)."""
+    info = admin(url, "cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def evalsha_calls(url: str) -> int:
@@ -236,10 +253,12 @@ def rate_fleet(
     backend: str | None = None,
     lease: int | None = None,
     record: bool = True,
+    tasks: int | None = None,
 ) -> dict[str, Any]:
     """A fleet on one rate limit; the merged result."""
     admin(args.url, "flush")
     admin(args.url, "reset-stats")
+    server_cpu = redis_cpu(args.url)
     chosen = backends(backend or args.backend, args.processes)
     specs = [
         {
@@ -251,7 +270,7 @@ def rate_fleet(
             "burst": burst,
             "lease": lease,
             "seconds": seconds,
-            "tasks": args.tasks,
+            "tasks": tasks or args.tasks,
             "record": record,
         }
         for i in range(args.processes)
@@ -266,6 +285,43 @@ def rate_fleet(
         "stamps": stamps,
         "evalsha": evalsha_calls(args.url),
         "fallbacks": sum(r.get("fallbacks", 0) for r in results),
+        "refused": sum(r.get("refused", 0) for r in results),
+        "client_cpu": sum(r.get("cpu", 0.0) for r in results),
+        "server_cpu": redis_cpu(args.url) - server_cpu,
+    }
+
+
+STORE = "StoreUnavailable (a command over the connection's 0.25 s timeout)"
+
+
+def throughput(
+    args: argparse.Namespace,
+    kind: str,
+    seconds: float,
+    *,
+    backend: str | None = None,
+    lease: int | None = None,
+) -> dict[str, Any]:
+    """Calls/s of a fleet of ``--fast-tasks`` tasks per process, never limited."""
+    run = rate_fleet(
+        args,
+        kind,
+        f"fast-{kind}-{lease}",
+        1_000_000,
+        10**5,
+        seconds,
+        backend=backend,
+        lease=lease,
+        record=False,
+        tasks=args.fast_tasks,
+    )
+    calls = max(1, run["admitted"])
+    return {
+        "calls": run["admitted"] / seconds,
+        "refused": run["refused"],
+        "evalsha_per_call": run["evalsha"] / calls,
+        "client_us": run["client_cpu"] / calls * 1e6,
+        "server_us": run["server_cpu"] / calls * 1e6,
     }
 
 
@@ -305,6 +361,17 @@ def accuracy(args: argparse.Namespace) -> None:
             f"  round trips (EVALSHA) per admitted call: "
             f"{run['evalsha'] / admitted:.2f}; store fallbacks: {run['fallbacks']}"
         )
+    if run["refused"]:
+        print(f"  {run['refused']:,} calls refused: {STORE}")
+    print(f"  {cpu_per_call(run)}")
+
+
+def cpu_per_call(run: dict[str, Any]) -> str:
+    calls = max(1, run["admitted"])
+    return (
+        f"CPU per admitted call: {run['client_cpu'] / calls * 1e6:.0f} us in the "
+        f"workers, {run['server_cpu'] / calls * 1e6:.0f} us in redis-server"
+    )
 
 
 # ---------------------------------------------------------------------- cost
@@ -410,11 +477,12 @@ def peer_available(args: argparse.Namespace, kind: str) -> str | None:
 
 def peers(args: argparse.Namespace) -> None:
     seconds = args.seconds
-    quick = max(0.2, seconds / 3)
+    quick = min(seconds, 3.0)
     print(
         f"peers: {args.processes} processes (asyncio) x {args.tasks} tasks on one "
-        f"shared limit of {RATE}/s for {seconds:g} s; calls/s with a limit of "
-        f"1,000,000/s for {quick:g} s"
+        f"shared limit of {RATE}/s for {seconds:g} s; calls/s: "
+        f"{args.processes} x {args.fast_tasks} tasks, a limit of 1,000,000/s, "
+        f"{quick:g} s"
     )
     print(
         "  allowance: GCRA rate x S + burst; the window peers promise at most "
@@ -430,16 +498,7 @@ def peers(args: argparse.Namespace) -> None:
             run = rate_fleet(
                 args, kind, f"peer-{kind}", RATE, BURST, seconds, backend="asyncio"
             )
-            fast = rate_fleet(
-                args,
-                kind,
-                f"fast-{kind}",
-                1_000_000,
-                10**5,
-                quick,
-                backend="asyncio",
-                record=False,
-            )
+            fast = throughput(args, kind, quick, backend="asyncio")
         except WorkerFailed as error:
             print(f"  {label}: failed: {str(error).strip()[-400:]}")
             continue
@@ -448,19 +507,27 @@ def peers(args: argparse.Namespace) -> None:
             "rate": run["admitted"] / seconds,
             "1s": busiest(stamps, 1.0),
             "100ms": busiest(stamps, 0.1),
-            "calls": fast["admitted"] / quick,
+            "calls": fast["calls"],
+            "client_us": fast["client_us"],
+            "server_us": fast["server_us"],
             "admitted": run["admitted"],
         }
+        for what, result in (("2000/s", run), ("calls/s", fast)):
+            if result["refused"]:
+                print(
+                    f"  {label}, {what}: {result['refused']:,} calls refused: {STORE}"
+                )
     if not rows:
         return
     print(
         f"  {'':62} {'rate/target':>11} {'busiest 1 s':>11} {'100 ms':>7} "
-        f"{'calls/s':>10}"
+        f"{'calls/s':>8} {'CPU us/call: client':>19} {'server':>6}"
     )
     for kind, row in rows.items():
         print(
             f"  {PEERS[kind]:62} {row['rate'] / RATE:11.3f} {row['1s']:11,.0f} "
-            f"{row['100ms']:7,.0f} {row['calls']:10,.0f}"
+            f"{row['100ms']:7,.0f} {row['calls']:8,.0f} {row['client_us']:19,.0f} "
+            f"{row['server_us']:6,.0f}"
         )
     ours = rows.get("layers-rate")
     if ours is None:
@@ -486,13 +553,13 @@ def peers(args: argparse.Namespace) -> None:
 
 # --------------------------------------------------------------------- lease
 
-LEASE_RATE = 20_000
+LEASE_RATE = 10_000
 LEASE_BURST = 200
 
 
 def lease(args: argparse.Namespace) -> None:
     seconds = args.seconds
-    quick = max(0.2, seconds / 3)
+    quick = min(seconds, 3.0)
     size = args.lease
     print(
         f"lease: {args.processes} processes ({fleet_label(args.backend)}) x "
@@ -500,22 +567,17 @@ def lease(args: argparse.Namespace) -> None:
     )
     speed: dict[str, float] = {}
     for label, lease_size in (("exact", None), (f"lease={size}", size)):
-        run = rate_fleet(
-            args,
-            "layers-rate",
-            f"fast-{label}",
-            1_000_000,
-            10**5,
-            quick,
-            lease=lease_size,
-            record=False,
-        )
-        speed[label] = run["admitted"] / quick
+        fast = throughput(args, "layers-rate", quick, lease=lease_size)
+        speed[label] = fast["calls"]
         print(
-            f"  {label:10} {speed[label]:12,.0f} calls/s (a limit of 1,000,000/s, "
-            f"{quick:g} s); EVALSHA per call "
-            f"{run['evalsha'] / max(1, run['admitted']):.3f}"
+            f"  {label:10} {speed[label]:10,.0f} calls/s ({args.processes} x "
+            f"{args.fast_tasks} tasks, a limit of 1,000,000/s, {quick:g} s); "
+            f"EVALSHA per call {fast['evalsha_per_call']:.3f}; CPU per call "
+            f"{fast['client_us']:.0f} us (workers), {fast['server_us']:.0f} us "
+            "(redis-server)"
         )
+        if fast["refused"]:
+            print(f"  {label}: {fast['refused']:,} calls refused: {STORE}")
     ratio = speed[f"lease={size}"] / speed["exact"]
     print(
         f"  lease mode / exact mode: {ratio:.1f}x (goal >= 10x): "
@@ -538,6 +600,8 @@ def lease(args: argparse.Namespace) -> None:
         f"{seconds:g} s: {run['admitted']:,} admitted of {allowed:,.0f} allowed: "
         f"{pct(off)}  goal within 2 %, never above: {verdict(ok, 'lease: aggregate')}"
     )
+    if run["refused"]:
+        print(f"  {run['refused']:,} calls refused: {STORE}")
     window = busiest(run["stamps"], 0.1)
     print(
         f"  busiest 100 ms window: {window} (exact mode's allowance "
@@ -675,6 +739,12 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=8)
     parser.add_argument("--tasks", type=int, default=50, help="tasks per process")
     parser.add_argument(
+        "--fast-tasks",
+        type=int,
+        default=10,
+        help="tasks per process in the calls/s runs (10)",
+    )
+    parser.add_argument(
         "--backend",
         choices=["mixed", "asyncio", "trio"],
         default="mixed",
@@ -683,7 +753,9 @@ def main() -> int:
     parser.add_argument(
         "--rounds", type=int, default=40, help="the cost part's rounds (40)"
     )
-    parser.add_argument("--lease", type=int, default=20, help="lease mode's lease")
+    parser.add_argument(
+        "--lease", type=int, default=100, help="lease mode's lease (100)"
+    )
     parser.add_argument(
         "--lease-ttl", type=float, default=2.0, help="the concurrency leases' TTL"
     )
