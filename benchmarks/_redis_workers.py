@@ -26,7 +26,10 @@ needs:
 * ``pyrate-log`` / ``pyrate-gcra``: pyrate-limiter's ``RedisBucket`` (a
   sliding log in a sorted set) and its ``StateBucket(GCRA)`` with a
   ``RedisStateStore``, on redis-py's asyncio client, blocking acquire (the
-  limiter waits and retries itself).
+  limiter waits and retries itself);
+* ``floor-coredis`` / ``floor-redispy``: no limit, one EVALSHA of a
+  trivial script per call on coredis's or redis-py's asyncio client: what
+  one round trip costs each client.
 
 A result holds ``admitted`` (calls admitted within the run) and, with
 ``record``, ``stamps`` (their ``time.time()``, read as the inner call
@@ -329,6 +332,39 @@ async def _pyrate(spec: dict[str, Any]) -> None:
     await _asyncio_run(spec, call, tally)
 
 
+async def _floor(spec: dict[str, Any]) -> None:
+    """No limit: one EVALSHA of ``return 1`` per call, the floor of a client."""
+    tally = Tally(spec)
+    if spec["kind"] == "floor-coredis":
+        import coredis
+        from coredis.retry import NoRetryPolicy
+
+        client: Any = coredis.Redis.from_url(
+            spec["url"], decode_responses=True, retry_policy=NoRetryPolicy()
+        )
+        async with client:
+            script = client.register_script("return 1")
+
+            async def call() -> None:
+                await script(keys=["floor"], args=[], client=client)
+                tally.admit()
+
+            await call()
+            await _asyncio_run(spec, call, tally)
+        return
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(spec["url"])
+    script = client.register_script("return 1")
+
+    async def call_redispy() -> None:
+        await script(keys=["floor"], args=[])
+        tally.admit()
+
+    await call_redispy()
+    await _asyncio_run(spec, call_redispy, tally)
+
+
 def main() -> None:
     spec: dict[str, Any] = json.loads(sys.argv[1])
     # A worker that hangs prints where, and exits (bench_redis.py reports it).
@@ -346,7 +382,7 @@ def main() -> None:
         return
     import asyncio
 
-    runner = _limits if kind.startswith("limits-") else _pyrate
+    runner = {"limits": _limits, "pyrate": _pyrate, "floor": _floor}[kind.split("-")[0]]
     asyncio.run(runner(spec))
 
 

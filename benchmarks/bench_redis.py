@@ -452,6 +452,12 @@ PEERS = {
 }
 
 
+FLOORS = {
+    "floor-coredis": "no limit: EVALSHA `return 1`, coredis (asyncio)",
+    "floor-redispy": "no limit: EVALSHA `return 1`, redis-py (asyncio)",
+}
+
+
 def peer_available(args: argparse.Namespace, kind: str) -> str | None:
     """Why *kind* cannot run here, or None."""
     if kind.startswith("limits-"):
@@ -466,8 +472,11 @@ def peer_available(args: argparse.Namespace, kind: str) -> str | None:
         if probe.returncode:
             return f"cannot import limits with {args.limits_python}"
         return None
-    if kind.startswith("pyrate-"):
-        for module in ("pyrate_limiter", "redis.asyncio"):
+    if kind.startswith(("pyrate-", "floor-redispy")):
+        modules = ["redis.asyncio"]
+        if kind.startswith("pyrate-"):
+            modules.insert(0, "pyrate_limiter")
+        for module in modules:
             with contextlib.suppress(ModuleNotFoundError):
                 if importlib.util.find_spec(module) is not None:
                     continue
@@ -517,6 +526,10 @@ def peers(args: argparse.Namespace) -> None:
                 print(
                     f"  {label}, {what}: {result['refused']:,} calls refused: {STORE}"
                 )
+    floors: dict[str, dict[str, Any]] = {}
+    for kind in FLOORS:
+        if peer_available(args, kind) is None:
+            floors[kind] = throughput(args, kind, quick, backend="asyncio")
     if not rows:
         return
     print(
@@ -528,6 +541,11 @@ def peers(args: argparse.Namespace) -> None:
             f"  {PEERS[kind]:62} {row['rate'] / RATE:11.3f} {row['1s']:11,.0f} "
             f"{row['100ms']:7,.0f} {row['calls']:8,.0f} {row['client_us']:19,.0f} "
             f"{row['server_us']:6,.0f}"
+        )
+    for kind, floor in floors.items():
+        print(
+            f"  {FLOORS[kind]:62} {'':11} {'':11} {'':7} {floor['calls']:8,.0f} "
+            f"{floor['client_us']:19,.0f} {floor['server_us']:6,.0f}"
         )
     ours = rows.get("layers-rate")
     if ours is None:
