@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -171,10 +171,10 @@ def run_fleet(url: str, backend: str, processes: int, seconds: float) -> bool:
             f"{result['calls'] / seconds:.1f}/s, "
             f"at most {result['most_here']} in flight here"
         )
-    calls = sum(result["calls"] for result in results)
+    calls: int = sum(result["calls"] for result in results)
     allowed = RATE * seconds + BURST
-    most = max(result["most_fleet"] for result in results)
-    fallbacks = sum(result["fallbacks"] for result in results)
+    most: int = max(result["most_fleet"] for result in results)
+    fallbacks: int = sum(result["fallbacks"] for result in results)
     print(
         f"  all {processes}: {calls} calls in {seconds:g} s = {calls / seconds:.1f}/s "
         f"(quota {RATE}/s, burst {BURST}: at most {allowed:.0f} calls)"
@@ -191,7 +191,7 @@ def run_fleet(url: str, backend: str, processes: int, seconds: float) -> bool:
 
 
 @contextmanager
-def redis_server() -> Iterator[str]:
+def redis_server() -> Generator[str]:
     """A throwaway redis-server on a free port in a temporary directory: its URL."""
     executable = shutil.which("redis-server")
     if executable is None:
