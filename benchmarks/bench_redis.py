@@ -509,7 +509,7 @@ def peers(args: argparse.Namespace) -> None:
             )
             fast = throughput(args, kind, quick, backend="asyncio")
         except WorkerFailed as error:
-            print(f"  {label}: failed: {str(error).strip()[-400:]}")
+            print(f"  {label}: could not run: {str(error).strip()[-400:]}")
             continue
         stamps = run["stamps"]
         rows[kind] = {
