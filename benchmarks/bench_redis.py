@@ -708,9 +708,11 @@ def concurrency(args: argparse.Namespace) -> None:
         f"  most in flight across the fleet: {most} (goal exactly {LIMIT}): "
         f"{verdict(most == LIMIT, 'concurrency: most in flight')}"
     )
+    busy = sum(leave - enter for enter, leave in intervals) / (LIMIT * seconds)
     print(
         f"  calls: {calls:,}, {calls / seconds:,.0f}/s (at most {LIMIT / hold:,.0f}/s "
-        f"with {hold * 1000:g} ms calls)"
+        f"with {hold * 1000:g} ms calls): the permits were inside a call "
+        f"{busy:.0%} of the time"
     )
     ttl = args.lease_ttl
     hog_spec = {
