@@ -8,7 +8,8 @@ Run::
                                      [--tasks T] [--fast-tasks T]
                                      [--backend mixed|asyncio|trio]
                                      [--lease L] [--lease-ttl SECONDS]
-                                     [--rounds N] [--redis-url URL]
+                                     [--rate R] [--rounds N]
+                                     [--redis-url URL]
                                      [--limits-python PATH]
 
 It starts its own ``redis-server`` (Debian's package) on a free port in a
@@ -20,10 +21,11 @@ figure is measured in this one run; ratios compare figures of the same
 run. Five parts:
 
 * **accuracy**: P processes (8) x T tasks (50) call in a loop through one
-  ``RateLimit(2000, burst=20)`` in wait mode with a ``RedisRateLimitStore``
-  for S seconds (10). Goals: the calls admitted are within 1 % of what
-  GCRA allows (``rate x S + burst``), never above it, and no 100 ms window
-  (at any offset) holds more than ``rate x 0.1 + burst = 220``. The
+  ``RateLimit(2000, burst=20)`` (``--rate``) in wait mode with a
+  ``RedisRateLimitStore`` for S seconds (10). Goals: the calls admitted
+  are within 1 % of what GCRA allows (``rate x S + burst``), never above
+  it, and no 100 ms window (at any offset) holds more than
+  ``rate x 0.1 + burst = 220``. The
   admission times are read in the inner call, in each process
   (``time.time()``: one clock on one machine). Also reported: round trips
   (the server's count of EVALSHA) per admitted call, and the CPU time per
@@ -333,13 +335,14 @@ BURST = 20
 
 def accuracy(args: argparse.Namespace) -> None:
     seconds = args.seconds
+    rate = args.rate
     print(
         f"accuracy: {args.processes} processes ({fleet_label(args.backend)}) x "
-        f"{args.tasks} tasks, RateLimit({RATE}/s, burst={BURST}) on Redis, "
+        f"{args.tasks} tasks, RateLimit({rate:g}/s, burst={BURST}) on Redis, "
         f"wait mode, {seconds:g} s"
     )
-    run = rate_fleet(args, "layers-rate", "accuracy", RATE, BURST, seconds)
-    allowed = RATE * seconds + BURST
+    run = rate_fleet(args, "layers-rate", "accuracy", rate, BURST, seconds)
+    allowed = rate * seconds + BURST
     admitted = run["admitted"]
     off = admitted / allowed - 1
     ok = abs(off) <= 0.01 and admitted <= allowed
@@ -349,7 +352,7 @@ def accuracy(args: argparse.Namespace) -> None:
         f"{verdict(ok, 'accuracy: aggregate')}"
     )
     window = busiest(run["stamps"], 0.1)
-    allowance = RATE * 0.1 + BURST
+    allowance = rate * 0.1 + BURST
     print(
         f"  busiest 100 ms window: {window} (allowance rate x 0.1 s + burst = "
         f"{allowance:.0f}): {verdict(window <= allowance, 'accuracy: 100 ms window')}"
@@ -757,6 +760,9 @@ def main() -> int:
         "--seconds", type=float, default=10.0, help="length of a timed run (10)"
     )
     parser.add_argument("--processes", type=int, default=8)
+    parser.add_argument(
+        "--rate", type=float, default=2000, help="the accuracy part's rate (2000/s)"
+    )
     parser.add_argument("--tasks", type=int, default=50, help="tasks per process")
     parser.add_argument(
         "--fast-tasks",
