@@ -232,7 +232,8 @@ class RedisConnection:
     ) -> Any:
         """Run *script* on the server: its reply, or :class:`~layers.StoreError`.
 
-        Under :attr:`timeout` and the caller's deadline, through the guard.
+        Under the connection's *timeout* and the caller's deadline, through
+        the guard.
         Cancellation passes through unchanged (coredis drops the reply of a
         cancelled command, so the connection stays usable).
         """
