@@ -10,8 +10,9 @@ layer whose store fails applies the store's policy (``"closed"``,
 from __future__ import annotations
 
 from .._public import publish as _publish
+from ._concurrency import RedisConcurrencyStore
 from ._connection import RedisConnection, default_guard
 
-__all__ = ["RedisConnection", "default_guard"]
+__all__ = ["RedisConcurrencyStore", "RedisConnection", "default_guard"]
 
 _publish(__name__, __all__)
