@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from .._public import publish as _publish
 from ._connection import RedisConnection, default_guard
+from ._ratelimit import RedisRateLimitStore
 
-__all__ = ["RedisConnection", "default_guard"]
+__all__ = ["RedisConnection", "RedisRateLimitStore", "default_guard"]
 
 _publish(__name__, __all__)
