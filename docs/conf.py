@@ -54,7 +54,7 @@ nitpick_ignore_regex = [
         r"(typing|typing_extensions|collections\.abc|contextvars|types|enum|"
         r"abc|datetime|logging|anyio|trio|asyncio|attrs|attr|structlog|"
         r"opentelemetry|httpx|sys|functools|inspect|contextlib|looptime|"
-        r"pytest|signal)(\..*)?",
+        r"pytest|signal|coredis)(\..*)?",
     ),
 ]
 

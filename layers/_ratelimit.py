@@ -72,7 +72,7 @@ from ._core import Service, mark_built
 from ._deadline import DEADLINE
 from ._errors import CallbackError, ConfigurationError, RateLimited, StoreError
 from ._observable import Observation
-from ._store import StoreHealth, StorePolicy
+from ._store import StoreHealth
 from .events import Event, Level
 
 __all__ = [
@@ -220,40 +220,34 @@ class SharedRateLimitStore(Protocol):
     mode (permits taken by the batch and spent locally, see :attr:`lease`);
     and the failure policy (:attr:`fail`) when ``take`` raises
     :class:`~layers.StoreError`.
-
-    Attributes:
-        name: The store's name in :class:`~layers.events.StoreFailed` and
-            :class:`~layers.events.StoreRecovered` events.
-        fail: What the layer does with a call when ``take`` raises
-            :class:`~layers.StoreError`: ``"closed"`` (refuse it with
-            :class:`~layers.StoreUnavailable`), ``"open"`` (admit it) or
-            ``"local"`` (decide it with a limit in this process, at
-            ``rate / processes`` with the same burst).
-        processes: The number of processes expected to share the limit,
-            for ``fail="local"`` (``None`` otherwise).
-        lease: ``None`` to ask the store for every call (exact), or the
-            number of permits (calls of cost 1) the process asks for at once
-            and then spends locally (see :class:`layers.redis.RedisRateLimitStore`).
     """
 
     @property
     def name(self) -> str:
-        """The store's name for events."""
+        """The store's name in the events of its failures and recoveries."""
         ...
 
     @property
-    def fail(self) -> StorePolicy:
-        """The failure policy: ``"closed"``, ``"open"`` or ``"local"``."""
+    def fail(self) -> Literal["closed", "open", "local"]:
+        """What the layer does with a call when ``take`` raises a StoreError.
+
+        ``"closed"`` refuses it with :class:`~layers.StoreUnavailable`,
+        ``"open"`` admits it, ``"local"`` decides it with a limit in this
+        process, at ``rate / processes`` with the same burst.
+        """
         ...
 
     @property
     def processes(self) -> int | None:
-        """The processes expected to share the limit (for ``fail="local"``)."""
+        """The number of processes expected to share the limit, for ``"local"``."""
         ...
 
     @property
     def lease(self) -> int | None:
-        """Permits taken per call of ``take`` in lease mode, or ``None`` (exact)."""
+        """The permits a process takes at once and spends locally, or ``None``.
+
+        ``None`` asks the store for every call (exact).
+        """
         ...
 
     async def take(

@@ -29,14 +29,14 @@ import hashlib
 import itertools
 import secrets
 from collections.abc import Hashable, Sequence
-from typing import Any, Final, cast, final
+from typing import Any, Final, Literal, cast, final
 from urllib.parse import quote, quote_from_bytes
 
 import anyio
 
 from .._config import check_int, check_name, fail_value
 from .._errors import CallbackError, ConfigurationError, StoreError
-from .._store import STORE_POLICIES, StorePolicy
+from .._store import STORE_POLICIES
 from ._connection import RedisConnection, finite
 
 __all__ = ["RedisRateLimitStore"]
@@ -315,7 +315,7 @@ class RedisRateLimitStore:
         redis: RedisConnection,
         *,
         name: str,
-        fail: StorePolicy = "closed",
+        fail: Literal["closed", "open", "local"] = "closed",
         processes: int | None = None,
         lease: int | None = None,
     ) -> None:
@@ -339,8 +339,8 @@ class RedisRateLimitStore:
         """The connection."""
         self.name = name
         """The limit's name in Redis keys and in events."""
-        self.fail: StorePolicy = fail
-        """The failure policy: ``"closed"``, ``"open"`` or ``"local"``."""
+        self.fail: Literal["closed", "open", "local"] = fail
+        """The failure policy, ``"closed"``, ``"open"`` or ``"local"``."""
         self.processes = processes
         """The processes expected to share the limit (for ``fail="local"``)."""
         self.lease = lease
