@@ -169,6 +169,18 @@ EVENTS: list[tuple[events.Event, str, str]] = [
         "warning",
         "per_key",
     ),
+    (
+        events.StoreFailed(
+            layer="l", store="layers", policy="closed", error="ConnectionError"
+        ),
+        "warning",
+        "store",
+    ),
+    (
+        events.StoreRecovered(layer="l", store="layers", down_for=1.5, fallbacks=4),
+        "info",
+        "store",
+    ),
 ]
 
 
