@@ -416,6 +416,39 @@ async def test_a_call_cancelled_while_its_command_is_in_flight_takes_nothing(
         with pytest.raises(layers.RateLimited):
             await service(4)
 
+        # The head of a local queue (lease mode: only the head asks), cut
+        # short: its place goes to the next call, which gets the permits.
+        leased = RedisRateLimitStore(redis, name="flight-lease", lease=2)
+        limit = layers.RateLimit(10, burst=2, store=leased)
+        service = limit.layer(echo)
+        head = anyio.CancelScope()
+        admitted: list[float] = []
+
+        async def first() -> None:
+            with head:
+                await service(1)
+
+        async def second() -> None:
+            await service(2)
+            admitted.append(anyio.current_time())
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(
+                anyio.to_thread.run_sync, redis_server.command, "EVAL", BUSY, "0", "0.3"
+            )
+            await anyio.sleep(0.05)
+            group.start_soon(first)  # its take waits in the server's queue
+            await anyio.sleep(0.02)
+            group.start_soon(second)  # queued behind it here
+            await anyio.sleep(0.02)
+            assert limit.statistics().waiting == 2
+            head.cancel()
+            busy_until = anyio.current_time() + 0.3
+        # 2 took the whole lease as soon as the server answered: 1 took none
+        assert admitted[0] < busy_until
+        assert limit.statistics().waiting == 0
+        assert leased.round_trips == 3  # 1's take and void, 2's take
+
 
 async def test_lease_mode_takes_permits_by_the_batch(redis: RedisConnection) -> None:
     """lease=n: one round trip takes up to n permits, spent locally."""
