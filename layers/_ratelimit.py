@@ -1338,10 +1338,11 @@ class RateLimit:
                 if now + wait > limit:
                     own = wait - (need - (cost - left)) * interval
                     if whole and now + own <= limit:
-                        # A whole lease would come too late; the call's own
-                        # share would not: ask for that (and what fits).
+                        # A whole lease would come too late (and the store
+                        # gave no turn for it); the call's own share would
+                        # not: ask for that (and what fits) then.
                         whole = False
-                        due, waited = base_time() + own, True
+                        due, waited = base_time() + own, False
                         continue
                     # Other processes took the capacity: the wait no longer fits.
                     self._reject(wait, cost, "deadline" if by_deadline else "max_wait")

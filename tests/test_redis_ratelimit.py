@@ -473,6 +473,18 @@ async def test_lease_mode_takes_permits_by_the_batch(redis: RedisConnection) -> 
     assert 0.14 <= anyio.current_time() - start < 0.4
     assert waiting.round_trips <= 2 * 4
 
+    # A whole lease that max_wait cannot cover: the call waits for its own
+    # permit instead (and takes what fits), rather than being refused.
+    short = RedisRateLimitStore(redis, name="lease-short", lease=4)
+    limit = layers.RateLimit(10, burst=4, max_wait=0.15, store=short)
+    service = limit.layer(echo)
+    for i in range(4):
+        await service(i)  # one lease of 4
+    start = anyio.current_time()
+    await service(4)  # a lease of 4 in 0.4 s; its own permit in 0.1 s
+    assert 0.09 <= anyio.current_time() - start < 0.15
+    assert short.round_trips == 3
+
 
 # ---------------------------------------------------------- several processes
 
