@@ -56,6 +56,9 @@ nitpick_ignore_regex = [
         r"opentelemetry|httpx|sys|functools|inspect|contextlib|looptime|"
         r"pytest|signal|coredis)(\..*)?",
     ),
+    # The seam between ConcurrencyLimit and its shared store: not public
+    # (RedisConcurrencyStore is the one store), but it types store=.
+    (r"py:class", r"layers\._concurrency\.ConcurrencyStore"),
 ]
 
 # Builtins (int, float, TimeoutError, ...): listed by name, so that a bare

@@ -86,7 +86,7 @@ from ._backoff import BackoffSpec
 from ._breaker import CircuitBreaker, CircuitBreakerOptions
 from ._budget import RetryBudget
 from ._classify import Classification
-from ._concurrency import ConcurrencyLimit
+from ._concurrency import ConcurrencyLimit, ConcurrencyStore
 from ._core import (
     Identity,
     Layer,
@@ -467,21 +467,32 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
         *,
         max_waiting: int | None = None,
         max_wait: float | None = None,
+        store: ConcurrencyStore | None = None,
         name: str = "concurrency_limit",
     ) -> ServiceBuilder[InReq, InRes, OutReq, OutRes]:
         """Add a new :class:`~layers.ConcurrencyLimit` of *max_in_flight* calls.
 
-        The options are the layer's. The layer object is made now, so every
-        service built from this builder shares the same permits.
+        The options are the layer's (``store=`` a
+        :class:`~layers.redis.RedisConcurrencyStore` shares the permits
+        across processes). The layer object is made now, so every service
+        built from this builder shares the same permits.
         """
         return self._add(
             ConcurrencyLimit(
-                max_in_flight, max_waiting=max_waiting, max_wait=max_wait, name=name
+                max_in_flight,
+                max_waiting=max_waiting,
+                max_wait=max_wait,
+                store=store,
+                name=name,
             )
         )
 
     def load_shed(
-        self, max_in_flight: int, *, name: str = "load_shed"
+        self,
+        max_in_flight: int,
+        *,
+        store: ConcurrencyStore | None = None,
+        name: str = "load_shed",
     ) -> ServiceBuilder[InReq, InRes, OutReq, OutRes]:
         """Add load shedding: refuse at once what finds *max_in_flight* calls inside.
 
@@ -490,9 +501,12 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
         raise :class:`~layers.Overloaded` without calling the inner service.
         (Tower's ``load_shed()`` sheds when the inner service is not ready;
         in ``layers`` a service has no readiness, so the bound is given
-        here.)
+        here.) With ``store=`` a :class:`~layers.redis.RedisConcurrencyStore`,
+        the *max_in_flight* calls are counted across processes.
         """
-        return self._add(ConcurrencyLimit(max_in_flight, max_waiting=0, name=name))
+        return self._add(
+            ConcurrencyLimit(max_in_flight, max_waiting=0, store=store, name=name)
+        )
 
     def retry(
         self, on: Classification, **options: Unpack[RetryOptions]

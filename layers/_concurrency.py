@@ -22,23 +22,44 @@ cost O(1) (amortized), cancelling many waiters costs the same in any
 order, and the queue never holds more than twice the live waiters (plus
 64). An ordered dict would do the same with less code, but it made every
 queued call about 5 % slower under contention than a deque.
+
+With a shared store (:class:`layers.redis.RedisConcurrencyStore`) the
+permits live in the store, and ``layer()`` builds another closure, so the
+in-memory one above keeps its cost. A call asks the store for a permit of
+its own id; when every permit is in use it queues in this process, first
+come first served, and only the first waiter (the head) asks the store
+again: when the store says a permit was released (in any process) or at
+the re-check time the store gives. The head hands its position on as it
+leaves. When the store fails, its policy decides: refuse
+(:class:`~layers.StoreUnavailable`), admit, or take a permit of the
+in-memory limit above, sized ``max_in_flight // processes``.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from typing import ClassVar, Literal, NoReturn, TypeVar, final
+from typing import (
+    Any,
+    ClassVar,
+    Literal,
+    NoReturn,
+    Protocol,
+    TypeVar,
+    final,
+    runtime_checkable,
+)
 
 import anyio
 import attrs
 
 from . import events
 from ._backend import Waiter, new_waiter
-from ._config import int_at_least, name_value, optional_positive_seconds
+from ._config import fail, int_at_least, name_value, optional_positive_seconds
 from ._core import Service, mark_built
-from ._errors import Overloaded
+from ._errors import Overloaded, StoreError
 from ._observable import Observation
+from ._store import StoreHealth, StorePolicy
 from .events import Event, Level
 
 __all__ = [
@@ -57,6 +78,73 @@ _optional_queue_bound = int_at_least(
 )
 _optional_seconds = optional_positive_seconds
 _name = name_value
+
+
+@runtime_checkable
+class ConcurrencyStore(Protocol):
+    """Where a shared :class:`ConcurrencyLimit` keeps its permits.
+
+    :class:`layers.redis.RedisConcurrencyStore` is the one store; this is
+    the seam the layer speaks to (not a public interface yet). A permit is
+    an id the layer makes (:meth:`permit`), so that asking for the same
+    one twice is harmless.
+    """
+
+    @property
+    def label(self) -> str:
+        """The store's name for events and errors."""
+        ...
+
+    @property
+    def policy(self) -> StorePolicy:
+        """What the layer does when the store fails."""
+        ...
+
+    @property
+    def processes(self) -> int | None:
+        """The expected number of processes (for the ``"local"`` policy)."""
+        ...
+
+    @property
+    def changes(self) -> int:
+        """A count that grows when a permit may have come free."""
+        ...
+
+    def start(self) -> None:
+        """Start the store's background work if it is not running (cheap)."""
+        ...
+
+    def permit(self) -> str:
+        """A new permit id, unique across processes."""
+        ...
+
+    async def acquire(self, permit: str, limit: int) -> tuple[bool, float]:
+        """Take *permit* if fewer than *limit* are held.
+
+        Returns ``(True, free permits left)`` or ``(False, seconds until
+        the next re-check)``; raises :class:`~layers.StoreError`. A permit
+        taken is held (and renewed) until :meth:`release`; a call cancelled
+        or failed in between leaves nothing held.
+        """
+        ...
+
+    async def release(self, permit: str) -> None:
+        """Give *permit* back now (never raises; shielded from cancellation)."""
+        ...
+
+    async def changed(self, since: int, at_most: float) -> None:
+        """Return when :attr:`changes` differs from *since*, or after *at_most* s."""
+        ...
+
+
+def _store(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, ConcurrencyStore):
+        fail(
+            instance,
+            attribute,
+            value,
+            "None or a shared concurrency store (layers.redis.RedisConcurrencyStore)",
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -93,12 +181,16 @@ class ConcurrencyLimitStatistics:
         waiting: Calls waiting in the queue now.
         rejected: Calls refused with :class:`~layers.Overloaded`, so far.
         max_in_flight: The limit.
+        store_fallbacks: Calls decided by the store's failure policy
+            (refused, admitted, or given a local permit because the shared
+            store failed), so far; always 0 without a store.
     """
 
     in_flight: int
     waiting: int
     rejected: int
     max_in_flight: int
+    store_fallbacks: int = 0
 
 
 @final
@@ -153,6 +245,77 @@ class _State:
 
 
 @final
+class _Queue:
+    """The calls of this process waiting for a shared permit, first come first served.
+
+    Only the first live waiter, the head, asks the store; it is woken when
+    it reaches the front and wakes the next one as it leaves. Waiters that
+    give up before their turn are marked as gone, as in :class:`_State`.
+    """
+
+    __slots__ = ("gone", "waiters")
+
+    def __init__(self) -> None:
+        self.waiters: deque[Waiter] = deque()
+        self.gone: set[Waiter] = set()
+
+    def live(self) -> int:
+        """The waiters that have not given up (the head included)."""
+        return len(self.waiters) - len(self.gone)
+
+    def join(self) -> Waiter:
+        """Queue a new waiter; woken at once if it is the head."""
+        waiter = new_waiter()
+        self.waiters.append(waiter)
+        if len(self.waiters) - len(self.gone) == 1:
+            waiter.wake()
+        return waiter
+
+    def leave(self, waiter: Waiter) -> None:
+        """*waiter* leaves: the head (woken) passes its position on."""
+        waiters = self.waiters
+        gone = self.gone
+        if waiter.woken:
+            # The head is the first waiter that is not gone.
+            while waiters[0] is not waiter:
+                gone.remove(waiters.popleft())
+            waiters.popleft()
+            while waiters:
+                first = waiters[0]
+                if first in gone:
+                    gone.remove(waiters.popleft())
+                    continue
+                first.wake()
+                break
+            return
+        gone.add(waiter)
+        if len(gone) > 64 and 2 * len(gone) > len(waiters):
+            live = [w for w in waiters if w not in gone]
+            waiters.clear()
+            waiters.extend(live)
+            gone.clear()
+
+
+@final
+class _Shared:
+    """The part of a ConcurrencyLimit with a shared store that lives here.
+
+    The layer's :class:`_State` serves as the local limit of the
+    ``"local"`` policy.
+    """
+
+    __slots__ = ("handoff", "health", "in_flight", "queue")
+
+    def __init__(self, health: StoreHealth) -> None:
+        self.in_flight = 0
+        """Calls of this process holding a store permit, or admitted by "open"."""
+        self.queue = _Queue()
+        self.health = health
+        self.handoff: int | None = None
+        """The store's change count when the last head took the last free permit."""
+
+
+@final
 @attrs.frozen(eq=False)
 class ConcurrencyLimit:
     """Let at most *max_in_flight* calls run inside at once; queue the others.
@@ -181,12 +344,31 @@ class ConcurrencyLimit:
     same *max_in_flight* permits (a bulkhead around one downstream). A
     success path with a free permit adds no checkpoint and no await.
 
+    **Shared across processes.** With ``store=``
+    :class:`~layers.redis.RedisConcurrencyStore`, the *max_in_flight*
+    permits live in Redis and hold for every process that uses the same
+    store name (give them all the same *max_in_flight*). A permit is a
+    lease that this process renews while the call runs, so the permits of
+    a process that crashed come back within the store's ``lease_ttl``, and
+    a call gives its permit back as it ends (one more round trip). Calls
+    wait in a queue per process, first come first served within the
+    process; across processes, whoever asks first after a release gets the
+    permit (no global order). *max_waiting* bounds this process's queue,
+    and *max_wait* applies as in memory. When Redis fails, the store's
+    ``fail=`` policy decides (see
+    :class:`~layers.redis.RedisConcurrencyStore`); those calls count in
+    ``statistics().store_fallbacks``.
+
     Args:
-        max_in_flight: The most calls inside at once, an int >= 1.
+        max_in_flight: The most calls inside at once, an int >= 1 (across
+            every process, with a shared store).
         max_waiting: The most calls waiting, an int >= 0, or ``None`` (the
-            default) for no bound.
+            default) for no bound (in this process, with a shared store).
         max_wait: The longest a call waits for a permit, in seconds, or
             ``None`` (the default) for no bound.
+        store: ``None`` (the default) to keep the permits in this layer
+            object, or a :class:`~layers.redis.RedisConcurrencyStore` to
+            share them across processes.
         name: A name for events and errors (default ``"concurrency_limit"``).
 
     Raises:
@@ -221,19 +403,44 @@ class ConcurrencyLimit:
     max_wait: float | None = attrs.field(
         default=None, kw_only=True, validator=_optional_seconds
     )
+    store: ConcurrencyStore | None = attrs.field(
+        default=None, kw_only=True, validator=_store
+    )
     name: str = attrs.field(default="concurrency_limit", kw_only=True, validator=_name)
     _state: _State = attrs.field(init=False, factory=_State, repr=False)
+    _shared: _Shared | None = attrs.field(init=False, default=None, repr=False)
     kind = "concurrency_limit"
     """The kind of layer, for events and metrics (:class:`~layers.Observable`)."""
 
+    def __attrs_post_init__(self) -> None:
+        store = self.store
+        if store is not None:
+            health = StoreHealth(self.name, store.label, store.policy)
+            object.__setattr__(self, "_shared", _Shared(health))
+
+    def _in_flight(self) -> int:
+        shared = self._shared
+        in_flight = self._state.in_flight
+        return in_flight if shared is None else in_flight + shared.in_flight
+
+    def _waiting(self) -> int:
+        shared = self._shared
+        waiting = self._state.waiting()
+        return waiting if shared is None else waiting + shared.queue.live()
+
     def statistics(self) -> ConcurrencyLimitStatistics:
-        """A snapshot of the counters (see :class:`ConcurrencyLimitStatistics`)."""
-        state = self._state
+        """A snapshot of the counters (see :class:`ConcurrencyLimitStatistics`).
+
+        With a shared store, ``in_flight`` and ``waiting`` count the calls
+        of this process (the store's permits are shared by all of them).
+        """
+        shared = self._shared
         return ConcurrencyLimitStatistics(
-            in_flight=state.in_flight,
-            waiting=state.waiting(),
-            rejected=state.rejected,
+            in_flight=self._in_flight(),
+            waiting=self._waiting(),
+            rejected=self._state.rejected,
             max_in_flight=self.max_in_flight,
+            store_fallbacks=0 if shared is None else shared.health.fallbacks,
         )
 
     def observe(self) -> Observation:
@@ -241,18 +448,24 @@ class ConcurrencyLimit:
 
         Always ``HEALTHY`` itself (a health check turns ``degraded`` on
         refusals); ``in_flight``, ``waiting`` and ``rejected`` as in
-        :meth:`statistics`, and the figure ``max_in_flight``.
+        :meth:`statistics`, and the figure ``max_in_flight`` (with a shared
+        store, also ``store_fallbacks``).
         """
-        state = self._state
+        shared = self._shared
+        figures: dict[str, int | float | None] = {"max_in_flight": self.max_in_flight}
+        if shared is not None:
+            figures["store_fallbacks"] = shared.health.fallbacks
         return Observation(
-            in_flight=state.in_flight,
-            waiting=state.waiting(),
-            rejected=state.rejected,
-            figures={"max_in_flight": self.max_in_flight},
+            in_flight=self._in_flight(),
+            waiting=self._waiting(),
+            rejected=self._state.rejected,
+            figures=figures,
         )
 
     def layer(self, inner: Service[Req, Res], /) -> Service[Req, Res]:
         """Wrap *inner* in this limit (shared with every service it wraps)."""
+        if self.store is not None:
+            return self._shared_layer(inner, self.store)
         state = self._state
         waiters = state.waiters
         gone = state.gone
@@ -298,9 +511,135 @@ class ConcurrencyLimit:
 
         return mark_built(concurrency_limit, self, inner)
 
+    def _shared_layer(
+        self, inner: Service[Req, Res], store: ConcurrencyStore, /
+    ) -> Service[Req, Res]:
+        """The service for a shared store: a closure of its own (module docs)."""
+        shared = self._shared
+        assert shared is not None  # made with the store
+        state = self._state  # the local limit of the "local" policy
+        queue = shared.queue
+        health = shared.health
+        limit = self.max_in_flight
+        local_limit = max(1, limit // (store.processes or 1))
+        reject = self._reject
+        max_wait = self.max_wait
+        max_waiting = math.inf if self.max_waiting is None else self.max_waiting
+
+        async def run_local(request: Req, give_up: float) -> Res:
+            # The "local" policy: the in-memory limit, sized for this process.
+            if state.in_flight < local_limit:
+                state.in_flight += 1
+            else:
+                if queue.live() + state.waiting() >= max_waiting:
+                    reject("queue_full")
+                waiter = new_waiter()
+                state.waiters.append(waiter)
+                try:
+                    with anyio.CancelScope(deadline=give_up):
+                        await waiter.wait()
+                except BaseException:
+                    state.leave(waiter)
+                    raise
+                if not waiter.woken:
+                    state.leave(waiter)
+                    reject("max_wait")
+            try:
+                return await inner(request)
+            finally:
+                state.release()
+
+        async def fallback(request: Req, error: StoreError, give_up: float) -> Res:
+            policy = health.failed(error)
+            if policy == "closed":
+                health.refuse(error)
+            if policy == "local":
+                return await run_local(request, give_up)
+            shared.in_flight += 1
+            try:
+                return await inner(request)
+            finally:
+                shared.in_flight -= 1
+
+        async def wait(
+            permit: str, seen: int | None, recheck: float
+        ) -> StoreError | None:
+            # Queue in this process; as the head, ask the store until it grants
+            # the permit (None) or fails (the error, for the policy).
+            waiter = queue.join()
+            try:
+                await waiter.wait()
+                if seen is None:
+                    seen, shared.handoff = shared.handoff, None
+                while True:
+                    if seen is not None:
+                        await store.changed(seen, recheck)
+                    seen = store.changes
+                    try:
+                        granted, figure = await store.acquire(permit, limit)
+                    except StoreError as error:
+                        return error
+                    if health.failing_since is not None:
+                        health.answered()
+                    if granted:
+                        # It took the last free permit: the next head waits
+                        # for a release before it asks.
+                        shared.handoff = seen if figure <= 0 else None
+                        return None
+                    recheck = figure
+            finally:
+                queue.leave(waiter)
+
+        async def concurrency_limit(request: Req, /) -> Res:
+            store.start()
+            permit = store.permit()
+            seen: int | None = None
+            recheck = math.inf  # the store's own bound
+            if not queue.live():
+                seen = store.changes
+                try:
+                    granted, figure = await store.acquire(permit, limit)
+                except StoreError as error:
+                    give_up = (
+                        math.inf
+                        if max_wait is None
+                        else anyio.current_time() + max_wait
+                    )
+                    return await fallback(request, error, give_up)
+                if health.failing_since is not None:
+                    health.answered()
+                if granted:
+                    shared.in_flight += 1
+                    try:
+                        return await inner(request)
+                    finally:
+                        shared.in_flight -= 1
+                        await store.release(permit)
+                recheck = figure
+            if queue.live() + state.waiting() >= max_waiting:
+                reject("queue_full")
+            give_up = math.inf if max_wait is None else anyio.current_time() + max_wait
+            failure: StoreError | None = None
+            with anyio.CancelScope(deadline=give_up) as scope:
+                failure = await wait(permit, seen, recheck)
+            if failure is not None:
+                return await fallback(request, failure, give_up)
+            if scope.cancelled_caught:
+                reject("max_wait")
+            shared.in_flight += 1
+            try:
+                return await inner(request)
+            finally:
+                shared.in_flight -= 1
+                await store.release(permit)
+
+        return mark_built(concurrency_limit, self, inner)
+
     def _reject(self, reason: Literal["queue_full", "max_wait"]) -> NoReturn:
         state = self._state
         state.rejected += 1
+        if self._shared is not None:
+            self._reject_shared(reason)
         waiting = state.waiting()
         if events.STATE.sinks:
             events.emit(
@@ -321,5 +660,32 @@ class ConcurrencyLimit:
             message = (
                 f"concurrency limit {self.name!r} is full: {state.in_flight} calls "
                 f"in flight, {waiting} waiting"
+            )
+        raise Overloaded(message, layer=self.name, reason=reason)
+
+    def _reject_shared(self, reason: Literal["queue_full", "max_wait"]) -> NoReturn:
+        # The rejection of a limit with a shared store: its own words.
+        in_flight = self._in_flight()
+        waiting = self._waiting()
+        if events.STATE.sinks:
+            events.emit(
+                ConcurrencyLimitRejected(
+                    layer=self.name,
+                    reason=reason,
+                    max_in_flight=self.max_in_flight,
+                    waiting=waiting,
+                )
+            )
+        if reason == "max_wait":
+            message = (
+                f"concurrency limit {self.name!r}: no permit within "
+                f"max_wait={self.max_wait:g} s ({self.max_in_flight} permits shared "
+                f"across processes; here {in_flight} in flight, {waiting} waiting)"
+            )
+        else:
+            message = (
+                f"concurrency limit {self.name!r} is full: its {self.max_in_flight} "
+                f"permits shared across processes are in use (here {in_flight} "
+                f"in flight, {waiting} waiting)"
             )
         raise Overloaded(message, layer=self.name, reason=reason)

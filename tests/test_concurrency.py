@@ -517,7 +517,7 @@ def test_repr_and_identity() -> None:
     limit = layers.ConcurrencyLimit(3, max_waiting=5)
     assert repr(limit) == (
         "ConcurrencyLimit(max_in_flight=3, max_waiting=5, max_wait=None, "
-        "name='concurrency_limit')"
+        "store=None, name='concurrency_limit')"
     )
     assert limit != layers.ConcurrencyLimit(3, max_waiting=5)
 

@@ -77,7 +77,7 @@ def test_api_reference_lists_every_public_name() -> None:
 
 
 @pytest.mark.parametrize(
-    "module_name", ["events", "otel", "health", "asgi", "httpx", "redis", "testing"]
+    "module_name", ["events", "otel", "health", "asgi", "httpx", "testing", "redis"]
 )
 def test_api_reference_lists_every_public_name_of_the_submodules(
     module_name: str,

@@ -169,3 +169,67 @@ async def test_the_callers_deadline_bounds_a_command(redis: RedisConnection) -> 
     # The caller's deadline is not Redis's failure: the guard did not count it.
     assert redis.guard.statistics().consecutive_failures == 0
     await anyio.sleep(0.3)
+
+
+async def test_a_connection_owns_a_task_group_for_background_work(
+    redis_url: str,
+) -> None:
+    """Entered, it runs background work until its block ends, then cancels it."""
+    ran = anyio.Event()
+    ended: list[str] = []
+
+    async def background(label: str) -> None:
+        ran.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            ended.append(label)
+
+    async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
+        connection = RedisConnection(client)
+        assert not connection.entered
+        with pytest.raises(RuntimeError, match=r"async with RedisConnection\(client\)"):
+            connection.start_soon(background, "early")
+        async with connection as entered:
+            assert entered is connection
+            assert connection.entered
+            with pytest.raises(RuntimeError, match="already entered"):
+                await connection.__aenter__()
+            connection.start_soon(background, "work")
+            with anyio.fail_after(5):
+                await ran.wait()
+            assert ended == []
+        assert ended == ["work"]
+        assert not connection.entered
+        async with connection:  # once left, it may be entered again
+            assert connection.entered
+
+
+async def test_from_url_enters_the_connection(redis_url: str) -> None:
+    """RedisConnection.from_url gives a connection that is already entered."""
+    async with RedisConnection.from_url(redis_url) as redis:
+        assert redis.entered
+    assert not redis.entered
+
+
+async def test_cancelled_while_connecting_is_a_cancellation_not_a_store_error(
+    redis: RedisConnection, redis_url: str
+) -> None:
+    """A cancellation while coredis opens a connection is not Redis failing.
+
+    coredis reports it as a ConnectionError; the connection lets the
+    caller's cancellation through instead, and its guard does not count it.
+    """
+    busy = redis.script(SLOW)
+    async with RedisConnection.from_url(redis_url, timeout=1.0) as fresh:
+        echo = fresh.script("return ARGV[1]")
+        async with anyio.create_task_group() as group:
+            # Redis runs one script at a time: the new connection's
+            # handshake waits behind this one.
+            group.start_soon(redis.run, busy, [redis.key("t", "busy")], [0.2])
+            await anyio.sleep(0.03)
+            with anyio.move_on_after(0.05) as scope:
+                await fresh.run(echo, [fresh.key("t", "e")], ["x"])
+            assert scope.cancelled_caught
+        assert fresh.guard.statistics().consecutive_failures == 0
+        assert await fresh.run(echo, [fresh.key("t", "e")], ["y"]) == "y"

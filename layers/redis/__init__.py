@@ -10,9 +10,15 @@ layer whose store fails applies the store's policy (``"closed"``,
 from __future__ import annotations
 
 from .._public import publish as _publish
+from ._concurrency import RedisConcurrencyStore
 from ._connection import RedisConnection, default_guard
 from ._ratelimit import RedisRateLimitStore
 
-__all__ = ["RedisConnection", "RedisRateLimitStore", "default_guard"]
+__all__ = [
+    "RedisConcurrencyStore",
+    "RedisConnection",
+    "RedisRateLimitStore",
+    "default_guard",
+]
 
 _publish(__name__, __all__)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncGenerator, Sequence
-from typing import Any, TypeAlias, cast
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
+from types import TracebackType
+from typing import Any, TypeAlias, TypeVarTuple, cast
 
 import anyio
+import anyio.lowlevel
 import coredis
 import coredis.exceptions
+from anyio.abc import TaskGroup
 from coredis.commands.script import Script
 from coredis.retry import NoRetryPolicy
 
@@ -25,6 +28,8 @@ Client: TypeAlias = "coredis.Redis[Any] | coredis.RedisCluster[Any]"
 """A coredis client: a single server (or sentinel-managed) or a cluster."""
 
 Value: TypeAlias = "str | bytes | int | float"
+
+PosArgs = TypeVarTuple("PosArgs")
 
 # What a failing Redis raises through coredis: its own errors, the socket's,
 # and the timeout of our own scope.
@@ -73,6 +78,20 @@ class RedisConnection:
     Keys are ``<prefix>:<kind>:{<name>}...``: the part in braces is a
     Redis Cluster hash tag, so the keys of one limit share a slot.
 
+    A connection is also an async context manager that owns a task group
+    for the shared layers' background work (the renewal of the permits of
+    a :class:`~layers.redis.RedisConcurrencyStore`, its subscription to
+    releases). :meth:`from_url` enters it for you; with a client of your
+    own, enter the connection too, for as long as the layers are used::
+
+        async with coredis.Redis(...) as client:
+            async with RedisConnection(client) as redis:
+                ...
+
+    Leaving the block cancels the background work. A store that needs it
+    raises :class:`RuntimeError` when used with a connection that is not
+    entered. A connection may be entered once at a time.
+
     Args:
         client: A coredis client, already entered.
         prefix: The first part of every key (a non-empty string).
@@ -86,7 +105,7 @@ class RedisConnection:
         ConfigurationError: An argument is of the wrong type or out of range.
     """
 
-    __slots__ = ("_guarded", "client", "guard", "prefix", "timeout")
+    __slots__ = ("_group", "_guarded", "client", "guard", "prefix", "timeout")
 
     def __init__(
         self,
@@ -114,6 +133,58 @@ class RedisConnection:
         self.guard = default_guard() if guard is None else guard
         self._guarded: Service[tuple[Script[Any], Sequence[str], Sequence[Value]], Any]
         self._guarded = self.guard.layer(self._evalsha)
+        self._group: TaskGroup | None = None
+
+    async def __aenter__(self) -> RedisConnection:
+        """Open the task group for background work (see the class docs)."""
+        if self._group is not None:
+            raise RuntimeError(f"{self!r} is already entered")
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        self._group = group
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        """Cancel the background work and wait for it to end."""
+        group, self._group = self._group, None
+        if group is None:
+            return None
+        group.cancel_scope.cancel()
+        return await group.__aexit__(exc_type, exc, traceback)
+
+    @property
+    def entered(self) -> bool:
+        """Whether the connection is entered (its background work can run)."""
+        return self._group is not None
+
+    def start_soon(
+        self,
+        function: Callable[[*PosArgs], Coroutine[Any, Any, object]],
+        *args: *PosArgs,
+        name: str | None = None,
+    ) -> None:
+        """Run *function* in the background until the connection's block ends.
+
+        The shared stores start their background work with it. *function*
+        must not raise (an exception would end the connection's block).
+
+        Raises:
+            RuntimeError: The connection is not entered.
+        """
+        group = self._group
+        if group is None:
+            raise RuntimeError(
+                f"{self!r} is not entered, so it cannot run background work: "
+                "use `async with RedisConnection(client) as redis:` around the "
+                "code that uses the shared layers (RedisConnection.from_url(url) "
+                "enters it for you)"
+            )
+        group.start_soon(function, *args, name=name)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -138,8 +209,11 @@ class RedisConnection:
         client: coredis.Redis[Any] = coredis.Redis.from_url(
             url, decode_responses=True, retry_policy=NoRetryPolicy()
         )
-        async with client:
-            yield cls(client, prefix=prefix, timeout=timeout, guard=guard)
+        async with (
+            client,
+            cls(client, prefix=prefix, timeout=timeout, guard=guard) as connection,
+        ):
+            yield connection
 
     def key(self, kind: str, name: str, *rest: str) -> str:
         """The key ``<prefix>:<kind>:{<name>}[:<rest>...]`` (``{...}``: a hash tag)."""
@@ -158,7 +232,8 @@ class RedisConnection:
     ) -> Any:
         """Run *script* on the server: its reply, or :class:`~layers.StoreError`.
 
-        Under :attr:`timeout` and the caller's deadline, through the guard.
+        Under the connection's *timeout* and the caller's deadline, through
+        the guard.
         Cancellation passes through unchanged (coredis drops the reply of a
         cancelled command, so the connection stays usable).
         """
@@ -187,6 +262,10 @@ class RedisConnection:
                 )
                 return reply  # pyright: ignore[reportUnknownVariableType]
         except _FAILURES as error:
+            # coredis reports a cancellation that arrives while it opens a
+            # connection as a ConnectionError: if the caller was cancelled,
+            # let that cancellation through instead (it is not Redis's fault).
+            await anyio.lowlevel.checkpoint_if_cancelled()
             kind = "timed out" if isinstance(error, TimeoutError) else "failed"
             raise StoreError(
                 f"a Redis command {kind} ({type(error).__name__})", store=self.prefix
