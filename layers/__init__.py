@@ -61,6 +61,7 @@ from ._ratelimit import (
     RateLimit,
     RateLimitStatistics,
     RateLimitStore,
+    SharedRateLimitStore,
 )
 from ._retry import (
     Retry,
@@ -139,6 +140,7 @@ __all__ = [
     "RetryOptions",
     "Service",
     "ServiceBuilder",
+    "SharedRateLimitStore",
     "ShutdownReport",
     "ShuttingDown",
     "Sink",

@@ -98,7 +98,7 @@ from ._core import (
     wrap_in,
 )
 from ._errors import ConfigurationError
-from ._ratelimit import Mode, RateLimit, RateLimitStore
+from ._ratelimit import Mode, RateLimit, RateLimitStore, SharedRateLimitStore
 from ._retry import Retry
 from ._timeout import Timeout
 from ._transforms import (
@@ -437,7 +437,7 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
         key: Callable[[Any], Hashable] | None = None,
         max_keys: int | None = None,
         cost: Callable[[Any], float] | None = None,
-        store: RateLimitStore | None = None,
+        store: RateLimitStore | SharedRateLimitStore | None = None,
         name: str = "rate_limit",
     ) -> ServiceBuilder[InReq, InRes, OutReq, OutRes]:
         """Add a new :class:`~layers.RateLimit`: *rate* calls per *period*.

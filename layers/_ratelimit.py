@@ -24,13 +24,21 @@ Waiting callers queue per key in arrival order. Only the first waiter (the
 head) looks at the clock: it sleeps until its call fits, takes it, and hands
 the head position to the next one. A newcomer that finds a queue joins it
 even when the limit would admit it, so nobody is overtaken.
+
+A store shared by several processes (:class:`SharedRateLimitStore`, such as
+:class:`layers.redis.RedisRateLimitStore`) keeps the same GCRA state on a
+server, on the server's clock; its ``take`` is a coroutine. ``layer()``
+builds a service of its own for it (see ``_shared_service``), so the
+in-memory services above keep their cost.
 """
 
 from __future__ import annotations
 
 import heapq
+import inspect
 import math
 import numbers
+import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from typing import (
@@ -62,8 +70,9 @@ from ._config import (
 )
 from ._core import Service, mark_built
 from ._deadline import DEADLINE
-from ._errors import CallbackError, ConfigurationError, RateLimited
+from ._errors import CallbackError, ConfigurationError, RateLimited, StoreError
 from ._observable import Observation
+from ._store import StoreHealth
 from .events import Event, Level
 
 __all__ = [
@@ -73,6 +82,7 @@ __all__ = [
     "RateLimitStatistics",
     "RateLimitStore",
     "RateLimitWaited",
+    "SharedRateLimitStore",
 ]
 
 Req = TypeVar("Req")
@@ -81,6 +91,9 @@ Res = TypeVar("Res")
 Mode = Literal["wait", "reject"]
 
 DEFAULT_MAX_KEYS: Final = 10_000
+
+# The most jitter a waiter of a shared limit adds to the wait it was told.
+_JITTER: Final = 0.001
 
 
 # ------------------------------------------------------------------ validation
@@ -99,17 +112,31 @@ def _mode(instance: object, attribute: attrs.Attribute[Any], value: object) -> N
         fail(instance, attribute, value, "'wait' or 'reject'")
 
 
+def is_shared_store(value: object) -> bool:
+    """Whether *value* is a :class:`SharedRateLimitStore`: its ``take`` is async."""
+    return inspect.iscoroutinefunction(getattr(value, "take", None)) and all(
+        hasattr(value, name) for name in ("name", "fail", "processes", "lease")
+    )
+
+
 def _store(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and not (
-        callable(getattr(value, "take", None))
+    if value is None or is_shared_store(value):
+        return
+    take = getattr(value, "take", None)
+    if (
+        callable(take)
+        and not inspect.iscoroutinefunction(take)
         and callable(getattr(value, "peek", None))
     ):
-        fail(
-            instance,
-            attribute,
-            value,
-            "None or a RateLimitStore (an object with take() and peek() methods)",
-        )
+        return
+    fail(
+        instance,
+        attribute,
+        value,
+        "None or a RateLimitStore (an object with take() and peek() methods), "
+        "or a SharedRateLimitStore (an async take() and the attributes name, "
+        "fail, processes and lease, as layers.redis.RedisRateLimitStore)",
+    )
 
 
 # ----------------------------------------------------------------------- store
@@ -166,6 +193,100 @@ class RateLimitStore(Protocol):
         newcomer's, which may exceed the tolerance: the answer is still
         ``max(0, backlog - slack)``, the wait until the whole queue will
         have been served.
+        """
+        ...
+
+
+class SharedRateLimitStore(Protocol):
+    """A rate-limit store shared by several processes, on the store's own clock.
+
+    :class:`layers.redis.RedisRateLimitStore` is one; implement this protocol
+    to keep a :class:`RateLimit`'s state elsewhere (another database). A
+    store whose ``take`` is a coroutine function is taken for a shared
+    store; the layer then builds a service of its own for it, so the
+    in-memory path keeps its cost.
+
+    The store reads the time itself, on the server (``TIME`` in Redis), so
+    the clocks of the processes may differ; the process passes no ``now``.
+    The layer owns the limit's parameters (the emission interval ``T`` and
+    the tolerance ``tau``, in seconds) and passes them on every call, as to
+    a :class:`RateLimitStore`. One ``take`` must be atomic for its key
+    (one server-side script).
+
+    What the layer does around it: per-key FIFO queues within the process
+    (only the first waiter of a queue calls ``take``); sleeping the wait
+    that ``take`` returns (plus a small jitter) and asking again; refusing
+    at once a wait beyond ``max_wait`` or the caller's deadline; the lease
+    mode (permits taken by the batch and spent locally, see :attr:`lease`);
+    and the failure policy (:attr:`fail`) when ``take`` raises
+    :class:`~layers.StoreError`.
+    """
+
+    @property
+    def name(self) -> str:
+        """The store's name in the events of its failures and recoveries."""
+        ...
+
+    @property
+    def fail(self) -> Literal["closed", "open", "local"]:
+        """What the layer does with a call when ``take`` raises a StoreError.
+
+        ``"closed"`` refuses it with :class:`~layers.StoreUnavailable`,
+        ``"open"`` admits it, ``"local"`` decides it with a limit in this
+        process, at ``rate / processes`` with the same burst.
+        """
+        ...
+
+    @property
+    def processes(self) -> int | None:
+        """The number of processes expected to share the limit, for ``"local"``."""
+        ...
+
+    @property
+    def lease(self) -> int | None:
+        """The permits a process takes at once and spends locally, or ``None``.
+
+        ``None`` asks the store for every call (exact).
+        """
+        ...
+
+    async def take(
+        self,
+        key: Hashable,
+        cost: float,
+        interval: float,
+        tolerance: float,
+        /,
+        *,
+        up_to: float | None = None,
+        waited: bool = False,
+        patience: float = 0.0,
+    ) -> tuple[float, float]:
+        """Try to take *cost* units for *key*, on the store's clock.
+
+        Returns ``(granted, wait)``. With ``now`` the store's time and
+        ``backlog = max(tat, now) - now``: if ``backlog <= tolerance - cost
+        * interval``, the call is admitted: it takes ``granted`` units
+        (*cost*, or with *up_to* as many as fit up to *up_to*), stores
+        ``max(tat, now) + granted * interval``, and returns ``(granted,
+        0.0)``. Otherwise it changes no ``tat`` and returns ``(0.0, wait)``,
+        the exact seconds until *cost* would fit (``backlog - (tolerance -
+        cost * interval)``), as :meth:`RateLimitStore.take`.
+
+        The keyword arguments are hints a simple store may ignore:
+
+        * *waited*: the caller was told to wait by an earlier ``take`` and
+          has waited; a store that hands out turns to waiters lets it in
+          ahead of newcomers;
+        * *patience*: the longest wait, in seconds, that the caller accepts
+          (``0`` in reject mode); a store that hands out turns gives none to
+          a caller whose wait exceeds it.
+
+        A key the store cannot keep raises :class:`~layers.CallbackError`
+        naming ``key``; a failure of the store raises
+        :class:`~layers.StoreError`. A ``take`` cancelled while its command
+        is in flight should take nothing, where the store can make sure of
+        it.
         """
         ...
 
@@ -435,6 +556,9 @@ class RateLimitStatistics:
         table_full: How many times a new key was refused (or made to
             wait) because the in-memory table was full of live keys (``0``
             without a key function or with a custom store).
+        store_fallbacks: Calls decided by the failure policy of a shared
+            store (:class:`SharedRateLimitStore`) because the store failed,
+            so far (``0`` in memory).
     """
 
     waiting: int
@@ -442,6 +566,7 @@ class RateLimitStatistics:
     rejected: int
     keys: int | None
     table_full: int
+    store_fallbacks: int = 0
 
 
 # ----------------------------------------------------------------------- layer
@@ -457,11 +582,15 @@ class _Waiter:
 
 @final
 class _Queue:
-    __slots__ = ("cost", "waiters")
+    __slots__ = ("cost", "due", "head_cost", "waiters")
 
     def __init__(self) -> None:
         self.waiters: OrderedDict[_Waiter, None] = OrderedDict()
         self.cost = 0.0
+        # With a shared store: when the head asks the store next (base
+        # time), and its cost, for a newcomer's estimate of its wait.
+        self.due = -math.inf
+        self.head_cost = 0.0
 
 
 @final
@@ -469,10 +598,15 @@ class _State:
     """The mutable part of a RateLimit, shared by every service it wraps."""
 
     __slots__ = (
+        "balances",
         "cell",
+        "health",
         "interval",
+        "local_interval",
+        "local_tolerance",
         "queues",
         "rejected",
+        "shared",
         "store",
         "tolerance",
         "waited",
@@ -502,6 +636,13 @@ class _State:
         self.waiting = 0
         self.waited = 0
         self.rejected = 0
+        # With a shared store (see RateLimit.__attrs_post_init__); self.store
+        # is then the in-memory limit of fail="local".
+        self.shared: SharedRateLimitStore | None = None
+        self.health: StoreHealth | None = None
+        self.local_interval = interval
+        self.local_tolerance = tolerance
+        self.balances: OrderedDict[Hashable, float] = OrderedDict()
 
 
 @final
@@ -556,6 +697,14 @@ class RateLimit:
     The state lives in this layer object: every service it wraps shares one
     limit (and one table of keys). Build one ``RateLimit`` per quota.
 
+    **Shared stores**: with a :class:`SharedRateLimitStore` (such as
+    :class:`layers.redis.RedisRateLimitStore`) the limit holds for every
+    process that uses the same store, with the same options and meaning.
+    Each call asks the store (one round trip) unless the store leases
+    permits; in wait mode, calls queue per key within the process and only
+    the first of a queue asks the store; when the store fails, its failure
+    policy decides the call (counted in ``statistics().store_fallbacks``).
+
     Args:
         rate: Calls admitted per *period*, a finite number > 0.
         period: The period in seconds, a finite number > 0 (default 1).
@@ -572,7 +721,10 @@ class RateLimit:
             custom *store*.
         cost: A function from the request to its cost (default: 1 each).
         store: Where the state lives (default: in memory). See
-            :class:`RateLimitStore`.
+            :class:`RateLimitStore`; for a limit shared by several
+            processes, a :class:`SharedRateLimitStore` such as
+            :class:`layers.redis.RedisRateLimitStore` (see "Shared stores"
+            above).
         name: A name for events and errors (default ``"rate_limit"``).
 
     Raises:
@@ -611,7 +763,7 @@ class RateLimit:
     cost: Callable[[Any], float] | None = attrs.field(
         default=None, kw_only=True, validator=_optional_callable
     )
-    store: RateLimitStore | None = attrs.field(
+    store: RateLimitStore | SharedRateLimitStore | None = attrs.field(
         default=None, kw_only=True, validator=_store
     )
     name: str = attrs.field(default="rate_limit", kw_only=True, validator=_name)
@@ -646,10 +798,37 @@ class RateLimit:
                 "leave max_keys out"
             )
         max_keys = DEFAULT_MAX_KEYS if self.max_keys is None else self.max_keys
+        store = self.store
+        shared: SharedRateLimitStore | None = None
+        if store is not None and is_shared_store(store):
+            shared = cast("SharedRateLimitStore", store)
+            # the in-memory limit of fail="local", keyed or not
+            store = MemoryRateLimitStore(DEFAULT_MAX_KEYS)
         state = _State(
-            self.store, self.key is not None, max_keys, interval, self.burst * interval
+            cast("RateLimitStore | None", store),
+            self.key is not None,
+            max_keys,
+            interval,
+            self.burst * interval,
         )
+        if shared is not None:
+            self._share(state, shared)
         object.__setattr__(self, "_state", state)
+
+    def _share(self, state: _State, shared: SharedRateLimitStore) -> None:
+        """Set *state* up for a shared store: its health and local fallback."""
+        lease = shared.lease
+        if lease is not None and lease > self.burst:
+            raise ConfigurationError(
+                f"RateLimit(burst={self.burst!r}, store={shared!r}): the store's "
+                f"lease must be <= burst (a lease is taken at once, as a burst), "
+                f"got lease={lease!r}"
+            )
+        processes = shared.processes or 1
+        state.shared = shared
+        state.health = StoreHealth(self.name, shared.name, shared.fail)
+        state.local_interval = state.interval * processes
+        state.local_tolerance = self.burst * state.local_interval
 
     @property
     def interval(self) -> float:
@@ -667,7 +846,8 @@ class RateLimit:
         store = state.store
         keys: int | None = None
         table_full = 0
-        if isinstance(store, MemoryRateLimitStore):
+        health = state.health
+        if health is None and isinstance(store, MemoryRateLimitStore):
             keys = len(store)
             table_full = store.table_full
         return RateLimitStatistics(
@@ -676,6 +856,7 @@ class RateLimit:
             rejected=state.rejected,
             keys=keys,
             table_full=table_full,
+            store_fallbacks=0 if health is None else health.fallbacks,
         )
 
     def observe(self) -> Observation:
@@ -683,17 +864,22 @@ class RateLimit:
 
         Always ``HEALTHY`` itself (a health check turns ``degraded`` on
         refusals); ``waiting`` and ``rejected`` as in :meth:`statistics`,
-        and the figure ``keys`` (``None`` without a key function or with a
-        custom store).
+        and the figures ``keys`` (``None`` without a key function or with a
+        custom store) and ``store_fallbacks`` (calls decided by a shared
+        store's failure policy; ``0`` in memory).
         """
         stats = self.statistics()
         return Observation(
-            waiting=stats.waiting, rejected=stats.rejected, figures={"keys": stats.keys}
+            waiting=stats.waiting,
+            rejected=stats.rejected,
+            figures={"keys": stats.keys, "store_fallbacks": stats.store_fallbacks},
         )
 
     def layer(self, inner: Service[Req, Res], /) -> Service[Req, Res]:
         """Wrap *inner* in this limit (shared with every service it wraps)."""
         state = self._state
+        if state.shared is not None:
+            return mark_built(self._shared_service(inner), self, inner)
         interval = state.interval
         tolerance = state.tolerance
         cell = state.cell
@@ -920,6 +1106,318 @@ class RateLimit:
             events.emit(
                 RateLimitWaited(layer=self.name, waited=base_time() - start, cost=cost)
             )
+
+    # -- a shared store -----------------------------------------------------------
+    #
+    # Every call asks the store (one round trip), except in lease mode, where
+    # the permits left from a batch are spent locally. Calls that must wait
+    # queue per key in this process (the in-memory _Queue and _Waiter): only
+    # the head asks the store, sleeps the wait it returns plus a small
+    # jitter, and asks again. Without a queue, calls ask concurrently (in
+    # lease mode, only the head asks, so that a process holds one lease per
+    # key at most).
+
+    def _shared_service(self, inner: Service[Req, Res]) -> Service[Req, Res]:
+        """The service of a limit whose store is a :class:`SharedRateLimitStore`."""
+        state = self._state
+        shared = state.shared
+        assert shared is not None
+        key_of = self.key
+        cost_of = self.cost
+        queues = state.queues
+        balances = state.balances
+        check_cost = self._check_cost
+        bad_key = self._bad_key
+        direct = self._shared_direct
+        queued = self._shared_queued
+        plain = (int, float)
+        burst = self.burst
+        leased = shared.lease is not None
+
+        async def shared_rate_limit(request: Req, /) -> Res:
+            if key_of is None:
+                key = None
+            else:
+                key = key_of(request)
+                try:
+                    hash(key)
+                except TypeError:
+                    bad_key(key)
+            if cost_of is None:
+                cost: float = 1
+            else:
+                cost = cost_of(request)
+                if type(cost) not in plain or not 0 < cost <= burst:
+                    cost = check_cost(cost)
+                    if not cost:  # free: it takes nothing, so it never waits
+                        return await inner(request)
+            if queues and key in queues:
+                await queued(key, cost)
+            elif leased:
+                left = balances.get(key)
+                if left is not None and left >= cost:
+                    balances[key] = left - cost  # a permit of the lease
+                else:
+                    await queued(key, cost)
+            else:
+                await direct(key, cost)
+            return await inner(request)
+
+        return shared_rate_limit
+
+    def _limit(self, now: float) -> tuple[float, bool]:
+        """The latest base time a call arriving at *now* may be admitted.
+
+        And whether the caller's deadline (rather than ``max_wait``) sets it.
+        """
+        limit = math.inf if self.max_wait is None else now + self.max_wait
+        deadline = DEADLINE.get()
+        if deadline is not None:
+            # the deadline is on the loop's clock, the schedule on the base time
+            deadline -= clock_source()[0]
+            if deadline < limit:
+                return deadline, True
+        return limit, False
+
+    async def _shared_direct(self, key: Hashable, cost: float) -> None:
+        """Admit a call of an exact shared limit whose key has no queue here."""
+        state = self._state
+        shared = state.shared
+        health = state.health
+        assert shared is not None
+        assert health is not None
+        now = base_time()
+        reject = self.mode == "reject"
+        limit, by_deadline = (now, False) if reject else self._limit(now)
+        try:
+            _, wait = await shared.take(
+                key, cost, state.interval, state.tolerance, patience=limit - now
+            )
+        except StoreError as error:
+            # The time now: a failure may take the connection's timeout.
+            now = base_time()
+            wait = self._shared_failed(error, key, cost, now, limit, by_deadline, False)
+            if wait:
+                await self._shared_queued(
+                    key, cost, now, limit, by_deadline, now + wait, False, True
+                )
+            return
+        if health.failing_since is not None:
+            health.answered()
+        if not wait:
+            return
+        if reject:
+            self._reject(wait, cost, "limited")
+        if now + wait > limit:
+            self._reject(wait, cost, "deadline" if by_deadline else "max_wait")
+        # The store gave this call a turn (wait <= patience): keep it.
+        await self._shared_queued(
+            key, cost, now, limit, by_deadline, base_time() + wait, True, False
+        )
+
+    async def _shared_queued(
+        self,
+        key: Hashable,
+        cost: float,
+        start: float | None = None,
+        limit: float = math.inf,
+        by_deadline: bool = False,
+        due: float | None = None,
+        waited: bool = False,
+        counted: bool = False,
+    ) -> None:
+        """Queue a call of a shared limit behind this process's calls for *key*.
+
+        *start* is ``None`` for a newcomer (its wait is estimated from the
+        queue and refused at once if it cannot fit); otherwise the call
+        comes from :meth:`_shared_direct` with its *limit*, the base time
+        *due* at which to ask the store, whether the store gave it a turn
+        (*waited*), and whether it was *counted* as a fallback already.
+        """
+        state = self._state
+        shared = state.shared
+        health = state.health
+        assert shared is not None
+        assert health is not None
+        interval = state.interval
+        tolerance = state.tolerance
+        reject = self.mode == "reject"
+        lease = shared.lease
+        whole = lease is not None and not reject
+        balances = state.balances
+        queue = state.queues.get(key)
+        if start is None:
+            start = base_time()
+            if not reject:
+                limit, by_deadline = self._limit(start)
+                if queue is not None:
+                    # What the in-memory limit's peek would say: the head asks
+                    # at queue.due, then the queue behind it and this call
+                    # each need their cost in intervals (a lower bound: other
+                    # processes take their share too).
+                    ahead = queue.cost - queue.head_cost + cost
+                    wait = max(queue.due - start, 0.0) + ahead * interval
+                    if start + wait > limit:
+                        self._reject(
+                            wait, cost, "deadline" if by_deadline else "max_wait"
+                        )
+        if queue is None:
+            queue = state.queues[key] = _Queue()
+        waiters = queue.waiters
+        waiter = _Waiter()
+        if waiters:
+            waiter.parked = new_waiter()
+        waiters[waiter] = None
+        queue.cost += cost
+        state.waiting += 1
+        slept = False
+        try:
+            if waiter.parked is not None:
+                await waiter.parked.wait()  # until we are the head
+                # Promoted as our scope was being cancelled: take nothing.
+                await anyio.lowlevel.checkpoint_if_cancelled()
+                slept = True
+            queue.head_cost = cost
+            while True:
+                now = base_time()
+                left = 0.0
+                if lease is not None:
+                    left = balances.get(key, 0.0)
+                    if left >= cost:
+                        balances[key] = left - cost
+                        break
+                if due is not None and due > now:
+                    queue.due = due
+                    slept = True
+                    # A jitter of up to one interval (at most 1 ms), so that
+                    # waiters told the same wait do not ask at the same instant.
+                    await anyio.sleep(
+                        due - now + random.random() * min(interval, _JITTER)
+                    )
+                    now = base_time()
+                queue.due = now
+                need = cost - left
+                up_to = None
+                if lease is not None and lease > need:
+                    # A waiter takes a whole lease (it waits for it: a lease
+                    # of whatever had come back meanwhile, under contention
+                    # a permit or two, would save no round trip); a call
+                    # that cannot wait takes what fits, up to a lease.
+                    if whole:
+                        need = lease
+                    else:
+                        up_to = lease
+                try:
+                    granted, wait = await shared.take(
+                        key,
+                        need,
+                        interval,
+                        tolerance,
+                        up_to=up_to,
+                        waited=waited,
+                        patience=0.0 if reject else limit - now,
+                    )
+                except StoreError as error:
+                    now = base_time()
+                    wait = self._shared_failed(
+                        error, key, cost, now, limit, by_deadline, counted
+                    )
+                    counted = True
+                    if not wait:
+                        break
+                    due, waited = now + wait, False
+                    continue
+                if health.failing_since is not None:
+                    health.answered()
+                if not wait:
+                    if lease is not None:
+                        self._keep_lease(key, left + granted - cost)
+                    break
+                if reject:
+                    self._reject(wait, cost, "limited")
+                if now + wait > limit:
+                    own = wait - (need - (cost - left)) * interval
+                    if whole and now + own <= limit:
+                        # A whole lease would come too late (and the store
+                        # gave no turn for it); the call's own share would
+                        # not: ask for that (and what fits) then.
+                        whole = False
+                        due, waited = base_time() + own, False
+                        continue
+                    # Other processes took the capacity: the wait no longer fits.
+                    self._reject(wait, cost, "deadline" if by_deadline else "max_wait")
+                due, waited = base_time() + wait, True
+        finally:
+            head = next(iter(waiters)) is waiter
+            del waiters[waiter]
+            queue.cost -= cost
+            state.waiting -= 1
+            if not waiters:
+                del state.queues[key]
+            elif head:
+                queue.due = base_time()  # the next head asks at once
+                nxt = next(iter(waiters))
+                assert nxt.parked is not None
+                nxt.parked.wake()
+        if slept and not reject:
+            state.waited += 1
+            if events.STATE.sinks:
+                events.emit(
+                    RateLimitWaited(
+                        layer=self.name, waited=base_time() - start, cost=cost
+                    )
+                )
+
+    def _keep_lease(self, key: Hashable, left: float) -> None:
+        """Keep the *left* permits of a lease for *key* (a bounded table)."""
+        balances = self._state.balances
+        if left <= 0.0:
+            balances.pop(key, None)
+            return
+        balances[key] = left
+        balances.move_to_end(key)
+        if len(balances) > DEFAULT_MAX_KEYS:
+            # Forgetting permits only admits fewer calls: never more.
+            balances.popitem(last=False)
+
+    def _shared_failed(
+        self,
+        error: StoreError,
+        key: Hashable,
+        cost: float,
+        now: float,
+        limit: float,
+        by_deadline: bool,
+        counted: bool,
+    ) -> float:
+        """Apply the store's failure policy to a call: 0 to admit it, or its wait.
+
+        Raises :class:`~layers.StoreUnavailable` (``"closed"``) or
+        :class:`~layers.RateLimited` (``"local"``, no room now in reject
+        mode, or a wait that cannot fit). *counted*: this call was counted
+        as a fallback already (a waiter asking again).
+        """
+        state = self._state
+        health = state.health
+        assert health is not None
+        if counted and health.failing_since is not None:
+            policy = health.policy
+        else:
+            policy = health.failed(error)
+        if policy == "open":
+            return 0.0
+        if policy == "closed":
+            health.refuse(error)
+        wait = state.store.take(
+            key, cost, now, state.local_interval, state.local_tolerance
+        )
+        if not wait:
+            return 0.0
+        if self.mode == "reject":
+            self._reject(wait, cost, "limited")
+        if now + wait > limit:
+            self._reject(wait, cost, "deadline" if by_deadline else "max_wait")
+        return wait
 
 
 # ------------------------------------------------------------ the success path

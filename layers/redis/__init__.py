@@ -12,7 +12,13 @@ from __future__ import annotations
 from .._public import publish as _publish
 from ._concurrency import RedisConcurrencyStore
 from ._connection import RedisConnection, default_guard
+from ._ratelimit import RedisRateLimitStore
 
-__all__ = ["RedisConcurrencyStore", "RedisConnection", "default_guard"]
+__all__ = [
+    "RedisConcurrencyStore",
+    "RedisConnection",
+    "RedisRateLimitStore",
+    "default_guard",
+]
 
 _publish(__name__, __all__)
