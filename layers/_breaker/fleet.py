@@ -325,6 +325,20 @@ class _Fleet:
         self.store.start_soon(self.run, name=f"layers breaker {self.core.name!r}")
         self.hosted = True
 
+    def host_if_running(self) -> None:
+        """In an event loop, start the background work (RuntimeError if no host).
+
+        Outside one (a manual state set before the first call), it starts
+        with the first call.
+        """
+        if self.hosted:
+            return
+        try:
+            _now()
+        except RuntimeError:
+            return  # no event loop
+        self.host()
+
     async def join(self) -> None:
         """Join the fleet (the first call does; the others wait for it)."""
         joining = self.joining
@@ -394,7 +408,7 @@ class _Fleet:
         """Seconds until the sender has something to do."""
         mode = self.mode
         if mode == _UNJOINED:
-            return math.inf
+            return 0.0  # join now
         due = self.last_contact + self.sync_interval
         if mode == _FALLBACK:
             return due - now
@@ -414,6 +428,9 @@ class _Fleet:
                     await self.wake.wait()
                 if self.wake.is_set():
                     self.wake = anyio.Event()
+                continue
+            if self.mode == _UNJOINED:
+                await self.join()
                 continue
             urgent = self.urgent
             self.urgent = False
@@ -435,6 +452,7 @@ class _Fleet:
             await self.rejoin()
             return
         if mode == _UNJOINED:
+            await self.join()
             return
         try:
             sent = await self.flush(report)

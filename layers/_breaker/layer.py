@@ -450,9 +450,12 @@ class CircuitBreaker:
 
     def _manual(self, state: CircuitState, reason: str) -> None:
         core = self._core
+        fleet = core.fleet
+        if fleet is not None:
+            fleet.host_if_running()  # RuntimeError: no host for the store
         core.manual(state, reason)
-        if core.fleet is not None:
-            core.fleet.manual(state)  # for the whole fleet: sent at once
+        if fleet is not None:
+            fleet.manual(state)  # for the whole fleet: sent at once
 
     def force_open(self) -> None:
         """Reject every call (state ``FORCED_OPEN``) until another manual call.

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any, Protocol, final
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -140,7 +140,6 @@ class BreakerStore(Protocol):
         ...
 
 
-@final
 class MemoryBreakerStore:
     """A breaker's shared state in this process: the reference store.
 
@@ -316,8 +315,8 @@ class MemoryBreakerStore:
     def publish(self, view: BreakerView) -> None:
         """Deliver *view* to every subscriber; a full subscriber misses it.
 
-        Called by the steps when the fleet's state changes; a test may
-        override it to delay or drop notices.
+        Called by the steps when the fleet's state changes; a subclass may
+        override it to delay or drop notices (a test of lost notices).
         """
         for send in list(self._subscribers):
             with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
