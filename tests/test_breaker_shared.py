@@ -84,7 +84,8 @@ class Link:
     """One process's connection to the shared store: it may fail or go deaf."""
 
     def __init__(self, store: layers.MemoryBreakerStore) -> None:
-        self.inner = store
+        self.inner = store  # the host, and the notices
+        self.target = store  # the steps
         self.name = store.name
         self.sync_interval = store.sync_interval
         self.failing = False
@@ -106,7 +107,7 @@ class Link:
         if self.failing:
             await anyio.lowlevel.checkpoint()
             raise layers.StoreError("the link is down", store=self.name)
-        view: layers.BreakerView = await getattr(self.inner, method)(*args)
+        view: layers.BreakerView = await getattr(self.target, method)(*args)
         return view
 
     async def read(self, rules: layers.BreakerRules, /) -> layers.BreakerView:
@@ -785,3 +786,115 @@ async def test_statistics_show_the_fleet_window() -> None:
         assert (stats.calls, stats.failed_calls) == (5, 1)
         assert stats.store_fallbacks == 0
         assert a.observe().figures["store_fallbacks"] == 0
+
+
+# ------------------------------------------------------------ the store's steps
+# Plain vectors of the reference steps (layers._breaker.server), which a
+# store on a server runs as scripts.
+
+
+def rules(**options: Any) -> layers.BreakerRules:
+    """The rules of a breaker made with *options* (test defaults)."""
+    breaker = layers.CircuitBreaker(
+        store=layers.MemoryBreakerStore(), **{**OPTIONS, **options}
+    )
+    fleet_of = breaker._core.fleet
+    assert fleet_of is not None
+    return fleet_of.rules
+
+
+def batch(generation: int, outcomes: str, slow: int = 0) -> layers.BreakerBatch:
+    """A batch of outcomes written as 'S' (success) and 'F' (failure)."""
+    runs = [len(run) for run in outcomes.split("S")]
+    return layers.BreakerBatch(
+        generation=generation,
+        calls=len(outcomes),
+        failures=outcomes.count("F"),
+        slow=slow,
+        leading_failures=runs[0],
+        trailing_failures=runs[-1],
+        longest_run=max(runs),
+    )
+
+
+def test_a_count_window_keeps_the_last_calls_in_chunks() -> None:
+    """Chunks of ceil(size/buckets) calls; the oldest leaves in proportion."""
+    from layers._breaker import server
+
+    r = rules(window_size=10, window_buckets=5, min_calls=10)  # chunks of 2
+    record = server.Record(epoch="e")
+    server.report(record, r, batch(0, "SF"), 0.0)  # [2, 1, 0]
+    server.report(record, r, batch(0, "S"), 0.0)  # a new chunk
+    server.report(record, r, batch(0, "S"), 0.0)  # joins it: [2, 0, 0]
+    assert record.chunks == [2, 1, 0, 2, 0, 0]
+    server.report(record, r, batch(0, "SSSSFFS", slow=3), 0.0)
+    # 11 calls: one leaves the oldest chunk, whose failure stays (1 x 1/2
+    # rounds half up)
+    assert record.chunks == [1, 1, 0, 2, 0, 0, 7, 2, 3]
+    view = server.read(record, r, 0.0)
+    assert (view.calls, view.failures, view.slow) == (10, 3, 3)
+    assert view.state is CircuitState.CLOSED  # 30 % < 50 %
+
+
+def test_a_time_window_counts_batches_in_the_bucket_of_their_arrival() -> None:
+    """Batches land in the bucket of the store's clock; old buckets leave."""
+    from layers._breaker import server
+
+    r = rules(window_type="time", window_size=10, window_buckets=5, min_calls=10)
+    record = server.Record(epoch="e")
+    server.report(record, r, batch(0, "FF"), 0.5)  # bucket 0
+    server.report(record, r, batch(0, "SSS"), 3.0)  # bucket 1
+    assert server.read(record, r, 9.9).calls == 5
+    assert server.read(record, r, 10.0).calls == 3  # bucket 0 has left
+    assert server.read(record, r, 12.0).calls == 0
+    server.report(record, r, batch(0, "S"), 12.0)
+    assert record.streak == 0  # no failure is left: the run is forgotten
+
+
+def test_failures_in_a_row_run_across_batches() -> None:
+    """A run goes on across batches without a success, and is cut by one."""
+    from layers._breaker import server
+
+    r = rules(window_size=100, min_calls=100, consecutive_failures=4)
+    record = server.Record(epoch="e")
+    server.report(record, r, batch(0, "SFF"), 0.0)
+    assert record.streak == 2
+    server.report(record, r, batch(0, "F"), 0.0)
+    assert (record.streak, record.state) == (3, CircuitState.CLOSED)
+    server.report(record, r, batch(0, "FS"), 0.0)  # 3 + 1 leading: trips
+    assert (record.state, record.reason) == (
+        CircuitState.OPEN,
+        "consecutive_failures",
+    )
+    record = server.Record(epoch="e")
+    server.report(record, r, batch(0, "SFFFFS"), 0.0)  # a run inside a batch
+    assert record.state is CircuitState.OPEN
+
+
+def test_a_batch_of_another_generation_is_dropped() -> None:
+    """Outcomes collected under an older generation never count."""
+    from layers._breaker import server
+
+    r = rules()
+    record = server.Record(epoch="e")
+    server.set_state(record, r, CircuitState.CLOSED, 0.0)  # reset: generation 1
+    reply, notice = server.report(record, r, batch(0, "FFFF"), 0.0)
+    assert (reply.calls, notice) == (0, None)
+    assert record.state is CircuitState.CLOSED
+
+
+async def test_a_view_of_another_epoch_is_adopted() -> None:
+    """A process adopts a stored state that was lost and made again."""
+    async with layers.MemoryBreakerStore(sync_interval=1) as store:
+        (breaker,), (svc,), (link,) = fleet(store, 1)
+        await trip(store, svc)
+        await anyio.sleep(10)
+        assert await run(svc, "ok", "ok") == ["ok", "ok"]  # the probes close it
+        await settle()
+        assert store.generation == 3
+        link.target = layers.MemoryBreakerStore()  # the state lost: generation 0
+        await anyio.sleep(1.5)  # the periodic re-read
+        assert await run(svc, *["fail"] * 4) == ["Boom"] * 4
+        await settle()
+        assert link.target.state is CircuitState.OPEN  # its batches count there
+        assert breaker.state is CircuitState.OPEN

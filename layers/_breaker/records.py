@@ -73,7 +73,7 @@ class BreakerView:
     """
 
     epoch: str
-    """The identity of the stored state: it changes if the state is lost and
+    """Identifies the stored state, which changes if the state is lost and
     made again (a process then adopts it, whatever its generation)."""
     generation: int
     """Counts the changes of state (and the resets of a closed breaker)."""
@@ -81,8 +81,8 @@ class BreakerView:
     reason: str
     """Why the breaker entered its state (as in the breaker's events)."""
     open_for: float | None
-    """Seconds until the open period ends (<= 0: a probe may be taken), or
-    None if not open."""
+    """Seconds until the open period ends (a probe may be taken at 0 or
+    less), or None if not open."""
     open_duration: float | None
     """The length of the current open period, or None if not open."""
     opened_failure_rate: float | None
@@ -100,9 +100,9 @@ class BreakerView:
     probes_in_flight: int
     probes_recorded: int
     probe: bool = False
-    """In the reply to :meth:`~layers.BreakerStore.take_probe`: the probe
-    was granted."""
+    """Whether the probe asked for was granted (in the reply to
+    :meth:`~layers.BreakerStore.take_probe`)."""
     exceeded: str | None = None
-    """In the reply to :meth:`~layers.BreakerStore.report` in the
-    metrics-only state: the trip condition (``"failure_rate"``...) that this
-    batch made hold, if it did not hold before."""
+    """The trip condition (``"failure_rate"``...) that a batch reported in
+    the metrics-only state made hold, if it did not hold before (in the
+    reply to :meth:`~layers.BreakerStore.report`)."""

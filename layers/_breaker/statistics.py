@@ -81,5 +81,5 @@ class CircuitBreakerStatistics:
     """Counts state changes; calls admitted in an older generation never
     count toward a newer half-open trial."""
     store_fallbacks: int = 0
-    """With a shared store: the calls decided by this process's own breaker
-    while the store failed, so far (``0`` without a store)."""
+    """The calls this process's own breaker decided while its shared store
+    failed, so far (``0`` without a store)."""
