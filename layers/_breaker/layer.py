@@ -460,7 +460,9 @@ class CircuitBreaker:
     def force_open(self) -> None:
         """Reject every call (state ``FORCED_OPEN``) until another manual call.
 
-        Already forced open, it does nothing (no event).
+        Already forced open, it does nothing (no event). With a *store*, for
+        the whole fleet (see "Shared by a fleet"; in an event loop, a store
+        with no host raises :class:`RuntimeError`).
         """
         self._manual(_FORCED_OPEN, "force_open")
 
@@ -469,7 +471,7 @@ class CircuitBreaker:
 
         The breaker stays so until another manual call
         (:meth:`reset` resumes normal operation). Already disabled, it does
-        nothing (no event).
+        nothing (no event). With a *store*, for the whole fleet.
         """
         self._manual(_DISABLED, "force_closed")
 
@@ -484,7 +486,9 @@ class CircuitBreaker:
         as when closed, and a :class:`~layers.events.CircuitThresholdExceeded`
         event reports each time the breaker would have opened. It starts with an empty
         window; already metrics-only, it does nothing (the window is kept,
-        no event): :meth:`reset` first to start afresh.
+        no event): :meth:`reset` first to start afresh. With a *store*, for
+        the whole fleet: the process whose batch makes a threshold hold
+        emits the event.
         """
         self._manual(_METRICS_ONLY, "metrics_only")
 
@@ -494,6 +498,7 @@ class CircuitBreaker:
         Leaves any state, manual ones included. Calls in flight from before
         do not count toward the new window. On a breaker that is already
         closed it still empties the window and forgets the trips, but that is
-        not a transition: no event, and the time in state runs on.
+        not a transition: no event, and the time in state runs on. With a
+        *store*, for the whole fleet.
         """
         self._manual(_CLOSED, "reset")
