@@ -27,6 +27,9 @@ The goals checked at the end come from the performance issue:
   and a time window costs at most 4x, with a slow-call threshold too at
   most 5x; with an ``on_result`` predicate (what
   ``layers.httpx.breaker_options()`` sets), at most 4x.
+* a ``CircuitBreaker`` shared through a store (``store=MemoryBreakerStore()``,
+  joined, closed, success path) costs at most 1.3x the same breaker in
+  memory, for a count window and for a time window.
 * ``RateLimit`` (never limited) and ``ConcurrencyLimit`` (never full) each
   cost at most 4x on asyncio and trio (benchmarks/bench_limits.py measures
   them under contention and for accuracy).
@@ -72,8 +75,15 @@ def is_failure_response(response: Any) -> bool:
     return response is None
 
 
+# The stores that the shared cases use: measure() enters them (they host the
+# breakers' background work) around the timing.
+HOSTS: list[layers.MemoryBreakerStore] = []
+
+
 def make_cases(backend: str) -> dict[str, Case]:
     """The cases, in table order; the first one is the bare call."""
+    fleet = layers.MemoryBreakerStore()
+    HOSTS[:] = [fleet]
 
     async def wrapper(x: Any) -> Any:
         return await f(x)
@@ -114,6 +124,12 @@ def make_cases(backend: str) -> dict[str, Case]:
         ).layer(f),
         "CircuitBreaker(time window, slow calls)": layers.CircuitBreaker(
             window_type="time", window_size=60, slow_call_duration=5
+        ).layer(f),
+        # the same two, shared through a store: joined (by the first call)
+        # and closed, a success adds one to the pending batch, no clock
+        "CircuitBreaker(store=memory)": layers.CircuitBreaker(store=fleet).layer(f),
+        "CircuitBreaker(time window, store=memory)": layers.CircuitBreaker(
+            window_type="time", window_size=60, store=fleet
         ).layer(f),
         # a response predicate, as layers.httpx.breaker_options() sets
         # (default count window): one call of it per response
@@ -188,18 +204,28 @@ async def measure(
     backend: str, rounds: int, calls: int, warmup: int
 ) -> dict[str, list[float]]:
     cases = make_cases(backend)
-    for name, case in cases.items():  # each case really runs and returns x
-        result = await case(7)
-        if result != 7:
-            raise AssertionError(f"{name} returned {result!r}")
-    return await interleave(cases, rounds, calls, warmup, setting)
+    async with contextlib.AsyncExitStack() as stack:
+        for host in HOSTS:
+            await stack.enter_async_context(host)
+        for name, case in cases.items():  # each case really runs and returns x
+            result = await case(7)
+            if result != 7:
+                raise AssertionError(f"{name} returned {result!r}")
+        return await interleave(cases, rounds, calls, warmup, setting)
 
 
 async def profile(backend: str, name: str, calls: int) -> None:
+    cases = make_cases(backend)
+    async with contextlib.AsyncExitStack() as stack:
+        for host in HOSTS:
+            await stack.enter_async_context(host)
+        await _profile(backend, cases, name, calls)
+
+
+async def _profile(backend: str, cases: dict[str, Case], name: str, calls: int) -> None:
     import cProfile
     import pstats
 
-    cases = make_cases(backend)
     matches = [n for n in cases if name.lower() in n.lower()]
     if not matches:
         raise SystemExit(f"no case matches {name!r}; cases: {', '.join(cases)}")
@@ -293,6 +319,17 @@ def report(backend: str, samples: dict[str, list[float]]) -> bool:
             4.0,
         )
     )
+    for shared, memory in (
+        ("CircuitBreaker(store=memory)", "CircuitBreaker()"),
+        ("CircuitBreaker(time window, store=memory)", "CircuitBreaker(time window)"),
+    ):
+        results.append(
+            check(
+                f"{shared} vs in memory (goal <= 1.3x)",
+                ratio[shared] / ratio[memory],
+                1.3,
+            )
+        )
     for case in ("RateLimit(never limited)", "ConcurrencyLimit(10)"):
         results.append(check(f"{case} vs bare (goal <= 4x)", ratio[case], 4.0))
     if backend == "uvloop":

@@ -12,10 +12,15 @@ from importlib.metadata import version as _version
 from . import events  # first: it imports the layers' event classes
 from ._backoff import Backoff, ConstantBackoff, ExponentialBackoff
 from ._breaker import (
+    BreakerBatch,
+    BreakerRules,
+    BreakerStore,
+    BreakerView,
     CircuitBreaker,
     CircuitBreakerOptions,
     CircuitBreakerStatistics,
     CircuitState,
+    MemoryBreakerStore,
 )
 from ._budget import RetryBudget, RetryBudgetStatistics
 from ._builder import RetryOptions, ServiceBuilder, Unchanged
@@ -93,6 +98,10 @@ except _PackageNotFoundError:  # pragma: no cover - running from a bare checkout
 __all__ = [
     "AndThen",
     "Backoff",
+    "BreakerBatch",
+    "BreakerRules",
+    "BreakerStore",
+    "BreakerView",
     "CallbackError",
     "CheckResult",
     "CircuitBreaker",
@@ -123,6 +132,7 @@ __all__ = [
     "MapErr",
     "MapRequest",
     "MapResponse",
+    "MemoryBreakerStore",
     "MemoryRateLimitStore",
     "Observable",
     "Observation",

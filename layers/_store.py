@@ -135,6 +135,24 @@ class StoreHealth:
                 )
         return self.policy
 
+    def began(self, error: StoreError) -> None:
+        """The store failed outside a call (background work): start the outage.
+
+        Emits :class:`StoreFailed` if the store was answering; counts no call.
+        """
+        if self.failing_since is not None:
+            return
+        self.failing_since = base_time()
+        if events.STATE.sinks:
+            events.emit(
+                StoreFailed(
+                    layer=self.layer,
+                    store=self.store,
+                    policy=self.policy,
+                    error=error_type(error),
+                )
+            )
+
     def answered(self) -> None:
         """The store answered: end the outage, if there was one."""
         since = self.failing_since

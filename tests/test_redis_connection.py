@@ -60,6 +60,7 @@ def test_keys_carry_the_prefix_and_a_hash_tag() -> None:
     [
         ({"prefix": ""}, "prefix"),
         ({"prefix": 3}, "prefix"),
+        ({"prefix": "app{1}"}, "prefix"),
         ({"timeout": 0}, "timeout"),
         ({"timeout": float("inf")}, "timeout"),
         ({"guard": object()}, "guard"),

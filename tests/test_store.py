@@ -53,6 +53,23 @@ async def test_one_event_per_outage_and_one_when_it_ends() -> None:
     assert health.fallbacks == 4
 
 
+async def test_an_outage_begun_in_the_background_counts_no_call() -> None:
+    """began() emits StoreFailed once and counts nothing; failed() counts calls."""
+    health = StoreHealth("breaker", "app", "local")
+    with capture_events() as seen:
+        health.began(failure())
+        health.began(failure())
+        assert health.fallbacks == 0
+        health.failed(failure())
+        await anyio.sleep(3)
+        health.answered()
+    assert [type(e) for e in seen] == [StoreFailed, StoreRecovered]
+    recovered = seen[1]
+    assert isinstance(recovered, StoreRecovered)
+    assert (recovered.down_for, recovered.fallbacks) == (3, 1)
+    assert health.fallbacks == 1
+
+
 def test_refuse_raises_store_unavailable_from_the_store_error() -> None:
     """Fail closed: a Rejected with reason "store_unavailable", chained."""
     health = StoreHealth("quota", "app", "closed")

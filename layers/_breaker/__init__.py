@@ -25,6 +25,10 @@ How the state is kept (for readers of the code):
   a success in O(1) without a method call in the common case. Each window
   kind has its own service function, chosen once in
   :meth:`CircuitBreaker.layer`.
+* A breaker given a store (a breaker shared by a fleet of processes) keeps
+  a view of the fleet's state and sends its outcomes in batches: see
+  ``fleet.py`` (this process), ``server.py`` (the atomic steps every store
+  runs) and ``store.py`` (the protocol and the in-memory store).
 """
 
 from .events import (
@@ -36,9 +40,15 @@ from .events import (
     CircuitThresholdExceeded,
 )
 from .layer import CircuitBreaker, CircuitBreakerOptions
+from .records import BreakerBatch, BreakerRules, BreakerView
 from .statistics import CircuitBreakerStatistics, CircuitState
+from .store import BreakerStore, MemoryBreakerStore
 
 __all__ = [
+    "BreakerBatch",
+    "BreakerRules",
+    "BreakerStore",
+    "BreakerView",
     "CircuitBreaker",
     "CircuitBreakerOptions",
     "CircuitBreakerStatistics",
@@ -49,4 +59,5 @@ __all__ = [
     "CircuitState",
     "CircuitStateChanged",
     "CircuitThresholdExceeded",
+    "MemoryBreakerStore",
 ]

@@ -23,3 +23,8 @@ _SUCCESS: Final = _PRESENT
 _KIND_FAILURE: Final = 0
 _KIND_SUCCESS: Final = 1
 _KIND_IGNORED: Final = 2
+
+# The modes of a shared breaker's process (layers/_breaker/fleet.py).
+_UNJOINED: Final = 0  # no view yet (or its host ended): the next call joins
+_JOINED: Final = 1  # the view follows the store
+_FALLBACK: Final = 2  # the store failed: the local breaker decides

@@ -17,6 +17,7 @@ from .codes import (
     _CLOSED,
     _FAILED,
     _HALF_OPEN,
+    _JOINED,
     _KIND_FAILURE,
     _KIND_IGNORED,
     _KIND_SUCCESS,
@@ -36,7 +37,9 @@ from .statistics import CircuitBreakerStatistics, CircuitState
 from .windows import _CountWindow, _TimeWindow, _Trial, _Window
 
 if TYPE_CHECKING:
+    from .fleet import _Fleet
     from .layer import CircuitBreaker
+    from .records import BreakerView
 
 # ---------------------------------------------------------------- the state
 
@@ -48,6 +51,7 @@ class _Core:
         "breaker",
         "exceeded",
         "fast",
+        "fleet",
         "generation",
         "healthy_duration",
         "ignore",
@@ -117,6 +121,7 @@ class _Core:
         self.trips = 0
         self.rejected = 0
         self.exceeded = False
+        self.fleet: _Fleet | None = None  # with a shared store (fleet.py)
 
     def new_window(self) -> _Window:
         breaker = self.breaker
@@ -313,6 +318,54 @@ class _Core:
                 )
             )
 
+    # -- a shared breaker's view (layers/_breaker/fleet.py) ---------------------------
+
+    def adopt(self, view: BreakerView, open_until: float, now: float) -> None:
+        """Take the fleet's state; a change of state emits its event here too.
+
+        The local window and trial start afresh (they are used only if the
+        store fails, by the local fallback).
+        """
+        previous = self.state
+        state = view.state
+        self.window = self.new_window()
+        self.trial = None
+        self.exceeded = False
+        self.open_until = open_until
+        self.trips = view.trips
+        if state is previous:
+            return
+        self._enter(state, now)
+        if not events.STATE.sinks:
+            return
+        fields = {
+            "layer": self.name,
+            "from_state": previous.value,
+            "to_state": state.value,
+            "reason": view.reason,
+        }
+        if state is _OPEN:
+            event: CircuitStateChanged = CircuitOpened(
+                **fields,
+                open_duration=view.open_duration or 0.0,
+                failure_rate=view.opened_failure_rate,
+                slow_call_rate=view.opened_slow_call_rate,
+            )
+        elif state is _HALF_OPEN:
+            event = CircuitHalfOpened(**fields, probes=self.probes)
+        elif state is _CLOSED:
+            event = CircuitClosed(**fields)
+        else:
+            event = CircuitStateChanged(**fields)
+        events.emit(event)
+
+    def fall_back(self, now: float) -> None:
+        """The store failed: decide calls locally from the state now held."""
+        self.window = self.new_window()
+        self.fast = self.window if self.state is _CLOSED else None
+        self.trial = _Trial(now) if self.state is _HALF_OPEN else None
+        self.exceeded = False
+
     # -- half-open probes ----------------------------------------------------------
 
     def record_probe(self, trial: _Trial, code: int, now: float) -> None:
@@ -350,7 +403,7 @@ class _Core:
         retry_after: float | None = None
         if state is _OPEN:
             assert now is not None
-            retry_after = self.open_until - now
+            retry_after = max(0.0, self.open_until - now)
             message = f"circuit breaker {self.name!r} is open"
         elif state is _HALF_OPEN:
             message = (
@@ -378,8 +431,21 @@ class _Core:
             now = None
         window = self.window
         calls, failures, slow = window.counts(now)
-        failure_rate, slow_rate = self.rates(calls, failures, slow)
+        streak = window.streak
         trial = self.trial
+        in_flight = 0 if trial is None else trial.taken - trial.recorded
+        recorded = 0 if trial is None else trial.recorded
+        fallbacks = 0
+        fleet = self.fleet
+        if fleet is not None:
+            fallbacks = fleet.health.fallbacks
+            view = fleet.view
+            if fleet.mode == _JOINED and view is not None:  # the fleet's figures
+                calls, failures, slow = view.calls, view.failures, view.slow
+                streak = view.consecutive_failures
+                in_flight = view.probes_in_flight
+                recorded = view.probes_recorded
+        failure_rate, slow_rate = self.rates(calls, failures, slow)
         state = self.state
         since = self.since
         return CircuitBreakerStatistics(
@@ -391,7 +457,7 @@ class _Core:
             slow_calls=slow,
             failure_rate=failure_rate,
             slow_call_rate=slow_rate,
-            consecutive_failures=window.streak,
+            consecutive_failures=streak,
             retry_after=(
                 max(0.0, self.open_until - now)
                 if state is _OPEN and now is not None
@@ -399,10 +465,11 @@ class _Core:
             ),
             open_duration=self._next_duration(now),
             trips=self.trips,
-            probes_in_flight=0 if trial is None else trial.taken - trial.recorded,
-            probes_recorded=0 if trial is None else trial.recorded,
+            probes_in_flight=in_flight,
+            probes_recorded=recorded,
             rejected=self.rejected,
             generation=self.generation,
+            store_fallbacks=fallbacks,
         )
 
     def open_duration(self, trips: int) -> float:

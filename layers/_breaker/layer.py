@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, Final, Literal, TypedDict, TypeVar, final
 
@@ -26,6 +27,8 @@ from .._errors import ConfigurationError
 from .._observable import HealthStatus, Observation
 from .codes import _CLOSED, _DISABLED, _FORCED_OPEN, _METRICS_ONLY
 from .core import _Core
+from .fleet import _Fleet, _fleet_service, _slow_fleet_service
+from .records import BreakerRules
 from .services import (
     _count_service,
     _slow_count_service,
@@ -33,6 +36,7 @@ from .services import (
     _time_service,
 )
 from .statistics import CircuitBreakerStatistics, CircuitState
+from .store import BreakerStore
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
@@ -59,6 +63,32 @@ def _window_type(
 ) -> None:
     if value not in ("count", "time"):
         fail(instance, attribute, value, "'count' or 'time'")
+
+
+_STORE_METHODS = ("read", "report", "take_probe", "report_probe", "set_state")
+
+
+def _store(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if (
+        all(
+            inspect.iscoroutinefunction(getattr(value, n, None)) for n in _STORE_METHODS
+        )
+        and callable(getattr(value, "subscribe", None))
+        and callable(getattr(value, "start_soon", None))
+        and isinstance(getattr(value, "name", None), str)
+        and is_finite_number(getattr(value, "sync_interval", None))
+    ):
+        return
+    fail(
+        instance,
+        attribute,
+        value,
+        "None or a BreakerStore such as layers.MemoryBreakerStore (async "
+        "read, report, take_probe, report_probe and set_state methods, "
+        "subscribe and start_soon methods, a name and a sync_interval)",
+    )
 
 
 # ---------------------------------------------------------------- options
@@ -89,6 +119,7 @@ class CircuitBreakerOptions(TypedDict, total=False):
     healthy_duration: float | None
     probes: int
     max_half_open_duration: float | None
+    store: BreakerStore | None
 
 
 _STATE_HEALTH: Final[dict[CircuitState, HealthStatus]] = {
@@ -193,6 +224,31 @@ class CircuitBreaker:
         max_half_open_duration: If set, a half-open period lasting this long
             without a verdict opens the breaker again (its probes' late
             outcomes are not counted). Default: no limit.
+        store: ``None`` (the default): the state lives in this object. A
+            :class:`~layers.BreakerStore` (such as
+            :class:`~layers.MemoryBreakerStore`): one breaker for every
+            process that uses the same store, see "Shared by a fleet"
+            below.
+
+    **Shared by a fleet.** With a *store*, every process's breaker (each
+    made with the same options) is one breaker: the window holds the
+    outcomes of the whole fleet, a trip is made once in the store and
+    reaches every process through the store's notices (and a periodic
+    re-read), exactly *probes* trial calls run across the fleet, and
+    the manual states hold for every process. Each process keeps a view of
+    the fleet's state and decides each call from it with no I/O while
+    closed or open; outcomes are sent in batches by a background task that
+    the store hosts (enter the store, or its connection, with ``async
+    with``: the first call raises :class:`RuntimeError` otherwise), every
+    bucket of a time window (every ``store.sync_interval`` for a count
+    window), and at once after a failure when the fleet is half-way to a
+    trip. Outcomes sent after the fleet changed state do not count (in
+    memory, the window kept while open records them). When the store
+    fails, the breaker decides with its own local logic, from the state
+    it was in, emits :class:`~layers.events.StoreFailed`, and adopts the
+    fleet's state again when the store answers (its local outcomes are
+    not sent). ``statistics()`` then shows the fleet's window as last
+    seen, and ``store_fallbacks``.
 
     Raises:
         layers.ConfigurationError: For any invalid option; the message names
@@ -254,6 +310,7 @@ class CircuitBreaker:
     max_half_open_duration: float | None = attrs.field(
         default=None, validator=_optional_seconds
     )
+    store: BreakerStore | None = attrs.field(default=None, validator=_store)
     _core: _Core = attrs.field(init=False, repr=False)
     kind = "circuit_breaker"
     """The kind of layer, for events and metrics (:class:`~layers.Observable`)."""
@@ -291,7 +348,25 @@ class CircuitBreaker:
                 f"max_open_duration must be >= open_duration "
                 f"({self.open_duration!r}), got {self.max_open_duration!r}"
             )
-        object.__setattr__(self, "_core", _Core(self))
+        core = _Core(self)
+        object.__setattr__(self, "_core", core)
+        if self.store is not None:
+            rules = BreakerRules(
+                window_type=self.window_type,
+                window_size=size,
+                window_buckets=self.window_buckets,
+                min_calls=core.minimum,
+                failure_rate_threshold=self.failure_rate_threshold,
+                slow_call_rate_threshold=self.slow_call_rate_threshold,
+                consecutive_failures=self.consecutive_failures,
+                open_duration=self.open_duration,
+                open_duration_growth=self.open_duration_growth,
+                max_open_duration=core.max_open,
+                healthy_duration=core.healthy_duration,
+                probes=self.probes,
+                max_half_open_duration=self.max_half_open_duration,
+            )
+            core.fleet = _Fleet(core, self.store, rules)
 
     # -- the layer --------------------------------------------------------------
 
@@ -301,10 +376,20 @@ class CircuitBreaker:
         The success path is chosen here, once: without a slow-call threshold
         a count window reads no clock and a time window reads it once per
         call; with one, a call reads it twice. An ``on_result``
-        predicate adds one call of it per response.
+        predicate adds one call of it per response. With a *store*, a
+        closed breaker's success adds one to the pending batch and reads
+        no clock (unless slow calls are timed).
         """
         core = self._core
         check = self.on_result
+        fleet = core.fleet
+        if fleet is not None:
+            shared = (
+                _fleet_service
+                if self.slow_call_duration is None
+                else _slow_fleet_service
+            )
+            return mark_built(shared(fleet, inner, check), self, inner)
         if self.slow_call_duration is not None:
             if self.window_type == "time":
                 build = _slow_time_service
@@ -347,38 +432,52 @@ class CircuitBreaker:
         """
         stats = self._core.statistics()
         state = stats.state
+        figures: dict[str, float | None] = {
+            "failure_rate": stats.failure_rate,
+            "slow_call_rate": stats.slow_call_rate,
+            "retry_after": stats.retry_after,
+        }
+        if self.store is not None:
+            figures["store_fallbacks"] = stats.store_fallbacks
         return Observation(
             status=_STATE_HEALTH[state],
             state=state,
             rejected=stats.rejected,
-            figures={
-                "failure_rate": stats.failure_rate,
-                "slow_call_rate": stats.slow_call_rate,
-                "retry_after": stats.retry_after,
-            },
+            figures=figures,
         )
 
     # -- manual control -------------------------------------------------------------
 
+    def _manual(self, state: CircuitState, reason: str) -> None:
+        core = self._core
+        fleet = core.fleet
+        if fleet is not None:
+            fleet.host_if_running()  # RuntimeError: no host for the store
+        core.manual(state, reason)
+        if fleet is not None:
+            fleet.manual(state)  # for the whole fleet: sent at once
+
     def force_open(self) -> None:
         """Reject every call (state ``FORCED_OPEN``) until another manual call.
 
-        Already forced open, it does nothing (no event).
+        Already forced open, it does nothing (no event). With a *store*, for
+        the whole fleet (see "Shared by a fleet"; in an event loop, a store
+        with no host raises :class:`RuntimeError`).
         """
-        self._core.manual(_FORCED_OPEN, "force_open")
+        self._manual(_FORCED_OPEN, "force_open")
 
     def force_closed(self) -> None:
         """Let every call through and record nothing (state ``DISABLED``).
 
         The breaker stays so until another manual call
         (:meth:`reset` resumes normal operation). Already disabled, it does
-        nothing (no event).
+        nothing (no event). With a *store*, for the whole fleet.
         """
-        self._core.manual(_DISABLED, "force_closed")
+        self._manual(_DISABLED, "force_closed")
 
     def disable(self) -> None:
         """The same as :meth:`force_closed` (resilience4j's name for it)."""
-        self._core.manual(_DISABLED, "force_closed")
+        self._manual(_DISABLED, "force_closed")
 
     def metrics_only(self) -> None:
         """Record and report, never reject (state ``METRICS_ONLY``).
@@ -387,9 +486,11 @@ class CircuitBreaker:
         as when closed, and a :class:`~layers.events.CircuitThresholdExceeded`
         event reports each time the breaker would have opened. It starts with an empty
         window; already metrics-only, it does nothing (the window is kept,
-        no event): :meth:`reset` first to start afresh.
+        no event): :meth:`reset` first to start afresh. With a *store*, for
+        the whole fleet: the process whose batch makes a threshold hold
+        emits the event.
         """
-        self._core.manual(_METRICS_ONLY, "metrics_only")
+        self._manual(_METRICS_ONLY, "metrics_only")
 
     def reset(self) -> None:
         """Go back to ``CLOSED`` with an empty window and no trips in a row.
@@ -397,6 +498,7 @@ class CircuitBreaker:
         Leaves any state, manual ones included. Calls in flight from before
         do not count toward the new window. On a breaker that is already
         closed it still empties the window and forgets the trips, but that is
-        not a transition: no event, and the time in state runs on.
+        not a transition: no event, and the time in state runs on. With a
+        *store*, for the whole fleet.
         """
-        self._core.manual(_CLOSED, "reset")
+        self._manual(_CLOSED, "reset")

@@ -80,3 +80,6 @@ class CircuitBreakerStatistics:
     generation: int
     """Counts state changes; calls admitted in an older generation never
     count toward a newer half-open trial."""
+    store_fallbacks: int = 0
+    """The calls this process's own breaker decided while its shared store
+    failed, so far (``0`` without a store)."""

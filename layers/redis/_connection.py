@@ -125,6 +125,9 @@ class RedisConnection:
             )
         self.client: Client = client
         self.prefix = check_name(owner, "prefix", prefix)
+        if "{" in prefix or "}" in prefix:
+            # A brace would make the prefix the keys' cluster hash tag.
+            fail_value(owner, "prefix", prefix, "a non-empty string without braces")
         self.timeout = check_number(
             owner, "timeout", timeout, "a finite number of seconds > 0", lambda v: v > 0
         )

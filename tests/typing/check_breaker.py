@@ -39,3 +39,19 @@ assert_type(ServiceBuilder().layer(breaker).service(fetch), Service[int, str])
 assert_type(breaker.state, CircuitState)
 assert_type(breaker.statistics().failure_rate, float | None)
 assert_type(breaker.statistics(), layers.CircuitBreakerStatistics)
+
+# A breaker shared by a fleet: MemoryBreakerStore is a BreakerStore.
+fleet_store: layers.BreakerStore = layers.MemoryBreakerStore(sync_interval=0.5)
+shared = CircuitBreaker(name="users-api", store=fleet_store)
+assert_type(shared.layer(fetch), Service[int, str])
+assert_type(
+    ServiceBuilder().circuit_breaker(store=layers.MemoryBreakerStore()).service(fetch),
+    Service[int, str],
+)
+assert_type(shared.statistics().store_fallbacks, int)
+
+
+async def joined(store: layers.MemoryBreakerStore) -> None:
+    """The store is entered for the breakers' background work."""
+    async with store as entered:
+        assert_type(entered, layers.MemoryBreakerStore)
