@@ -738,7 +738,7 @@ class RedisBreakerStore:
                 retry_policy=NoRetryPolicy(),
                 subscription_timeout=max(1.0, self.redis.timeout),
             ) as pubsub:
-                yield self._notices(pubsub)
+                yield _Notices(pubsub, self._channel, self.name)
         except StoreError:
             raise
         except Exception as error:
@@ -750,28 +750,44 @@ class RedisBreakerStore:
                 store=self.name,
             ) from error
 
-    async def _notices(self, pubsub: Any) -> AsyncIterator[BreakerView]:
-        iterator = pubsub.__aiter__()
-        while True:
-            try:
-                message: Any = await iterator.__anext__()
-                if message["type"] != "message":
-                    continue
-                view = parse_view(json.loads(message["data"]))
-            except StopAsyncIteration:
-                raise StoreError(
-                    f"the subscription to {self._channel!r} ended", store=self.name
-                ) from None
-            except Exception as error:
-                raise StoreError(
-                    f"the subscription to {self._channel!r} failed "
-                    f"({type(error).__name__})",
-                    store=self.name,
-                ) from error
-            yield view
-
     def __repr__(self) -> str:
         return (
             f"RedisBreakerStore(name={self.name!r}, "
             f"sync_interval={self.sync_interval!r}, probe_lease={self.probe_lease!r})"
         )
+
+
+class _Notices:
+    """The views heard on a breaker's channel.
+
+    An iterator, not a generator: a caller may stop reading at any point
+    without leaving a generator to be closed.
+    """
+
+    __slots__ = ("_channel", "_messages", "_store")
+
+    def __init__(self, pubsub: Any, channel: str, store: str) -> None:
+        self._messages: Any = pubsub.__aiter__()
+        self._channel = channel
+        self._store = store
+
+    def __aiter__(self) -> _Notices:
+        return self
+
+    async def __anext__(self) -> BreakerView:
+        while True:
+            try:
+                message: Any = await self._messages.__anext__()
+                if message["type"] != "message":
+                    continue
+                return parse_view(json.loads(message["data"]))
+            except StopAsyncIteration:
+                raise StoreError(
+                    f"the subscription to {self._channel!r} ended", store=self._store
+                ) from None
+            except Exception as error:
+                raise StoreError(
+                    f"the subscription to {self._channel!r} failed "
+                    f"({type(error).__name__})",
+                    store=self._store,
+                ) from error
