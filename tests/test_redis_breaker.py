@@ -426,3 +426,26 @@ async def test_redis_killed_and_restarted_mid_run(
         kinds = [type(e) for e in events]
         assert kinds.count(StoreFailed) == 2
         assert kinds.count(StoreRecovered) == 2
+
+
+async def test_every_step_and_the_subscription_fail_with_store_error() -> None:
+    """Where no Redis listens: each step and subscribe() raise StoreError, quickly."""
+    from redis_server import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    async with RedisConnection.from_url(url) as redis:
+        store = RedisBreakerStore(redis, name="b")
+        b = layers.CircuitBreaker(store=store)
+        rules = b._core.fleet.rules  # type: ignore[union-attr]  # pyright: ignore[reportPrivateUsage, reportOptionalMemberAccess]
+        with anyio.fail_after(5):
+            for step in (
+                store.read(rules),
+                store.take_probe(rules, "p"),
+                store.report_probe(rules, "p", "success", False),
+                store.set_state(rules, CircuitState.FORCED_OPEN),
+            ):
+                with pytest.raises(layers.StoreError):
+                    await step
+            with pytest.raises(layers.StoreError, match="subscription"):
+                async with store.subscribe():
+                    pass

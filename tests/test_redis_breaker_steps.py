@@ -332,7 +332,7 @@ steps_strategy = st.lists(
 
 
 @hypothesis.settings(
-    max_examples=60,
+    max_examples=200,
     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
 )
 @hypothesis.given(rules=rules_strategy, steps=steps_strategy)
