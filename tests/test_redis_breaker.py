@@ -449,3 +449,29 @@ async def test_every_step_and_the_subscription_fail_with_store_error() -> None:
             with pytest.raises(layers.StoreError, match="subscription"):
                 async with store.subscribe():
                     pass
+
+
+async def test_a_probe_cancelled_in_flight_gives_its_slot_back(
+    redis: RedisConnection,
+) -> None:
+    """The one probe's call is cancelled: its slot is free in Redis, and reused."""
+    b, _ = breaker(redis, open_duration=0.05, probes=1)
+
+    async def inner(request: str) -> str:
+        if request == "hang":
+            await anyio.sleep_forever()
+        return await service(request)
+
+    svc = b.layer(inner)
+    key = redis.key("breaker", "b")
+    assert await call(svc, "fail") == "Boom"
+    await anyio.sleep(0.1)  # the open period is over
+    with anyio.move_on_after(0.3):
+        await svc("hang")  # holds the fleet's only probe
+    assert await redis.client.hget(key, "state") == "half_open"
+    with anyio.fail_after(5):
+        while await redis.client.hget(key, "probes") != "[]":  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+    assert await call(svc, "ok") == "ok"  # the slot again: the probe closes it
+    await until(lambda: b.state is CircuitState.CLOSED)
+    assert await redis.client.hget(key, "state") == "closed"
