@@ -475,3 +475,30 @@ async def test_a_probe_cancelled_in_flight_gives_its_slot_back(
     assert await call(svc, "ok") == "ok"  # the slot again: the probe closes it
     await until(lambda: b.state is CircuitState.CLOSED)
     assert await redis.client.hget(key, "state") == "closed"
+
+
+async def test_a_dropped_subscription_is_made_again(
+    redis: RedisConnection, redis_url: str, redis_server: RedisServer
+) -> None:
+    """The server drops the pub/sub connections: each process subscribes again."""
+    async with RedisConnection.from_url(redis_url) as other:
+        _, svc_a = breaker(redis, sync_interval=0.3)
+        b, svc_b = breaker(other, sync_interval=0.3)
+        assert await call(svc_a, "ok") == "ok"
+        assert await call(svc_b, "ok") == "ok"
+        channel = RedisBreakerStore(redis, name="b").channel
+
+        async def subscribers() -> int:
+            counts: Any = await redis.client.pubsub_numsub(channel)
+            return int(counts[channel])
+
+        with anyio.fail_after(5):
+            while await subscribers() != 2:  # noqa: ASYNC110 (polls Redis)
+                await anyio.sleep(0.01)
+        assert redis_server.command("CLIENT", "KILL", "TYPE", "pubsub").startswith(b":")
+        assert await subscribers() == 0
+        with anyio.fail_after(5):  # after sync_interval, and a re-read
+            while await subscribers() != 2:  # noqa: ASYNC110 (polls Redis)
+                await anyio.sleep(0.01)
+        assert await call(svc_a, "fail") == "Boom"
+        await until(lambda: b.state is CircuitState.OPEN, within=1.0)
