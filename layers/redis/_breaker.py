@@ -14,7 +14,8 @@ numbers as fields (floats written with 17 significant digits, so that they
 read back exactly; ``''`` for none), and its short lists (the count
 window's chunks, the time window's buckets, the probes and their leases)
 as fields too, space-separated (the probe ids as a JSON array). One key
-per breaker: one ``HGETALL`` and one ``HSET`` per step. The record is made
+per breaker: one ``HGETALL`` per step and one ``HSET`` per step that
+may write (``read`` writes only to make the record). The record is made
 by the first step that finds none, with an *epoch* chosen by the process
 that asks; a record lost (Redis restarted empty, or the key deleted) is
 made again with another epoch, which every process adopts. Notices go to
@@ -714,7 +715,11 @@ class RedisBreakerStore:
     async def set_state(
         self, rules: BreakerRules, state: CircuitState, /
     ) -> BreakerView:
-        """See :meth:`layers.BreakerStore.set_state`."""
+        """See :meth:`layers.BreakerStore.set_state`.
+
+        Raises:
+            ValueError: *state* is not a manual state.
+        """
         if state not in _MANUAL:
             raise ValueError(f"not a manual state: {state!r}")
         return (await self._step("set_state", rules, [state.value]))[0]
