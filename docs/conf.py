@@ -59,6 +59,9 @@ nitpick_ignore_regex = [
     # The seam between ConcurrencyLimit and its shared store: not public
     # (RedisConcurrencyStore is the one store), but it types store=.
     (r"py:class", r"layers\._concurrency\.ConcurrencyStore"),
+    # The private base that hosts a store's background work (its methods are
+    # documented on each public class that has it).
+    (r"py:class", r"layers\._host\.BackgroundHost"),
 ]
 
 # Builtins (int, float, TimeoutError, ...): listed by name, so that a bare

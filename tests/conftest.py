@@ -78,6 +78,15 @@ def own_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
+def redis_server_on_path() -> str:
+    """The redis-server executable, for a test whose subprocess starts its own."""
+    _need_redis()
+    path = redis_server_path()
+    assert path is not None
+    return path
+
+
+@pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Any]:
     """A layers.redis.RedisConnection to the session's (emptied) server."""
     from layers.redis import RedisConnection

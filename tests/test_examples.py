@@ -60,6 +60,7 @@ def test_every_example_is_tested() -> None:
     tested |= {"shutdown_server.py", "asgi_app.py"}
     tested |= {"httpx_client.py"}
     tested |= {"flagship.py"}  # in test_flagship.py
+    tested |= {"shared_quota.py"}
     assert {path.name for path in EXAMPLES.glob("*.py")} == tested
 
 
@@ -287,3 +288,30 @@ def test_httpx_client(backend: str) -> None:
     assert "attempt 2: circuit breaker 'https://down.test:443' is open" in output
     assert "s3cret" not in output
     assert "pw@" not in output
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_shared_quota(backend: str, redis_server_on_path: str) -> None:
+    """shared_quota.py: 4 processes keep to one quota and one limit in Redis."""
+    # It starts a redis-server of its own (skipped where none is installed,
+    # a failure with LAYERS_REQUIRE_REDIS=1), runs 3 s of calls, stops it.
+    output = run_example("shared_quota.py", "--backend", backend)
+    section = only_backend_section(
+        output,
+        backend,
+        ["OK: the fleet kept to the quota and to the concurrency limit"],
+    )
+    assert "LIMIT BROKEN" not in section
+    processes = re.findall(r"process \d: (\d+) calls, [0-9.]+/s", section)
+    assert len(processes) == 4, section
+    assert all(int(calls) > 0 for calls in processes), section
+    total = re.search(r"all 4: (\d+) calls in 3 s = ([0-9.]+)/s", section)
+    assert total is not None, section
+    assert sum(map(int, processes)) == int(total.group(1))
+    # At most what GCRA allows (200 x 3 s + burst 10), and near the quota:
+    # 4 x 10 callers on 5 permits of 5 ms calls (plus a few round trips each)
+    # can do more than 200/s.
+    assert 0.8 * 200 * 3 <= int(total.group(1)) <= 200 * 3 + 10, section
+    fleet = re.search(r"in flight across the fleet: at most (\d+) \(limit 5\)", section)
+    assert fleet is not None, section
+    assert 1 <= int(fleet.group(1)) <= 5, section

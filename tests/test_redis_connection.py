@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import anyio
@@ -190,13 +191,13 @@ async def test_a_connection_owns_a_task_group_for_background_work(
         connection = RedisConnection(client)
         assert not connection.entered
         with pytest.raises(RuntimeError, match=r"async with RedisConnection\(client\)"):
-            connection.start_soon(background, "early")
+            connection.start_soon(functools.partial(background, "early"))
         async with connection as entered:
             assert entered is connection
             assert connection.entered
             with pytest.raises(RuntimeError, match="already entered"):
                 await connection.__aenter__()
-            connection.start_soon(background, "work")
+            connection.start_soon(functools.partial(background, "work"))
             with anyio.fail_after(5):
                 await ran.wait()
             assert ended == []

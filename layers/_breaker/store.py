@@ -9,16 +9,15 @@ import contextlib
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
-from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import anyio
-import anyio.abc
 import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectSendStream
 
 from .._backend import base_time
 from .._config import check_name, check_number
+from .._host import BackgroundHost
 from . import server
 from .records import BreakerBatch, BreakerRules, BreakerView
 from .server import ProbeOutcome
@@ -140,7 +139,7 @@ class BreakerStore(Protocol):
         ...
 
 
-class MemoryBreakerStore:
+class MemoryBreakerStore(BackgroundHost):
     """A breaker's shared state in this process: the reference store.
 
     Its steps are the functions of the reference "server" (module
@@ -171,8 +170,11 @@ class MemoryBreakerStore:
         ConfigurationError: An argument is of the wrong type or out of range.
     """
 
+    enter_hint: ClassVar[str] = (
+        "use `async with store:` around the code that calls its shared breakers"
+    )
+
     __slots__ = (
-        "_group",
         "_record",
         "_subscribers",
         "name",
@@ -205,52 +207,7 @@ class MemoryBreakerStore:
         )
         self._record = server.Record(epoch=uuid.uuid4().hex)
         self._subscribers: list[MemoryObjectSendStream[BreakerView]] = []
-        self._group: anyio.abc.TaskGroup | None = None
-
-    # -- hosting ------------------------------------------------------------------
-
-    async def __aenter__(self) -> MemoryBreakerStore:
-        """Open the task group that hosts the breakers' background work."""
-        if self._group is not None:
-            raise RuntimeError(f"{self!r} is already entered")
-        group = anyio.create_task_group()
-        await group.__aenter__()
-        self._group = group
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> bool | None:
-        """Cancel the background work and wait for it to end."""
-        group, self._group = self._group, None
-        if group is None:
-            return None
-        group.cancel_scope.cancel()
-        return await group.__aexit__(exc_type, exc, traceback)
-
-    def start_soon(
-        self,
-        function: Callable[[], Coroutine[Any, Any, None]],
-        /,
-        *,
-        name: str | None = None,
-    ) -> None:
-        """Run *function* in the background until the store's block ends.
-
-        Raises:
-            RuntimeError: The store is not entered.
-        """
-        group = self._group
-        if group is None:
-            raise RuntimeError(
-                f"{self!r} is not entered, so it cannot run a shared breaker's "
-                "background work: use `async with store:` around the code that "
-                "calls the breakers"
-            )
-        group.start_soon(function, name=name)
+        super().__init__()
 
     # -- the steps ------------------------------------------------------------------
 

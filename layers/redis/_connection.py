@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
-from types import TracebackType
-from typing import Any, TypeAlias, TypeVarTuple, cast
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any, ClassVar, TypeAlias, cast
 
 import anyio
 import anyio.lowlevel
 import coredis
 import coredis.exceptions
-from anyio.abc import TaskGroup
 from coredis.commands.script import Script
 from coredis.retry import NoRetryPolicy
 
@@ -21,6 +19,7 @@ from .._config import check_name, check_number, fail_value
 from .._core import Service
 from .._deadline import current_deadline
 from .._errors import CircuitOpen, StoreError
+from .._host import BackgroundHost
 
 __all__ = ["RedisConnection"]
 
@@ -29,7 +28,6 @@ Client: TypeAlias = "coredis.Redis[Any] | coredis.RedisCluster[Any]"
 
 Value: TypeAlias = "str | bytes | int | float"
 
-PosArgs = TypeVarTuple("PosArgs")
 
 # What a failing Redis raises through coredis: its own errors, the socket's,
 # and the timeout of our own scope.
@@ -59,7 +57,7 @@ def default_guard() -> CircuitBreaker:
     )
 
 
-class RedisConnection:
+class RedisConnection(BackgroundHost):
     """A coredis client, made ready for the shared layers.
 
     The application owns its client and its pool: pass a connected
@@ -105,7 +103,12 @@ class RedisConnection:
         ConfigurationError: An argument is of the wrong type or out of range.
     """
 
-    __slots__ = ("_group", "_guarded", "client", "guard", "prefix", "timeout")
+    __slots__ = ("_guarded", "client", "guard", "prefix", "timeout")
+
+    enter_hint: ClassVar[str] = (
+        "use `async with RedisConnection(client) as redis:` around the code that "
+        "uses the shared layers (RedisConnection.from_url(url) enters it for you)"
+    )
 
     def __init__(
         self,
@@ -136,58 +139,7 @@ class RedisConnection:
         self.guard = default_guard() if guard is None else guard
         self._guarded: Service[tuple[Script[Any], Sequence[str], Sequence[Value]], Any]
         self._guarded = self.guard.layer(self._evalsha)
-        self._group: TaskGroup | None = None
-
-    async def __aenter__(self) -> RedisConnection:
-        """Open the task group for background work (see the class docs)."""
-        if self._group is not None:
-            raise RuntimeError(f"{self!r} is already entered")
-        group = anyio.create_task_group()
-        await group.__aenter__()
-        self._group = group
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> bool | None:
-        """Cancel the background work and wait for it to end."""
-        group, self._group = self._group, None
-        if group is None:
-            return None
-        group.cancel_scope.cancel()
-        return await group.__aexit__(exc_type, exc, traceback)
-
-    @property
-    def entered(self) -> bool:
-        """Whether the connection is entered (its background work can run)."""
-        return self._group is not None
-
-    def start_soon(
-        self,
-        function: Callable[[*PosArgs], Coroutine[Any, Any, object]],
-        *args: *PosArgs,
-        name: str | None = None,
-    ) -> None:
-        """Run *function* in the background until the connection's block ends.
-
-        The shared stores start their background work with it. *function*
-        must not raise (an exception would end the connection's block).
-
-        Raises:
-            RuntimeError: The connection is not entered.
-        """
-        group = self._group
-        if group is None:
-            raise RuntimeError(
-                f"{self!r} is not entered, so it cannot run background work: "
-                "use `async with RedisConnection(client) as redis:` around the "
-                "code that uses the shared layers (RedisConnection.from_url(url) "
-                "enters it for you)"
-            )
-        group.start_soon(function, *args, name=name)
+        super().__init__()
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -259,11 +211,15 @@ class RedisConnection:
         own = deadline is None or deadline - anyio.current_time() >= self.timeout
         try:
             with anyio.fail_after(self.timeout if own else None):
-                # coredis's default callback is an untyped NoopCallback
-                reply: Any = await script(  # pyright: ignore[reportUnknownVariableType, reportUnknownArgumentType]
-                    keys=keys, args=args, client=self.client
-                )
-                return reply  # pyright: ignore[reportUnknownVariableType]
+                # EVALSHA straight on the client (a Script's own call wraps
+                # the command in a retry and a transform: 80 us more CPU per
+                # call, measured); NOSCRIPT loads the script and sends it again.
+                client = self.client
+                try:
+                    return await client.evalsha(script.sha, keys=keys, args=args)
+                except coredis.exceptions.NoScriptError:
+                    await client.script_load(script.script)
+                    return await client.evalsha(script.sha, keys=keys, args=args)
         except _FAILURES as error:
             # coredis reports a cancellation that arrives while it opens a
             # connection as a ConnectionError: if the caller was cancelled,

@@ -1,0 +1,834 @@
+"""The shared limits of layers.redis against a real redis-server on loopback.
+
+Run::
+
+    python benchmarks/bench_redis.py [--part accuracy|cost|peers|lease|
+                                             concurrency|all]
+                                     [--seconds S] [--processes P]
+                                     [--tasks T] [--fast-tasks T]
+                                     [--backend mixed|asyncio|trio]
+                                     [--lease L] [--lease-ttl SECONDS]
+                                     [--rate R] [--rounds N]
+                                     [--redis-url URL]
+                                     [--limits-python PATH]
+
+It starts its own ``redis-server`` (Debian's package) on a free port in a
+temporary directory unless ``--redis-url`` is given, and stops it at the
+end. The multi-process parts start worker processes
+(``_redis_workers.py``), each with its own event loop: by default the
+fleet alternates asyncio and trio (``--backend`` to choose one). Every
+figure is measured in this one run; ratios compare figures of the same
+run. Five parts:
+
+* **accuracy**: P processes (8) x T tasks (50) call in a loop through one
+  ``RateLimit(2000, burst=20)`` (``--rate``) in wait mode with a
+  ``RedisRateLimitStore`` for S seconds (10). Goals: the calls admitted
+  are within 1 % of what GCRA allows (``rate x S + burst``), never above
+  it, and no 100 ms window (at any offset) holds more than
+  ``rate x 0.1 + burst = 220``. The
+  admission times are read in the inner call, in each process
+  (``time.time()``: one clock on one machine). Also reported: round trips
+  (the server's count of EVALSHA) per admitted call, and the CPU time per
+  admitted call of the workers and of redis-server (on a small machine
+  the fleet is CPU-bound).
+* **cost**: one task calls sequentially; an admitted call through
+  ``RateLimit`` with a ``RedisRateLimitStore`` (a limit that never
+  refuses) against a bare EVALSHA of a trivial script (``return 1``) on
+  the same coredis client, the floor of one round trip; and the same
+  script through ``RedisConnection.run`` (its timeout and guard). Round-
+  robin blocks of 100 calls for ``--rounds`` rounds (40), per-call
+  latency, p50 and p99, on asyncio and trio. Goal: at most 1.15x the bare
+  EVALSHA at p50.
+* **peers**: ``limits`` (its async moving-window and fixed-window
+  strategies on its async Redis storage) and pyrate-limiter (its
+  ``RedisBucket``, a sliding log, and its GCRA ``StateBucket`` on a
+  ``RedisStateStore``), side by side with layers on the same server: the
+  accuracy run's setting (2000/s; the window peers count per 1 s window)
+  for the achieved rate, the busiest 1 s and 100 ms windows; and calls/s:
+  P processes x ``--fast-tasks`` tasks (10) on a limit none reaches
+  (1,000,000/s) for min(S, 3) seconds. The peers run on asyncio (their
+  async clients are asyncio-only); so does layers in this part. ``limits``
+  pins ``coredis < 6``: give it a venv of its own and pass its interpreter
+  with ``--limits-python``. Goals: layers never above what its limit
+  allows, and at least 2x each peer's calls/s.
+* **lease**: lease mode (``lease=L``, ``--lease``, 100) against exact
+  mode: calls/s as in the peers part (goal: at least 10x exact mode), and
+  the calls admitted by P x T tasks on ``RateLimit(10000, burst=200)`` for
+  S seconds (goal: within 2 % of ``rate x S + burst``, never above).
+* **concurrency**: P processes x 5 tasks through one
+  ``ConcurrencyLimit(10)`` with a ``RedisConcurrencyStore``, each call
+  holding its permit 10 ms: the most calls in flight across the fleet
+  (from the calls' enter and leave times on the machine's monotonic
+  clock; goal: exactly 10). Then a process takes all 10 permits and is
+  killed with SIGKILL while this process waits for 10 permits: the time
+  until the permits are back (goal: within ``lease_ttl``,
+  ``--lease-ttl``, 2 s here).
+
+A call refused with ``StoreUnavailable`` (a command over the connection's
+0.25 s timeout, under overload) is counted and reported, not admitted.
+
+The script exits with status 1 when a goal fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import contextlib
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+HERE = Path(__file__).resolve().parent
+WORKERS = HERE / "_redis_workers.py"
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from _method import versions  # noqa: E402
+from redis_server import RedisServer  # noqa: E402
+
+PARTS = ("accuracy", "cost", "peers", "lease", "concurrency")
+FAILED: list[str] = []
+
+
+def verdict(ok: bool, goal: str) -> str:
+    if not ok:
+        FAILED.append(goal)
+    return "PASS" if ok else "FAIL"
+
+
+def pct(value: float) -> str:
+    return f"{value * 100:+.2f} %"
+
+
+def busiest(stamps: list[float], width: float) -> int:
+    """The most stamps in any closed window of *width* seconds (sorted stamps)."""
+    most = 0
+    for i, t in enumerate(stamps):
+        most = max(most, bisect.bisect_right(stamps, t + width) - i)
+    return most
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    index = min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))
+    return sorted_values[index]
+
+
+# ---------------------------------------------------------------- the server
+
+
+@contextlib.contextmanager
+def redis_server(url: str | None) -> Iterator[str]:
+    if url is not None:
+        yield url
+        return
+    if shutil.which("redis-server") is None:
+        raise SystemExit("redis-server is not on the PATH (Debian: redis-server)")
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-redis-") as directory,
+        RedisServer(Path(directory)) as server,
+    ):
+        yield server.url
+
+
+async def _admin(url: str, command: str) -> Any:
+    import coredis
+
+    async with coredis.Redis.from_url(url, decode_responses=True) as client:
+        if command == "flush":
+            return await client.flushall()
+        if command == "reset-stats":
+            return await client.config_resetstat()
+        return await client.info(command)
+
+
+def admin(url: str, command: str) -> Any:
+    """``flush``, ``reset-stats``, or INFO of a section, on a client of its own."""
+    return anyio.run(_admin, url, command)
+
+
+def redis_cpu(url: str) -> float:
+    """The CPU seconds redis-server has used (user + system)."""
+    info = admin(url, "cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def evalsha_calls(url: str) -> int:
+    """The server's count of EVALSHA commands since ``reset-stats``."""
+    stats = admin(url, "commandstats").get("cmdstat_evalsha", {})
+    return int(stats.get("calls", 0)) if isinstance(stats, dict) else 0
+
+
+# ----------------------------------------------------------------- the fleet
+
+
+class WorkerFailed(RuntimeError):
+    pass
+
+
+def run_fleet(
+    specs: list[dict[str, Any]], python: str = sys.executable, grace: float = 60.0
+) -> list[dict[str, Any]]:
+    """Start one worker per spec, start them together, return their results."""
+    processes: list[subprocess.Popen[str]] = []
+    logs: list[Any] = []
+    try:
+        for spec in specs:
+            log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed below)
+            logs.append(log)
+            processes.append(
+                subprocess.Popen(
+                    [python, str(WORKERS), json.dumps(spec)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    text=True,
+                )
+            )
+        for process, log in zip(processes, logs, strict=True):
+            assert process.stdout is not None
+            line = process.stdout.readline().strip()
+            if line != "ready":
+                process.wait(timeout=30)
+                log.seek(0)
+                raise WorkerFailed(f"{line!r}\n{log.read()[-3000:]}")
+        start = time.time() + 0.3
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write(f"go {start!r}\n")
+            process.stdin.close()
+            process.stdin = None  # communicate() below only reads
+        results = []
+        seconds = max(spec["seconds"] for spec in specs)
+        for process, log in zip(processes, logs, strict=True):
+            try:
+                out, _ = process.communicate(timeout=seconds + grace)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                log.seek(0)
+                raise WorkerFailed(f"hung\n{log.read()[-3000:]}") from None
+            lines = [x for x in out.splitlines() if x.startswith("result ")]
+            if process.returncode != 0 or not lines:
+                log.seek(0)
+                raise WorkerFailed(f"exit {process.returncode}\n{log.read()[-3000:]}")
+            results.append(json.loads(lines[-1].removeprefix("result ")))
+        return results
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        for log in logs:
+            log.close()
+
+
+def backends(option: str, count: int) -> list[str]:
+    if option == "mixed":
+        return [("asyncio", "trio")[i % 2] for i in range(count)]
+    return [option] * count
+
+
+def fleet_label(option: str) -> str:
+    return "asyncio and trio alternating" if option == "mixed" else option
+
+
+def rate_fleet(
+    args: argparse.Namespace,
+    kind: str,
+    name: str,
+    rate: float,
+    burst: int,
+    seconds: float,
+    *,
+    backend: str | None = None,
+    lease: int | None = None,
+    record: bool = True,
+    tasks: int | None = None,
+) -> dict[str, Any]:
+    """A fleet on one rate limit; the merged result."""
+    admin(args.url, "flush")
+    admin(args.url, "reset-stats")
+    server_cpu = redis_cpu(args.url)
+    chosen = backends(backend or args.backend, args.processes)
+    specs = [
+        {
+            "kind": kind,
+            "url": args.url,
+            "backend": chosen[i],
+            "name": name,
+            "rate": rate,
+            "burst": burst,
+            "lease": lease,
+            "seconds": seconds,
+            "tasks": tasks or args.tasks,
+            "record": record,
+        }
+        for i in range(args.processes)
+    ]
+    python = args.limits_python if kind.startswith("limits-") else sys.executable
+    results = run_fleet(specs, python=python)
+    stamps = sorted(t for r in results for t in r["stamps"])
+    admitted = sum(r["admitted"] for r in results)
+    return {
+        "admitted": admitted,
+        "per_process": [r["admitted"] for r in results],
+        "stamps": stamps,
+        "evalsha": evalsha_calls(args.url),
+        "fallbacks": sum(r.get("fallbacks", 0) for r in results),
+        "refused": sum(r.get("refused", 0) for r in results),
+        "client_cpu": sum(r.get("cpu", 0.0) for r in results),
+        "server_cpu": redis_cpu(args.url) - server_cpu,
+    }
+
+
+STORE = "StoreUnavailable (a command over the connection's 0.25 s timeout)"
+
+
+def throughput(
+    args: argparse.Namespace,
+    kind: str,
+    seconds: float,
+    *,
+    backend: str | None = None,
+    lease: int | None = None,
+) -> dict[str, Any]:
+    """Calls/s of a fleet of ``--fast-tasks`` tasks per process, never limited."""
+    run = rate_fleet(
+        args,
+        kind,
+        f"fast-{kind}-{lease}",
+        1_000_000,
+        10**5,
+        seconds,
+        backend=backend,
+        lease=lease,
+        record=False,
+        tasks=args.fast_tasks,
+    )
+    calls = max(1, run["admitted"])
+    return {
+        "calls": run["admitted"] / seconds,
+        "refused": run["refused"],
+        "evalsha_per_call": run["evalsha"] / calls,
+        "client_us": run["client_cpu"] / calls * 1e6,
+        "server_us": run["server_cpu"] / calls * 1e6,
+    }
+
+
+# ------------------------------------------------------------------ accuracy
+
+RATE = 2000
+BURST = 20
+
+
+def accuracy(args: argparse.Namespace) -> None:
+    seconds = args.seconds
+    rate = args.rate
+    print(
+        f"accuracy: {args.processes} processes ({fleet_label(args.backend)}) x "
+        f"{args.tasks} tasks, RateLimit({rate:g}/s, burst={BURST}) on Redis, "
+        f"wait mode, {seconds:g} s"
+    )
+    run = rate_fleet(args, "layers-rate", "accuracy", rate, BURST, seconds)
+    allowed = rate * seconds + BURST
+    admitted = run["admitted"]
+    off = admitted / allowed - 1
+    ok = abs(off) <= 0.01 and admitted <= allowed
+    print(
+        f"  admitted: {admitted:,} of {allowed:,.0f} allowed (rate x {seconds:g} s "
+        f"+ burst): {pct(off)}  goal within 1 %, never above: "
+        f"{verdict(ok, 'accuracy: aggregate')}"
+    )
+    window = busiest(run["stamps"], 0.1)
+    allowance = rate * 0.1 + BURST
+    print(
+        f"  busiest 100 ms window: {window} (allowance rate x 0.1 s + burst = "
+        f"{allowance:.0f}): {verdict(window <= allowance, 'accuracy: 100 ms window')}"
+    )
+    per = run["per_process"]
+    print(f"  per process: min {min(per):,}, max {max(per):,}")
+    if admitted:
+        print(
+            f"  round trips (EVALSHA) per admitted call: "
+            f"{run['evalsha'] / admitted:.2f}; store fallbacks: {run['fallbacks']}"
+        )
+    if run["refused"]:
+        print(f"  {run['refused']:,} calls refused: {STORE}")
+    print(f"  {cpu_per_call(run)}")
+
+
+def cpu_per_call(run: dict[str, Any]) -> str:
+    calls = max(1, run["admitted"])
+    return (
+        f"CPU per admitted call: {run['client_cpu'] / calls * 1e6:.0f} us in the "
+        f"workers, {run['server_cpu'] / calls * 1e6:.0f} us in redis-server"
+    )
+
+
+# ---------------------------------------------------------------------- cost
+
+
+async def cost_backend(url: str, rounds: int, block: int) -> dict[str, list[float]]:
+    import layers
+    from layers.redis import RedisConnection, RedisRateLimitStore
+
+    async def inner(x: Any) -> Any:
+        return x
+
+    async with RedisConnection.from_url(url) as redis:
+        client = redis.client
+        trivial = redis.script("return 1")
+        key = redis.key("bench", "trivial")
+
+        async def bare(x: Any) -> Any:
+            return await trivial(keys=[key], args=[], client=client)
+
+        async def through_run(x: Any) -> Any:
+            return await redis.run(trivial, [key], [])
+
+        store = RedisRateLimitStore(redis, name="cost")
+        limited = layers.RateLimit(1e9, burst=10**6, store=store).layer(inner)
+        cases = {
+            "bare EVALSHA (coredis, `return 1`)": bare,
+            "RedisConnection.run, same script": through_run,
+            "RateLimit + RedisRateLimitStore, admitted": limited,
+        }
+        samples: dict[str, list[float]] = {name: [] for name in cases}
+        clock = time.perf_counter_ns
+        for round_ in range(rounds + 1):
+            for name, case in cases.items():
+                latencies = samples[name]
+                for i in range(block):
+                    begin = clock()
+                    await case(i)
+                    if round_:  # the first round warms up
+                        latencies.append((clock() - begin) / 1000)
+        return samples
+
+
+def cost(args: argparse.Namespace) -> None:
+    rounds, block = args.rounds, 100
+    print(
+        f"cost: one task, sequential calls, {rounds} rounds x {block} calls per "
+        f"case, round-robin; per-call latency in us"
+    )
+    for backend in ("asyncio", "trio"):
+        samples = anyio.run(cost_backend, args.url, rounds, block, backend=backend)
+        rows = {}
+        for name, values in samples.items():
+            values.sort()
+            rows[name] = (percentile(values, 0.5), percentile(values, 0.99))
+        base50, base99 = next(iter(rows.values()))
+        print(f"  {backend}:")
+        for name, (p50, p99) in rows.items():
+            print(
+                f"    {name:44} p50 {p50:7.1f} us ({p50 / base50:.2f}x)   "
+                f"p99 {p99:7.1f} us ({p99 / base99:.2f}x)"
+            )
+        ratio = rows["RateLimit + RedisRateLimitStore, admitted"][0] / base50
+        print(
+            f"    goal: an admitted call <= 1.15x a bare EVALSHA at p50: "
+            f"{ratio:.2f}x {verdict(ratio <= 1.15, f'cost ({backend})')}"
+        )
+
+
+# --------------------------------------------------------------------- peers
+
+PEERS = {
+    "layers-rate": "layers RateLimit + RedisRateLimitStore (GCRA, burst 20)",
+    "limits-moving": "limits, moving window (async, coredis)",
+    "limits-fixed": "limits, fixed window (async, coredis)",
+    "pyrate-log": "pyrate-limiter RedisBucket (sliding log)",
+    "pyrate-gcra": "pyrate-limiter StateBucket(GCRA, burst 20) + RedisStateStore",
+}
+
+
+FLOORS = {
+    "floor-coredis": "no limit: EVALSHA `return 1`, coredis (asyncio)",
+    "floor-redispy": "no limit: EVALSHA `return 1`, redis-py (asyncio)",
+}
+
+
+def peer_available(args: argparse.Namespace, kind: str) -> str | None:
+    """Why *kind* cannot run here, or None."""
+    if kind.startswith("limits-"):
+        if args.limits_python is None:
+            return "not installed (give --limits-python, a venv with limits)"
+        probe = subprocess.run(
+            [args.limits_python, "-c", "import limits.aio, coredis"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if probe.returncode:
+            return f"cannot import limits with {args.limits_python}"
+        return None
+    if kind.startswith(("pyrate-", "floor-redispy")):
+        modules = ["redis.asyncio"]
+        if kind.startswith("pyrate-"):
+            modules.insert(0, "pyrate_limiter")
+        for module in modules:
+            with contextlib.suppress(ModuleNotFoundError):
+                if importlib.util.find_spec(module) is not None:
+                    continue
+            return f"not installed ({module}: pip install 'pyrate-limiter[redis]')"
+    return None
+
+
+def peers(args: argparse.Namespace) -> None:
+    seconds = args.seconds
+    quick = min(seconds, 3.0)
+    print(
+        f"peers: {args.processes} processes (asyncio) x {args.tasks} tasks on one "
+        f"shared limit of {RATE}/s for {seconds:g} s; calls/s: "
+        f"{args.processes} x {args.fast_tasks} tasks, a limit of 1,000,000/s, "
+        f"{quick:g} s"
+    )
+    print(
+        "  allowance: GCRA rate x S + burst; the window peers promise at most "
+        f"{RATE} per 1 s window"
+    )
+    rows: dict[str, dict[str, float]] = {}
+    for kind, label in PEERS.items():
+        missing = peer_available(args, kind)
+        if missing:
+            print(f"  {label}: {missing}")
+            continue
+        try:
+            run = rate_fleet(
+                args, kind, f"peer-{kind}", RATE, BURST, seconds, backend="asyncio"
+            )
+            fast = throughput(args, kind, quick, backend="asyncio")
+        except WorkerFailed as error:
+            print(f"  {label}: could not run: {str(error).strip()[-400:]}")
+            continue
+        stamps = run["stamps"]
+        rows[kind] = {
+            "rate": run["admitted"] / seconds,
+            "1s": busiest(stamps, 1.0),
+            "100ms": busiest(stamps, 0.1),
+            "calls": fast["calls"],
+            "client_us": fast["client_us"],
+            "server_us": fast["server_us"],
+            "admitted": run["admitted"],
+        }
+        for what, result in (("2000/s", run), ("calls/s", fast)):
+            if result["refused"]:
+                print(
+                    f"  {label}, {what}: {result['refused']:,} calls refused: {STORE}"
+                )
+    floors: dict[str, dict[str, Any]] = {}
+    for kind in FLOORS:
+        if peer_available(args, kind) is None:
+            floors[kind] = throughput(args, kind, quick, backend="asyncio")
+    if not rows:
+        return
+    print(
+        f"  {'':62} {'rate/target':>11} {'busiest 1 s':>11} {'100 ms':>7} "
+        f"{'calls/s':>8} {'CPU us/call: client':>19} {'server':>6}"
+    )
+    for kind, row in rows.items():
+        print(
+            f"  {PEERS[kind]:62} {row['rate'] / RATE:11.3f} {row['1s']:11,.0f} "
+            f"{row['100ms']:7,.0f} {row['calls']:8,.0f} {row['client_us']:19,.0f} "
+            f"{row['server_us']:6,.0f}"
+        )
+    for kind, floor in floors.items():
+        print(
+            f"  {FLOORS[kind]:62} {'':11} {'':11} {'':7} {floor['calls']:8,.0f} "
+            f"{floor['client_us']:19,.0f} {floor['server_us']:6,.0f}"
+        )
+    ours = rows.get("layers-rate")
+    if ours is None:
+        return
+    allowed = RATE * seconds + BURST
+    ok = ours["admitted"] <= allowed and ours["1s"] <= RATE + BURST
+    print(
+        f"  layers: {ours['admitted']:,.0f} admitted of {allowed:,.0f} allowed, "
+        f"busiest 1 s {ours['1s']:,.0f} (<= {RATE + BURST}): "
+        f"{verdict(ok, 'peers: layers exact')}"
+    )
+    for kind, row in rows.items():
+        if kind == "layers-rate":
+            continue
+        over = row["1s"] > RATE
+        ratio = ours["calls"] / row["calls"] if row["calls"] else float("inf")
+        print(
+            f"  vs {PEERS[kind]}: {'overshoots' if over else 'within'} its "
+            f"{RATE}/s in 1 s ({row['1s']:,.0f}); layers {ratio:.1f}x its "
+            f"calls/s (goal >= 2x): {verdict(ratio >= 2, f'peers: 2x {kind}')}"
+        )
+
+
+# --------------------------------------------------------------------- lease
+
+LEASE_RATE = 10_000
+LEASE_BURST = 200
+
+
+def lease(args: argparse.Namespace) -> None:
+    seconds = args.seconds
+    quick = min(seconds, 3.0)
+    size = args.lease
+    print(
+        f"lease: {args.processes} processes ({fleet_label(args.backend)}) x "
+        f"{args.tasks} tasks; lease={size} against exact mode"
+    )
+    speed: dict[str, float] = {}
+    for label, lease_size in (("exact", None), (f"lease={size}", size)):
+        fast = throughput(args, "layers-rate", quick, lease=lease_size)
+        speed[label] = fast["calls"]
+        print(
+            f"  {label:10} {speed[label]:10,.0f} calls/s ({args.processes} x "
+            f"{args.fast_tasks} tasks, a limit of 1,000,000/s, {quick:g} s); "
+            f"EVALSHA per call {fast['evalsha_per_call']:.3f}; CPU per call "
+            f"{fast['client_us']:.0f} us (workers), {fast['server_us']:.0f} us "
+            "(redis-server)"
+        )
+        if fast["refused"]:
+            print(f"  {label}: {fast['refused']:,} calls refused: {STORE}")
+    ratio = speed[f"lease={size}"] / speed["exact"]
+    print(
+        f"  lease mode / exact mode: {ratio:.1f}x (goal >= 10x): "
+        f"{verdict(ratio >= 10, 'lease: 10x calls/s')}"
+    )
+    run = rate_fleet(
+        args,
+        "layers-rate",
+        "lease-accuracy",
+        LEASE_RATE,
+        LEASE_BURST,
+        seconds,
+        lease=size,
+    )
+    allowed = LEASE_RATE * seconds + LEASE_BURST
+    off = run["admitted"] / allowed - 1
+    ok = abs(off) <= 0.02 and run["admitted"] <= allowed
+    print(
+        f"  RateLimit({LEASE_RATE}/s, burst={LEASE_BURST}), lease={size}, "
+        f"{seconds:g} s: {run['admitted']:,} admitted of {allowed:,.0f} allowed: "
+        f"{pct(off)}  goal within 2 %, never above: {verdict(ok, 'lease: aggregate')}"
+    )
+    if run["refused"]:
+        print(f"  {run['refused']:,} calls refused: {STORE}")
+    window = busiest(run["stamps"], 0.1)
+    print(
+        f"  busiest 100 ms window: {window} (exact mode's allowance "
+        f"{LEASE_RATE * 0.1 + LEASE_BURST:.0f}; reported)"
+    )
+
+
+# --------------------------------------------------------------- concurrency
+
+LIMIT = 10
+
+
+def most_in_flight(intervals: list[tuple[float, float]]) -> int:
+    events = sorted(
+        [(enter, 1) for enter, _ in intervals]
+        + [(leave, -1) for _, leave in intervals],
+        key=lambda e: (e[0], e[1]),  # a leave before an enter at the same instant
+    )
+    most = current = 0
+    for _, step in events:
+        current += step
+        most = max(most, current)
+    return most
+
+
+async def probe(url: str, name: str, ttl: float, hog: subprocess.Popen[str]) -> Any:
+    import layers
+    from layers.redis import RedisConcurrencyStore, RedisConnection
+
+    async with RedisConnection.from_url(url) as redis:
+        store = RedisConcurrencyStore(redis, name=name, lease_ttl=ttl)
+        limited_layer = layers.ConcurrencyLimit(LIMIT, store=store)
+        got: list[float] = []
+        everyone = anyio.Event()
+
+        async def inner(x: Any) -> Any:
+            got.append(time.monotonic())
+            if len(got) == LIMIT:
+                everyone.set()
+            await everyone.wait()
+            return x
+
+        limited = limited_layer.layer(inner)
+        early = 0
+        async with anyio.create_task_group() as group:
+            for _ in range(LIMIT):
+                group.start_soon(limited, None)
+            await anyio.sleep(0.5)
+            early = len(got)  # permits had while the hog held them all
+            os.kill(hog.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            with anyio.fail_after(ttl * 3 + 10):
+                await everyone.wait()
+        return early, got[0] - killed, got[-1] - killed
+
+
+def concurrency(args: argparse.Namespace) -> None:
+    seconds = args.seconds
+    tasks = 5
+    hold = 0.01
+    print(
+        f"concurrency: {args.processes} processes ({fleet_label(args.backend)}) x "
+        f"{tasks} tasks, ConcurrencyLimit({LIMIT}) on Redis, each call holds "
+        f"{hold * 1000:g} ms, {seconds:g} s"
+    )
+    admin(args.url, "flush")
+    chosen = backends(args.backend, args.processes)
+    specs = [
+        {
+            "kind": "layers-concurrency",
+            "url": args.url,
+            "backend": chosen[i],
+            "name": "bench-db",
+            "limit": LIMIT,
+            "hold": hold,
+            "seconds": seconds,
+            "tasks": tasks,
+        }
+        for i in range(args.processes)
+    ]
+    results = run_fleet(specs)
+    intervals = [tuple(x) for r in results for x in r["intervals"]]
+    most = most_in_flight(intervals)  # type: ignore[arg-type]
+    calls = len(intervals)
+    print(
+        f"  most in flight across the fleet: {most} (goal exactly {LIMIT}): "
+        f"{verdict(most == LIMIT, 'concurrency: most in flight')}"
+    )
+    busy = sum(leave - enter for enter, leave in intervals) / (LIMIT * seconds)
+    print(
+        f"  calls: {calls:,}, {calls / seconds:,.0f}/s (at most {LIMIT / hold:,.0f}/s "
+        f"with {hold * 1000:g} ms calls): the permits were inside a call "
+        f"{busy:.0%} of the time"
+    )
+    ttl = args.lease_ttl
+    hog_spec = {
+        "kind": "layers-hog",
+        "url": args.url,
+        "backend": "asyncio",
+        "name": "bench-crash",
+        "limit": LIMIT,
+        "lease_ttl": ttl,
+    }
+    hog = subprocess.Popen(
+        [sys.executable, str(WORKERS), json.dumps(hog_spec)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert hog.stdout is not None
+        line = hog.stdout.readline().strip()
+        if line != "held":
+            raise WorkerFailed(f"the hog said {line!r}")
+        early, first, last = anyio.run(probe, args.url, "bench-crash", ttl, hog)
+    finally:
+        if hog.poll() is None:
+            hog.kill()
+        hog.wait()
+    print(
+        f"  a process holding all {LIMIT} permits killed (SIGKILL), lease_ttl="
+        f"{ttl:g} s: permits taken before the kill: {early}; the first back after "
+        f"{first:.2f} s, all {LIMIT} after {last:.2f} s (goal within the TTL): "
+        f"{verdict(early == 0 and last <= ttl, 'concurrency: crashed permits')}"
+    )
+
+
+# ---------------------------------------------------------------------- main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=[*PARTS, "all"], default="all")
+    parser.add_argument(
+        "--seconds", type=float, default=10.0, help="length of a timed run (10)"
+    )
+    parser.add_argument("--processes", type=int, default=8)
+    parser.add_argument(
+        "--rate", type=float, default=2000, help="the accuracy part's rate (2000/s)"
+    )
+    parser.add_argument("--tasks", type=int, default=50, help="tasks per process")
+    parser.add_argument(
+        "--fast-tasks",
+        type=int,
+        default=10,
+        help="tasks per process in the calls/s runs (10)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["mixed", "asyncio", "trio"],
+        default="mixed",
+        help="the workers' event loop (mixed: asyncio and trio alternating)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=40, help="the cost part's rounds (40)"
+    )
+    parser.add_argument(
+        "--lease", type=int, default=100, help="lease mode's lease (100)"
+    )
+    parser.add_argument(
+        "--lease-ttl", type=float, default=2.0, help="the concurrency leases' TTL"
+    )
+    parser.add_argument("--redis-url", help="a server to use (default: start one)")
+    parser.add_argument(
+        "--limits-python",
+        help="an interpreter that has `limits` (its own venv: it pins coredis < 6)",
+    )
+    args = parser.parse_args()
+    if args.limits_python is None and importlib.util.find_spec("limits") is not None:
+        args.limits_python = sys.executable
+
+    print(
+        f"{platform.python_implementation()} {platform.python_version()} "
+        f"({sys.executable}); {os.cpu_count()} cores"
+    )
+    print(versions(["service-layers", "anyio", "trio", "coredis"]))
+    print(versions(["pyrate-limiter", "redis"]))
+    if args.limits_python:
+        out = subprocess.run(
+            [
+                args.limits_python,
+                "-c",
+                "from importlib.metadata import version as v;"
+                'print(f\'limits {v("limits")}, coredis {v("coredis")} '
+                "(its own venv)')",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        print(out.stdout.strip() or out.stderr.strip()[-200:])
+    parts = PARTS if args.part == "all" else (args.part,)
+    with redis_server(args.redis_url) as url:
+        args.url = url
+        version = admin(url, "server").get("redis_version")
+        print(f"redis-server {version} at {url}")
+        for part in parts:
+            print()
+            globals()[part](args)
+    print()
+    if FAILED:
+        print("goals failed: " + "; ".join(FAILED))
+        return 1
+    print("every goal passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

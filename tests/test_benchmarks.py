@@ -1,0 +1,74 @@
+"""The benchmarks stay runnable: a fraction of a second of each part.
+
+The benchmarks themselves are not part of the suite (they take minutes and
+measure the machine); this only shows that bench_redis.py still runs every
+part against a real redis-server and prints its figures. Its goals are not
+checked here: a run this short measures nothing.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("coredis")
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_redis.py"
+
+pytestmark = [pytest.mark.realtime, pytest.mark.timeout(120)]
+
+
+def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run benchmarks/bench_redis.py with this interpreter."""
+    return subprocess.run(
+        [sys.executable, str(BENCH), *args],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+        cwd=BENCH.parent.parent,
+    )
+
+
+def test_bench_redis_help() -> None:
+    """bench_redis.py --help names its parts."""
+    result = run_bench("--help")
+    assert result.returncode == 0, result.stderr
+    for part in ["accuracy", "cost", "peers", "lease", "concurrency"]:
+        assert part in result.stdout
+
+
+def test_bench_redis_runs_every_part(redis_server_on_path: str) -> None:
+    """Every part of bench_redis.py runs briefly and prints its figures."""
+    result = run_bench(
+        "--seconds",
+        "0.5",
+        "--processes",
+        "2",
+        "--tasks",
+        "5",
+        "--rounds",
+        "2",
+        "--lease-ttl",
+        "0.6",
+    )
+    output = result.stdout
+    # 1: a goal failed, which a run this short may do; anything else is a crash.
+    assert result.returncode in (0, 1), output + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    for line in [
+        "admitted: ",
+        "busiest 100 ms window: ",
+        "RateLimit + RedisRateLimitStore, admitted",
+        "goal: an admitted call <= 1.15x a bare EVALSHA at p50",
+        "layers RateLimit + RedisRateLimitStore (GCRA, burst 20)",
+        "lease mode / exact mode: ",
+        "most in flight across the fleet: ",
+        "killed (SIGKILL)",
+    ]:
+        assert line in output, f"{line!r} missing from:\n{output}"
+    assert "could not run" not in output, output  # a worker that crashed
+    assert ("every goal passed" in output) != ("goals failed: " in output)
