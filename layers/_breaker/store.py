@@ -31,7 +31,7 @@ class BreakerStore(Protocol):
     process makes its own breaker, with the same options, and its own
     store object for the same shared state. :class:`MemoryBreakerStore`
     is the reference (in one process: for tests and as the model of the
-    others); ``layers.redis`` will have one on Redis.
+    others); :class:`layers.redis.RedisBreakerStore` keeps it in Redis.
 
     Each ``async`` method is **one atomic step** on the store's server,
     which reads its own clock: the processes' clocks may differ, so every

@@ -6,6 +6,7 @@ from typing import assert_type
 
 import layers
 from layers import CircuitBreaker, CircuitState, Service, ServiceBuilder
+from layers.redis import RedisBreakerStore, RedisConnection
 
 
 async def fetch(request: int) -> str:
@@ -55,3 +56,13 @@ async def joined(store: layers.MemoryBreakerStore) -> None:
     """The store is entered for the breakers' background work."""
     async with store as entered:
         assert_type(entered, layers.MemoryBreakerStore)
+
+
+def on_redis(redis: RedisConnection) -> None:
+    """RedisBreakerStore is a BreakerStore too."""
+    store: layers.BreakerStore = RedisBreakerStore(redis, name="users-api")
+    assert_type(CircuitBreaker(store=store).layer(fetch), Service[int, str])
+    assert_type(
+        CircuitBreaker(store=RedisBreakerStore(redis, name="u")).layer(fetch),
+        Service[int, str],
+    )
