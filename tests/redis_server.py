@@ -8,13 +8,20 @@ Redis are skipped where ``redis-server`` is not on the PATH, except with
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 REQUIRE_ENV = "LAYERS_REQUIRE_REDIS"
 
@@ -140,3 +147,35 @@ class RedisServer:
 def redis_required() -> bool:
     """Whether a missing redis-server is an error (``LAYERS_REQUIRE_REDIS=1``)."""
     return os.environ.get(REQUIRE_ENV, "") not in ("", "0")
+
+
+class Worker:
+    """A worker process of a multi-process test, and its output lines."""
+
+    def __init__(self, process: Process) -> None:
+        self.process = process
+        assert process.stdout is not None
+        self.stdout = BufferedByteReceiveStream(process.stdout)
+
+    async def line(self, within: float = 20.0) -> str:
+        """The next line it prints, within *within* seconds."""
+        with anyio.fail_after(within):
+            return (await self.stdout.receive_until(b"\n", 4096)).decode()
+
+
+async def spawn_worker(script: Path, options: dict[str, Any]) -> Worker:
+    """Start *script* as a worker process (its own event loop), *options* as JSON."""
+    process = await anyio.open_process(
+        [sys.executable, str(script), json.dumps(options)], stderr=None
+    )
+    return Worker(process)
+
+
+async def stop_workers(workers: list[Worker]) -> None:
+    """Kill the workers still running and wait for every one (shielded)."""
+    for worker in workers:
+        if worker.process.returncode is None:
+            worker.process.kill()
+        with anyio.CancelScope(shield=True):
+            await worker.process.wait()
+            await worker.process.aclose()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,7 @@ import pytest
 
 pytest.importorskip("coredis")
 
-from anyio.abc import Process
-from anyio.streams.buffered import BufferedByteReceiveStream
-from redis_server import RedisServer
+from redis_server import RedisServer, Worker, spawn_worker, stop_workers
 
 import layers
 from layers import CircuitState, ConfigurationError
@@ -80,38 +77,17 @@ def breaker(redis: RedisConnection, name: str = "b", **options: Any) -> Any:
     return b, b.layer(service)
 
 
-class Worker:
-    """A worker process (tests/redis_breaker_worker.py) and its output lines."""
-
-    def __init__(self, process: Process) -> None:
-        self.process = process
-        assert process.stdout is not None
-        self.stdout = BufferedByteReceiveStream(process.stdout)
-
-    async def line(self, within: float = 20.0) -> str:
-        with anyio.fail_after(within):
-            return (await self.stdout.receive_until(b"\n", 4096)).decode()
-
-
 async def spawn(**options: Any) -> Worker:
     """Start a worker process with its own event loop."""
-    process = await anyio.open_process(
-        [sys.executable, str(WORKER), json.dumps(options)], stderr=None
-    )
-    return Worker(process)
+    return await spawn_worker(WORKER, options)
 
 
 @pytest.fixture
 async def workers() -> AsyncIterator[list[Worker]]:
-    """Worker processes that the test starts; killed at the end."""
+    """Worker processes that the test starts; killed at the end if still running."""
     started: list[Worker] = []
     yield started
-    for worker in started:
-        if worker.process.returncode is None:
-            worker.process.kill()
-        with anyio.CancelScope(shield=True):
-            await worker.process.wait()
-            await worker.process.aclose()
+    await stop_workers(started)
 
 
 def backends(first: str, count: int) -> list[str]:

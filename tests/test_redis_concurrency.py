@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,9 +12,7 @@ import pytest
 
 pytest.importorskip("coredis")
 
-from anyio.abc import Process
-from anyio.streams.buffered import BufferedByteReceiveStream
-from redis_server import RedisServer, free_port
+from redis_server import RedisServer, Worker, free_port, spawn_worker, stop_workers
 
 import layers
 from layers import ConfigurationError, Overloaded, StoreUnavailable
@@ -90,25 +86,9 @@ async def evalsha_calls(redis: RedisConnection) -> int:
     return int(info.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
-class Worker:
-    """A worker process (tests/redis_concurrency_worker.py) and its output lines."""
-
-    def __init__(self, process: Process) -> None:
-        self.process = process
-        assert process.stdout is not None
-        self.stdout = BufferedByteReceiveStream(process.stdout)
-
-    async def line(self, within: float = 20.0) -> str:
-        with anyio.fail_after(within):
-            return (await self.stdout.receive_until(b"\n", 4096)).decode()
-
-
 async def spawn(**options: Any) -> Worker:
     """Start a worker process with its own event loop."""
-    process = await anyio.open_process(
-        [sys.executable, str(WORKER), json.dumps(options)], stderr=None
-    )
-    return Worker(process)
+    return await spawn_worker(WORKER, options)
 
 
 @pytest.fixture
@@ -116,12 +96,7 @@ async def workers() -> AsyncIterator[list[Worker]]:
     """Worker processes that the test starts; killed at the end if still running."""
     started: list[Worker] = []
     yield started
-    for worker in started:
-        if worker.process.returncode is None:
-            worker.process.kill()
-        with anyio.CancelScope(shield=True):
-            await worker.process.wait()
-            await worker.process.aclose()
+    await stop_workers(started)
 
 
 # -------------------------------------------------------------- the limit
