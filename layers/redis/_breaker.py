@@ -628,12 +628,12 @@ class RedisBreakerStore:
 
     @property
     def key(self) -> str:
-        """The record's key in Redis: ``<prefix>:breaker:{<name>}``."""
+        """The record's key in Redis, ``<prefix>:breaker:{<name>}``."""
         return self._key
 
     @property
     def channel(self) -> str:
-        """The channel of the notices: ``<prefix>:breaker:{<name>}:changed``."""
+        """The channel of the notices, ``<prefix>:breaker:{<name>}:changed``."""
         return self._channel
 
     # -- hosting ------------------------------------------------------------------
