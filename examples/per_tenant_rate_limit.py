@@ -2,11 +2,13 @@
 
 A fake API serves many tenants. The stack around it, outermost first:
 
-1. ``rate_limit`` per tenant (``key=``): 20 calls per second each, a burst
-   of 2, in wait mode with ``max_wait=0.22`` s. A tenant that sends more
+1. ``rate_limit`` per tenant (``key=``): 5 calls per second each, a burst
+   of 2, in wait mode with ``max_wait=0.9`` s. A tenant that sends more
    than it may waits its turn (the schedule: 2 at once, then one every
-   50 ms); what would wait longer than 0.22 s is refused at once with
-   ``RateLimited``. Tenants never slow each other down.
+   200 ms); what would wait longer than 0.9 s is refused at once with
+   ``RateLimited``. Tenants never slow each other down. (The 0.9 s falls
+   halfway between two turns, so a call that starts 100 ms late on a busy
+   machine is still decided the same way.)
 2. ``concurrency_limit``: at most 3 calls inside the API at once, whoever
    they come from (a bulkhead), with a bounded queue.
 
@@ -52,7 +54,7 @@ async def api(request: Request) -> str:
 
 async def paid_tier() -> None:
     per_tenant = layers.RateLimit(
-        20, 1.0, burst=2, key=lambda r: r.tenant, max_wait=0.22, name="per-tenant"
+        5, 1.0, burst=2, key=lambda r: r.tenant, max_wait=0.9, name="per-tenant"
     )
     bulkhead = layers.ConcurrencyLimit(3, max_waiting=50, name="api-bulkhead")
     client = layers.ServiceBuilder().layer(per_tenant).layer(bulkhead).service(api)
