@@ -139,6 +139,18 @@ class BreakerStore(Protocol):
         ...
 
 
+def check_store_options(
+    owner: str, name: object, sync_interval: object, probe_lease: object
+) -> tuple[str, float, float]:
+    """Check the options every breaker store has; raise ConfigurationError."""
+    rule = "a finite number of seconds > 0"
+    return (
+        check_name(owner, "name", name),
+        check_number(owner, "sync_interval", sync_interval, rule, lambda v: v > 0),
+        check_number(owner, "probe_lease", probe_lease, rule, lambda v: v > 0),
+    )
+
+
 class MemoryBreakerStore(BackgroundHost):
     """A breaker's shared state in this process: the reference store.
 
@@ -189,21 +201,8 @@ class MemoryBreakerStore(BackgroundHost):
         sync_interval: float = 1.0,
         probe_lease: float = 60.0,
     ) -> None:
-        owner = type(self).__name__
-        self.name = check_name(owner, "name", name)
-        self.sync_interval = check_number(
-            owner,
-            "sync_interval",
-            sync_interval,
-            "a finite number of seconds > 0",
-            lambda v: v > 0,
-        )
-        self.probe_lease = check_number(
-            owner,
-            "probe_lease",
-            probe_lease,
-            "a finite number of seconds > 0",
-            lambda v: v > 0,
+        self.name, self.sync_interval, self.probe_lease = check_store_options(
+            type(self).__name__, name, sync_interval, probe_lease
         )
         self._record = server.Record(epoch=uuid.uuid4().hex)
         self._subscribers: list[MemoryObjectSendStream[BreakerView]] = []

@@ -43,7 +43,8 @@ from coredis.retry import NoRetryPolicy
 from .._breaker.records import BreakerBatch, BreakerRules, BreakerView
 from .._breaker.server import ProbeOutcome
 from .._breaker.statistics import CircuitState
-from .._config import check_name, check_number, fail_value
+from .._breaker.store import check_store_options
+from .._config import fail_value
 from .._errors import StoreError
 from ._connection import RedisConnection
 
@@ -601,20 +602,8 @@ class RedisBreakerStore:
         if not isinstance(redis, RedisConnection):  # pyright: ignore[reportUnnecessaryIsInstance]
             fail_value(owner, "redis", redis, "a layers.redis.RedisConnection")
         self.redis = redis
-        self.name = check_name(owner, "name", name)
-        self.sync_interval = check_number(
-            owner,
-            "sync_interval",
-            sync_interval,
-            "a finite number of seconds > 0",
-            lambda v: v > 0,
-        )
-        self.probe_lease = check_number(
-            owner,
-            "probe_lease",
-            probe_lease,
-            "a finite number of seconds > 0",
-            lambda v: v > 0,
+        self.name, self.sync_interval, self.probe_lease = check_store_options(
+            owner, name, sync_interval, probe_lease
         )
         self._key = redis.key("breaker", name)
         self._channel = redis.key("breaker", name, "changed")
