@@ -131,9 +131,10 @@ class RetryStopped(Event):
         attempts: Attempts made.
         reason: Why it stopped: ``"max_attempts"`` (the attempts limit was
             reached), ``"max_time"`` (the next attempt could not start within
-            ``max_time``), ``"retry_after"`` (the error's delay hint was
-            longer than the limit on hinted waits: ``max_delay``, by default
-            the :class:`~layers.ExponentialBackoff`'s ``cap`` or 60 s),
+            ``max_time``), ``"retry_after"`` (the delay hint of the error,
+            or of the response *on_result* retries, was longer than the
+            limit on hinted waits: ``max_delay``, by default the
+            :class:`~layers.ExponentialBackoff`'s ``cap`` or 60 s),
             ``"deadline"`` (the deadline, :func:`~layers.current_deadline`,
             leaves no time for another attempt), ``"budget"`` (the
             :class:`~layers.RetryBudget` is empty) or ``"not_retryable"`` (a
@@ -142,7 +143,7 @@ class RetryStopped(Event):
         error: The type of the last exception, or ``None`` if the last
             attempt returned a retryable response.
         delay: The wait that the next attempt needed first, in seconds (the
-            error's hint for ``"retry_after"``; ``0.0`` when none was left);
+            hint for ``"retry_after"``; ``0.0`` when none was left);
             ``None`` when Retry stopped before it knew it (``"max_attempts"``,
             ``"not_retryable"``).
         remaining: Seconds that were left before the deadline (``<= 0`` when
@@ -228,9 +229,9 @@ class Retry:
 
     1. the attempts limit is reached (``max_attempts``);
     2. the deadline has passed;
-    3. the delay hint of the error (``retry_after``) is longer than the
-       limit on hinted waits (*max_delay*; see there for its default):
-       waiting that long is not worth it;
+    3. the delay hint of the error or response (``retry_after``) is longer
+       than the limit on hinted waits (*max_delay*; see there for its
+       default): waiting that long is not worth it;
     4. the next attempt could not start within *max_time* of the first
        attempt's start;
     5. the deadline would leave at most *min_attempt_time* seconds for the
@@ -259,10 +260,12 @@ class Retry:
     apart by *name*, so two nested layers with the same name and the same
     reason add one note.
 
-    **How long it waits** before attempt ``n + 1``: the error's delay hint
-    if it has one (*retry_after*, then :attr:`Rejected.retry_after
-    <layers.Rejected.retry_after>`), otherwise the next delay of *backoff*
-    (clamped to *max_delay*). It sleeps with :func:`anyio.sleep`, so the
+    **How long it waits** before attempt ``n + 1``: the delay hint of the
+    error (*retry_after*, then :attr:`Rejected.retry_after
+    <layers.Rejected.retry_after>`) or of the response that *on_result*
+    retries (*retry_after*: an HTTP 429's ``Retry-After`` needs no
+    exception), otherwise the next delay of *backoff* (clamped to
+    *max_delay*). It sleeps with :func:`anyio.sleep`, so the
     wait can be cancelled; with no delay it still lets other tasks run.
     Each retry emits :class:`~layers.events.RetryAttemptFailed`.
 
@@ -272,11 +275,14 @@ class Retry:
     :func:`~layers.current_attempt` tells the inner service which attempt
     it serves.
 
+    **A block** is retried by the same rules: ``async for attempt in
+    retry: with attempt: ...`` (see :meth:`attempts` and :class:`Attempt`).
+
     **State**: the retry budget is the layer's state. A ``Retry`` made with
     the default budget has its own one, shared by every service the layer
-    wraps (and so by every service built from one builder); pass one
-    :class:`RetryBudget` to several layers to share it wider, or
-    ``budget=None`` for none.
+    wraps and every block it retries (and so by every service built from
+    one builder); pass one :class:`RetryBudget` to several layers to share
+    it wider, or ``budget=None`` for none.
 
     Args:
         on: What to retry: an :class:`Exception` subclass, a tuple of them,
@@ -304,17 +310,23 @@ class Retry:
         min_attempt_time: Seconds >= 0 that must remain before the deadline
             for a new attempt to start after its wait (default 0: any time
             at all). Set it to what an attempt needs at least.
-        retry_after: A function ``retry_after(error) -> seconds | None``
-            that reads a delay hint from a retryable error (an HTTP
-            ``Retry-After`` header, say). ``None`` from it (or no function)
+        retry_after: A function ``retry_after(outcome) -> seconds | None``
+            that reads a delay hint (an HTTP ``Retry-After`` header, say)
+            from what the failed attempt gave: the retryable **error**, or
+            the **response** that *on_result* wants retried (write it for
+            both when you give both). ``None`` from it (or no function)
             falls back to :attr:`Rejected.retry_after
-            <layers.Rejected.retry_after>`.
+            <layers.Rejected.retry_after>` for an error, and to the backoff.
         on_result: A predicate ``on_result(response) -> bool``: true to
             retry that response. ``None`` (default): responses are returned.
+            A retried block hands its response over with
+            :meth:`Attempt.result`.
         prepare: A function ``prepare(request, attempt) -> request`` called
             before each retry (``attempt`` >= 2) to build the request to
             send, for requests that cannot be sent twice or that carry the
-            attempt number. ``None`` (default): the same request again.
+            attempt number. ``None`` (default): the same request again. A
+            block has no request: :meth:`attempts` refuses a Retry with
+            *prepare*.
         name: A name for events and notes (default ``"retry"``).
 
     Raises:
@@ -886,7 +898,7 @@ class Attempt:
 
     @property
     def number(self) -> int:
-        """The number of this attempt: 1 for the first, then 2, 3..."""
+        """Which attempt this is, counted from 1 (the first attempt)."""
         return self._number
 
     @property
