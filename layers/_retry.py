@@ -509,7 +509,6 @@ class _Policy:
         "backoff",
         "hint",
         "hint_limit",
-        "hint_limit_text",
         "max_attempts",
         "max_delay",
         "max_time",
@@ -535,15 +534,7 @@ class _Policy:
             self.max_delay = float(config.backoff.cap)
         else:
             self.max_delay = math.inf
-        if self.max_delay < math.inf:
-            self.hint_limit = self.max_delay
-            self.hint_limit_text = f"max_delay ({self.max_delay:g} s)"
-        else:
-            self.hint_limit = HINT_LIMIT
-            self.hint_limit_text = (
-                f"the default limit on hinted waits ({HINT_LIMIT:g} s; set "
-                "max_delay to change it)"
-            )
+        self.hint_limit = self.max_delay if self.max_delay < math.inf else HINT_LIMIT
         self.min_attempt_time = float(config.min_attempt_time)
         self.hint = config.retry_after
         self.on_result = config.on_result
@@ -634,6 +625,15 @@ class _Policy:
             if on_result is None or not on_result(response):
                 return response
             failure = None
+
+    def hint_limit_text(self) -> str:
+        """The limit on hinted waits, for the note of a stop at a long hint."""
+        if self.max_delay < math.inf:
+            return f"max_delay ({self.max_delay:g} s)"
+        return (
+            f"the default limit on hinted waits ({HINT_LIMIT:g} s; set "
+            "max_delay to change it)"
+        )
 
     def max_time_text(self) -> str:
         """The reason, for the note, of a stop at *max_time*."""
@@ -737,7 +737,7 @@ class _Run:
                 source = "response" if failure is None else "error"
                 text = (
                     f"the {source}'s retry_after ({hint:g} s) is longer than "
-                    f"{policy.hint_limit_text}"
+                    f"{policy.hint_limit_text()}"
                 )
             elif limit is not None and now + delay > limit:
                 stop, text = "max_time", policy.max_time_text()
@@ -964,34 +964,40 @@ class Attempt:
 
 @final
 class _Block:
-    """The iterator of :meth:`Retry.attempts`: one :class:`Attempt` per attempt."""
+    """The iterator of :meth:`Retry.attempts`: one :class:`Attempt` per attempt.
 
-    __slots__ = ("attempt", "policy", "run")
+    Like the service form, it keeps nothing but the first attempt's start
+    until that attempt fails: the :class:`_Run` that decides the retries
+    is made then.
+    """
+
+    __slots__ = ("attempt", "policy", "run", "start")
 
     def __init__(self, policy: _Policy) -> None:
         self.policy = policy
         self.run: _Run | None = None
         self.attempt: Attempt | None = None
+        self.start: float | None = None
 
     def __aiter__(self) -> _Block:
         return self
 
     async def __anext__(self) -> Attempt:
         current = self.attempt
-        run = self.run
-        if current is None or run is None:
+        if current is None:
             # the first attempt: what the service form does before its first
             # call (the budget's deposit, the start of max_time), no checkpoint
             policy = self.policy
             if policy.state is not None:
                 policy.state.deposit()
-            start = _backend.current_time() if policy.max_time is not None else None
-            self.run = _Run(policy, start)
+            if policy.max_time is not None:
+                self.start = _backend.current_time()
             attempt = self.attempt = Attempt(self, 1, 0.0)
             return attempt
         state = current._state  # pyright: ignore[reportPrivateUsage]
         if state == _RETRY:
             current._state = _DONE  # pyright: ignore[reportPrivateUsage]
+            run = cast(_Run, self.run)
             if not await run.wait():
                 failure = run.failure
                 if failure is None:
@@ -1008,9 +1014,15 @@ class _Block:
             )
         raise StopAsyncIteration
 
+    def retried(self, failure: Exception | None, response: object) -> bool:
+        """Whether the attempt that gave *failure* or *response* is retried."""
+        run = self.run
+        if run is None:
+            run = self.run = _Run(self.policy, self.start)
+        return run.retry(failure, response)
+
     def ended(self, attempt: Attempt, error: BaseException | None) -> bool:
         """Record how *attempt*'s block ended; true to swallow *error* and retry."""
-        run = cast(_Run, self.run)
         policy = self.policy
         if error is None:
             on_result = policy.on_result
@@ -1019,17 +1031,17 @@ class _Block:
                 on_result is not None
                 and response is not _NO_RESPONSE
                 and on_result(response)
-                and run.retry(None, response)
+                and self.retried(None, response)
             ):
                 attempt._state = _RETRY  # pyright: ignore[reportPrivateUsage]
             return False
         if not isinstance(error, Exception):
             return False  # cancellation, KeyboardInterrupt...: never retried
         if not policy.retryable(error):
-            if attempt.number > 1:
-                run.not_retryable(error)
+            if self.run is not None:  # a retry raised it
+                self.run.not_retryable(error)
             return False
-        if run.retry(error, None):
+        if self.retried(error, None):
             attempt._state = _RETRY  # pyright: ignore[reportPrivateUsage]
             return True
         return False  # retrying stopped: the error goes on, noted
