@@ -857,7 +857,8 @@ class _Run:
 _NEW: Final = 0  # yielded, not entered yet
 _ENTERED: Final = 1  # its block is running
 _RETRY: Final = 2  # its block failed and another attempt follows
-_DONE: Final = 3  # the last attempt: the loop ends after it
+_JUDGE: Final = 3  # its block handed over a response for on_result to judge
+_DONE: Final = 4  # the last attempt: the loop ends after it
 
 _NO_RESPONSE: Final = object()
 
@@ -913,16 +914,17 @@ class Attempt:
     def result(self, response: T, /) -> T:
         """Hand *response* to the retry as the block's result, and return it.
 
-        For a :class:`Retry` with *on_result*: when the block then exits
-        cleanly, ``on_result(response)`` decides, as it decides for the
-        service form's response: true retries the block (after the
-        response's delay hint, *retry_after*, or the backoff), and when
-        retrying stops the loop ends, leaving you the last response. A
-        block that hands over no response is a success. Without
+        For a :class:`Retry` with *on_result*: when the block has exited
+        cleanly, the loop's next step asks ``on_result(response)``, as the
+        service form asks of its response: true retries the block (after
+        the response's delay hint, *retry_after*, or the backoff), and
+        when retrying stops the loop ends, leaving you the last response.
+        A block that hands over no response is a success. Without
         *on_result*, the response is not looked at.
 
         Keep the response in a variable and use it after the loop: a
-        ``return`` inside the block leaves the loop at once, retried or not.
+        ``return`` or a ``break`` in the loop ends it with that response,
+        never judged.
 
         Raises:
             RuntimeError: Outside ``with attempt:``.
@@ -995,6 +997,11 @@ class _Block:
             attempt = self.attempt = Attempt(self, 1, 0.0)
             return attempt
         state = current._state  # pyright: ignore[reportPrivateUsage]
+        if state == _JUDGE:
+            current._state = _DONE  # pyright: ignore[reportPrivateUsage]
+            if not self.judged(current):
+                raise StopAsyncIteration  # the response is the caller's
+            state = _RETRY
         if state == _RETRY:
             current._state = _DONE  # pyright: ignore[reportPrivateUsage]
             run = cast(_Run, self.run)
@@ -1014,6 +1021,12 @@ class _Block:
             )
         raise StopAsyncIteration
 
+    def judged(self, attempt: Attempt) -> bool:
+        """Whether the response *attempt* handed over is retried (*on_result*)."""
+        response = attempt._response  # pyright: ignore[reportPrivateUsage]
+        on_result = cast(Callable[[Any], bool], self.policy.on_result)
+        return on_result(response) and self.retried(None, response)
+
     def retried(self, failure: Exception | None, response: object) -> bool:
         """Whether the attempt that gave *failure* or *response* is retried."""
         run = self.run
@@ -1025,15 +1038,12 @@ class _Block:
         """Record how *attempt*'s block ended; true to swallow *error* and retry."""
         policy = self.policy
         if error is None:
-            on_result = policy.on_result
-            response = attempt._response  # pyright: ignore[reportPrivateUsage]
             if (
-                on_result is not None
-                and response is not _NO_RESPONSE
-                and on_result(response)
-                and self.retried(None, response)
+                policy.on_result is not None and attempt._response is not _NO_RESPONSE  # pyright: ignore[reportPrivateUsage]
             ):
-                attempt._state = _RETRY  # pyright: ignore[reportPrivateUsage]
+                # judged by the loop's next step: a return or a break in the
+                # loop keeps the response as it is, with no retry begun
+                attempt._state = _JUDGE  # pyright: ignore[reportPrivateUsage]
             return False
         if not isinstance(error, Exception):
             return False  # cancellation, KeyboardInterrupt...: never retried

@@ -657,6 +657,30 @@ async def test_a_response_without_on_result_is_not_looked_at() -> None:
     assert attempt.number == 1
 
 
+async def test_a_return_keeps_the_response_unjudged() -> None:
+    """A return inside the block: that response, no retry begun, no budget spent."""
+    budget = layers.RetryBudget()
+    retry = Retry(
+        on=ConnectionError,
+        max_attempts=3,
+        backoff=[1],
+        budget=budget,
+        on_result=lambda status: status >= 500,
+    )
+
+    async def get() -> int:
+        async for attempt in retry:
+            with attempt:
+                return attempt.result(503)
+        raise AssertionError("unreachable")
+
+    with capture_events() as seen:
+        assert await get() == 503
+    assert seen == []
+    assert budget.statistics().retries == 0
+    assert now() == 0
+
+
 async def test_the_last_error_propagates_from_the_block_itself() -> None:
     """Giving up: the error leaves the block; code after `with` does not run."""
     after: list[int] = []
