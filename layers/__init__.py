@@ -69,6 +69,7 @@ from ._ratelimit import (
     SharedRateLimitStore,
 )
 from ._retry import (
+    Attempt,
     Retry,
     current_attempt,
 )
@@ -97,6 +98,7 @@ except _PackageNotFoundError:  # pragma: no cover - running from a bare checkout
 
 __all__ = [
     "AndThen",
+    "Attempt",
     "Backoff",
     "BreakerBatch",
     "BreakerRules",

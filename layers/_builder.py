@@ -176,7 +176,7 @@ class RetryOptions(TypedDict, total=False):
     budget: RetryBudget | None
     max_delay: float | None
     min_attempt_time: float
-    retry_after: Callable[[Exception], float | None] | None
+    retry_after: Callable[[Any], float | None] | None
     on_result: Callable[[Any], bool] | None
     prepare: Callable[[Any, int], Any] | None
     name: str

@@ -334,7 +334,7 @@ def _rebuild_elapsed(message: str, timeout: float | None, layer: str | None) -> 
     return Elapsed(message, timeout=timeout, layer=layer)
 
 
-def type_name(error: BaseException) -> str:
+def type_name(error: object) -> str:
     """The name of *error*'s type as events, logs, metrics and reports carry it.
 
     ``module.QualName`` (``layers.Elapsed``: every public class of

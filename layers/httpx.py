@@ -25,7 +25,8 @@ The HTTP-aware helpers plug into the generic layers:
   ``on_result=``): 429, 502, 503, 504 and ``httpx.TransportError``, for
   idempotent methods and replayable bodies only;
 * :func:`retry_after` reads ``Retry-After`` (seconds or an HTTP-date) as
-  Retry's delay hint; :func:`parse_retry_after` parses the header itself
+  Retry's delay hint, from an error or from a response kept as a response;
+  :func:`parse_retry_after` parses the header itself
   (never raising: a malformed value is no hint, a huge one is clamped to
   :data:`MAX_RETRY_AFTER`);
 * :func:`breaker_options` (:func:`is_failure`, :func:`is_failure_response`)
@@ -586,7 +587,10 @@ class RetryOn:
     failures, timeouts, protocol errors), **if** the request's method is in
     *methods* and its body can be sent again (:func:`is_replayable`). Its
     :meth:`response` method is the predicate for ``Retry(on_result=...)``,
-    for a transport made with ``raise_statuses=()``.
+    for a transport made with ``raise_statuses=()``
+    (``Retry(on=RetryOn(), on_result=RetryOn().response,
+    retry_after=retry_after, ...)``: :func:`retry_after` reads the
+    response's ``Retry-After`` too).
 
     An error that carries no request, such as the :class:`~layers.Elapsed`
     of a per-attempt :class:`~layers.Timeout` inside the retry or a
@@ -680,20 +684,25 @@ def _error_request(error: Exception) -> httpx.Request | None:
     return request if isinstance(request, httpx.Request) else None
 
 
-def retry_after(error: Exception, /) -> float | None:
-    """The ``Retry-After`` of the response behind *error*, in seconds, or ``None``.
+def retry_after(outcome: Exception | httpx.Response, /) -> float | None:
+    """The ``Retry-After`` of a response (or of the response behind an error).
 
-    The delay hint for ``Retry(retry_after=retry_after)``: it reads a
-    :class:`RetryableResponse` (and an ``httpx.HTTPStatusError``, for
-    services that raise those). ``None`` (no header, a malformed one, another
-    error) lets Retry use the error's own hint or its backoff. A hint longer
-    than Retry's limit on hinted waits (``max_delay``, else a default)
-    ends retrying.
+    The delay hint for ``Retry(retry_after=retry_after)``, in seconds. Retry
+    calls it with the error it retries: a :class:`RetryableResponse` (and an
+    ``httpx.HTTPStatusError``, for services that raise those); or, for a
+    transport made with ``raise_statuses=()``, with the **response** that
+    ``on_result=RetryOn().response`` retries, so a 429 or a 503 kept as a
+    response is retried after the server's delay too. ``None`` (no header,
+    a malformed one, another error) lets Retry use the error's own hint or
+    its backoff. A hint longer than Retry's limit on hinted waits
+    (``max_delay``, else a default) ends retrying.
     """
-    if isinstance(error, RetryableResponse):
-        return error.retry_after
-    if isinstance(error, httpx.HTTPStatusError):
-        return _response_retry_after(error.response)
+    if isinstance(outcome, httpx.Response):
+        return _response_retry_after(outcome)
+    if isinstance(outcome, RetryableResponse):
+        return outcome.retry_after
+    if isinstance(outcome, httpx.HTTPStatusError):
+        return _response_retry_after(outcome.response)
     return None
 
 
@@ -819,7 +828,8 @@ class LayeredTransport(httpx.AsyncBaseTransport):
         raise_statuses: The statuses raised as :class:`RetryableResponse`
             inside the stack (default :data:`RETRY_STATUSES`); ``()`` to
             leave every response a response (then retry with
-            ``on_result=RetryOn().response``).
+            ``on_result=RetryOn().response``, and ``retry_after=retry_after``
+            reads the response's ``Retry-After``).
 
     Raises:
         layers.ConfigurationError: If *stack* is not a layer or *transport*

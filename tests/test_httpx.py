@@ -273,6 +273,61 @@ async def test_on_result_path_closes_discarded_responses() -> None:
     assert len(server.requests) == 2
 
 
+def kept_responses(**options: Any) -> layers.ServiceBuilder:
+    """The HTTP retry for responses kept as responses (raise_statuses=())."""
+    return retrying(on_result=RetryOn().response, max_delay=60, **options)
+
+
+async def test_a_kept_429_waits_for_its_retry_after() -> None:
+    """raise_statuses=(): a 429 response is retried after its Retry-After."""
+    server = Server((429, {"Retry-After": "7"}), (503, {"Retry-After": "2"}), 200)
+    with capture_events(layers.events.RetryAttemptFailed) as seen:
+        async with client(kept_responses(), server, raise_statuses=()) as http:
+            assert (await http.get(URL)).status_code == 200
+    assert anyio.current_time() == pytest.approx(9, abs=0.01)
+    assert [event.delay for event in seen] == [7.0, 2.0]
+    assert [event.error for event in seen] == [None, None]
+    assert server.bodies[0].closed
+    assert server.bodies[1].closed
+    assert len(server.requests) == 3
+
+
+async def test_a_kept_response_without_retry_after_waits_the_backoff() -> None:
+    """raise_statuses=(): a 503 with no (or a malformed) header waits the backoff."""
+    server = Server(503, (503, {"Retry-After": "soon"}), 200)
+    async with client(kept_responses(), server, raise_statuses=()) as http:
+        assert (await http.get(URL)).status_code == 200
+    assert anyio.current_time() == pytest.approx(2, abs=0.01)
+
+
+async def test_a_kept_response_with_a_long_retry_after_is_returned() -> None:
+    """raise_statuses=(): a Retry-After over max_delay returns the 503 at once."""
+    server = Server((503, {"Retry-After": "3600"}), 200)
+    with capture_events(layers.events.RetryStopped) as stopped:
+        async with client(kept_responses(), server, raise_statuses=()) as http:
+            response = await http.get(URL)
+    assert response.status_code == 503
+    assert len(server.requests) == 1
+    assert anyio.current_time() == 0
+    assert [(event.reason, event.delay) for event in stopped] == [
+        ("retry_after", 3600.0)
+    ]
+
+
+async def test_a_retried_block_reads_a_kept_response() -> None:
+    """A retried block hands its response over: a 429 waits its Retry-After."""
+    server = Server((429, {"Retry-After": "3"}), 200)
+    (retry,) = kept_responses().layers
+    assert isinstance(retry, layers.Retry)
+    async with httpx.AsyncClient(transport=server.transport) as http:
+        async for attempt in retry:
+            with attempt:
+                response = attempt.result(await http.get(URL))
+    assert response.status_code == 200
+    assert attempt.number == 2
+    assert attempt.delay == pytest.approx(3)
+
+
 async def test_no_retry_in_the_stack_returns_retryable_statuses() -> None:
     """Without a retry, a 503 raised inside the stack comes back as the response."""
     server = Server(503)
@@ -508,7 +563,7 @@ def test_is_replayable() -> None:
 
 
 def test_retry_after_reader() -> None:
-    """retry_after reads RetryableResponse and HTTPStatusError; None otherwise."""
+    """retry_after reads a response, RetryableResponse, HTTPStatusError; else None."""
     request = httpx.Request("GET", URL)
     response = httpx.Response(429, headers={"Retry-After": "3"}, request=request)
     assert retry_after(RetryableResponse(response, request)) == 3.0
@@ -516,6 +571,9 @@ def test_retry_after_reader() -> None:
     assert retry_after(status_error) == 3.0
     assert retry_after(RetryableResponse(httpx.Response(503), request)) is None
     assert retry_after(ValueError()) is None
+    assert retry_after(response) == 3.0
+    assert retry_after(httpx.Response(503)) is None
+    assert retry_after(httpx.Response(503, headers={"Retry-After": "-1"})) is None
 
 
 def test_parse_retry_after_forms() -> None:

@@ -46,6 +46,18 @@ assert_type(
     .service(send),
     Service[httpx.Request, httpx.Response],
 )
+assert_type(
+    ServiceBuilder()
+    .retry(
+        on=RetryOn(),
+        on_result=RetryOn().response,
+        retry_after=retry_after,
+        max_attempts=3,
+    )
+    .service(send),
+    Service[httpx.Request, httpx.Response],
+)
+assert_type(retry_after(httpx.Response(429)), float | None)
 
 transport = LayeredTransport(builder)
 assert_type(transport, LayeredTransport)

@@ -64,3 +64,20 @@ assert_type(
 )
 assert_type(layers.current_attempt(), int)
 assert_type(layers.RetryBudget().withdraw(), bool)
+
+
+async def retried_block() -> str:
+    """The block form: each attempt is an Attempt, a response keeps its type."""
+    retry = layers.Retry(on=ConnectionError, max_attempts=3)
+    response = ""
+    async for attempt in retry:
+        assert_type(attempt, layers.Attempt)
+        assert_type(attempt.number, int)
+        assert_type(attempt.delay, float)
+        with attempt:
+            response = attempt.result(await fetch(attempt.number))
+            assert_type(response, str)
+    async for attempt in retry.attempts():
+        with attempt as entered:
+            assert_type(entered, layers.Attempt)
+    return response
