@@ -32,6 +32,7 @@ import types
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar, cast, final
 
+from ._config import check_callable
 from ._core import Layer, Service, _built, describe, is_async_callable, wrap_in
 from ._errors import CallbackError, ConfigurationError
 
@@ -83,6 +84,17 @@ class _Target:
             else:
                 entry = (None, False, _VARIADIC)
             self.lookup[parameter.name] = entry
+
+    def bind(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> inspect.BoundArguments:
+        """A new binding of a call, defaults applied; TypeError if it does not fit."""
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as error:
+            raise TypeError(f"{self.name}(): {error}") from None
+        bound.apply_defaults()
+        return bound
 
     def no_parameter(self, name: str) -> str:
         names = ", ".join(self.lookup) or "none"
@@ -136,6 +148,7 @@ class Arguments:
     _bound: inspect.BoundArguments
 
     def __init__(self, function: Callable[..., Any], /, *args: Any, **kwargs: Any):
+        check_callable("Arguments", "function", function)
         self._args = args
         self._kwargs = kwargs
         self._target = _Target(function)
@@ -247,8 +260,7 @@ class Arguments:
         for name in changes:
             if name not in self._target.lookup:
                 raise TypeError(f"Arguments.replace: {self._target.no_parameter(name)}")
-        bound = self._target.signature.bind(*self._args, **self._kwargs)
-        bound.apply_defaults()
+        bound = self._target.bind(self._args, self._kwargs)
         bound.arguments.update(changes)
         copy = Arguments.__new__(Arguments)
         copy._args = bound.args
@@ -262,12 +274,7 @@ class Arguments:
             return self._bound
         except AttributeError:
             pass
-        try:
-            bound = self._target.signature.bind(*self._args, **self._kwargs)
-        except TypeError as error:
-            raise TypeError(f"{self._target.name}(): {error}") from None
-        bound.apply_defaults()
-        self._bound = bound
+        bound = self._bound = self._target.bind(self._args, self._kwargs)
         return bound
 
     def __eq__(self, other: object) -> bool:

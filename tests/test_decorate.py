@@ -427,6 +427,14 @@ def test_replace_makes_a_changed_copy() -> None:
     assert dict(changed.kwargs) == {"fields": ["name"]}
     with pytest.raises(TypeError, match="has no parameter 'tenant'"):
         arguments.replace(tenant="acme")
+    with pytest.raises(TypeError, match=r"get_user\(\): missing a required argument"):
+        Arguments(get_user, "db").replace(fields=[])
+
+
+def test_arguments_of_a_non_callable_are_refused() -> None:
+    """Arguments(function, ...) names a function that is not callable."""
+    with pytest.raises(layers.ConfigurationError, match=r"Arguments\(function=3\)"):
+        Arguments(3)  # type: ignore[arg-type]
 
 
 def test_arguments_repr_reads_like_the_call() -> None:
