@@ -162,6 +162,8 @@ def make_cases(backend: str) -> dict[str, Case]:
     cases["five layers, decorated"] = five_layers().decorate(f)
     cases["timeout(10), service"] = layers.ServiceBuilder().timeout(10).service(f)
     cases["timeout(10), decorated"] = layers.ServiceBuilder().timeout(10).decorate(f)
+    # no layer at all: the door's own cost, against the bare call
+    cases["no layers, decorated"] = layers.ServiceBuilder().decorate(f)
     if OtelMetrics is not None:
         # The same five-layer stack with no event sink at all, then with the
         # OpenTelemetry sink subscribed (run_case installs it): events are
@@ -367,7 +369,8 @@ def report(backend: str, samples: dict[str, list[float]]) -> bool:
         f"{medians['five layers, decorated'] - medians['five layers, service']:.0f} ns "
         "to five layers, "
         f"{medians['timeout(10), decorated'] - medians['timeout(10), service']:.0f} ns "
-        "to a timeout"
+        "to a timeout; with no layers, "
+        f"{medians['no layers, decorated'] - medians[bare]:.0f} ns to a bare call"
     )
     if backend == "uvloop":
         # Only map_request, Retry and the sink goals are set on uvloop too;
