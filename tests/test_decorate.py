@@ -31,7 +31,7 @@ def recorder() -> tuple[list[Arguments], layers.LayerFn[Any, Any, Any, Any]]:
     return seen, layers.layer_fn(wrap)
 
 
-# -- every kind of signature ---------------------------------------------------------
+# -- every kind of signature -----------------------------------------------------------
 
 
 async def test_positional_keyword_only_and_defaults() -> None:
@@ -241,14 +241,14 @@ async def test_bound_methods_and_async_callables() -> None:
     assert list(inspect.signature(handle).parameters) == ["job", "urgent"]
 
 
-# -- what the decorated function is ------------------------------------------------------
+# -- what the decorated function is ----------------------------------------------------
 
 
 async def test_each_function_keeps_its_own_name_doc_and_signature() -> None:
-    """functools' conventions: __name__, __qualname__, __doc__, __wrapped__, signature."""
+    """Each keeps its __name__, __qualname__, __doc__, __wrapped__ and signature."""
     builder = ServiceBuilder().timeout(5)
 
-    async def fetch(url: str, *, timeout: float = 1.0) -> bytes:
+    async def fetch(url: str, *, retries: int = 1) -> bytes:
         """Fetch a URL."""
         return url.encode()
 
@@ -296,7 +296,7 @@ async def test_the_stack_shows_in_layers_of_and_describe_stack() -> None:
 
 
 async def test_a_sync_function_or_non_callable_is_refused() -> None:
-    """decorate refuses what it cannot await, naming the function."""
+    """ServiceBuilder.decorate refuses what it cannot await, naming it."""
 
     def sync(x: int) -> int:
         return x
@@ -307,11 +307,11 @@ async def test_a_sync_function_or_non_callable_is_refused() -> None:
         ServiceBuilder().decorate(3)  # type: ignore[call-overload]
 
 
-# -- @builder (the service form) refuses what it cannot call --------------------------------
+# -- @builder (the service form) refuses what it cannot call ---------------------------
 
 
 def test_builder_as_decorator_refuses_a_function_of_several_arguments() -> None:
-    """@builder on a multi-argument function fails at decoration, pointing to decorate."""
+    """@builder on a multi-argument function fails at once, pointing to decorate."""
     with pytest.raises(layers.ConfigurationError) as caught:
 
         @ServiceBuilder().timeout(2)  # type: ignore[arg-type]
@@ -353,7 +353,7 @@ async def test_builder_as_decorator_keeps_the_one_request_form() -> None:
     assert not isinstance(echo, type(extras))  # a built service, not a function
 
 
-# -- Arguments -------------------------------------------------------------------------------
+# -- Arguments -------------------------------------------------------------------------
 
 
 async def get_user(
@@ -473,7 +473,7 @@ async def test_the_success_path_does_not_bind(monkeypatch: pytest.MonkeyPatch) -
     assert len(calls) == 1
 
 
-# -- the layers read the arguments ---------------------------------------------------------
+# -- the layers read the arguments -----------------------------------------------------
 
 
 async def test_rate_limit_key_and_cost_read_the_arguments() -> None:
@@ -565,7 +565,7 @@ async def test_a_map_request_that_drops_the_arguments_is_reported() -> None:
         await get(1)
 
 
-# -- one builder, shared layers ----------------------------------------------------------------
+# -- one builder, shared layers --------------------------------------------------------
 
 
 async def test_functions_decorated_by_one_builder_share_its_layers() -> None:
@@ -597,7 +597,7 @@ async def test_functions_decorated_by_one_builder_share_its_layers() -> None:
 
 
 async def test_a_builder_method_per_function_gives_each_its_own_layers() -> None:
-    """Two builders (a builder method called for each): each function its own breaker."""
+    """A builder method called per function: each function its own breaker."""
 
     def users_api() -> ServiceBuilder:
         return ServiceBuilder().circuit_breaker(consecutive_failures=1)
@@ -618,7 +618,7 @@ async def test_a_builder_method_per_function_gives_each_its_own_layers() -> None
     assert layers.layers_of(fail)[0] is not layers.layers_of(works)[0]
 
 
-# -- cancellation ------------------------------------------------------------------------------
+# -- cancellation ----------------------------------------------------------------------
 
 
 async def test_cancelling_a_waiting_call_releases_its_place() -> None:
