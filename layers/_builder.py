@@ -147,11 +147,11 @@ P = TypeVar("P")
 Q = TypeVar("Q")
 R = TypeVar("R")
 S = TypeVar("S")
+# The parameters of a decorated function.
+Params = ParamSpec("Params")
 # What a transform's function takes and gives where nothing else says: Any
 # when the function is a lambda (its parameter has no type), so that the
 # built service takes Any rather than a type guessed from elsewhere.
-# The parameters of a decorated function.
-Params = ParamSpec("Params")
 X = TypeVar("X", default=Any)
 Y = TypeVar("Y", default=Any)
 
