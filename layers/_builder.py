@@ -408,6 +408,10 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
         function: Callable[Params, Awaitable[R]],
         /,
     ) -> Callable[Params, Coroutine[Any, Any, R]]: ...
+    @overload
+    def decorate(
+        self: ServiceBuilder[U, R, U, S], function: Callable[Params, Awaitable[R]], /
+    ) -> Callable[Params, Coroutine[Any, Any, S]]: ...
     def decorate(self, function: Any, /) -> Any:
         """Put the stack around an ``async def`` of any signature; a decorator.
 
@@ -441,6 +445,13 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
 
         ``@builder`` alone (:meth:`service`) is for a function of one
         request, and refuses a function of another signature.
+
+        Type checkers keep the parameters (a ``ParamSpec``) and the return
+        type. The builder must keep the request type (its request side
+        :class:`Unchanged`, or a ``map_request`` from
+        :class:`~layers.Arguments` to :class:`~layers.Arguments`); a
+        builder that changes the response type (``map_response``,
+        ``and_then``) gives the decorated function its response type.
 
         Args:
             function: An ``async def`` (or any async callable), or a

@@ -554,6 +554,16 @@ async def test_map_request_replaces_arguments() -> None:
     assert await get(2, ["name"]) == (2, ["name"])
 
 
+async def test_map_response_changes_what_the_decorated_function_returns() -> None:
+    """A builder that maps the response applies to a decorated function's result."""
+
+    @ServiceBuilder().map_response(len).timeout(5).decorate
+    async def name_of(user_id: int, *, suffix: str = "") -> str:
+        return f"user-{user_id}{suffix}"
+
+    assert await name_of(7, suffix="!") == len("user-7!")
+
+
 async def test_a_map_request_that_drops_the_arguments_is_reported() -> None:
     """The innermost service names what reached it when it is not an Arguments."""
 

@@ -127,6 +127,29 @@ async def uses_arguments(arguments: Arguments) -> None:
     assert_type(arguments.replace(user_id=2), Arguments)
 
 
+def length(text: str) -> int:
+    """Maps the response."""
+    return len(text)
+
+
+@ServiceBuilder().map_response(length).timeout(1).decorate
+async def describe(user_id: int, *, verbose: bool = False) -> str:
+    """A builder that changes the response type: the function returns that type."""
+    return str(user_id)
+
+
+async def uses_describe() -> None:
+    """The parameters are the function's, the result the builder's."""
+    assert_type(await describe(1, verbose=True), int)
+    await describe("1")  # type: ignore[arg-type]
+
+
+@ServiceBuilder().map_response(length).decorate  # type: ignore[arg-type]
+async def not_text(user_id: int) -> bytes:
+    """map_response(length) takes a str: a function returning bytes is refused."""
+    return b""
+
+
 def parse(body: bytes) -> int:
     """Maps the request to another type."""
     return int(body)
