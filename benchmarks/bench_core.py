@@ -33,6 +33,9 @@ The goals checked at the end come from the performance issue:
 * ``RateLimit`` (never limited) and ``ConcurrencyLimit`` (never full) each
   cost at most 4x on asyncio and trio (benchmarks/bench_limits.py measures
   them under contention and for accuracy).
+* a function decorated with ``ServiceBuilder.decorate`` costs at most 1.2x
+  the same five-layer stack built as a service (``.service(f)``), on
+  asyncio and trio; the same for one ``Timeout`` is reported.
 
 ``--profile CASE`` runs that case under :mod:`cProfile` instead (in the same
 event loop) and prints the top functions; see benchmarks/README.md.
@@ -141,6 +144,26 @@ def make_cases(backend: str) -> dict[str, Case]:
         "RateLimit(never limited)": layers.RateLimit(1e12, burst=10**9).layer(f),
         "ConcurrencyLimit(10)": layers.ConcurrencyLimit(10).layer(f),
     }
+
+    # The decorator door (ServiceBuilder.decorate) against the same stack
+    # built as a service: a decorated call adds its own coroutine frame, an
+    # Arguments, and a plain call of the innermost adapter.
+    def five_layers() -> layers.ServiceBuilder:
+        return (
+            layers.ServiceBuilder()
+            .timeout(10)
+            .retry(on=ConnectionError, max_attempts=3)
+            .circuit_breaker()
+            .rate_limit(1e12, burst=10**9)
+            .concurrency_limit(10)
+        )
+
+    cases["five layers, service"] = five_layers().service(f)
+    cases["five layers, decorated"] = five_layers().decorate(f)
+    cases["timeout(10), service"] = layers.ServiceBuilder().timeout(10).service(f)
+    cases["timeout(10), decorated"] = layers.ServiceBuilder().timeout(10).decorate(f)
+    # no layer at all: the door's own cost, against the bare call
+    cases["no layers, decorated"] = layers.ServiceBuilder().decorate(f)
     if OtelMetrics is not None:
         # The same five-layer stack with no event sink at all, then with the
         # OpenTelemetry sink subscribed (run_case installs it): events are
@@ -332,6 +355,23 @@ def report(backend: str, samples: dict[str, list[float]]) -> bool:
         )
     for case in ("RateLimit(never limited)", "ConcurrencyLimit(10)"):
         results.append(check(f"{case} vs bare (goal <= 4x)", ratio[case], 4.0))
+    results.append(
+        check(
+            "five layers decorated vs as a service (goal <= 1.2x)",
+            ratio["five layers, decorated"] / ratio["five layers, service"],
+            1.2,
+        )
+    )
+    print(
+        "timeout(10) decorated / as a service: "
+        f"{ratio['timeout(10), decorated'] / ratio['timeout(10), service']:.2f}; "
+        "the decorated call adds "
+        f"{medians['five layers, decorated'] - medians['five layers, service']:.0f} ns "
+        "to five layers, "
+        f"{medians['timeout(10), decorated'] - medians['timeout(10), service']:.0f} ns "
+        "to a timeout; with no layers, "
+        f"{medians['no layers, decorated'] - medians[bare]:.0f} ns to a bare call"
+    )
     if backend == "uvloop":
         # Only map_request, Retry and the sink goals are set on uvloop too;
         # the others are for asyncio and trio: reported, not checked.

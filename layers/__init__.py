@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 from . import events  # first: it imports the layers' event classes
+from ._arguments import Arguments
 from ._backoff import Backoff, ConstantBackoff, ExponentialBackoff
 from ._breaker import (
     BreakerBatch,
@@ -98,6 +99,7 @@ except _PackageNotFoundError:  # pragma: no cover - running from a bare checkout
 
 __all__ = [
     "AndThen",
+    "Arguments",
     "Attempt",
     "Backoff",
     "BreakerBatch",

@@ -79,9 +79,10 @@ from __future__ import annotations
 
 import inspect
 import sys
-from collections.abc import Awaitable, Callable, Hashable
-from typing import Any, Generic, TypedDict, Unpack, final, overload
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from typing import Any, Generic, ParamSpec, TypedDict, Unpack, final, overload
 
+from ._arguments import Arguments, decorate, takes_one_request
 from ._backoff import BackoffSpec
 from ._breaker import CircuitBreaker, CircuitBreakerOptions
 from ._budget import RetryBudget
@@ -94,6 +95,7 @@ from ._core import (
     Stack,
     TypePreservingLayer,
     check_layer,
+    describe,
     is_async_callable,
     wrap_in,
 )
@@ -145,6 +147,8 @@ P = TypeVar("P")
 Q = TypeVar("Q")
 R = TypeVar("R")
 S = TypeVar("S")
+# The parameters of a decorated function.
+Params = ParamSpec("Params")
 # What a transform's function takes and gives where nothing else says: Any
 # when the function is a lambda (its parameter has no type), so that the
 # built service takes Any rather than a type guessed from elsewhere.
@@ -213,10 +217,17 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
     ``.layer(some_layer)`` adds a layer and :meth:`service` builds. The
     builder is not itself a :class:`~layers.Layer` (its ``.layer()`` only
     adds); :meth:`into_layer` turns it into one. It is also a decorator
-    (the same as :meth:`service`)::
+    (the same as :meth:`service`) for a function of one request, and
+    :meth:`decorate` puts the stack around an ``async def`` of any
+    signature (the request inside the stack is then an
+    :class:`~layers.Arguments`)::
 
         @layers.ServiceBuilder().timeout(2.0)
         async def fetch(url: str) -> bytes: ...
+
+
+        @layers.ServiceBuilder().timeout(2.0).decorate
+        async def get_user(session: Session, user_id: int) -> User: ...
 
     See the module documentation for the order of layers, with an example.
     """
@@ -361,15 +372,99 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
             inner: The innermost service: any ``async def f(request)``, or
                 any object with an ``async def __call__``. A plain (sync)
                 function is refused; adapt it with :func:`~layers.service_fn`.
+                So is a callable that cannot be called with one request
+                (``async def get(session, user_id)``, a method written in
+                a class body): :meth:`decorate` layers those.
 
         Raises:
-            layers.ConfigurationError: If *inner* is not callable or is a plain
-                sync function.
+            layers.ConfigurationError: If *inner* is not callable, is a plain
+                sync function, or cannot be called with one positional
+                argument.
         """
         _check_service(inner)
         return wrap_in(self._layers, inner)
 
     __call__ = service
+
+    @overload
+    def decorate(
+        self: ServiceBuilder[U, U, U, U],
+        function: classmethod[A, Params, Awaitable[R]],
+        /,
+    ) -> classmethod[A, Params, Coroutine[Any, Any, R]]: ...
+    @overload
+    def decorate(
+        self: ServiceBuilder[U, U, U, U],
+        function: staticmethod[Params, Awaitable[R]],
+        /,
+    ) -> staticmethod[Params, Coroutine[Any, Any, R]]: ...
+    @overload
+    def decorate(
+        self: ServiceBuilder[U, U, U, U], function: Callable[Params, Awaitable[R]], /
+    ) -> Callable[Params, Coroutine[Any, Any, R]]: ...
+    @overload
+    def decorate(
+        self: ServiceBuilder[Arguments, U, Arguments, U],
+        function: Callable[Params, Awaitable[R]],
+        /,
+    ) -> Callable[Params, Coroutine[Any, Any, R]]: ...
+    @overload
+    def decorate(
+        self: ServiceBuilder[U, R, U, S], function: Callable[Params, Awaitable[R]], /
+    ) -> Callable[Params, Coroutine[Any, Any, S]]: ...
+    def decorate(self, function: Any, /) -> Any:
+        """Put the stack around an ``async def`` of any signature; a decorator.
+
+        The decorated function has *function*'s signature, name,
+        ``__qualname__``, docstring, module and ``__wrapped__``
+        (:func:`functools.wraps`), and type checkers keep its parameters and
+        return type. Each call passes through the layers as one request, an
+        :class:`~layers.Arguments` (the call's arguments, read by parameter
+        name), and the innermost service calls *function* with the
+        arguments that reach it::
+
+            users_api = layers.ServiceBuilder().timeout(2.0).retry(on=ConnectionError)
+
+
+            @users_api.decorate
+            async def get_user(session, user_id: int, *, fields=None) -> User: ...
+
+        so ``key=lambda a: a["tenant"]``, ``cost=``, ``filter``, ``prepare=``
+        and ``map_request(lambda a: a.replace(...))`` see the arguments. A
+        method (``self`` is its first argument, so each instance's calls
+        carry their own), a ``classmethod`` or ``staticmethod`` (above or
+        below the ``@classmethod``), a bound method, or an object with an
+        ``async def __call__`` can be decorated as well.
+
+        The layers are the builder's: a builder that decorates two functions
+        gives both the same layer objects, so they share one breaker, one
+        rate limit, one concurrency limit (the builder's rule, see the
+        module documentation); a layer of each function's own needs a
+        builder method called for each (``.circuit_breaker()`` makes a new
+        breaker each time it is called).
+
+        ``@builder`` alone (:meth:`service`) is for a function of one
+        request, and refuses a function of another signature.
+
+        Type checkers keep the parameters (a ``ParamSpec``) and the return
+        type. The builder must keep the request type (its request side
+        :class:`Unchanged`, or a ``map_request`` from
+        :class:`~layers.Arguments` to :class:`~layers.Arguments`); a
+        builder that changes the response type (``map_response``,
+        ``and_then``) gives the decorated function its response type.
+
+        Args:
+            function: An ``async def`` (or any async callable), or a
+                ``classmethod`` or ``staticmethod`` of one.
+
+        Returns:
+            An async function (a ``classmethod``/``staticmethod`` of one for
+            those) of the same signature.
+
+        Raises:
+            layers.ConfigurationError: If *function* is not an async callable.
+        """
+        return decorate("ServiceBuilder.decorate", self._layers, function)
 
     @overload
     def into_layer(self: ServiceBuilder[U, U, U, U]) -> TypePreservingLayer: ...
@@ -618,4 +713,12 @@ def _check_service(inner: Any) -> None:
             f"ServiceBuilder.service(inner={inner.__qualname__}): inner is a sync "
             "function; make it an async def, or wrap it with layers.service_fn() "
             "to run it in a worker thread"
+        )
+    signature = takes_one_request(inner)
+    if signature is not None:
+        raise ConfigurationError(
+            f"ServiceBuilder.service(inner={describe(inner)}): inner must take "
+            f"one request, but its signature is {signature}; for a function "
+            "of several arguments, or a method, use @builder.decorate, which "
+            "keeps the signature"
         )

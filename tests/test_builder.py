@@ -373,7 +373,7 @@ LAYER_METHODS: dict[str, tuple[type, bool]] = {
     "filter": (layers.Filter, False),
 }
 # The builder's own methods: adding a layer, building, looking at the stack.
-OWN_METHODS = {"layer", "option_layer", "service", "into_layer", "layers"}
+OWN_METHODS = {"layer", "option_layer", "service", "decorate", "into_layer", "layers"}
 # Options that a builder method sets itself and does not take: load_shed is
 # a ConcurrencyLimit without a queue.
 SET_BY_THE_METHOD = {"load_shed": {"max_waiting", "max_wait"}}

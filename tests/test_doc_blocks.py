@@ -56,7 +56,7 @@ PRELUDE = "import anyio\nimport layers\n"
 
 # The libraries that docs/howto/migrating.md compares layers with; their side
 # of the comparison runs only where they are installed.
-OTHER_LIBRARIES = {"tenacity", "stamina", "pybreaker"}
+OTHER_LIBRARIES = {"tenacity", "stamina", "backoff", "pybreaker"}
 
 # Per page (relative to docs/): run before each of its blocks, in the same
 # namespace. Stand-ins for what the page's prose assumes exists, no more.
@@ -123,6 +123,17 @@ with contextlib.suppress(ImportError):
 
     class MyListener(pybreaker.CircuitBreakerListener):
         pass
+
+
+class FlakySession:  # shown on the page
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def get(self, path: str) -> str:
+        self.calls += 1
+        if self.calls < 3:
+            raise ConnectionError("connection reset")
+        return f"{path}: ok after {self.calls} attempts"
 """,
     "howto/retry.md": """
 import httpx
