@@ -1014,11 +1014,12 @@ class RateLimit(GuardShorthand):
                     f"RateLimit.guard(key=<{type(key).__name__}>): key must be "
                     f"hashable, got an unhashable {type(key).__name__}"
                 ) from None
+        given: object = cost  # checked: the caller's value
         if (
-            isinstance(cost, bool)
-            or not isinstance(cost, numbers.Real)
-            or not (isinstance(cost, numbers.Integral) or math.isfinite(cost))
-            or cost < 0
+            isinstance(given, bool)
+            or not isinstance(given, numbers.Real)
+            or not (isinstance(given, numbers.Integral) or math.isfinite(given))
+            or given < 0
         ):
             raise ConfigurationError(
                 f"RateLimit.guard(cost={cost!r}): cost must be a finite number "

@@ -445,6 +445,11 @@ class Link:
     ) -> layers.BreakerView:
         return await self.store.set_state(rules, state)
 
+    async def open_for(
+        self, rules: layers.BreakerRules, seconds: float, reason: str, /
+    ) -> layers.BreakerView:
+        return await self.store.open_for(rules, seconds, reason)
+
     def subscribe(self) -> Any:
         raise AssertionError("the machine delivers the notices")
 
