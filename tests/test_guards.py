@@ -654,3 +654,33 @@ async def test_open_for_and_hints_open_the_whole_fleet() -> None:
         assert store.generation == generation + 1
         assert one.state is layers.CircuitState.OPEN
         assert one.statistics().retry_after == pytest.approx(15, abs=0.1)
+
+
+# ------------------------------------------------------------------ PerKey
+
+
+async def test_per_key_block_uses_the_keys_own_breaker() -> None:
+    """PerKey.guard(key) enters factory(key)'s block form, shared with its service."""
+    per = layers.PerKey(
+        lambda tenant: layers.CircuitBreaker(name=tenant, consecutive_failures=1),
+        key=lambda request: request,
+    )
+    svc = per.layer(echo)
+    assert await fail_block(per.guard("acme")) == "Boom"
+    assert await fail_block(per.guard("acme")) == "rejected"
+    with pytest.raises(layers.CircuitOpen):
+        await svc("acme")
+    assert await svc("globex") == "globex"
+    async with per.guard("globex"):
+        pass
+    assert per.statistics().keys == 2
+
+
+async def test_per_key_block_needs_a_layer_with_a_block_form() -> None:
+    """A factory that makes a builder has no block form: ConfigurationError."""
+    per = layers.PerKey(
+        lambda key: layers.ServiceBuilder().timeout(1), key=lambda request: request
+    )
+    with pytest.raises(layers.ConfigurationError, match="no block form"):
+        async with per.guard("a"):
+            pass
