@@ -684,3 +684,17 @@ async def test_per_key_block_needs_a_layer_with_a_block_form() -> None:
     with pytest.raises(layers.ConfigurationError, match="no block form"):
         async with per.guard("a"):
             pass
+
+
+async def test_the_builder_passes_retry_after() -> None:
+    """ServiceBuilder.circuit_breaker(retry_after=...) makes a hinted breaker."""
+
+    async def throttled(request: str) -> str:
+        raise Later(12)
+
+    svc = layers.ServiceBuilder().circuit_breaker(retry_after=hint).service(throttled)
+    with pytest.raises(Later):
+        await svc("x")
+    with pytest.raises(layers.CircuitOpen) as caught:
+        await svc("x")
+    assert caught.value.retry_after == pytest.approx(12)
