@@ -698,3 +698,35 @@ async def test_the_builder_passes_retry_after() -> None:
     with pytest.raises(layers.CircuitOpen) as caught:
         await svc("x")
     assert caught.value.retry_after == pytest.approx(12)
+
+
+class SlowProbes(layers.MemoryBreakerStore):
+    """A store whose take_probe takes a second (a slow round trip)."""
+
+    async def take_probe(
+        self, rules: layers.BreakerRules, probe: str, /
+    ) -> layers.BreakerView:
+        await anyio.sleep(1)
+        return await super().take_probe(rules, probe)
+
+
+async def test_a_shared_breaker_block_cancelled_while_entering_takes_nothing() -> None:
+    """Cancelled while the store is asked for a probe, a block never runs nor holds."""
+    async with SlowProbes() as store:
+        cb = breaker(store=store)
+        svc = cb.layer(echo)
+        assert await svc("x") == "x"  # joins
+        cb.open_for(5)
+        await anyio.sleep(5.5)
+        ran: list[str] = []
+        with anyio.move_on_after(0.5):
+            async with cb:
+                ran.append("never")
+        assert ran == []
+        await anyio.sleep(0.1)  # the background gives back what it may hold
+        assert store.probes_in_flight == 0
+        async with cb:  # the next block is the probe, and closes it
+            ran.append("probe")
+        await anyio.sleep(0.1)
+        assert ran == ["probe"]
+        assert store.state is layers.CircuitState.CLOSED
