@@ -62,6 +62,9 @@ nitpick_ignore_regex = [
     # The private base that hosts a store's background work (its methods are
     # documented on each public class that has it).
     (r"py:class", r"layers\._host\.BackgroundHost"),
+    # The private mixin that makes ``async with layer:`` enter layer.guard()
+    # (each layer documents its guard()).
+    (r"py:class", r"layers\._guard\.GuardShorthand"),
 ]
 
 # Builtins (int, float, TimeoutError, ...): listed by name, so that a bare

@@ -39,9 +39,12 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
 from typing import (
     Any,
     ClassVar,
+    Final,
     Literal,
     NoReturn,
     Protocol,
@@ -58,9 +61,14 @@ from ._backend import Waiter, new_waiter
 from ._config import fail, int_at_least, name_value, optional_positive_seconds
 from ._core import Service, mark_built
 from ._errors import Overloaded, StoreError
+from ._guard import GuardShorthand
 from ._observable import Observation
 from ._store import StoreHealth, StorePolicy
 from .events import Event, Level
+
+# What a call holds besides a store permit (whose id is a str): see _acquire.
+_LOCAL: Final = 0  # a permit of the in-memory limit
+_OPEN: Final = 1  # admitted by a failed store's "open" policy
 
 __all__ = [
     "ConcurrencyLimit",
@@ -317,7 +325,7 @@ class _Shared:
 
 @final
 @attrs.frozen(eq=False)
-class ConcurrencyLimit:
+class ConcurrencyLimit(GuardShorthand):
     """Let at most *max_in_flight* calls run inside at once; queue the others.
 
     A call takes a permit for the whole inner call and gives it back when
@@ -343,6 +351,10 @@ class ConcurrencyLimit:
     The state lives in this layer object: every service it wraps shares the
     same *max_in_flight* permits (a bulkhead around one downstream). A
     success path with a free permit adds no checkpoint and no await.
+
+    **As a block.** ``async with limit:`` (or ``async with limit.guard():``)
+    holds a permit of the same limit for the whole block, as a call does:
+    see :meth:`guard`.
 
     **Shared across processes.** With ``store=``
     :class:`~layers.redis.RedisConcurrencyStore`, the *max_in_flight*
@@ -462,20 +474,42 @@ class ConcurrencyLimit:
             figures=figures,
         )
 
+    def guard(self) -> AbstractAsyncContextManager[None]:
+        """The block form: hold a permit for the block (``async with limit:`` too).
+
+        Entering takes a permit of this limit, waiting in the same queue
+        as the service form's calls (first come first served, *max_wait*
+        and *max_waiting* apply, :class:`~layers.Overloaded` when they
+        refuse), with a shared store too; leaving gives it back, however
+        the block ends. Cancelled while it waits, the block never runs and
+        holds nothing; cancelled inside, its permit is given back.
+
+        Example:
+            >>> import anyio, layers
+            >>> limit = layers.ConcurrencyLimit(1, max_waiting=0)
+            >>> async def main() -> None:
+            ...     async with limit:
+            ...         print("in flight:", limit.statistics().in_flight)
+            ...         try:
+            ...             async with limit.guard():
+            ...                 print("never runs")
+            ...         except layers.Overloaded as error:
+            ...             print(error)
+            >>> anyio.run(main)
+            in flight: 1
+            concurrency limit 'concurrency_limit' is full: 1 calls in flight, 0 waiting
+        """
+        return _PermitGuard(self)
+
     def layer(self, inner: Service[Req, Res], /) -> Service[Req, Res]:
         """Wrap *inner* in this limit (shared with every service it wraps)."""
         if self.store is not None:
             return self._shared_layer(inner, self.store)
         state = self._state
-        waiters = state.waiters
-        gone = state.gone
         limit = self.max_in_flight
-        reject = self._reject
-        max_wait = self.max_wait
-        max_waiting = math.inf if self.max_waiting is None else self.max_waiting
+        queued = self._queued
 
-        # The queued path is inline too: under contention every call takes
-        # it, and a second coroutine would be resumed at every wake-up.
+        # The success path is inline: a free permit is taken with no await.
         async def concurrency_limit(request: Req, /) -> Res:
             # While anyone waits every permit is in use, so one comparison
             # also keeps newcomers behind the queue.
@@ -488,152 +522,205 @@ class ConcurrencyLimit:
                         state.release()
                     else:
                         state.in_flight -= 1
-            if len(waiters) - len(gone) >= max_waiting:
-                reject("queue_full")
-            waiter = new_waiter()
-            waiters.append(waiter)
-            try:
-                if max_wait is None:
-                    await waiter.wait()
-                else:
-                    with anyio.move_on_after(max_wait):
-                        await waiter.wait()
-            except BaseException:
-                state.leave(waiter)
-                raise
-            if not waiter.woken:  # max_wait passed without a permit
-                state.leave(waiter)
-                reject("max_wait")
+            await queued()
             try:
                 return await inner(request)
             finally:
                 state.release()
 
         return mark_built(concurrency_limit, self, inner)
+
+    async def _queued(self) -> None:
+        """Wait in the queue for a permit handed over, or raise Overloaded.
+
+        For a call (or a block) that found every permit in use. Cancelled
+        while waiting, it leaves the queue holding nothing.
+        """
+        state = self._state
+        waiters = state.waiters
+        max_waiting = self.max_waiting
+        if max_waiting is not None and len(waiters) - len(state.gone) >= max_waiting:
+            self._reject("queue_full")
+        waiter = new_waiter()
+        waiters.append(waiter)
+        max_wait = self.max_wait
+        try:
+            if max_wait is None:
+                await waiter.wait()
+            else:
+                with anyio.move_on_after(max_wait):
+                    await waiter.wait()
+        except BaseException:
+            state.leave(waiter)
+            raise
+        if not waiter.woken:  # max_wait passed without a permit
+            state.leave(waiter)
+            self._reject("max_wait")
+
+    async def _acquire(self) -> str | int:
+        """Take a permit (waiting if need be): what :meth:`_release` gives back.
+
+        The steps of the service form, for the block form: in memory, a
+        free permit or :meth:`_queued`; with a shared store,
+        :meth:`_acquire_shared`.
+        """
+        store = self.store
+        if store is not None:
+            return await self._acquire_shared(store)
+        state = self._state
+        if state.in_flight < self.max_in_flight:
+            state.in_flight += 1
+        else:
+            await self._queued()
+        return _LOCAL
+
+    async def _release(self, held: str | int) -> None:
+        """Give back what :meth:`_acquire` (or :meth:`_acquire_shared`) took."""
+        if held == _LOCAL:
+            self._state.release()
+            return
+        shared = self._shared
+        assert shared is not None
+        shared.in_flight -= 1
+        if held != _OPEN:
+            assert self.store is not None
+            assert isinstance(held, str)
+            await self.store.release(held)
 
     def _shared_layer(
         self, inner: Service[Req, Res], store: ConcurrencyStore, /
     ) -> Service[Req, Res]:
         """The service for a shared store: a closure of its own (module docs)."""
-        shared = self._shared
-        assert shared is not None  # made with the store
-        state = self._state  # the local limit of the "local" policy
-        queue = shared.queue
-        health = shared.health
-        limit = self.max_in_flight
-        local_limit = max(1, limit // (store.processes or 1))
-        reject = self._reject
-        max_wait = self.max_wait
-        max_waiting = math.inf if self.max_waiting is None else self.max_waiting
-
-        async def run_local(request: Req, give_up: float) -> Res:
-            # The "local" policy: the in-memory limit, sized for this process.
-            if state.in_flight < local_limit:
-                state.in_flight += 1
-            else:
-                if queue.live() + state.waiting() >= max_waiting:
-                    reject("queue_full")
-                waiter = new_waiter()
-                state.waiters.append(waiter)
-                try:
-                    with anyio.CancelScope(deadline=give_up):
-                        await waiter.wait()
-                except BaseException:
-                    state.leave(waiter)
-                    raise
-                if not waiter.woken:
-                    state.leave(waiter)
-                    reject("max_wait")
-            try:
-                return await inner(request)
-            finally:
-                state.release()
-
-        async def fallback(request: Req, error: StoreError, give_up: float) -> Res:
-            policy = health.failed(error)
-            if policy == "closed":
-                health.refuse(error)
-            if policy == "local":
-                return await run_local(request, give_up)
-            shared.in_flight += 1
-            try:
-                return await inner(request)
-            finally:
-                shared.in_flight -= 1
-
-        async def wait(
-            permit: str, seen: int | None, recheck: float
-        ) -> StoreError | None:
-            # Queue in this process; as the head, ask the store until it grants
-            # the permit (None) or fails (the error, for the policy).
-            waiter = queue.join()
-            try:
-                await waiter.wait()
-                if seen is None:
-                    seen, shared.handoff = shared.handoff, None
-                while True:
-                    if seen is not None:
-                        await store.changed(seen, recheck)
-                    seen = store.changes
-                    try:
-                        granted, figure = await store.acquire(permit, limit)
-                    except StoreError as error:
-                        return error
-                    if health.failing_since is not None:
-                        health.answered()
-                    if granted:
-                        # It took the last free permit: the next head waits
-                        # for a release before it asks.
-                        shared.handoff = seen if figure <= 0 else None
-                        return None
-                    recheck = figure
-            finally:
-                queue.leave(waiter)
+        acquire = self._acquire_shared
+        release = self._release
 
         async def concurrency_limit(request: Req, /) -> Res:
-            store.start()
-            permit = store.permit()
-            seen: int | None = None
-            recheck = math.inf  # the store's own bound
-            if not queue.live():
+            held = await acquire(store)
+            try:
+                return await inner(request)
+            finally:
+                await release(held)
+
+        return mark_built(concurrency_limit, self, inner)
+
+    async def _acquire_shared(self, store: ConcurrencyStore) -> str | int:
+        """Take a permit of the shared store, or what its failure policy gives.
+
+        Returns the store permit's id, ``_OPEN`` (admitted by the "open"
+        policy) or ``_LOCAL`` (a permit of the in-memory limit, by the
+        "local" policy), for :meth:`_release`.
+        """
+        shared = self._shared
+        assert shared is not None  # made with the store
+        queue = shared.queue
+        health = shared.health
+        max_wait = self.max_wait
+        max_waiting = math.inf if self.max_waiting is None else self.max_waiting
+        store.start()
+        permit = store.permit()
+        seen: int | None = None
+        recheck = math.inf  # the store's own bound
+        if not queue.live():
+            seen = store.changes
+            try:
+                granted, figure = await store.acquire(permit, self.max_in_flight)
+            except StoreError as error:
+                give_up = (
+                    math.inf if max_wait is None else anyio.current_time() + max_wait
+                )
+                return await self._fallback(store, error, give_up)
+            if health.failing_since is not None:
+                health.answered()
+            if granted:
+                shared.in_flight += 1
+                return permit
+            recheck = figure
+        if queue.live() + self._state.waiting() >= max_waiting:
+            self._reject("queue_full")
+        give_up = math.inf if max_wait is None else anyio.current_time() + max_wait
+        failure: StoreError | None = None
+        with anyio.CancelScope(deadline=give_up) as scope:
+            failure = await self._wait_shared(store, permit, seen, recheck)
+        if failure is not None:
+            return await self._fallback(store, failure, give_up)
+        if scope.cancelled_caught:
+            self._reject("max_wait")
+        shared.in_flight += 1
+        return permit
+
+    async def _fallback(
+        self, store: ConcurrencyStore, error: StoreError, give_up: float
+    ) -> str | int:
+        """The store failed: its policy refuses, admits (_OPEN) or limits (_LOCAL)."""
+        shared = self._shared
+        assert shared is not None
+        policy = shared.health.failed(error)
+        if policy == "closed":
+            shared.health.refuse(error)
+        if policy == "local":
+            await self._take_local(store, give_up)
+            return _LOCAL
+        shared.in_flight += 1
+        return _OPEN
+
+    async def _take_local(self, store: ConcurrencyStore, give_up: float) -> None:
+        """The "local" policy: a permit of the in-memory limit (for this process)."""
+        shared = self._shared
+        assert shared is not None
+        state = self._state
+        if state.in_flight < max(1, self.max_in_flight // (store.processes or 1)):
+            state.in_flight += 1
+            return
+        max_waiting = math.inf if self.max_waiting is None else self.max_waiting
+        if shared.queue.live() + state.waiting() >= max_waiting:
+            self._reject("queue_full")
+        waiter = new_waiter()
+        state.waiters.append(waiter)
+        try:
+            with anyio.CancelScope(deadline=give_up):
+                await waiter.wait()
+        except BaseException:
+            state.leave(waiter)
+            raise
+        if not waiter.woken:
+            state.leave(waiter)
+            self._reject("max_wait")
+
+    async def _wait_shared(
+        self, store: ConcurrencyStore, permit: str, seen: int | None, recheck: float
+    ) -> StoreError | None:
+        """Queue in this process; as the head, ask the store until it grants.
+
+        Returns None once the permit is granted, or the store's error (for
+        the policy).
+        """
+        shared = self._shared
+        assert shared is not None
+        queue = shared.queue
+        health = shared.health
+        waiter = queue.join()
+        try:
+            await waiter.wait()
+            if seen is None:
+                seen, shared.handoff = shared.handoff, None
+            while True:
+                if seen is not None:
+                    await store.changed(seen, recheck)
                 seen = store.changes
                 try:
-                    granted, figure = await store.acquire(permit, limit)
+                    granted, figure = await store.acquire(permit, self.max_in_flight)
                 except StoreError as error:
-                    give_up = (
-                        math.inf
-                        if max_wait is None
-                        else anyio.current_time() + max_wait
-                    )
-                    return await fallback(request, error, give_up)
+                    return error
                 if health.failing_since is not None:
                     health.answered()
                 if granted:
-                    shared.in_flight += 1
-                    try:
-                        return await inner(request)
-                    finally:
-                        shared.in_flight -= 1
-                        await store.release(permit)
+                    # It took the last free permit: the next head waits
+                    # for a release before it asks.
+                    shared.handoff = seen if figure <= 0 else None
+                    return None
                 recheck = figure
-            if queue.live() + state.waiting() >= max_waiting:
-                reject("queue_full")
-            give_up = math.inf if max_wait is None else anyio.current_time() + max_wait
-            failure: StoreError | None = None
-            with anyio.CancelScope(deadline=give_up) as scope:
-                failure = await wait(permit, seen, recheck)
-            if failure is not None:
-                return await fallback(request, failure, give_up)
-            if scope.cancelled_caught:
-                reject("max_wait")
-            shared.in_flight += 1
-            try:
-                return await inner(request)
-            finally:
-                shared.in_flight -= 1
-                await store.release(permit)
-
-        return mark_built(concurrency_limit, self, inner)
+        finally:
+            queue.leave(waiter)
 
     def _reject(self, reason: Literal["queue_full", "max_wait"]) -> NoReturn:
         state = self._state
@@ -689,3 +776,32 @@ class ConcurrencyLimit:
                 f"in flight, {waiting} waiting)"
             )
         raise Overloaded(message, layer=self.name, reason=reason)
+
+
+@final
+class _PermitGuard:
+    """``async with limit.guard():``: a permit held for the block."""
+
+    __slots__ = ("_held", "_limit")
+
+    def __init__(self, limit: ConcurrencyLimit) -> None:
+        self._limit = limit
+        self._held: str | int | None = None
+
+    async def __aenter__(self) -> None:
+        if self._held is not None:
+            raise RuntimeError(
+                f"ConcurrencyLimit {self._limit.name!r}: this guard is already "
+                "entered; call guard() once per block"
+            )
+        self._held = await self._limit._acquire()  # pyright: ignore[reportPrivateUsage]
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        held, self._held = self._held, None
+        assert held is not None
+        await self._limit._release(held)  # pyright: ignore[reportPrivateUsage]

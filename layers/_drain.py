@@ -8,6 +8,8 @@ waits and set by the call that brings the count to zero.
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
 from typing import ClassVar, NoReturn, TypeVar, final
 
 import anyio
@@ -18,6 +20,7 @@ from . import events
 from ._config import check_number, finite_number, name_value
 from ._core import Service, mark_built
 from ._errors import ShuttingDown
+from ._guard import GuardShorthand
 from ._observable import HealthStatus, Observation
 from .events import Event, Level
 
@@ -103,7 +106,7 @@ class _State:
 
 @final
 @attrs.frozen(eq=False)
-class Drain:
+class Drain(GuardShorthand):
     """Count the calls in flight; once draining begins, refuse new ones.
 
     Put it outermost (or near it) in the stack of a service that must stop
@@ -124,6 +127,11 @@ class Drain:
     The state lives in this layer object: every service it wraps counts
     into the same total, and one :meth:`start` drains them all. The success
     path adds no await and no checkpoint of its own.
+
+    **As a block.** ``async with drain:`` (or ``async with drain.guard():``)
+    counts the block as a call in flight, and refuses it with
+    :class:`~layers.ShuttingDown` before it runs once draining has begun:
+    a worker loop's unit of work drains as a service's call does.
 
     Args:
         retry_after: The hint given in :attr:`ShuttingDown.retry_after
@@ -256,16 +264,48 @@ class Drain:
         self.start()
         return await self.wait_idle(timeout)
 
+    def guard(self) -> AbstractAsyncContextManager[None]:
+        """The block form: ``async with drain.guard():`` (or ``async with drain:``).
+
+        The block counts as a call in flight from its start to its end
+        (however it ends: normally, by an exception, cancelled), in the
+        same counters as the service form's calls; once draining has
+        begun, entering raises :class:`~layers.ShuttingDown` and the block
+        does not run.
+
+        Example:
+            >>> import anyio, layers
+            >>> drain = layers.Drain()
+            >>> async def main() -> None:
+            ...     async with drain:
+            ...         print("in flight:", drain.in_flight)
+            ...     drain.start()
+            ...     try:
+            ...         async with drain:
+            ...             print("never runs")
+            ...     except layers.ShuttingDown as error:
+            ...         print(error)
+            >>> anyio.run(main)
+            in flight: 1
+            drain 'drain' is shutting down: 0 calls still in flight
+        """
+        return _DrainGuard(self)
+
+    def _admit(self) -> None:
+        """Count a call (or a block) in, or refuse it once draining."""
+        state = self._state
+        if state.draining:
+            self._reject()
+        state.in_flight += 1
+        state.admitted += 1
+
     def layer(self, inner: Service[Req, Res], /) -> Service[Req, Res]:
         """Wrap *inner*: count its calls, refuse new ones once draining."""
         state = self._state
-        reject = self._reject
+        admit = self._admit
 
         async def drain(request: Req, /) -> Res:
-            if state.draining:
-                reject()
-            state.in_flight += 1
-            state.admitted += 1
+            admit()
             try:
                 return await inner(request)
             finally:
@@ -287,6 +327,27 @@ class Drain:
             layer=self.name,
             reason="draining",
         )
+
+
+@final
+class _DrainGuard:
+    """``async with drain.guard():``: the block is a call in flight."""
+
+    __slots__ = ("_drain",)
+
+    def __init__(self, drain: Drain) -> None:
+        self._drain = drain
+
+    async def __aenter__(self) -> None:
+        self._drain._admit()  # pyright: ignore[reportPrivateUsage]
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._drain._state.leave()  # pyright: ignore[reportPrivateUsage]
 
 
 def _check_timeout(timeout: object) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
 from typing import Any, ClassVar, Final, TypeVar, cast, final
 
 import attrs
@@ -117,6 +119,42 @@ def _protected_for(breakers: tuple[CircuitBreaker, ...]) -> float | None:
         if held is not None and (longest is None or held > longest):
             longest = held
     return longest
+
+
+@final
+class _PerKeyGuard:
+    """``async with per_key.guard(key):``: the key's own layer's block form."""
+
+    __slots__ = ("_inner", "_key", "_owner")
+
+    def __init__(self, owner: PerKey, key: Hashable) -> None:
+        self._owner = owner
+        self._key = key
+        self._inner: AbstractAsyncContextManager[Any] | None = None
+
+    async def __aenter__(self) -> None:
+        owner = self._owner
+        made = owner._entry(self._key).layer  # pyright: ignore[reportPrivateUsage]
+        guard = getattr(made, "guard", None)
+        if not callable(guard):
+            raise ConfigurationError(
+                f"PerKey.guard(key=...): {owner.name!r}'s factory(key) made "
+                f"{type(made).__name__}, which has no block form (guard()); "
+                "make the factory return one layer that has one"
+            )
+        inner = cast("AbstractAsyncContextManager[Any]", guard())
+        await inner.__aenter__()
+        self._inner = inner
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        inner, self._inner = self._inner, None
+        assert inner is not None
+        return await inner.__aexit__(exc_type, exc, tb)
 
 
 @final
@@ -348,35 +386,61 @@ class PerKey:
         entry = table[key] = _Entry(made, _breakers_in(made))
         return entry
 
+    def _entry(self, key: Hashable) -> _Entry:
+        """The entry of *key*: found (now the most recently used) or made."""
+        table = self._table
+        try:
+            entry = table.get(key)
+        except TypeError:
+            raise CallbackError(
+                f"PerKey {self.name!r}: the key function (key={self.key!r}) must "
+                f"return a hashable value, got an unhashable {type(key).__name__}",
+                layer=self.name,
+                parameter="key",
+            ) from None
+        if entry is None:
+            return self._admit(key)
+        table.move_to_end(key)
+        return entry
+
     def layer(self, inner: Service[Req, Res], /) -> Service[Req, Res]:
         """Wrap *inner*: each key's calls go through ``factory(key)`` (shared)."""
-        table = self._table
         key_of = self.key
-        admit = self._admit
+        entry_of = self._entry
         slot = self._slots
         self._slots += 1
 
         async def per_key(request: Req, /) -> Res:
-            key = key_of(request)
-            try:
-                entry = table.get(key)
-            except TypeError:
-                raise CallbackError(
-                    f"PerKey {self.name!r}: the key function (key={key_of!r}) must "
-                    f"return a hashable value, got an unhashable {type(key).__name__}",
-                    layer=self.name,
-                    parameter="key",
-                ) from None
-            if entry is None:
-                entry = admit(key)
-            else:
-                table.move_to_end(key)
+            entry = entry_of(key_of(request))
             service = entry.services.get(slot)
             if service is None:
                 service = entry.services[slot] = entry.layer.layer(inner)
             return cast("Res", await service(request))
 
         return mark_built(per_key, self, inner)
+
+    def guard(self, key: Hashable) -> AbstractAsyncContextManager[None]:
+        """The block form: the block goes through the layer of *key*.
+
+        ``async with breakers.guard(tenant):`` enters ``factory(tenant)``'s
+        own block form (its ``guard()``), made or found in the same table
+        as the service form's keys (the same bound, the same
+        :class:`KeyTableFull` when every kept key is protected). So the
+        factory must make a layer with a block form (a
+        :class:`~layers.CircuitBreaker`, :class:`~layers.ConcurrencyLimit`,
+        :class:`~layers.Drain`, or an unkeyed :class:`~layers.RateLimit`);
+        a builder or a stack of several layers has none.
+
+        Args:
+            key: The key itself (the layer's *key* function maps a request,
+                and a block has none).
+
+        Raises:
+            layers.ConfigurationError: On entry, if ``factory(key)`` has
+                no block form.
+            layers.CallbackError: On entry, if *key* is not hashable.
+        """
+        return _PerKeyGuard(self, key)
 
     def __repr__(self) -> str:
         name = getattr(self.factory, "__qualname__", repr(self.factory))

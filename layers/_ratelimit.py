@@ -41,6 +41,8 @@ import numbers
 import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
 from typing import (
     Any,
     ClassVar,
@@ -71,6 +73,7 @@ from ._config import (
 from ._core import Service, mark_built
 from ._deadline import DEADLINE
 from ._errors import CallbackError, ConfigurationError, RateLimited, StoreError
+from ._guard import GuardShorthand
 from ._observable import Observation
 from ._store import StoreHealth
 from .events import Event, Level
@@ -647,7 +650,7 @@ class _State:
 
 @final
 @attrs.frozen(eq=False)
-class RateLimit:
+class RateLimit(GuardShorthand):
     """Admit at most *rate* calls per *period*, with an explicit *burst*.
 
     The limit is GCRA (see the module documentation of
@@ -696,6 +699,10 @@ class RateLimit:
 
     The state lives in this layer object: every service it wraps shares one
     limit (and one table of keys). Build one ``RateLimit`` per quota.
+
+    **As a block**: ``async with limit:`` (or ``async with
+    limit.guard(key=..., cost=...)``) admits the block as one call of the
+    same limit: see :meth:`guard`.
 
     **Shared stores**: with a :class:`SharedRateLimitStore` (such as
     :class:`layers.redis.RedisRateLimitStore`) the limit holds for every
@@ -937,6 +944,114 @@ class RateLimit:
 
         return mark_built(keyed_rate_limit, self, inner)
 
+    # -- the block form -----------------------------------------------------------
+
+    def guard(
+        self, key: Hashable = None, cost: float = 1
+    ) -> AbstractAsyncContextManager[None]:
+        """The block form: admit the block as one call (``async with limit:`` too).
+
+        Entering takes *cost* of this limit's capacity under *key*, as a
+        call of the service form does, in the same state (the same queue,
+        statistics and events): in wait mode it waits its turn (*max_wait*
+        and the deadline in force apply), in reject mode it raises
+        :class:`~layers.RateLimited` at once, and the block does not run.
+        A shared store works the same. Cancelled while it waits, it takes
+        nothing. Leaving gives nothing back: a rate limit counts starts.
+
+        Args:
+            key: The key of the block's limit, the value itself (the
+                layer's ``key=`` function maps a request, and a block has
+                none). Required when the limit was made with ``key=``,
+                refused otherwise.
+            cost: The block's cost in calls, a finite number >= 0 (0 is
+                free), as the layer's ``cost=`` function would return. A
+                cost beyond *burst* raises :class:`~layers.RateLimited`
+                on entry, as in the service form.
+
+        Raises:
+            layers.ConfigurationError: A key missing for a keyed limit,
+                given to an unkeyed one, or unhashable; a cost that is not
+                a finite number >= 0.
+
+        Example:
+            >>> import anyio, layers
+            >>> limit = layers.RateLimit(2, key=lambda request: request, mode="reject")
+            >>> async def main() -> None:
+            ...     async with limit.guard(key="alice"):
+            ...         print("alice in")
+            ...     try:
+            ...         async with limit.guard(key="alice"):
+            ...             print("never runs")
+            ...     except layers.RateLimited as error:
+            ...         print(f"alice limited, retry after {error.retry_after:.2f} s")
+            ...     async with limit.guard(key="bob"):
+            ...         print("bob in")
+            >>> anyio.run(main)
+            alice in
+            alice limited, retry after 0.50 s
+            bob in
+        """
+        if self.key is None:
+            if key is not None:
+                raise ConfigurationError(
+                    f"RateLimit.guard(key={key!r}): rate limit {self.name!r} has "
+                    "no key function (key=), so a block takes no key; leave "
+                    "key out"
+                )
+        elif key is None:
+            raise ConfigurationError(
+                f"RateLimit.guard(key=None): rate limit {self.name!r} is keyed "
+                "(made with key=): give the block's key, e.g. "
+                "guard(key=tenant)"
+            )
+        else:
+            try:
+                hash(key)
+            except TypeError:
+                # The value's type only: the key may hold a payload.
+                raise ConfigurationError(
+                    f"RateLimit.guard(key=<{type(key).__name__}>): key must be "
+                    f"hashable, got an unhashable {type(key).__name__}"
+                ) from None
+        given: object = cost  # checked: the caller's value
+        if (
+            isinstance(given, bool)
+            or not isinstance(given, numbers.Real)
+            or not (isinstance(given, numbers.Integral) or math.isfinite(given))
+            or given < 0
+        ):
+            raise ConfigurationError(
+                f"RateLimit.guard(cost={cost!r}): cost must be a finite number "
+                f">= 0, got {cost!r}"
+            )
+        return _RateGuard(self, key, cost)
+
+    async def _admit(self, key: Hashable, cost: float) -> None:
+        """Admit one call (or block) of *cost* under *key*, or raise.
+
+        The steps of the service forms once the key and cost are known
+        (*cost* is a checked number): a cost beyond the burst is refused,
+        a free one admitted, the others take from the store at once or go
+        the slow path (:meth:`_slow`, or the shared store's own steps).
+        """
+        if cost > self.burst:
+            self._check_cost(cost)  # raises RateLimited
+        if not cost:
+            return
+        state = self._state
+        if state.shared is not None:
+            await self._admit_shared(key, cost)
+            return
+        now = base_time()
+        wait = None
+        queues = state.queues
+        if not queues or key not in queues:
+            wait = state.store.take(key, cost, now, state.interval, state.tolerance)
+            if not wait:
+                return
+        await self._slow(now, key, cost, wait)
+
     # -- off the success path --------------------------------------------------
 
     def _bad_key(self, key: object) -> NoReturn:
@@ -1124,15 +1239,11 @@ class RateLimit:
         assert shared is not None
         key_of = self.key
         cost_of = self.cost
-        queues = state.queues
-        balances = state.balances
         check_cost = self._check_cost
         bad_key = self._bad_key
-        direct = self._shared_direct
-        queued = self._shared_queued
+        admit = self._admit_shared
         plain = (int, float)
         burst = self.burst
-        leased = shared.lease is not None
 
         async def shared_rate_limit(request: Req, /) -> Res:
             if key_of is None:
@@ -1151,19 +1262,26 @@ class RateLimit:
                     cost = check_cost(cost)
                     if not cost:  # free: it takes nothing, so it never waits
                         return await inner(request)
-            if queues and key in queues:
-                await queued(key, cost)
-            elif leased:
-                left = balances.get(key)
-                if left is not None and left >= cost:
-                    balances[key] = left - cost  # a permit of the lease
-                else:
-                    await queued(key, cost)
-            else:
-                await direct(key, cost)
+            await admit(key, cost)
             return await inner(request)
 
         return shared_rate_limit
+
+    async def _admit_shared(self, key: Hashable, cost: float) -> None:
+        """Admit a call of cost > 0 under *key* with a shared store (or raise)."""
+        state = self._state
+        queues = state.queues
+        if queues and key in queues:
+            await self._shared_queued(key, cost)
+        elif state.shared is not None and state.shared.lease is not None:
+            balances = state.balances
+            left = balances.get(key)
+            if left is not None and left >= cost:
+                balances[key] = left - cost  # a permit of the lease
+            else:
+                await self._shared_queued(key, cost)
+        else:
+            await self._shared_direct(key, cost)
 
     def _limit(self, now: float) -> tuple[float, bool]:
         """The latest base time a call arriving at *now* may be admitted.
@@ -1459,3 +1577,26 @@ def _cell_service(
         return await inner(request)
 
     return rate_limit
+
+
+@final
+class _RateGuard:
+    """``async with limit.guard(key, cost):``: the block is one call of the limit."""
+
+    __slots__ = ("_cost", "_key", "_limit")
+
+    def __init__(self, limit: RateLimit, key: Hashable, cost: float) -> None:
+        self._limit = limit
+        self._key = key
+        self._cost = cost
+
+    async def __aenter__(self) -> None:
+        await self._limit._admit(self._key, self._cost)  # pyright: ignore[reportPrivateUsage]
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None

@@ -164,6 +164,16 @@ class Model:
                 self.closed_since = t
         self.state = state
 
+    def open_for(self, seconds: float, t: float) -> None:
+        # Open now for seconds, from any state; never shortens an open period.
+        if self.state == "open" and self.open_until >= t + seconds:
+            return
+        if self.state not in ("closed", "open", "half_open"):
+            self.new_window()
+        self.open_until = t + seconds
+        self.trial = None
+        self.state = "open"
+
     def catch_up(self, t: float) -> None:
         limit = self.cfg["max_half_open_duration"]
         if self.state == "half_open" and limit is not None:
@@ -431,6 +441,19 @@ class BreakerMachine(RuleBasedStateMachine):
             "reset": "closed",
         }[action]
         self.model.manual(state, self.time)
+
+    @rule(seconds=st.sampled_from([0.5, 2.0, 10.0, 30.0]))
+    def open_for(self, seconds: float) -> None:
+        """The breaker is opened by hand for some seconds, at the current time."""
+        assert self.breaker is not None
+        assert self.model is not None
+        breaker = self.breaker
+
+        async def act() -> None:
+            breaker.open_for(seconds)
+
+        self._run(act)
+        self.model.open_for(seconds, self.time)
 
     @invariant()
     def agree(self) -> None:

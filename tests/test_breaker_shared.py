@@ -135,6 +135,11 @@ class Link:
     ) -> layers.BreakerView:
         return await self._step("set_state", rules, state)
 
+    async def open_for(
+        self, rules: layers.BreakerRules, seconds: float, reason: str, /
+    ) -> layers.BreakerView:
+        return await self._step("open_for", rules, seconds, reason)
+
     @contextlib.asynccontextmanager
     async def subscribe(self) -> AsyncGenerator[AsyncIterator[layers.BreakerView]]:
         if self.failing:

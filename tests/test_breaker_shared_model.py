@@ -303,6 +303,22 @@ class Fleet:
             self.enter("closed", t)
         return self.view(t), self.view(t)
 
+    def open_for(
+        self, seconds: float, reason: str, t: float
+    ) -> tuple[View, View | None]:
+        regular = self.state in ("closed", "open", "half_open")
+        if (not regular and reason == "retry_after") or (
+            self.state == "open" and self.open_until >= t + seconds
+        ):
+            return self.view(t), None
+        if not regular:
+            self.clear()
+            self.exceeded = False
+        self.open_until = t + seconds
+        self.clear_trial()
+        self.enter("open", t)
+        return self.view(t), self.view(t)
+
     def set_state(self, state: str, t: float) -> tuple[View, View | None]:
         if state == self.state and state != "closed":
             return self.view(t), None
@@ -329,7 +345,8 @@ class Process:
     open_until: float = -math.inf
     seen: View | None = None
     batch: list[tuple[bool, bool]] | None = None  # None: not counting
-    manual: str | None = None
+    # a manual state, or an opening ("open_for", until) not yet sent
+    manual: str | tuple[str, float] | None = None
     reports: list[tuple[str, str, bool]] = attrs.Factory(list)
     retry_at: float = -math.inf
     probe_count: int = 0
@@ -445,6 +462,11 @@ class Link:
     ) -> layers.BreakerView:
         return await self.store.set_state(rules, state)
 
+    async def open_for(
+        self, rules: layers.BreakerRules, seconds: float, reason: str, /
+    ) -> layers.BreakerView:
+        return await self.store.open_for(rules, seconds, reason)
+
     def subscribe(self) -> Any:
         raise AssertionError("the machine delivers the notices")
 
@@ -509,12 +531,22 @@ class SharedBreakerMachine(RuleBasedStateMachine):
                 process.inbox.append(notice)
         return reply
 
+    def send_manual(self, process: Process, t: float) -> View:
+        """The model of a process sending its manual state or opening."""
+        assert self.fleet is not None
+        manual = process.manual
+        process.manual = None
+        if isinstance(manual, tuple):
+            _, until = manual
+            return self.publish(self.fleet.open_for(max(0.0, until - t), "open_for", t))
+        assert manual is not None
+        return self.publish(self.fleet.set_state(manual, t))
+
     def join(self, process: Process, t: float) -> None:
         """The model of a process joining: read, or send its manual state."""
         assert self.fleet is not None
         if process.manual is not None:
-            reply = self.publish(self.fleet.set_state(process.manual, t))
-            process.manual = None
+            reply = self.send_manual(process, t)
         else:
             reply = self.fleet.view(t)
         process.joined = True
@@ -669,6 +701,33 @@ class SharedBreakerMachine(RuleBasedStateMachine):
         process.manual = state
         process.batch = None
 
+    # Only in a process that has joined: a burst of calls that joins and
+    # finds the fleet half-open with probes to spare may give the waiters
+    # probes too, in an order this model does not follow.
+    @precondition(lambda self: any(p.joined for p in self.processes))
+    @rule(
+        index=st.integers(0, PROCESSES - 1),
+        seconds=st.sampled_from([0.5, 2.0, 5.0, 20.0]),
+    )
+    def open_for(self, index: int, seconds: float) -> None:
+        """``open_for(seconds)`` in one process: for the whole fleet."""
+        if not self.processes[index].joined:
+            return
+        breaker = self.breakers[index]
+
+        async def act() -> None:
+            breaker.open_for(seconds)
+
+        self._run(act)
+        process = self.processes[index]
+        t = self.time
+        if process.state == "open" and process.open_until >= t + seconds:
+            return  # open for longer already: nothing changes, nothing is sent
+        process.state = "open"
+        process.open_until = t + seconds
+        process.manual = ("open_for", t + seconds)
+        process.batch = None
+
     @rule(index=st.integers(0, PROCESSES - 1), read=st.booleans())
     def background(self, index: int, read: bool) -> None:
         """One round of a process's background work: flush, or re-read."""
@@ -686,8 +745,7 @@ class SharedBreakerMachine(RuleBasedStateMachine):
             return
         sent = False
         if process.manual is not None:
-            reply = self.publish(self.fleet.set_state(process.manual, t))
-            process.manual = None
+            reply = self.send_manual(process, t)
             process.adopt(reply, t, force=True)
             sent = True
         reports, process.reports = process.reports, []
@@ -765,7 +823,10 @@ class SharedBreakerMachine(RuleBasedStateMachine):
                 assert pending.calls == len(process.batch)
             assert len(fleet_of.probe_reports) == len(process.reports)
             manual = fleet_of.manual_pending
-            assert (None if manual is None else manual.value) == process.manual
+            if isinstance(process.manual, tuple):
+                assert (manual.reason, manual.until) == process.manual
+            else:
+                assert (None if manual is None else manual.value) == process.manual
 
 
 SETTINGS = hypothesis.settings(

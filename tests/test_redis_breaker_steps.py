@@ -111,6 +111,10 @@ class Twins:
             _, probe, outcome, slow = step
             expected = server.report_probe(record, rules, probe, outcome, slow, now)
             args = [probe, outcome, "1" if slow else "0"]
+        elif kind == "open_for":
+            _, seconds, reason = step
+            expected = server.open_for(record, rules, seconds, reason, now)
+            args = [repr(float(seconds)), reason]
         else:
             assert kind == "set_state"
             expected = server.set_state(record, rules, step[1], now)
@@ -236,6 +240,31 @@ VECTORS: dict[str, tuple[dict[str, Any], list[Step]]] = {
             ("set_state", CircuitState.CLOSED),
         ],
     ),
+    "open for a duration: hinted, manual, kept when shorter, half-open after": (
+        {"probes": 1, "open_duration": 5.0},
+        [
+            ("report", 0, "SS", 0),
+            ("open_for", 30.0, "retry_after"),
+            ("read",),
+            ("open_for", 10.0, "retry_after"),
+            ("open_for", 45.0, "open_for"),
+            ("wait", 44.9),
+            ("take_probe", "a", 60.0),
+            ("wait", 0.1),
+            ("take_probe", "b", 60.0),
+            ("open_for", 2.5, "retry_after"),
+            ("report_probe", "b", "success", False),
+            ("wait", 2.5),
+            ("take_probe", "c", 60.0),
+            ("report_probe", "c", "failure", False),
+            ("set_state", CircuitState.FORCED_OPEN),
+            ("open_for", 3.0, "retry_after"),
+            ("set_state", CircuitState.METRICS_ONLY),
+            ("report", 0, "FF", 0),
+            ("open_for", 3.0, "open_for"),
+            ("read",),
+        ],
+    ),
     "healthy duration resets the growth": (
         {"open_duration": 1.0, "healthy_duration": 5.0, "probes": 1},
         [
@@ -314,6 +343,11 @@ steps_strategy = st.lists(
             st.sampled_from(PROBE_IDS),
             st.sampled_from(["success", "failure", "released"]),
             st.booleans(),
+        ),
+        st.tuples(
+            st.just("open_for"),
+            st.sampled_from([0.0, 0.4, 2.0, 30.0]),
+            st.sampled_from(["open_for", "retry_after"]),
         ),
         st.tuples(
             st.just("set_state"),

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import events
 from .._backend import base_time as _now
 from .._classify import ExceptionTypes
-from .._errors import CircuitOpen
+from .._errors import CallbackError, CircuitOpen, type_name
 from .codes import (
     _CLOSED,
     _FAILED,
@@ -54,6 +54,7 @@ class _Core:
         "fleet",
         "generation",
         "healthy_duration",
+        "hint_of",
         "ignore",
         "max_half_open",
         "max_open",
@@ -75,6 +76,7 @@ class _Core:
     def __init__(self, breaker: CircuitBreaker) -> None:
         self.breaker = breaker
         self.name = breaker.name
+        self.hint_of: Callable[[Any], object] | None = breaker.retry_after
         if breaker.min_calls is not None:
             self.minimum = breaker.min_calls
         elif breaker.window_type == "count":
@@ -281,6 +283,78 @@ class _Core:
                 state = _OPEN
         if state is _OPEN and now >= self.open_until:
             self.half_open(now)
+
+    def open_for(self, seconds: float, now: float, reason: str) -> bool:
+        """Open now for *seconds*, then half-open as usual; whether it changed.
+
+        *reason* is ``"retry_after"`` (a failure's hint: it never leaves a
+        manual state) or ``"open_for"`` (the manual call: it leaves any
+        state). An open breaker is opened anew only if that ends its open
+        period later. The window is kept, as by a trip (a manual state's
+        is emptied); the trips in a row do not change.
+        """
+        state = self.state
+        regular = state is _CLOSED or state is _OPEN or state is _HALF_OPEN
+        if not regular and reason == "retry_after":
+            return False
+        until = now + seconds
+        if state is _OPEN and self.open_until >= until:
+            return False
+        if not regular:
+            self.window = self.new_window()
+            self.exceeded = False
+        self.open_until = until
+        self.trial = None
+        previous = self._enter(_OPEN, now)
+        if events.STATE.sinks:
+            events.emit(
+                CircuitOpened(
+                    layer=self.name,
+                    from_state=previous.value,
+                    to_state="open",
+                    reason=reason,
+                    open_duration=seconds,
+                    failure_rate=None,
+                    slow_call_rate=None,
+                )
+            )
+        return True
+
+    def hinted(self, outcome: object, cause: BaseException | None) -> None:
+        """A counted failure: a duration from *retry_after* opens the breaker.
+
+        *outcome* is the exception or the response (*cause*: the exception,
+        for the chain of a :class:`~layers.CallbackError`).
+        """
+        hint_of = self.hint_of
+        if hint_of is None:
+            return
+        seconds = hint_of(outcome)
+        if seconds is None:
+            return
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not math.isfinite(seconds)
+            or seconds < 0
+        ):
+            what = (
+                type_name(outcome)
+                if isinstance(outcome, BaseException)
+                else f"a {type(outcome).__name__} response"
+            )
+            raise CallbackError(
+                f"CircuitBreaker {self.name!r}: the open duration (retry_after=) "
+                f"for {what} must be a finite number of seconds "
+                f">= 0 or None, got {seconds!r}",
+                layer=self.name,
+                parameter="retry_after",
+            ) from cause
+        fleet = self.fleet
+        if fleet is not None and fleet.mode == _JOINED:
+            fleet.open_for(float(seconds), "retry_after")
+        else:
+            self.open_for(float(seconds), _now(), "retry_after")
 
     def manual(self, state: CircuitState, reason: str) -> None:
         """Enter *state* by hand; in that state already, it is no transition.

@@ -25,9 +25,11 @@ class CircuitStateChanged(Event):
         to_state: The state entered.
         reason: Why: ``"failure_rate"``, ``"slow_call_rate"``,
             ``"consecutive_failures"``, ``"half_open_timeout"``,
-            ``"open_duration_elapsed"``, ``"probes_succeeded"``, or the
-            manual call (``"force_open"``, ``"force_closed"``,
-            ``"metrics_only"``, ``"reset"``).
+            ``"open_duration_elapsed"``, ``"probes_succeeded"``,
+            ``"retry_after"`` (a failure carried the duration: the
+            breaker's *retry_after* option), or the manual call
+            (``"force_open"``, ``"force_closed"``, ``"metrics_only"``,
+            ``"reset"``, ``"open_for"``).
     """
 
     event: ClassVar[str] = "circuit_state_changed"
@@ -42,6 +44,10 @@ class CircuitStateChanged(Event):
 @attrs.frozen(kw_only=True)
 class CircuitOpened(CircuitStateChanged):
     """The breaker tripped: calls are rejected for *open_duration* seconds.
+
+    Also emitted when a duration opens it (``reason="retry_after"`` or
+    ``"open_for"``, with no rates), including one that lengthens the open
+    period of an open breaker (``from_state`` is then ``"open"``).
 
     Attributes:
         open_duration: How long it stays open before it lets probes through.

@@ -57,7 +57,7 @@ import math
 import secrets
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import anyio
 
@@ -85,7 +85,7 @@ from .codes import (
 from .events import CircuitThresholdExceeded
 from .records import BreakerBatch, BreakerRules, BreakerView
 from .server import ProbeOutcome
-from .services import _call_other
+from .services import _admit, _run, _Ticket
 from .statistics import CircuitState
 
 if TYPE_CHECKING:
@@ -94,6 +94,17 @@ if TYPE_CHECKING:
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
+
+
+@final
+class _Opening:
+    """An opening for a fleet, not yet sent: until when (this process's clock), why."""
+
+    __slots__ = ("reason", "until")
+
+    def __init__(self, until: float, reason: str) -> None:
+        self.until = until
+        self.reason = reason
 
 
 class _Batch:
@@ -187,7 +198,9 @@ class _Fleet:
         # The pending batch while joined and closed or metrics-only, else
         # None: the success path's one test.
         self.fast: _Batch | None = None
-        self.manual_pending: CircuitState | None = None
+        # A manual state, or an opening (open_for, a failure's retry_after),
+        # set here and not yet sent to the store.
+        self.manual_pending: CircuitState | _Opening | None = None
         self.probe_reports: deque[tuple[str, ProbeOutcome, bool]] = deque()
         self.probing = False  # a take_probe of this process is in flight
         self.probe_retry_at = -math.inf
@@ -315,6 +328,31 @@ class _Fleet:
         self.urgent = True
         self.wake_up()
 
+    def open_for(self, seconds: float, reason: str, *, manual: bool = False) -> None:
+        """Open this process's view now for *seconds*; send it to the fleet at once.
+
+        *reason*: ``"retry_after"`` (a failure's hint, only while joined)
+        or ``"open_for"`` (the manual call, *manual*: also before joining
+        and in fallback, sent when the store answers). Nothing is sent if
+        the view did not change (a manual state, or open for longer).
+        """
+        now = _now()
+        if not self.core.open_for(seconds, now, reason):
+            return
+        if not manual and self.mode != _JOINED:
+            return
+        self.manual_pending = _Opening(now + seconds, reason)
+        self.fast = None
+        self.urgent = True
+        self.wake_up()
+
+    async def send_manual(self, manual: CircuitState | _Opening) -> BreakerView:
+        """Send a pending manual state or opening to the store (StoreError)."""
+        if isinstance(manual, _Opening):
+            seconds = max(0.0, manual.until - _now())
+            return await self.store.open_for(self.rules, seconds, manual.reason)
+        return await self.store.set_state(self.rules, manual)
+
     def new_probe(self) -> str:
         self.probe_count += 1
         return f"{self.token}-{self.probe_count}"
@@ -358,7 +396,7 @@ class _Fleet:
         manual = self.manual_pending
         try:
             if manual is not None:
-                view = await self.store.set_state(self.rules, manual)
+                view = await self.send_manual(manual)
             else:
                 view = await self.store.read(self.rules)
         except StoreError as error:
@@ -480,7 +518,7 @@ class _Fleet:
         sent = False
         manual = self.manual_pending
         if manual is not None:
-            view = await store.set_state(rules, manual)
+            view = await self.send_manual(manual)
             sent = True
             self.contact()
             if self.manual_pending is manual:  # not set again meanwhile
@@ -531,8 +569,13 @@ class _Fleet:
 # ---------------------------------------------------------------- the calls
 
 
-async def _call_fleet(fleet: _Fleet, inner: Service[Req, Res], request: Req) -> Res:
-    """Every call that is not a closed (or metrics-only) joined breaker's."""
+async def _admit_fleet(fleet: _Fleet) -> _Ticket | None:
+    """Admit a call (or a block) that is not a closed joined breaker's, or raise.
+
+    May wait: to join the fleet, or for the store's answer to a probe
+    request (cancelled meanwhile, it holds nothing). ``None``: let it
+    through uncounted (disabled, or a manual state being sent).
+    """
     core = fleet.core
     while True:
         if not fleet.hosted:
@@ -545,10 +588,11 @@ async def _call_fleet(fleet: _Fleet, inner: Service[Req, Res], request: Req) -> 
             error = fleet.last_error
             assert error is not None
             fleet.health.failed(error)
-            return await _call_other(core, inner, request)
+            return _admit(core)
         batch = fleet.fast
         if batch is not None:
-            return await _call_batched(fleet, batch, inner, request)
+            timed = core.slow_after < math.inf
+            return _BatchTicket(fleet, batch, _now() if timed else None)
         state = core.state
         if state is _FORCED_OPEN:
             raise core.reject(None)
@@ -557,7 +601,7 @@ async def _call_fleet(fleet: _Fleet, inner: Service[Req, Res], request: Req) -> 
             or state is _CLOSED
             or state is _METRICS_ONLY  # a manual state being sent: not counted
         ):
-            return await inner(request)
+            return None
         now = _now()
         if (
             (state is _OPEN and now < core.open_until)
@@ -570,7 +614,7 @@ async def _call_fleet(fleet: _Fleet, inner: Service[Req, Res], request: Req) -> 
         if view is None:
             continue  # the store failed: the local breaker decides
         if view.probe:
-            return await _call_probe(fleet, probe, inner, request)
+            return _ProbeTicket(fleet, probe, _now())
         state = core.state
         now = _now()
         if state is _HALF_OPEN:
@@ -580,51 +624,81 @@ async def _call_fleet(fleet: _Fleet, inner: Service[Req, Res], request: Req) -> 
         # closed, metrics-only or disabled now: go round once more
 
 
-async def _call_batched(
-    fleet: _Fleet, batch: _Batch, inner: Service[Req, Res], request: Req
-) -> Res:
+async def _call_fleet(fleet: _Fleet, inner: Service[Req, Res], request: Req) -> Res:
+    """Every call that is not a closed (or metrics-only) joined breaker's."""
+    ticket = await _admit_fleet(fleet)
+    return await _run(ticket, inner, request, fleet.core.breaker.on_result)
+
+
+@final
+class _BatchTicket:
     """A closed-state call whose outcome goes to *batch* (the general path)."""
-    core = fleet.core
-    slow_after = core.slow_after
-    timed = slow_after < math.inf
-    start = _now() if timed else 0.0
-    try:
-        response = await inner(request)
-    except BaseException as error:
-        _fleet_error(fleet, batch, error, start if timed else None)
-        raise
-    check = core.breaker.on_result
-    failed = check is not None and check(response)
-    fleet.add(batch, failed, timed and _now() >= start + slow_after)
-    return response
+
+    __slots__ = ("batch", "fleet", "start")
+
+    def __init__(self, fleet: _Fleet, batch: _Batch, start: float | None) -> None:
+        self.fleet = fleet
+        self.batch = batch
+        self.start = start  # None: slow calls are not timed
+
+    def failed(self, raised: BaseException, /) -> None:
+        _fleet_error(self.fleet, self.batch, raised, self.start)
+
+    def answered(
+        self, response: object, check: Callable[[Any], bool] | None, /
+    ) -> None:
+        fleet = self.fleet
+        core = fleet.core
+        batch = self.batch
+        start = self.start
+        failed = check is not None and check(response)
+        fleet.add(
+            batch, failed, start is not None and _now() >= start + core.slow_after
+        )
+        if failed and batch is fleet.fast:
+            core.hinted(response, None)
 
 
-async def _call_probe(
-    fleet: _Fleet, probe: str, inner: Service[Req, Res], request: Req
-) -> Res:
+@final
+class _ProbeTicket:
     """A half-open trial call holding the fleet's probe *probe*."""
-    core = fleet.core
-    start = _now()
-    outcome: ProbeOutcome = "released"  # not counted: the slot is given back
-    try:
-        response = await inner(request)
-    except BaseException as raised:
+
+    __slots__ = ("fleet", "probe", "start")
+
+    def __init__(self, fleet: _Fleet, probe: str, start: float) -> None:
+        self.fleet = fleet
+        self.probe = probe
+        self.start = start
+
+    def failed(self, raised: BaseException, /) -> None:
+        core = self.fleet.core
         error = split_failure(raised)[0]
         kind = _KIND_IGNORED if error is None else core.kind_of(error)
+        outcome: ProbeOutcome = "released"  # not counted: the slot is given back
         if kind == _KIND_FAILURE:
             outcome = "failure"
         elif kind == _KIND_SUCCESS:
             outcome = "success"
-        raise
-    else:
-        check = core.breaker.on_result
-        # a predicate that raises leaves "released": the slot is given back
-        failed = check is not None and check(response)
-        outcome = "failure" if failed else "success"
-        return response
-    finally:
-        slow = outcome != "released" and _now() >= start + core.slow_after
-        fleet.queue_probe(probe, outcome, slow)
+        self._queue(outcome)
+        if outcome == "failure":
+            core.hinted(error, raised)
+
+    def answered(
+        self, response: object, check: Callable[[Any], bool] | None, /
+    ) -> None:
+        try:
+            failed = check is not None and check(response)
+        except BaseException:
+            self._queue("released")  # a predicate that raises: the slot is given back
+            raise
+        self._queue("failure" if failed else "success")
+        if failed:
+            self.fleet.core.hinted(response, None)
+
+    def _queue(self, outcome: ProbeOutcome) -> None:
+        fleet = self.fleet
+        slow = outcome != "released" and _now() >= self.start + fleet.core.slow_after
+        fleet.queue_probe(self.probe, outcome, slow)
 
 
 def _fleet_error(
@@ -640,6 +714,17 @@ def _fleet_error(
         return
     slow = start is not None and _now() >= start + core.slow_after
     fleet.add(batch, kind == _KIND_FAILURE, slow)
+    if kind == _KIND_FAILURE:
+        core.hinted(error, raised)
+
+
+def _fleet_failed_response(
+    fleet: _Fleet, batch: _Batch, response: object, slow: bool
+) -> None:
+    """Count a response that ``on_result`` calls a failure."""
+    fleet.add(batch, True, slow)
+    if batch is fleet.fast:
+        fleet.core.hinted(response, None)
 
 
 # The success path of a joined, closed breaker: one load of fleet.fast (the
@@ -680,7 +765,7 @@ def _fleet_service(
             _fleet_error(fleet, batch, error, None)
             raise
         if check(response):
-            fleet.add(batch, True, False)
+            _fleet_failed_response(fleet, batch, response, False)
             return response
         batch.calls += 1
         if batch.tail:
@@ -731,7 +816,7 @@ def _slow_fleet_service(
             raise
         slow = read() >= start + slow_after
         if check(response):
-            fleet.add(batch, True, slow)
+            _fleet_failed_response(fleet, batch, response, slow)
         elif slow:
             fleet.add(batch, False, True)
         else:

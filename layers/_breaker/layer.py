@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, Literal, TypedDict, TypeVar, final
 
 import attrs
 
+from .._backend import base_time as _now
 from .._classify import Classification, ExceptionTypes, classification, exception_types
 from .._config import (
     callable_or_none,
+    check_number,
     fail,
     fail_value,
     finite_number,
@@ -24,10 +27,12 @@ from .._config import (
 )
 from .._core import Service, mark_built
 from .._errors import ConfigurationError
+from .._guard import GuardShorthand
 from .._observable import HealthStatus, Observation
 from .codes import _CLOSED, _DISABLED, _FORCED_OPEN, _METRICS_ONLY
 from .core import _Core
 from .fleet import _Fleet, _fleet_service, _slow_fleet_service
+from .guard import _BreakerGuard
 from .records import BreakerRules
 from .services import (
     _count_service,
@@ -65,7 +70,14 @@ def _window_type(
         fail(instance, attribute, value, "'count' or 'time'")
 
 
-_STORE_METHODS = ("read", "report", "take_probe", "report_probe", "set_state")
+_STORE_METHODS = (
+    "read",
+    "report",
+    "take_probe",
+    "report_probe",
+    "set_state",
+    "open_for",
+)
 
 
 def _store(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -86,7 +98,7 @@ def _store(instance: object, attribute: attrs.Attribute[Any], value: object) -> 
         attribute,
         value,
         "None or a BreakerStore such as layers.MemoryBreakerStore (async "
-        "read, report, take_probe, report_probe and set_state methods, "
+        "read, report, take_probe, report_probe, set_state and open_for methods, "
         "subscribe and start_soon methods, a name and a sync_interval)",
     )
 
@@ -113,6 +125,7 @@ class CircuitBreakerOptions(TypedDict, total=False):
     on: Classification
     ignore: ExceptionTypes
     on_result: Callable[[Any], bool] | None
+    retry_after: Callable[[Any], float | None] | None
     open_duration: float
     open_duration_growth: float
     max_open_duration: float | None
@@ -137,7 +150,7 @@ _STATE_HEALTH: Final[dict[CircuitState, HealthStatus]] = {
 
 @final
 @attrs.frozen(kw_only=True, eq=False)
-class CircuitBreaker:
+class CircuitBreaker(GuardShorthand):
     """Stop calling a service that keeps failing; probe it; resume when it heals.
 
     **Closed** (the normal state), every call goes through and its outcome
@@ -176,6 +189,10 @@ class CircuitBreaker:
     the breaker raises :class:`~layers.Elapsed`, a failure; a timeout
     outside it cancels the call, which does not count.
 
+    **As a block.** ``async with breaker:`` (or ``async with
+    breaker.guard():``) runs the block as one call of this breaker: see
+    :meth:`guard`.
+
     The breaker object holds the state: applying one breaker to several
     services makes them share it. A breaker belongs to the event loop that
     calls it (it is not thread-safe, and needs no lock on one loop).
@@ -211,6 +228,17 @@ class CircuitBreaker:
         on_result: A predicate ``(response) -> bool``, as
             :class:`~layers.Retry`'s ``on_result``; a response for which it
             returns true counts as a failure (the response is still returned).
+        retry_after: A function ``(failure) -> seconds | None``, as
+            :class:`~layers.Retry`'s ``retry_after``: the downstream said
+            when to come back. It is called with each counted failure (an
+            exception the breaker counts as a failure, or a response that
+            *on_result* calls one); a number opens the breaker at once for
+            that many seconds (then it half-opens as usual), whatever the
+            window says, or lengthens its open period; ``None`` changes
+            nothing. :func:`layers.httpx.retry_after` reads ``Retry-After``.
+            A return that is not ``None`` nor a finite number >= 0 raises
+            :class:`~layers.CallbackError` (chained from the failure). It is
+            not asked in the manual states (``metrics_only()`` included).
         open_duration: Seconds the breaker stays open after its first trip.
         open_duration_growth: Factor (>= 1) by which each further trip in a
             row lengthens the open duration.
@@ -296,6 +324,9 @@ class CircuitBreaker:
     on: Classification = attrs.field(default=Exception, validator=_on)
     ignore: ExceptionTypes = attrs.field(default=(), validator=exception_types)
     on_result: Callable[[Any], bool] | None = attrs.field(
+        default=None, validator=_optional_callable
+    )
+    retry_after: Callable[[Any], float | None] | None = attrs.field(
         default=None, validator=_optional_callable
     )
     open_duration: float = attrs.field(default=60.0, validator=positive_seconds)
@@ -401,6 +432,42 @@ class CircuitBreaker:
             build = _count_service
         return mark_built(build(core, inner, check), self, inner)
 
+    def guard(self) -> AbstractAsyncContextManager[None]:
+        """The block form: the block is one call (``async with breaker:`` too).
+
+        Entering decides as for a call: an open (or forced-open) breaker,
+        or a half-open one whose probes are all taken, raises
+        :class:`~layers.CircuitOpen` and the block does not run; a
+        half-open breaker's free slot makes the block a probe. Leaving
+        records the block's outcome in the same state as the service
+        form's calls: an exception is classified by *on* and *ignore*
+        exactly as a call's (and given to *retry_after* if it is a
+        failure), a clean exit is a success, a slow call is measured by
+        the block's duration, and a cancellation is not an outcome (a
+        probe's slot is freed). With a *store*, for the whole fleet (entering
+        may then wait for the store, as a call does). The exception always
+        propagates. *on_result* does not apply: a block has no response.
+
+        Example:
+            >>> import anyio, layers
+            >>> breaker = layers.CircuitBreaker(window_size=2, min_calls=2)
+            >>> async def main() -> None:
+            ...     for _ in range(2):
+            ...         try:
+            ...             async with breaker:
+            ...                 raise ConnectionError("down")
+            ...         except ConnectionError:
+            ...             pass
+            ...     try:
+            ...         async with breaker.guard():
+            ...             print("never runs")
+            ...     except layers.CircuitOpen as error:
+            ...         print(error)
+            >>> anyio.run(main)
+            circuit breaker 'circuit_breaker' is open
+        """
+        return _BreakerGuard(self._core)
+
     # -- looking at it ------------------------------------------------------------
 
     @property
@@ -491,6 +558,42 @@ class CircuitBreaker:
         emits the event.
         """
         self._manual(_METRICS_ONLY, "metrics_only")
+
+    def open_for(self, seconds: float) -> None:
+        """Open the breaker now for *seconds*, then half-open as usual.
+
+        Not a forced open: after *seconds* the next call half-opens it and
+        the probes decide, as after a trip; calls meanwhile are rejected
+        with :class:`~layers.CircuitOpen` whose ``retry_after`` is the time
+        left. It leaves any state, the manual ones included; an open
+        breaker is opened anew only if that ends its open period later.
+        The window is kept (a manual state's is emptied) and the trips in
+        a row do not change. Emits :class:`~layers.events.CircuitOpened`
+        with ``reason="open_for"``. With a *store*, for the whole fleet
+        (a new generation, open for *seconds* from the store's now).
+
+        Call it in the event loop (the open period is on its clock).
+
+        Raises:
+            layers.ConfigurationError: *seconds* is not a finite number > 0.
+            RuntimeError: Outside an event loop; or with a *store* that
+                has no host.
+        """
+        check_number(
+            "CircuitBreaker.open_for",
+            "seconds",
+            seconds,
+            "a finite number of seconds > 0",
+            lambda v: v > 0,
+        )
+        core = self._core
+        now = _now()  # RuntimeError outside an event loop
+        fleet = core.fleet
+        if fleet is not None:
+            fleet.host_if_running()  # RuntimeError: no host for the store
+            fleet.open_for(float(seconds), "open_for", manual=True)
+        else:
+            core.open_for(float(seconds), now, "open_for")
 
     def reset(self) -> None:
         """Go back to ``CLOSED`` with an empty window and no trips in a row.

@@ -36,6 +36,8 @@ applied to the outcomes of the whole fleet:
 * **Open to half-open** happens when a process asks for a probe after
   ``open_until``; a half-open period longer than ``max_half_open_duration``
   opens it again when a process next asks for a probe or reports one.
+* **Openings for a duration** (``open_for``: the manual call, or a
+  failure's ``retry_after``) open the fleet at once, a new generation.
 * **Probes** are ids: at most ``probes`` are taken or recorded in one
   half-open period, fleet-wide. A probe not reported within its lease is
   given back (its process may have died); its late outcome does not count.
@@ -256,6 +258,37 @@ def set_state(
             view = _view(record, rules, now)
             return view, view
     _enter(record, state, now, reason)
+    view = _view(record, rules, now)
+    return view, view
+
+
+def open_for(
+    record: Record, rules: BreakerRules, seconds: float, reason: str, now: float
+) -> tuple[BreakerView, BreakerView | None]:
+    """Open the fleet now for *seconds* (then half-open as usual), published.
+
+    *reason* ``"retry_after"`` (a failure carried the duration) changes
+    nothing in a manual state; ``"open_for"`` (the manual call) leaves any
+    state. An open breaker is opened anew only if that ends its open period
+    later. The window is kept (a manual state's is emptied), the trial is
+    dropped, the trips in a row do not change.
+    """
+    state = record.state
+    regular = state is _CLOSED or state is _OPEN or state is _HALF_OPEN
+    until = now + seconds
+    if (not regular and reason == "retry_after") or (
+        state is _OPEN and record.open_until >= until
+    ):
+        return _view(record, rules, now), None
+    if not regular:
+        _clear_window(record)
+        record.exceeded = False
+    record.open_until = until
+    record.open_duration = seconds
+    record.opened_failure_rate = None
+    record.opened_slow_call_rate = None
+    _clear_trial(record)
+    _enter(record, _OPEN, now, reason)
     view = _view(record, rules, now)
     return view, view
 

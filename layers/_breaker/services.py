@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, final
 
 from .._backend import base_time as _now
 from .._backend import clock_source
@@ -37,17 +37,38 @@ Res = TypeVar("Res")
 # ---------------------------------------------------------------- the services
 
 
-async def _call_other(core: _Core, inner: Service[Req, Res], request: Req) -> Res:
-    """Every call that is not a plain closed-state call.
+class _Ticket(Protocol):
+    """What an admitted call (or block) holds until its outcome is recorded.
 
-    Written for clarity rather than speed: the fast paths below handle the
-    closed state's calls.
+    Made by :func:`_admit` (and ``fleet._admit_fleet``): the window, trial,
+    batch or probe the call was admitted under, and its start time.
+    """
+
+    def failed(self, raised: BaseException, /) -> None:
+        """The call raised *raised* (a cancellation included)."""
+        ...
+
+    def answered(
+        self, response: object, check: Callable[[Any], bool] | None, /
+    ) -> None:
+        """The call returned *response*; *check* is ``on_result`` (or None)."""
+        ...
+
+
+def _admit(core: _Core) -> _Ticket | None:
+    """Admit a call (or a block) that is not a plain closed-state call, or raise.
+
+    ``None``: let it through unrecorded (disabled). Raises
+    :class:`~layers.CircuitOpen` when open, forced open, or half-open with
+    every probe slot taken.
     """
     state = core.state
     if state is _DISABLED:
-        return await inner(request)
+        return None
     if state is _CLOSED or state is _METRICS_ONLY:
-        return await _call_recorded(core, core.window, inner, request)
+        # the start only matters with a slow-call threshold (else slow_after is inf)
+        start = _now() if core.slow_after < math.inf else 0.0
+        return _WindowTicket(core, core.window, start)
     if state is _FORCED_OPEN:
         raise core.reject(None)
     now = _now()
@@ -57,59 +78,116 @@ async def _call_other(core: _Core, inner: Service[Req, Res], request: Req) -> Re
         assert trial is not None
         if trial.taken < core.probes:
             trial.taken += 1  # the slot is held until the outcome or cancellation
-            return await _call_probe(core, trial, inner, request, now)
+            return _TrialTicket(core, trial, now)
     raise core.reject(now)
 
 
-async def _call_recorded(
-    core: _Core, window: _Window, inner: Service[Req, Res], request: Req
+async def _run(
+    ticket: _Ticket | None,
+    inner: Service[Req, Res],
+    request: Req,
+    check: Callable[[Any], bool] | None,
 ) -> Res:
-    """A call whose outcome goes to *window* (closed or metrics-only)."""
-    # the start only matters with a slow-call threshold (else slow_after is inf)
-    start = _now() if core.slow_after < math.inf else 0.0
+    """Call *inner* under *ticket* and record its outcome."""
+    if ticket is None:
+        return await inner(request)
     try:
         response = await inner(request)
     except BaseException as error:
-        _record_error(core, window, error, start)
+        ticket.failed(error)
         raise
-    end = _now()
-    code = _SUCCESS
-    check = core.breaker.on_result
-    if check is not None and check(response):
-        code |= _FAILED
-    if end >= start + core.slow_after:
-        code |= _SLOW
-    core.record(window, code, end)
+    ticket.answered(response, check)
     return response
 
 
-async def _call_probe(
-    core: _Core, trial: _Trial, inner: Service[Req, Res], request: Req, start: float
-) -> Res:
+async def _call_other(core: _Core, inner: Service[Req, Res], request: Req) -> Res:
+    """Every call that is not a plain closed-state call.
+
+    Written for clarity rather than speed: the fast paths below handle the
+    closed state's calls. The block form (``CircuitBreaker.guard``) takes
+    the same steps: :func:`_admit`, then the ticket's outcome.
+    """
+    return await _run(_admit(core), inner, request, core.breaker.on_result)
+
+
+@final
+class _WindowTicket:
+    """A closed (or metrics-only) call: its outcome goes to *window*."""
+
+    __slots__ = ("core", "start", "window")
+
+    def __init__(self, core: _Core, window: _Window, start: float) -> None:
+        self.core = core
+        self.window = window
+        self.start = start
+
+    def failed(self, raised: BaseException, /) -> None:
+        core = self.core
+        timed = core.slow_after < math.inf
+        _record_error(core, self.window, raised, self.start if timed else None)
+
+    def answered(
+        self, response: object, check: Callable[[Any], bool] | None, /
+    ) -> None:
+        core = self.core
+        window = self.window
+        end = _now()
+        code = _SUCCESS
+        failed = check is not None and check(response)
+        if failed:
+            code |= _FAILED
+        if end >= self.start + core.slow_after:
+            code |= _SLOW
+        core.record(window, code, end)
+        if failed and window is core.window:
+            core.hinted(response, None)
+
+
+@final
+class _TrialTicket:
     """A half-open trial call: it holds one slot until it is counted or freed."""
-    code = 0  # not counted: frees the slot
-    try:
-        response = await inner(request)
-    except BaseException as raised:
+
+    __slots__ = ("core", "start", "trial")
+
+    def __init__(self, core: _Core, trial: _Trial, start: float) -> None:
+        self.core = core
+        self.trial = trial
+        self.start = start
+
+    def failed(self, raised: BaseException, /) -> None:
+        core = self.core
         error = split_failure(raised)[0]
         kind = _KIND_IGNORED if error is None else core.kind_of(error)
+        code = 0  # not counted (cancelled, ignored): frees the slot
         if kind == _KIND_FAILURE:
             code = _FAILED | _PRESENT
         elif kind == _KIND_SUCCESS:
             code = _SUCCESS
-        raise
-    else:
-        check = core.breaker.on_result
-        # a predicate that raises leaves code 0: the slot is freed, uncounted
-        failed = check is not None and check(response)
-        code = _SUCCESS | _FAILED if failed else _SUCCESS
-        return response
-    finally:
-        # also on cancellation (code 0, the slot is freed): never stuck half-open
+        current = self.trial is core.trial
+        self._record(code)
+        if code & _FAILED and current:
+            core.hinted(error, raised)
+
+    def answered(
+        self, response: object, check: Callable[[Any], bool] | None, /
+    ) -> None:
+        core = self.core
+        try:
+            failed = check is not None and check(response)
+        except BaseException:
+            self._record(0)  # a predicate that raises: the slot is freed, uncounted
+            raise
+        current = self.trial is core.trial
+        self._record(_SUCCESS | _FAILED if failed else _SUCCESS)
+        if failed and current:
+            core.hinted(response, None)
+
+    def _record(self, code: int) -> None:
+        core = self.core
         end = _now()
-        if code and end >= start + core.slow_after:
+        if code and end >= self.start + core.slow_after:
             code |= _SLOW
-        core.record_probe(trial, code, end)
+        core.record_probe(self.trial, code, end)
 
 
 def _record_error(
@@ -133,6 +211,8 @@ def _record_error(
     if start is not None and now >= start + core.slow_after:
         code |= _SLOW
     core.record(window, code, now)
+    if kind == _KIND_FAILURE:
+        core.hinted(error, raised)
 
 
 # The services are closures rather than objects with __call__: a closure's
@@ -146,10 +226,12 @@ def _record_error(
 
 
 def _record_failed_response(
-    core: _Core, window: _Window, now: float, slow: bool
+    core: _Core, window: _Window, response: object, now: float, slow: bool
 ) -> None:
     """Record a response that ``on_result`` calls a failure."""
     core.record(window, _FAILED | _PRESENT | _SLOW if slow else _FAILED | _PRESENT, now)
+    if window is core.window:
+        core.hinted(response, None)
 
 
 def _count_service(
@@ -188,7 +270,7 @@ def _count_service(
             _record_error(core, window, error, None)
             raise
         if check(response):
-            _record_failed_response(core, window, _now(), False)
+            _record_failed_response(core, window, response, _now(), False)
             return response
         i = window.pos
         if window.ring[i] == _SUCCESS and not window.streak:
@@ -242,7 +324,7 @@ def _time_service(
             raise
         now = clock()
         if check(response):
-            _record_failed_response(core, window, now, False)
+            _record_failed_response(core, window, response, now, False)
         elif now < window.clean_until:
             window.cur_calls += 1
         else:
@@ -300,7 +382,7 @@ def _slow_time_service(
         end = read()
         slow = end >= start + slow_after
         if check(response):
-            _record_failed_response(core, window, end, slow)
+            _record_failed_response(core, window, response, end, slow)
         elif slow:
             core.record(window, _SUCCESS | _SLOW, end)
         elif end < window.clean_until:
@@ -362,7 +444,7 @@ def _slow_count_service(
         end = read()
         slow = end >= start + slow_after
         if check(response):
-            _record_failed_response(core, window, end, slow)
+            _record_failed_response(core, window, response, end, slow)
             return response
         if slow:
             core.record(window, _SUCCESS | _SLOW, end)

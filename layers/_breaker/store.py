@@ -129,6 +129,19 @@ class BreakerStore(Protocol):
         """
         ...
 
+    async def open_for(
+        self, rules: BreakerRules, seconds: float, reason: str, /
+    ) -> BreakerView:
+        """Open the fleet now for *seconds*, then half-open as usual, published.
+
+        As :meth:`~layers.CircuitBreaker.open_for` (*reason* ``"open_for"``,
+        from any state) or a failure's ``retry_after`` (*reason*
+        ``"retry_after"``, which leaves a manual state alone): generation
+        + 1, open until the server's now plus *seconds*; an open breaker
+        is opened anew only if that ends its open period later.
+        """
+        ...
+
     def subscribe(self) -> AbstractAsyncContextManager[AsyncIterator[BreakerView]]:
         """Receive every view the store publishes, while the block lasts.
 
@@ -244,6 +257,14 @@ class MemoryBreakerStore(BackgroundHost):
         """See :meth:`BreakerStore.set_state`."""
         await anyio.lowlevel.checkpoint()
         return self._reply(server.set_state(self._record, rules, state, base_time()))
+
+    async def open_for(
+        self, rules: BreakerRules, seconds: float, reason: str, /
+    ) -> BreakerView:
+        """See :meth:`BreakerStore.open_for`."""
+        await anyio.lowlevel.checkpoint()
+        step = server.open_for(self._record, rules, seconds, reason, base_time())
+        return self._reply(step)
 
     def _reply(self, step: tuple[BreakerView, BreakerView | None]) -> BreakerView:
         reply, notice = step

@@ -468,6 +468,33 @@ return finish(v, v)
 """
 )
 
+# ARGV[17]: seconds, ARGV[18]: the reason ('open_for' or 'retry_after').
+OPEN_FOR: Final = (
+    PRELUDE
+    + r"""
+local seconds, reason = tonumber(ARGV[17]), ARGV[18]
+local state = rec.state
+local regular = state == 'closed' or state == 'open' or state == 'half_open'
+local till = now + seconds
+if (not regular and reason == 'retry_after')
+    or (state == 'open' and rec.open_until >= till) then
+  return finish(view(now, false, nil), nil)
+end
+if not regular then
+  clear_window()
+  rec.exceeded = false
+end
+rec.open_until = till
+rec.open_duration = seconds
+rec.ofr = nil
+rec.osr = nil
+clear_trial()
+enter('open', now, reason)
+local v = view(now, false, nil)
+return finish(v, v)
+"""
+)
+
 _MANUAL: Final = frozenset(
     {
         CircuitState.CLOSED,
@@ -613,6 +640,7 @@ class RedisBreakerStore:
             "take_probe": redis.script(TAKE_PROBE),
             "report_probe": redis.script(REPORT_PROBE),
             "set_state": redis.script(SET_STATE),
+            "open_for": redis.script(OPEN_FOR),
         }
 
     @property
@@ -712,6 +740,13 @@ class RedisBreakerStore:
         if state not in _MANUAL:
             raise ValueError(f"not a manual state: {state!r}")
         return (await self._step("set_state", rules, [state.value]))[0]
+
+    async def open_for(
+        self, rules: BreakerRules, seconds: float, reason: str, /
+    ) -> BreakerView:
+        """See :meth:`layers.BreakerStore.open_for`."""
+        args = [repr(float(seconds)), reason]
+        return (await self._step("open_for", rules, args))[0]
 
     # -- notices --------------------------------------------------------------------
 

@@ -66,3 +66,29 @@ def on_redis(redis: RedisConnection) -> None:
         CircuitBreaker(store=RedisBreakerStore(redis, name="u")).layer(fetch),
         Service[int, str],
     )
+
+
+def come_back_after(failure: object) -> float | None:
+    """A duration the failure carries, or None."""
+    return None
+
+
+# retry_after= on the breaker and through the builder; open_for().
+hinted = CircuitBreaker(retry_after=come_back_after)
+assert_type(
+    ServiceBuilder().circuit_breaker(retry_after=come_back_after).service(fetch),
+    Service[int, str],
+)
+assert_type(hinted.open_for(30), None)
+
+
+async def blocks(
+    breaker: CircuitBreaker, limit: layers.RateLimit, pool: layers.ConcurrencyLimit
+) -> None:
+    """The block forms: guard() and the layer itself in async with."""
+    async with breaker as entered:
+        assert_type(entered, None)
+    async with breaker.guard(), pool.guard(), layers.Drain().guard():
+        pass
+    async with limit.guard(key="tenant", cost=2), limit, pool:
+        pass
