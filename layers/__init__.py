@@ -24,6 +24,8 @@ from ._breaker import (
 )
 from ._budget import RetryBudget, RetryBudgetStatistics
 from ._builder import RetryOptions, ServiceBuilder, Unchanged
+from ._chaos import InjectError, InjectionStatistics, InjectLatency, InjectResult
+from ._coalesce import Coalesce, CoalesceStatistics
 from ._concurrency import (
     ConcurrencyLimit,
     ConcurrencyLimitStatistics,
@@ -58,6 +60,7 @@ from ._errors import (
     StoreError,
     StoreUnavailable,
 )
+from ._fallback import Fallback, FallbackStatistics, Outcome
 from ._observable import Observable, Observation
 from ._per_key import KeyTableFull, PerKey, PerKeyStatistics
 from ._public import publish as _publish
@@ -109,6 +112,8 @@ __all__ = [
     "CircuitBreakerStatistics",
     "CircuitOpen",
     "CircuitState",
+    "Coalesce",
+    "CoalesceStatistics",
     "ConcurrencyLimit",
     "ConcurrencyLimitStatistics",
     "ConfigurationError",
@@ -118,6 +123,8 @@ __all__ = [
     "Elapsed",
     "Event",
     "ExponentialBackoff",
+    "Fallback",
+    "FallbackStatistics",
     "Filter",
     "Filtered",
     "HealthApp",
@@ -125,6 +132,10 @@ __all__ = [
     "HealthReport",
     "HealthStatus",
     "Identity",
+    "InjectError",
+    "InjectLatency",
+    "InjectResult",
+    "InjectionStatistics",
     "KeyTableFull",
     "Layer",
     "LayerFn",
@@ -136,6 +147,7 @@ __all__ = [
     "MemoryRateLimitStore",
     "Observable",
     "Observation",
+    "Outcome",
     "Overloaded",
     "PerKey",
     "PerKeyStatistics",
