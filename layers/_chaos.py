@@ -20,7 +20,7 @@ from . import events
 from ._config import (
     check_number,
     fail,
-    finite_number,
+    fail_value,
     name_value,
     seconds_at_least_zero,
 )
@@ -43,7 +43,17 @@ Res = TypeVar("Res")
 Fault = Literal["error", "latency", "result"]
 
 _RATE_RULE = "a number from 0 to 1 (the share of calls to inject into)"
-_rate = finite_number(_RATE_RULE, lambda v: 0 <= v <= 1)
+
+
+def _in_unit_interval(value: float) -> bool:
+    return 0 <= value <= 1
+
+
+def _rate(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    # attribute.alias: the private field's init name ("rate", not "_rate").
+    check_number(
+        type(instance).__name__, attribute.alias, value, _RATE_RULE, _in_unit_interval
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -100,7 +110,7 @@ class _Switch:
 
 def _bool(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, bool):
-        fail(instance, attribute, value, "True or False")
+        fail_value(type(instance).__name__, attribute.alias, value, "True or False")
 
 
 def _seed(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -167,9 +177,12 @@ class _Injection:
             layers.ConfigurationError: For a rate outside [0, 1].
         """
         check_number(
-            f"{type(self).__name__}.set_rate", "rate", rate, _RATE_RULE,
-            lambda v: 0 <= v <= 1,
-        )  # fmt: skip
+            f"{type(self).__name__}.set_rate",
+            "rate",
+            rate,
+            _RATE_RULE,
+            _in_unit_interval,
+        )
         self._switch.rate = rate
 
     def statistics(self) -> InjectionStatistics:

@@ -306,10 +306,10 @@ class Coalesce:
             # The shared call, in its own task (see the module docs).
             DEADLINE.set(None)  # this task's context is a copy: no caller's deadline
             try:
+                if flight.left:  # every waiter left before it started
+                    return
                 with anyio.CancelScope() as scope:
                     flight.scope = scope
-                    if flight.left:  # every waiter left before it started
-                        scope.cancel()
                     flight.response = await inner(request)
                     flight.ok = True
             except BaseException as error:
