@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random as _random
 from collections.abc import Callable
-from typing import Any, ClassVar, Generic, Literal, NoReturn, TypeVar, final
+from typing import Any, ClassVar, Generic, Literal, NoReturn, TypeVar, cast, final
 
 import anyio
 import attrs
@@ -52,7 +52,11 @@ def _in_unit_interval(value: float) -> bool:
 def _rate(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     # attribute.alias: the private field's init name ("rate", not "_rate").
     check_number(
-        type(instance).__name__, attribute.alias, value, _RATE_RULE, _in_unit_interval
+        type(instance).__name__,
+        attribute.alias or attribute.name,
+        value,
+        _RATE_RULE,
+        _in_unit_interval,
     )
 
 
@@ -110,7 +114,12 @@ class _Switch:
 
 def _bool(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, bool):
-        fail_value(type(instance).__name__, attribute.alias, value, "True or False")
+        fail_value(
+            type(instance).__name__,
+            attribute.alias or attribute.name,
+            value,
+            "True or False",
+        )
 
 
 def _seed(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -129,9 +138,11 @@ def _random_source(
 class _Injection:
     """What the three injection layers share: the rate, the switch, the draw."""
 
-    _rate: float = attrs.field(default=0.001, kw_only=True, validator=_rate, repr=False)
+    _rate: float = attrs.field(
+        default=0.001, kw_only=True, validator=_rate, repr=False, alias="rate"
+    )
     _enabled: bool = attrs.field(
-        default=True, kw_only=True, validator=_bool, repr=False
+        default=True, kw_only=True, validator=_bool, repr=False, alias="enabled"
     )
     seed: int | None = attrs.field(default=None, kw_only=True, validator=_seed)
     random: _random.Random | None = attrs.field(
@@ -236,13 +247,16 @@ _DOC_COMMON = """
 """
 
 
+def _makes_errors(value: object) -> bool:
+    if isinstance(value, type):
+        return issubclass(value, Exception)
+    return callable(value) and not isinstance(value, BaseException)
+
+
 def _check_error(
     instance: object, attribute: attrs.Attribute[Any], value: object
 ) -> None:
-    if isinstance(value, type):
-        if issubclass(value, Exception):
-            return
-    elif callable(value) and not isinstance(value, BaseException):
+    if _makes_errors(value):
         return
     fail(
         instance,
@@ -317,16 +331,17 @@ class InjectError(_Injection):
     def _fault(self) -> NoReturn:
         make = self.error
         if isinstance(make, type):
-            error: object = make(f"injected by {self.name!r}")
+            error = make(f"injected by {self.name!r}")
         else:
-            error = make()
-            if not isinstance(error, Exception):
+            made = cast(object, make())  # checked: user code
+            if not isinstance(made, Exception):
                 raise CallbackError(
                     f"InjectError {self.name!r}: the error function (error=) must "
-                    f"return an Exception, got a {type(error).__name__}",
+                    f"return an Exception, got a {type(made).__name__}",
                     layer=self.name,
                     parameter="error",
                 )
+            error = made
         if events.STATE.sinks:
             events.emit(
                 FaultInjected(layer=self.name, fault="error", error=type_name(error))

@@ -325,7 +325,7 @@ class Coalesce:
         async def coalesce(request: Req, /) -> Res:
             key = request if key_of is None else key_of(request)
             try:
-                flight = flights.get(key)  # pyright: ignore[reportArgumentType]
+                flight = flights.get(key)
             except TypeError:
                 bad_key(key)
             state.calls += 1
@@ -333,7 +333,7 @@ class Coalesce:
                 if len(flights) >= max_keys:
                     bypass()
                     return await inner(request)
-                flight = flights[key] = _Flight[Res]()  # pyright: ignore[reportArgumentType]
+                flight = flights[key] = _Flight[Res]()
                 state.inner_calls += 1
                 _backend.spawn_detached(
                     functools.partial(run, key, flight, request), name=task_name
@@ -349,7 +349,7 @@ class Coalesce:
                 state.waiting -= 1
                 flight.waiters -= 1
                 if not flight.waiters and not flight.done.is_set():
-                    await leave(key, flight)  # pyright: ignore[reportArgumentType]
+                    await leave(key, flight)
                 raise
             state.waiting -= 1
             flight.waiters -= 1

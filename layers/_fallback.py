@@ -112,6 +112,10 @@ def _bool(instance: object, attribute: attrs.Attribute[Any], value: object) -> N
         fail(instance, attribute, value, "True or False")
 
 
+def _never(error: Exception) -> bool:
+    return False
+
+
 @final
 class _Counts:
     __slots__ = ("error", "rejected", "result")
@@ -195,7 +199,7 @@ class Fallback(Generic[Res]):
     on: Classification | None = attrs.field(
         default=None,
         kw_only=True,
-        validator=attrs.validators.optional(_on),  # pyright: ignore[reportUnknownArgumentType]
+        validator=attrs.validators.optional(_on),
     )
     on_result: Callable[[Res], bool] | None = attrs.field(
         default=None, kw_only=True, validator=_optional_callable
@@ -247,7 +251,7 @@ class Fallback(Generic[Res]):
     def layer(self, inner: Service[Req, Res], /) -> Service[Req, Res]:
         """Wrap *inner*: failures it raises or returns, as configured, are replaced."""
         replace = self._replacer()
-        matches = (lambda error: False) if self.on is None else matcher(self.on)
+        matches = _never if self.on is None else matcher(self.on)
         on_rejected = self.on_rejected
         on_result = self.on_result
 
