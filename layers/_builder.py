@@ -78,7 +78,7 @@ take a builder as well, and use its ``into_layer()``.
 from __future__ import annotations
 
 import inspect
-import random
+import random as _random
 import sys
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Generic, TypedDict, Unpack, final, overload
@@ -197,7 +197,7 @@ class InjectionOptions(TypedDict, total=False):
     rate: float
     enabled: bool
     seed: int | None
-    random: random.Random | None
+    random: _random.Random | None
     name: str
 
 
@@ -662,7 +662,16 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
         on_rejected: bool = True,
         name: str = "fallback",
     ) -> ServiceBuilder[A, C, B, D]: ...
-    def fallback(self, value: Any = NO_VALUE, **options: Any) -> Any:
+    def fallback(
+        self,
+        value: Any = NO_VALUE,
+        *,
+        handler: Callable[[Any, Outcome[Any]], Awaitable[Any]] | None = None,
+        on: Classification | None = None,
+        on_result: Callable[[Any], bool] | None = None,
+        on_rejected: bool = True,
+        name: str = "fallback",
+    ) -> Any:
         """Add a new :class:`~layers.Fallback`; the options are the layer's.
 
         Give *value* or ``handler=``; the response type of the stack below
@@ -673,7 +682,16 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
         Raises:
             layers.ConfigurationError: For an invalid option.
         """
-        return self._add(Fallback(value, **options))
+        return self._add(
+            Fallback(
+                value,
+                handler=handler,
+                on=on,
+                on_result=on_result,
+                on_rejected=on_rejected,
+                name=name,
+            )
+        )
 
     def coalesce(
         self,
@@ -725,7 +743,7 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
         value: C,
         **options: Unpack[InjectionOptions],
     ) -> ServiceBuilder[A, C, B, D]: ...
-    def inject_result(self, value: Any, **options: Any) -> Any:
+    def inject_result(self, value: Any, **options: Unpack[InjectionOptions]) -> Any:
         """Add a new :class:`~layers.InjectResult`; the options are the layer's.
 
         The response type of the stack below is *value*'s, as for

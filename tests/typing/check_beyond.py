@@ -47,7 +47,7 @@ assert_type(
 
 # A fallback value of another type than the service's responses is an error.
 layers.Fallback(0, on=ConnectionError).layer(fetch)  # type: ignore[arg-type]
-ServiceBuilder().fallback(0).service(fetch)  # type: ignore[call-overload]
+ServiceBuilder().fallback(0).service(fetch)  # type: ignore[arg-type]
 
 # Coalesce and the injection layers keep the types; InjectResult's value is typed.
 assert_type(layers.Coalesce().layer(fetch), Service[int, str])
