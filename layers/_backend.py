@@ -157,6 +157,7 @@ from ._deadline import DEADLINE
 __all__ = [
     "FAST_PATHS",
     "ClockSource",
+    "Detached",
     "TimedService",
     "Waiter",
     "base_time",
@@ -1157,21 +1158,32 @@ def new_waiter() -> Waiter:
 _detached: set[Task[None]] = set()
 
 
+class Detached(Protocol):
+    """A task started by :func:`spawn_detached`."""
+
+    def cancel(self) -> object:
+        """Cancel the task at its current ``await`` (it must have started)."""
+        ...
+
+
 def spawn_detached(
     function: Callable[[], Coroutine[Any, Any, None]], *, name: str
-) -> None:
+) -> Detached:
     """Run ``function()`` in a new task that no task group owns, from now on.
 
     The task runs in a copy of the current context. anyio has no such task:
     the caller owns its life instead. *function* must return normally or
     raise only the backend's cancellation (a trio system task that raises
     anything else crashes the run), and the code that spawned it must
-    cancel it (an anyio cancel scope inside *function*) and wait for its
-    end before the last of its users leaves, so that nothing is left
-    running. On asyncio it is ``loop.create_task``; on trio a system task
-    (:func:`trio.lowlevel.spawn_system_task`), with ``KeyboardInterrupt``
-    protection off as in any user task; both are cancelled when the run
-    ends.
+    cancel it (:meth:`Detached.cancel`, once *function* has started: on
+    asyncio a task cancelled before its first step never runs) and wait for
+    its end before the last of its users leaves, so that nothing is left
+    running. On asyncio it is ``loop.create_task`` and ``Task.cancel()``;
+    on trio a system task (:func:`trio.lowlevel.spawn_system_task`) inside
+    a :class:`trio.CancelScope` of its own, with ``KeyboardInterrupt``
+    protection off as in any user task. Both are cancelled when the run
+    ends. (An anyio cancel scope entered in a task that anyio did not start
+    costs about as much as the task itself on asyncio: hence this.)
 
     Raises:
         RuntimeError: Outside a running asyncio loop or trio run.
@@ -1181,16 +1193,39 @@ def spawn_detached(
         task = loop.create_task(function(), name=name, context=copy_context())
         _detached.add(task)
         task.add_done_callback(_detached.discard)
-        return
+        return task
     trio = _trio or _import_trio()
     lowlevel = trio.lowlevel
+    handle = _TrioDetached()
     lowlevel.spawn_system_task(
         lowlevel.disable_ki_protection(_run_detached),
+        trio,
         function,
+        handle,
         name=name,
         context=copy_context(),
     )
+    return handle
 
 
-async def _run_detached(function: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    await function()
+class _TrioDetached:
+    __slots__ = ("cancelled", "scope")
+
+    def __init__(self) -> None:
+        self.scope: Any = None
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+async def _run_detached(
+    trio: Any, function: Callable[[], Coroutine[Any, Any, None]], handle: _TrioDetached
+) -> None:
+    with trio.CancelScope() as scope:
+        handle.scope = scope
+        if handle.cancelled:
+            scope.cancel()
+        await function()
