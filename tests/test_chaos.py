@@ -228,3 +228,16 @@ async def test_builder_methods() -> None:
     )
     with pytest.raises(ConnectionError):
         await svc(1)
+
+
+async def test_testing_flaky_and_slow_are_seeded_injections() -> None:
+    """layers.testing.flaky and slow: the injection layers with a fixed seed."""
+    from layers.testing import flaky, slow
+
+    runs = [await outcomes(flaky(ok_service(), rate=0.5), 20) for _ in range(2)]
+    assert runs[0] == runs[1]
+    assert "ConnectionError" in runs[0]
+    assert "ok" in runs[0]
+    svc = slow(ok_service(), 3)
+    assert await svc(1) == "ok"
+    assert anyio.current_time() == 3
