@@ -23,7 +23,7 @@ from ._breaker import (
     MemoryBreakerStore,
 )
 from ._budget import RetryBudget, RetryBudgetStatistics
-from ._builder import RetryOptions, ServiceBuilder, Unchanged
+from ._builder import InjectionOptions, RetryOptions, ServiceBuilder, Unchanged
 from ._chaos import InjectError, InjectionStatistics, InjectLatency, InjectResult
 from ._coalesce import Coalesce, CoalesceStatistics
 from ._concurrency import (
@@ -135,6 +135,7 @@ __all__ = [
     "InjectError",
     "InjectLatency",
     "InjectResult",
+    "InjectionOptions",
     "InjectionStatistics",
     "KeyTableFull",
     "Layer",
