@@ -103,7 +103,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--backend", choices=("asyncio", "trio"))
     chosen = parser.parse_args().backend
     layers.set_logging(False)  # print our own lines instead of log records
