@@ -273,9 +273,10 @@ def _check_error(
 class InjectError(_Injection):
     """Raise an exception in place of a share of the calls (Polly's fault strategy).
 
-    At *rate* (default 0.001, Polly's), a call raises ``error()`` (a new
-    exception each time: *error* is an exception class or a function that
-    returns one) without calling the inner service.
+    At *rate* (default 0.001, Polly's), a call raises a new exception
+    without calling the inner service: ``error("injected by '<name>'")``
+    for an exception class (one that takes other arguments needs a
+    function), or ``error()`` for a function that returns one.
     """
 
     __doc__ = (

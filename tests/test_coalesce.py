@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import traceback
 from typing import Any
 
@@ -253,6 +254,29 @@ async def test_a_caller_timeout_leaves_while_another_caller_still_waits() -> Non
         group.start_soon(call, long)
     assert outcomes == [layers.Elapsed, {"for": "a"}]
     assert len(inner.calls) == 1
+
+
+async def test_the_shared_call_sees_the_first_callers_context() -> None:
+    """The shared call runs in a copy of the context of the caller that started it."""
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
+    seen: list[str] = []
+
+    async def inner(request: str) -> str:
+        await anyio.sleep(1)
+        seen.append(request_id.get("none"))
+        return request
+
+    svc = layers.Coalesce().layer(inner)
+
+    async def call(rid: str) -> None:
+        request_id.set(rid)
+        await svc("a")
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(call, "first")
+        await anyio.sleep(0.5)
+        group.start_soon(call, "second")
+    assert seen == ["first"]
 
 
 async def test_max_keys_beyond_it_calls_go_uncoalesced() -> None:
