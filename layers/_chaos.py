@@ -18,9 +18,9 @@ import attrs
 
 from . import events
 from ._config import (
+    bool_value,
     check_number,
     fail,
-    fail_value,
     name_value,
     seconds_at_least_zero,
 )
@@ -112,16 +112,6 @@ class _Switch:
         self.injected = 0
 
 
-def _bool(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, bool):
-        fail_value(
-            type(instance).__name__,
-            attribute.alias or attribute.name,
-            value,
-            "True or False",
-        )
-
-
 def _seed(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
         fail(instance, attribute, value, "None or an int")
@@ -142,7 +132,7 @@ class _Injection:
         default=0.001, kw_only=True, validator=_rate, repr=False, alias="rate"
     )
     _enabled: bool = attrs.field(
-        default=True, kw_only=True, validator=_bool, repr=False, alias="enabled"
+        default=True, kw_only=True, validator=bool_value, repr=False, alias="enabled"
     )
     seed: int | None = attrs.field(default=None, kw_only=True, validator=_seed)
     random: _random.Random | None = attrs.field(

@@ -10,7 +10,7 @@ import attrs
 
 from . import events
 from ._classify import Classification, classification, matcher
-from ._config import callable_or_none, fail, name_value
+from ._config import bool_value, callable_or_none, fail, name_value
 from ._core import Service, mark_built
 from ._errors import CallbackError, ConfigurationError, Rejected, type_name
 from ._observable import Observation
@@ -107,11 +107,6 @@ def _handler(instance: object, attribute: attrs.Attribute[Any], value: object) -
         )
 
 
-def _bool(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, bool):
-        fail(instance, attribute, value, "True or False")
-
-
 def _never(error: Exception) -> bool:
     return False
 
@@ -204,7 +199,7 @@ class Fallback(Generic[Res]):
     on_result: Callable[[Res], bool] | None = attrs.field(
         default=None, kw_only=True, validator=_optional_callable
     )
-    on_rejected: bool = attrs.field(default=True, kw_only=True, validator=_bool)
+    on_rejected: bool = attrs.field(default=True, kw_only=True, validator=bool_value)
     name: str = attrs.field(default="fallback", kw_only=True, validator=name_value)
     _counts: _Counts = attrs.field(init=False, factory=_Counts, repr=False)
     kind: ClassVar[str] = "fallback"
