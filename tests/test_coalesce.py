@@ -8,7 +8,9 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 import layers
 from layers.testing import MockService, capture_events
@@ -347,3 +349,41 @@ async def test_builder_method_shares_one_table() -> None:
         group.start_soon(one, "a")
         group.start_soon(two, "a")
     assert len(inner.calls) == 1
+
+
+@hypothesis.settings(
+    max_examples=30,
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+@hypothesis.given(
+    duration=st.integers(1, 20),
+    patience=st.lists(st.integers(1, 20), min_size=1, max_size=8),
+)
+async def test_property_callers_leaving_at_random_times(
+    duration: int, patience: list[int]
+) -> None:
+    """Callers leave at random times: the call ends for the patient, or the last."""
+    inner = Slow(duration=duration)
+    coalesce = layers.Coalesce()
+    svc = coalesce.layer(inner)
+    answers: list[Any] = []
+    start = anyio.current_time()
+
+    async def call(wait: float) -> None:
+        with anyio.move_on_after(wait):
+            answers.append(await svc("a"))
+
+    async with anyio.create_task_group() as group:
+        for each in patience:
+            group.start_soon(call, each + 0.5)  # never at the inner call's end
+    patient = [each for each in patience if each + 0.5 > duration]
+    assert len(inner.calls) == 1
+    assert len(answers) == len(patient)
+    assert inner.finished == (1 if patient else 0)
+    assert inner.cancelled == (0 if patient else 1)
+    stats = coalesce.statistics()
+    assert (stats.keys, stats.waiting) == (0, 0)
+    assert stats.abandoned == (0 if patient else 1)
+    # each caller leaves with the answer at the end, or at its patience
+    end = max(min(duration, each + 0.5) for each in patience)
+    assert anyio.current_time() - start == pytest.approx(end)
