@@ -143,6 +143,15 @@ def make_cases(backend: str) -> dict[str, Case]:
         # (a huge burst: uvloop's clock stands still while the loop runs)
         "RateLimit(never limited)": layers.RateLimit(1e12, burst=10**9).layer(f),
         "ConcurrencyLimit(10)": layers.ConcurrencyLimit(10).layer(f),
+        # success path: the inner call returns, nothing replaced
+        "Fallback(value, on=...)": layers.Fallback(None, on=ConnectionError).layer(f),
+        # every call alone: a shared call of its own, in a task of its own
+        "Coalesce()": layers.Coalesce().layer(f),
+        # switched off (one attribute read), and on at rate 0 (one draw)
+        "InjectError(disabled)": layers.InjectError(
+            ConnectionError, enabled=False
+        ).layer(f),
+        "InjectError(rate=0)": layers.InjectError(ConnectionError, rate=0).layer(f),
     }
 
     # The decorator door (ServiceBuilder.decorate) against the same stack
@@ -372,10 +381,23 @@ def report(backend: str, samples: dict[str, list[float]]) -> bool:
         "to a timeout; with no layers, "
         f"{medians['no layers, decorated'] - medians[bare]:.0f} ns to a bare call"
     )
+    results.append(
+        check("Fallback vs bare (goal <= 4x)", ratio["Fallback(value, on=...)"], 4.0)
+    )
+    # "nothing measurable when off": a disabled injection layer costs what
+    # any layer's own coroutine costs (the plain wrapper) and one attribute
+    # read (about 10 ns), within the noise of a loaded machine
+    results.append(
+        check(
+            "InjectError(disabled) vs plain wrapper coroutine (goal <= 1.15)",
+            ratio["InjectError(disabled)"] / ratio["plain wrapper coroutine"],
+            1.15,
+        )
+    )
     if backend == "uvloop":
         # Only map_request, Retry and the sink goals are set on uvloop too;
         # the others are for asyncio and trio: reported, not checked.
-        checked = ("5 x map_request", "Retry", "five layers")
+        checked = ("5 x map_request", "Retry", "five layers", "Fallback", "InjectError")
         for line, ok in list(results):
             if not line.startswith(checked):
                 results.remove((line, ok))

@@ -54,7 +54,7 @@ nitpick_ignore_regex = [
         r"(typing|typing_extensions|collections\.abc|contextvars|types|enum|"
         r"abc|datetime|logging|anyio|trio|asyncio|attrs|attr|structlog|"
         r"opentelemetry|httpx|sys|functools|inspect|contextlib|looptime|"
-        r"pytest|signal|coredis)(\..*)?",
+        r"pytest|signal|coredis|random)(\..*)?",
     ),
     # The seam between ConcurrencyLimit and its shared store: not public
     # (RedisConcurrencyStore is the one store), but it types store=.
@@ -65,6 +65,9 @@ nitpick_ignore_regex = [
     # The private mixin that makes ``async with layer:`` enter layer.guard()
     # (each layer documents its guard()).
     (r"py:class", r"layers\._guard\.GuardShorthand"),
+    # The private base of the three fault injection layers (its methods are
+    # documented on each of them).
+    (r"py:class", r"layers\._chaos\._Injection"),
 ]
 
 # Builtins (int, float, TimeoutError, ...): listed by name, so that a bare

@@ -24,7 +24,9 @@ from ._breaker import (
     MemoryBreakerStore,
 )
 from ._budget import RetryBudget, RetryBudgetStatistics
-from ._builder import RetryOptions, ServiceBuilder, Unchanged
+from ._builder import InjectionOptions, RetryOptions, ServiceBuilder, Unchanged
+from ._chaos import InjectError, InjectionStatistics, InjectLatency, InjectResult
+from ._coalesce import Coalesce, CoalesceStatistics
 from ._concurrency import (
     ConcurrencyLimit,
     ConcurrencyLimitStatistics,
@@ -59,6 +61,7 @@ from ._errors import (
     StoreError,
     StoreUnavailable,
 )
+from ._fallback import Fallback, FallbackStatistics, Outcome
 from ._observable import Observable, Observation
 from ._per_key import KeyTableFull, PerKey, PerKeyStatistics
 from ._public import publish as _publish
@@ -113,6 +116,8 @@ __all__ = [
     "CircuitBreakerStatistics",
     "CircuitOpen",
     "CircuitState",
+    "Coalesce",
+    "CoalesceStatistics",
     "ConcurrencyLimit",
     "ConcurrencyLimitStatistics",
     "ConfigurationError",
@@ -122,6 +127,8 @@ __all__ = [
     "Elapsed",
     "Event",
     "ExponentialBackoff",
+    "Fallback",
+    "FallbackStatistics",
     "Filter",
     "Filtered",
     "HealthApp",
@@ -129,6 +136,11 @@ __all__ = [
     "HealthReport",
     "HealthStatus",
     "Identity",
+    "InjectError",
+    "InjectLatency",
+    "InjectResult",
+    "InjectionOptions",
+    "InjectionStatistics",
     "KeyTableFull",
     "Layer",
     "LayerFn",
@@ -140,6 +152,7 @@ __all__ = [
     "MemoryRateLimitStore",
     "Observable",
     "Observation",
+    "Outcome",
     "Overloaded",
     "PerKey",
     "PerKeyStatistics",

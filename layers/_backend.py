@@ -17,6 +17,8 @@ The interface
 * :func:`timeout_call`: the Timeout layer's call (the timer wheels).
 * :func:`new_waiter`: a parked task, woken once (the limits' queues).
 * :func:`get_running_loop`: the running asyncio loop, or None.
+* :func:`spawn_detached`: a task that no task group owns (Coalesce's shared
+  calls), through public API only.
 
 Private details relied on
 -------------------------
@@ -142,8 +144,8 @@ from asyncio import current_task as _asyncio_current_task
 from asyncio import get_running_loop as _running_loop
 from asyncio import tasks as asyncio_tasks
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
-from contextvars import Context
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from contextvars import Context, copy_context
 from heapq import heappop, heappush
 from math import floor, inf, nextafter
 from threading import get_ident
@@ -155,6 +157,7 @@ from ._deadline import DEADLINE
 __all__ = [
     "FAST_PATHS",
     "ClockSource",
+    "Detached",
     "TimedService",
     "Waiter",
     "base_time",
@@ -162,6 +165,7 @@ __all__ = [
     "current_time",
     "get_running_loop",
     "new_waiter",
+    "spawn_detached",
     "timeout_call",
 ]
 
@@ -1142,3 +1146,86 @@ def new_waiter() -> Waiter:
         _remember_loop(loop)
         return _AsyncioWaiter(loop)
     return _TrioWaiter()
+
+
+# ============================================================================
+# DETACHED TASKS: a task that no task group owns, for work whose life is
+# bound to several callers at once (a Coalesce's shared call). Public API
+# only: asyncio's loop.create_task, trio's spawn_system_task.
+# ============================================================================
+
+# Strong references to the detached asyncio tasks (the loop keeps weak ones).
+_detached: set[Task[None]] = set()
+
+
+class Detached(Protocol):
+    """A task started by :func:`spawn_detached`."""
+
+    def cancel(self) -> object:
+        """Cancel the task at its current ``await`` (it must have started)."""
+        ...
+
+
+def spawn_detached(
+    function: Callable[[], Coroutine[Any, Any, None]], *, name: str
+) -> Detached:
+    """Run ``function()`` in a new task that no task group owns, from now on.
+
+    The task runs in a copy of the current context. anyio has no such task:
+    the caller owns its life instead. *function* must return normally or
+    raise only the backend's cancellation (a trio system task that raises
+    anything else crashes the run), and the code that spawned it must
+    cancel it (:meth:`Detached.cancel`, once *function* has started: on
+    asyncio a task cancelled before its first step never runs) and wait for
+    its end before the last of its users leaves, so that nothing is left
+    running. On asyncio it is ``loop.create_task`` and ``Task.cancel()``;
+    on trio a system task (:func:`trio.lowlevel.spawn_system_task`) inside
+    a :class:`trio.CancelScope` of its own, with ``KeyboardInterrupt``
+    protection off as in any user task. Both are cancelled when the run
+    ends. (An anyio cancel scope entered in a task that anyio did not start
+    costs about as much as the task itself on asyncio: hence this.)
+
+    Raises:
+        RuntimeError: Outside a running asyncio loop or trio run.
+    """
+    loop = get_running_loop()
+    if loop is not None:
+        task = loop.create_task(function(), name=name, context=copy_context())
+        _detached.add(task)
+        task.add_done_callback(_detached.discard)
+        return task
+    trio = _trio or _import_trio()
+    lowlevel = trio.lowlevel
+    handle = _TrioDetached()
+    lowlevel.spawn_system_task(
+        lowlevel.disable_ki_protection(_run_detached),
+        trio,
+        function,
+        handle,
+        name=name,
+        context=copy_context(),
+    )
+    return handle
+
+
+class _TrioDetached:
+    __slots__ = ("cancelled", "scope")
+
+    def __init__(self) -> None:
+        self.scope: Any = None
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+async def _run_detached(
+    trio: Any, function: Callable[[], Coroutine[Any, Any, None]], handle: _TrioDetached
+) -> None:
+    with trio.CancelScope() as scope:
+        handle.scope = scope
+        if handle.cancelled:
+            scope.cancel()
+        await function()

@@ -78,6 +78,7 @@ take a builder as well, and use its ``into_layer()``.
 from __future__ import annotations
 
 import inspect
+import random as _random
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import Any, Generic, ParamSpec, TypedDict, Unpack, final, overload
@@ -86,7 +87,9 @@ from ._arguments import Arguments, decorate, takes_one_request
 from ._backoff import BackoffSpec
 from ._breaker import CircuitBreaker, CircuitBreakerOptions
 from ._budget import RetryBudget
+from ._chaos import InjectError, InjectLatency, InjectResult
 from ._classify import Classification
+from ._coalesce import Coalesce
 from ._concurrency import ConcurrencyLimit, ConcurrencyStore
 from ._core import (
     Identity,
@@ -100,6 +103,7 @@ from ._core import (
     wrap_in,
 )
 from ._errors import ConfigurationError
+from ._fallback import NO_VALUE, Fallback, Outcome
 from ._ratelimit import Mode, RateLimit, RateLimitStore, SharedRateLimitStore
 from ._retry import Retry
 from ._timeout import Timeout
@@ -118,7 +122,7 @@ if sys.version_info >= (3, 13):
 else:
     from typing_extensions import TypeVar
 
-__all__ = ["RetryOptions", "ServiceBuilder", "Unchanged"]
+__all__ = ["InjectionOptions", "RetryOptions", "ServiceBuilder", "Unchanged"]
 
 
 @final
@@ -183,6 +187,21 @@ class RetryOptions(TypedDict, total=False):
     retry_after: Callable[[Any], float | None] | None
     on_result: Callable[[Any], bool] | None
     prepare: Callable[[Any, int], Any] | None
+    name: str
+
+
+class InjectionOptions(TypedDict, total=False):
+    """The keyword options shared by the fault injection layers, as a typed dict.
+
+    :meth:`ServiceBuilder.inject_error <layers.ServiceBuilder.inject_error>`,
+    ``.inject_latency()`` and ``.inject_result()`` take them (``**options``);
+    see :class:`~layers.InjectError` for each.
+    """
+
+    rate: float
+    enabled: bool
+    seed: int | None
+    random: _random.Random | None
     name: str
 
 
@@ -700,6 +719,132 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
     ) -> ServiceBuilder[InReq, InRes, OutReq, OutRes]:
         """Add a :class:`~layers.Filter`; refused requests raise ``Filtered``."""
         return self._add(Filter(predicate, name=name))
+
+    # -- fallback, coalescing, fault injection --------------------------------------
+
+    # The fallback's response type is the stack's at the point it is added:
+    # on a builder that keeps the types it becomes the response type.
+    @overload
+    def fallback(
+        self: ServiceBuilder[U, U, U, U],
+        value: S = ...,
+        *,
+        handler: Callable[[Any, Outcome[S]], Awaitable[S]] | None = None,
+        on: Classification | None = None,
+        on_result: Callable[[S], bool] | None = None,
+        on_rejected: bool = True,
+        name: str = "fallback",
+    ) -> ServiceBuilder[U, S, U, S]: ...
+    @overload
+    def fallback(
+        self: ServiceBuilder[A, U, B, U],
+        value: S = ...,
+        *,
+        handler: Callable[[Any, Outcome[S]], Awaitable[S]] | None = None,
+        on: Classification | None = None,
+        on_result: Callable[[S], bool] | None = None,
+        on_rejected: bool = True,
+        name: str = "fallback",
+    ) -> ServiceBuilder[A, S, B, S]: ...
+    @overload
+    def fallback(
+        self: ServiceBuilder[A, C, B, D],
+        value: C = ...,
+        *,
+        handler: Callable[[Any, Outcome[C]], Awaitable[C]] | None = None,
+        on: Classification | None = None,
+        on_result: Callable[[C], bool] | None = None,
+        on_rejected: bool = True,
+        name: str = "fallback",
+    ) -> ServiceBuilder[A, C, B, D]: ...
+    def fallback(
+        self,
+        value: Any = NO_VALUE,
+        *,
+        handler: Callable[[Any, Outcome[Any]], Awaitable[Any]] | None = None,
+        on: Classification | None = None,
+        on_result: Callable[[Any], bool] | None = None,
+        on_rejected: bool = True,
+        name: str = "fallback",
+    ) -> Any:
+        """Add a new :class:`~layers.Fallback`; the options are the layer's.
+
+        Give *value* or ``handler=``; the response type of the stack below
+        is the fallback's (a value of another type is a type error)::
+
+            builder.fallback([], on=ConnectionError)
+
+        Raises:
+            layers.ConfigurationError: For an invalid option.
+        """
+        return self._add(
+            Fallback(
+                value,
+                handler=handler,
+                on=on,
+                on_result=on_result,
+                on_rejected=on_rejected,
+                name=name,
+            )
+        )
+
+    def coalesce(
+        self,
+        *,
+        key: Callable[[Any], Hashable] | None = None,
+        max_keys: int = 1000,
+        name: str = "coalesce",
+    ) -> ServiceBuilder[InReq, InRes, OutReq, OutRes]:
+        """Add a new :class:`~layers.Coalesce`: calls with one key share one call.
+
+        The options are the layer's. The layer object is made now, so every
+        service built from this builder shares its calls in flight.
+        """
+        return self._add(Coalesce(key=key, max_keys=max_keys, name=name))
+
+    def inject_error(
+        self,
+        error: type[Exception] | Callable[[], Exception],
+        **options: Unpack[InjectionOptions],
+    ) -> ServiceBuilder[InReq, InRes, OutReq, OutRes]:
+        """Add a new :class:`~layers.InjectError`; the options are the layer's.
+
+        To switch it on and off at run time, make the layer yourself, keep
+        it, and add it with ``.layer(chaos)``.
+        """
+        return self._add(InjectError(error, **options))
+
+    def inject_latency(
+        self, delay: float, **options: Unpack[InjectionOptions]
+    ) -> ServiceBuilder[InReq, InRes, OutReq, OutRes]:
+        """Add a new :class:`~layers.InjectLatency`; the options are the layer's."""
+        return self._add(InjectLatency(delay, **options))
+
+    @overload
+    def inject_result(
+        self: ServiceBuilder[U, U, U, U],
+        value: S,
+        **options: Unpack[InjectionOptions],
+    ) -> ServiceBuilder[U, S, U, S]: ...
+    @overload
+    def inject_result(
+        self: ServiceBuilder[A, U, B, U],
+        value: S,
+        **options: Unpack[InjectionOptions],
+    ) -> ServiceBuilder[A, S, B, S]: ...
+    @overload
+    def inject_result(
+        self: ServiceBuilder[A, C, B, D],
+        value: C,
+        **options: Unpack[InjectionOptions],
+    ) -> ServiceBuilder[A, C, B, D]: ...
+    def inject_result(self, value: Any, **options: Unpack[InjectionOptions]) -> Any:
+        """Add a new :class:`~layers.InjectResult`; the options are the layer's.
+
+        The response type of the stack below is *value*'s, as for
+        :meth:`fallback`.
+        """
+        return self._add(InjectResult(value, **options))
 
 
 def _check_service(inner: Any) -> None:

@@ -17,7 +17,13 @@ import attrs
 
 from ._config import Validator, fail
 
-__all__ = ["Classification", "ExceptionTypes", "classification", "exception_types"]
+__all__ = [
+    "Classification",
+    "ExceptionTypes",
+    "classification",
+    "exception_types",
+    "matcher",
+]
 
 ExceptionTypes = type[Exception] | tuple[type[Exception], ...]
 """An :class:`Exception` subclass or a tuple of them, as for ``isinstance``."""
@@ -74,3 +80,15 @@ def exception_types(
             "an Exception subclass or a tuple of them (cancellation and other "
             "BaseExceptions are never counted)",
         )
+
+
+def matcher(on: Classification) -> Callable[[Exception], bool]:
+    """The predicate of a checked ``on=`` value: ``isinstance`` for classes."""
+    if isinstance(on, type | tuple):
+        kinds = cast("type[Exception] | tuple[type[Exception], ...]", on)
+
+        def matches(error: Exception) -> bool:
+            return isinstance(error, kinds)
+
+        return matches
+    return on

@@ -18,6 +18,7 @@ import attrs
 from ._errors import ConfigurationError
 
 __all__ = [
+    "bool_value",
     "callable_or_none",
     "callable_value",
     "check_callable",
@@ -147,6 +148,19 @@ def name_value(
 ) -> None:
     """Accept a non-empty string."""
     check_name(type(instance).__name__, attribute.name, value)
+
+
+def bool_value(
+    instance: object, attribute: attrs.Attribute[Any], value: object
+) -> None:
+    """Accept ``True`` or ``False`` (a private field is named by its ``alias``)."""
+    if not isinstance(value, bool):
+        fail_value(
+            type(instance).__name__,
+            attribute.alias or attribute.name,
+            value,
+            "True or False",
+        )
 
 
 def callable_value(

@@ -149,7 +149,9 @@ class Observable(Protocol):
     built-in stateful layers do (:class:`~layers.CircuitBreaker`,
     :class:`~layers.RateLimit`, :class:`~layers.ConcurrencyLimit`,
     :class:`~layers.Drain`, :class:`~layers.RetryBudget`,
-    :class:`~layers.PerKey`). See the guide "Writing a layer".
+    :class:`~layers.PerKey`, :class:`~layers.Fallback`,
+    :class:`~layers.Coalesce` and the fault injection layers). See the
+    guide "Writing a layer".
 
     ``observe()`` is called off the success path (by a health check, at a
     metrics collection), possibly with no event loop running in the thread

@@ -23,7 +23,7 @@ from ._backoff import (
     to_backoff,
 )
 from ._budget import BudgetState, RetryBudget
-from ._classify import Classification, classification
+from ._classify import Classification, classification, matcher
 from ._config import (
     callable_or_none,
     fail,
@@ -539,16 +539,7 @@ class _Policy:
         self.hint = config.retry_after
         self.on_result = config.on_result
         self.prepare = config.prepare
-        on = config.on
-        if isinstance(on, type | tuple):
-            kinds = cast("type[Exception] | tuple[type[Exception], ...]", on)
-
-            def retryable(error: Exception) -> bool:
-                return isinstance(error, kinds)
-
-            self.retryable: Callable[[Exception], bool] = retryable
-        else:
-            self.retryable = on
+        self.retryable: Callable[[Exception], bool] = matcher(config.on)
 
     async def first_of_nested(
         self, call: Callable[[Req], Awaitable[Res]], request: Req

@@ -47,10 +47,14 @@ __all__ = [
     "CircuitOpened",
     "CircuitStateChanged",
     "CircuitThresholdExceeded",
+    "CoalesceAbandoned",
+    "CoalesceBypassed",
     "ConcurrencyLimitRejected",
     "DrainRejected",
     "DrainStarted",
     "Event",
+    "FallbackUsed",
+    "FaultInjected",
     "Level",
     "PerKeyRejected",
     "RateLimitRejected",
@@ -333,8 +337,11 @@ from ._breaker import (  # noqa: E402
     CircuitStateChanged,
     CircuitThresholdExceeded,
 )
+from ._chaos import FaultInjected  # noqa: E402
+from ._coalesce import CoalesceAbandoned, CoalesceBypassed  # noqa: E402
 from ._concurrency import ConcurrencyLimitRejected  # noqa: E402
 from ._drain import DrainRejected, DrainStarted  # noqa: E402
+from ._fallback import FallbackUsed  # noqa: E402
 from ._per_key import PerKeyRejected  # noqa: E402
 from ._public import publish  # noqa: E402
 from ._ratelimit import RateLimitRejected, RateLimitWaited  # noqa: E402

@@ -11,7 +11,9 @@ Three parts, each opt-in:
   (``layers.events``), retries (``layers.retries``), the calls Retry gave
   up on by reason (``layers.retry.stops``), rejections by reason
   (``layers.rejections``), circuit breaker transitions
-  (``layers.circuit_breaker.transitions``) and timeouts (``layers.timeouts``).
+  (``layers.circuit_breaker.transitions``), timeouts (``layers.timeouts``),
+  fallbacks (``layers.fallbacks``) and injected faults
+  (``layers.faults.injected``).
   Events are only emitted off the success path, so this adds nothing to a
   successful call.
 * :class:`Instrumented` is a layer that measures each call through it: the
@@ -41,11 +43,13 @@ import attrs
 
 from . import _backend, events
 from ._breaker import CircuitCallRejected, CircuitStateChanged
+from ._chaos import FaultInjected
 from ._concurrency import ConcurrencyLimitRejected
 from ._config import name_value
 from ._core import Service
 from ._errors import ConfigurationError, Elapsed, Rejected, type_name
 from ._failures import split_failure
+from ._fallback import FallbackUsed
 from ._observable import Observable, Observation, is_metric_name
 from ._public import publish as _publish
 from ._ratelimit import RateLimitRejected
@@ -95,6 +99,8 @@ _OUTCOME: Final = "layers.call.outcome"
 _FROM_STATE: Final = "layers.circuit_breaker.from_state"
 _TO_STATE: Final = "layers.circuit_breaker.to_state"
 _TRANSITION_REASON: Final = "layers.circuit_breaker.reason"
+_FALLBACK_REASON: Final = "layers.fallback.reason"
+_FAULT: Final = "layers.fault.kind"
 
 # Bucket boundaries for call durations in seconds, as OpenTelemetry's HTTP
 # semantic conventions advise (5 ms to 10 s).
@@ -146,6 +152,8 @@ class OtelMetrics:
         "_calls",
         "_dispatch",
         "_events",
+        "_fallbacks",
+        "_faults",
         "_observed",
         "_rejections",
         "_retries",
@@ -192,6 +200,16 @@ class OtelMetrics:
             "layers.timeouts",
             unit="{timeout}",
             description="Calls cancelled by a Timeout at its deadline.",
+        )
+        self._fallbacks = meter.create_counter(
+            "layers.fallbacks",
+            unit="{call}",
+            description="Calls answered by a Fallback in place of the inner service.",
+        )
+        self._faults = meter.create_counter(
+            "layers.faults.injected",
+            unit="{fault}",
+            description="Faults injected by the fault injection layers.",
         )
         self._calls = meter.create_counter(
             "layers.calls",
@@ -260,6 +278,10 @@ class OtelMetrics:
             return self._on_transition
         if issubclass(kind, TimeoutElapsed):
             return self._on_timeout
+        if issubclass(kind, FallbackUsed):
+            return self._on_fallback
+        if issubclass(kind, FaultInjected):
+            return self._on_fault
         return _ignore
 
     def _on_retry(self, event: RetryAttemptFailed) -> None:
@@ -312,6 +334,18 @@ class OtelMetrics:
 
     def _on_timeout(self, event: TimeoutElapsed) -> None:
         self._timeouts.add(1, {ATTRIBUTE_LAYER_NAME: event.layer})
+
+    def _on_fallback(self, event: FallbackUsed) -> None:
+        attributes = {ATTRIBUTE_LAYER_NAME: event.layer, _FALLBACK_REASON: event.reason}
+        if event.error is not None:
+            attributes[ATTRIBUTE_ERROR_TYPE] = event.error
+        self._fallbacks.add(1, attributes)
+
+    def _on_fault(self, event: FaultInjected) -> None:
+        attributes = {ATTRIBUTE_LAYER_NAME: event.layer, _FAULT: event.fault}
+        if event.error is not None:
+            attributes[ATTRIBUTE_ERROR_TYPE] = event.error
+        self._faults.add(1, attributes)
 
     # -- calls ----------------------------------------------------------------------
 

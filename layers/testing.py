@@ -4,6 +4,9 @@
   either from a script (values, errors, delays) or by the test itself, one
   request at a time, as with tower-test's mock and handle.
 * :func:`capture_events`: collect the events that layers emit.
+* :func:`flaky` and :func:`slow`: a service that fails, or is slow, for a
+  seeded share of its calls (the fault injection layers,
+  :class:`~layers.InjectError` and :class:`~layers.InjectLatency`).
 * :func:`set_retry_testing` and :func:`retry_testing`: no backoff waits and
   a cap on attempts for every :class:`~layers.Retry`, in your own tests.
 * :func:`virtual_time_backend` and :func:`run`: run async tests on asyncio and
@@ -42,7 +45,9 @@ from typing import Any, Generic, Literal, final
 import anyio
 import attrs
 
+from ._chaos import InjectError, InjectLatency
 from ._config import check_int
+from ._core import Service
 from ._errors import ConfigurationError
 from ._public import publish as _publish
 from ._retry import TESTING as _RETRY_TESTING
@@ -59,9 +64,11 @@ __all__ = [
     "MockStatistics",
     "PendingCall",
     "capture_events",
+    "flaky",
     "retry_testing",
     "run",
     "set_retry_testing",
+    "slow",
     "virtual_time_backend",
 ]
 
@@ -153,6 +160,55 @@ def capture_events(*types: type[E]) -> Generator[list[E]]:
         yield captured
     finally:
         remove()
+
+
+def flaky(
+    service: Service[Req, Res],
+    error: type[Exception] | Callable[[], Exception] = ConnectionError,
+    *,
+    rate: float = 0.5,
+    seed: int = 0,
+) -> Service[Req, Res]:
+    """*service*, failing with *error* for a share *rate* of its calls.
+
+    An :class:`~layers.InjectError` with a fixed *seed* (default 0), so the
+    same calls fail on every run: a test of how a stack copes with a flaky
+    downstream is repeatable. For a switch you can turn off, make the
+    layer yourself.
+
+    Example:
+        >>> import anyio
+        >>> from layers.testing import MockService, flaky
+        >>> service = flaky(MockService[int, str]().respond_always("ok"), rate=0.5)
+        >>> async def main() -> list[str]:
+        ...     answers = []
+        ...     for i in range(6):
+        ...         try:
+        ...             answers.append(await service(i))
+        ...         except ConnectionError:
+        ...             answers.append("failed")
+        ...     return answers
+        >>> anyio.run(main)
+        ['ok', 'ok', 'failed', 'failed', 'ok', 'failed']
+
+    Raises:
+        layers.ConfigurationError: For a bad *error*, *rate* or *seed*.
+    """
+    return InjectError(error, rate=rate, seed=seed, name="flaky").layer(service)
+
+
+def slow(
+    service: Service[Req, Res], delay: float, *, rate: float = 1.0, seed: int = 0
+) -> Service[Req, Res]:
+    """*service*, *delay* seconds slower for a share *rate* of its calls.
+
+    An :class:`~layers.InjectLatency` with a fixed *seed*; on virtual time
+    the delay takes no real time.
+
+    Raises:
+        layers.ConfigurationError: For a bad *delay*, *rate* or *seed*.
+    """
+    return InjectLatency(delay, rate=rate, seed=seed, name="slow").layer(service)
 
 
 def set_retry_testing(enabled: bool, *, max_attempts: int = 1) -> None:

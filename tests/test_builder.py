@@ -371,6 +371,11 @@ LAYER_METHODS: dict[str, tuple[type, bool]] = {
     "and_then": (layers.AndThen, False),
     "map_err": (layers.MapErr, False),
     "filter": (layers.Filter, False),
+    "fallback": (layers.Fallback, False),
+    "coalesce": (layers.Coalesce, True),
+    "inject_error": (layers.InjectError, True),
+    "inject_latency": (layers.InjectLatency, True),
+    "inject_result": (layers.InjectResult, False),
 }
 # The builder's own methods: adding a layer, building, looking at the stack.
 OWN_METHODS = {"layer", "option_layer", "service", "decorate", "into_layer", "layers"}

@@ -61,6 +61,7 @@ def test_every_example_is_tested() -> None:
     tested |= {"httpx_client.py"}
     tested |= {"flagship.py"}  # in test_flagship.py
     tested |= {"shared_quota.py"}
+    tested |= {"degrade_gracefully.py"}
     assert {path.name for path in EXAMPLES.glob("*.py")} == tested
 
 
@@ -315,3 +316,23 @@ def test_shared_quota(backend: str, redis_server_on_path: str) -> None:
     fleet = re.search(r"in flight across the fleet: at most (\d+) \(limit 5\)", section)
     assert fleet is not None, section
     assert 1 <= int(fleet.group(1)) <= 5, section
+
+
+def test_degrade_gracefully() -> None:
+    """degrade_gracefully.py: a stampede coalesced, fallbacks, a game day."""
+    output = run_example("degrade_gracefully.py")
+    for backend in ["asyncio", "trio"]:
+        backend_section(
+            output,
+            backend,
+            [
+                "stampede: 1000 requests, 1 database query",
+                "every request got the same answer object: True",
+                "shelf: [] in place of ConnectionError (error)",
+                "shelf: [] in place of layers.CircuitOpen (rejected)",
+                "breaker: open",
+                "game day: 27 faults injected in 122 calls; 95 of 100 pages full, "
+                "5 with the fallback",
+                "switched off: 0 faults in 100 calls",
+            ],
+        )

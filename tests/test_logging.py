@@ -181,6 +181,18 @@ EVENTS: list[tuple[events.Event, str, str]] = [
         "info",
         "store",
     ),
+    (
+        events.FallbackUsed(layer="l", reason="error", error="OSError"),
+        "warning",
+        "fallback",
+    ),
+    (events.CoalesceAbandoned(layer="l", callers=3), "info", "coalesce"),
+    (events.CoalesceBypassed(layer="l", max_keys=10), "info", "coalesce"),
+    (
+        events.FaultInjected(layer="l", fault="latency", error=None, delay=0.5),
+        "info",
+        "fault_injection",
+    ),
 ]
 
 

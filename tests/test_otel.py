@@ -313,6 +313,44 @@ async def test_timeouts_are_counted(
     assert value(read(reader), "layers.timeouts", layers__layer__name="deadline") == 1
 
 
+async def test_fallbacks_and_injected_faults_are_counted(
+    metrics: OtelMetrics, reader: InMemoryMetricReader
+) -> None:
+    """A fallback moves layers.fallbacks; an injected fault layers.faults.injected."""
+
+    async def ok(request: int) -> int:
+        return request
+
+    svc = (
+        layers.ServiceBuilder()
+        .fallback(0, on=ConnectionError, name="fb")
+        .inject_error(ConnectionError, rate=1.0, name="chaos")
+        .service(ok)
+    )
+    assert await svc(1) == 0
+    data = read(reader)
+    assert (
+        value(
+            data,
+            "layers.fallbacks",
+            layers__layer__name="fb",
+            layers__fallback__reason="error",
+            error__type="ConnectionError",
+        )
+        == 1
+    )
+    assert (
+        value(
+            data,
+            "layers.faults.injected",
+            layers__layer__name="chaos",
+            layers__fault__kind="error",
+            error__type="ConnectionError",
+        )
+        == 1
+    )
+
+
 async def test_rate_limit_waiting_gauge(
     metrics: OtelMetrics, reader: InMemoryMetricReader
 ) -> None:
@@ -563,6 +601,35 @@ async def test_every_built_in_stateful_layer_gets_gauges(
     assert value(points, "layers.per_key.keys", layers__layer__name="keys") == 1
     assert value(points, "layers.per_key.max_keys") == 1000
     assert value(points, "layers.per_key.rejected") == 0
+
+
+async def test_fallback_coalesce_and_injection_get_gauges(
+    metrics: OtelMetrics, reader: InMemoryMetricReader
+) -> None:
+    """Fallback, Coalesce and the injection layers are observable."""
+    fallback = layers.Fallback(0, on=ConnectionError)
+    coalesce = layers.Coalesce()
+    chaos = layers.InjectError(ConnectionError, rate=1.0, enabled=False)
+    metrics.observe(fallback, coalesce, chaos)
+    await fallback.layer(coalesce.layer(chaos.layer(ok)))(3)
+    chaos.enable()
+    assert await fallback.layer(chaos.layer(ok))(3) == 0
+    points = read(reader)
+    assert value(points, "layers.fallback.fallbacks") == 1
+    assert value(points, "layers.fallback.errors") == 1
+    assert value(points, "layers.coalesce.in_flight") == 0
+    assert value(points, "layers.coalesce.inner_calls") == 1
+    assert value(points, "layers.coalesce.max_keys") == 1000
+    assert (
+        value(
+            points,
+            "layers.fault_injection.state",
+            layers__fault_injection__state="enabled",
+        )
+        == 1
+    )
+    assert value(points, "layers.fault_injection.injected") == 1
+    assert value(points, "layers.fault_injection.rate") == 1.0
 
 
 async def test_gauges_are_read_from_an_exporters_thread(
