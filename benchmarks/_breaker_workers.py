@@ -5,7 +5,10 @@
 from ``start`` for ``seconds``, print ``result <JSON>``). Every worker
 starts its own event loop (``backend``) and makes a ``CircuitBreaker``
 with the spec's ``options`` and, with ``store`` true, a
-``RedisBreakerStore`` named ``name``. Two kinds:
+``RedisBreakerStore`` named ``name``. With ``runs`` (a list of specs'
+overrides), it does one run after another, each on a connection of its
+own, the k-th starting at ``start + k x (seconds + GAP)``; the result
+holds one entry per run in ``runs``. Two kinds:
 
 * ``breaker-load``: calls the breaker at ``rate`` calls per second (``rate
   / 100`` calls every 10 ms) for the run; every ``fail_every``-th call
@@ -14,8 +17,8 @@ with the spec's ``options`` and, with ``store`` true, a
   steps (one script, one round trip each) by name, counted in the run.
   With ``server_stats``, the worker also reads the server's ``INFO
   commandstats`` as the run starts and as it ends (one ``INFO`` each);
-  with ``linger``, it goes on calling for that many seconds after the
-  run (uncounted).
+  every worker goes on calling for a moment after the run, uncounted, so
+  that no other worker's leaving is in those figures.
 * ``breaker-observer``: calls the breaker every ``interval`` seconds; the
   inner service raises ``KeyError``, which the breaker ignores (not an
   outcome), so the observer does not move the fleet's window. The result
@@ -33,6 +36,9 @@ import time
 from typing import Any
 
 from _redis_workers import _ready, _result
+
+GAP = 1.5  # seconds between two runs of a worker (a new connection, a join)
+LINGER = 0.3  # seconds a load worker goes on calling after a run, uncounted
 
 
 def _breaker(spec: dict[str, Any], store: Any) -> Any:
@@ -69,50 +75,58 @@ async def _worker(spec: dict[str, Any]) -> None:
             steps[step] += 1
             return await super()._step(step, *args, **kwargs)
 
-    async with RedisConnection.from_url(spec["url"]) as redis:
-        store = CountingStore(redis, name=spec["name"]) if spec["store"] else None
-        breaker = _breaker(spec, store)
-        service = breaker.layer(_inner(spec))
-        # Join the fleet (the first call reads the state and subscribes).
-        await _call(service, None)
-        await anyio.sleep(0.2)
-        start = _ready()
-        seconds: float = spec["seconds"]
-        end = start + seconds
-        await anyio.sleep(max(0.0, start - time.time()))
-        failed = capture_events(StoreFailed)
-        outages = failed.__enter__()
-        before = dict(steps)
-        cpu = time.process_time()
-        stats = await _server_stats(redis) if spec.get("server_stats") else None
-        if spec["kind"] == "breaker-load":
-            extra = await _load(spec, service, end)
-        else:
-            extra = await _observe(spec, service, end)
-        result: dict[str, Any] = {
-            "cpu": time.process_time() - cpu,
-            "steps": {k: v - before.get(k, 0) for k, v in steps.items()},
-            **extra,
-        }
-        if stats is not None:
-            after = await _server_stats(redis)
-            result["server"] = {
-                k: v - stats.get(k, 0) for k, v in after.items() if v > stats.get(k, 0)
-            }
-        linger: float = spec.get("linger", 0.0)
-        if linger:
-            # Go on calling (uncounted) while the others read the server's
-            # figures, so that no process leaving (UNSUBSCRIBE) is in them.
-            await _load(spec, service, time.time() + linger)
-        failed.__exit__(None, None, None)
-        result["fallbacks"] = breaker.statistics().store_fallbacks
-        fleet = breaker._core.fleet  # (private: why it fell back, for the report)
-        result["outages"] = len(outages)
-        if fleet is not None and fleet.last_error is not None:
-            error = fleet.last_error
-            cause = error.__cause__
-            result["last_error"] = f"{error} ({type(cause).__name__})"
-        _result(result)
+    runs: list[dict[str, Any]] = spec.get("runs") or [{}]
+    seconds: float = spec["seconds"]
+    start: float | None = None
+    results: list[dict[str, Any]] = []
+    for index, overrides in enumerate(runs):
+        run = {**spec, **overrides}
+        # A connection per run: the breaker's background work ends with it.
+        async with RedisConnection.from_url(spec["url"]) as redis:
+            store = CountingStore(redis, name=run["name"]) if run["store"] else None
+            breaker = _breaker(run, store)
+            service = breaker.layer(_inner(run))
+            # Join the fleet (the first call reads the state and subscribes).
+            await _call(service, None)
+            await anyio.sleep(0.2)
+            if start is None:
+                start = _ready()
+            begin = start + index * (seconds + GAP)
+            end = begin + seconds
+            await anyio.sleep(max(0.0, begin - time.time()))
+            with capture_events(StoreFailed) as outages:
+                before = dict(steps)
+                cpu = time.process_time()
+                stats = await _server_stats(redis) if run.get("server_stats") else None
+                if run["kind"] == "breaker-load":
+                    extra = await _load(run, service, end)
+                else:
+                    extra = await _observe(run, service, end)
+                result: dict[str, Any] = {
+                    "cpu": time.process_time() - cpu,
+                    "steps": {k: v - before.get(k, 0) for k, v in steps.items()},
+                    **extra,
+                }
+                if stats is not None:
+                    after = await _server_stats(redis)
+                    result["server"] = {
+                        k: v - stats.get(k, 0)
+                        for k, v in after.items()
+                        if v > stats.get(k, 0)
+                    }
+                if run["kind"] == "breaker-load":
+                    # Go on calling (uncounted) while one worker reads the
+                    # server's figures, so that no process leaving
+                    # (UNSUBSCRIBE) or joining the next run is in them.
+                    await _load(run, service, end + LINGER)
+            result["fallbacks"] = breaker.statistics().store_fallbacks
+            result["outages"] = len(outages)
+            fleet = breaker._core.fleet  # (private: why it fell back, for the report)
+            if fleet is not None and fleet.last_error is not None:
+                error = fleet.last_error
+                result["last_error"] = f"{error} ({type(error.__cause__).__name__})"
+            results.append(result)
+    _result({"runs": results})
 
 
 def _inner(spec: dict[str, Any]) -> Any:
@@ -194,7 +208,8 @@ async def _observe(spec: dict[str, Any], service: Any, end: float) -> dict[str, 
 
 def main() -> None:
     spec: dict[str, Any] = json.loads(sys.argv[1])
-    faulthandler.dump_traceback_later(spec.get("seconds", 0) + 60, exit=True)
+    runs = len(spec.get("runs") or [{}])
+    faulthandler.dump_traceback_later((spec["seconds"] + GAP) * runs + 60, exit=True)
     import anyio
 
     anyio.run(_worker, spec, backend=spec.get("backend", "asyncio"))
