@@ -3,12 +3,12 @@
 Run::
 
     python benchmarks/bench_redis.py [--part accuracy|cost|peers|lease|
-                                             concurrency|all]
+                                             concurrency|breaker|all]
                                      [--seconds S] [--processes P]
                                      [--tasks T] [--fast-tasks T]
                                      [--backend mixed|asyncio|trio]
                                      [--lease L] [--lease-ttl SECONDS]
-                                     [--rate R] [--rounds N]
+                                     [--rate R] [--rounds N] [--trips N]
                                      [--redis-url URL]
                                      [--limits-python PATH]
 
@@ -18,7 +18,7 @@ end. The multi-process parts start worker processes
 (``_redis_workers.py``), each with its own event loop: by default the
 fleet alternates asyncio and trio (``--backend`` to choose one). Every
 figure is measured in this one run; ratios compare figures of the same
-run. Five parts:
+run. Six parts:
 
 * **accuracy**: P processes (8) x T tasks (50) call in a loop through one
   ``RateLimit(2000, burst=20)`` (``--rate``) in wait mode with a
@@ -63,6 +63,25 @@ run. Five parts:
   killed with SIGKILL while this process waits for 10 permits: the time
   until the permits are back (goal: within ``lease_ttl``,
   ``--lease-ttl``, 2 s here).
+* **breaker**: a ``CircuitBreaker`` shared through a
+  ``RedisBreakerStore``. *Cost*: in this process, on asyncio and trio,
+  the success path of a closed shared breaker (count window; time window)
+  against the same breaker in memory, timed as bench_core.py does (tight
+  loops of 10,000 calls, round-robin, ``--rounds`` rounds, medians); the
+  background work runs between the loops. Goal: at most 1.3x. *Commands*:
+  P processes each calling at 10,000 calls/s for min(S, 5) seconds: the
+  round trips per second per process, counted by the server (``INFO
+  commandstats`` over the run, read by one worker) and by the stores
+  (their steps), and the workers' CPU per call against the same run in
+  memory. Goal: no round trip per call (under one EVALSHA per 1,000
+  calls). *Propagation*: this process trips the breaker (``--trips``
+  times, 30), P - 1 worker processes call it every 1 ms and note when they
+  start rejecting; the delay from the trip (the script's ``TIME``, the
+  machine's clock) to each worker's first rejection, p50 and p99 (at most
+  3 x S trips). Goal: p99 at most 100 ms, and every worker rejects after
+  every trip. The cost part also prints the ratio of the fastest rounds:
+  on a loaded machine the medians of such short loops move by 30 % or
+  more from run to run.
 
 A call refused with ``StoreUnavailable`` (a command over the connection's
 0.25 s timeout, under overload) is counted and reported, not admitted.
@@ -77,6 +96,7 @@ import bisect
 import contextlib
 import importlib.util
 import json
+import logging
 import os
 import platform
 import shutil
@@ -85,7 +105,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +118,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from _method import versions  # noqa: E402
 from redis_server import RedisServer  # noqa: E402
 
-PARTS = ("accuracy", "cost", "peers", "lease", "concurrency")
+PARTS = ("accuracy", "cost", "peers", "lease", "concurrency", "breaker")
 FAILED: list[str] = []
 
 
@@ -178,9 +198,18 @@ class WorkerFailed(RuntimeError):
 
 
 def run_fleet(
-    specs: list[dict[str, Any]], python: str = sys.executable, grace: float = 60.0
+    specs: list[dict[str, Any]],
+    python: str = sys.executable,
+    grace: float = 60.0,
+    *,
+    workers: Path = WORKERS,
+    started: Callable[[float], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Start one worker per spec, start them together, return their results."""
+    """Start one worker per spec, start them together, return their results.
+
+    *workers* is the workers' script; *started* is called with the start
+    instant once every worker has been told it.
+    """
     processes: list[subprocess.Popen[str]] = []
     logs: list[Any] = []
     try:
@@ -189,7 +218,7 @@ def run_fleet(
             logs.append(log)
             processes.append(
                 subprocess.Popen(
-                    [python, str(WORKERS), json.dumps(spec)],
+                    [python, str(workers), json.dumps(spec)],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=log,
@@ -209,6 +238,8 @@ def run_fleet(
             process.stdin.write(f"go {start!r}\n")
             process.stdin.close()
             process.stdin = None  # communicate() below only reads
+        if started is not None:
+            started(start)
         results = []
         seconds = max(spec["seconds"] for spec in specs)
         for process, log in zip(processes, logs, strict=True):
@@ -750,6 +781,367 @@ def concurrency(args: argparse.Namespace) -> None:
     )
 
 
+# ------------------------------------------------------------------- breaker
+
+BREAKER_WORKERS = HERE / "_breaker_workers.py"
+BREAKER_LOAD = 10_000  # calls per second per process in the commands run
+BREAKER_CALLS = 10_000  # calls per timing loop in the cost run
+SHARED = "CircuitBreaker(store=RedisBreakerStore)"
+SHARED_TIME = "CircuitBreaker(time window, store=RedisBreakerStore)"
+# Commands that the breaker's scripts run inside Redis (commandstats counts
+# them too); every other command is a round trip from a client.
+IN_SCRIPT = frozenset({"time", "hgetall", "hset", "publish", "pexpire", "persist"})
+
+
+async def breaker_cost_backend(
+    url: str, rounds: int, calls: int
+) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Ns per call of each case per round; what Redis saw during the timing."""
+    from _method import interleave
+
+    import layers
+    from layers.redis import RedisBreakerStore, RedisConnection
+
+    async def f(x: Any) -> Any:
+        return x
+
+    async with RedisConnection.from_url(url) as redis:
+        breakers: list[layers.CircuitBreaker] = []
+
+        def shared(name: str, **options: Any) -> Any:
+            store = RedisBreakerStore(redis, name=name)
+            breaker = layers.CircuitBreaker(**options, store=store)
+            breakers.append(breaker)
+            return breaker.layer(f)
+
+        time_window: dict[str, Any] = {"window_type": "time", "window_size": 60}
+        cases = {
+            "bare await f(x)": f,
+            "CircuitBreaker() in memory": layers.CircuitBreaker().layer(f),
+            SHARED: shared("cost-count"),
+            "CircuitBreaker(time window) in memory": layers.CircuitBreaker(
+                **time_window
+            ).layer(f),
+            SHARED_TIME: shared("cost-time", **time_window),
+        }
+        for case in cases.values():
+            assert await case(7) == 7  # the first call joins the fleet
+        await anyio.sleep(0.1)
+        before = await redis.client.info("commandstats")
+        started = time.monotonic()
+        samples = await interleave(cases, rounds, calls, warmup=3)
+        elapsed = time.monotonic() - started
+        after = await redis.client.info("commandstats")
+        evalsha = [
+            int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+            for stats in (before, after)
+        ]
+        seen = {
+            "evalsha": evalsha[1] - evalsha[0],
+            "seconds": elapsed,
+            "calls": (3 + rounds) * calls * 2,  # the two shared breakers
+            "closed": all(b.state is layers.CircuitState.CLOSED for b in breakers),
+            "fallbacks": sum(b.statistics().store_fallbacks for b in breakers),
+        }
+        return samples, seen
+
+
+def breaker_cost(args: argparse.Namespace) -> None:
+    from statistics import median
+
+    rounds = args.rounds
+    print(
+        f"  success path, closed: tight loops of {BREAKER_CALLS:,} calls, "
+        f"round-robin, {rounds} rounds (bench_core.py's method), median ns per call"
+    )
+    for backend in ("asyncio", "trio"):
+        admin(args.url, "flush")
+        samples, seen = anyio.run(
+            breaker_cost_backend, args.url, rounds, BREAKER_CALLS, backend=backend
+        )
+        ns = {name: median(values) for name, values in samples.items()}
+        fastest = {name: min(values) for name, values in samples.items()}
+        bare = ns["bare await f(x)"]
+        print(f"  {backend}:")
+        for name, value in ns.items():
+            print(f"    {name:54} {value:7.1f} ns  {value / bare:5.2f}x bare")
+        for shared_case, memory in (
+            (SHARED, "CircuitBreaker() in memory"),
+            (SHARED_TIME, "CircuitBreaker(time window) in memory"),
+        ):
+            ratio = ns[shared_case] / ns[memory]
+            print(
+                f"    goal: {shared_case} <= 1.3x {memory}: {ratio:.2f}x "
+                f"(fastest rounds: {fastest[shared_case] / fastest[memory]:.2f}x) "
+                f"{verdict(ratio <= 1.3, f'breaker cost ({backend}, {memory})')}"
+            )
+        ok = seen["closed"] and seen["fallbacks"] == 0
+        print(
+            f"    round trips (EVALSHA) while timing: {seen['evalsha']} in "
+            f"{seen['seconds']:.1f} s for {seen['calls']:,} shared calls; "
+            f"both closed and joined, no fallback: "
+            f"{verdict(ok, f'breaker cost ({backend}): joined')}"
+        )
+
+
+def breaker_outages(results: list[dict[str, Any]]) -> None:
+    """Report the calls the workers' breakers decided locally (the store failed)."""
+    fallbacks = sum(r["fallbacks"] for r in results)
+    if not fallbacks:
+        return
+    errors = sorted({r["last_error"] for r in results if "last_error" in r})
+    print(
+        f"    calls decided locally (the store failed): {fallbacks:,} in "
+        f"{sum(r['outages'] for r in results)} outages; "
+        f"{'; '.join(errors)[:300]}"
+    )
+
+
+def breaker_commands(args: argparse.Namespace) -> None:
+    seconds = min(args.seconds, 5.0)
+    processes = args.processes
+    chosen = backends(args.backend, processes)
+    time_window: dict[str, Any] = {"window_type": "time", "window_size": 60}
+    runs: list[tuple[str, bool, dict[str, Any], int | None]] = [
+        ("in memory (no store), count window of 100", False, {}, None),
+        ("RedisBreakerStore, count window of 100", True, {}, None),
+        ("RedisBreakerStore, time window 60 s / 10 buckets", True, time_window, None),
+        ("RedisBreakerStore, count window, 10 % failures", True, {}, 10),
+    ]
+    print(
+        f"  commands: {processes} processes ({fleet_label(args.backend)}), each "
+        f"{BREAKER_LOAD:,} calls/s ({BREAKER_LOAD // 100} every 10 ms) for "
+        f"{seconds:g} s; sync_interval 1 s; commands counted by the server "
+        "(INFO commandstats over the run) and by the stores (their steps)"
+    )
+    specs = [
+        {
+            "kind": "breaker-load",
+            "url": args.url,
+            "backend": chosen[i],
+            "name": "bench-load",
+            "rate": BREAKER_LOAD,
+            "seconds": seconds,
+            "server_stats": i == 0,
+            "runs": [
+                {
+                    "name": f"bench-load-{k}",
+                    "store": store,
+                    "options": options,
+                    "fail_every": fail_every,
+                }
+                for k, (_, store, options, fail_every) in enumerate(runs)
+            ],
+        }
+        for i in range(processes)
+    ]
+    admin(args.url, "flush")
+    fleet = run_fleet(
+        specs, workers=BREAKER_WORKERS, grace=60.0 + len(runs) * (seconds + 2)
+    )
+    memory_cpu: float | None = None
+    for k, (label, store, _, fail_every) in enumerate(runs):
+        results = [worker["runs"][k] for worker in fleet]
+        calls = sum(r["calls"] for r in results)
+        cpu_us = sum(r["cpu"] for r in results) / max(1, calls) * 1e6
+        server: dict[str, int] = results[0]["server"]
+        server.pop("info", None)  # the worker's own two INFO
+        trips = {k: v for k, v in server.items() if k not in IN_SCRIPT}
+        round_trips = sum(trips.values())
+        steps: dict[str, int] = {}
+        for r in results:
+            for step, count in r["steps"].items():
+                steps[step] = steps.get(step, 0) + count
+        per = processes * seconds
+        print(f"  {label}:")
+        print(
+            f"    calls/s per process {calls / per:,.0f}; CPU per call "
+            f"{cpu_us:.2f} us (workers, all their work)"
+            + (
+                ""
+                if memory_cpu is None or fail_every
+                else f", {cpu_us / memory_cpu:.2f}x the in-memory run's"
+            )
+        )
+        if not store:
+            memory_cpu = cpu_us
+            continue
+        inside = [f"{k} {v}" for k, v in sorted(server.items()) if k in IN_SCRIPT]
+        print(
+            f"    round trips per second per process: {round_trips / per:.2f} "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(trips.items())) or 'none'}); "
+            f"commands inside scripts: {sum(server.values()) - round_trips} "
+            f"({', '.join(inside)})"
+        )
+        counted = sum(steps.values())
+        print(
+            f"    the stores' steps: {counted} "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(steps.items()))}); "
+            f"the server's EVALSHA: {server.get('evalsha', 0)}"
+        )
+        breaker_outages(results)
+        ratio = server.get("evalsha", 0) / max(1, calls)
+        print(
+            f"    goal: batches, never a round trip per call (EVALSHA per call "
+            f"< 0.001): {ratio:.6f} "
+            f"{verdict(ratio < 0.001, f'breaker commands ({label})')}"
+        )
+
+
+async def trip_fleet(
+    url: str,
+    options: dict[str, Any],
+    trips: int,
+    start_of: Callable[[], float | None],
+) -> tuple[list[float], int]:
+    """Trip the shared breaker *trips* times; the trips' instants (server clock)."""
+    import layers
+    from layers.redis import RedisBreakerStore, RedisConnection
+
+    async def failing(x: Any) -> Any:
+        raise ConnectionError("down")
+
+    # No "circuit opened" warnings on stderr (logging's last resort).
+    logging.getLogger("layers").addHandler(logging.NullHandler())
+    async with RedisConnection.from_url(url) as redis:
+        store = RedisBreakerStore(redis, name="propagation")
+        breaker = layers.CircuitBreaker(**options, ignore=KeyError, store=store)
+        service = breaker.layer(failing)
+        with anyio.fail_after(120):
+            while (start := start_of()) is None:  # noqa: ASYNC110 (another thread)
+                await anyio.sleep(0.05)
+        await anyio.sleep(max(0.0, start + 0.5 - time.time()))
+        listening = await redis.client.pubsub_numsub(store.channel)
+        subscribers = int(next(iter(listening.values()), 0))
+        instants = []
+        for _ in range(trips):
+            with anyio.fail_after(10):
+                while True:
+                    try:
+                        await service(None)
+                    except ConnectionError:
+                        pass
+                    except layers.CircuitOpen:
+                        break
+                    await anyio.sleep(0.001)
+            since = await redis.client.hget(store.key, "since")
+            assert since is not None
+            # the scripts' clock: TIME - 1,700,000,000 s
+            instants.append(float(since) + 1_700_000_000)
+            await anyio.sleep(0.3)
+            breaker.reset()
+            await anyio.sleep(0.2)
+        return instants, subscribers
+
+
+def breaker_propagation(args: argparse.Namespace) -> None:
+    import threading
+
+    observers = args.processes - 1
+    # (a short run, as the smoke test's --seconds 0.5, trips fewer times)
+    trips = min(args.trips, max(2, round(args.seconds * 3)))
+    interval = 0.001
+    options: dict[str, Any] = {
+        "window_size": 100,
+        "min_calls": 5,
+        "failure_rate_threshold": 0.5,
+        "open_duration": 60,
+    }
+    print(
+        f"  propagation: this process trips the breaker {trips} times (5 failures "
+        f"in a row, count window); {observers} worker processes "
+        f"({fleet_label(args.backend)}) call every {interval * 1000:g} ms (calls "
+        "the breaker ignores) and note when they start rejecting; reset 0.3 s "
+        "after each trip"
+    )
+    admin(args.url, "flush")
+    chosen = backends(args.backend, observers)
+    specs = [
+        {
+            "kind": "breaker-observer",
+            "url": args.url,
+            "backend": chosen[i],
+            "name": "propagation",
+            "store": True,
+            "options": options,
+            "interval": interval,
+            "seconds": 1.5 + trips * 0.6,
+        }
+        for i in range(observers)
+    ]
+    box: dict[str, Any] = {}
+
+    def fleet() -> None:
+        try:
+            box["results"] = run_fleet(
+                specs,
+                workers=BREAKER_WORKERS,
+                started=lambda start: box.setdefault("start", start),
+            )
+        except BaseException as error:  # reported below
+            box["error"] = error
+            box.setdefault("start", None)
+
+    thread = threading.Thread(target=fleet)
+    thread.start()
+    try:
+
+        def start_of() -> float | None:
+            if "error" in box:
+                raise WorkerFailed(str(box["error"]))
+            return box.get("start")
+
+        instants, subscribers = anyio.run(
+            trip_fleet, args.url, options, trips, start_of
+        )
+    finally:
+        thread.join()
+    if "error" in box:
+        raise box["error"]
+    delays: list[float] = []
+    missed = 0
+    bounds = [*instants[1:], float("inf")]
+    for worker in box["results"]:
+        stamps: list[float] = worker["runs"][0]["stamps"]
+        for instant, bound in zip(instants, bounds, strict=True):
+            seen = [t for t in stamps if instant - 0.001 <= t < bound]
+            if seen:
+                delays.append(max(0.0, seen[0] - instant))
+            else:
+                missed += 1
+    delays.sort()
+    print(
+        f"    subscribers on the channel before the first trip: {subscribers} "
+        f"(one per worker); trips {len(instants)}; samples {len(delays)}; "
+        f"missed {missed}"
+    )
+    if not delays:
+        print(f"    no sample: {verdict(False, 'breaker propagation')}")
+        return
+    p50 = percentile(delays, 0.5) * 1000
+    p99 = percentile(delays, 0.99) * 1000
+    print(
+        f"    delay from the trip (the script's TIME) to a worker's first "
+        f"rejection: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {delays[-1] * 1000:.1f} "
+        f"ms (includes up to one {interval * 1000:g} ms call interval)"
+    )
+    ok = p99 <= 100 and missed == 0
+    print(
+        f"    goal: p99 <= 100 ms, every worker rejects after every trip: "
+        f"{verdict(ok, 'breaker propagation p99')}"
+    )
+
+
+def breaker(args: argparse.Namespace) -> None:
+    print(
+        "breaker: CircuitBreaker shared through RedisBreakerStore (one hash, "
+        "scripts, PUBLISH on every change)"
+    )
+    breaker_cost(args)
+    breaker_commands(args)
+    breaker_propagation(args)
+
+
 # ---------------------------------------------------------------------- main
 
 
@@ -784,6 +1176,12 @@ def main() -> int:
     )
     parser.add_argument(
         "--lease-ttl", type=float, default=2.0, help="the concurrency leases' TTL"
+    )
+    parser.add_argument(
+        "--trips",
+        type=int,
+        default=30,
+        help="the breaker part's trips (30; at most 3 per second of --seconds)",
     )
     parser.add_argument("--redis-url", help="a server to use (default: start one)")
     parser.add_argument(

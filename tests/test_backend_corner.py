@@ -587,3 +587,34 @@ async def test_a_failure_response_trips_the_breaker_on_its_fast_path(
     assert breaker.state is layers.CircuitState.OPEN
     with pytest.raises(layers.CircuitOpen):
         await service("good")
+
+
+@pytest.mark.realtime
+def test_the_first_clock_read_on_trio_imports_nothing_heavy() -> None:
+    """No trio.testing import (0.15-0.35 s, the loop blocked) unless a MockClock runs.
+
+    A shared breaker's background task read the clock first while the join's
+    Redis command ran under its 0.25 s timeout: the import made it time out.
+    """
+    program = textwrap.dedent(
+        """
+        import sys, anyio, trio
+        from layers import _backend as b
+
+        async def main():
+            b.base_time()
+            b.clock_source()
+
+        anyio.run(main, backend="trio")
+        print("trio.testing" in sys.modules)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

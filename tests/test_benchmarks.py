@@ -106,3 +106,36 @@ def test_bench_redis_runs_every_part(redis_server_on_path: str) -> None:
         assert line in output, f"{line!r} missing from:\n{output}"
     assert "could not run" not in output, output  # a worker that crashed
     assert ("every goal passed" in output) != ("goals failed: " in output)
+
+
+def test_bench_redis_breaker_part(redis_server_on_path: str) -> None:
+    """--part breaker runs briefly: cost, commands, propagation, each with its goal."""
+    assert "breaker" in run_bench("--help").stdout
+    result = run_bench(
+        "--part",
+        "breaker",
+        "--seconds",
+        "0.5",
+        "--processes",
+        "2",
+        "--rounds",
+        "2",
+        "--trips",
+        "2",
+    )
+    output = result.stdout
+    assert result.returncode in (0, 1), output + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    for line in [
+        "goal: CircuitBreaker(store=RedisBreakerStore) <= 1.3x CircuitBreaker() "
+        "in memory: ",
+        "round trips (EVALSHA) while timing: ",
+        "round trips per second per process: ",
+        "the stores' steps: ",
+        "goal: batches, never a round trip per call",
+        "subscribers on the channel before the first trip: 1 (one per worker)",
+        "delay from the trip (the script's TIME) to a worker's first rejection: ",
+        "goal: p99 <= 100 ms",
+    ]:
+        assert line in output, f"{line!r} missing from:\n{output}"
+    assert ("every goal passed" in output) != ("goals failed: " in output)

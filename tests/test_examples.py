@@ -60,7 +60,7 @@ def test_every_example_is_tested() -> None:
     tested |= {"shutdown_server.py", "asgi_app.py"}
     tested |= {"httpx_client.py"}
     tested |= {"flagship.py"}  # in test_flagship.py
-    tested |= {"shared_quota.py"}
+    tested |= {"shared_quota.py", "fleet_breaker.py"}
     tested |= {"degrade_gracefully.py"}
     assert {path.name for path in EXAMPLES.glob("*.py")} == tested
 
@@ -336,3 +336,29 @@ def test_degrade_gracefully() -> None:
                 "switched off: 0 faults in 100 calls",
             ],
         )
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_fleet_breaker(backend: str, redis_server_on_path: str) -> None:
+    """fleet_breaker.py: one trip stops 4 processes; the probes close it for all."""
+    # Like shared_quota.py: a redis-server of its own, 3 s of calls.
+    output = run_example("fleet_breaker.py", "--backend", backend)
+    section = only_backend_section(
+        output,
+        backend,
+        ["OK: one trip stopped every process, and the probes closed it for all"],
+    )
+    processes = re.findall(
+        r"process \d: (\d+) ok, (\d+) failed, (\d+) rejected; states: (.*)", section
+    )
+    assert len(processes) == 4, section
+    for ok, failed, rejected, states in processes:
+        assert int(ok) > 0, section
+        assert int(failed) > 0, section
+        assert int(rejected) > 0, section
+        assert states.startswith("closed -> open"), section
+        assert states.endswith("closed"), section
+        assert "locally" not in states, section  # Redis answered throughout
+    down = re.search(r"calls the API got while down: (\d+)", section)
+    assert down is not None, section
+    assert int(down.group(1)) < 4 * 10, section

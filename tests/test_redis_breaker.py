@@ -108,6 +108,10 @@ def backends(first: str, count: int) -> list[str]:
         ("sync_interval", float("inf")),
         ("probe_lease", -1),
         ("probe_lease", "60"),
+        ("idle_ttl", 0),
+        ("idle_ttl", 1.5),  # less than 2 x sync_interval (1 s)
+        ("idle_ttl", float("inf")),
+        ("idle_ttl", "1d"),
     ],
 )
 async def test_bad_options_name_the_parameter(
@@ -478,3 +482,98 @@ async def test_a_dropped_subscription_is_made_again(
                 await anyio.sleep(0.01)
         assert await call(svc_a, "fail") == "Boom"
         await until(lambda: b.state is CircuitState.OPEN, within=1.0)
+
+
+# ------------------------------------------------------------- idle expiry
+
+
+def rules_of(b: layers.CircuitBreaker) -> layers.BreakerRules:
+    """The rules a shared breaker sends with every step."""
+    fleet = b._core.fleet  # pyright: ignore[reportPrivateUsage]
+    assert fleet is not None
+    return fleet.rules
+
+
+async def test_an_idle_record_expires_and_reads_as_a_fresh_closed_breaker(
+    redis_url: str,
+) -> None:
+    """Kept while a process re-reads it, gone idle_ttl after the last left, then new."""
+    options: dict[str, Any] = {
+        "on": Boom,
+        "window_size": 10,
+        "min_calls": 10,
+        "consecutive_failures": None,
+    }
+
+    def shared(
+        redis: RedisConnection,
+    ) -> tuple[layers.CircuitBreaker, RedisBreakerStore]:
+        store = RedisBreakerStore(redis, name="idle", sync_interval=0.2, idle_ttl=0.6)
+        return layers.CircuitBreaker(store=store, **options), store
+
+    async with RedisConnection.from_url(redis_url) as redis:
+        b, store = shared(redis)
+        svc = b.layer(service)
+        assert [await call(svc, r) for r in ("ok", "fail", "fail")] == [
+            "ok",
+            "Boom",
+            "Boom",
+        ]
+        key = store.key
+        before = await store.read(rules_of(b))
+        with anyio.fail_after(5):
+            while before.calls < 3:  # the batch is sent within a bucket
+                await anyio.sleep(0.05)
+                before = await store.read(rules_of(b))
+        assert 0 < await redis.client.pttl(key) <= 600
+        await anyio.sleep(1.5)  # idle, but the process re-reads every 0.2 s
+        assert await redis.client.exists([key]) == 1
+        assert 0 < await redis.client.pttl(key) <= 600
+    # the last process is gone: the record leaves Redis within idle_ttl
+    async with RedisConnection.from_url(redis_url) as redis:
+        with anyio.fail_after(5):
+            while await redis.client.exists([key]):  # noqa: ASYNC110 (polls Redis)
+                await anyio.sleep(0.05)
+        b, store = shared(redis)
+        view = await store.read(rules_of(b))
+        assert (view.state, view.generation, view.calls, view.failures) == (
+            CircuitState.CLOSED,
+            0,
+            0,
+            0,
+        )
+        assert view.epoch != before.epoch
+        assert await call(b.layer(service), "ok") == "ok"
+        assert b.state is CircuitState.CLOSED
+
+
+async def test_the_record_outlives_an_open_period_and_a_manual_state(
+    redis: RedisConnection,
+) -> None:
+    """The TTL never cuts an open period or a time window short; manual states stay."""
+    store = RedisBreakerStore(redis, name="ttl", sync_interval=0.2, idle_ttl=0.5)
+    b = layers.CircuitBreaker(on=Boom, store=store, **TRIP_AT_ONCE)
+    svc = b.layer(service)
+    key = store.key
+    assert await call(svc, "ok") == "ok"
+    assert 0 < await redis.client.pttl(key) <= 500
+    assert await call(svc, "fail") == "Boom"  # trips: open for 60 s
+    await until(lambda: b.state is CircuitState.OPEN)
+    assert 59_000 < await redis.client.pttl(key) <= 60_000
+    b.force_open()
+    with anyio.fail_after(5):
+        while await redis.client.pttl(key) != -1:  # noqa: ASYNC110 (polls Redis)
+            await anyio.sleep(0.01)
+    await anyio.sleep(0.8)  # longer than idle_ttl: a manual state holds
+    assert await redis.client.hget(key, "state") == "forced_open"
+    b.reset()
+    with anyio.fail_after(5):
+        while await redis.client.pttl(key) == -1:  # noqa: ASYNC110 (polls Redis)
+            await anyio.sleep(0.01)
+    assert 0 < await redis.client.pttl(key) <= 500
+    timed = RedisBreakerStore(redis, name="timed", sync_interval=0.2, idle_ttl=0.5)
+    window = layers.CircuitBreaker(
+        store=timed, window_type="time", window_size=30
+    ).layer(service)
+    assert await call(window, "ok") == "ok"
+    assert 29_000 < await redis.client.pttl(timed.key) <= 30_000

@@ -14,17 +14,26 @@ numbers as fields (floats written with 17 significant digits, so that they
 read back exactly; ``''`` for none), and its short lists (the count
 window's chunks, the time window's buckets, the probes and their leases)
 as fields too, space-separated (the probe ids as a JSON array). One key
-per breaker: one ``HGETALL`` per step and one ``HSET`` per step that
-may write (``read`` writes only to make the record). The record is made
+per breaker: one ``HGETALL`` per step, one ``HSET`` per step that
+may write (``read`` writes only to make the record) and one ``PEXPIRE``
+(or ``PERSIST``) per step. The record is made
 by the first step that finds none, with an *epoch* chosen by the process
 that asks; a record lost (Redis restarted empty, or the key deleted) is
 made again with another epoch, which every process adopts. Notices go to
 the channel ``<prefix>:breaker:{<name>}:changed`` as a JSON array of
 strings (the fields of a :class:`~layers.BreakerView`).
 
-The record has no expiry: a manual state (``force_open()``) must hold
-until it is changed, however long the fleet is idle. Delete the key to
-forget a breaker.
+**Expiry.** Every step sets the record's time to live (``PEXPIRE``):
+*idle_ttl* (a day by default), and never less than what the record still
+holds (the rest of an open period; a time window's length). Every process
+re-reads the state every ``sync_interval``, so a record lives as long as
+one process uses the breaker, and leaves Redis *idle_ttl* after the last
+one stopped; a record that expired is made again by the next step, as a
+fresh closed breaker with a new epoch (every process adopts it). A manual
+state (``force_open()``, ``force_closed()``, ``metrics_only()``) has no
+expiry (``PERSIST``): it holds until it is changed, however long the fleet
+is idle; ``reset()`` lets the record expire again. Delete the key to
+forget a breaker at once.
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ from .._breaker.records import BreakerBatch, BreakerRules, BreakerView
 from .._breaker.server import ProbeOutcome
 from .._breaker.statistics import CircuitState
 from .._breaker.store import check_store_options
-from .._config import fail_value
+from .._config import check_number, fail_value
 from .._errors import StoreError
 from ._connection import RedisConnection
 
@@ -53,9 +62,10 @@ __all__ = ["RedisBreakerStore"]
 # The prelude of every step: KEYS[1] the record (a hash). ARGV[1] the
 # channel, ARGV[2] the epoch of a record made now, ARGV[3] the clock ('' :
 # TIME; a number: that time, for the tests that compare the scripts with
-# the Python reference), ARGV[4..16] the rules, ARGV[17...] the step's.
-# Each step ends with finish(reply, notice): the record is written, the
-# notice (if any) published, and {reply, notice or {}} returned.
+# the Python reference), ARGV[4..16] the rules, ARGV[17...] the step's, and
+# last of all (ARGV[#ARGV]) the idle TTL in seconds. Each step ends with
+# finish(reply, notice): the record is written with its TTL, the notice (if
+# any) published, and {reply, notice or {}} returned.
 PRELUDE: Final = r"""
 local key = KEYS[1]
 local channel = ARGV[1]
@@ -76,6 +86,7 @@ local R = {
   healthy = tonumber(ARGV[14]), probes = tonumber(ARGV[15]),
   max_half_open = optnum(ARGV[16]),
 }
+local idle_ttl = tonumber(ARGV[#ARGV])
 local function fmt(x) return string.format('%.17g', x) end
 local function int(x) return string.format('%d', x) end
 local function opt(x) if x == nil then return '' end return fmt(x) end
@@ -119,6 +130,20 @@ else
     trial_failures = tonumber(f.trial_failures), trial_slow = tonumber(f.trial_slow)}
 end
 
+-- The record's time to live: idle_ttl after this step, and at least what
+-- it still holds; none in a manual state (it holds until changed).
+local function keep()
+  local state = rec.state
+  if state == 'forced_open' or state == 'disabled' or state == 'metrics_only' then
+    redis.call('PERSIST', key)
+    return
+  end
+  local ttl = idle_ttl
+  if R.window_type == 'time' then ttl = math.max(ttl, R.window_size) end
+  if state == 'open' then ttl = math.max(ttl, rec.open_until - now) end
+  redis.call('PEXPIRE', key, math.ceil(ttl * 1000))
+end
+
 local function save()
   redis.call('HSET', key, 'epoch', rec.epoch, 'state', rec.state,
     'generation', int(rec.generation), 'since', opt(rec.since),
@@ -132,6 +157,7 @@ local function save()
     'probes', #rec.probes == 0 and '[]' or cjson.encode(rec.probes),
     'leases', words(rec.leases, fmt), 'recorded', int(rec.recorded),
     'trial_failures', int(rec.trial_failures), 'trial_slow', int(rec.trial_slow))
+  keep()
 end
 
 local function bucket_of(t)
@@ -304,8 +330,8 @@ end
 READ: Final = (
     PRELUDE
     + r"""
--- read: no write, unless the record is made now.
-if #h == 0 then save() end
+-- read: only the record's TTL is written, unless the record is made now.
+if #h == 0 then save() else keep() end
 return {view(now, false, nil), {}}
 """
 )
@@ -590,8 +616,14 @@ class RedisBreakerStore:
     back to its own local logic until Redis answers again (see
     :class:`~layers.CircuitBreaker`).
 
-    Keys: the hash ``<prefix>:breaker:{<name>}`` (no expiry: delete it to
-    forget the breaker); channel ``<prefix>:breaker:{<name>}:changed``.
+    Keys: the hash ``<prefix>:breaker:{<name>}``, which expires *idle_ttl*
+    after the last step of any process (every process re-reads the state
+    every *sync_interval*, so it lives while one process uses the
+    breaker), never before an open period or a time window it holds has
+    passed, and never in a manual state; channel
+    ``<prefix>:breaker:{<name>}:changed``. A record that expired is made
+    again as a fresh closed breaker (generation 0, a new epoch), which
+    every process adopts.
 
     Args:
         redis: The :class:`~layers.redis.RedisConnection` to use.
@@ -602,6 +634,11 @@ class RedisBreakerStore:
         probe_lease: Seconds a half-open probe holds its slot unless its
             outcome is reported first (> 0; default 60): a process that
             died holding one does not keep the fleet half-open for good.
+        idle_ttl: Seconds the record stays in Redis after the last step of
+            any process (at least twice *sync_interval*; default 86,400: a
+            day, so that a fleet stopped for a night's deploy finds its
+            breaker as it left it, and a breaker nobody calls any more, such
+            as one per host of a host that is gone, leaves Redis).
 
     Raises:
         layers.ConfigurationError: For any invalid value, naming it.
@@ -611,6 +648,7 @@ class RedisBreakerStore:
         "_channel",
         "_key",
         "_scripts",
+        "idle_ttl",
         "name",
         "probe_lease",
         "redis",
@@ -624,6 +662,7 @@ class RedisBreakerStore:
         name: str,
         sync_interval: float = 1.0,
         probe_lease: float = 60.0,
+        idle_ttl: float = 86_400.0,
     ) -> None:
         owner = type(self).__name__
         if not isinstance(redis, RedisConnection):  # pyright: ignore[reportUnnecessaryIsInstance]
@@ -631,6 +670,14 @@ class RedisBreakerStore:
         self.redis = redis
         self.name, self.sync_interval, self.probe_lease = check_store_options(
             owner, name, sync_interval, probe_lease
+        )
+        least = 2 * self.sync_interval
+        self.idle_ttl = check_number(
+            owner,
+            "idle_ttl",
+            idle_ttl,
+            f"a finite number of seconds >= 2 x sync_interval ({least!r})",
+            lambda v: v >= least,
         )
         self._key = redis.key("breaker", name)
         self._channel = redis.key("breaker", name, "changed")
@@ -694,6 +741,7 @@ class RedisBreakerStore:
                 "" if now is None else repr(float(now)),
                 *rules_args(rules),
                 *args,
+                repr(self.idle_ttl),
             ],
         )
         view = parse_view(reply[0])
@@ -782,7 +830,8 @@ class RedisBreakerStore:
     def __repr__(self) -> str:
         return (
             f"RedisBreakerStore(name={self.name!r}, "
-            f"sync_interval={self.sync_interval!r}, probe_lease={self.probe_lease!r})"
+            f"sync_interval={self.sync_interval!r}, probe_lease={self.probe_lease!r}, "
+            f"idle_ttl={self.idle_ttl!r})"
         )
 
 
