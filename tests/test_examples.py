@@ -309,10 +309,12 @@ def test_shared_quota(backend: str, redis_server_on_path: str) -> None:
     total = re.search(r"all 4: (\d+) calls in 3 s = ([0-9.]+)/s", section)
     assert total is not None, section
     assert sum(map(int, processes)) == int(total.group(1))
-    # At most what GCRA allows (200 x 3 s + burst 10), and near the quota:
-    # 4 x 10 callers on 5 permits of 5 ms calls (plus a few round trips each)
-    # can do more than 200/s.
-    assert 0.8 * 200 * 3 <= int(total.group(1)) <= 200 * 3 + 10, section
+    # At most what GCRA allows (200 x 3 s + burst 10): exact whatever the
+    # machine's speed. 4 x 10 callers on 5 permits of 5 ms calls can do more
+    # than 200/s on a quiet machine, but on a loaded one (processes starting
+    # late, slow round trips) they reached 55 % of the quota: the floor is
+    # a tenth of it (a timing bound 10x below what is expected).
+    assert 0.1 * 200 * 3 <= int(total.group(1)) <= 200 * 3 + 10, section
     fleet = re.search(r"in flight across the fleet: at most (\d+) \(limit 5\)", section)
     assert fleet is not None, section
     assert 1 <= int(fleet.group(1)) <= 5, section
