@@ -96,6 +96,10 @@ DEFAULT_MAX_KEYS: Final = 10_000
 # The most jitter a waiter of a shared limit adds to the wait it was told.
 _JITTER: Final = 0.001
 
+# What a shared store told a waiter: (base time of the reply, wait, units
+# asked for, interval and tolerance sent); see RateLimit._due_after_change.
+_Told = tuple[float, float, float, float, float]
+
 
 # ------------------------------------------------------------------ validation
 
@@ -1438,9 +1442,11 @@ class RateLimit:
         reject = self.mode == "reject"
         limit, by_deadline = (now, False) if reject else self._limit(now)
         version = state.version
+        interval = state.interval
+        tolerance = state.tolerance
         try:
             _, wait = await shared.take(
-                key, cost, state.interval, state.tolerance, patience=limit - now
+                key, cost, interval, tolerance, patience=limit - now
             )
         except StoreError as error:
             # The time now: a failure may take the connection's timeout.
@@ -1457,19 +1463,44 @@ class RateLimit:
             return
         if reject:
             self._reject(wait, cost, "limited")
+        told = (base_time(), wait, cost, interval, tolerance)
         if state.version != version:
-            # set_limit while it asked: queue and ask again now, with the
-            # new parameters (keeping a turn the store gave it).
+            # set_limit while it asked: its wait under the new parameters.
+            due = self._due_after_change(told)
+            if due > limit:
+                self._reject(due - now, cost, "deadline" if by_deadline else "max_wait")
             await self._shared_queued(
-                key, cost, now, limit, by_deadline, None, now + wait <= limit, False
+                key,
+                cost,
+                now,
+                limit,
+                by_deadline,
+                due,
+                now + wait <= limit,
+                False,
+                told,
             )
             return
         if now + wait > limit:
             self._reject(wait, cost, "deadline" if by_deadline else "max_wait")
         # The store gave this call a turn (wait <= patience): keep it.
         await self._shared_queued(
-            key, cost, now, limit, by_deadline, base_time() + wait, True, False
+            key, cost, now, limit, by_deadline, told[0] + wait, True, False, told
         )
+
+    def _due_after_change(self, told: _Told) -> float:
+        """When a call told to wait should ask the store, under the new parameters.
+
+        The store told it *wait* at *at* for *need* units under *interval*
+        and *tolerance*: its backlog then was ``wait + tolerance - need x
+        interval``. The same backlog under the parameters now gives the
+        new due time, with no round trip (asking the store early would
+        not help: a waiter given a turn is kept until the turn's end).
+        """
+        at, wait, need, interval, tolerance = told
+        state = self._state
+        backlog = wait + tolerance - need * interval
+        return at + backlog - (state.tolerance - need * state.interval)
 
     async def _shared_queued(
         self,
@@ -1481,6 +1512,7 @@ class RateLimit:
         due: float | None = None,
         waited: bool = False,
         counted: bool = False,
+        told: _Told | None = None,
     ) -> None:
         """Queue a call of a shared limit behind this process's calls for *key*.
 
@@ -1488,7 +1520,8 @@ class RateLimit:
         queue and refused at once if it cannot fit); otherwise the call
         comes from :meth:`_shared_direct` with its *limit*, the base time
         *due* at which to ask the store, whether the store gave it a turn
-        (*waited*), and whether it was *counted* as a fallback already.
+        (*waited*), whether it was *counted* as a fallback already, and
+        what the store *told* it (for :meth:`_due_after_change`).
         """
         state = self._state
         shared = state.shared
@@ -1559,10 +1592,22 @@ class RateLimit:
                         )
                     queue.nap = None
                     if nap.cancelled_caught:
-                        # set_limit woke us: ask now with the new parameters
-                        # (unless our own scope was cancelled meanwhile); a
-                        # turn the store gave us stays ours (waited).
+                        # set_limit woke us (unless our own scope was
+                        # cancelled meanwhile): our due under the new
+                        # parameters, or now if we cannot tell.
                         await anyio.lowlevel.checkpoint_if_cancelled()
+                        now = base_time()
+                        if told is None:
+                            due = None
+                        else:
+                            due = self._due_after_change(told)
+                            if due > limit:
+                                self._reject(
+                                    due - now,
+                                    cost,
+                                    "deadline" if by_deadline else "max_wait",
+                                )
+                        continue
                     now = base_time()
                 queue.due = now
                 need = cost - left
@@ -1577,12 +1622,14 @@ class RateLimit:
                     else:
                         up_to = lease
                 version = state.version
+                tolerance = state.tolerance
+                told = None
                 try:
                     granted, wait = await shared.take(
                         key,
                         need,
                         interval,
-                        state.tolerance,
+                        tolerance,
                         up_to=up_to,
                         waited=waited,
                         patience=0.0 if reject else limit - now,
@@ -1605,10 +1652,16 @@ class RateLimit:
                     break
                 if reject:
                     self._reject(wait, cost, "limited")
+                told = (base_time(), wait, need, interval, tolerance)
                 if state.version != version:
-                    # set_limit while we asked: ask again now, with the new
+                    # set_limit while we asked: our due under the new
                     # parameters (keeping a turn the store gave us).
-                    due, waited = None, waited or now + wait <= limit
+                    waited = waited or now + wait <= limit
+                    due = self._due_after_change(told)
+                    if due > limit:
+                        self._reject(
+                            due - now, cost, "deadline" if by_deadline else "max_wait"
+                        )
                     continue
                 if now + wait > limit:
                     own = wait - (need - (cost - left)) * interval
@@ -1617,11 +1670,11 @@ class RateLimit:
                         # gave no turn for it); the call's own share would
                         # not: ask for that (and what fits) then.
                         whole = False
-                        due, waited = base_time() + own, False
+                        due, waited, told = base_time() + own, False, None
                         continue
                     # Other processes took the capacity: the wait no longer fits.
                     self._reject(wait, cost, "deadline" if by_deadline else "max_wait")
-                due, waited = base_time() + wait, True
+                due, waited = told[0] + wait, True
         finally:
             head = next(iter(waiters)) is waiter
             del waiters[waiter]
