@@ -629,3 +629,48 @@ async def test_concurrency_events_statistics_and_observe_show_the_change() -> No
     ]
     assert limit.statistics().max_in_flight == 2
     assert limit.observe().figures["max_in_flight"] == 2
+
+
+# ------------------------------------------------------------ OpenTelemetry
+
+
+def test_otel_gauges_show_the_limit_in_force() -> None:
+    """The observed limits' gauges read the new values; the event is counted."""
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from layers.otel import OtelMetrics
+
+    reader = InMemoryMetricReader()
+    metrics = OtelMetrics(MeterProvider(metric_readers=[reader]))
+    rate = layers.RateLimit(10, burst=2, name="api")
+    concurrency = layers.ConcurrencyLimit(4, name="db")
+    metrics.observe(rate, concurrency)
+    metrics.install()
+    try:
+        rate.set_limit(25, burst=5)
+        concurrency.set_limit(2)
+    finally:
+        metrics.uninstall()
+    points: dict[str, list[tuple[dict[str, Any], Any]]] = {}
+    data = reader.get_metrics_data()
+    assert data is not None
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    points.setdefault(metric.name, []).append(
+                        (dict(point.attributes or {}), getattr(point, "value", None))
+                    )
+    assert [v for _, v in points["layers.rate_limit.rate"]] == [25]
+    assert [v for _, v in points["layers.rate_limit.burst"]] == [5]
+    assert [v for _, v in points["layers.concurrency_limit.max_in_flight"]] == [2]
+    counted = {
+        (a["layers.layer.kind"], a["layers.event.name"]): v
+        for a, v in points["layers.events"]
+    }
+    assert counted == {
+        ("rate_limit", "limit_changed"): 2,
+        ("concurrency_limit", "limit_changed"): 1,
+    }
