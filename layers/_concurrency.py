@@ -751,7 +751,9 @@ class ConcurrencyLimit:
                         await store.release(permit)
                 recheck = figure
                 if shared.version != version:
-                    seen = None  # set_limit while it asked: ask again now
+                    # set_limit while it asked: as the head, ask again at
+                    # once (a count of changes is never -1)
+                    seen = -1
             if queue.live() + state.waiting() >= max_waiting:
                 reject("queue_full")
             give_up = math.inf if max_wait is None else anyio.current_time() + max_wait
