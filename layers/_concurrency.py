@@ -38,9 +38,7 @@ in-memory limit above, sized ``max_in_flight // processes``.
 from __future__ import annotations
 
 import math
-import weakref
 from collections import deque
-from collections.abc import Callable
 from typing import (
     Any,
     ClassVar,
@@ -63,6 +61,7 @@ from ._core import Service, mark_built
 from ._errors import Overloaded, StoreError
 from ._observable import Observation
 from ._store import StoreHealth, StorePolicy
+from ._tuners import Tuners
 from .events import Event, Level, report_limit_changes
 
 __all__ = [
@@ -218,9 +217,7 @@ class _State:
         """The permits (set by the layer; the local limit, with a store)."""
         # For each service built (weakly), the function that reads the limit
         # into its closure again (see ConcurrencyLimit.set_limit).
-        self.tuners: weakref.WeakKeyDictionary[object, Callable[[], None]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self.tuners = Tuners()
         # FIFO; a waiter leaves it when woken (popped from the front) or,
         # having given up, when its turn comes or a sweep finds it in `gone`
         # (deque.remove() would search: cancelling N waiters newest-first
@@ -566,8 +563,7 @@ class ConcurrencyLimit:
         object.__setattr__(self, "max_in_flight", max_in_flight)
         state = self._state
         state.limit = self._local_limit(max_in_flight)
-        for tune in list(state.tuners.values()):
-            tune()
+        state.tuners.tune()
         state.admit()  # the local waiters, with a store (its "local" policy)
         shared = self._shared
         store = self.store
@@ -631,7 +627,7 @@ class ConcurrencyLimit:
             nonlocal limit
             limit = self.max_in_flight
 
-        state.tuners[concurrency_limit] = tune
+        state.tuners.add(concurrency_limit, tune)
         return mark_built(concurrency_limit, self, inner)
 
     def _shared_layer(
@@ -776,7 +772,7 @@ class ConcurrencyLimit:
             limit = self.max_in_flight
             local_limit = state.limit
 
-        state.tuners[concurrency_limit] = tune
+        state.tuners.add(concurrency_limit, tune)
         return mark_built(concurrency_limit, self, inner)
 
     def _reject(self, reason: Literal["queue_full", "max_wait"]) -> NoReturn:

@@ -39,7 +39,6 @@ import inspect
 import math
 import numbers
 import random
-import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from typing import (
@@ -74,6 +73,7 @@ from ._deadline import DEADLINE
 from ._errors import CallbackError, ConfigurationError, RateLimited, StoreError
 from ._observable import Observation
 from ._store import StoreHealth
+from ._tuners import Tuners
 from .events import Event, Level, report_limit_changes
 
 __all__ = [
@@ -695,9 +695,7 @@ class _State:
         # For each service built (weakly), the function that makes it read
         # the limit's parameters again: its closure holds them, so that its
         # success path reads no attribute (see RateLimit.set_limit).
-        self.tuners: weakref.WeakKeyDictionary[object, Callable[[], None]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self.tuners = Tuners()
         self.version = 0
         """How often set_limit changed the limit (a waiter asking asks again)."""
 
@@ -1048,8 +1046,7 @@ class RateLimit:
             state.local_interval = interval * (state.shared.processes or 1)
             state.local_tolerance = burst * state.local_interval
         state.version += 1
-        for tune in list(state.tuners.values()):
-            tune()
+        state.tuners.tune()
         if state.queues:
             self._reevaluate()
         report_limit_changes(self.name, self.kind, changes)
@@ -1115,7 +1112,7 @@ class RateLimit:
             # _slow(now) itself is the slow path: its defaults are this
             # case's, so a queued call runs no coroutine but _slow's.
             service, retune = _cell_service(inner, cell, state, self._slow)
-            state.tuners[service] = retune
+            state.tuners.add(service, retune)
             return mark_built(service, self, inner)
 
         key_of = self.key
@@ -1163,7 +1160,7 @@ class RateLimit:
             tolerance = state.tolerance
             burst = self.burst
 
-        state.tuners[keyed_rate_limit] = tune
+        state.tuners.add(keyed_rate_limit, tune)
         return mark_built(keyed_rate_limit, self, inner)
 
     # -- off the success path --------------------------------------------------
@@ -1414,7 +1411,7 @@ class RateLimit:
             nonlocal burst
             burst = self.burst
 
-        state.tuners[shared_rate_limit] = tune
+        state.tuners.add(shared_rate_limit, tune)
         return shared_rate_limit
 
     def _limit(self, now: float) -> tuple[float, bool]:

@@ -269,9 +269,9 @@ async def test_services_built_before_the_change_follow_it(kind: str) -> None:
     """Each form of the success path reads the new interval (reject mode)."""
     options: dict[str, Any] = {}
     if kind == "keyed":
-        options["key"] = lambda request: "k"
+        options["key"] = lambda request: "k"  # pyright: ignore[reportUnknownLambdaType]
     elif kind == "cost":
-        options["cost"] = lambda request: 1
+        options["cost"] = lambda request: 1  # pyright: ignore[reportUnknownLambdaType]
     limit = layers.RateLimit(1, mode="reject", **options)
     svc = limit.layer(recorder([]))
     other = limit.layer(recorder([]))
