@@ -987,14 +987,19 @@ class RateLimit:
         **A shared store** (:class:`SharedRateLimitStore`, such as
         :class:`layers.redis.RedisRateLimitStore`): the store keeps the
         ``tat``; each call sends this process's interval and tolerance, so
-        the change applies to this process's calls from its next one (the
-        first waiter asks the store again at once), and to no other
-        process. Change the limit in every process that shares it (each
-        one prices its own calls meanwhile). In lease mode, the permits
-        left of a lease taken before the change are kept and spent (they
-        were booked in the store at the old price); the next lease is taken
-        at the new one. A burst below the store's ``lease`` is refused. The
-        local limit of ``fail="local"`` follows (``rate / processes``).
+        the change applies to this process's calls from their next request,
+        and to no other process. Change the limit in every process that
+        shares it (each one prices its own calls meanwhile). A waiter asleep
+        on the old parameters works its new wait out from what the store
+        told it, with no round trip; a store that gives waiters turns (the
+        Redis store) keeps the turn it gave at the old price, so the calls
+        queued behind that waiter may wait for its end (one old interval
+        per unit of its cost) before the new spacing applies. In lease
+        mode, the permits left of a lease taken before the change are kept
+        and spent (they were booked in the store at the old price); the
+        next lease is taken at the new one. A burst below the store's
+        ``lease`` is refused. The local limit of ``fail="local"`` follows
+        (``rate / processes``).
 
         Args:
             rate: The new rate (calls per *period*), a finite number > 0.
