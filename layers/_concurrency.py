@@ -54,6 +54,7 @@ from typing import (
 )
 
 import anyio
+import anyio.lowlevel
 import attrs
 
 from . import events
@@ -64,7 +65,8 @@ from ._errors import Overloaded, StoreError
 from ._guard import GuardShorthand
 from ._observable import Observation
 from ._store import StoreHealth, StorePolicy
-from .events import Event, Level
+from ._tuners import Tuners
+from .events import Event, Level, report_limit_changes
 
 # What a call holds besides a store permit (whose id is a str): see _acquire.
 _LOCAL: Final = 0  # a permit of the in-memory limit
@@ -144,6 +146,15 @@ class ConcurrencyStore(Protocol):
         """Return when :attr:`changes` differs from *since*, or after *at_most* s."""
         ...
 
+    def use_limit(self, limit: int) -> None:
+        """Hold the permits to *limit* from now on (the layer's ``set_limit``).
+
+        Each :meth:`acquire` passes the limit too; this tells the store's
+        background work (the renewal that takes a lost permit again if
+        there is room) before the next acquire.
+        """
+        ...
+
 
 def _store(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and not isinstance(value, ConcurrencyStore):
@@ -205,11 +216,16 @@ class ConcurrencyLimitStatistics:
 class _State:
     """The permits of one ConcurrencyLimit, shared by every service it wraps."""
 
-    __slots__ = ("gone", "in_flight", "rejected", "waiters")
+    __slots__ = ("gone", "in_flight", "limit", "rejected", "tuners", "waiters")
 
     def __init__(self) -> None:
         self.in_flight = 0
         self.rejected = 0
+        self.limit = 1
+        """The permits (set by the layer; the local limit, with a store)."""
+        # For each service built (weakly), the function that reads the limit
+        # into its closure again (see ConcurrencyLimit.set_limit).
+        self.tuners = Tuners()
         # FIFO; a waiter leaves it when woken (popped from the front) or,
         # having given up, when its turn comes or a sweep finds it in `gone`
         # (deque.remove() would search: cancelling N waiters newest-first
@@ -222,18 +238,36 @@ class _State:
         return len(self.waiters) - len(self.gone)
 
     def release(self) -> None:
-        """Give a permit back: to the first waiter if any, else to the pool."""
+        """Give a permit back: to the first waiter if any, else to the pool.
+
+        While more calls are in flight than the limit (it was lowered),
+        the permit goes back to the pool: the waiters wait until the calls
+        in flight are below the limit.
+        """
         waiters = self.waiters
         gone = self.gone
-        while waiters:
+        if self.in_flight <= self.limit:
+            while waiters:
+                waiter = waiters.popleft()
+                if gone and waiter in gone:
+                    gone.remove(waiter)
+                    continue
+                # The permit passes straight to it: in_flight does not change.
+                waiter.wake()
+                return
+        self.in_flight -= 1
+
+    def admit(self) -> None:
+        """Hand the permits free under the limit to the first waiters (raised)."""
+        waiters = self.waiters
+        gone = self.gone
+        while waiters and self.in_flight < self.limit:
             waiter = waiters.popleft()
             if gone and waiter in gone:
                 gone.remove(waiter)
                 continue
-            # The permit passes straight to it: in_flight does not change.
+            self.in_flight += 1
             waiter.wake()
-            return
-        self.in_flight -= 1
 
     def leave(self, waiter: Waiter) -> None:
         """A waiter gives up (cancelled, or max_wait passed)."""
@@ -312,10 +346,14 @@ class _Shared:
     ``"local"`` policy.
     """
 
-    __slots__ = ("handoff", "health", "in_flight", "queue")
+    __slots__ = ("handoff", "health", "in_flight", "nap", "queue", "version")
 
     def __init__(self, health: StoreHealth) -> None:
         self.in_flight = 0
+        self.version = 0
+        """How often set_limit changed the limit (a head asking asks again)."""
+        self.nap: anyio.CancelScope | None = None
+        """The head's wait for a release, while it waits (set_limit cancels it)."""
         """Calls of this process holding a store permit, or admitted by "open"."""
         self.queue = _Queue()
         self.health = health
@@ -426,9 +464,17 @@ class ConcurrencyLimit(GuardShorthand):
 
     def __attrs_post_init__(self) -> None:
         store = self.store
+        self._state.limit = self._local_limit(self.max_in_flight)
         if store is not None:
             health = StoreHealth(self.name, store.label, store.policy)
             object.__setattr__(self, "_shared", _Shared(health))
+
+    def _local_limit(self, max_in_flight: int) -> int:
+        """The permits of the in-memory limit (with a store, its "local" policy's)."""
+        store = self.store
+        if store is None:
+            return max_in_flight
+        return max(1, max_in_flight // (store.processes or 1))
 
     def _in_flight(self) -> int:
         shared = self._shared
@@ -501,6 +547,74 @@ class ConcurrencyLimit(GuardShorthand):
         """
         return _PermitGuard(self)
 
+    def set_limit(self, max_in_flight: int) -> None:
+        """Change *max_in_flight* while the limit is in use.
+
+        Checked as the constructor checks it. The change takes effect at
+        once, costs ``O(calls admitted)`` and starts no task; call it from
+        the event loop's thread (a task, or a callback on the loop), like
+        the limit's calls. A :class:`~layers.events.LimitChanged` event
+        records it (setting the value in force does nothing);
+        :meth:`statistics` and :meth:`observe` show the value in force.
+
+        * **Raising** it admits waiting calls at once, as many as the new
+          limit has room for, first come first served.
+        * **Lowering** it never cuts off a call in flight: they run to
+          their end. New calls wait (or, with *max_waiting* reached or
+          ``max_waiting=0``, are refused with :class:`~layers.Overloaded`)
+          until the calls in flight are below the new limit: a permit
+          given back while they are not goes back to the pool, not to a
+          waiter.
+
+        *max_waiting* and *max_wait* are unchanged. A waiter cancelled
+        during or after a change holds nothing: a permit that reached it
+        as it was cancelled passes on to the next waiter (or back).
+
+        **With a shared store** (:class:`~layers.redis.RedisConcurrencyStore`)
+        the limit travels with each request for a permit: the change applies
+        to this process's calls from its next request (the first waiter
+        asks again at once after a raise; the others follow as permits are
+        taken), and to no other process. Change it in every process that
+        shares the store: meanwhile a process with a higher limit may take
+        permits beyond the lower one. The local limit of ``fail="local"``
+        follows (``max(1, max_in_flight // processes)``).
+
+        Args:
+            max_in_flight: The new limit, an int >= 1.
+
+        Raises:
+            layers.ConfigurationError: For an invalid value, naming it; the
+                limit is left unchanged.
+
+        Example:
+            >>> import layers
+            >>> limit = layers.ConcurrencyLimit(10)
+            >>> limit.set_limit(4)
+            >>> limit.max_in_flight, limit.statistics().max_in_flight
+            (4, 4)
+        """
+        _positive_int.check(
+            "ConcurrencyLimit.set_limit", "max_in_flight", max_in_flight
+        )
+        old = self.max_in_flight
+        if max_in_flight == old:
+            return
+        object.__setattr__(self, "max_in_flight", max_in_flight)
+        state = self._state
+        state.limit = self._local_limit(max_in_flight)
+        state.tuners.tune()
+        state.admit()  # the local waiters, with a store (its "local" policy)
+        shared = self._shared
+        store = self.store
+        if shared is not None and store is not None:
+            store.use_limit(max_in_flight)
+            shared.version += 1
+            if max_in_flight > old and shared.nap is not None:
+                shared.nap.cancel()
+        report_limit_changes(
+            self.name, self.kind, [("max_in_flight", old, max_in_flight)]
+        )
+
     def layer(self, inner: Service[Req, Res], /) -> Service[Req, Res]:
         """Wrap *inner* in this limit (shared with every service it wraps)."""
         if self.store is not None:
@@ -528,6 +642,11 @@ class ConcurrencyLimit(GuardShorthand):
             finally:
                 state.release()
 
+        def tune() -> None:
+            nonlocal limit
+            limit = self.max_in_flight
+
+        state.tuners.add(concurrency_limit, tune)
         return mark_built(concurrency_limit, self, inner)
 
     async def _queued(self) -> None:
@@ -622,6 +741,7 @@ class ConcurrencyLimit(GuardShorthand):
         recheck = math.inf  # the store's own bound
         if not queue.live():
             seen = store.changes
+            version = shared.version
             try:
                 granted, figure = await store.acquire(permit, self.max_in_flight)
             except StoreError as error:
@@ -635,6 +755,10 @@ class ConcurrencyLimit(GuardShorthand):
                 shared.in_flight += 1
                 return permit
             recheck = figure
+            if shared.version != version:
+                # set_limit while it asked: as the head, ask again at
+                # once (a count of changes is never -1)
+                seen = -1
         if queue.live() + self._state.waiting() >= max_waiting:
             self._reject("queue_full")
         give_up = math.inf if max_wait is None else anyio.current_time() + max_wait
@@ -668,7 +792,7 @@ class ConcurrencyLimit(GuardShorthand):
         shared = self._shared
         assert shared is not None
         state = self._state
-        if state.in_flight < max(1, self.max_in_flight // (store.processes or 1)):
+        if state.in_flight < state.limit:
             state.in_flight += 1
             return
         max_waiting = math.inf if self.max_waiting is None else self.max_waiting
@@ -705,8 +829,16 @@ class ConcurrencyLimit(GuardShorthand):
                 seen, shared.handoff = shared.handoff, None
             while True:
                 if seen is not None:
-                    await store.changed(seen, recheck)
+                    with anyio.CancelScope() as nap:
+                        shared.nap = nap
+                        await store.changed(seen, recheck)
+                    shared.nap = None
+                    if nap.cancelled_caught:
+                        # set_limit raised the limit: ask now, unless our
+                        # own scope was cancelled meanwhile.
+                        await anyio.lowlevel.checkpoint_if_cancelled()
                 seen = store.changes
+                version = shared.version
                 try:
                     granted, figure = await store.acquire(permit, self.max_in_flight)
                 except StoreError as error:
@@ -719,6 +851,8 @@ class ConcurrencyLimit(GuardShorthand):
                     shared.handoff = seen if figure <= 0 else None
                     return None
                 recheck = figure
+                if shared.version != version:
+                    seen = None  # set_limit while it asked: ask again now
         finally:
             queue.leave(waiter)
 

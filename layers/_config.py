@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeGuard
+from typing import Any, NoReturn, TypeGuard, final
 
 import attrs
 
 from ._errors import ConfigurationError
 
 __all__ = [
+    "Rule",
     "bool_value",
     "callable_or_none",
     "callable_value",
@@ -63,9 +64,34 @@ def is_finite_number(value: object) -> TypeGuard[float]:
 Validator = Callable[[object, "attrs.Attribute[Any]", object], None]
 
 
+@final
+class Rule:
+    """An attrs validator that can also check a value given to a method.
+
+    A field's validator names the owner by the instance's class
+    (``RateLimit(rate=0)``); :meth:`check` takes the owner as text, so a
+    method that changes the field later reuses the same rule
+    (``RateLimit.set_limit(rate=0)``).
+    """
+
+    __slots__ = ("_check",)
+
+    def __init__(self, check: Callable[[str, str, object], object]) -> None:
+        self._check = check
+
+    def __call__(
+        self, instance: object, attribute: attrs.Attribute[Any], value: object
+    ) -> None:
+        self._check(type(instance).__name__, attribute.name, value)
+
+    def check(self, owner: str, parameter: str, value: object) -> None:
+        """Raise the ConfigurationError of *owner*'s *parameter* for a bad *value*."""
+        self._check(owner, parameter, value)
+
+
 def finite_number(
     rule: str, accept: Callable[[float], bool], *, optional: bool = False
-) -> Validator:
+) -> Rule:
     """Make an attrs validator for a finite real number that *accept* approves.
 
     Booleans, non-numbers, NaN and infinities are refused too. With
@@ -74,14 +100,12 @@ def finite_number(
     got -1``.
     """
 
-    def validate(
-        instance: object, attribute: attrs.Attribute[Any], value: object
-    ) -> None:
+    def validate(owner: str, parameter: str, value: object) -> None:
         if optional and value is None:
             return
-        check_number(type(instance).__name__, attribute.name, value, rule, accept)
+        check_number(owner, parameter, value, rule, accept)
 
-    return validate
+    return Rule(validate)
 
 
 def check_number(
@@ -113,20 +137,18 @@ def check_name(owner: str, parameter: str, value: object) -> str:
     return value
 
 
-def int_at_least(minimum: int, rule: str, *, optional: bool = False) -> Validator:
+def int_at_least(minimum: int, rule: str, *, optional: bool = False) -> Rule:
     """Make an attrs validator for an int >= *minimum* (not a bool).
 
     With *optional*, ``None`` passes. *rule* says what is allowed.
     """
 
-    def validate(
-        instance: object, attribute: attrs.Attribute[Any], value: object
-    ) -> None:
+    def validate(owner: str, parameter: str, value: object) -> None:
         if optional and value is None:
             return
-        check_int(type(instance).__name__, attribute.name, value, minimum, rule)
+        check_int(owner, parameter, value, minimum, rule)
 
-    return validate
+    return Rule(validate)
 
 
 positive_seconds = finite_number("a finite number of seconds > 0", lambda v: v > 0)

@@ -76,7 +76,8 @@ from ._errors import CallbackError, ConfigurationError, RateLimited, StoreError
 from ._guard import GuardShorthand
 from ._observable import Observation
 from ._store import StoreHealth
-from .events import Event, Level
+from ._tuners import Tuners
+from .events import Event, Level, report_limit_changes
 
 __all__ = [
     "MemoryRateLimitStore",
@@ -98,6 +99,10 @@ DEFAULT_MAX_KEYS: Final = 10_000
 # The most jitter a waiter of a shared limit adds to the wait it was told.
 _JITTER: Final = 0.001
 
+# What a shared store told a waiter: (base time of the reply, wait, units
+# asked for, interval and tolerance sent); see RateLimit._due_after_change.
+_Told = tuple[float, float, float, float, float]
+
 
 # ------------------------------------------------------------------ validation
 
@@ -113,6 +118,28 @@ _name = name_value
 def _mode(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value not in ("wait", "reject"):
         fail(instance, attribute, value, "'wait' or 'reject'")
+
+
+def _check_interval(owner: str, rate: float, period: float) -> float:
+    """The emission interval ``period / rate``; raise if it is not a usable time."""
+    interval = period / rate
+    if not (math.isfinite(interval) and interval > 0):
+        raise ConfigurationError(
+            f"{owner}(rate={rate!r}, period={period!r}): period / rate must be a "
+            f"finite number of seconds > 0, got {interval!r}"
+        )
+    return interval
+
+
+def _check_lease(owner: str, burst: int, shared: SharedRateLimitStore) -> None:
+    """Raise unless the shared store's lease fits in *burst*."""
+    lease = shared.lease
+    if lease is not None and lease > burst:
+        raise ConfigurationError(
+            f"{owner}(burst={burst!r}, store={shared!r}): the store's lease must "
+            f"be <= burst (a lease is taken at once, as a burst), got "
+            f"lease={lease!r}"
+        )
 
 
 def is_shared_store(value: object) -> bool:
@@ -562,6 +589,10 @@ class RateLimitStatistics:
         store_fallbacks: Calls decided by the failure policy of a shared
             store (:class:`SharedRateLimitStore`) because the store failed,
             so far (``0`` in memory).
+        rate: The limit's rate now (calls per *period*; see
+            :meth:`RateLimit.set_limit`).
+        period: Its period now, in seconds.
+        burst: Its burst now.
     """
 
     waiting: int
@@ -570,6 +601,9 @@ class RateLimitStatistics:
     keys: int | None
     table_full: int
     store_fallbacks: int = 0
+    rate: float
+    period: float
+    burst: int
 
 
 # ----------------------------------------------------------------------- layer
@@ -577,19 +611,32 @@ class RateLimitStatistics:
 
 @final
 class _Waiter:
-    __slots__ = ("parked",)
+    __slots__ = ("by_deadline", "cost", "limit", "parked", "refused")
 
-    def __init__(self) -> None:
+    def __init__(self, cost: float, limit: float, by_deadline: bool) -> None:
         self.parked: Waiter | None = None  # only for a waiter behind the head
+        self.cost = cost
+        # The latest base time it may be admitted, and whether the deadline
+        # (rather than max_wait) sets it: for set_limit's re-evaluation.
+        self.limit = limit
+        self.by_deadline = by_deadline
+        # Set by set_limit for a waiter behind the head that can no longer
+        # be admitted in time: (retry_after, reason); it is woken to leave.
+        self.refused: (
+            tuple[float | None, Literal["max_wait", "deadline", "cost"]] | None
+        ) = None
 
 
 @final
 class _Queue:
-    __slots__ = ("cost", "due", "head_cost", "waiters")
+    __slots__ = ("cost", "due", "head_cost", "nap", "waiters")
 
     def __init__(self) -> None:
         self.waiters: OrderedDict[_Waiter, None] = OrderedDict()
         self.cost = 0.0
+        # The head's sleep, while it sleeps: set_limit cancels it, so that
+        # the head looks again at once with the new parameters.
+        self.nap: anyio.CancelScope | None = None
         # With a shared store: when the head asks the store next (base
         # time), and its cost, for a newcomer's estimate of its wait.
         self.due = -math.inf
@@ -612,6 +659,8 @@ class _State:
         "shared",
         "store",
         "tolerance",
+        "tuners",
+        "version",
         "waited",
         "waiting",
     )
@@ -646,6 +695,12 @@ class _State:
         self.local_interval = interval
         self.local_tolerance = tolerance
         self.balances: OrderedDict[Hashable, float] = OrderedDict()
+        # For each service built (weakly), the function that makes it read
+        # the limit's parameters again: its closure holds them, so that its
+        # success path reads no attribute (see RateLimit.set_limit).
+        self.tuners = Tuners()
+        self.version = 0
+        """How often set_limit changed the limit (a waiter asking asks again)."""
 
 
 @final
@@ -779,13 +834,7 @@ class RateLimit(GuardShorthand):
     """The kind of layer, for events and metrics (:class:`~layers.Observable`)."""
 
     def __attrs_post_init__(self) -> None:
-        interval = self.period / self.rate
-        if not (math.isfinite(interval) and interval > 0):
-            raise ConfigurationError(
-                f"RateLimit(rate={self.rate!r}, period={self.period!r}): "
-                f"period / rate must be a finite number of seconds > 0, got "
-                f"{interval!r}"
-            )
+        interval = _check_interval("RateLimit", self.rate, self.period)
         if self.mode == "reject" and self.max_wait is not None:
             raise ConfigurationError(
                 f"RateLimit(max_wait={self.max_wait!r}): max_wait applies to "
@@ -824,13 +873,7 @@ class RateLimit(GuardShorthand):
 
     def _share(self, state: _State, shared: SharedRateLimitStore) -> None:
         """Set *state* up for a shared store: its health and local fallback."""
-        lease = shared.lease
-        if lease is not None and lease > self.burst:
-            raise ConfigurationError(
-                f"RateLimit(burst={self.burst!r}, store={shared!r}): the store's "
-                f"lease must be <= burst (a lease is taken at once, as a burst), "
-                f"got lease={lease!r}"
-            )
+        _check_lease("RateLimit", self.burst, shared)
         processes = shared.processes or 1
         state.shared = shared
         state.health = StoreHealth(self.name, shared.name, shared.fail)
@@ -864,6 +907,9 @@ class RateLimit(GuardShorthand):
             keys=keys,
             table_full=table_full,
             store_fallbacks=0 if health is None else health.fallbacks,
+            rate=self.rate,
+            period=self.period,
+            burst=self.burst,
         )
 
     def observe(self) -> Observation:
@@ -872,15 +918,197 @@ class RateLimit(GuardShorthand):
         Always ``HEALTHY`` itself (a health check turns ``degraded`` on
         refusals); ``waiting`` and ``rejected`` as in :meth:`statistics`,
         and the figures ``keys`` (``None`` without a key function or with a
-        custom store) and ``store_fallbacks`` (calls decided by a shared
-        store's failure policy; ``0`` in memory).
+        custom store), ``store_fallbacks`` (calls decided by a shared
+        store's failure policy; ``0`` in memory), and the limit now:
+        ``rate``, ``period`` and ``burst`` (see :meth:`set_limit`).
         """
         stats = self.statistics()
         return Observation(
             waiting=stats.waiting,
             rejected=stats.rejected,
-            figures={"keys": stats.keys, "store_fallbacks": stats.store_fallbacks},
+            figures={
+                "keys": stats.keys,
+                "store_fallbacks": stats.store_fallbacks,
+                "rate": stats.rate,
+                "period": stats.period,
+                "burst": stats.burst,
+            },
         )
+
+    def set_limit(
+        self,
+        rate: float | None = None,
+        period: float | None = None,
+        *,
+        burst: int | None = None,
+    ) -> None:
+        """Change the rate, the period and/or the burst while the limit is in use.
+
+        An argument left ``None`` keeps its value; each is checked as the
+        constructor checks it. Every key of a per-key limit gets the new
+        parameters. The change takes effect at once, costs ``O(waiters)``
+        at most and starts no task; call it from the event loop's thread
+        (a task, or a callback on the loop), like the limit's calls. A
+        :class:`~layers.events.LimitChanged` event records each parameter
+        that changed (a call that changes nothing does nothing);
+        :meth:`statistics` and :meth:`observe` show the values in force.
+
+        **The time already booked is kept.** A key's state is one
+        timestamp, ``tat``: the time the calls admitted so far are booked
+        up to, whatever their price. ``set_limit`` keeps it and prices the
+        calls from now on: with ``T = period / rate`` and ``tau = burst x
+        T`` the new values, a call of cost ``n`` is admitted once
+        ``tat - now <= tau - n x T``, and books ``n x T``. So a caller sees:
+
+        * **after raising the rate**: admitted calls are spaced by the new,
+          shorter interval from the first one on. Time booked at the old
+          price is not given back: with ``burst=1`` the next call goes at
+          ``tat``, as it would have (a limit of 1/s raised to 10/s half a
+          second after a call admits the next call at 1 s, then at 1.1,
+          1.2...). With a larger burst the lead the limit allows, ``burst x
+          T`` seconds, shrinks with ``T``: a call may wait until up to
+          ``tat`` (never later, and ``tat`` is at most ``burst`` old
+          intervals away).
+        * **after lowering the rate**: calls are spaced by the new, longer
+          interval. The booked time counts as it is, which at the new price
+          is fewer calls: the next call waits until ``tat - (burst - n) x
+          T``, and an idle limit keeps its full burst. Over any stretch of
+          time ``d`` that starts at the change, at most ``burst + d / T``
+          calls are admitted (the calls before the change are not counted
+          again).
+        * **burst**: raising it lets that many more calls through at once
+          (the lead allowed grows), lowering it holds back calls until the
+          lead is within the new one. A call whose cost exceeds the new
+          burst can never be admitted: a waiting one is refused
+          (:class:`~layers.RateLimited`, ``reason="cost"``) at once.
+
+        **Waiting calls are re-evaluated at once**: the first waiter of
+        each key, asleep until its turn under the old parameters, wakes and
+        computes its wait again; the others keep their order (FIFO) behind
+        it. A waiter that can no longer be admitted within its ``max_wait``
+        or the deadline in force is refused at once with
+        :class:`~layers.RateLimited` (``retry_after``: its wait under the
+        new parameters), as a newcomer would be. A call cancelled during
+        or after the change takes nothing.
+
+        **A shared store** (:class:`SharedRateLimitStore`, such as
+        :class:`layers.redis.RedisRateLimitStore`): the store keeps the
+        ``tat``; each call sends this process's interval and tolerance, so
+        the change applies to this process's calls from their next request,
+        and to no other process. Change the limit in every process that
+        shares it (each one prices its own calls meanwhile). A waiter asleep
+        on the old parameters works its new wait out from what the store
+        told it, with no round trip; a store that gives waiters turns (the
+        Redis store) keeps the turn it gave at the old price, so the calls
+        queued behind that waiter may wait for its end (one old interval
+        per unit of its cost) before the new spacing applies. In lease
+        mode, the permits left of a lease taken before the change are kept
+        and spent (they were booked in the store at the old price); the
+        next lease is taken at the new one. A burst below the store's
+        ``lease`` is refused. The local limit of ``fail="local"`` follows
+        (``rate / processes``).
+
+        Args:
+            rate: The new rate (calls per *period*), a finite number > 0.
+            period: The new period in seconds, a finite number > 0.
+            burst: The new burst, an int >= 1.
+
+        Raises:
+            layers.ConfigurationError: For an invalid value, naming it; the
+                limit is left unchanged.
+
+        Example:
+            >>> import layers
+            >>> limit = layers.RateLimit(10, burst=5)
+            >>> limit.set_limit(20)
+            >>> limit.set_limit(burst=10)
+            >>> (limit.rate, limit.period, limit.burst, limit.interval)
+            (20, 1.0, 10, 0.05)
+        """
+        owner = "RateLimit.set_limit"
+        if rate is not None:
+            _positive_number.check(owner, "rate", rate)
+        else:
+            rate = self.rate
+        if period is not None:
+            _positive_number.check(owner, "period", period)
+        else:
+            period = self.period
+        if burst is not None:
+            _positive_int.check(owner, "burst", burst)
+        else:
+            burst = self.burst
+        interval = _check_interval(owner, rate, period)
+        state = self._state
+        if state.shared is not None:
+            _check_lease(owner, burst, state.shared)
+        changes = [
+            ("rate", self.rate, rate),
+            ("period", self.period, period),
+            ("burst", self.burst, burst),
+        ]
+        if all(old == new for _, old, new in changes):
+            return
+        object.__setattr__(self, "rate", rate)
+        object.__setattr__(self, "period", period)
+        object.__setattr__(self, "burst", burst)
+        state.interval = interval
+        state.tolerance = burst * interval
+        if state.shared is not None:
+            state.local_interval = interval * (state.shared.processes or 1)
+            state.local_tolerance = burst * state.local_interval
+        state.version += 1
+        state.tuners.tune()
+        if state.queues:
+            self._reevaluate()
+        report_limit_changes(self.name, self.kind, changes)
+
+    def _reevaluate(self) -> None:
+        """After set_limit: wake each queue's head, refuse waiters out of time.
+
+        The head (asleep until its turn under the old parameters) looks
+        again at once. Behind it, each waiter's wait is estimated as a
+        newcomer's would be (the queue ahead of it and its own cost); one
+        that can no longer be admitted by its limit (or whose cost exceeds
+        the burst) is woken to leave, and the waiters behind it move up.
+        """
+        state = self._state
+        now = base_time()
+        shared = state.shared is not None
+        interval = state.interval
+        tolerance = state.tolerance
+        store = state.store
+        burst = self.burst
+        for key, queue in state.queues.items():
+            nap = queue.nap
+            if nap is not None:
+                nap.cancel()
+            ahead = 0.0
+            for position, waiter in enumerate(queue.waiters):
+                if waiter.refused is not None:
+                    continue
+                ahead += waiter.cost
+                if not position:
+                    continue  # the head decides for itself, as it wakes
+                parked = waiter.parked
+                assert parked is not None
+                if waiter.cost > burst:
+                    waiter.refused = (None, "cost")
+                else:
+                    if shared:
+                        # As _shared_queued's estimate for a newcomer, the
+                        # head asking now: a lower bound.
+                        wait = (ahead - queue.head_cost) * interval
+                    else:
+                        wait = store.peek(key, ahead, now, interval, tolerance)
+                    if now + wait <= waiter.limit:
+                        continue
+                    waiter.refused = (
+                        wait,
+                        "deadline" if waiter.by_deadline else "max_wait",
+                    )
+                ahead -= waiter.cost
+                parked.wake()
 
     def layer(self, inner: Service[Req, Res], /) -> Service[Req, Res]:
         """Wrap *inner* in this limit (shared with every service it wraps)."""
@@ -895,13 +1123,9 @@ class RateLimit(GuardShorthand):
             # the in-memory cell (whose tat is +inf while anyone waits).
             # _slow(now) itself is the slow path: its defaults are this
             # case's, so a queued call runs no coroutine but _slow's.
-            return mark_built(
-                _cell_service(
-                    inner, cell, interval, tolerance - 1 * interval, self._slow
-                ),
-                self,
-                inner,
-            )
+            service, retune = _cell_service(inner, cell, state, self._slow)
+            state.tuners.add(service, retune)
+            return mark_built(service, self, inner)
 
         key_of = self.key
         cost_of = self.cost
@@ -942,6 +1166,13 @@ class RateLimit(GuardShorthand):
             await general_slow(now, key, cost, wait)
             return await inner(request)
 
+        def tune() -> None:
+            nonlocal interval, tolerance, burst
+            interval = state.interval
+            tolerance = state.tolerance
+            burst = self.burst
+
+        state.tuners.add(keyed_rate_limit, tune)
         return mark_built(keyed_rate_limit, self, inner)
 
     # -- the block form -----------------------------------------------------------
@@ -1087,14 +1318,26 @@ class RateLimit(GuardShorthand):
             )
         real = cast("float", cost)
         if real > self.burst:
-            self._reject(
-                None,
-                real,
-                "cost",
-                f"rate limit {self.name!r}: cost {cost!r} exceeds the burst "
-                f"({self.burst}); such a call can never be admitted",
-            )
+            self._reject_cost(real)
         return real
+
+    def _reject_cost(self, cost: float) -> NoReturn:
+        """Refuse a call whose cost exceeds the burst: it can never be admitted."""
+        self._reject(
+            None,
+            cost,
+            "cost",
+            f"rate limit {self.name!r}: cost {cost!r} exceeds the burst "
+            f"({self.burst}); such a call can never be admitted",
+        )
+
+    def _refuse(self, waiter: _Waiter) -> NoReturn:
+        """Refuse a waiter that set_limit found could no longer be admitted."""
+        assert waiter.refused is not None
+        retry_after, reason = waiter.refused
+        if reason == "cost":
+            self._reject_cost(waiter.cost)
+        self._reject(retry_after, waiter.cost, reason)
 
     def _reject(
         self,
@@ -1150,23 +1393,22 @@ class RateLimit(GuardShorthand):
             deadline -= clock_source()[0]
             if deadline < limit:
                 limit = deadline
+        by_deadline = limit == deadline
         if now + wait > limit:
-            self._reject(wait, cost, "max_wait" if limit != deadline else "deadline")
-        await self._wait(key, cost, now, limit)
+            self._reject(wait, cost, "deadline" if by_deadline else "max_wait")
+        await self._wait(key, cost, now, limit, by_deadline)
 
     async def _wait(
-        self, key: Hashable, cost: float, start: float, limit: float
+        self, key: Hashable, cost: float, start: float, limit: float, by_deadline: bool
     ) -> None:
         state = self._state
         store = state.store
         cell = state.cell
-        interval = state.interval
-        tolerance = state.tolerance
         queue = state.queues.get(key)
         if queue is None:
             queue = state.queues[key] = _Queue()
         waiters = queue.waiters
-        waiter = _Waiter()
+        waiter = _Waiter(cost, limit, by_deadline)
         if waiters:
             waiter.parked = new_waiter()
         waiters[waiter] = None
@@ -1179,28 +1421,35 @@ class RateLimit(GuardShorthand):
                 await waiter.parked.wait()  # until we are the head
                 # Promoted as our scope was being cancelled: take nothing.
                 await anyio.lowlevel.checkpoint_if_cancelled()
+                if waiter.refused is not None:  # by set_limit
+                    self._refuse(waiter)
             due = start
             offset, read = clock_source()  # the loop's time is offset + read()
             while True:
                 now = read()
                 if now < due:  # the clock woke us a hair early
                     now = due
-                wait = store.take(key, cost, now, interval, tolerance)
+                if cost > self.burst:  # lowered by set_limit
+                    self._reject_cost(cost)
+                # The parameters are read at each turn: set_limit may change them.
+                wait = store.take(key, cost, now, state.interval, state.tolerance)
                 if not wait:
                     break
                 if now + wait > limit:
-                    # Someone else took the capacity (a shared store), or the
-                    # table of keys is full: the wait no longer fits.
-                    deadline = DEADLINE.get()
-                    self._reject(
-                        wait,
-                        cost,
-                        "deadline"
-                        if deadline is not None and limit == deadline - offset
-                        else "max_wait",
-                    )
+                    # Someone else took the capacity (a shared store), the
+                    # table of keys is full, or set_limit lowered the limit:
+                    # the wait no longer fits.
+                    self._reject(wait, cost, "deadline" if by_deadline else "max_wait")
                 due = max(now + wait, math.nextafter(now, math.inf))
-                await anyio.sleep_until(offset + due)
+                with anyio.CancelScope() as nap:
+                    queue.nap = nap
+                    await anyio.sleep_until(offset + due)
+                queue.nap = None
+                if nap.cancelled_caught:
+                    # set_limit woke us: look again now, unless our own scope
+                    # was cancelled meanwhile (then take nothing).
+                    await anyio.lowlevel.checkpoint_if_cancelled()
+                    due = -math.inf
         finally:
             head = next(iter(waiters)) is waiter
             del waiters[waiter]
@@ -1265,6 +1514,11 @@ class RateLimit(GuardShorthand):
             await admit(key, cost)
             return await inner(request)
 
+        def tune() -> None:
+            nonlocal burst
+            burst = self.burst
+
+        state.tuners.add(shared_rate_limit, tune)
         return shared_rate_limit
 
     async def _admit_shared(self, key: Hashable, cost: float) -> None:
@@ -1307,9 +1561,12 @@ class RateLimit(GuardShorthand):
         now = base_time()
         reject = self.mode == "reject"
         limit, by_deadline = (now, False) if reject else self._limit(now)
+        version = state.version
+        interval = state.interval
+        tolerance = state.tolerance
         try:
             _, wait = await shared.take(
-                key, cost, state.interval, state.tolerance, patience=limit - now
+                key, cost, interval, tolerance, patience=limit - now
             )
         except StoreError as error:
             # The time now: a failure may take the connection's timeout.
@@ -1326,12 +1583,44 @@ class RateLimit(GuardShorthand):
             return
         if reject:
             self._reject(wait, cost, "limited")
+        told = (base_time(), wait, cost, interval, tolerance)
+        if state.version != version:
+            # set_limit while it asked: its wait under the new parameters.
+            due = self._due_after_change(told)
+            if due > limit:
+                self._reject(due - now, cost, "deadline" if by_deadline else "max_wait")
+            await self._shared_queued(
+                key,
+                cost,
+                now,
+                limit,
+                by_deadline,
+                due,
+                now + wait <= limit,
+                False,
+                told,
+            )
+            return
         if now + wait > limit:
             self._reject(wait, cost, "deadline" if by_deadline else "max_wait")
         # The store gave this call a turn (wait <= patience): keep it.
         await self._shared_queued(
-            key, cost, now, limit, by_deadline, base_time() + wait, True, False
+            key, cost, now, limit, by_deadline, told[0] + wait, True, False, told
         )
+
+    def _due_after_change(self, told: _Told) -> float:
+        """When a call told to wait should ask the store, under the new parameters.
+
+        The store told it *wait* at *at* for *need* units under *interval*
+        and *tolerance*: its backlog then was ``wait + tolerance - need x
+        interval``. The same backlog under the parameters now gives the
+        new due time, with no round trip (asking the store early would
+        not help: a waiter given a turn is kept until the turn's end).
+        """
+        at, wait, need, interval, tolerance = told
+        state = self._state
+        backlog = wait + tolerance - need * interval
+        return at + backlog - (state.tolerance - need * state.interval)
 
     async def _shared_queued(
         self,
@@ -1343,6 +1632,7 @@ class RateLimit(GuardShorthand):
         due: float | None = None,
         waited: bool = False,
         counted: bool = False,
+        told: _Told | None = None,
     ) -> None:
         """Queue a call of a shared limit behind this process's calls for *key*.
 
@@ -1350,7 +1640,8 @@ class RateLimit(GuardShorthand):
         queue and refused at once if it cannot fit); otherwise the call
         comes from :meth:`_shared_direct` with its *limit*, the base time
         *due* at which to ask the store, whether the store gave it a turn
-        (*waited*), and whether it was *counted* as a fallback already.
+        (*waited*), whether it was *counted* as a fallback already, and
+        what the store *told* it (for :meth:`_due_after_change`).
         """
         state = self._state
         shared = state.shared
@@ -1358,7 +1649,6 @@ class RateLimit(GuardShorthand):
         assert shared is not None
         assert health is not None
         interval = state.interval
-        tolerance = state.tolerance
         reject = self.mode == "reject"
         lease = shared.lease
         whole = lease is not None and not reject
@@ -1382,7 +1672,7 @@ class RateLimit(GuardShorthand):
         if queue is None:
             queue = state.queues[key] = _Queue()
         waiters = queue.waiters
-        waiter = _Waiter()
+        waiter = _Waiter(cost, limit, by_deadline)
         if waiters:
             waiter.parked = new_waiter()
         waiters[waiter] = None
@@ -1394,10 +1684,16 @@ class RateLimit(GuardShorthand):
                 await waiter.parked.wait()  # until we are the head
                 # Promoted as our scope was being cancelled: take nothing.
                 await anyio.lowlevel.checkpoint_if_cancelled()
+                if waiter.refused is not None:  # by set_limit
+                    self._refuse(waiter)
                 slept = True
             queue.head_cost = cost
             while True:
                 now = base_time()
+                # The parameters are read at each turn: set_limit may change them.
+                interval = state.interval
+                if cost > self.burst:  # lowered by set_limit
+                    self._reject_cost(cost)
                 left = 0.0
                 if lease is not None:
                     left = balances.get(key, 0.0)
@@ -1409,9 +1705,29 @@ class RateLimit(GuardShorthand):
                     slept = True
                     # A jitter of up to one interval (at most 1 ms), so that
                     # waiters told the same wait do not ask at the same instant.
-                    await anyio.sleep(
-                        due - now + random.random() * min(interval, _JITTER)
-                    )
+                    with anyio.CancelScope() as nap:
+                        queue.nap = nap
+                        await anyio.sleep(
+                            due - now + random.random() * min(interval, _JITTER)
+                        )
+                    queue.nap = None
+                    if nap.cancelled_caught:
+                        # set_limit woke us (unless our own scope was
+                        # cancelled meanwhile): our due under the new
+                        # parameters, or now if we cannot tell.
+                        await anyio.lowlevel.checkpoint_if_cancelled()
+                        now = base_time()
+                        if told is None:
+                            due = None
+                        else:
+                            due = self._due_after_change(told)
+                            if due > limit:
+                                self._reject(
+                                    due - now,
+                                    cost,
+                                    "deadline" if by_deadline else "max_wait",
+                                )
+                        continue
                     now = base_time()
                 queue.due = now
                 need = cost - left
@@ -1425,6 +1741,9 @@ class RateLimit(GuardShorthand):
                         need = lease
                     else:
                         up_to = lease
+                version = state.version
+                tolerance = state.tolerance
+                told = None
                 try:
                     granted, wait = await shared.take(
                         key,
@@ -1453,6 +1772,17 @@ class RateLimit(GuardShorthand):
                     break
                 if reject:
                     self._reject(wait, cost, "limited")
+                told = (base_time(), wait, need, interval, tolerance)
+                if state.version != version:
+                    # set_limit while we asked: our due under the new
+                    # parameters (keeping a turn the store gave us).
+                    waited = waited or now + wait <= limit
+                    due = self._due_after_change(told)
+                    if due > limit:
+                        self._reject(
+                            due - now, cost, "deadline" if by_deadline else "max_wait"
+                        )
+                    continue
                 if now + wait > limit:
                     own = wait - (need - (cost - left)) * interval
                     if whole and now + own <= limit:
@@ -1460,11 +1790,11 @@ class RateLimit(GuardShorthand):
                         # gave no turn for it); the call's own share would
                         # not: ask for that (and what fits) then.
                         whole = False
-                        due, waited = base_time() + own, False
+                        due, waited, told = base_time() + own, False, None
                         continue
                     # Other processes took the capacity: the wait no longer fits.
                     self._reject(wait, cost, "deadline" if by_deadline else "max_wait")
-                due, waited = base_time() + wait, True
+                due, waited = told[0] + wait, True
         finally:
             head = next(iter(waiters)) is waiter
             del waiters[waiter]
@@ -1547,22 +1877,32 @@ class _TatCell(Protocol):
     tat: float
 
 
+class _Tuning(Protocol):
+    """The parameters of a limit in use (see _State)."""
+
+    interval: float
+    tolerance: float
+
+
 def _cell_service(
     inner: Service[Req, Res],
     cell: _TatCell,
-    interval: float,
-    slack: float,
+    limit: _Tuning,
     slow: Callable[[float], Awaitable[None]],
-) -> Service[Req, Res]:
+) -> tuple[Service[Req, Res], Callable[[], None]]:
     """The service of a RateLimit without key or cost function, in memory.
 
     One GCRA update of cost 1: admitted when the limit is idle
-    (``tat <= now``) or its lead fits in *slack* (``tau - T``); otherwise
+    (``tat <= now``) or its lead fits in the slack ``tau - T``; otherwise
     ``await slow(now)`` queues or raises. ``cell.tat`` is ``+inf`` while
     anyone waits, so nobody overtakes them. A closure: its variables are
-    cheaper to reach than an object's attributes.
+    cheaper to reach than an object's attributes. Returns the service and
+    the function that reads *limit*'s ``interval`` and ``tolerance`` into
+    the closure again (after ``set_limit``).
     """
     clock = base_time
+    interval = limit.interval
+    slack = limit.tolerance - interval
 
     async def rate_limit(request: Req, /) -> Res:
         now = clock()
@@ -1576,7 +1916,12 @@ def _cell_service(
         await slow(now)
         return await inner(request)
 
-    return rate_limit
+    def tune() -> None:
+        nonlocal interval, slack
+        interval = limit.interval
+        slack = limit.tolerance - interval
+
+    return rate_limit, tune
 
 
 @final

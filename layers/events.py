@@ -56,6 +56,7 @@ __all__ = [
     "FallbackUsed",
     "FaultInjected",
     "Level",
+    "LimitChanged",
     "PerKeyRejected",
     "RateLimitRejected",
     "RateLimitWaited",
@@ -136,6 +137,59 @@ class TimeoutElapsed(Event):
     level: ClassVar[Level] = "warning"
 
     timeout: float
+
+
+@attrs.frozen(kw_only=True)
+class LimitChanged(Event):
+    """A limit was changed while in use (``set_limit()`` of a limit layer).
+
+    Emitted by :meth:`RateLimit.set_limit <layers.RateLimit.set_limit>` and
+    :meth:`ConcurrencyLimit.set_limit <layers.ConcurrencyLimit.set_limit>`,
+    one event per parameter whose value changed (a call that changes nothing
+    emits nothing). Its :attr:`~layers.Event.kind` is the kind of the layer
+    that changed (``"rate_limit"``, ``"concurrency_limit"``).
+
+    Attributes:
+        layer_kind: The kind of the layer (the same as ``kind``).
+        parameter: The parameter that changed (``"rate"``, ``"period"``,
+            ``"burst"``, ``"max_in_flight"``).
+        old: Its value before the change.
+        new: Its value from now on.
+    """
+
+    event: ClassVar[str] = "limit_changed"
+    level: ClassVar[Level] = "info"
+
+    layer_kind: str
+    parameter: str
+    old: float
+    new: float
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]  # one class, many kinds
+        """The kind of the layer that changed (:attr:`layer_kind`)."""
+        return self.layer_kind
+
+
+def report_limit_changes(
+    layer: str, kind: str, changes: list[tuple[str, float, float]]
+) -> None:
+    """Emit a :class:`LimitChanged` per ``(parameter, old, new)`` that differ.
+
+    For the limit layers' ``set_limit``; nothing is built when nobody listens.
+    """
+    if STATE.sinks:
+        for parameter, old, new in changes:
+            if old != new:
+                emit(
+                    LimitChanged(
+                        layer=layer,
+                        layer_kind=kind,
+                        parameter=parameter,
+                        old=old,
+                        new=new,
+                    )
+                )
 
 
 class Sink(Protocol):

@@ -193,6 +193,13 @@ EVENTS: list[tuple[events.Event, str, str]] = [
         "info",
         "fault_injection",
     ),
+    (
+        events.LimitChanged(
+            layer="l", layer_kind="rate_limit", parameter="rate", old=10, new=20
+        ),
+        "info",
+        "rate_limit",
+    ),
 ]
 
 

@@ -1075,7 +1075,14 @@ async def test_events_and_statistics() -> None:
     assert waited[0].level == "debug"
     stats = limit.statistics()
     assert stats == layers.RateLimitStatistics(
-        waiting=0, waited=1, rejected=2, keys=None, table_full=0
+        waiting=0,
+        waited=1,
+        rejected=2,
+        keys=None,
+        table_full=0,
+        rate=10,
+        period=1.0,
+        burst=1,
     )
     with pytest.raises(AttributeError):
         stats.waiting = 3  # type: ignore[misc]

@@ -344,6 +344,15 @@ class RedisConcurrencyStore:
             return True, float(reply[1])
         return False, max(int(reply[1]), 1) / 1000
 
+    def use_limit(self, limit: int) -> None:
+        """Hold the permits to *limit* from now on (``ConcurrencyLimit.set_limit``).
+
+        Each :meth:`acquire` passes the limit too; this tells the renewal
+        (which takes a lost permit again only if fewer than *limit* are
+        held) before the next acquire.
+        """
+        self._limit = limit
+
     async def release(self, permit: str) -> None:
         """Give *permit* back now and announce it (never raises).
 
