@@ -267,8 +267,9 @@ async def test_parallel_mode_sends_every_copy_at_once() -> None:
         assert await hedge.layer(inner)("r") == "c"
     assert inner.started == [0.0, 0.0, 0.0]
     assert anyio.current_time() == 1.0
-    assert seen[0].attempt == 3
+    assert seen[0].attempt in {2, 3}  # trio starts the hedges in any order
     assert seen[0].copies == 3
+    assert hedge.statistics().hedge_wins == 1
     assert inner.cancelled == 2
 
 
