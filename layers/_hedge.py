@@ -468,9 +468,9 @@ class _Run(Generic[Res]):
         self.start = now()
         async with anyio.create_task_group() as group:
             self.group = group
-            if delay > 0:
+            if delay > 0 or self.config.window is not None:
                 group.start_soon(self.launch, delay)
-            else:  # parallel mode: every copy at once
+            else:  # parallel mode (delay=0): every copy at once
                 while self.send():
                     pass
             self.running += 1
