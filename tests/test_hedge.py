@@ -213,6 +213,57 @@ async def test_caller_cancelled_cancels_every_copy() -> None:
     assert len(inner.started) == 3  # no timer left to send more
 
 
+@pytest.mark.parametrize("at", [0.0, 0.3, 1.0, 1.2, 2.0, 2.05, 3.0])
+async def test_caller_cancelled_at_any_point_leaves_nothing(at: float) -> None:
+    """Cancelled before, at or between the sends and the failures: nothing runs on."""
+    inner = Copies((1.2, ConnectionError("a")), (10.0, "b"), (10.0, "c"))
+    svc = layers.Hedge(delay=1.0, max_hedges=2).layer(inner)
+    with anyio.move_on_after(at) as scope:
+        await svc("r")
+    assert scope.cancelled_caught
+    assert inner.running == 0
+    sent = len(inner.started)
+    await anyio.sleep(100)
+    assert len(inner.started) == sent  # nothing sends later
+
+
+async def test_many_concurrent_calls() -> None:
+    """200 callers at once through one Hedge: every answer right, nothing left over."""
+    running = 0
+
+    async def inner(request: int) -> int:
+        nonlocal running
+        running += 1
+        try:
+            await anyio.sleep(5.0 if request % 2 else 0.1)
+        finally:
+            running -= 1
+        return request
+
+    seen: dict[int, int] = {}
+
+    async def numbered(request: int) -> int:
+        seen[request] = seen.get(request, 0) + 1
+        # a hedge of an odd request is fast
+        return await inner(request if seen[request] == 1 else 0) or request
+
+    hedge = layers.Hedge(delay=0.5, budget=None)
+    svc = hedge.layer(numbered)
+    answers: dict[int, int] = {}
+
+    async def call(n: int) -> None:
+        answers[n] = await svc(n)
+
+    async with anyio.create_task_group() as group:
+        for n in range(200):
+            group.start_soon(call, n)
+    assert answers == {n: n for n in range(200)}
+    assert running == 0
+    stats = hedge.statistics()
+    assert (stats.calls, stats.hedges, stats.hedge_wins) == (200, 100, 100)
+    assert anyio.current_time() == pytest.approx(0.6)
+
+
 async def test_an_empty_budget_sends_no_hedge() -> None:
     """Hedges withdraw from the retry budget; empty, none is sent (an event)."""
     budget = layers.RetryBudget(min_per_second=0, ratio=0.5)
