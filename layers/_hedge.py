@@ -396,12 +396,8 @@ class Hedge:
 
         async def hedge(request: Req, /) -> Res:
             counts.calls += 1
-            if state is not None:  # the budget's deposit (BudgetState.deposit), inlined
-                left = state.left
-                if left:
-                    state.left = left - 1
-                else:
-                    state.deposit_and_read()
+            if state is not None:
+                state.deposit()
             if safe is not None and not safe(request):
                 return await inner(request)
             delay = fixed if window is None else window.read(now())
