@@ -159,7 +159,7 @@ def make_cases(backend: str) -> dict[str, Case]:
         # answered before the delay: a task group and the timer task, cancelled
         "anyio task group + timer task": task_group_timer,
         "Hedge(delay=1)": layers.Hedge(delay=1).layer(f),
-        "Hedge(percentile=0.95)": layers.Hedge(percentile=0.95, delay=1).layer(f),
+        "Hedge(quantile=0.95)": layers.Hedge(quantile=0.95, delay=1).layer(f),
         # a request that is not safe to send twice: passed through
         "Hedge(safe=False)": layers.Hedge(delay=1, safe=lambda r: False).layer(f),
         # switched off (one attribute read), and on at rate 0 (one draw)

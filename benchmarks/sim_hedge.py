@@ -8,7 +8,7 @@ A model downstream answers in 10 ms +- 20 % (uniform), and 1 % of calls
 (chosen at random, exactly 1 % of the original requests; a hedged copy is
 slow with probability 1 %) take 20x as long. A client calls it
 sequentially, ``--calls`` times, once plain and once through
-``Hedge(percentile=0.95)`` (one hedge, the default budget). Printed: the
+``Hedge(quantile=0.95)`` (one hedge, the default budget). Printed: the
 client's p50, p99 and p99.9 latency each way, how many times p99 fell, and
 the extra calls hedging sent. The p-th percentile is the latency that the
 slowest ``1 - p`` of calls reach (the ``ceil((1 - p) x n)``-th slowest).
@@ -80,7 +80,7 @@ async def simulate(*, hedged: bool, calls: int = 5000, seed: int = 1) -> Result:
 
     svc: layers.Service[int, int] = service
     if hedged:
-        svc = layers.Hedge(percentile=0.95).layer(service)
+        svc = layers.Hedge(quantile=0.95).layer(service)
     latencies: list[float] = []
     for number in range(calls):
         start = anyio.current_time()

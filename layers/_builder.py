@@ -206,7 +206,7 @@ class HedgeOptions(TypedDict, total=False):
     """
 
     delay: float | None
-    percentile: float | None
+    quantile: float | None
     max_hedges: int
     min_samples: int
     period: float
@@ -835,7 +835,7 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
         The layer (its latency window and its budget) is made now and
         shared by every service built from this builder::
 
-            builder.hedge(percentile=0.95, max_hedges=1)
+            builder.hedge(quantile=0.95, max_hedges=1)
         """
         return self._add(Hedge(**options))
 

@@ -14,7 +14,7 @@ sent has failed.
 
 The latency window
 ------------------
-With ``percentile=``, the delay is a percentile of recent latencies, kept
+With ``quantile=``, the delay is a quantile (percentile) of recent latencies, kept
 as tower keeps them: samples go into the current window; every ``period``
 seconds the windows rotate, and the delay for the next period is computed
 once, from the window that just closed (never from a half-filled one), and
@@ -150,16 +150,16 @@ class _Window:
         "delay",
         "fallback",
         "min_samples",
-        "percentile",
         "period",
+        "quantile",
         "rotate_at",
     )
 
     def __init__(
-        self, percentile: float, period: float, min_samples: int, fallback: float | None
+        self, quantile: float, period: float, min_samples: int, fallback: float | None
     ) -> None:
         self.current: list[float] = []
-        self.percentile = percentile
+        self.quantile = quantile
         self.period = period
         self.min_samples = min_samples
         self.fallback = fallback
@@ -184,7 +184,7 @@ class _Window:
             self.rotate_at = now + period
         if samples and len(samples) >= self.min_samples:
             samples.sort()
-            rank = math.ceil(self.percentile * len(samples))
+            rank = math.ceil(self.quantile * len(samples))
             self.delay = samples[max(rank, 1) - 1]
         else:
             self.delay = self.fallback
@@ -199,7 +199,7 @@ class _Window:
 _delay = finite_number(
     "None or a finite number of seconds >= 0", lambda v: v >= 0, optional=True
 )
-_percentile = finite_number(
+_quantile = finite_number(
     "None or a fraction strictly between 0 and 1 (0.95 is the 95th percentile)",
     lambda v: 0 < v < 1,
     optional=True,
@@ -235,7 +235,7 @@ class Hedge:
 
     * fixed: ``delay=0.05``; ``delay=0`` is *parallel mode*: every copy is
       sent at once;
-    * or ``percentile=0.95``: the 95th percentile of the latencies measured
+    * or ``quantile=0.95``: the 95th percentile of the latencies measured
       over the last *period* (tower's rotating windows: the delay for the
       next *period* seconds is computed once, when the window closes).
       Until a window has *min_samples* samples no hedge is sent, or, if
@@ -245,7 +245,7 @@ class Hedge:
       ran. It would have taken at least that long, so the slow calls that
       hedging hides stay in the window and the percentile does not drift
       down (a sample above the delay cannot move a percentile below it),
-      and about ``1 - percentile`` of calls are hedged. Failures and
+      and about ``1 - quantile`` of calls are hedged. Failures and
       cancelled calls give none. The first 10,000 samples of each period
       are kept.
 
@@ -287,9 +287,9 @@ class Hedge:
 
     Args:
         delay: Seconds to wait before each hedge, >= 0 (``0``: parallel
-            mode), or ``None`` (default) with *percentile*.
-        percentile: A fraction in (0, 1): hedge after that percentile of
-            recent latencies, or ``None``.
+            mode), or ``None`` (default) with *quantile*.
+        quantile: A fraction in (0, 1): hedge after that quantile of recent
+            latencies (0.95: the 95th percentile), or ``None``.
         max_hedges: The most extra copies per call, an integer >= 1
             (default 1).
         min_samples: Samples a window needs before its percentile is used
@@ -301,7 +301,7 @@ class Hedge:
 
     Raises:
         layers.ConfigurationError: At construction: neither *delay* nor
-            *percentile* given, or a bad value.
+            *quantile* given, or a bad value.
 
     Example:
         >>> import anyio, layers
@@ -316,8 +316,8 @@ class Hedge:
     """
 
     delay: float | None = attrs.field(default=None, kw_only=True, validator=_delay)
-    percentile: float | None = attrs.field(
-        default=None, kw_only=True, validator=_percentile
+    quantile: float | None = attrs.field(
+        default=None, kw_only=True, validator=_quantile
     )
     max_hedges: int = attrs.field(default=1, kw_only=True, validator=_max_hedges)
     min_samples: int = attrs.field(default=20, kw_only=True, validator=_min_samples)
@@ -336,8 +336,8 @@ class Hedge:
         default=attrs.Factory(
             lambda self: (
                 None
-                if self.percentile is None
-                else _Window(self.percentile, self.period, self.min_samples, self.delay)
+                if self.quantile is None
+                else _Window(self.quantile, self.period, self.min_samples, self.delay)
             ),
             takes_self=True,
         ),
@@ -346,10 +346,10 @@ class Hedge:
     """The kind of layer, for events and metrics (:class:`~layers.Observable`)."""
 
     def __attrs_post_init__(self) -> None:
-        if self.delay is None and self.percentile is None:
+        if self.delay is None and self.quantile is None:
             raise ConfigurationError(
-                "Hedge(delay=None, percentile=None): give delay (seconds, 0 for "
-                "parallel mode) or percentile (0.95: the 95th percentile of "
+                "Hedge(delay=None, quantile=None): give delay (seconds, 0 for "
+                "parallel mode) or quantile (0.95: the 95th percentile of "
                 "recent latencies), or both"
             )
 

@@ -99,7 +99,7 @@ async def test_percentile_delay_after_min_samples() -> None:
     latencies = [0.01 * i for i in range(1, 21)]  # 0.01 .. 0.20
     plan = [(s, "ok") for s in latencies]
     inner = Copies(*plan, (5.0, "slow"), (0.01, "hedge"))
-    hedge = layers.Hedge(percentile=0.9, min_samples=20, period=10.0)
+    hedge = layers.Hedge(quantile=0.9, min_samples=20, period=10.0)
     svc = hedge.layer(inner)
     for _ in range(20):  # the first window fills; no hedging meanwhile
         assert await svc("r") == "ok"
@@ -112,16 +112,16 @@ async def test_percentile_delay_after_min_samples() -> None:
 
 
 async def test_percentile_uses_the_fixed_delay_until_min_samples() -> None:
-    """With delay= and percentile= both given, delay serves until the window is full."""
+    """With delay= and quantile= both given, delay serves until the window is full."""
     inner = Copies((5.0, "slow"), (0.1, "hedge"))
-    hedge = layers.Hedge(percentile=0.95, delay=0.3)
+    hedge = layers.Hedge(quantile=0.95, delay=0.3)
     assert await hedge.layer(inner)("r") == "hedge"
     assert inner.started == [0.0, 0.3]
 
 
 async def test_a_window_without_enough_samples_stops_hedging() -> None:
     """A closed window under min_samples gives no percentile (nor a stale one)."""
-    hedge = layers.Hedge(percentile=0.5, min_samples=3, period=1.0)
+    hedge = layers.Hedge(quantile=0.5, min_samples=3, period=1.0)
     svc = hedge.layer(Copies((0.1, "ok")))
     for _ in range(3):
         await svc("r")
@@ -341,11 +341,11 @@ async def test_builder_shares_one_layer() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({}, "Hedge(delay=None, percentile=None): give delay"),
+        ({}, "Hedge(delay=None, quantile=None): give delay"),
         ({"delay": -1}, "Hedge(delay=-1): delay must be"),
         ({"delay": float("nan")}, "Hedge(delay=nan)"),
-        ({"percentile": 1.0}, "Hedge(percentile=1.0): percentile must be"),
-        ({"percentile": 0}, "Hedge(percentile=0)"),
+        ({"quantile": 1.0}, "Hedge(quantile=1.0): quantile must be"),
+        ({"quantile": 0}, "Hedge(quantile=0)"),
         ({"delay": 1, "max_hedges": 0}, "Hedge(max_hedges=0): max_hedges must be"),
         ({"delay": 1, "min_samples": 0}, "Hedge(min_samples=0)"),
         ({"delay": 1, "period": 0}, "Hedge(period=0): period must be"),
