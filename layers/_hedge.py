@@ -32,7 +32,7 @@ import anyio.abc
 import attrs
 
 from . import _backend, events
-from ._budget import RetryBudget
+from ._budget import RetryBudget, budget_or_none
 from ._config import callable_or_none, finite_number, int_at_least, name_value
 from ._core import Service, mark_built
 from ._deadline import DEADLINE
@@ -210,14 +210,6 @@ _min_samples = int_at_least(1, "an integer >= 1")
 _safe = callable_or_none("None (every request) or a predicate safe(request) -> bool")
 
 
-def _budget(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and not isinstance(value, RetryBudget):
-        raise ConfigurationError(
-            f"Hedge(budget={value!r}): budget must be a RetryBudget or None "
-            f"(no budget), got {value!r}"
-        )
-
-
 @final
 @attrs.frozen(eq=False)
 class Hedge:
@@ -326,7 +318,7 @@ class Hedge:
         default=None, kw_only=True, validator=_safe
     )
     budget: RetryBudget | None = attrs.field(
-        factory=RetryBudget, kw_only=True, validator=_budget
+        factory=RetryBudget, kw_only=True, validator=budget_or_none
     )
     name: str = attrs.field(default="hedge", kw_only=True, validator=name_value)
     _counts: _Counts = attrs.field(init=False, factory=_Counts, repr=False)
