@@ -107,6 +107,15 @@ def make_cases(backend: str) -> dict[str, Case]:
         with anyio.fail_after(10):
             return await f(x)
 
+    async def task_group_timer(x: Any) -> Any:
+        # the floor of Hedge's success path: a task group, one timer task,
+        # cancelled when the call answers
+        async with anyio.create_task_group() as group:
+            group.start_soon(anyio.sleep, 1)
+            result = await f(x)
+            group.cancel_scope.cancel()
+        return result
+
     cases: dict[str, Case] = {
         "bare await f(x)": f,
         "plain wrapper coroutine": wrapper,
@@ -147,6 +156,12 @@ def make_cases(backend: str) -> dict[str, Case]:
         "Fallback(value, on=...)": layers.Fallback(None, on=ConnectionError).layer(f),
         # every call alone: a shared call of its own, in a task of its own
         "Coalesce()": layers.Coalesce().layer(f),
+        # answered before the delay: a task group and the timer task, cancelled
+        "anyio task group + timer task": task_group_timer,
+        "Hedge(delay=1)": layers.Hedge(delay=1).layer(f),
+        "Hedge(quantile=0.95)": layers.Hedge(quantile=0.95, delay=1).layer(f),
+        # a request that is not safe to send twice: passed through
+        "Hedge(safe=False)": layers.Hedge(delay=1, safe=lambda r: False).layer(f),
         # switched off (one attribute read), and on at rate 0 (one draw)
         "InjectError(disabled)": layers.InjectError(
             ConnectionError, enabled=False

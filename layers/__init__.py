@@ -24,7 +24,13 @@ from ._breaker import (
     MemoryBreakerStore,
 )
 from ._budget import RetryBudget, RetryBudgetStatistics
-from ._builder import InjectionOptions, RetryOptions, ServiceBuilder, Unchanged
+from ._builder import (
+    HedgeOptions,
+    InjectionOptions,
+    RetryOptions,
+    ServiceBuilder,
+    Unchanged,
+)
 from ._chaos import InjectError, InjectionStatistics, InjectLatency, InjectResult
 from ._coalesce import Coalesce, CoalesceStatistics
 from ._concurrency import (
@@ -62,6 +68,7 @@ from ._errors import (
     StoreUnavailable,
 )
 from ._fallback import Fallback, FallbackStatistics, Outcome
+from ._hedge import Hedge, HedgeStatistics
 from ._observable import Observable, Observation
 from ._per_key import KeyTableFull, PerKey, PerKeyStatistics
 from ._public import publish as _publish
@@ -135,6 +142,9 @@ __all__ = [
     "HealthChecks",
     "HealthReport",
     "HealthStatus",
+    "Hedge",
+    "HedgeOptions",
+    "HedgeStatistics",
     "Identity",
     "InjectError",
     "InjectLatency",

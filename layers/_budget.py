@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Final, final
+from typing import Any, Final, final
 
 import attrs
 
 from . import _backend
-from ._config import finite_number, name_value
+from ._config import fail, finite_number, name_value
 from ._observable import HealthStatus, Observation
 
-__all__ = ["RetryBudget", "RetryBudgetStatistics"]
+__all__ = ["RetryBudget", "RetryBudgetStatistics", "budget_or_none"]
 
 SLOTS: Final = 10
 """The window is kept in this many slots of ``ttl / SLOTS`` seconds."""
@@ -304,3 +304,11 @@ class RetryBudget:
             status=HealthStatus.DEGRADED if exhausted else HealthStatus.HEALTHY,
             figures={"deposits": deposits, "retries": retries, "available": available},
         )
+
+
+def budget_or_none(
+    instance: object, attribute: attrs.Attribute[Any], value: object
+) -> None:
+    """Accept a :class:`RetryBudget` or ``None`` (the ``budget=`` of Retry, Hedge)."""
+    if value is not None and not isinstance(value, RetryBudget):
+        fail(instance, attribute, value, "a RetryBudget or None (no budget)")

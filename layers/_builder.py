@@ -104,6 +104,7 @@ from ._core import (
 )
 from ._errors import ConfigurationError
 from ._fallback import NO_VALUE, Fallback, Outcome
+from ._hedge import Hedge
 from ._ratelimit import Mode, RateLimit, RateLimitStore, SharedRateLimitStore
 from ._retry import Retry
 from ._timeout import Timeout
@@ -122,7 +123,13 @@ if sys.version_info >= (3, 13):
 else:
     from typing_extensions import TypeVar
 
-__all__ = ["InjectionOptions", "RetryOptions", "ServiceBuilder", "Unchanged"]
+__all__ = [
+    "HedgeOptions",
+    "InjectionOptions",
+    "RetryOptions",
+    "ServiceBuilder",
+    "Unchanged",
+]
 
 
 @final
@@ -187,6 +194,24 @@ class RetryOptions(TypedDict, total=False):
     retry_after: Callable[[Any], float | None] | None
     on_result: Callable[[Any], bool] | None
     prepare: Callable[[Any, int], Any] | None
+    name: str
+
+
+class HedgeOptions(TypedDict, total=False):
+    """The keyword options of :class:`~layers.Hedge`, as a typed dict.
+
+    :meth:`ServiceBuilder.hedge <layers.ServiceBuilder.hedge>` takes them
+    (``**options``); an option left out has the layer's own default (a new
+    :class:`~layers.RetryBudget`...).
+    """
+
+    delay: float | None
+    quantile: float | None
+    max_hedges: int
+    min_samples: int
+    period: float
+    safe: Callable[[Any], bool] | None
+    budget: RetryBudget | None
     name: str
 
 
@@ -801,6 +826,18 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
         service built from this builder shares its calls in flight.
         """
         return self._add(Coalesce(key=key, max_keys=max_keys, name=name))
+
+    def hedge(
+        self, **options: Unpack[HedgeOptions]
+    ) -> ServiceBuilder[InReq, InRes, OutReq, OutRes]:
+        """Add a new :class:`~layers.Hedge`; the options are the layer's.
+
+        The layer (its latency window and its budget) is made now and
+        shared by every service built from this builder::
+
+            builder.hedge(quantile=0.95, max_hedges=1)
+        """
+        return self._add(Hedge(**options))
 
     def inject_error(
         self,

@@ -22,11 +22,10 @@ from ._backoff import (
     check_delay,
     to_backoff,
 )
-from ._budget import BudgetState, RetryBudget
+from ._budget import BudgetState, RetryBudget, budget_or_none
 from ._classify import Classification, classification, matcher
 from ._config import (
     callable_or_none,
-    fail,
     int_at_least,
     name_value,
     optional_positive_seconds,
@@ -197,11 +196,6 @@ _optional_positive = optional_positive_seconds
 _optional_callable = callable_or_none("None or callable")
 
 
-def _budget(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and not isinstance(value, RetryBudget):
-        fail(instance, attribute, value, "a RetryBudget or None (no budget)")
-
-
 def _to_backoff(value: BackoffSpec) -> Backoff:
     return to_backoff("Retry", value)
 
@@ -360,7 +354,7 @@ class Retry:
         default=attrs.Factory(ExponentialBackoff), kw_only=True, converter=_to_backoff
     )
     budget: RetryBudget | None = attrs.field(
-        factory=RetryBudget, kw_only=True, validator=_budget
+        factory=RetryBudget, kw_only=True, validator=budget_or_none
     )
     max_delay: float | None = attrs.field(
         default=None, kw_only=True, validator=_optional_positive

@@ -55,6 +55,9 @@ __all__ = [
     "Event",
     "FallbackUsed",
     "FaultInjected",
+    "HedgeRefused",
+    "HedgeSent",
+    "HedgeWon",
     "Level",
     "LimitChanged",
     "PerKeyRejected",
@@ -396,6 +399,7 @@ from ._coalesce import CoalesceAbandoned, CoalesceBypassed  # noqa: E402
 from ._concurrency import ConcurrencyLimitRejected  # noqa: E402
 from ._drain import DrainRejected, DrainStarted  # noqa: E402
 from ._fallback import FallbackUsed  # noqa: E402
+from ._hedge import HedgeRefused, HedgeSent, HedgeWon  # noqa: E402
 from ._per_key import PerKeyRejected  # noqa: E402
 from ._public import publish  # noqa: E402
 from ._ratelimit import RateLimitRejected, RateLimitWaited  # noqa: E402

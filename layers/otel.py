@@ -12,8 +12,9 @@ Three parts, each opt-in:
   up on by reason (``layers.retry.stops``), rejections by reason
   (``layers.rejections``), circuit breaker transitions
   (``layers.circuit_breaker.transitions``), timeouts (``layers.timeouts``),
-  fallbacks (``layers.fallbacks``) and injected faults
-  (``layers.faults.injected``).
+  fallbacks (``layers.fallbacks``), injected faults
+  (``layers.faults.injected``), hedges sent or refused (``layers.hedges``)
+  and hedged calls by winning attempt (``layers.hedge.wins``).
   Events are only emitted off the success path, so this adds nothing to a
   successful call.
 * :class:`Instrumented` is a layer that measures each call through it: the
@@ -50,6 +51,7 @@ from ._core import Service
 from ._errors import ConfigurationError, Elapsed, Rejected, type_name
 from ._failures import split_failure
 from ._fallback import FallbackUsed
+from ._hedge import HedgeRefused, HedgeSent, HedgeWon
 from ._observable import Observable, Observation, is_metric_name
 from ._public import publish as _publish
 from ._ratelimit import RateLimitRejected
@@ -101,6 +103,8 @@ _TO_STATE: Final = "layers.circuit_breaker.to_state"
 _TRANSITION_REASON: Final = "layers.circuit_breaker.reason"
 _FALLBACK_REASON: Final = "layers.fallback.reason"
 _FAULT: Final = "layers.fault.kind"
+_HEDGE: Final = "layers.hedge.outcome"
+_HEDGE_ATTEMPT: Final = "layers.hedge.attempt"
 
 # Bucket boundaries for call durations in seconds, as OpenTelemetry's HTTP
 # semantic conventions advise (5 ms to 10 s).
@@ -154,6 +158,8 @@ class OtelMetrics:
         "_events",
         "_fallbacks",
         "_faults",
+        "_hedge_wins",
+        "_hedges",
         "_observed",
         "_rejections",
         "_retries",
@@ -210,6 +216,16 @@ class OtelMetrics:
             "layers.faults.injected",
             unit="{fault}",
             description="Faults injected by the fault injection layers.",
+        )
+        self._hedges = meter.create_counter(
+            "layers.hedges",
+            unit="{hedge}",
+            description="Hedges a Hedge sent (sent) or did not (budget, deadline).",
+        )
+        self._hedge_wins = meter.create_counter(
+            "layers.hedge.wins",
+            unit="{call}",
+            description="Hedged calls that succeeded, by the attempt that won.",
         )
         self._calls = meter.create_counter(
             "layers.calls",
@@ -282,6 +298,12 @@ class OtelMetrics:
             return self._on_fallback
         if issubclass(kind, FaultInjected):
             return self._on_fault
+        if issubclass(kind, HedgeSent):
+            return self._on_hedge_sent
+        if issubclass(kind, HedgeRefused):
+            return self._on_hedge_refused
+        if issubclass(kind, HedgeWon):
+            return self._on_hedge_won
         return _ignore
 
     def _on_retry(self, event: RetryAttemptFailed) -> None:
@@ -340,6 +362,19 @@ class OtelMetrics:
         if event.error is not None:
             attributes[ATTRIBUTE_ERROR_TYPE] = event.error
         self._fallbacks.add(1, attributes)
+
+    def _on_hedge_sent(self, event: HedgeSent) -> None:
+        self._hedges.add(1, {ATTRIBUTE_LAYER_NAME: event.layer, _HEDGE: "sent"})
+
+    def _on_hedge_refused(self, event: HedgeRefused) -> None:
+        self._hedges.add(1, {ATTRIBUTE_LAYER_NAME: event.layer, _HEDGE: event.reason})
+
+    def _on_hedge_won(self, event: HedgeWon) -> None:
+        attributes: dict[str, str | int] = {
+            ATTRIBUTE_LAYER_NAME: event.layer,
+            _HEDGE_ATTEMPT: event.attempt,
+        }
+        self._hedge_wins.add(1, attributes)
 
     def _on_fault(self, event: FaultInjected) -> None:
         attributes = {ATTRIBUTE_LAYER_NAME: event.layer, _FAULT: event.fault}

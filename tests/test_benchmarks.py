@@ -65,6 +65,18 @@ def test_bench_core_runs_every_case() -> None:
     assert "five layers, decorated" in trio.stdout
 
 
+def test_sim_hedge_prints_the_figure() -> None:
+    """sim_hedge.py runs on virtual time and prints the hedging figure."""
+    for backend in ("trio", "asyncio"):
+        result = run_bench(
+            *("--calls", "400", "--backend", backend),
+            script=BENCHMARKS / "sim_hedge.py",
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "p99" in result.stdout
+        assert "x lower with" in result.stdout
+
+
 def test_bench_redis_help() -> None:
     """bench_redis.py --help names its parts."""
     pytest.importorskip("coredis")

@@ -373,6 +373,7 @@ LAYER_METHODS: dict[str, tuple[type, bool]] = {
     "filter": (layers.Filter, False),
     "fallback": (layers.Fallback, False),
     "coalesce": (layers.Coalesce, True),
+    "hedge": (layers.Hedge, True),
     "inject_error": (layers.InjectError, True),
     "inject_latency": (layers.InjectLatency, True),
     "inject_result": (layers.InjectResult, False),

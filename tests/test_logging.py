@@ -186,6 +186,9 @@ EVENTS: list[tuple[events.Event, str, str]] = [
         "warning",
         "fallback",
     ),
+    (events.HedgeSent(layer="l", attempt=2, after=0.05), "info", "hedge"),
+    (events.HedgeWon(layer="l", attempt=2, copies=2), "info", "hedge"),
+    (events.HedgeRefused(layer="l", reason="budget"), "info", "hedge"),
     (events.CoalesceAbandoned(layer="l", callers=3), "info", "coalesce"),
     (events.CoalesceBypassed(layer="l", max_keys=10), "info", "coalesce"),
     (

@@ -351,6 +351,34 @@ async def test_fallbacks_and_injected_faults_are_counted(
     )
 
 
+async def test_hedges_are_counted(
+    metrics: OtelMetrics, reader: InMemoryMetricReader
+) -> None:
+    """Hedges sent and refused move layers.hedges; a win layers.hedge.wins."""
+    seen = 0
+
+    async def first_slow(request: int) -> int:
+        nonlocal seen
+        seen += 1
+        await anyio.sleep(5 if seen == 1 else 0.1)
+        return seen
+
+    svc = layers.Hedge(delay=1, name="h").layer(first_slow)
+    assert await svc(1) == 2
+    empty = layers.RetryBudget(min_per_second=0, ratio=0)
+    refusing = layers.Hedge(delay=1, budget=empty, name="r").layer(first_slow)
+    seen = 0
+    assert await refusing(1) == 1
+    data = read(reader)
+    hedges = "layers.hedges"
+    sent = value(data, hedges, layers__layer__name="h", layers__hedge__outcome="sent")
+    assert sent == 1
+    refused = value(data, hedges, layers__layer__name="r")
+    assert refused == 1
+    assert value(data, hedges, layers__hedge__outcome="budget") == 1
+    assert value(data, "layers.hedge.wins", layers__hedge__attempt=2) == 1
+
+
 async def test_rate_limit_waiting_gauge(
     metrics: OtelMetrics, reader: InMemoryMetricReader
 ) -> None:

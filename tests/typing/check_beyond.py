@@ -64,3 +64,11 @@ assert_type(
     Service[int, str],
 )
 layers.InjectResult(0).layer(fetch)  # type: ignore[arg-type]
+
+# Hedge keeps the types; its options are typed.
+assert_type(layers.Hedge(delay=0.05).layer(fetch), Service[int, str])
+assert_type(
+    ServiceBuilder().hedge(quantile=0.95, safe=lambda r: True).service(fetch),
+    Service[int, str],
+)
+ServiceBuilder().hedge(delay="1")  # type: ignore[arg-type]
