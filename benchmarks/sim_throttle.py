@@ -24,6 +24,7 @@ few windows (see the layer's docs). tests/test_throttle.py runs
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 from typing import final
@@ -110,13 +111,14 @@ async def simulate(
     while now < end:
         if now >= measure_from and now < heal_at:
             offered_calls += 1
-        try:
+        with contextlib.suppress(Refused, layers.Throttled):
             await service(now)
-        except (Refused, layers.Throttled):
-            pass
-        if now >= heal_at and recovered is None:
-            if throttle.statistics().reject_probability == 0.0:
-                recovered = now - heal_at
+        if (
+            now >= heal_at
+            and recovered is None
+            and throttle.statistics().reject_probability == 0.0
+        ):
+            recovered = now - heal_at
         await anyio.sleep(gap)
         now = anyio.current_time()
     return Figures(

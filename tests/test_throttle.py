@@ -15,7 +15,7 @@ from layers.events import AdaptiveThrottleRejected
 from layers.testing import capture_events
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-from sim_throttle import describe, simulate  # noqa: E402
+from sim_throttle import describe, simulate
 
 pytestmark = pytest.mark.anyio
 
@@ -112,10 +112,13 @@ async def test_refusal_never_calls_the_inner_service() -> None:
     assert calls + throttled == 300
     assert len(seen) == throttled == throttle.statistics().rejected
     assert all(0 < event.reject_probability < 1 for event in seen)
-    with pytest.raises(layers.Throttled) as caught:
-        for i in range(100):
+    errors: list[Exception] = []
+    for i in range(100):
+        try:
             await svc(i)
-    error = caught.value
+        except layers.Throttled as error:
+            errors.append(error)
+    error = errors[0]
     assert isinstance(error, layers.Rejected)
     assert (error.reason, error.layer, error.retry_after) == ("throttled", "api", None)
     assert "adaptive throttle 'api'" in str(error)
@@ -133,7 +136,7 @@ async def test_the_sre_bound_holds_while_the_downstream_refuses_most() -> None:
 
 
 async def test_full_traffic_returns_within_one_window_after_healing() -> None:
-    """Once the downstream accepts again, the throttle refuses nothing within a window."""
+    """Once the downstream accepts again, nothing is refused within a window."""
     figures = await simulate(
         offered=40, capacity=10, window=20, overload=3, after=2, seed=2
     )
@@ -260,7 +263,7 @@ async def test_builder_method_and_shared_state() -> None:
     first, second = builder.service(busy), builder.service(busy)
     await drive(first, 100)
     assert await drive(second, 100) > 80
-    (throttle,) = [each for each in layers.layers_of(first)]
+    (throttle,) = list(layers.layers_of(first))
     assert isinstance(throttle, layers.AdaptiveThrottle)
     observed = throttle.observe()
     assert observed.rejected == throttle.statistics().rejected > 0
