@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
 from pathlib import Path
@@ -294,3 +295,31 @@ def test_bad_configuration_is_named(options: dict[str, Any], named: str) -> None
     message = str(caught.value)
     assert message.startswith("AdaptiveThrottle("), message
     assert named in message, message
+
+
+async def test_many_concurrent_callers() -> None:
+    """Concurrent calls are each counted once, when they end."""
+    done = 0
+
+    async def slow(request: int) -> int:
+        nonlocal done
+        await anyio.sleep(1)
+        done += 1
+        if request % 4:
+            raise Busy
+        return request
+
+    throttle = layers.AdaptiveThrottle(min_requests=0, seed=4)
+    svc = throttle.layer(slow)
+
+    async def call(i: int) -> None:
+        with contextlib.suppress(Busy, layers.Throttled):
+            await svc(i)
+
+    async with anyio.create_task_group() as group:
+        for i in range(200):
+            group.start_soon(call, i)
+    stats = throttle.statistics()
+    # none had ended when each started: none was refused
+    assert (done, stats.requests, stats.accepts, stats.rejected) == (200, 200, 50, 0)
+    assert stats.reject_probability == pytest.approx((200 - 2 * 50) / 201)
