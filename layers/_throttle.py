@@ -17,6 +17,7 @@ window holds no failure, ``p`` is 0 and a call draws nothing.
 
 from __future__ import annotations
 
+import math
 import random as _random
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal, NoReturn, TypeVar, final
@@ -96,7 +97,7 @@ def _probability(requests: int, accepts: int, multiplier: float, floor: int) -> 
 
 @final
 class _State:
-    __slots__ = ("matches", "rejected", "window")
+    __slots__ = ("clean_until", "matches", "rejected", "window")
 
     def __init__(
         self, window: _TimeWindow, matches: Callable[[Exception], bool]
@@ -104,6 +105,9 @@ class _State:
         self.window = window
         self.matches = matches
         self.rejected = 0
+        # Until when a call needs no look at the window: the current
+        # bucket's end while the window holds no refusal, else -inf.
+        self.clean_until = -math.inf
 
 
 _on = classification("counted")
@@ -279,51 +283,76 @@ class AdaptiveThrottle:
 
     def layer(self, inner: Service[Req, Res], /) -> Service[Req, Res]:
         """Wrap *inner*: calls are refused locally at the current probability."""
-        window = self._state.window
-        admit = self._admit
+        state = self._state
+        window = state.window
+        check = self._check
         refused = self._on_error
         on_result = self.on_result
+        # The success path: while the window holds no refusal and the clock
+        # is inside its current bucket (now < state.clean_until), a call
+        # reads the clock once and counts its accept in the current bucket.
 
         if on_result is None:
 
             async def adaptive_throttle(request: Req, /) -> Res:
                 now = base_time()
-                if now >= window.bucket_end:
-                    window.rotate(now)
-                if window.old_failures or window.cur_failures:
-                    admit(now)
+                if now >= state.clean_until:
+                    check(now)
                 try:
                     response = await inner(request)
                 except Exception as error:
                     refused(error, now)
                     raise
-                window.add(0, now)
+                window.cur_calls += 1  # an accept, in its start's bucket
                 return response
 
             return mark_built(adaptive_throttle, self, inner)
 
+        record = self._record_refusal
+
         async def adaptive_throttle_on_result(request: Req, /) -> Res:
             now = base_time()
-            if now >= window.bucket_end:
-                window.rotate(now)
-            if window.old_failures or window.cur_failures:
-                admit(now)
+            if now >= state.clean_until:
+                check(now)
             try:
                 response = await inner(request)
             except Exception as error:
                 refused(error, now)
                 raise
-            window.add(_FAILED if on_result(response) else 0, now)
+            if on_result(response):
+                record(now)
+            else:
+                window.cur_calls += 1
             return response
 
         return mark_built(adaptive_throttle_on_result, self, inner)
+
+    def _check(self, now: float) -> None:
+        """Off the success path: move the window to *now*, draw if it holds refusals."""
+        state = self._state
+        window = state.window
+        if now >= window.bucket_end:
+            window.rotate(now)
+        if window.old_failures or window.cur_failures:
+            state.clean_until = -math.inf
+            self._admit(now)
+        else:
+            state.clean_until = window.bucket_end
+
+    def _record_refusal(self, now: float) -> None:
+        state = self._state
+        state.window.add(_FAILED, now)
+        state.clean_until = -math.inf
 
     def _on_error(self, error: Exception, now: float) -> None:
         """Count an error of the inner service (a Rejected from inside: not at all)."""
         if isinstance(error, Rejected):
             return
         state = self._state
-        state.window.add(_FAILED if state.matches(error) else 0, now)
+        if state.matches(error):
+            self._record_refusal(now)
+        else:
+            state.window.cur_calls += 1  # the downstream answered: an accept
 
     def _admit(self, now: float) -> None:
         """Draw for a call while the window holds refusals; Throttled to refuse."""
@@ -337,7 +366,7 @@ class AdaptiveThrottle:
 
     def _refuse(self, now: float, requests: int, accepts: int, p: float) -> NoReturn:
         state = self._state
-        state.window.add(_FAILED, now)
+        self._record_refusal(now)
         state.rejected += 1
         name = self.name
         if events.STATE.sinks:
