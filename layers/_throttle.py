@@ -8,11 +8,13 @@ with the probability::
     p = max(0, (requests - multiplier * accepts) / (requests + 1))
 
 The window is the circuit breaker's time window (``layers._breaker.windows``:
-*window_buckets* buckets on the loop's clock), with each call recorded as an
-outcome code: ``0`` for an accept, ``_FAILED`` for a request that was not
-accepted (refused by the downstream, or here). So ``requests`` is the
-window's calls and ``accepts`` its calls minus its failures; while the
-window holds no failure, ``p`` is 0 and a call draws nothing.
+*window_buckets* buckets on the loop's clock): an accept adds one to the
+current bucket's calls, a request that was not accepted (refused by the
+downstream, or here) is added as a ``_FAILED`` outcome. So ``requests`` is
+the window's calls and ``accepts`` its calls minus its failures. While the
+window holds no failure, ``p`` is 0: a call reads the clock, compares it
+with one time (``clean_until``, the current bucket's end) and draws
+nothing.
 """
 
 from __future__ import annotations
