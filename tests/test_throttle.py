@@ -323,3 +323,26 @@ async def test_many_concurrent_callers() -> None:
     # none had ended when each started: none was refused
     assert (done, stats.requests, stats.accepts, stats.rejected) == (200, 200, 50, 0)
     assert stats.reject_probability == pytest.approx((200 - 2 * 50) / 201)
+
+
+async def test_accepts_leave_the_window_on_time() -> None:
+    """Accepts counted on the success path land in their own bucket and leave."""
+
+    async def ok(request: int) -> int:
+        return request
+
+    throttle = layers.AdaptiveThrottle(window=10, window_buckets=10)
+    await drive(throttle.layer(ok), 30, gap=1.0)
+    stats = throttle.statistics()
+    # one call a second: the window holds the last 9 or 10 of them
+    assert 9 <= stats.requests == stats.accepts <= 10
+
+
+async def test_recovery_from_a_total_outage_takes_several_windows() -> None:
+    """As the SRE formula does: refusals after the heal count, so recovery is slow."""
+    figures = await simulate(
+        offered=20, capacity=0, window=10, overload=3, after=10, seed=3
+    )
+    assert figures.accepted == 0
+    assert figures.recovery is not None
+    assert 2 * figures.window < figures.recovery < 8 * figures.window, describe(figures)
