@@ -33,6 +33,8 @@ The goals checked at the end come from the performance issue:
 * ``RateLimit`` (never limited) and ``ConcurrencyLimit`` (never full) each
   cost at most 4x on asyncio and trio (benchmarks/bench_limits.py measures
   them under contention and for accuracy).
+* ``AdaptiveThrottle`` (every call accepted) costs at most 4x on asyncio
+  and trio, as a time-window breaker.
 * a function decorated with ``ServiceBuilder.decorate`` costs at most 1.2x
   the same five-layer stack built as a service (``.service(f)``), on
   asyncio and trio; the same for one ``Timeout`` is reported.
@@ -167,6 +169,8 @@ def make_cases(backend: str) -> dict[str, Case]:
             ConnectionError, enabled=False
         ).layer(f),
         "InjectError(rate=0)": layers.InjectError(ConnectionError, rate=0).layer(f),
+        # every call accepted: one clock read, no draw, one window update
+        "AdaptiveThrottle()": layers.AdaptiveThrottle().layer(f),
     }
 
     # The decorator door (ServiceBuilder.decorate) against the same stack
@@ -398,6 +402,9 @@ def report(backend: str, samples: dict[str, list[float]]) -> bool:
     )
     results.append(
         check("Fallback vs bare (goal <= 4x)", ratio["Fallback(value, on=...)"], 4.0)
+    )
+    results.append(
+        check("AdaptiveThrottle vs bare (goal <= 4x)", ratio["AdaptiveThrottle()"], 4.0)
     )
     # "nothing measurable when off": a disabled injection layer costs what
     # any layer's own coroutine costs (the plain wrapper) and one attribute

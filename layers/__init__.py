@@ -66,6 +66,7 @@ from ._errors import (
     ShuttingDown,
     StoreError,
     StoreUnavailable,
+    Throttled,
 )
 from ._fallback import Fallback, FallbackStatistics, Outcome
 from ._hedge import Hedge, HedgeStatistics
@@ -90,6 +91,7 @@ from ._shutdown import (
     TaskOutcome,
     wait_for_signal,
 )
+from ._throttle import AdaptiveThrottle, AdaptiveThrottleStatistics
 from ._timeout import Timeout, TimeoutService
 from ._transforms import AndThen, Filter, MapErr, MapRequest, MapResponse
 from .events import (
@@ -108,6 +110,8 @@ except _PackageNotFoundError:  # pragma: no cover - running from a bare checkout
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "AdaptiveThrottle",
+    "AdaptiveThrottleStatistics",
     "AndThen",
     "Arguments",
     "Attempt",
@@ -186,6 +190,7 @@ __all__ = [
     "StoreUnavailable",
     "Supervisor",
     "TaskOutcome",
+    "Throttled",
     "Timeout",
     "TimeoutService",
     "TypePreservingLayer",

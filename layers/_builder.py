@@ -107,6 +107,7 @@ from ._fallback import NO_VALUE, Fallback, Outcome
 from ._hedge import Hedge
 from ._ratelimit import Mode, RateLimit, RateLimitStore, SharedRateLimitStore
 from ._retry import Retry
+from ._throttle import AdaptiveThrottle
 from ._timeout import Timeout
 from ._transforms import (
     AndThen,
@@ -744,6 +745,38 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
     ) -> ServiceBuilder[InReq, InRes, OutReq, OutRes]:
         """Add a :class:`~layers.Filter`; refused requests raise ``Filtered``."""
         return self._add(Filter(predicate, name=name))
+
+    def adaptive_throttle(
+        self,
+        *,
+        window: float = 120.0,
+        multiplier: float = 2.0,
+        min_requests: int = 20,
+        window_buckets: int = 10,
+        on: Classification = Exception,
+        on_result: Callable[[Any], bool] | None = None,
+        seed: int | None = None,
+        random: _random.Random | None = None,
+        name: str = "adaptive_throttle",
+    ) -> ServiceBuilder[InReq, InRes, OutReq, OutRes]:
+        """Add a new :class:`~layers.AdaptiveThrottle`; the options are the layer's.
+
+        The layer object is made now, so every service built from this
+        builder shares its window (one throttle for one downstream).
+        """
+        return self._add(
+            AdaptiveThrottle(
+                window=window,
+                multiplier=multiplier,
+                min_requests=min_requests,
+                window_buckets=window_buckets,
+                on=on,
+                on_result=on_result,
+                seed=seed,
+                random=random,
+                name=name,
+            )
+        )
 
     # -- fallback, coalescing, fault injection --------------------------------------
 

@@ -22,10 +22,13 @@ from ._config import (
     check_number,
     fail,
     name_value,
+    random_draw,
+    random_value,
     seconds_at_least_zero,
+    seed_value,
 )
 from ._core import Service, mark_built
-from ._errors import CallbackError, ConfigurationError, type_name
+from ._errors import CallbackError, type_name
 from ._observable import Observation
 from .events import Event, Level
 
@@ -112,18 +115,6 @@ class _Switch:
         self.injected = 0
 
 
-def _seed(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        fail(instance, attribute, value, "None or an int")
-
-
-def _random_source(
-    instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    if value is not None and not isinstance(value, _random.Random):
-        fail(instance, attribute, value, "None or a random.Random")
-
-
 @attrs.frozen(eq=False)
 class _Injection:
     """What the three injection layers share: the rate, the switch, the draw."""
@@ -134,9 +125,9 @@ class _Injection:
     _enabled: bool = attrs.field(
         default=True, kw_only=True, validator=bool_value, repr=False, alias="enabled"
     )
-    seed: int | None = attrs.field(default=None, kw_only=True, validator=_seed)
+    seed: int | None = attrs.field(default=None, kw_only=True, validator=seed_value)
     random: _random.Random | None = attrs.field(
-        default=None, kw_only=True, validator=_random_source
+        default=None, kw_only=True, validator=random_value
     )
     _switch: _Switch = attrs.field(init=False, repr=False)
     _draw: Callable[[], float] = attrs.field(init=False, repr=False)
@@ -144,14 +135,9 @@ class _Injection:
     """The kind of layer, for events and metrics (:class:`~layers.Observable`)."""
 
     def __attrs_post_init__(self) -> None:
-        if self.seed is not None and self.random is not None:
-            raise ConfigurationError(
-                f"{type(self).__name__}(seed={self.seed!r}, random={self.random!r}): "
-                "give seed (for a new random.Random) or random, not both"
-            )
-        source = self.random or _random.Random(self.seed)
+        draw = random_draw(type(self).__name__, self.seed, self.random)
         object.__setattr__(self, "_switch", _Switch(self._enabled, self._rate))
-        object.__setattr__(self, "_draw", source.random)
+        object.__setattr__(self, "_draw", draw)
 
     @property
     def enabled(self) -> bool:

@@ -10,6 +10,7 @@ value of the wrong type as for a bad value (the error is both a
 from __future__ import annotations
 
 import math
+import random as _random
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeGuard, final
 
@@ -34,7 +35,10 @@ __all__ = [
     "name_value",
     "optional_positive_seconds",
     "positive_seconds",
+    "random_draw",
+    "random_value",
     "seconds_at_least_zero",
+    "seed_value",
 ]
 
 
@@ -210,3 +214,31 @@ def check_callable(owner: str, parameter: str, value: object) -> Callable[..., A
     if not callable(value):
         fail_value(owner, parameter, value, "callable")
     return value
+
+
+def seed_value(
+    instance: object, attribute: attrs.Attribute[Any], value: object
+) -> None:
+    """Accept ``None`` or an int (not a bool): a seed for a new random source."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        fail(instance, attribute, value, "None or an int")
+
+
+def random_value(
+    instance: object, attribute: attrs.Attribute[Any], value: object
+) -> None:
+    """Accept ``None`` or a :class:`random.Random`."""
+    if value is not None and not isinstance(value, _random.Random):
+        fail(instance, attribute, value, "None or a random.Random")
+
+
+def random_draw(
+    owner: str, seed: int | None, source: _random.Random | None
+) -> Callable[[], float]:
+    """The draw of a layer with ``seed=`` and ``random=``: *source*, or a new one."""
+    if seed is not None and source is not None:
+        raise ConfigurationError(
+            f"{owner}(seed={seed!r}, random={source!r}): "
+            "give seed (for a new random.Random) or random, not both"
+        )
+    return (source or _random.Random(seed)).random

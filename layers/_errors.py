@@ -10,6 +10,8 @@ Every exception of the library derives from :class:`LayersError`. The tree::
         │   ├── RateLimited           a rate limit has no capacity left
         │   ├── CircuitOpen           a circuit breaker is open
         │   ├── ShuttingDown          the service is draining before shutdown
+        │   ├── Throttled             an adaptive throttle refused the call
+        │   │                         locally: the downstream refuses many
         │   └── StoreUnavailable      a shared limit's store failed, and the
         │                             layer's policy is to refuse (fail closed)
         ├── StoreError                a shared store (Redis) failed or timed out
@@ -75,6 +77,7 @@ __all__ = [
     "ShuttingDown",
     "StoreError",
     "StoreUnavailable",
+    "Throttled",
 ]
 
 
@@ -179,6 +182,7 @@ class Rejected(LayersError):
       ``"half_open"`` (its trial calls are all in flight) or
       ``"forced_open"``;
     * :class:`ShuttingDown`: ``"draining"``;
+    * :class:`Throttled`: ``"throttled"``;
     * :class:`Filtered`: ``"filtered"``;
     * :class:`~layers.KeyTableFull`: ``"key_table_full"``;
     * :class:`StoreUnavailable`: ``"store_unavailable"``.
@@ -249,6 +253,10 @@ class CircuitOpen(Rejected):
 
 class ShuttingDown(Rejected):
     """The service is draining for shutdown and takes no new calls."""
+
+
+class Throttled(Rejected):
+    """An adaptive throttle refused the call locally: the downstream refuses many."""
 
 
 class StoreUnavailable(Rejected):

@@ -150,7 +150,8 @@ class Observable(Protocol):
     :class:`~layers.RateLimit`, :class:`~layers.ConcurrencyLimit`,
     :class:`~layers.Drain`, :class:`~layers.RetryBudget`,
     :class:`~layers.PerKey`, :class:`~layers.Fallback`,
-    :class:`~layers.Coalesce` and the fault injection layers). See the
+    :class:`~layers.Coalesce`, :class:`~layers.AdaptiveThrottle` and the
+    fault injection layers). See the
     guide "Writing a layer".
 
     ``observe()`` is called off the success path (by a health check, at a

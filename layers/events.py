@@ -41,6 +41,7 @@ from ._errors import ConfigurationError
 
 __all__ = [
     "STATE",
+    "AdaptiveThrottleRejected",
     "CircuitCallRejected",
     "CircuitClosed",
     "CircuitHalfOpened",
@@ -406,5 +407,6 @@ from ._ratelimit import RateLimitRejected, RateLimitWaited  # noqa: E402
 from ._retry import RetryAttemptFailed, RetryStopped  # noqa: E402
 from ._shutdown import ShutdownCompleted, ShutdownStarted  # noqa: E402
 from ._store import StoreFailed, StoreRecovered  # noqa: E402
+from ._throttle import AdaptiveThrottleRejected  # noqa: E402
 
 publish(__name__, __all__)  # every event class imported above: its public home

@@ -56,6 +56,7 @@ from ._observable import Observable, Observation, is_metric_name
 from ._public import publish as _publish
 from ._ratelimit import RateLimitRejected
 from ._retry import RetryAttemptFailed, RetryStopped
+from ._throttle import AdaptiveThrottleRejected
 from .events import Event, TimeoutElapsed
 
 try:
@@ -286,7 +287,10 @@ class OtelMetrics:
             return self._on_retry
         if issubclass(kind, RetryStopped):
             return self._on_retry_stopped
-        if issubclass(kind, (RateLimitRejected, ConcurrencyLimitRejected)):
+        if issubclass(
+            kind,
+            (RateLimitRejected, ConcurrencyLimitRejected, AdaptiveThrottleRejected),
+        ):
             return self._on_limit_rejected
         if issubclass(kind, CircuitCallRejected):
             return self._on_circuit_rejected
@@ -322,7 +326,8 @@ class OtelMetrics:
         self._retry_stops.add(1, attributes)
 
     def _on_limit_rejected(
-        self, event: RateLimitRejected | ConcurrencyLimitRejected
+        self,
+        event: RateLimitRejected | ConcurrencyLimitRejected | AdaptiveThrottleRejected,
     ) -> None:
         self._rejections.add(
             1,

@@ -377,6 +377,7 @@ LAYER_METHODS: dict[str, tuple[type, bool]] = {
     "inject_error": (layers.InjectError, True),
     "inject_latency": (layers.InjectLatency, True),
     "inject_result": (layers.InjectResult, False),
+    "adaptive_throttle": (layers.AdaptiveThrottle, True),
 }
 # The builder's own methods: adding a layer, building, looking at the stack.
 OWN_METHODS = {"layer", "option_layer", "service", "decorate", "into_layer", "layers"}

@@ -190,6 +190,11 @@ EVENTS: list[tuple[events.Event, str, str]] = [
     (events.HedgeWon(layer="l", attempt=2, copies=2), "info", "hedge"),
     (events.HedgeRefused(layer="l", reason="budget"), "info", "hedge"),
     (events.CoalesceAbandoned(layer="l", callers=3), "info", "coalesce"),
+    (
+        events.AdaptiveThrottleRejected(layer="l", reject_probability=0.5),
+        "warning",
+        "adaptive_throttle",
+    ),
     (events.CoalesceBypassed(layer="l", max_keys=10), "info", "coalesce"),
     (
         events.FaultInjected(layer="l", fault="latency", error=None, delay=0.5),

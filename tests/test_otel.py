@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import sys
@@ -772,3 +773,33 @@ def test_import_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
         importlib.import_module("layers.otel")
     monkeypatch.undo()
     assert importlib.import_module("layers.otel").OtelMetrics is OtelMetrics
+
+
+async def test_adaptive_throttle_rejections_and_gauges(
+    metrics: OtelMetrics, reader: InMemoryMetricReader
+) -> None:
+    """A throttle's refusals count in layers.rejections; its figures are gauges."""
+
+    async def busy(request: int) -> int:
+        raise ConnectionError
+
+    throttle = layers.AdaptiveThrottle(min_requests=0, seed=1, name="api")
+    metrics.observe(throttle)
+    svc = throttle.layer(busy)
+    for i in range(50):
+        with contextlib.suppress(ConnectionError, layers.Throttled):
+            await svc(i)
+    refused = throttle.statistics().rejected
+    assert refused > 30
+    points = read(reader)
+    rejections = value(
+        points,
+        "layers.rejections",
+        layers__layer__name="api",
+        layers__layer__kind="adaptive_throttle",
+        layers__rejection__reason="throttled",
+    )
+    assert rejections == refused
+    assert value(points, "layers.adaptive_throttle.rejected") == refused
+    assert value(points, "layers.adaptive_throttle.requests") == 50
+    assert value(points, "layers.adaptive_throttle.reject_probability") > 0.9
