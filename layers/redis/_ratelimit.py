@@ -36,8 +36,11 @@ from typing import Any, Final, Literal, cast, final
 from urllib.parse import quote, quote_from_bytes
 
 import anyio
+import anyio.lowlevel
 
+from .._backend import Waiter, new_waiter
 from .._config import check_int, check_name, fail_value
+from .._deadline import DEADLINE
 from .._errors import CallbackError, ConfigurationError, StoreError
 from .._store import STORE_POLICIES
 from ._connection import RedisConnection, finite
@@ -46,11 +49,15 @@ __all__ = ["RedisRateLimitStore"]
 
 SCRIPT: Final = r"""
 -- GCRA for layers.RateLimit (layers/redis/_ratelimit.py). KEYS[1]: the
--- limit's key, the string 'tat wake last prev' ('-' for none); KEYS[2]: the
--- call's void marker. ARGV: op ('take', 'peek' or 'void'), need, want,
--- interval, tolerance, patience, waited ('1' or '0'), token. Reply:
--- {granted, wait, seconds, microseconds} (TIME's), as strings: a Lua
--- number in a reply would be truncated to an integer.
+-- limit's key, the string 'tat wake last prev' ('-' for none); KEYS[2],
+-- KEYS[3], ...: the void marker of each call. ARGV[1]: the op, 'take',
+-- 'peek' or 'void'. A take carries one call or a batch of them, 7 words
+-- each: need, want, interval, tolerance, patience, waited ('1' or '0'),
+-- token; the calls are decided one after another, as that many takes at
+-- the same instant would be. Reply: {granted, wait} per call, then
+-- {seconds, microseconds} (TIME's), as strings: a Lua number in a reply
+-- would be truncated to an integer. Peek: need, -, interval, tolerance;
+-- reply {'0', wait, ...}. Void: token in ARGV[8]; reply {taken back, '0', ...}.
 local key = KEYS[1]
 local op = ARGV[1]
 local clock = redis.call('TIME')
@@ -86,56 +93,79 @@ if op == 'void' then
   save(prev, wake, '-', '-')
   return {'1', '0', clock[1], clock[2]}
 end
-local need = tonumber(ARGV[2])
-local interval = tonumber(ARGV[4])
-local tolerance = tonumber(ARGV[5])
-local tat = tonumber(stored)
-if tat == nil or tat < now then tat = now end
-local backlog = tat - now
-local slack = tolerance - need * interval
 if op == 'peek' then
-  local wait = backlog - slack
+  local tat = tonumber(stored)
+  if tat == nil or tat < now then tat = now end
+  local wait = (tat - now) - (tonumber(ARGV[5]) - tonumber(ARGV[2]) * tonumber(ARGV[4]))
   if wait < 0 then wait = 0 end
   return {'0', fmt(wait), clock[1], clock[2]}
 end
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  return {'0', '-1', clock[1], clock[2]}  -- voided before it ran: take nothing
+-- The takes change the state in these variables; it is written once, at
+-- the end, as the last of that many separate takes would have written it.
+local changed = false
+local function put(tat, turn, token, before)
+  stored, wake, last, prev = tat, turn, token, before
+  changed = true
 end
-local turn = tonumber(wake)
--- A newcomer does not overtake the waiters that were given turns.
-local queued = ARGV[7] ~= '1' and turn ~= nil and turn > now
-if backlog <= slack and not queued then
-  local granted = need
-  local want = tonumber(ARGV[3])
-  if want > need then
-    if backlog <= tolerance - want * interval then
-      granted = want
-    else
-      local fit = math.floor((tolerance - backlog) / interval)
-      if fit > need and backlog <= tolerance - fit * interval then
-        granted = fit
+local reply = {}
+local call = 2
+for a = 2, #ARGV, 7 do
+  local need = tonumber(ARGV[a])
+  local interval = tonumber(ARGV[a + 2])
+  local tolerance = tonumber(ARGV[a + 3])
+  local granted, wait = '0', nil
+  if redis.call('EXISTS', KEYS[call]) == 1 then
+    wait = '-1'  -- voided before it ran: take nothing
+  else
+    local tat = tonumber(stored)
+    if tat == nil or tat < now then tat = now end
+    local backlog = tat - now
+    local slack = tolerance - need * interval
+    local turn = tonumber(wake)
+    -- A newcomer does not overtake the waiters that were given turns.
+    local queued = ARGV[a + 5] ~= '1' and turn ~= nil and turn > now
+    if backlog <= slack and not queued then
+      local count = need
+      local want = tonumber(ARGV[a + 1])
+      if want > need then
+        if backlog <= tolerance - want * interval then
+          count = want
+        else
+          local fit = math.floor((tolerance - backlog) / interval)
+          if fit > need and backlog <= tolerance - fit * interval then
+            count = fit
+          end
+        end
       end
+      local new_tat = tat + count * interval
+      if new_tat <= now then  -- nothing to remember but the turns
+        put('-', wake or '-', '-', '-')
+      else
+        put(fmt(new_tat), wake or '-', ARGV[a + 6], stored or '-')
+      end
+      if count == need then granted = ARGV[a] else granted = fmt(count) end
+      wait = '0'
+    else
+      local delay = backlog - slack
+      -- Every waiter refused gets the next turn: none that is taken already.
+      if turn ~= nil and turn - now > delay then delay = turn - now end
+      local patience = tonumber(ARGV[a + 4])
+      if patience > 0 and delay <= patience then
+        -- A turn for this waiter: the next one gets the turn after it.
+        put(stored or '-', fmt(now + delay + need * interval), last or '-',
+            prev or '-')
+      end
+      wait = fmt(delay)
     end
   end
-  local new_tat = tat + granted * interval
-  if new_tat <= now then  -- nothing to remember but the turns
-    save('-', wake or '-', '-', '-')
-  else
-    save(fmt(new_tat), wake or '-', ARGV[8], stored or '-')
-  end
-  if granted == need then return {ARGV[2], '0', clock[1], clock[2]} end
-  return {fmt(granted), '0', clock[1], clock[2]}
+  reply[#reply + 1] = granted
+  reply[#reply + 1] = wait
+  call = call + 1
 end
-local wait = backlog - slack
--- Every waiter refused gets the next turn: none that is taken already.
-if turn ~= nil and turn - now > wait then wait = turn - now end
-local patience = tonumber(ARGV[6])
-if patience > 0 and wait <= patience then
-  -- A turn for this waiter: the next one gets the turn after it.
-  save(stored or '-', fmt(now + wait + need * interval), last or '-',
-       prev or '-')
-end
-return {'0', fmt(wait), clock[1], clock[2]}
+if changed then save(stored, wake, last, prev) end
+reply[#reply + 1] = clock[1]
+reply[#reply + 1] = clock[2]
+return reply
 """
 """The Lua script: GCRA take, peek and void on the server's clock."""
 
@@ -178,8 +208,30 @@ def _part(key: object) -> str:
 
 
 def _time(reply: Sequence[Any]) -> float:
-    """The server's time in a reply, as the script computed it (same steps)."""
-    return (float(reply[2]) - 1700000000) + float(reply[3]) / 1000000
+    """The server's time in a reply (its last two words), as the script computed it."""
+    return (float(reply[-2]) - 1700000000) + float(reply[-1]) / 1000000
+
+
+BATCH: Final = 64
+"""The most takes one round trip carries (see "Batches" in RedisRateLimitStore)."""
+
+
+@final
+class _Take:
+    """One call's take: its words for the script, and what came back for it."""
+
+    __slots__ = ("args", "error", "keys", "reply", "sent", "token", "waiter")
+
+    def __init__(
+        self, keys: tuple[str, str], token: str, args: tuple[str, ...]
+    ) -> None:
+        self.keys = keys  # the limit's key and this call's void marker
+        self.token = token
+        self.args = args  # need, want, interval, tolerance, patience, waited, token
+        self.sent = False  # part of a command sent to Redis
+        self.waiter: Waiter | None = None  # set while it waits in a queue
+        self.reply: tuple[float, float, float] | None = None  # granted, wait, time
+        self.error: StoreError | None = None
 
 
 @final
@@ -310,6 +362,7 @@ class RedisRateLimitStore:
 
     __slots__ = (
         "_counter",
+        "_lanes",
         "_root",
         "_script",
         "_tag",
@@ -364,6 +417,8 @@ class RedisRateLimitStore:
         self._script = redis.script(SCRIPT)
         self._token = secrets.token_hex(6) + ":"
         self._counter = itertools.count()
+        # Per Redis key with a command in flight: the takes queued for the next.
+        self._lanes: dict[str, list[_Take]] = {}
 
     def redis_key(self, key: Hashable) -> str:
         """The Redis key of the user key *key* (see "Keys" above).
@@ -427,7 +482,7 @@ class RedisRateLimitStore:
         args = ("peek", number, number, repr(float(interval)), repr(float(tolerance)))
         self.round_trips += 1
         reply = await self.redis.run(self._script, (self.redis_key(key),), args)
-        return float(reply[1]), _time(reply)
+        return float(reply[1]), _time(reply)  # peek: {'0', wait, clock}
 
     async def _take(
         self,
@@ -442,11 +497,9 @@ class RedisRateLimitStore:
         """:meth:`take`, and the server's time it read (for tests)."""
         redis_key = self.redis_key(key)
         token = f"{self._token}{next(self._counter)}"
-        keys = (redis_key, f"{redis_key}:void:{token}")
         need = float(cost)
         want = need if up_to is None or up_to < need else float(up_to)
         args = (
-            "take",
             repr(need),
             repr(want),
             repr(float(interval)),
@@ -455,13 +508,123 @@ class RedisRateLimitStore:
             "1" if waited else "0",
             token,
         )
-        self.round_trips += 1
+        take = _Take((redis_key, f"{redis_key}:void:{token}"), token, args)
+        lanes = self._lanes
+        queue = lanes.get(redis_key)
+        if queue is None:
+            # Nothing in flight for this key: send at once, alone.
+            lanes[redis_key] = []
+            return await self._send(redis_key, [take])
+        # A command for this key is in flight: wait for the next one, which
+        # carries every take queued meanwhile (up to BATCH).
+        waiter = take.waiter = new_waiter()
+        queue.append(take)
         try:
-            reply: Sequence[Any] = await self.redis.run(self._script, keys, args)
+            await waiter.wait()
         except anyio.get_cancelled_exc_class():
-            await self._void(keys, token)
+            if take.sent:
+                # Its batch is in flight (or answered): take it back.
+                reply = take.reply
+                if reply is None or reply[0]:
+                    await self._void(take.keys, token)
+            else:
+                queue.remove(take)  # it takes nothing
+                if waiter.woken:  # it was to send the next batch: pass that on
+                    self._next(redis_key)
             raise
-        return float(reply[0]), float(reply[1]), _time(reply)
+        if take.reply is not None:
+            return take.reply
+        if take.error is not None:
+            raise take.error
+        # Woken to send: this call heads the queue, and its batch.
+        assert queue[0] is take
+        batch = queue[:BATCH]
+        del queue[:BATCH]
+        return await self._send(redis_key, batch)
+
+    def _next(self, redis_key: str) -> None:
+        """The command for *redis_key* is done: wake the next queued take to send."""
+        queue = self._lanes[redis_key]
+        if queue:
+            waiter = queue[0].waiter
+            assert waiter is not None
+            waiter.wake()
+        else:
+            del self._lanes[redis_key]
+
+    async def _send(
+        self, redis_key: str, batch: list[_Take]
+    ) -> tuple[float, float, float]:
+        """Send *batch* in one command (its first take is this call's): its reply."""
+        own = batch[0]
+        for take in batch:
+            take.sent = True
+        self.round_trips += 1
+        if len(batch) == 1:
+            # Alone: exactly as without batches, under the caller's deadline.
+            try:
+                reply = await self.redis.run(
+                    self._script, own.keys, ("take", *own.args)
+                )
+            except anyio.get_cancelled_exc_class():
+                self._next(redis_key)
+                await self._void(own.keys, own.token)
+                raise
+            except BaseException:
+                self._next(redis_key)
+                raise
+            self._next(redis_key)
+            return float(reply[0]), float(reply[1]), _time(reply)
+        keys = [redis_key]
+        args = ["take"]
+        for take in batch:
+            keys.append(take.keys[1])
+            args.extend(take.args)
+        # The command carries other calls' takes: it runs to its end (bounded
+        # by the connection's timeout, not this call's deadline), so that each
+        # gets its reply; this call's own cancellation is delivered after.
+        delivered = False
+        try:
+            with anyio.CancelScope(shield=True):
+                reset = DEADLINE.set(None)
+                try:
+                    reply = await self.redis.run(self._script, keys, args)
+                finally:
+                    DEADLINE.reset(reset)
+            now = _time(reply)
+            for index, take in enumerate(batch):
+                take.reply = (float(reply[2 * index]), float(reply[2 * index + 1]), now)
+            delivered = True
+        except StoreError as error:
+            self._fail(batch, error)
+            delivered = True
+            raise
+        finally:
+            if not delivered:  # an unexpected error: nobody is left hanging
+                self._fail(
+                    batch, StoreError("a Redis command failed", store=self.redis.prefix)
+                )
+            self._next(redis_key)
+            for take in batch[1:]:
+                assert take.waiter is not None
+                take.waiter.wake()
+        result = own.reply
+        assert result is not None
+        try:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+        except anyio.get_cancelled_exc_class():
+            if result[0]:
+                await self._void(own.keys, own.token)
+            raise
+        return result
+
+    @staticmethod
+    def _fail(batch: list[_Take], error: StoreError) -> None:
+        """Fail the other takes of *batch* with *error* (each its own copy)."""
+        for take in batch[1:]:
+            copy = StoreError(str(error), store=error.store)
+            copy.__cause__ = error.__cause__
+            take.error = copy
 
     async def _void(self, keys: tuple[str, str], token: str) -> None:
         """Take back (or void) the call *token*, whose command was cut short."""
