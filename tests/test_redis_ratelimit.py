@@ -143,21 +143,22 @@ async def test_a_void_before_its_take_makes_the_take_take_nothing(
     """The marker of a cancelled call voids its take if the take runs after it."""
     store = RedisRateLimitStore(redis, name="void")
     key = store.redis_key("k")
-    marker = f"{key}:void:tok"
+    keys = (key, f"{key}:void")
     script = store._script  # pyright: ignore[reportPrivateUsage]
-    void = ("void", "0", "0", "0", "0", "0", "0", "tok")
-    take = ("take", "1", "1", "0.1", "0.1", "0", "0", "tok")
-    await redis.run(script, (key, marker), void)
-    reply = await redis.run(script, (key, marker), take)
-    assert float(reply[1]) == -1
+    await redis.run(script, keys, ("void", "tok"))
+    # a batch: tok (voided before it ran) takes nothing, tok3 is admitted
+    reply = await redis.run(
+        script, keys, ("take", "1 1 0.1 0.1 0 0 tok", "1 1 0.1 0.1 0 0 tok3")
+    )
+    assert reply[:2] == ["0 -1", "1 0"]
+    assert await redis.client.zcard(f"{key}:void") == 0  # the marker is used up
+    await redis.run(script, keys, ("void", "tok3"))
     assert await redis.client.exists([key]) == 0
     # in the other order, the void takes the call back
-    take2 = ("take", "1", "1", "0.1", "0.1", "0", "0", "tok2")
-    reply = await redis.run(script, (key, f"{key}:void:tok2"), take2)
-    assert float(reply[0]) == 1
+    reply = await redis.run(script, keys, ("take", "1 1 0.1 0.1 0 0 tok2"))
+    assert reply[0] == "1 0"
     assert await redis.client.exists([key]) == 1
-    void2 = ("void", "0", "0", "0", "0", "0", "0", "tok2")
-    await redis.run(script, (key, f"{key}:void:tok2"), void2)
+    await redis.run(script, keys, ("void", "tok2"))
     assert await redis.client.exists([key]) == 0
 
 

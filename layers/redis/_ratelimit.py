@@ -22,7 +22,15 @@ cost about 4 % more per call on loopback):
     a call cancelled while its command was in flight can be taken back.
 
 The key expires when its ``tat`` (or its last turn) has passed: ``PX`` in
-milliseconds, rounded up, so Redis holds live keys only.
+milliseconds, rounded up, so Redis holds live keys only. Beside it,
+``<key>:void`` is a sorted set of the tokens of calls voided before their
+take ran (scored by when they expire, 60 s on; the take that finds its
+token removes it), present only after such a cancellation.
+
+One run of the script takes for one call or for a batch of calls on the
+same key (see "Batches" in :class:`RedisRateLimitStore`): it reads the
+state once, decides each take in turn as that many separate runs at the
+same instant would, and writes the state once.
 """
 
 from __future__ import annotations
@@ -49,15 +57,15 @@ __all__ = ["RedisRateLimitStore"]
 
 SCRIPT: Final = r"""
 -- GCRA for layers.RateLimit (layers/redis/_ratelimit.py). KEYS[1]: the
--- limit's key, the string 'tat wake last prev' ('-' for none); KEYS[2],
--- KEYS[3], ...: the void marker of each call. ARGV[1]: the op, 'take',
--- 'peek' or 'void'. A take carries one call or a batch of them, 7 words
--- each: need, want, interval, tolerance, patience, waited ('1' or '0'),
--- token; the calls are decided one after another, as that many takes at
--- the same instant would be. Reply: {granted, wait} per call, then
--- {seconds, microseconds} (TIME's), as strings: a Lua number in a reply
--- would be truncated to an integer. Peek: need, -, interval, tolerance;
--- reply {'0', wait, ...}. Void: token in ARGV[8]; reply {taken back, '0', ...}.
+-- limit's key, the string 'tat wake last prev' ('-' for none); KEYS[2]: its
+-- void markers, a sorted set of tokens (scored by when they expire).
+-- ARGV[1]: the op. 'take': then one word per call (a batch of calls), each
+-- 'need want interval tolerance patience waited token' (waited: '1' or
+-- '0'), decided one after another as that many takes at the same instant
+-- would be; reply: 'granted wait' per call. 'peek': need, interval,
+-- tolerance; reply: wait. 'void': token; reply: '1' if taken back, else
+-- '0'. Every reply ends with TIME's seconds and microseconds. All are
+-- strings: a Lua number in a reply would be truncated to an integer.
 local key = KEYS[1]
 local op = ARGV[1]
 local clock = redis.call('TIME')
@@ -85,20 +93,23 @@ local function save(tat, turn, token, before)
 end
 if op == 'void' then
   -- Take back the call with this token, if nothing was taken since;
-  -- if its take has not run yet, mark it void so that it takes nothing.
-  if last ~= ARGV[8] then
-    redis.call('SET', KEYS[2], '1', 'PX', 60000)
-    return {'0', '0', clock[1], clock[2]}
+  -- if its take has not run yet, mark it void so that it takes nothing
+  -- (a marker lives 60 s; the take that finds it removes it).
+  if last ~= ARGV[2] then
+    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+    redis.call('ZADD', KEYS[2], now + 60, ARGV[2])
+    redis.call('PEXPIRE', KEYS[2], 60000)
+    return {'0', clock[1], clock[2]}
   end
   save(prev, wake, '-', '-')
-  return {'1', '0', clock[1], clock[2]}
+  return {'1', clock[1], clock[2]}
 end
 if op == 'peek' then
   local tat = tonumber(stored)
   if tat == nil or tat < now then tat = now end
-  local wait = (tat - now) - (tonumber(ARGV[5]) - tonumber(ARGV[2]) * tonumber(ARGV[4]))
+  local wait = (tat - now) - (tonumber(ARGV[4]) - tonumber(ARGV[2]) * tonumber(ARGV[3]))
   if wait < 0 then wait = 0 end
-  return {'0', fmt(wait), clock[1], clock[2]}
+  return {fmt(wait), clock[1], clock[2]}
 end
 -- The takes change the state in these variables; it is written once, at
 -- the end, as the last of that many separate takes would have written it.
@@ -107,60 +118,61 @@ local function put(tat, turn, token, before)
   stored, wake, last, prev = tat, turn, token, before
   changed = true
 end
+local marked = redis.call('EXISTS', KEYS[2]) == 1
 local reply = {}
-local call = 2
-for a = 2, #ARGV, 7 do
-  local need = tonumber(ARGV[a])
-  local interval = tonumber(ARGV[a + 2])
-  local tolerance = tonumber(ARGV[a + 3])
-  local granted, wait = '0', nil
-  if redis.call('EXISTS', KEYS[call]) == 1 then
-    wait = '-1'  -- voided before it ran: take nothing
+for a = 2, #ARGV do
+  local need_s, want_s, interval_s, tolerance_s, patience_s, waited, token =
+    string.match(ARGV[a], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
+  if marked and redis.call('ZREM', KEYS[2], token) == 1 then
+    reply[a - 1] = '0 -1'  -- voided before it ran: take nothing
   else
+    local need = tonumber(need_s)
+    local interval = tonumber(interval_s)
+    local tolerance = tonumber(tolerance_s)
     local tat = tonumber(stored)
     if tat == nil or tat < now then tat = now end
     local backlog = tat - now
     local slack = tolerance - need * interval
     local turn = tonumber(wake)
     -- A newcomer does not overtake the waiters that were given turns.
-    local queued = ARGV[a + 5] ~= '1' and turn ~= nil and turn > now
+    local queued = waited ~= '1' and turn ~= nil and turn > now
     if backlog <= slack and not queued then
-      local count = need
-      local want = tonumber(ARGV[a + 1])
+      local granted = need
+      local want = tonumber(want_s)
       if want > need then
         if backlog <= tolerance - want * interval then
-          count = want
+          granted = want
         else
           local fit = math.floor((tolerance - backlog) / interval)
           if fit > need and backlog <= tolerance - fit * interval then
-            count = fit
+            granted = fit
           end
         end
       end
-      local new_tat = tat + count * interval
+      local new_tat = tat + granted * interval
       if new_tat <= now then  -- nothing to remember but the turns
         put('-', wake or '-', '-', '-')
       else
-        put(fmt(new_tat), wake or '-', ARGV[a + 6], stored or '-')
+        put(fmt(new_tat), wake or '-', token, stored or '-')
       end
-      if count == need then granted = ARGV[a] else granted = fmt(count) end
-      wait = '0'
+      if granted == need then
+        reply[a - 1] = need_s .. ' 0'
+      else
+        reply[a - 1] = fmt(granted) .. ' 0'
+      end
     else
-      local delay = backlog - slack
+      local wait = backlog - slack
       -- Every waiter refused gets the next turn: none that is taken already.
-      if turn ~= nil and turn - now > delay then delay = turn - now end
-      local patience = tonumber(ARGV[a + 4])
-      if patience > 0 and delay <= patience then
+      if turn ~= nil and turn - now > wait then wait = turn - now end
+      local patience = tonumber(patience_s)
+      if patience > 0 and wait <= patience then
         -- A turn for this waiter: the next one gets the turn after it.
-        put(stored or '-', fmt(now + delay + need * interval), last or '-',
+        put(stored or '-', fmt(now + wait + need * interval), last or '-',
             prev or '-')
       end
-      wait = fmt(delay)
+      reply[a - 1] = '0 ' .. fmt(wait)
     end
   end
-  reply[#reply + 1] = granted
-  reply[#reply + 1] = wait
-  call = call + 1
 end
 if changed then save(stored, wake, last, prev) end
 reply[#reply + 1] = clock[1]
@@ -218,16 +230,13 @@ BATCH: Final = 64
 
 @final
 class _Take:
-    """One call's take: its words for the script, and what came back for it."""
+    """One call's take: its word for the script, and what came back for it."""
 
-    __slots__ = ("args", "error", "keys", "reply", "sent", "token", "waiter")
+    __slots__ = ("error", "reply", "sent", "token", "waiter", "word")
 
-    def __init__(
-        self, keys: tuple[str, str], token: str, args: tuple[str, ...]
-    ) -> None:
-        self.keys = keys  # the limit's key and this call's void marker
+    def __init__(self, token: str, word: str) -> None:
         self.token = token
-        self.args = args  # need, want, interval, tolerance, patience, waited, token
+        self.word = word  # 'need want interval tolerance patience waited token'
         self.sent = False  # part of a command sent to Redis
         self.waiter: Waiter | None = None  # set while it waits in a queue
         self.reply: tuple[float, float, float] | None = None  # granted, wait, time
@@ -248,13 +257,42 @@ class RedisRateLimitStore:
     ``quota = layers.RateLimit(100, burst=10, store=RedisRateLimitStore(redis,
     name="partner_api"))``.
 
-    **Exact by default.** Each call runs one Lua script (one round trip) that
-    reads the server's clock (``TIME``) and does the GCRA step atomically,
-    as :meth:`MemoryRateLimitStore.take <layers.MemoryRateLimitStore.take>`
+    **Exact by default.** Each call is decided by a Lua script that reads
+    the server's clock (``TIME``) and does the GCRA step atomically, as
+    :meth:`MemoryRateLimitStore.take <layers.MemoryRateLimitStore.take>`
     does in memory: for any sequence of calls, the same answers (and the
     same exact ``retry_after`` in reject mode). The clocks of the processes
     never enter the schedule. Over any stretch of time ``d`` the fleet is
     admitted at most ``burst + d / T`` calls (``T = period / rate``).
+
+    **Batches.** A call sends its take at once when no command for its key
+    is in flight from this process, so a lone call costs one round trip
+    and nothing more. Calls on the same key that arrive while one is in
+    flight queue here (first come, first served), and the next command
+    carries all of them, up to 64, in one run of the
+    script, which decides each take in that order, atomically, exactly as
+    that many separate takes at that instant would (each call keeps its
+    own cost, ``up_to``, turn and void marker): so under load a process
+    costs about one round trip per key per reply, however many of its
+    tasks call. The bound keeps one script run short (a few microseconds
+    per take: Redis runs nothing else meanwhile) and leaves no queue
+    unbounded in effect (beyond 64, the rest go in the next command).
+    Only takes for the same Redis key share a command: the keys of a
+    per-key limit may live in different cluster slots.
+
+    The command is sent by the first of the queued calls, the batch's
+    *leader*, itself a member, rather than by a task of the connection:
+    a task would need the connection to be entered (a rate limit does not
+    need it otherwise) and would cost a task switch on every batch. Once
+    sent, a batch's command runs to its end even if its leader is
+    cancelled (shielded, and bounded by the connection's *timeout* instead
+    of the leader's deadline), so every member gets its reply or, if Redis
+    fails, a :class:`~layers.StoreError` each (then the store's failure
+    policy decides each call); the leader's own cancellation is delivered
+    once the reply is in, by at most the timeout late, and its take is
+    then taken back as below. A lone call's command is not shielded: it
+    runs under the caller's deadline as before. ``round_trips`` counts
+    commands, so under load it grows slower than the calls.
 
     **Keys.** A limit without a key function is the Redis key
     ``<prefix>:rate:{<name>}``; with one, each user key ``k`` is
@@ -300,7 +338,8 @@ class RedisRateLimitStore:
     ``cost x T``). Under contention an admitted call costs about two round
     trips (one to be told its turn, one to be admitted).
 
-    **Cancellation.** A call cancelled while it waits takes nothing. One
+    **Cancellation.** A call cancelled while it waits (in the layer's
+    queue, or queued here for the next batch) takes nothing. One
     cancelled while its command is in flight sends, shielded and within
     the connection's timeout, a second command that takes its call back
     (if no call was admitted since on that key) or marks it void (if it has
@@ -352,8 +391,9 @@ class RedisRateLimitStore:
         processes: The number of processes expected to share the limit, an
             int >= 1; required with ``fail="local"`` (the local limit is
             ``rate / processes``), unused otherwise.
-        lease: ``None`` (the default: exact, one round trip per call) or an
-            int >= 1: the permits a process takes at once in lease mode.
+        lease: ``None`` (the default: exact, every call decided on the
+            server, batched as above) or an int >= 1: the permits a process
+            takes at once in lease mode.
 
     Raises:
         layers.ConfigurationError: For an invalid argument, naming it (and
@@ -478,11 +518,18 @@ class RedisRateLimitStore:
         self, key: Hashable, cost: float, interval: float, tolerance: float
     ) -> tuple[float, float]:
         """:meth:`peek`, and the server's time it read (for tests)."""
-        number = repr(float(cost))
-        args = ("peek", number, number, repr(float(interval)), repr(float(tolerance)))
+        redis_key = self.redis_key(key)
+        args = (
+            "peek",
+            repr(float(cost)),
+            repr(float(interval)),
+            repr(float(tolerance)),
+        )
         self.round_trips += 1
-        reply = await self.redis.run(self._script, (self.redis_key(key),), args)
-        return float(reply[1]), _time(reply)  # peek: {'0', wait, clock}
+        reply = await self.redis.run(
+            self._script, (redis_key, f"{redis_key}:void"), args
+        )
+        return float(reply[0]), _time(reply)
 
     async def _take(
         self,
@@ -499,16 +546,11 @@ class RedisRateLimitStore:
         token = f"{self._token}{next(self._counter)}"
         need = float(cost)
         want = need if up_to is None or up_to < need else float(up_to)
-        args = (
-            repr(need),
-            repr(want),
-            repr(float(interval)),
-            repr(float(tolerance)),
-            repr(finite(float(patience))),
-            "1" if waited else "0",
+        take = _Take(
             token,
+            f"{need!r} {want!r} {float(interval)!r} {float(tolerance)!r} "
+            f"{finite(float(patience))!r} {'1' if waited else '0'} {token}",
         )
-        take = _Take((redis_key, f"{redis_key}:void:{token}"), token, args)
         lanes = self._lanes
         queue = lanes.get(redis_key)
         if queue is None:
@@ -526,7 +568,7 @@ class RedisRateLimitStore:
                 # Its batch is in flight (or answered): take it back.
                 reply = take.reply
                 if reply is None or reply[0]:
-                    await self._void(take.keys, token)
+                    await self._void(redis_key, token)
             else:
                 queue.remove(take)  # it takes nothing
                 if waiter.woken:  # it was to send the next batch: pass that on
@@ -559,31 +601,28 @@ class RedisRateLimitStore:
         own = batch[0]
         for take in batch:
             take.sent = True
+        keys = (redis_key, f"{redis_key}:void")
         self.round_trips += 1
         if len(batch) == 1:
             # Alone: exactly as without batches, under the caller's deadline.
             try:
-                reply = await self.redis.run(
-                    self._script, own.keys, ("take", *own.args)
-                )
+                reply = await self.redis.run(self._script, keys, ("take", own.word))
             except anyio.get_cancelled_exc_class():
                 self._next(redis_key)
-                await self._void(own.keys, own.token)
+                await self._void(redis_key, own.token)
                 raise
             except BaseException:
                 self._next(redis_key)
                 raise
             self._next(redis_key)
-            return float(reply[0]), float(reply[1]), _time(reply)
-        keys = [redis_key]
+            granted, wait = reply[0].split()
+            return float(granted), float(wait), _time(reply)
         args = ["take"]
-        for take in batch:
-            keys.append(take.keys[1])
-            args.extend(take.args)
+        args.extend(take.word for take in batch)
         # The command carries other calls' takes: it runs to its end (bounded
         # by the connection's timeout, not this call's deadline), so that each
         # gets its reply; this call's own cancellation is delivered after.
-        delivered = False
+        answered = False
         try:
             with anyio.CancelScope(shield=True):
                 reset = DEADLINE.set(None)
@@ -592,29 +631,36 @@ class RedisRateLimitStore:
                 finally:
                     DEADLINE.reset(reset)
             now = _time(reply)
-            for index, take in enumerate(batch):
-                take.reply = (float(reply[2 * index]), float(reply[2 * index + 1]), now)
-            delivered = True
+            for take, answer in zip(batch, reply, strict=False):
+                granted, wait = answer.split()
+                take.reply = (float(granted), float(wait), now)
+            answered = True
         except StoreError as error:
             self._fail(batch, error)
-            delivered = True
+            raise
+        except BaseException:  # unexpected: still, nobody is left hanging
+            self._fail(
+                batch, StoreError("a Redis command failed", store=self.redis.prefix)
+            )
             raise
         finally:
-            if not delivered:  # an unexpected error: nobody is left hanging
-                self._fail(
-                    batch, StoreError("a Redis command failed", store=self.redis.prefix)
-                )
-            self._next(redis_key)
             for take in batch[1:]:
                 assert take.waiter is not None
                 take.waiter.wake()
+            if not answered:
+                self._next(redis_key)
+        # Let the members just woken run first: those that call again on this
+        # key queue for the next command, which then carries them all (else
+        # the first of them would find no command in flight and send alone).
+        await anyio.lowlevel.cancel_shielded_checkpoint()
+        self._next(redis_key)
         result = own.reply
         assert result is not None
         try:
             await anyio.lowlevel.checkpoint_if_cancelled()
         except anyio.get_cancelled_exc_class():
             if result[0]:
-                await self._void(own.keys, own.token)
+                await self._void(redis_key, own.token)
             raise
         return result
 
@@ -626,13 +672,13 @@ class RedisRateLimitStore:
             copy.__cause__ = error.__cause__
             take.error = copy
 
-    async def _void(self, keys: tuple[str, str], token: str) -> None:
+    async def _void(self, redis_key: str, token: str) -> None:
         """Take back (or void) the call *token*, whose command was cut short."""
-        args = ("void", "0", "0", "0", "0", "0", "0", token)
+        keys = (redis_key, f"{redis_key}:void")
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.redis.timeout):
             self.round_trips += 1
             with contextlib.suppress(StoreError):
-                await self.redis.run(self._script, keys, args)
+                await self.redis.run(self._script, keys, ("void", token))
 
     def __repr__(self) -> str:
         return (
