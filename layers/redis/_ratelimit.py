@@ -546,19 +546,19 @@ class RedisRateLimitStore:
         token = f"{self._token}{next(self._counter)}"
         need = float(cost)
         want = need if up_to is None or up_to < need else float(up_to)
-        take = _Take(
-            token,
+        word = (
             f"{need!r} {want!r} {float(interval)!r} {float(tolerance)!r} "
-            f"{finite(float(patience))!r} {'1' if waited else '0'} {token}",
+            f"{finite(float(patience))!r} {'1' if waited else '0'} {token}"
         )
         lanes = self._lanes
         queue = lanes.get(redis_key)
         if queue is None:
             # Nothing in flight for this key: send at once, alone.
             lanes[redis_key] = []
-            return await self._send(redis_key, [take])
+            return await self._alone(redis_key, word, token)
         # A command for this key is in flight: wait for the next one, which
         # carries every take queued meanwhile (up to BATCH).
+        take = _Take(token, word)
         waiter = take.waiter = new_waiter()
         queue.append(take)
         try:
@@ -582,6 +582,9 @@ class RedisRateLimitStore:
         assert queue[0] is take
         batch = queue[:BATCH]
         del queue[:BATCH]
+        if len(batch) == 1:
+            take.sent = True
+            return await self._alone(redis_key, word, token)
         return await self._send(redis_key, batch)
 
     def _next(self, redis_key: str) -> None:
@@ -594,29 +597,35 @@ class RedisRateLimitStore:
         else:
             del self._lanes[redis_key]
 
+    async def _alone(
+        self, redis_key: str, word: str, token: str
+    ) -> tuple[float, float, float]:
+        """Send one take alone, under the caller's deadline: its reply."""
+        self.round_trips += 1
+        try:
+            reply = await self.redis.run(
+                self._script, (redis_key, f"{redis_key}:void"), ("take", word)
+            )
+        except anyio.get_cancelled_exc_class():
+            self._next(redis_key)
+            await self._void(redis_key, token)
+            raise
+        except BaseException:
+            self._next(redis_key)
+            raise
+        self._next(redis_key)
+        granted, wait = reply[0].split()
+        return float(granted), float(wait), _time(reply)
+
     async def _send(
         self, redis_key: str, batch: list[_Take]
     ) -> tuple[float, float, float]:
-        """Send *batch* in one command (its first take is this call's): its reply."""
+        """Send *batch* (2 takes or more, the first this call's) in one command."""
         own = batch[0]
         for take in batch:
             take.sent = True
         keys = (redis_key, f"{redis_key}:void")
         self.round_trips += 1
-        if len(batch) == 1:
-            # Alone: exactly as without batches, under the caller's deadline.
-            try:
-                reply = await self.redis.run(self._script, keys, ("take", own.word))
-            except anyio.get_cancelled_exc_class():
-                self._next(redis_key)
-                await self._void(redis_key, own.token)
-                raise
-            except BaseException:
-                self._next(redis_key)
-                raise
-            self._next(redis_key)
-            granted, wait = reply[0].split()
-            return float(granted), float(wait), _time(reply)
         args = ["take"]
         args.extend(take.word for take in batch)
         # The command carries other calls' takes: it runs to its end (bounded
