@@ -632,6 +632,7 @@ class RedisRateLimitStore:
         # by the connection's timeout, not this call's deadline), so that each
         # gets its reply; this call's own cancellation is delivered after.
         answered = False
+        reply: Sequence[Any] | None = None
         try:
             with anyio.CancelScope(shield=True):
                 reset = DEADLINE.set(None)
@@ -639,6 +640,8 @@ class RedisRateLimitStore:
                     reply = await self.redis.run(self._script, keys, args)
                 finally:
                     DEADLINE.reset(reset)
+            if reply is None:  # (a shielded scope ends only with the command)
+                raise StoreError("a Redis command ended early", store=self.redis.prefix)
             now = _time(reply)
             for take, answer in zip(batch, reply, strict=False):
                 granted, wait = answer.split()
