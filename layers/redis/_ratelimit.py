@@ -640,8 +640,13 @@ class RedisRateLimitStore:
                     reply = await self.redis.run(self._script, keys, args)
                 finally:
                     DEADLINE.reset(reset)
-            if reply is None:  # (a shielded scope ends only with the command)
-                raise StoreError("a Redis command ended early", store=self.redis.prefix)
+            if reply is None or len(reply) != len(batch) + 2:
+                # (a shielded scope ends only with the command; a reply
+                # always answers every take: this is a safeguard)
+                raise StoreError(
+                    "a Redis command's reply did not answer its takes",
+                    store=self.redis.prefix,
+                )
             now = _time(reply)
             for take, answer in zip(batch, reply, strict=False):
                 granted, wait = answer.split()
