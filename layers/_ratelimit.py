@@ -702,9 +702,10 @@ class RateLimit:
     process that uses the same store, with the same options and meaning.
     Each call asks the store (a Redis store sends the calls that arrive
     while one of its commands is in flight together, in one round trip)
-    unless the store leases permits; in wait mode, calls queue per key within the process and only
-    the first of a queue asks the store; when the store fails, its failure
-    policy decides the call (counted in ``statistics().store_fallbacks``).
+    unless the store leases permits; in wait mode, calls queue per key
+    within the process and only the first of a queue asks the store; when
+    the store fails, its failure policy decides the call (counted in
+    ``statistics().store_fallbacks``).
 
     Args:
         rate: Calls admitted per *period*, a finite number > 0.
