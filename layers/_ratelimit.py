@@ -762,10 +762,12 @@ class RateLimit(GuardShorthand):
     **Shared stores**: with a :class:`SharedRateLimitStore` (such as
     :class:`layers.redis.RedisRateLimitStore`) the limit holds for every
     process that uses the same store, with the same options and meaning.
-    Each call asks the store (one round trip) unless the store leases
-    permits; in wait mode, calls queue per key within the process and only
-    the first of a queue asks the store; when the store fails, its failure
-    policy decides the call (counted in ``statistics().store_fallbacks``).
+    Each call asks the store (a Redis store sends the calls that arrive
+    while one of its commands is in flight together, in one round trip)
+    unless the store leases permits; in wait mode, calls queue per key
+    within the process and only the first of a queue asks the store; when
+    the store fails, its failure policy decides the call (counted in
+    ``statistics().store_fallbacks``).
 
     Args:
         rate: Calls admitted per *period*, a finite number > 0.
@@ -1473,8 +1475,9 @@ class RateLimit(GuardShorthand):
 
     # -- a shared store -----------------------------------------------------------
     #
-    # Every call asks the store (one round trip), except in lease mode, where
-    # the permits left from a batch are spent locally. Calls that must wait
+    # Every call asks the store (the store may carry concurrent calls in one
+    # round trip), except in lease mode, where the permits left from a lease
+    # are spent locally. Calls that must wait
     # queue per key in this process (the in-memory _Queue and _Waiter): only
     # the head asks the store, sleeps the wait it returns plus a small
     # jitter, and asks again. Without a queue, calls ask concurrently (in

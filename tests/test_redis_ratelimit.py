@@ -143,21 +143,22 @@ async def test_a_void_before_its_take_makes_the_take_take_nothing(
     """The marker of a cancelled call voids its take if the take runs after it."""
     store = RedisRateLimitStore(redis, name="void")
     key = store.redis_key("k")
-    marker = f"{key}:void:tok"
+    keys = (key, f"{key}:void")
     script = store._script  # pyright: ignore[reportPrivateUsage]
-    void = ("void", "0", "0", "0", "0", "0", "0", "tok")
-    take = ("take", "1", "1", "0.1", "0.1", "0", "0", "tok")
-    await redis.run(script, (key, marker), void)
-    reply = await redis.run(script, (key, marker), take)
-    assert float(reply[1]) == -1
+    await redis.run(script, keys, ("void", "tok"))
+    # a batch: tok (voided before it ran) takes nothing, tok3 is admitted
+    reply = await redis.run(
+        script, keys, ("take", "1 1 0.1 0.1 0 0 tok", "1 1 0.1 0.1 0 0 tok3")
+    )
+    assert reply[:2] == ["0 -1", "1 0"]
+    assert await redis.client.zcard(f"{key}:void") == 0  # the marker is used up
+    await redis.run(script, keys, ("void", "tok3"))
     assert await redis.client.exists([key]) == 0
     # in the other order, the void takes the call back
-    take2 = ("take", "1", "1", "0.1", "0.1", "0", "0", "tok2")
-    reply = await redis.run(script, (key, f"{key}:void:tok2"), take2)
-    assert float(reply[0]) == 1
+    reply = await redis.run(script, keys, ("take", "1 1 0.1 0.1 0 0 tok2"))
+    assert reply[0] == "1 0"
     assert await redis.client.exists([key]) == 1
-    void2 = ("void", "0", "0", "0", "0", "0", "0", "tok2")
-    await redis.run(script, (key, f"{key}:void:tok2"), void2)
+    await redis.run(script, keys, ("void", "tok2"))
     assert await redis.client.exists([key]) == 0
 
 
@@ -451,6 +452,215 @@ async def test_a_call_cancelled_while_its_command_is_in_flight_takes_nothing(
         assert admitted[0] < busy_until
         assert limit.statistics().waiting == 0
         assert leased.round_trips == 3  # 1's take and void, 2's take
+
+
+# -------------------------------------------------------------------- batches
+
+
+async def test_concurrent_takes_share_round_trips_and_answer_as_memory(
+    redis: RedisConnection,
+) -> None:
+    """Takes queued behind a command share the next one: the same exact answers.
+
+    Every take is decided in arrival order at its batch's instant on the
+    server's clock, so replaying them in that order against the in-memory
+    store at those instants gives the same waits.
+    """
+    rng = random.Random(7)
+    store = RedisRateLimitStore(redis, name="batch-same")
+    interval, tolerance = 0.002, 5 * 0.002
+    order: list[tuple[Hashable, float]] = []
+    answers: dict[int, tuple[float, float, float]] = {}
+
+    started: list[int] = []  # the order of the takes (that of their tokens)
+
+    async def take(index: int, key: Hashable, cost: float) -> None:
+        started.append(index)
+        answers[index] = await store._take(key, cost, interval, tolerance)
+
+    for _ in range(6):
+        async with anyio.create_task_group() as group:
+            for _ in range(rng.randrange(20, 60)):
+                key: Hashable = rng.choice(["a", None])
+                cost = rng.choice([0.5, 1, 2])
+                group.start_soon(take, len(order), key, cost)
+                order.append((key, cost))
+        await anyio.sleep(rng.random() * 0.01)
+    assert store.round_trips < len(order) / 3
+    assert not store._lanes  # pyright: ignore[reportPrivateUsage]
+    refused = 0
+    for key in ("a", None):
+        # per key: one server instant per batch, batches in arrival order
+        mine = [i for i in started if order[i][0] == key]
+        assert sorted(mine, key=lambda i: (answers[i][2], mine.index(i))) == mine
+        memory = layers.MemoryRateLimitStore()
+        for index in mine:
+            cost = order[index][1]
+            granted, wait, now = answers[index]
+            assert wait == memory.take(key, cost, now, interval, tolerance)
+            assert granted == (0 if wait else cost)
+            refused += bool(wait)
+    assert refused > 20
+
+
+async def test_many_tasks_on_one_limit_get_exactly_the_burst(
+    redis: RedisConnection,
+) -> None:
+    """200 calls at once in reject mode: the burst is admitted, in a few round trips."""
+    store = RedisRateLimitStore(redis, name="batch-burst")
+    limit = layers.RateLimit(1, 60.0, burst=20, mode="reject", store=store)
+    service = limit.layer(echo)
+    outcomes: list[str] = []
+
+    async def call(i: int) -> None:
+        try:
+            await service(i)
+            outcomes.append("admitted")
+        except layers.RateLimited:
+            outcomes.append("limited")
+
+    async with anyio.create_task_group() as group:
+        for i in range(200):
+            group.start_soon(call, i)
+    assert outcomes.count("admitted") == 20
+    assert outcomes.count("limited") == 180
+    # one alone, then batches of at most BATCH (64)
+    assert 4 <= store.round_trips <= 10
+
+
+async def _busy(server: RedisServer, seconds: float) -> None:
+    """Keep *server* busy for *seconds*: commands sent meanwhile wait in its queue."""
+    await anyio.to_thread.run_sync(server.command, "EVAL", BUSY, "0", str(seconds))
+
+
+async def test_a_call_cancelled_in_the_batch_queue_takes_nothing(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    """Queued behind a command in flight and cancelled: never sent, nothing taken."""
+    async with RedisConnection.from_url(redis_url, timeout=2.0) as redis:
+        store = RedisRateLimitStore(redis, name="batch-queued")
+        limit = layers.RateLimit(1, 60.0, burst=3, mode="reject", store=store)
+        service = limit.layer(echo)
+        await redis.client.ping()
+        cancelled = anyio.CancelScope()
+        admitted: list[int] = []
+
+        async def call(i: int) -> None:
+            await service(i)
+            admitted.append(i)
+
+        async def cancellable() -> None:
+            with cancelled:
+                await call(2)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(_busy, redis_server, 0.5)
+            await anyio.sleep(0.05)
+            group.start_soon(call, 1)  # sent: waits in the server's queue
+            await anyio.sleep(0.05)
+            group.start_soon(cancellable)  # queued here
+            group.start_soon(call, 3)  # queued here
+            await anyio.sleep(0.05)
+            queued = store._lanes[store.redis_key(None)]  # pyright: ignore[reportPrivateUsage]
+            assert len(queued) == 2
+            cancelled.cancel()
+        assert sorted(admitted) == [1, 3]
+        assert store.round_trips == 2  # 1 alone, then 3 (2 was never sent)
+        assert not store._lanes  # pyright: ignore[reportPrivateUsage]
+        # two of the three permits were taken: one is left
+        await service(4)
+        with pytest.raises(layers.RateLimited):
+            await service(5)
+
+
+async def test_cancelled_while_its_batch_is_in_flight(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    """A member cut short is taken back; the leader's cut waits for the others' replies.
+
+    1 is sent alone and cancelled (taken back); 2 then sends the batch
+    [2, 3, 4] while the server is busy; 4 is cancelled (taken back: it is
+    the batch's last take), 2 (its leader) is cancelled too: 3 still gets
+    its answer, and 2's cancellation arrives after the reply.
+    """
+    async with RedisConnection.from_url(redis_url, timeout=2.0) as redis:
+        store = RedisRateLimitStore(redis, name="batch-flight")
+        limit = layers.RateLimit(1, 60.0, burst=5, mode="reject", store=store)
+        service = limit.layer(echo)
+        await redis.client.ping()
+        scopes = {i: anyio.CancelScope() for i in (1, 2, 4)}
+        admitted: list[int] = []
+        cut: dict[int, float] = {}
+
+        async def call(i: int) -> None:
+            scope = scopes.get(i, anyio.CancelScope())
+            with scope:
+                await service(i)
+                admitted.append(i)
+            if scope.cancelled_caught:
+                cut[i] = anyio.current_time()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(_busy, redis_server, 0.6)
+            await anyio.sleep(0.05)
+            group.start_soon(call, 1)
+            await anyio.sleep(0.05)
+            for i in (2, 3, 4):
+                group.start_soon(call, i)
+                await anyio.sleep(0.01)
+            scopes[1].cancel()  # 2 sends [2, 3, 4] at once
+            await anyio.sleep(0.05)
+            assert store.round_trips == 3  # 1, its void, the batch
+            scopes[4].cancel()
+            scopes[2].cancel()
+            asked = anyio.current_time()
+        assert admitted == [3]
+        # 2's cancellation waited for its batch's reply (the server busy)
+        assert cut[2] >= asked + 0.15
+        assert store.round_trips == 5  # and the voids of 4 and 2
+        assert not store._lanes  # pyright: ignore[reportPrivateUsage]
+        # 1 and 4 were taken back; 2 was not (3 was admitted after it):
+        # 2 of the 5 permits are gone
+        for i in range(3):
+            await service(10 + i)
+        with pytest.raises(layers.RateLimited):
+            await service(13)
+
+
+async def test_redis_frozen_under_a_batch_fails_every_member(
+    own_redis_server: RedisServer,
+) -> None:
+    """Every member gets the policy's answer within the timeout; nothing hangs."""
+    async with RedisConnection.from_url(own_redis_server.url, timeout=0.2) as redis:
+        store = RedisRateLimitStore(redis, name="batch-frozen")
+        limit = layers.RateLimit(1000, burst=50, store=store, name="api")
+        service = limit.layer(echo)
+        await service(0)
+        outcomes: list[str] = []
+
+        async def call(i: int) -> None:
+            with anyio.fail_after(4.0):  # nothing hangs
+                try:
+                    await service(i)
+                    outcomes.append("admitted")
+                except layers.StoreUnavailable:
+                    outcomes.append("refused")
+
+        own_redis_server.pause()
+        try:
+            start = anyio.current_time()
+            async with anyio.create_task_group() as group:
+                for i in range(10):
+                    group.start_soon(call, i)
+            took = anyio.current_time() - start
+        finally:
+            own_redis_server.resume()
+        assert outcomes == ["refused"] * 10
+        assert store.round_trips == 1 + 2  # the warm-up, one alone, one batch
+        assert 0.35 <= took < 4.0  # two timeouts in a row (0.4 s)
+        assert limit.statistics().store_fallbacks == 10
+        assert not store._lanes  # pyright: ignore[reportPrivateUsage]
+        assert await service(1) == 1  # and it answers again
 
 
 async def test_lease_mode_takes_permits_by_the_batch(redis: RedisConnection) -> None:

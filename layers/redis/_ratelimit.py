@@ -22,7 +22,15 @@ cost about 4 % more per call on loopback):
     a call cancelled while its command was in flight can be taken back.
 
 The key expires when its ``tat`` (or its last turn) has passed: ``PX`` in
-milliseconds, rounded up, so Redis holds live keys only.
+milliseconds, rounded up, so Redis holds live keys only. Beside it,
+``<key>:void`` is a sorted set of the tokens of calls voided before their
+take ran (scored by when they expire, 60 s on; the take that finds its
+token removes it), present only after such a cancellation.
+
+One run of the script takes for one call or for a batch of calls on the
+same key (see "Batches" in :class:`RedisRateLimitStore`): it reads the
+state once, decides each take in turn as that many separate runs at the
+same instant would, and writes the state once.
 """
 
 from __future__ import annotations
@@ -36,8 +44,11 @@ from typing import Any, Final, Literal, cast, final
 from urllib.parse import quote, quote_from_bytes
 
 import anyio
+import anyio.lowlevel
 
+from .._backend import Waiter, new_waiter
 from .._config import check_int, check_name, fail_value
+from .._deadline import DEADLINE
 from .._errors import CallbackError, ConfigurationError, StoreError
 from .._store import STORE_POLICIES
 from ._connection import RedisConnection, finite
@@ -46,11 +57,15 @@ __all__ = ["RedisRateLimitStore"]
 
 SCRIPT: Final = r"""
 -- GCRA for layers.RateLimit (layers/redis/_ratelimit.py). KEYS[1]: the
--- limit's key, the string 'tat wake last prev' ('-' for none); KEYS[2]: the
--- call's void marker. ARGV: op ('take', 'peek' or 'void'), need, want,
--- interval, tolerance, patience, waited ('1' or '0'), token. Reply:
--- {granted, wait, seconds, microseconds} (TIME's), as strings: a Lua
--- number in a reply would be truncated to an integer.
+-- limit's key, the string 'tat wake last prev' ('-' for none); KEYS[2]: its
+-- void markers, a sorted set of tokens (scored by when they expire).
+-- ARGV[1]: the op. 'take': then one word per call (a batch of calls), each
+-- 'need want interval tolerance patience waited token' (waited: '1' or
+-- '0'), decided one after another as that many takes at the same instant
+-- would be; reply: 'granted wait' per call. 'peek': need, interval,
+-- tolerance; reply: wait. 'void': token; reply: '1' if taken back, else
+-- '0'. Every reply ends with TIME's seconds and microseconds. All are
+-- strings: a Lua number in a reply would be truncated to an integer.
 local key = KEYS[1]
 local op = ARGV[1]
 local clock = redis.call('TIME')
@@ -78,64 +93,91 @@ local function save(tat, turn, token, before)
 end
 if op == 'void' then
   -- Take back the call with this token, if nothing was taken since;
-  -- if its take has not run yet, mark it void so that it takes nothing.
-  if last ~= ARGV[8] then
-    redis.call('SET', KEYS[2], '1', 'PX', 60000)
-    return {'0', '0', clock[1], clock[2]}
+  -- if its take has not run yet, mark it void so that it takes nothing
+  -- (a marker lives 60 s; the take that finds it removes it).
+  if last ~= ARGV[2] then
+    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+    redis.call('ZADD', KEYS[2], now + 60, ARGV[2])
+    redis.call('PEXPIRE', KEYS[2], 60000)
+    return {'0', clock[1], clock[2]}
   end
   save(prev, wake, '-', '-')
-  return {'1', '0', clock[1], clock[2]}
+  return {'1', clock[1], clock[2]}
 end
-local need = tonumber(ARGV[2])
-local interval = tonumber(ARGV[4])
-local tolerance = tonumber(ARGV[5])
-local tat = tonumber(stored)
-if tat == nil or tat < now then tat = now end
-local backlog = tat - now
-local slack = tolerance - need * interval
 if op == 'peek' then
-  local wait = backlog - slack
+  local tat = tonumber(stored)
+  if tat == nil or tat < now then tat = now end
+  local wait = (tat - now) - (tonumber(ARGV[4]) - tonumber(ARGV[2]) * tonumber(ARGV[3]))
   if wait < 0 then wait = 0 end
-  return {'0', fmt(wait), clock[1], clock[2]}
+  return {fmt(wait), clock[1], clock[2]}
 end
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  return {'0', '-1', clock[1], clock[2]}  -- voided before it ran: take nothing
+-- The takes change the state in these variables; it is written once, at
+-- the end, as the last of that many separate takes would have written it.
+local changed = false
+local function put(tat, turn, token, before)
+  stored, wake, last, prev = tat, turn, token, before
+  changed = true
 end
-local turn = tonumber(wake)
--- A newcomer does not overtake the waiters that were given turns.
-local queued = ARGV[7] ~= '1' and turn ~= nil and turn > now
-if backlog <= slack and not queued then
-  local granted = need
-  local want = tonumber(ARGV[3])
-  if want > need then
-    if backlog <= tolerance - want * interval then
-      granted = want
-    else
-      local fit = math.floor((tolerance - backlog) / interval)
-      if fit > need and backlog <= tolerance - fit * interval then
-        granted = fit
+local marked = redis.call('EXISTS', KEYS[2]) == 1
+local reply = {}
+for a = 2, #ARGV do
+  local need_s, want_s, interval_s, tolerance_s, patience_s, waited, token =
+    string.match(ARGV[a], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
+  if marked and redis.call('ZREM', KEYS[2], token) == 1 then
+    reply[a - 1] = '0 -1'  -- voided before it ran: take nothing
+  else
+    local need = tonumber(need_s)
+    local interval = tonumber(interval_s)
+    local tolerance = tonumber(tolerance_s)
+    local tat = tonumber(stored)
+    if tat == nil or tat < now then tat = now end
+    local backlog = tat - now
+    local slack = tolerance - need * interval
+    local turn = tonumber(wake)
+    -- A newcomer does not overtake the waiters that were given turns.
+    local queued = waited ~= '1' and turn ~= nil and turn > now
+    if backlog <= slack and not queued then
+      local granted = need
+      local want = tonumber(want_s)
+      if want > need then
+        if backlog <= tolerance - want * interval then
+          granted = want
+        else
+          local fit = math.floor((tolerance - backlog) / interval)
+          if fit > need and backlog <= tolerance - fit * interval then
+            granted = fit
+          end
+        end
       end
+      local new_tat = tat + granted * interval
+      if new_tat <= now then  -- nothing to remember but the turns
+        put('-', wake or '-', '-', '-')
+      else
+        put(fmt(new_tat), wake or '-', token, stored or '-')
+      end
+      if granted == need then
+        reply[a - 1] = need_s .. ' 0'
+      else
+        reply[a - 1] = fmt(granted) .. ' 0'
+      end
+    else
+      local wait = backlog - slack
+      -- Every waiter refused gets the next turn: none that is taken already.
+      if turn ~= nil and turn - now > wait then wait = turn - now end
+      local patience = tonumber(patience_s)
+      if patience > 0 and wait <= patience then
+        -- A turn for this waiter: the next one gets the turn after it.
+        put(stored or '-', fmt(now + wait + need * interval), last or '-',
+            prev or '-')
+      end
+      reply[a - 1] = '0 ' .. fmt(wait)
     end
   end
-  local new_tat = tat + granted * interval
-  if new_tat <= now then  -- nothing to remember but the turns
-    save('-', wake or '-', '-', '-')
-  else
-    save(fmt(new_tat), wake or '-', ARGV[8], stored or '-')
-  end
-  if granted == need then return {ARGV[2], '0', clock[1], clock[2]} end
-  return {fmt(granted), '0', clock[1], clock[2]}
 end
-local wait = backlog - slack
--- Every waiter refused gets the next turn: none that is taken already.
-if turn ~= nil and turn - now > wait then wait = turn - now end
-local patience = tonumber(ARGV[6])
-if patience > 0 and wait <= patience then
-  -- A turn for this waiter: the next one gets the turn after it.
-  save(stored or '-', fmt(now + wait + need * interval), last or '-',
-       prev or '-')
-end
-return {'0', fmt(wait), clock[1], clock[2]}
+if changed then save(stored, wake, last, prev) end
+reply[#reply + 1] = clock[1]
+reply[#reply + 1] = clock[2]
+return reply
 """
 """The Lua script: GCRA take, peek and void on the server's clock."""
 
@@ -178,8 +220,27 @@ def _part(key: object) -> str:
 
 
 def _time(reply: Sequence[Any]) -> float:
-    """The server's time in a reply, as the script computed it (same steps)."""
-    return (float(reply[2]) - 1700000000) + float(reply[3]) / 1000000
+    """The server's time in a reply (its last two words), as the script computed it."""
+    return (float(reply[-2]) - 1700000000) + float(reply[-1]) / 1000000
+
+
+BATCH: Final = 64
+"""The most takes one round trip carries (see "Batches" in RedisRateLimitStore)."""
+
+
+@final
+class _Take:
+    """One call's take: its word for the script, and what came back for it."""
+
+    __slots__ = ("error", "reply", "sent", "token", "waiter", "word")
+
+    def __init__(self, token: str, word: str) -> None:
+        self.token = token
+        self.word = word  # 'need want interval tolerance patience waited token'
+        self.sent = False  # part of a command sent to Redis
+        self.waiter: Waiter | None = None  # set while it waits in a queue
+        self.reply: tuple[float, float, float] | None = None  # granted, wait, time
+        self.error: StoreError | None = None
 
 
 @final
@@ -196,13 +257,42 @@ class RedisRateLimitStore:
     ``quota = layers.RateLimit(100, burst=10, store=RedisRateLimitStore(redis,
     name="partner_api"))``.
 
-    **Exact by default.** Each call runs one Lua script (one round trip) that
-    reads the server's clock (``TIME``) and does the GCRA step atomically,
-    as :meth:`MemoryRateLimitStore.take <layers.MemoryRateLimitStore.take>`
+    **Exact by default.** Each call is decided by a Lua script that reads
+    the server's clock (``TIME``) and does the GCRA step atomically, as
+    :meth:`MemoryRateLimitStore.take <layers.MemoryRateLimitStore.take>`
     does in memory: for any sequence of calls, the same answers (and the
     same exact ``retry_after`` in reject mode). The clocks of the processes
     never enter the schedule. Over any stretch of time ``d`` the fleet is
     admitted at most ``burst + d / T`` calls (``T = period / rate``).
+
+    **Batches.** A call sends its take at once when no command for its key
+    is in flight from this process, so a lone call costs one round trip
+    and nothing more. Calls on the same key that arrive while one is in
+    flight queue here (first come, first served), and the next command
+    carries all of them, up to 64, in one run of the
+    script, which decides each take in that order, atomically, exactly as
+    that many separate takes at that instant would (each call keeps its
+    own cost, ``up_to``, turn and void marker): so under load a process
+    costs about one round trip per key per reply, however many of its
+    tasks call. The bound keeps one script run short (a few microseconds
+    per take: Redis runs nothing else meanwhile) and leaves no queue
+    unbounded in effect (beyond 64, the rest go in the next command).
+    Only takes for the same Redis key share a command: the keys of a
+    per-key limit may live in different cluster slots.
+
+    The command is sent by the first of the queued calls, the batch's
+    *leader*, itself a member, rather than by a task of the connection:
+    a task would need the connection to be entered (a rate limit does not
+    need it otherwise) and would cost a task switch on every batch. Once
+    sent, a batch's command runs to its end even if its leader is
+    cancelled (shielded, and bounded by the connection's *timeout* instead
+    of the leader's deadline), so every member gets its reply or, if Redis
+    fails, a :class:`~layers.StoreError` each (then the store's failure
+    policy decides each call); the leader's own cancellation is delivered
+    once the reply is in, by at most the timeout late, and its take is
+    then taken back as below. A lone call's command is not shielded: it
+    runs under the caller's deadline as before. ``round_trips`` counts
+    commands, so under load it grows slower than the calls.
 
     **Keys.** A limit without a key function is the Redis key
     ``<prefix>:rate:{<name>}``; with one, each user key ``k`` is
@@ -248,7 +338,8 @@ class RedisRateLimitStore:
     ``cost x T``). Under contention an admitted call costs about two round
     trips (one to be told its turn, one to be admitted).
 
-    **Cancellation.** A call cancelled while it waits takes nothing. One
+    **Cancellation.** A call cancelled while it waits (in the layer's
+    queue, or queued here for the next batch) takes nothing. One
     cancelled while its command is in flight sends, shielded and within
     the connection's timeout, a second command that takes its call back
     (if no call was admitted since on that key) or marks it void (if it has
@@ -300,8 +391,9 @@ class RedisRateLimitStore:
         processes: The number of processes expected to share the limit, an
             int >= 1; required with ``fail="local"`` (the local limit is
             ``rate / processes``), unused otherwise.
-        lease: ``None`` (the default: exact, one round trip per call) or an
-            int >= 1: the permits a process takes at once in lease mode.
+        lease: ``None`` (the default: exact, every call decided on the
+            server, batched as above) or an int >= 1: the permits a process
+            takes at once in lease mode.
 
     Raises:
         layers.ConfigurationError: For an invalid argument, naming it (and
@@ -310,6 +402,7 @@ class RedisRateLimitStore:
 
     __slots__ = (
         "_counter",
+        "_lanes",
         "_root",
         "_script",
         "_tag",
@@ -364,6 +457,8 @@ class RedisRateLimitStore:
         self._script = redis.script(SCRIPT)
         self._token = secrets.token_hex(6) + ":"
         self._counter = itertools.count()
+        # Per Redis key with a command in flight: the takes queued for the next.
+        self._lanes: dict[str, list[_Take]] = {}
 
     def redis_key(self, key: Hashable) -> str:
         """The Redis key of the user key *key* (see "Keys" above).
@@ -423,11 +518,18 @@ class RedisRateLimitStore:
         self, key: Hashable, cost: float, interval: float, tolerance: float
     ) -> tuple[float, float]:
         """:meth:`peek`, and the server's time it read (for tests)."""
-        number = repr(float(cost))
-        args = ("peek", number, number, repr(float(interval)), repr(float(tolerance)))
+        redis_key = self.redis_key(key)
+        args = (
+            "peek",
+            repr(float(cost)),
+            repr(float(interval)),
+            repr(float(tolerance)),
+        )
         self.round_trips += 1
-        reply = await self.redis.run(self._script, (self.redis_key(key),), args)
-        return float(reply[1]), _time(reply)
+        reply = await self.redis.run(
+            self._script, (redis_key, f"{redis_key}:void"), args
+        )
+        return float(reply[0]), _time(reply)
 
     async def _take(
         self,
@@ -442,34 +544,158 @@ class RedisRateLimitStore:
         """:meth:`take`, and the server's time it read (for tests)."""
         redis_key = self.redis_key(key)
         token = f"{self._token}{next(self._counter)}"
-        keys = (redis_key, f"{redis_key}:void:{token}")
         need = float(cost)
         want = need if up_to is None or up_to < need else float(up_to)
-        args = (
-            "take",
-            repr(need),
-            repr(want),
-            repr(float(interval)),
-            repr(float(tolerance)),
-            repr(finite(float(patience))),
-            "1" if waited else "0",
-            token,
+        word = (
+            f"{need!r} {want!r} {float(interval)!r} {float(tolerance)!r} "
+            f"{finite(float(patience))!r} {'1' if waited else '0'} {token}"
         )
+        lanes = self._lanes
+        queue = lanes.get(redis_key)
+        if queue is None:
+            # Nothing in flight for this key: send at once, alone.
+            lanes[redis_key] = []
+            return await self._alone(redis_key, word, token)
+        # A command for this key is in flight: wait for the next one, which
+        # carries every take queued meanwhile (up to BATCH).
+        take = _Take(token, word)
+        waiter = take.waiter = new_waiter()
+        queue.append(take)
+        try:
+            await waiter.wait()
+        except anyio.get_cancelled_exc_class():
+            if take.sent:
+                # Its batch is in flight (or answered): take it back.
+                reply = take.reply
+                if reply is None or reply[0]:
+                    await self._void(redis_key, token)
+            else:
+                queue.remove(take)  # it takes nothing
+                if waiter.woken:  # it was to send the next batch: pass that on
+                    self._next(redis_key)
+            raise
+        if take.reply is not None:
+            return take.reply
+        if take.error is not None:
+            raise take.error
+        # Woken to send: this call heads the queue, and its batch.
+        assert queue[0] is take
+        batch = queue[:BATCH]
+        del queue[:BATCH]
+        if len(batch) == 1:
+            take.sent = True
+            return await self._alone(redis_key, word, token)
+        return await self._send(redis_key, batch)
+
+    def _next(self, redis_key: str) -> None:
+        """The command for *redis_key* is done: wake the next queued take to send."""
+        queue = self._lanes[redis_key]
+        if queue:
+            waiter = queue[0].waiter
+            assert waiter is not None
+            waiter.wake()
+        else:
+            del self._lanes[redis_key]
+
+    async def _alone(
+        self, redis_key: str, word: str, token: str
+    ) -> tuple[float, float, float]:
+        """Send one take alone, under the caller's deadline: its reply."""
         self.round_trips += 1
         try:
-            reply: Sequence[Any] = await self.redis.run(self._script, keys, args)
+            reply = await self.redis.run(
+                self._script, (redis_key, f"{redis_key}:void"), ("take", word)
+            )
         except anyio.get_cancelled_exc_class():
-            await self._void(keys, token)
+            self._next(redis_key)
+            await self._void(redis_key, token)
             raise
-        return float(reply[0]), float(reply[1]), _time(reply)
+        except BaseException:
+            self._next(redis_key)
+            raise
+        self._next(redis_key)
+        granted, wait = reply[0].split()
+        return float(granted), float(wait), _time(reply)
 
-    async def _void(self, keys: tuple[str, str], token: str) -> None:
+    async def _send(
+        self, redis_key: str, batch: list[_Take]
+    ) -> tuple[float, float, float]:
+        """Send *batch* (2 takes or more, the first this call's) in one command."""
+        own = batch[0]
+        for take in batch:
+            take.sent = True
+        keys = (redis_key, f"{redis_key}:void")
+        self.round_trips += 1
+        args = ["take"]
+        args.extend(take.word for take in batch)
+        # The command carries other calls' takes: it runs to its end (bounded
+        # by the connection's timeout, not this call's deadline), so that each
+        # gets its reply; this call's own cancellation is delivered after.
+        answered = False
+        reply: Sequence[Any] | None = None
+        try:
+            with anyio.CancelScope(shield=True):
+                reset = DEADLINE.set(None)
+                try:
+                    reply = await self.redis.run(self._script, keys, args)
+                finally:
+                    DEADLINE.reset(reset)
+            if reply is None or len(reply) != len(batch) + 2:
+                # (a shielded scope ends only with the command; a reply
+                # always answers every take: this is a safeguard)
+                raise StoreError(
+                    "a Redis command's reply did not answer its takes",
+                    store=self.redis.prefix,
+                )
+            now = _time(reply)
+            for take, answer in zip(batch, reply, strict=False):
+                granted, wait = answer.split()
+                take.reply = (float(granted), float(wait), now)
+            answered = True
+        except StoreError as error:
+            self._fail(batch, error)
+            raise
+        except BaseException:  # unexpected: still, nobody is left hanging
+            self._fail(
+                batch, StoreError("a Redis command failed", store=self.redis.prefix)
+            )
+            raise
+        finally:
+            for take in batch[1:]:
+                assert take.waiter is not None
+                take.waiter.wake()
+            if not answered:
+                self._next(redis_key)
+        # Let the members just woken run first: those that call again on this
+        # key queue for the next command, which then carries them all (else
+        # the first of them would find no command in flight and send alone).
+        await anyio.lowlevel.cancel_shielded_checkpoint()
+        self._next(redis_key)
+        result = own.reply
+        assert result is not None
+        try:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+        except anyio.get_cancelled_exc_class():
+            if result[0]:
+                await self._void(redis_key, own.token)
+            raise
+        return result
+
+    @staticmethod
+    def _fail(batch: list[_Take], error: StoreError) -> None:
+        """Fail the other takes of *batch* with *error* (each its own copy)."""
+        for take in batch[1:]:
+            copy = StoreError(str(error), store=error.store)
+            copy.__cause__ = error.__cause__
+            take.error = copy
+
+    async def _void(self, redis_key: str, token: str) -> None:
         """Take back (or void) the call *token*, whose command was cut short."""
-        args = ("void", "0", "0", "0", "0", "0", "0", token)
+        keys = (redis_key, f"{redis_key}:void")
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.redis.timeout):
             self.round_trips += 1
             with contextlib.suppress(StoreError):
-                await self.redis.run(self._script, keys, args)
+                await self.redis.run(self._script, keys, ("void", token))
 
     def __repr__(self) -> str:
         return (
