@@ -226,6 +226,17 @@ class _Core:
                 self.trips = 0
         duration = self.open_duration(self.trips)
         self.trips += 1
+        self._open(at, duration, reason, failure_rate, slow_rate)
+
+    def _open(
+        self,
+        at: float,
+        duration: float,
+        reason: str,
+        failure_rate: float | None,
+        slow_rate: float | None,
+    ) -> None:
+        """Enter OPEN as of *at* for *duration* seconds, and say so."""
         self.open_until = at + duration
         self.trial = None
         previous = self._enter(_OPEN, at)
@@ -303,21 +314,7 @@ class _Core:
         if not regular:
             self.window = self.new_window()
             self.exceeded = False
-        self.open_until = until
-        self.trial = None
-        previous = self._enter(_OPEN, now)
-        if events.STATE.sinks:
-            events.emit(
-                CircuitOpened(
-                    layer=self.name,
-                    from_state=previous.value,
-                    to_state="open",
-                    reason=reason,
-                    open_duration=seconds,
-                    failure_rate=None,
-                    slow_call_rate=None,
-                )
-            )
+        self._open(now, seconds, reason, None, None)
         return True
 
     def hinted(self, outcome: object, cause: BaseException | None) -> None:
