@@ -27,8 +27,11 @@ and takes a worker (as a request already sent over HTTP does). That is
 what makes overload collapse rather than merely saturate.
 
 **The clients** are open-loop: arrivals are a Poisson process at the
-offered rate, each one a task that calls the stack under
-``anyio.move_on_after(--timeout)``. The offered rate holds at 0.5 C for
+offered rate, each one a task that calls the stack, whose innermost layer
+is the client's ``Timeout(--timeout)`` (so the layers above it see a
+timeout as an error, :class:`~layers.Elapsed`, which an adaptive limit
+counts as a drop; the stacks' limits shed load rather than queue, so
+nothing waits outside that timeout). The offered rate holds at 0.5 C for
 10 s, ramps to 3 C over 30 s, holds 3 C for 30 s, ramps back to 0.5 C over
 30 s and holds it for 30 s (``--scale`` multiplies these durations).
 
@@ -46,7 +49,8 @@ printed with PASS/FAIL; the script exits with status 1 when one fails):
   (no limit), ``static`` (a load-shedding ``ConcurrencyLimit`` at the
   downstream's knee, 2c), ``static-2x`` (one set 2x above the most calls
   that still finish within the timeout, ``c + C x (timeout - s0)``), and
-  ``adaptive`` when the adaptive concurrency limit is in ``layers``.
+  ``gradient2`` and ``aimd`` (``AdaptiveConcurrencyLimit`` with Netflix's
+  defaults) when the adaptive concurrency limit is in ``layers``.
   Goals: no limit collapses (goodput at 3 C below half of C, p99 at the
   timeout), ``static-2x`` does not recover (goodput in the last phase
   below 90 % of the offered 0.5 C), the adaptive limit holds goodput >= 90
@@ -210,17 +214,27 @@ STACKS: dict[str, StackFactory] = {
     "static": _static,
     "static-2x": _static_2x,
 }
-"""The overload scenario's stacks: name -> (model -> (layers outer first, limit))."""
+"""The overload scenario's stacks: name -> (model -> (layers outer first, limit)).
 
-# The adaptive concurrency limit (issue 16) plugs in here once it is in layers.
-_ADAPTIVE = getattr(layers, "AdaptiveConcurrencyLimit", None)
-if _ADAPTIVE is not None:  # pragma: no cover - not on this branch yet
+The client's ``Timeout`` goes inside the layers given; a stack that queues
+calls must bound the wait itself (``max_wait``)."""
 
-    def _adaptive(model: Model) -> tuple[list[Any], Any]:
-        limit = _ADAPTIVE(max_waiting=0)
-        return [limit], limit
+# The adaptive concurrency limit (issue 16) plugs in here once it is in layers:
+# Netflix's defaults (initial and min limit 20, max 200), shedding beyond it.
+if hasattr(layers, "AdaptiveConcurrencyLimit"):  # pragma: no cover - not yet
 
-    STACKS["adaptive"] = _adaptive
+    def _adaptive(algorithm: str) -> StackFactory:
+        def make(model: Model) -> tuple[list[Any], Any]:
+            make_algorithm = getattr(layers, algorithm)
+            limit = layers.AdaptiveConcurrencyLimit(  # type: ignore[attr-defined]
+                algorithm=make_algorithm(), max_waiting=0
+            )
+            return [limit], limit
+
+        return make
+
+    STACKS["gradient2"] = _adaptive("Gradient2")
+    STACKS["aimd"] = _adaptive("AIMD")
 
 
 # ------------------------------------------------------------------ measuring
@@ -288,7 +302,9 @@ async def run_overload(model: Model, stack: str) -> Run:
     layers_, limit = STACKS[stack](model)
     downstream = Downstream(model)
     service: Any = downstream
-    for layer in reversed(layers_):
+    # The client's timeout, innermost: the layers see it as an error (Elapsed,
+    # a TimeoutError), as an adaptive limit needs to count it as a drop.
+    for layer in reversed([*layers_, layers.Timeout(model.timeout)]):
         service = layer.layer(service)
     buckets = [Bucket() for _ in range(math.ceil(model.duration) + 1)]
     arrivals = random.Random(model.seed)
@@ -304,20 +320,20 @@ async def run_overload(model: Model, stack: str) -> Run:
 
         async def call(service_time: float) -> None:
             began = anyio.current_time()
-            with anyio.move_on_after(model.timeout) as scope:
-                try:
-                    await service(service_time)
-                except layers.Rejected:
-                    buckets[int(now())].refused += 1
-                    return
-                except Exception:
-                    buckets[int(now())].errors += 1
-                    return
-                bucket = buckets[int(now())]
-                bucket.ok += 1
-                bucket.latencies.append(anyio.current_time() - began)
-            if scope.cancelled_caught:
+            try:
+                await service(service_time)
+            except TimeoutError:  # layers.Elapsed
                 buckets[int(now())].timeouts += 1
+                return
+            except layers.Rejected:
+                buckets[int(now())].refused += 1
+                return
+            except Exception:
+                buckets[int(now())].errors += 1
+                return
+            bucket = buckets[int(now())]
+            bucket.ok += 1
+            bucket.latencies.append(anyio.current_time() - began)
 
         async def sample() -> None:
             for second in range(len(buckets)):
@@ -465,14 +481,21 @@ def plot_overload(runs: list[Run], path: Path) -> None:
 
 
 def plot_bars(
-    title: str, labels: list[str], values: list[float], ylabel: str, path: Path
+    title: str,
+    labels: list[str],
+    values: list[float],
+    ylabel: str,
+    path: Path,
+    *,
+    log: bool = False,
 ) -> None:
     plt = _pyplot()
     fig, axes = plt.subplots(figsize=(6, 3.5))
     bars = axes.bar(labels, values, color=["tab:red", "tab:green"][: len(labels)])
     axes.bar_label(bars, fmt="%g")
     axes.set_ylabel(ylabel)
-    axes.set_yscale("log")
+    if log:
+        axes.set_yscale("log")
     axes.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -584,6 +607,7 @@ def scenario_coalesce(args: argparse.Namespace, model: Model) -> list[tuple[str,
             [result.downstream_plain, result.downstream_coalesced],
             "downstream calls",
             args.out / "sim_coalesce.png",
+            log=True,
         )
     ok = result.downstream_coalesced == 1
     return [
@@ -614,6 +638,7 @@ def scenario_throttle(args: argparse.Namespace, model: Model) -> list[tuple[str,
     figures = _run(args.backend, sim.simulate)
     print("  " + sim.describe(figures))
     recovery = figures.recovery
+    healed = math.inf if recovery is None else recovery
     if not args.no_plots:
         plot_bars(
             "Downstream refusing most calls, through AdaptiveThrottle",
@@ -629,8 +654,8 @@ def scenario_throttle(args: argparse.Namespace, model: Model) -> list[tuple[str,
             figures.ratio <= 2.5,
         ),
         (
-            f"throttling: full traffic {recovery} s after the heal (goal: within one "
-            f"window, {figures.window:g} s)",
+            f"throttling: full traffic {_seconds(healed)} after the heal "
+            f"(goal: within one window, {figures.window:g} s)",
             recovery is not None and recovery <= figures.window,
         ),
     ]
