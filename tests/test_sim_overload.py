@@ -80,3 +80,25 @@ def test_main_prints_each_goal(
     assert sim_overload.main(args) == 0
     out = capsys.readouterr().out
     assert "PASS  coalescing: 1000 concurrent identical requests make 1" in out
+
+
+def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    """--help names each option with a line of help, and the known stacks."""
+    with pytest.raises(SystemExit):
+        sim_overload.parse(["--help"])
+    out = capsys.readouterr().out
+    for option in [
+        "--backend",
+        "--scenario",
+        "--stacks",
+        "--capacity",
+        "--servers",
+        "--timeout",
+        "--scale",
+        "--seed",
+        "--out",
+        "--no-plots",
+    ]:
+        assert option in out, option
+    for stack in sim_overload.STACKS:
+        assert stack in out, stack
