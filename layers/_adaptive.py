@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar, Protocol, TypeVar, final
 
-import anyio
 import attrs
 
+from ._backend import current_time
 from ._classify import Classification, classification, matcher
 from ._concurrency import ConcurrencyLimit
 from ._config import (
@@ -91,7 +91,7 @@ def _check_bounds(owner: object, initial: int, low: int, high: int) -> None:
 
 
 @final
-@attrs.define(kw_only=True)
+@attrs.define(kw_only=True, on_setattr=attrs.setters.NO_OP)
 class AIMD:
     """Additive increase, multiplicative decrease (Netflix's ``AIMDLimit``).
 
@@ -140,7 +140,7 @@ class AIMD:
 
 
 @final
-@attrs.define(kw_only=True)
+@attrs.define(kw_only=True, on_setattr=attrs.setters.NO_OP)
 class Gradient2:
     """Netflix's ``Gradient2Limit``: the limit follows short RTT against long RTT.
 
@@ -181,10 +181,12 @@ class Gradient2:
     estimate: float = attrs.field(init=False, repr=False)
     long_rtt: float = attrs.field(init=False, default=0.0, repr=False)
     samples: int = attrs.field(init=False, default=0, repr=False)
+    _factor: float = attrs.field(init=False, default=0.0, repr=False)
 
     def __attrs_post_init__(self) -> None:
         _check_bounds(self, self.initial_limit, self.min_limit, self.max_limit)
         self.estimate = float(self.initial_limit)
+        self._factor = 2 / (self.long_window + 1)
 
     @property
     def limit(self) -> int:
@@ -193,16 +195,15 @@ class Gradient2:
 
     def update(self, rtt: float, in_flight: int, dropped: bool) -> int:
         """Take one sample; return the new limit (see the class)."""
-        short = max(rtt, 1e-9)
-        self.samples += 1
-        if self.samples <= 10:  # warm-up: a plain average
-            self.long_rtt += (short - self.long_rtt) / self.samples
-        else:
-            factor = 2 / (self.long_window + 1)
-            self.long_rtt = (1 - factor) * self.long_rtt + factor * short
+        short = rtt if rtt > 1e-9 else 1e-9
+        samples = self.samples = self.samples + 1
         long = self.long_rtt
-        if long / short > 2:
-            self.long_rtt *= 0.95
+        if samples <= 10:  # warm-up: a plain average
+            long += (short - long) / samples
+        else:
+            long += (short - long) * self._factor
+        # far above the short RTT: load has gone, recover fast
+        self.long_rtt = long * 0.95 if long > 2 * short else long
         estimate = self.estimate
         if in_flight < estimate / 2:
             return int(estimate)
@@ -219,7 +220,7 @@ def _log10(limit: float) -> int:
 
 
 @final
-@attrs.define(kw_only=True)
+@attrs.define(kw_only=True, on_setattr=attrs.setters.NO_OP)
 class Vegas:
     """Netflix's ``VegasLimit`` (after TCP Vegas): grow while no queue builds.
 
@@ -440,13 +441,14 @@ class AdaptiveConcurrencyLimit:
         estimator = self._estimator
         limit = self._limit
         drop = matcher(self.on)
-        clock = anyio.current_time
+        clock = current_time
 
-        def sample(rtt: float, in_flight: int, dropped: bool) -> None:
+        update = estimator.update
+
+        def dropped(rtt: float, in_flight: int) -> None:
             counts.samples += 1
-            if dropped:
-                counts.drops += 1
-            new = estimator.update(rtt, in_flight, dropped)
+            counts.drops += 1
+            new = update(rtt, in_flight, True)
             if new != limit.max_in_flight:
                 limit.set_limit(new)
 
@@ -459,13 +461,16 @@ class AdaptiveConcurrencyLimit:
             except Exception as error:
                 counts.in_flight -= 1
                 if drop(error):
-                    sample(clock() - start, in_flight, True)
+                    dropped(clock() - start, in_flight)
                 raise
             except BaseException:  # cancelled: no sample
                 counts.in_flight -= 1
                 raise
             counts.in_flight -= 1
-            sample(clock() - start, in_flight, False)
+            counts.samples += 1
+            new = update(clock() - start, in_flight, False)
+            if new != limit.max_in_flight:
+                limit.set_limit(new)
             return response
 
         service = limit.layer(measured)
