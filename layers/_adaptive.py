@@ -190,7 +190,7 @@ class Gradient2:
 
     @property
     def limit(self) -> int:
-        """The limit now: the estimate, rounded down."""
+        """The limit now (the estimate, rounded down)."""
         return int(self.estimate)
 
     def update(self, rtt: float, in_flight: int, dropped: bool) -> int:
@@ -259,7 +259,7 @@ class Vegas:
 
     @property
     def limit(self) -> int:
-        """The limit now: the estimate, rounded down."""
+        """The limit now (the estimate, rounded down)."""
         return int(self.estimate)
 
     def update(self, rtt: float, in_flight: int, dropped: bool) -> int:
