@@ -414,3 +414,16 @@ async def test_server_side_503_beyond_the_limit() -> None:
         group.start_soon(one)
         group.start_soon(one)
     assert sorted(statuses) == [200, 200, 200, 503]
+
+
+@pytest.mark.anyio
+async def test_vegas_backs_off_when_a_queue_builds_at_the_downstream() -> None:
+    """Vegas: RTT far above the no-load RTT (a queue) lowers the limit."""
+    downstream = Downstream(10)
+    limit = layers.AdaptiveConcurrencyLimit(
+        algorithm=layers.Vegas(initial_limit=60, max_limit=100)
+    )
+    svc = limit.layer(downstream)
+    await drive(svc, 5, 10, limit)  # unloaded: learns the no-load RTT, 0.1 s
+    seen = await drive(svc, 100, 10, limit)
+    assert min(seen) <= 30
