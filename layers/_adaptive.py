@@ -366,7 +366,8 @@ class AdaptiveConcurrencyLimit:
 
     Args:
         algorithm: :class:`AIMD`, :class:`Gradient2` (the default) or
-            :class:`Vegas`; the layer works on a copy of it.
+            :class:`Vegas`; the layer works on a fresh copy of it (the same
+            parameters, the initial limit).
         max_waiting: As :class:`~layers.ConcurrencyLimit`'s.
         max_wait: As :class:`~layers.ConcurrencyLimit`'s.
         on: What counts as a drop: exception classes or a predicate
@@ -414,8 +415,8 @@ class AdaptiveConcurrencyLimit:
         object.__setattr__(self, "_limit", limit)
 
     @property
-    def limit(self) -> ConcurrencyLimit:
-        """The :class:`~layers.ConcurrencyLimit` this layer moves."""
+    def concurrency_limit(self) -> ConcurrencyLimit:
+        """The :class:`~layers.ConcurrencyLimit` this layer moves (queue, permits)."""
         return self._limit
 
     def statistics(self) -> AdaptiveConcurrencyLimitStatistics:

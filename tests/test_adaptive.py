@@ -383,7 +383,7 @@ async def test_the_builder_and_describe_stack() -> None:
     (layer,) = layers.layers_of(svc)
     assert isinstance(layer, layers.AdaptiveConcurrencyLimit)
     assert layer.on is ValueError
-    assert layer.limit.max_waiting == 0
+    assert layer.concurrency_limit.max_waiting == 0
     assert await svc(4) == 4
 
 
