@@ -58,6 +58,10 @@ _queue_bound = int_at_least(
 )
 
 
+DEFAULT_DROPS: tuple[type[Exception], ...] = (Rejected, TimeoutError)
+"""What :class:`AdaptiveConcurrencyLimit` counts as a drop unless told."""
+
+
 class LimitAlgorithm(Protocol):
     """What :class:`AdaptiveConcurrencyLimit` asks of an algorithm.
 
@@ -337,7 +341,7 @@ class _Counts:
 
 
 @final
-@attrs.frozen(kw_only=True, eq=False)
+@attrs.frozen(eq=False)
 class AdaptiveConcurrencyLimit:
     """A :class:`~layers.ConcurrencyLimit` whose limit an algorithm moves.
 
@@ -380,7 +384,7 @@ class AdaptiveConcurrencyLimit:
     Example:
         >>> import layers
         >>> limit = layers.AdaptiveConcurrencyLimit(
-        ...     algorithm=layers.AIMD(initial_limit=4, min_limit=1), max_waiting=0
+        ...     layers.AIMD(initial_limit=4, min_limit=1), max_waiting=0
         ... )
         >>> limit.statistics().max_in_flight
         4
@@ -389,14 +393,18 @@ class AdaptiveConcurrencyLimit:
     algorithm: AIMD | Gradient2 | Vegas = attrs.field(
         factory=Gradient2, validator=_algorithm
     )
-    max_waiting: int | None = attrs.field(default=None, validator=_queue_bound)
+    max_waiting: int | None = attrs.field(
+        default=None, kw_only=True, validator=_queue_bound
+    )
     max_wait: float | None = attrs.field(
-        default=None, validator=optional_positive_seconds
+        default=None, kw_only=True, validator=optional_positive_seconds
     )
     on: Classification = attrs.field(
-        default=(Rejected, TimeoutError), validator=_drop_on
+        default=DEFAULT_DROPS, kw_only=True, validator=_drop_on
     )
-    name: str = attrs.field(default="adaptive_concurrency_limit", validator=name_value)
+    name: str = attrs.field(
+        default="adaptive_concurrency_limit", kw_only=True, validator=name_value
+    )
     _estimator: AIMD | Gradient2 | Vegas = attrs.field(init=False, repr=False)
     _limit: ConcurrencyLimit = attrs.field(init=False, repr=False)
     _counts: _Counts = attrs.field(init=False, factory=_Counts, repr=False)

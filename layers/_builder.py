@@ -83,7 +83,13 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import Any, Generic, ParamSpec, TypedDict, Unpack, final, overload
 
-from ._adaptive import AIMD, AdaptiveConcurrencyLimit, Gradient2, Vegas
+from ._adaptive import (
+    AIMD,
+    DEFAULT_DROPS,
+    AdaptiveConcurrencyLimit,
+    Gradient2,
+    Vegas,
+)
 from ._arguments import Arguments, decorate, takes_one_request
 from ._backoff import BackoffSpec
 from ._breaker import CircuitBreaker, CircuitBreakerOptions
@@ -795,28 +801,18 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
         *,
         max_waiting: int | None = None,
         max_wait: float | None = None,
-        on: Classification | None = None,
+        on: Classification = DEFAULT_DROPS,
         name: str = "adaptive_concurrency_limit",
     ) -> ServiceBuilder[InReq, InRes, OutReq, OutRes]:
         """Add a new :class:`~layers.AdaptiveConcurrencyLimit` (its options).
 
-        *algorithm* ``None`` is :class:`~layers.Gradient2`, *on* ``None``
-        the layer's default drops. The layer object is made now, so every
-        service built from this builder shares the same limit.
+        *algorithm* ``None`` is a new :class:`~layers.Gradient2`. The layer
+        object is made now, so every service built from this builder shares
+        the same limit.
         """
-        chosen = Gradient2() if algorithm is None else algorithm
-        if on is None:
-            return self._add(
-                AdaptiveConcurrencyLimit(
-                    algorithm=chosen,
-                    max_waiting=max_waiting,
-                    max_wait=max_wait,
-                    name=name,
-                )
-            )
         return self._add(
             AdaptiveConcurrencyLimit(
-                algorithm=chosen,
+                Gradient2() if algorithm is None else algorithm,
                 max_waiting=max_waiting,
                 max_wait=max_wait,
                 on=on,
