@@ -427,3 +427,11 @@ async def test_vegas_backs_off_when_a_queue_builds_at_the_downstream() -> None:
     await drive(svc, 5, 10, limit)  # unloaded: learns the no-load RTT, 0.1 s
     seen = await drive(svc, 100, 10, limit)
     assert min(seen) <= 30
+
+
+def test_gradient2_zero_rtts_are_steady() -> None:
+    """A downstream that answers in no (virtual) time: steady, not halving."""
+    g = layers.Gradient2(min_limit=1)
+    for _ in range(20):
+        g.update(0.0, 20, False)
+    assert g.limit > 20
