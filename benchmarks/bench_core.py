@@ -154,6 +154,8 @@ def make_cases(backend: str) -> dict[str, Case]:
         # (a huge burst: uvloop's clock stands still while the loop runs)
         "RateLimit(never limited)": layers.RateLimit(1e12, burst=10**9).layer(f),
         "ConcurrencyLimit(10)": layers.ConcurrencyLimit(10).layer(f),
+        # a limit, two clock reads and one Gradient2 sample per call
+        "AdaptiveConcurrencyLimit()": layers.AdaptiveConcurrencyLimit().layer(f),
         # success path: the inner call returns, nothing replaced
         "Fallback(value, on=...)": layers.Fallback(None, on=ConnectionError).layer(f),
         # every call alone: a shared call of its own, in a task of its own

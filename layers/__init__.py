@@ -10,6 +10,14 @@ from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 from . import events  # first: it imports the layers' event classes
+from ._adaptive import (
+    AIMD,
+    AdaptiveConcurrencyLimit,
+    AdaptiveConcurrencyLimitStatistics,
+    Gradient2,
+    LimitAlgorithm,
+    Vegas,
+)
 from ._arguments import Arguments
 from ._backoff import Backoff, ConstantBackoff, ExponentialBackoff
 from ._breaker import (
@@ -110,6 +118,9 @@ except _PackageNotFoundError:  # pragma: no cover - running from a bare checkout
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "AIMD",
+    "AdaptiveConcurrencyLimit",
+    "AdaptiveConcurrencyLimitStatistics",
     "AdaptiveThrottle",
     "AdaptiveThrottleStatistics",
     "AndThen",
@@ -142,6 +153,7 @@ __all__ = [
     "FallbackStatistics",
     "Filter",
     "Filtered",
+    "Gradient2",
     "HealthApp",
     "HealthChecks",
     "HealthReport",
@@ -159,6 +171,7 @@ __all__ = [
     "Layer",
     "LayerFn",
     "LayersError",
+    "LimitAlgorithm",
     "MapErr",
     "MapRequest",
     "MapResponse",
@@ -195,6 +208,7 @@ __all__ = [
     "TimeoutService",
     "TypePreservingLayer",
     "Unchanged",
+    "Vegas",
     "__version__",
     "add_sink",
     "current_attempt",

@@ -83,6 +83,13 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import Any, Generic, ParamSpec, TypedDict, Unpack, final, overload
 
+from ._adaptive import (
+    AIMD,
+    DEFAULT_DROPS,
+    AdaptiveConcurrencyLimit,
+    Gradient2,
+    Vegas,
+)
 from ._arguments import Arguments, decorate, takes_one_request
 from ._backoff import BackoffSpec
 from ._breaker import CircuitBreaker, CircuitBreakerOptions
@@ -842,6 +849,31 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
                 on=on,
                 on_result=on_result,
                 on_rejected=on_rejected,
+                name=name,
+            )
+        )
+
+    def adaptive_concurrency_limit(
+        self,
+        algorithm: AIMD | Gradient2 | Vegas | None = None,
+        *,
+        max_waiting: int | None = None,
+        max_wait: float | None = None,
+        on: Classification = DEFAULT_DROPS,
+        name: str = "adaptive_concurrency_limit",
+    ) -> ServiceBuilder[InReq, InRes, OutReq, OutRes]:
+        """Add a new :class:`~layers.AdaptiveConcurrencyLimit` (its options).
+
+        *algorithm* ``None`` is a new :class:`~layers.Gradient2`. The layer
+        object is made now, so every service built from this builder shares
+        the same limit.
+        """
+        return self._add(
+            AdaptiveConcurrencyLimit(
+                Gradient2() if algorithm is None else algorithm,
+                max_waiting=max_waiting,
+                max_wait=max_wait,
+                on=on,
                 name=name,
             )
         )

@@ -148,8 +148,9 @@ class LimitChanged(Event):
     """A limit was changed while in use (``set_limit()`` of a limit layer).
 
     Emitted by :meth:`RateLimit.set_limit <layers.RateLimit.set_limit>` and
-    :meth:`ConcurrencyLimit.set_limit <layers.ConcurrencyLimit.set_limit>`,
-    one event per parameter whose value changed (a call that changes nothing
+    :meth:`ConcurrencyLimit.set_limit <layers.ConcurrencyLimit.set_limit>`
+    (which :class:`~layers.AdaptiveConcurrencyLimit` calls as its limit
+    moves), one event per parameter whose value changed (a call that changes nothing
     emits nothing). Its :attr:`~layers.Event.kind` is the kind of the layer
     that changed (``"rate_limit"``, ``"concurrency_limit"``).
 

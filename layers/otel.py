@@ -441,7 +441,8 @@ class OtelMetrics:
 
         Any :class:`~layers.Observable` will do: the built-in stateful layers
         (:class:`~layers.CircuitBreaker`, :class:`~layers.RateLimit`,
-        :class:`~layers.ConcurrencyLimit`, :class:`~layers.Drain`,
+        :class:`~layers.ConcurrencyLimit` (and
+        :class:`~layers.AdaptiveConcurrencyLimit`), :class:`~layers.Drain`,
         :class:`~layers.RetryBudget`, :class:`~layers.PerKey`) and your own.
         A layer of kind ``K`` gets, for each field of its
         :class:`~layers.Observation` that is not ``None`` when it is

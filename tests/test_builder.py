@@ -374,6 +374,7 @@ LAYER_METHODS: dict[str, tuple[type, bool]] = {
     "fallback": (layers.Fallback, False),
     "coalesce": (layers.Coalesce, True),
     "hedge": (layers.Hedge, True),
+    "adaptive_concurrency_limit": (layers.AdaptiveConcurrencyLimit, False),
     "inject_error": (layers.InjectError, True),
     "inject_latency": (layers.InjectLatency, True),
     "inject_result": (layers.InjectResult, False),
@@ -385,7 +386,7 @@ OWN_METHODS = {"layer", "option_layer", "service", "decorate", "into_layer", "la
 # a ConcurrencyLimit without a queue.
 SET_BY_THE_METHOD = {"load_shed": {"max_waiting", "max_wait"}}
 # Defaults that a builder method chooses on purpose: load_shed's own name.
-OWN_DEFAULTS = {"load_shed": {"name"}}
+OWN_DEFAULTS = {"load_shed": {"name"}, "adaptive_concurrency_limit": {"algorithm"}}
 
 
 def test_every_builder_method_is_a_layer_method_or_the_builders_own() -> None:

@@ -1,0 +1,486 @@
+"""AdaptiveConcurrencyLimit: a ConcurrencyLimit whose limit follows the downstream.
+
+The layer is a :class:`~layers.ConcurrencyLimit` (its queue, permits,
+refusals and events) around a measuring closure: each call that got a
+permit is timed on the anyio clock, and the sample (round-trip time, calls
+in flight when it started, whether it was dropped) goes to an algorithm,
+which returns the new limit. The layer calls
+:meth:`ConcurrencyLimit.set_limit` only when the integer limit changes.
+
+The algorithms follow Netflix's concurrency-limits (AIMD, Gradient2,
+Vegas), with its defaults. They are small mutable estimators; the layer
+works on a copy of the one it is given (``attrs.evolve``), so one
+algorithm object may configure many layers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Protocol, TypeVar, final
+
+import attrs
+
+from ._backend import current_time
+from ._classify import Classification, classification, matcher
+from ._concurrency import ConcurrencyLimit
+from ._config import (
+    finite_number,
+    int_at_least,
+    name_value,
+    optional_positive_seconds,
+    positive_seconds,
+)
+from ._core import Service, mark_built
+from ._errors import ConfigurationError, Rejected
+from ._observable import Observation
+
+__all__ = [
+    "AIMD",
+    "AdaptiveConcurrencyLimit",
+    "AdaptiveConcurrencyLimitStatistics",
+    "Gradient2",
+    "LimitAlgorithm",
+    "Vegas",
+]
+
+Req = TypeVar("Req")
+Res = TypeVar("Res")
+
+_limit = int_at_least(1, "an int >= 1")
+_window = int_at_least(1, "an int >= 1")
+_queue = finite_number("a finite number >= 0", lambda v: v >= 0)
+_ratio = finite_number("a finite number > 0 and < 1", lambda v: 0 < v < 1)
+_smoothing = finite_number("a finite number > 0 and <= 1", lambda v: 0 < v <= 1)
+_tolerance = finite_number("a finite number >= 1", lambda v: v >= 1)
+_drop_on = classification("counted as drops")
+_queue_bound = int_at_least(
+    0, "None (no bound) or an int >= 0 (0: no queue, load shedding)", optional=True
+)
+
+
+DEFAULT_DROPS: tuple[type[Exception], ...] = (Rejected, TimeoutError)
+"""What :class:`AdaptiveConcurrencyLimit` counts as a drop unless told."""
+
+
+class LimitAlgorithm(Protocol):
+    """What :class:`AdaptiveConcurrencyLimit` asks of an algorithm.
+
+    The interface :class:`AIMD`, :class:`Gradient2` and :class:`Vegas`
+    share, for annotations and for a simulation that drives one directly.
+    """
+
+    @property
+    def limit(self) -> int:
+        """The limit now (starts at the algorithm's initial limit)."""
+        ...
+
+    def update(self, rtt: float, in_flight: int, dropped: bool) -> int:
+        """Take one sample and return the new limit.
+
+        Args:
+            rtt: The call's round-trip time, in seconds.
+            in_flight: The calls in flight when it started, itself included.
+            dropped: Whether the call failed with an overload error.
+        """
+        ...
+
+
+def _check_bounds(owner: object, initial: int, low: int, high: int) -> None:
+    if not low <= initial <= high:
+        name = type(owner).__name__
+        raise ConfigurationError(
+            f"{name}(initial_limit={initial}, min_limit={low}, max_limit={high}): "
+            "need min_limit <= initial_limit <= max_limit"
+        )
+
+
+@final
+@attrs.define(kw_only=True, on_setattr=attrs.setters.NO_OP)
+class AIMD:
+    """Additive increase, multiplicative decrease (Netflix's ``AIMDLimit``).
+
+    On a drop, or a call slower than *timeout*, the limit is multiplied by
+    *backoff_ratio* (rounded down); on any other sample it grows by one,
+    but only when the calls in flight were at least half the limit (no
+    growth while the application, not the downstream, limits the calls).
+    Always within ``[min_limit, max_limit]``.
+
+    Args:
+        initial_limit: The first limit (20).
+        min_limit: The lowest limit (20; set it lower for a small downstream).
+        max_limit: The highest limit (200).
+        backoff_ratio: The factor of a decrease, in (0, 1) (0.9).
+        timeout: A call slower than this many seconds counts as a drop (5).
+
+    Example:
+        >>> import layers
+        >>> aimd = layers.AIMD(initial_limit=10, min_limit=1)
+        >>> aimd.update(rtt=0.1, in_flight=5, dropped=False)
+        11
+        >>> aimd.update(rtt=0.1, in_flight=5, dropped=True)
+        9
+    """
+
+    initial_limit: int = attrs.field(default=20, validator=_limit)
+    min_limit: int = attrs.field(default=20, validator=_limit)
+    max_limit: int = attrs.field(default=200, validator=_limit)
+    backoff_ratio: float = attrs.field(default=0.9, validator=_ratio)
+    timeout: float = attrs.field(default=5.0, validator=positive_seconds)
+    limit: int = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        _check_bounds(self, self.initial_limit, self.min_limit, self.max_limit)
+        self.limit = self.initial_limit
+
+    def update(self, rtt: float, in_flight: int, dropped: bool) -> int:
+        """Take one sample; return the new limit (see the class)."""
+        limit = self.limit
+        if dropped or rtt > self.timeout:
+            limit = int(limit * self.backoff_ratio)
+        elif in_flight * 2 >= limit:
+            limit += 1
+        self.limit = min(self.max_limit, max(self.min_limit, limit))
+        return self.limit
+
+
+@final
+@attrs.define(kw_only=True, on_setattr=attrs.setters.NO_OP)
+class Gradient2:
+    """Netflix's ``Gradient2Limit``: the limit follows short RTT against long RTT.
+
+    Each sample's RTT is the short RTT; the long RTT is its exponential
+    average over *long_window* samples (a plain average over the first
+    10), cut by 5 % at each sample while it is more than twice the short
+    one (load has gone: recover fast). While fewer than half the limit's
+    calls are in flight nothing changes (the application limits the
+    calls). Otherwise, with ``gradient = clamp(tolerance * long / short,
+    0.5, 1)``::
+
+        new = limit * gradient + queue_size
+        limit = (1 - smoothing) * limit + smoothing * new
+
+    within ``[min_limit, max_limit]``. RTT rising above ``tolerance`` times
+    the long average lowers the limit; steady RTT lets it grow by about
+    ``smoothing * queue_size`` per sample up to *max_limit*. Drops are not
+    used (as Netflix's).
+
+    Args:
+        initial_limit: The first limit (20).
+        min_limit: The lowest limit (20).
+        max_limit: The highest limit (200).
+        smoothing: The weight of a new estimate, in (0, 1] (0.2).
+        queue_size: The calls allowed to queue at the downstream (4).
+        long_window: The long RTT's window, in samples (600).
+        tolerance: How much slower than the long RTT still counts as
+            steady, >= 1 (1.5).
+    """
+
+    initial_limit: int = attrs.field(default=20, validator=_limit)
+    min_limit: int = attrs.field(default=20, validator=_limit)
+    max_limit: int = attrs.field(default=200, validator=_limit)
+    smoothing: float = attrs.field(default=0.2, validator=_smoothing)
+    queue_size: float = attrs.field(default=4, validator=_queue)
+    long_window: int = attrs.field(default=600, validator=_window)
+    tolerance: float = attrs.field(default=1.5, validator=_tolerance)
+    estimate: float = attrs.field(init=False, repr=False)
+    long_rtt: float = attrs.field(init=False, default=0.0, repr=False)
+    samples: int = attrs.field(init=False, default=0, repr=False)
+    _factor: float = attrs.field(init=False, default=0.0, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        _check_bounds(self, self.initial_limit, self.min_limit, self.max_limit)
+        self.estimate = float(self.initial_limit)
+        self._factor = 2 / (self.long_window + 1)
+
+    @property
+    def limit(self) -> int:
+        """The limit now (the estimate, rounded down)."""
+        return int(self.estimate)
+
+    def update(self, rtt: float, in_flight: int, dropped: bool) -> int:
+        """Take one sample; return the new limit (see the class)."""
+        short = rtt if rtt > 1e-9 else 1e-9
+        samples = self.samples = self.samples + 1
+        long = self.long_rtt
+        if samples <= 10:  # warm-up: a plain average
+            long += (short - long) / samples
+        else:
+            long += (short - long) * self._factor
+        # far above the short RTT: load has gone, recover fast
+        self.long_rtt = long * 0.95 if long > 2 * short else long
+        estimate = self.estimate
+        if in_flight < estimate / 2:
+            return int(estimate)
+        gradient = max(0.5, min(1.0, self.tolerance * long / short))
+        new = estimate * gradient + self.queue_size
+        new = estimate * (1 - self.smoothing) + new * self.smoothing
+        self.estimate = max(float(self.min_limit), min(float(self.max_limit), new))
+        return int(self.estimate)
+
+
+def _log10(limit: float) -> int:
+    # Netflix's Log10RootFunction: the integer log10, at least 1.
+    return max(1, int(math.log10(max(limit, 1.0))))
+
+
+@final
+@attrs.define(kw_only=True, on_setattr=attrs.setters.NO_OP)
+class Vegas:
+    """Netflix's ``VegasLimit`` (after TCP Vegas): grow while no queue builds.
+
+    The lowest RTT seen is the no-load RTT (re-measured, as a probe, every
+    ``probe_multiplier * limit`` samples, when the sample's RTT becomes it).
+    A sample's queue estimate is ``ceil(limit * (1 - rtt_noload / rtt))``;
+    with ``L = max(1, int(log10(limit)))``: a drop lowers the limit by
+    ``L``; with fewer than half the limit's calls in flight nothing changes;
+    a queue ``<= L`` raises it by ``beta = 6 L``, one ``< alpha = 3 L``
+    raises it by ``L``, one ``> beta`` lowers it by ``L``; in between it
+    stays. Then ``limit = (1 - smoothing) * limit + smoothing * new``,
+    within ``[min_limit, max_limit]``. Netflix probes after a random
+    0.5 to 1 times the period; this one after the whole period, so it
+    is deterministic.
+
+    Args:
+        initial_limit: The first limit (20).
+        min_limit: The lowest limit (1).
+        max_limit: The highest limit (1000).
+        smoothing: The weight of a new estimate, in (0, 1] (1.0).
+        probe_multiplier: Samples between probes, per unit of limit (30).
+    """
+
+    initial_limit: int = attrs.field(default=20, validator=_limit)
+    min_limit: int = attrs.field(default=1, validator=_limit)
+    max_limit: int = attrs.field(default=1000, validator=_limit)
+    smoothing: float = attrs.field(default=1.0, validator=_smoothing)
+    probe_multiplier: int = attrs.field(default=30, validator=_window)
+    estimate: float = attrs.field(init=False, repr=False)
+    rtt_noload: float = attrs.field(init=False, default=0.0, repr=False)
+    probe_count: int = attrs.field(init=False, default=0, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        _check_bounds(self, self.initial_limit, self.min_limit, self.max_limit)
+        self.estimate = float(self.initial_limit)
+
+    @property
+    def limit(self) -> int:
+        """The limit now (the estimate, rounded down)."""
+        return int(self.estimate)
+
+    def update(self, rtt: float, in_flight: int, dropped: bool) -> int:
+        """Take one sample; return the new limit (see the class)."""
+        estimate = self.estimate
+        self.probe_count += 1
+        if self.probe_count >= self.probe_multiplier * estimate:
+            self.probe_count = 0
+            self.rtt_noload = rtt
+            return int(estimate)
+        if self.rtt_noload <= 0 or rtt < self.rtt_noload:
+            self.rtt_noload = rtt
+            return int(estimate)
+        step = _log10(estimate)
+        if dropped:
+            new = estimate - step
+        elif in_flight * 2 < estimate:
+            return int(estimate)
+        else:
+            queue = math.ceil(estimate * (1 - self.rtt_noload / rtt))
+            if queue <= step:
+                new = estimate + 6 * step
+            elif queue < 3 * step:
+                new = estimate + step
+            elif queue > 6 * step:
+                new = estimate - step
+            else:
+                return int(estimate)
+        new = max(float(self.min_limit), min(float(self.max_limit), new))
+        self.estimate = (1 - self.smoothing) * estimate + self.smoothing * new
+        return int(self.estimate)
+
+
+def _algorithm(
+    instance: object, attribute: attrs.Attribute[Any], value: object
+) -> None:
+    if not isinstance(value, AIMD | Gradient2 | Vegas):
+        raise ConfigurationError(
+            f"{type(instance).__name__}({attribute.name}={value!r}): "
+            f"{attribute.name} must be layers.AIMD(), layers.Gradient2() or "
+            "layers.Vegas()"
+        )
+
+
+@final
+@attrs.frozen(kw_only=True)
+class AdaptiveConcurrencyLimitStatistics:
+    """A snapshot of an :class:`AdaptiveConcurrencyLimit`.
+
+    Attributes:
+        max_in_flight: The limit now.
+        in_flight: Calls holding a permit now.
+        waiting: Calls waiting in the queue now.
+        rejected: Calls refused with :class:`~layers.Overloaded`, so far.
+        samples: Calls measured (a response or a drop), so far.
+        drops: Of those, the drops (``on=``), so far.
+    """
+
+    max_in_flight: int
+    in_flight: int
+    waiting: int
+    rejected: int
+    samples: int
+    drops: int
+
+
+@final
+class _Counts:
+    __slots__ = ("drops", "in_flight", "samples")
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.samples = 0
+        self.drops = 0
+
+
+@final
+@attrs.frozen(eq=False)
+class AdaptiveConcurrencyLimit:
+    """A :class:`~layers.ConcurrencyLimit` whose limit an algorithm moves.
+
+    Calls beyond the limit wait in its queue or are refused with
+    :class:`~layers.Overloaded` (*max_waiting*, *max_wait*), exactly as in
+    :class:`~layers.ConcurrencyLimit`; ``max_waiting=0`` sheds load (a
+    server behind :class:`~layers.asgi.LayersMiddleware` answers 503).
+    Each call that got a permit is timed on the anyio clock (virtual time
+    works) from the start of the inner call to its end, and gives the
+    algorithm a sample: its round-trip time, the calls in flight when it
+    started (itself included), and whether it was **dropped**: it raised
+    an error that *on* matches (by default :class:`~layers.Rejected`, the
+    downstream refusing, and :class:`TimeoutError`, which includes
+    :class:`~layers.Elapsed`). Any other error gives no sample (its RTT says
+    nothing of the downstream's load); neither does a call cancelled,
+    waiting or inside (its permit is given back). When the integer limit
+    changes, the layer calls :meth:`ConcurrencyLimit.set_limit`: the
+    waiting calls are admitted at once when it rises, and calls in flight
+    are never cut when it falls; each change is a
+    :class:`~layers.events.LimitChanged` event (kind
+    ``"concurrency_limit"``, parameter ``"max_in_flight"``).
+
+    The limit is in :meth:`statistics` and :meth:`observe` (the OTel gauge
+    ``layers.adaptive_concurrency_limit.max_in_flight``). One layer object
+    is one limit, shared by every service it wraps.
+
+    Args:
+        algorithm: :class:`AIMD`, :class:`Gradient2` (the default) or
+            :class:`Vegas`; the layer works on a fresh copy of it (the same
+            parameters, the initial limit).
+        max_waiting: As :class:`~layers.ConcurrencyLimit`'s.
+        max_wait: As :class:`~layers.ConcurrencyLimit`'s.
+        on: What counts as a drop: exception classes or a predicate
+            (default ``(layers.Rejected, TimeoutError)``).
+        name: For events and errors (default ``"adaptive_concurrency_limit"``).
+
+    Raises:
+        layers.ConfigurationError: For any invalid value, naming it.
+
+    Example:
+        >>> import layers
+        >>> limit = layers.AdaptiveConcurrencyLimit(
+        ...     layers.AIMD(initial_limit=4, min_limit=1), max_waiting=0
+        ... )
+        >>> limit.statistics().max_in_flight
+        4
+    """
+
+    algorithm: AIMD | Gradient2 | Vegas = attrs.field(
+        factory=Gradient2, validator=_algorithm
+    )
+    max_waiting: int | None = attrs.field(
+        default=None, kw_only=True, validator=_queue_bound
+    )
+    max_wait: float | None = attrs.field(
+        default=None, kw_only=True, validator=optional_positive_seconds
+    )
+    on: Classification = attrs.field(
+        default=DEFAULT_DROPS, kw_only=True, validator=_drop_on
+    )
+    name: str = attrs.field(
+        default="adaptive_concurrency_limit", kw_only=True, validator=name_value
+    )
+    _estimator: AIMD | Gradient2 | Vegas = attrs.field(init=False, repr=False)
+    _limit: ConcurrencyLimit = attrs.field(init=False, repr=False)
+    _counts: _Counts = attrs.field(init=False, factory=_Counts, repr=False)
+    kind: ClassVar[str] = "adaptive_concurrency_limit"
+    """The kind of layer, for events and metrics (:class:`~layers.Observable`)."""
+
+    def __attrs_post_init__(self) -> None:
+        estimator = attrs.evolve(self.algorithm)
+        object.__setattr__(self, "_estimator", estimator)
+        limit = ConcurrencyLimit(
+            estimator.limit,
+            max_waiting=self.max_waiting,
+            max_wait=self.max_wait,
+            name=self.name,
+        )
+        object.__setattr__(self, "_limit", limit)
+
+    @property
+    def concurrency_limit(self) -> ConcurrencyLimit:
+        """The :class:`~layers.ConcurrencyLimit` this layer moves (queue, permits)."""
+        return self._limit
+
+    def statistics(self) -> AdaptiveConcurrencyLimitStatistics:
+        """A snapshot (see :class:`AdaptiveConcurrencyLimitStatistics`)."""
+        inner = self._limit.statistics()
+        counts = self._counts
+        return AdaptiveConcurrencyLimitStatistics(
+            max_in_flight=inner.max_in_flight,
+            in_flight=inner.in_flight,
+            waiting=inner.waiting,
+            rejected=inner.rejected,
+            samples=counts.samples,
+            drops=counts.drops,
+        )
+
+    def observe(self) -> Observation:
+        """For health checks and metrics: the limit's (figure ``max_in_flight``)."""
+        return self._limit.observe()
+
+    def layer(self, inner: Service[Req, Res], /) -> Service[Req, Res]:
+        """Wrap *inner* in the limit, measuring each call inside it."""
+        counts = self._counts
+        estimator = self._estimator
+        limit = self._limit
+        drop = matcher(self.on)
+        clock = current_time
+
+        update = estimator.update
+
+        def dropped(rtt: float, in_flight: int) -> None:
+            counts.samples += 1
+            counts.drops += 1
+            new = update(rtt, in_flight, True)
+            if new != limit.max_in_flight:
+                limit.set_limit(new)
+
+        async def measured(request: Req, /) -> Res:
+            counts.in_flight += 1
+            in_flight = counts.in_flight
+            start = clock()
+            try:
+                response = await inner(request)
+            except Exception as error:
+                counts.in_flight -= 1
+                if drop(error):
+                    dropped(clock() - start, in_flight)
+                raise
+            except BaseException:  # cancelled: no sample
+                counts.in_flight -= 1
+                raise
+            counts.in_flight -= 1
+            counts.samples += 1
+            new = update(clock() - start, in_flight, False)
+            if new != limit.max_in_flight:
+                limit.set_limit(new)
+            return response
+
+        service = limit.layer(measured)
+        return mark_built(service, self, inner)
