@@ -219,22 +219,26 @@ STACKS: dict[str, StackFactory] = {
 The client's ``Timeout`` goes inside the layers given; a stack that queues
 calls must bound the wait itself (``max_wait``)."""
 
-# The adaptive concurrency limit (issue 16) plugs in here once it is in layers:
-# Netflix's defaults (initial and min limit 20, max 200), shedding beyond it.
-if hasattr(layers, "AdaptiveConcurrencyLimit"):  # pragma: no cover - not yet
+# The adaptive concurrency limits (issue 16): Netflix's defaults (initial and
+# min limit 20, max 200), shedding beyond the limit. AIMD backs off on a drop
+# or a call slower than its timeout (5 s by default, beyond any call here):
+# it is given a latency target, twice the model's unloaded service time.
+# Gradient2 has no target: its defaults, as they are.
+if hasattr(layers, "AdaptiveConcurrencyLimit"):  # pragma: no branch
 
-    def _adaptive(algorithm: str) -> StackFactory:
+    def _adaptive(algorithm: str, target: float | None = None) -> StackFactory:
         def make(model: Model) -> tuple[list[Any], Any]:
             make_algorithm = getattr(layers, algorithm)
-            limit = layers.AdaptiveConcurrencyLimit(  # type: ignore[attr-defined]
-                algorithm=make_algorithm(), max_waiting=0
+            options = {} if target is None else {"timeout": target * model.service_time}
+            limit = layers.AdaptiveConcurrencyLimit(
+                make_algorithm(**options), max_waiting=0
             )
             return [limit], limit
 
         return make
 
     STACKS["gradient2"] = _adaptive("Gradient2")
-    STACKS["aimd"] = _adaptive("AIMD")
+    STACKS["aimd"] = _adaptive("AIMD", target=2.0)
 
 
 # ------------------------------------------------------------------ measuring
