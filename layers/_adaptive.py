@@ -16,6 +16,8 @@ algorithm object may configure many layers.
 from __future__ import annotations
 
 import math
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
 from typing import Any, ClassVar, Protocol, TypeVar, final
 
 import attrs
@@ -32,6 +34,7 @@ from ._config import (
 )
 from ._core import Service, mark_built
 from ._errors import ConfigurationError, Rejected
+from ._guard import GuardShorthand
 from ._observable import Observation
 
 __all__ = [
@@ -331,18 +334,86 @@ class AdaptiveConcurrencyLimitStatistics:
 
 
 @final
-class _Counts:
-    __slots__ = ("drops", "in_flight", "samples")
+class _Meter:
+    """Times the calls inside the limit and feeds the algorithm their samples.
 
-    def __init__(self) -> None:
+    One for the layer object: its service form and its block form
+    (:meth:`AdaptiveConcurrencyLimit.guard`) both go through :meth:`begin`
+    and :meth:`end`.
+    """
+
+    __slots__ = ("drop", "drops", "estimator", "in_flight", "limit", "samples")
+
+    def __init__(
+        self,
+        estimator: AIMD | Gradient2 | Vegas,
+        limit: ConcurrencyLimit,
+        on: Classification,
+    ) -> None:
+        self.estimator = estimator
+        self.limit = limit
+        self.drop = matcher(on)
         self.in_flight = 0
         self.samples = 0
         self.drops = 0
 
+    def begin(self) -> tuple[float, int]:
+        """A call got its permit: its start time and the calls in flight."""
+        self.in_flight += 1
+        return current_time(), self.in_flight
+
+    def end(self, start: float, in_flight: int, error: BaseException | None) -> None:
+        """The call begun at *start* ended (with *error*): record its sample.
+
+        A success is a sample; an error that *on* matches a dropped one;
+        any other error, and a cancellation, none.
+        """
+        self.in_flight -= 1
+        if error is None:
+            dropped = False
+        elif isinstance(error, Exception) and self.drop(error):
+            dropped = True
+            self.drops += 1
+        else:
+            return
+        self.samples += 1
+        new = self.estimator.update(current_time() - start, in_flight, dropped)
+        limit = self.limit
+        if new != limit.max_in_flight:
+            limit.set_limit(new)
+
+
+@final
+class _AdaptiveGuard:
+    """``async with limit.guard():`` a permit held and timed for the block."""
+
+    __slots__ = ("_in_flight", "_meter", "_permit", "_start")
+
+    def __init__(self, layer: AdaptiveConcurrencyLimit) -> None:
+        self._meter = layer._meter  # pyright: ignore[reportPrivateUsage]
+        self._permit = layer.concurrency_limit.guard()
+        self._start = 0.0
+        self._in_flight = 0
+
+    async def __aenter__(self) -> None:
+        await self._permit.__aenter__()
+        self._start, self._in_flight = self._meter.begin()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self._meter.end(self._start, self._in_flight, exc)
+        finally:
+            await self._permit.__aexit__(exc_type, exc, tb)
+
 
 @final
 @attrs.frozen(eq=False)
-class AdaptiveConcurrencyLimit:
+class AdaptiveConcurrencyLimit(GuardShorthand):
     """A :class:`~layers.ConcurrencyLimit` whose limit an algorithm moves.
 
     Calls beyond the limit wait in its queue or are refused with
@@ -407,7 +478,7 @@ class AdaptiveConcurrencyLimit:
     )
     _estimator: AIMD | Gradient2 | Vegas = attrs.field(init=False, repr=False)
     _limit: ConcurrencyLimit = attrs.field(init=False, repr=False)
-    _counts: _Counts = attrs.field(init=False, factory=_Counts, repr=False)
+    _meter: _Meter = attrs.field(init=False, repr=False)
     kind: ClassVar[str] = "adaptive_concurrency_limit"
     """The kind of layer, for events and metrics (:class:`~layers.Observable`)."""
 
@@ -421,6 +492,7 @@ class AdaptiveConcurrencyLimit:
             name=self.name,
         )
         object.__setattr__(self, "_limit", limit)
+        object.__setattr__(self, "_meter", _Meter(estimator, limit, self.on))
 
     @property
     def concurrency_limit(self) -> ConcurrencyLimit:
@@ -430,7 +502,7 @@ class AdaptiveConcurrencyLimit:
     def statistics(self) -> AdaptiveConcurrencyLimitStatistics:
         """A snapshot (see :class:`AdaptiveConcurrencyLimitStatistics`)."""
         inner = self._limit.statistics()
-        counts = self._counts
+        counts = self._meter
         return AdaptiveConcurrencyLimitStatistics(
             max_in_flight=inner.max_in_flight,
             in_flight=inner.in_flight,
@@ -444,43 +516,53 @@ class AdaptiveConcurrencyLimit:
         """For health checks and metrics: the limit's (figure ``max_in_flight``)."""
         return self._limit.observe()
 
+    def guard(self) -> AbstractAsyncContextManager[None]:
+        """The block form: a permit held for the block, and the block timed.
+
+        ``async with limit.guard():`` (or ``async with limit:``) waits in
+        the same queue as the service form's calls and is refused the same
+        way (:class:`~layers.Overloaded`); the block is a call: its duration
+        is the sample's RTT, an exception that *on* matches makes it a
+        drop, any other exception gives no sample, and a clean exit is a
+        success. Cancelled while it waits, it holds nothing; cancelled
+        inside, it gives its permit back and no sample.
+
+        Example:
+            >>> import anyio, layers
+            >>> limit = layers.AdaptiveConcurrencyLimit(
+            ...     layers.AIMD(initial_limit=4, min_limit=1)
+            ... )
+            >>> async def main() -> None:
+            ...     async with limit:
+            ...         pass
+            ...     try:
+            ...         async with limit.guard():
+            ...             raise TimeoutError("too slow")
+            ...     except TimeoutError:
+            ...         pass
+            ...     print(limit.statistics().samples, limit.statistics().drops)
+            ...     print(limit.statistics().max_in_flight)
+            >>> anyio.run(main)
+            2 1
+            3
+        """
+        return _AdaptiveGuard(self)
+
     def layer(self, inner: Service[Req, Res], /) -> Service[Req, Res]:
         """Wrap *inner* in the limit, measuring each call inside it."""
-        counts = self._counts
-        estimator = self._estimator
-        limit = self._limit
-        drop = matcher(self.on)
-        clock = current_time
-
-        update = estimator.update
-
-        def dropped(rtt: float, in_flight: int) -> None:
-            counts.samples += 1
-            counts.drops += 1
-            new = update(rtt, in_flight, True)
-            if new != limit.max_in_flight:
-                limit.set_limit(new)
+        meter = self._meter
+        begin = meter.begin
+        end = meter.end
 
         async def measured(request: Req, /) -> Res:
-            counts.in_flight += 1
-            in_flight = counts.in_flight
-            start = clock()
+            start, in_flight = begin()
             try:
                 response = await inner(request)
-            except Exception as error:
-                counts.in_flight -= 1
-                if drop(error):
-                    dropped(clock() - start, in_flight)
+            except BaseException as error:
+                end(start, in_flight, error)
                 raise
-            except BaseException:  # cancelled: no sample
-                counts.in_flight -= 1
-                raise
-            counts.in_flight -= 1
-            counts.samples += 1
-            new = update(clock() - start, in_flight, False)
-            if new != limit.max_in_flight:
-                limit.set_limit(new)
+            end(start, in_flight, None)
             return response
 
-        service = limit.layer(measured)
+        service = self._limit.layer(measured)
         return mark_built(service, self, inner)

@@ -435,3 +435,80 @@ def test_gradient2_zero_rtts_are_steady() -> None:
     for _ in range(20):
         g.update(0.0, 20, False)
     assert g.limit > 20
+
+
+# -- the block form ---------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_block_shares_the_limit_and_feeds_the_algorithm() -> None:
+    """A block holds a permit of the same limit and gives the same samples."""
+    limit = layers.AdaptiveConcurrencyLimit(
+        layers.AIMD(initial_limit=2, min_limit=1), max_waiting=0
+    )
+
+    async def echo(request: int) -> int:
+        return request
+
+    svc = limit.layer(echo)
+    async with limit:
+        assert limit.statistics().in_flight == 1
+        async with limit.guard():
+            assert limit.statistics().in_flight == 2
+            with pytest.raises(layers.Overloaded):
+                await svc(1)  # the service form finds the blocks' permits taken
+            with pytest.raises(layers.Overloaded):
+                async with limit.guard():
+                    pytest.fail("a block beyond the limit never runs")
+        # the inner block ended with 2 in flight: AIMD grows (2 * 2 >= 2)
+        assert limit.statistics().max_in_flight == 3
+
+    async def drop() -> None:
+        async with limit.guard():
+            await anyio.sleep(0.5)
+            raise TimeoutError("the downstream was too slow")
+
+    async def other() -> None:
+        async with limit:
+            raise ValueError("not a drop")
+
+    with pytest.raises(TimeoutError):
+        await drop()
+    with pytest.raises(ValueError, match="not a drop"):
+        await other()
+    stats = limit.statistics()
+    # samples: two clean blocks and one drop; the ValueError gives none
+    assert (stats.samples, stats.drops, stats.in_flight) == (3, 1, 0)
+    assert stats.max_in_flight == 2  # int(3 * 0.9)
+    assert await svc(7) == 7
+
+
+@pytest.mark.anyio
+async def test_a_block_cancelled_waiting_or_inside_gives_no_sample() -> None:
+    """Cancelled while it waits or inside, a block frees its permit, no sample."""
+    limit = layers.AdaptiveConcurrencyLimit(layers.AIMD(initial_limit=1, min_limit=1))
+    entered: list[int] = []
+
+    async def block(number: int) -> None:
+        async with limit.guard():
+            entered.append(number)
+            await anyio.sleep(math.inf)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(block, 1)
+        await anyio.sleep(1)
+        group.start_soon(block, 2)
+        await anyio.sleep(1)
+        stats = limit.statistics()
+        assert (stats.in_flight, stats.waiting) == (1, 1)
+        group.cancel_scope.cancel()
+    stats = limit.statistics()
+    assert entered == [1]
+    assert (stats.in_flight, stats.waiting, stats.samples, stats.drops) == (
+        0,
+        0,
+        0,
+        0,
+    )
+    async with limit:  # the permit came back
+        assert limit.statistics().in_flight == 1
