@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import pytest
 from helpers import quiet_events as quiet_events  # autouse fixture
+from test_retry import Flaky, now
 
 import layers
 from layers import Attempt, ConstantBackoff, Retry
@@ -25,44 +26,6 @@ from layers.testing import capture_events, retry_testing, virtual_time_backend
 pytestmark = pytest.mark.anyio
 
 Call = Callable[[Retry, Callable[[Any], Awaitable[Any]], Any], Awaitable[Any]]
-
-
-def now() -> float:
-    """The event loop's (virtual) clock."""
-    return anyio.current_time()
-
-
-class Flaky:
-    """A service that fails *failures* times, then echoes; records each call."""
-
-    def __init__(
-        self,
-        failures: int,
-        error: Callable[[], Exception] = lambda: ConnectionError("reset"),
-        duration: float = 0.0,
-    ) -> None:
-        self.failures = failures
-        self.error = error
-        self.duration = duration
-        self.starts: list[float] = []
-        self.attempts: list[int] = []
-        self.raised: list[Exception] = []
-
-    async def __call__(self, request: Any) -> Any:
-        self.starts.append(now())
-        self.attempts.append(layers.current_attempt())
-        if self.duration:
-            await anyio.sleep(self.duration)
-        if len(self.starts) <= self.failures:
-            error = self.error()
-            self.raised.append(error)
-            raise error
-        return request
-
-    @property
-    def gaps(self) -> list[float]:
-        """Time between the starts of consecutive attempts."""
-        return [b - a for a, b in zip(self.starts, self.starts[1:], strict=False)]
 
 
 async def through_service(
