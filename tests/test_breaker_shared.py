@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from test_breaker import Benign, Boom, call, run, service
 
 import layers
 import layers.testing
@@ -37,42 +38,6 @@ OPTIONS: dict[str, Any] = {
     "open_duration": 10,
     "probes": 2,
 }
-
-
-class Boom(Exception):
-    """The failure the test services raise."""
-
-
-class Benign(Exception):
-    """An exception some breakers ignore."""
-
-
-async def service(request: str) -> str:
-    """Answers by request: 'ok', 'fail', 'benign', 'slow' (5 s), 'hang'."""
-    if request == "slow":
-        await anyio.sleep(5)
-    elif request == "hang":
-        await anyio.sleep(math.inf)
-    if request == "fail":
-        raise Boom(request)
-    if request == "benign":
-        raise Benign(request)
-    return request
-
-
-async def call(svc: layers.Service[str, str], request: str) -> str:
-    """Call *svc*; the response, 'rejected', or the exception's class name."""
-    try:
-        return await svc(request)
-    except layers.CircuitOpen:
-        return "rejected"
-    except Exception as error:
-        return type(error).__name__
-
-
-async def run(svc: layers.Service[str, str], *requests: str) -> list[str]:
-    """Call *svc* with each request in turn."""
-    return [await call(svc, request) for request in requests]
 
 
 async def settle() -> None:
