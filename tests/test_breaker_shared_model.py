@@ -27,6 +27,7 @@ import anyio
 import attrs
 import hypothesis
 import pytest
+from helpers import quiet_events as quiet_events  # autouse fixture
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -835,12 +836,6 @@ SETTINGS = hypothesis.settings(
     deadline=None,
     suppress_health_check=[hypothesis.HealthCheck.too_slow],
 )
-
-
-@pytest.fixture(autouse=True)
-def quiet(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No event sinks: the default log sink would print thousands of lines."""
-    monkeypatch.setattr(layers.events.STATE, "sinks", ())
 
 
 class AsyncioMachine(SharedBreakerMachine):
