@@ -109,9 +109,15 @@ def make_cases(backend: str) -> dict[str, Case]:
         with anyio.fail_after(10):
             return await f(x)
 
+    async def task_group(x: Any) -> Any:
+        # the floor of Hedge's success path: an anyio task group with no task
+        # (the timer that sends the hedges is shared by the calls)
+        async with anyio.create_task_group():
+            return await f(x)
+
     async def task_group_timer(x: Any) -> Any:
-        # the floor of Hedge's success path: a task group, one timer task,
-        # cancelled when the call answers
+        # the same with a timer task of the call's own, cancelled when the
+        # call answers: what Hedge did before its shared timer
         async with anyio.create_task_group() as group:
             group.start_soon(anyio.sleep, 1)
             result = await f(x)
@@ -160,7 +166,8 @@ def make_cases(backend: str) -> dict[str, Case]:
         "Fallback(value, on=...)": layers.Fallback(None, on=ConnectionError).layer(f),
         # every call alone: a shared call of its own, in a task of its own
         "Coalesce()": layers.Coalesce().layer(f),
-        # answered before the delay: a task group and the timer task, cancelled
+        # answered before the delay: a task group, and a push on the timer's heap
+        "anyio task group": task_group,
         "anyio task group + timer task": task_group_timer,
         "Hedge(delay=1)": layers.Hedge(delay=1).layer(f),
         "Hedge(quantile=0.95)": layers.Hedge(quantile=0.95, delay=1).layer(f),

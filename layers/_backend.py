@@ -219,6 +219,19 @@ def get_running_loop() -> AbstractEventLoop | None:
         return None
 
 
+def current_loop() -> object:
+    """What identifies the running event loop: asyncio's loop, or trio's run token.
+
+    Raises:
+        RuntimeError: Outside a running asyncio loop or trio run.
+    """
+    loop = get_running_loop()
+    if loop is not None:
+        return loop
+    token: object = (_trio or _import_trio()).lowlevel.current_trio_token()
+    return token
+
+
 class TimedService(Protocol[Req, Res]):
     """What :func:`timeout_call` needs from the Timeout layer's service."""
 

@@ -2,15 +2,19 @@
 
 How a call runs
 ---------------
-A call that may be hedged opens a task group in the caller's task. The
-first copy runs in the caller's task itself; one child task (the
-*launcher*) sleeps for the delay and sends each further copy as another
-child. The first copy to succeed stores its response and cancels the
-group's scope: the other copies and the launcher are cancelled, and the
-group's exit waits for them, so when the call returns nothing it started is
-still running. A copy that fails is recorded and sends the next copy at
-once (if one is left and allowed); the call raises only when every copy
-sent has failed.
+A call that may be hedged opens a task group in the caller's task, and the
+first copy runs in the caller's task itself. The call puts an entry on the
+heap of its service's timer (:class:`_Timer`: one task per service and
+event loop, shared by the calls), due at the delay. When it comes due, the
+timer's task sends the next copy into the call's task group, in the
+caller's context (its deadline and context variables, copied when the call
+began). The first copy to succeed stores its response and cancels the
+group's scope: the other copies are cancelled, and the group's exit waits
+for them, so when the call returns nothing it started is still running. A
+call answered before the delay leaves its entry behind, void, to be dropped
+when it comes due: it costs the task group and a heap push, not a task. A
+copy that fails is recorded and sends the next copy at once (if one is left
+and allowed); the call raises only when every copy sent has failed.
 
 The latency window
 ------------------
@@ -23,8 +27,10 @@ only if it holds at least ``min_samples`` samples.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable
+from contextvars import Context, copy_context
 from typing import Any, ClassVar, Final, Generic, Literal, TypeVar, cast, final
 
 import anyio
@@ -274,8 +280,11 @@ class Hedge:
     :class:`~layers.events.HedgeRefused`; :meth:`statistics` counts calls,
     hedges, hedge wins and refusals and gives the delay in force.
 
-    **Cost.** A call that may be hedged opens a task group and starts one
-    task (the timer); a call answered before the delay cancels it.
+    **Cost.** A call that may be hedged opens a task group (the hedges'
+    home) and puts an entry on a heap. One timer task per service and
+    event loop, shared by the calls, sends the hedges that come due; it
+    ends when no entry is left, at most one delay after the last call
+    began. A call answered before the delay starts no task.
 
     Args:
         delay: Seconds to wait before each hedge, >= 0 (``0``: parallel
@@ -409,7 +418,7 @@ class Hedge:
 class _Config:
     """What every call of one built service shares."""
 
-    __slots__ = ("budget", "counts", "inner", "max_hedges", "name", "window")
+    __slots__ = ("_timer", "budget", "counts", "inner", "max_hedges", "name", "window")
 
     def __init__(self, hedge: Hedge, inner: Service[Any, Any]) -> None:
         self.inner = inner
@@ -418,6 +427,115 @@ class _Config:
         self.budget = hedge.budget
         self.max_hedges = hedge.max_hedges
         self.name = hedge.name
+        self._timer: _Timer | None = None
+
+    def timer(self) -> _Timer:
+        """The timer of this service on the running event loop (made on first use)."""
+        loop = _backend.current_loop()
+        timer = self._timer
+        if timer is None or timer.loop is not loop:
+            timer = self._timer = _Timer(loop, self.name)
+        return timer
+
+
+@final
+class _Timer:
+    """Sends the hedges that come due, for every call of one service on one loop.
+
+    A call that may be hedged puts ``(when, serial, run)`` on the heap
+    (``run.queued`` says the entry is live). One task
+    (:func:`~layers._backend.spawn_detached`) sleeps until the earliest
+    live entry is due, and asks its call for the next copy
+    (:meth:`_Run.due`). A call that ends leaves its entry, void: the task
+    drops the void entries at the top of the heap whenever it wakes, and
+    sleeps until the first live one, so it wakes about once per delay when
+    the calls answer before it; and the heap is compacted when it holds
+    more than twice the live entries (plus 64), so it stays in proportion
+    to the calls in flight. Answering before the delay costs a heap push,
+    not a task. The task ends when the heap is empty. An entry earlier than
+    the task's wake-up (a delay that shrank when the percentile window
+    rotated) replaces the task with one that wakes in time.
+    """
+
+    __slots__ = (
+        "generation",
+        "heap",
+        "live",
+        "loop",
+        "name",
+        "serial",
+        "task",
+        "wake_at",
+    )
+
+    def __init__(self, loop: object, name: str) -> None:
+        self.loop = loop
+        self.name = name
+        self.heap: list[tuple[float, int, _Run[Any]]] = []
+        self.live = 0  # entries whose call has not ended
+        self.serial = 0
+        self.generation = 0
+        self.task: _backend.Detached | None = None
+        # When the task looks at the heap next: inf with no task, -inf while
+        # it takes the entries that are due.
+        self.wake_at = math.inf
+
+    def add(self, when: float, run: _Run[Any]) -> None:
+        """Call ``run.due()`` at *when* (or soon after), unless the call ends first."""
+        heap = self.heap
+        if len(heap) > 2 * self.live + 64:
+            heap[:] = [entry for entry in heap if entry[2].queued]
+            heapq.heapify(heap)
+        self.serial += 1
+        heapq.heappush(heap, (when, self.serial, run))
+        run.queued = True
+        self.live += 1
+        if when < self.wake_at:
+            task = self.task
+            if task is not None:
+                task.cancel()
+            self.generation += 1
+            self.wake_at = when
+            generation = self.generation
+            self.task = _backend.spawn_detached(
+                lambda: self.tick(generation), name=f"layers.Hedge({self.name}) timer"
+            )
+
+    def void(self, run: _Run[Any]) -> None:
+        """*run* has ended: its entry (if any) is void."""
+        if run.queued:
+            run.queued = False
+            self.live -= 1
+
+    async def tick(self, generation: int) -> None:
+        heap = self.heap
+        now = _backend.current_time
+        pop = heapq.heappop
+        try:
+            while True:
+                while heap and not heap[0][2].queued:
+                    pop(heap)  # void: its call has ended
+                if not heap:
+                    return
+                when = heap[0][0]
+                delay = when - now()
+                if delay > 0:
+                    self.wake_at = when
+                    await anyio.sleep(delay)
+                # due: what the sleep was for (a clock may read a hair
+                # early after it), and whatever else is due by now
+                horizon = max(when, now())
+                self.wake_at = -math.inf
+                while heap and heap[0][0] <= horizon:
+                    run = pop(heap)[2]
+                    if run.queued:
+                        run.queued = False
+                        self.live -= 1
+                        run.due(self)
+        finally:
+            if self.generation == generation:  # not replaced
+                self.task = None
+                self.wake_at = math.inf
 
 
 @final
@@ -426,15 +544,19 @@ class _Run(Generic[Res]):
 
     __slots__ = (
         "config",
+        "context",
+        "delay",
         "done",
         "error",
         "group",
+        "queued",
         "request",
         "response",
         "running",
         "sent",
         "start",
         "stopped",
+        "timer",
         "winner",
     )
 
@@ -442,29 +564,44 @@ class _Run(Generic[Res]):
         self.config = config
         self.request = request
         self.response: object = None
-        self.error: Exception | None = None
+        self.error: BaseException | None = None
         self.done = False
         self.stopped = False
         self.running = 0
         self.sent = 1
         self.winner = 0
         self.start = 0.0
+        self.delay = 0.0
         self.group: anyio.abc.TaskGroup | None = None
+        self.context: Context | None = None
+        self.timer: _Timer | None = None
+        self.queued = False  # an entry on the timer's heap, live
 
     async def run(self, delay: float) -> Res:
-        now = _backend.current_time
-        self.start = now()
-        async with anyio.create_task_group() as group:
-            self.group = group
-            if delay > 0 or self.config.window is not None:
-                group.start_soon(self.launch, delay)
-            else:  # parallel mode (delay=0): every copy at once
-                while self.send():
-                    pass
-            self.running += 1
-            await self.copy(1)
-        self.group = None
         config = self.config
+        self.start = start = _backend.current_time()
+        try:
+            async with anyio.create_task_group() as group:
+                self.group = group
+                if delay > 0 or config.window is not None:
+                    # the hedges run in the caller's context (its deadline,
+                    # its context variables), though the timer sends them
+                    self.context = copy_context()
+                    self.delay = delay
+                    timer = self.timer = config.timer()
+                    timer.add(start + delay, self)
+                else:  # parallel mode (delay=0): every copy at once
+                    while self.send():
+                        pass
+                self.running += 1
+                await self.copy(1)
+        finally:
+            self.group = None
+            self.context = None
+            if self.timer is not None:
+                self.timer.void(self)  # its entry, if any
+                self.timer = None
+            self.request = None
         if self.done:
             if self.sent > 1:
                 if self.winner > 1:
@@ -475,17 +612,32 @@ class _Run(Generic[Res]):
                             layer=config.name, attempt=self.winner, copies=self.sent
                         )
                     )
-            return cast("Res", self.response)
+            response = self.response
+            self.response = None
+            return cast("Res", response)
         error = self.error
         self.error = None
         assert error is not None
         raise error
 
-    async def launch(self, delay: float) -> None:
-        while True:
-            await anyio.sleep(delay)
-            if not self.send():
-                return
+    def due(self, timer: _Timer) -> None:
+        """The delay has passed (called by the timer's task): send the next copy."""
+        group = self.group
+        context = self.context
+        if group is None or context is None or group.cancel_scope.cancel_called:
+            # The call has ended, or is ending: anyio's task group on asyncio
+            # still takes a task while its exit passes its last checkpoint,
+            # and would not wait for it.
+            return
+        try:
+            sent = context.run(self.send)
+        except Exception as error:  # pragma: no cover - a defect: fail the call
+            self.error = error
+            self.done = False
+            group.cancel_scope.cancel()
+            return
+        if sent and self.sent <= self.config.max_hedges:
+            timer.add(_backend.current_time() + self.delay, self)
 
     async def copy(self, number: int) -> None:
         """Run copy *number* (``running`` already counts it)."""
@@ -519,9 +671,10 @@ class _Run(Generic[Res]):
             self.done = True
             self.response = response
             self.winner = number
-            group = self.group
-            assert group is not None
-            group.cancel_scope.cancel()
+            if self.running:  # the losers: cancel them (the group awaits them)
+                group = self.group
+                assert group is not None
+                group.cancel_scope.cancel()
 
     def send(self) -> bool:
         """Send the next copy if one is left and allowed; return whether it did."""

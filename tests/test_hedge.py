@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import importlib.util
 import pathlib
 from typing import Any
@@ -322,6 +323,107 @@ async def test_parallel_mode_sends_every_copy_at_once() -> None:
     assert seen[0].copies == 3
     assert hedge.statistics().hedge_wins == 1
     assert inner.cancelled == 2
+
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("REQUEST_ID")
+
+
+async def test_a_hedge_runs_in_the_callers_context() -> None:
+    """The timer sends the hedges, but each copy sees its caller's context."""
+    seen: list[tuple[str, str, float]] = []
+
+    async def inner(request: str) -> str:
+        copy = "hedge" if any(r == request for r, _, _ in seen) else "original"
+        seen.append((request, REQUEST_ID.get("unset"), anyio.current_time()))
+        await anyio.sleep(10.0 if copy == "original" else 0.1)
+        return copy
+
+    svc = layers.Hedge(delay=0.5).layer(inner)
+    answers: dict[str, str] = {}
+
+    async def call(request: str) -> None:
+        REQUEST_ID.set(f"ctx-{request}")
+        answers[request] = await svc(request)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(call, "a")
+        await anyio.sleep(0.2)
+        group.start_soon(call, "b")  # its hedge goes out from the same timer
+    assert answers == {"a": "hedge", "b": "hedge"}
+    assert seen == [
+        ("a", "ctx-a", 0.0),
+        ("b", "ctx-b", 0.2),
+        ("a", "ctx-a", 0.5),
+        ("b", "ctx-b", pytest.approx(0.7)),
+    ]
+
+
+async def test_a_delay_that_shrinks_is_kept_by_the_timer() -> None:
+    """A window rotation that shortens the delay: a new call's hedge is not late.
+
+    The first call waits on the fallback delay (5 s); the window then gives
+    0.1 s, and the second call's hedge goes out 0.1 s after it starts, before
+    the first call's, which still goes out at 5 s.
+    """
+    sent: list[tuple[str, float]] = []
+
+    async def inner(request: str) -> str:
+        sent.append((request, anyio.current_time()))
+        if len([r for r, _ in sent if r == request]) == 1 and request != "quick":
+            await anyio.sleep(10.0)  # every original is slow but the quick ones
+            return "original"
+        await anyio.sleep(0.1)
+        return "hedge" if request != "quick" else "quick"
+
+    hedge = layers.Hedge(quantile=0.5, delay=5.0, min_samples=3, period=1.0)
+    svc = hedge.layer(inner)
+    answers: dict[str, str] = {}
+
+    async def call(request: str) -> None:
+        answers[request] = await svc(request)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(call, "A")  # its hedge is due at 5.0
+        for _ in range(3):  # 0.1 s each: the window's median
+            await svc("quick")
+        await anyio.sleep(1.0 - anyio.current_time())  # the window closes
+        group.start_soon(call, "B")  # due at 1.1
+    assert answers == {"A": "hedge", "B": "hedge"}
+    hedges = [(r, t) for r, t in sent if r != "quick"]
+    assert hedges == [
+        ("A", 0.0),
+        ("B", 1.0),
+        ("B", pytest.approx(1.1)),
+        ("A", 5.0),
+    ]
+
+
+async def test_the_timer_keeps_only_the_calls_in_flight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Calls answered before the delay: the heap stays small, the timer task ends."""
+    import layers._hedge as hedge_module
+
+    timers: list[Any] = []
+    make = hedge_module._Timer  # pyright: ignore[reportPrivateUsage]
+
+    def record(*args: Any) -> Any:
+        timers.append(make(*args))
+        return timers[-1]
+
+    monkeypatch.setattr(hedge_module, "_Timer", record)
+    inner = Copies((0.001, "ok"))
+    svc = layers.Hedge(delay=10.0).layer(inner)
+    for _ in range(1000):
+        assert await svc("r") == "ok"
+    (timer,) = timers  # one timer for every call on this loop
+    assert timer.live == 0
+    assert len(timer.heap) <= 2 * 0 + 64 + 1  # compacted as it grew
+    assert timer.task is not None  # asleep until the oldest entry is due
+    await anyio.sleep(10.0)
+    assert timer.task is None  # nothing left: the task ended
+    assert timer.heap == []
+    assert len(inner.started) == 1000  # and no hedge was sent
 
 
 async def test_builder_shares_one_layer() -> None:
