@@ -57,9 +57,15 @@ printed with PASS/FAIL; the script exits with status 1 when one fails):
   % of C at 3 C with p99 <= 3x the unloaded p99.
 * **throttle**: client-side adaptive throttling, from
   ``benchmarks/sim_throttle.py`` when :class:`layers.AdaptiveThrottle` is
-  there (skipped otherwise).
+  there (skipped otherwise): a downstream that accepts a quarter of the
+  offered calls for three windows, then heals, and the same with a total
+  outage; the figure shows each second's calls (accepted, refused by the
+  downstream, refused locally) against the SRE bound, and the reject
+  probability, across the overload and the heal.
 * **hedge**: hedging at the p95 delay, from ``benchmarks/sim_hedge.py``
-  when :class:`layers.Hedge` is there (skipped otherwise).
+  when :class:`layers.Hedge` is there (skipped otherwise); the figure
+  shows each call's latency, the p99 per 5 s, plain and hedged, and the
+  extra calls per 5 s.
 * **coalesce**: 1,000 concurrent identical requests through
   :class:`~layers.Coalesce` make 1 downstream call (beside the 1,000
   without it).
@@ -506,6 +512,204 @@ def plot_bars(
     plt.close(fig)
 
 
+def _means(values: Sequence[float], span: int) -> list[float]:
+    """The means of *values* over consecutive runs of *span* (the last may be short)."""
+    return [
+        sum(values[i : i + span]) / len(values[i : i + span])
+        for i in range(0, len(values), span)
+    ]
+
+
+def plot_throttle(runs: list[tuple[str, Any]], path: Path, *, span: int = 5) -> None:
+    """AdaptiveThrottle over time: a pair of panels per ``sim_throttle`` run.
+
+    *runs* are (title, ``sim_throttle.Figures``). The upper panel splits the
+    offered calls (per second, averaged over *span* seconds) into those the
+    downstream accepted, those it refused and those the layer refused
+    locally, with the SRE bound ``K x accepted`` while the downstream
+    refuses; a run where it accepts nothing before the heal (a total
+    outage) is drawn on a log scale. The lower panel is the layer's reject
+    probability. Dashed verticals mark the windows, a red one the heal, a
+    green one the return to full traffic.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(
+        2 * len(runs),
+        1,
+        figsize=(9, 4.4 * len(runs)),
+        gridspec_kw={"height_ratios": [3, 1] * len(runs)},
+    )
+    for number, (title, figures) in enumerate(runs):
+        calls, probability = axes[2 * number], axes[2 * number + 1]
+        probability.sharex(calls)
+        seconds = figures.seconds
+        time = [s.time for s in seconds]
+        edges = [*time[::span], time[-1] + 1]
+        offered = _means([s.offered for s in seconds], span)
+        reached = _means([s.reached for s in seconds], span)
+        accepted = _means([s.accepted for s in seconds], span)
+        outage = not any(s.accepted for s in seconds if s.time < figures.heal)
+        bands = [
+            (0.0, accepted, "tab:green", "accepted by the downstream"),
+            (accepted, reached, "tab:blue", "refused by the downstream"),
+            (reached, offered, "tab:orange", "refused locally (Throttled)"),
+        ]
+        for low, high, color, label in bands:
+            calls.stairs(high, edges, baseline=low, fill=True, color=color, alpha=0.6)
+            calls.plot([], [], color=color, linewidth=6, alpha=0.6, label=label)
+        calls.stairs(reached, edges, color="tab:blue", linewidth=1.0)
+        if not outage:  # the bound holds while the downstream refuses
+            refusing = sum(1 for t in edges if t < figures.heal)
+            calls.stairs(
+                [figures.multiplier * x for x in accepted[:refusing]],
+                edges[: refusing + 1],
+                color="black",
+                linestyle="--",
+                linewidth=1.2,
+                label=f"SRE bound: K x accepted (K = {figures.multiplier:g})",
+            )
+        probability.plot(time, [s.reject_probability for s in seconds], color="tab:red")
+        for panel in (calls, probability):
+            edge = figures.window
+            while edge < time[-1]:
+                if edge != figures.heal:
+                    panel.axvline(edge, color="grey", linestyle="--", linewidth=0.6)
+                edge += figures.window
+            panel.axvline(figures.heal, color="tab:red", linewidth=1.4)
+            if figures.recovery is not None:
+                panel.axvline(
+                    figures.heal + figures.recovery,
+                    color="tab:green",
+                    linestyle="-.",
+                    linewidth=1.4,
+                )
+            panel.grid(alpha=0.3)
+            panel.set_xlim(0, time[-1] + 1)
+        top = max(offered)
+        if outage:
+            calls.set_yscale("log")
+            calls.set_ylim(0.05, 40 * top)
+            calls.set_ylabel(f"calls/s, log\n(means over {span} s)")
+        else:
+            calls.set_ylim(0, 1.6 * top)
+            calls.set_ylabel(f"calls/s\n(means over {span} s)")
+        calls.annotate(
+            " heal",
+            (figures.heal, 0.02),
+            xycoords=("data", "axes fraction"),
+            color="tab:red",
+            fontsize="small",
+            fontweight="bold",
+        )
+        if figures.recovery is not None:
+            calls.annotate(
+                f" full traffic,\n heal + {figures.recovery:.0f} s",
+                (figures.heal + figures.recovery, 0.02),
+                xycoords=("data", "axes fraction"),
+                color="tab:green",
+                fontsize="small",
+                fontweight="bold",
+            )
+        calls.set_title(title, fontsize="medium")
+        calls.legend(fontsize="x-small", loc="upper left", ncol=2)
+        calls.tick_params(labelbottom=False)
+        probability.set_ylabel("reject\nprobability")
+        probability.set_ylim(-0.05, 1.05)
+        probability.set_xlabel(
+            f"time (s, virtual); dashed lines: the {figures.window:g} s windows"
+        )
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def plot_hedge(plain: Any, hedged: Any, title: str, path: Path) -> None:
+    """Hedge over time: each call's latency and p99 per interval; the extra calls.
+
+    *plain* and *hedged* are ``sim_hedge.Result``, *title* says what ran.
+    The upper panel has every call's latency (a dot at the time it ended),
+    the p99 of each interval (steps), the p99 of the whole run (dashed) and
+    the hedge's delay; the lower one the extra calls hedging sent, per
+    interval and overall.
+    """
+    plt = _pyplot()
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(9, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    for result, label, color in (
+        (plain, "plain", "tab:red"),
+        (hedged, "Hedge(quantile=0.95)", "tab:green"),
+    ):
+        top.scatter(
+            result.ended,
+            [x * 1000 for x in result.latencies],
+            s=5,
+            color=color,
+            alpha=0.35,
+            linewidths=0,
+        )
+        intervals = result.intervals
+        top.stairs(
+            [i.p99 * 1000 for i in intervals],
+            [*(i.start for i in intervals), result.ended[-1]],
+            baseline=None,
+            color=color,
+            linewidth=1.8,
+            label=f"{label}: p99 per {result.interval:g} s",
+        )
+        top.axhline(
+            result.p99 * 1000,
+            color=color,
+            linestyle="--",
+            linewidth=1.0,
+            label=f"{label}: p99 of the run, {result.p99 * 1000:.1f} ms",
+        )
+    delays = [i for i in hedged.intervals if i.delay is not None]
+    top.stairs(
+        [i.delay * 1000 for i in delays],
+        [*(i.start for i in delays), hedged.ended[-1]],
+        baseline=None,
+        color="black",
+        linestyle=":",
+        linewidth=1.4,
+        label="hedge delay (p95 of recent latencies)",
+    )
+    top.set_yscale("log")
+    top.set_ylim(5, 3000)  # room for the legend above the slowest calls
+    top.set_ylabel("client latency (ms, log)")
+    top.set_title(
+        f"{title}\n(dots: each call's latency, at the time it ended)",
+        fontsize="medium",
+    )
+    intervals = hedged.intervals
+    bottom.stairs(
+        [i.extra_calls * 100 for i in intervals],
+        [*(i.start for i in intervals), hedged.ended[-1]],
+        baseline=None,
+        color="tab:green",
+        linewidth=1.8,
+        label=f"extra calls per {hedged.interval:g} s",
+    )
+    bottom.axhline(
+        hedged.extra_calls * 100,
+        color="tab:green",
+        linestyle="--",
+        linewidth=1.0,
+        label=f"of the run: {hedged.extra_calls:.2%}",
+    )
+    bottom.axhline(6, color="black", linewidth=0.8, label="goal: at most 6 %")
+    bottom.set_ylim(0, 10)
+    bottom.set_ylabel("extra calls\n(% of calls)")
+    bottom.set_xlabel("time (s, virtual)")
+    top.legend(fontsize="x-small", loc="upper right", ncol=2)
+    bottom.legend(fontsize="x-small", loc="upper right", ncol=3)
+    for axes in (top, bottom):
+        axes.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 # ------------------------------------------------------------------ goals
 
 
@@ -634,21 +838,56 @@ def _sibling(module: str, layer: str) -> Any:
         return None
 
 
+OUTAGE_AFTER = 7.0
+"""The throttle scenario's total outage runs this many windows after the heal."""
+
+
 def scenario_throttle(args: argparse.Namespace, model: Model) -> list[tuple[str, bool]]:
     sim = _sibling("sim_throttle", "AdaptiveThrottle")
     if sim is None:
         print("  throttle: SKIP (layers.AdaptiveThrottle or sim_throttle.py missing)")
         return []
-    figures = _run(args.backend, sim.simulate)
+    offered, capacity = 100.0, 25.0
+
+    async def partial_run() -> Any:
+        return await sim.simulate(offered=offered, capacity=capacity)
+
+    async def outage_run() -> Any:  # long enough after the heal to recover
+        return await sim.simulate(offered=offered, capacity=0, after=OUTAGE_AFTER)
+
+    figures = _run(args.backend, partial_run)
     print("  " + sim.describe(figures))
     recovery = figures.recovery
     healed = math.inf if recovery is None else recovery
+    outage = _run(args.backend, outage_run)
+    outage_recovery = (
+        "still refusing at the end"
+        if outage.recovery is None
+        else f"{outage.recovery:.1f} s ({outage.recovery / outage.window:.2f} windows)"
+    )
+    print(
+        f"  total outage (capacity 0): after the first window {outage.reached} of "
+        f"{outage.offered} calls reached the downstream; full traffic after the "
+        f"heal: {outage_recovery}"
+    )
     if not args.no_plots:
-        plot_bars(
-            "Downstream refusing most calls, through AdaptiveThrottle",
-            ["reached", "accepted"],
-            [figures.reached, figures.accepted],
-            "calls",
+        layer = (
+            f"AdaptiveThrottle(window={figures.window:g}, "
+            f"multiplier={figures.multiplier:g})"
+        )
+        plot_throttle(
+            [
+                (
+                    f"{layer}: {offered:g} calls/s offered; the downstream accepts "
+                    f"{capacity:g}/s until it heals at {figures.heal:g} s",
+                    figures,
+                ),
+                (
+                    "The same, total outage: the downstream accepts nothing until "
+                    f"it heals at {outage.heal:g} s (log scale)",
+                    outage,
+                ),
+            ],
             args.out / "sim_throttle.png",
         )
     return [
@@ -681,13 +920,12 @@ def scenario_hedge(args: argparse.Namespace, model: Model) -> list[tuple[str, bo
         f"hedged at p95, {hedged.extra_calls:.2%} extra calls"
     )
     if not args.no_plots:
-        plot_bars(
-            "Client p99, 1 % of calls 20x slower",
-            ["plain", "Hedge(p95)"],
-            [round(plain.p99 * 1000, 1), round(hedged.p99 * 1000, 1)],
-            "p99 (ms)",
-            args.out / "sim_hedge.png",
+        title = (
+            f"{plain.calls:,} sequential calls; the downstream answers in "
+            f"{sim.FAST * 1000:g} ms +- {sim.SPREAD:.0%}, {sim.SLOW_SHARE:.0%} of "
+            f"calls {sim.SLOW_FACTOR:g}x slower"
         )
+        plot_hedge(plain, hedged, title, args.out / "sim_hedge.png")
     return [
         (
             f"hedging: p99 {cut:.1f}x lower (goal >= 5x) with "

@@ -19,12 +19,16 @@ and accepts at most *capacity* calls in each second, refusing the rest. After
 The same run with ``--capacity 0`` is a total outage: the recovery takes a
 few windows (see the layer's docs). tests/test_throttle.py runs
 :func:`simulate` on a small scale, on both backends.
+
+:func:`simulate` also records each second of the run (:class:`Second`:
+calls offered, reaching the downstream, accepted by it, refused locally,
+and the layer's reject probability), which ``sim_overload.py --scenario
+throttle`` draws (docs/explanation/img/sim_throttle.png).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import math
 from typing import final
@@ -37,6 +41,30 @@ import layers
 
 class Refused(Exception):
     """The model downstream has no capacity left this second."""
+
+
+@final
+@attrs.define(kw_only=True)
+class Second:
+    """One second of a :func:`simulate` run, by the time each call was made.
+
+    Attributes:
+        time: The second's start, in whole seconds from the run's start.
+        offered: Calls made in this second.
+        reached: Of those, calls that reached the downstream.
+        accepted: Of those, calls that the downstream accepted.
+        throttled: Calls refused locally (:class:`~layers.Throttled`):
+            ``offered - reached``.
+        reject_probability: The layer's reject probability at the second's
+            first call.
+    """
+
+    time: int
+    offered: int = 0
+    reached: int = 0
+    accepted: int = 0
+    throttled: int = 0
+    reject_probability: float = 0.0
 
 
 @final
@@ -53,6 +81,9 @@ class Figures:
         recovery: Seconds from the heal until the throttle refused nothing,
             or ``None`` if it still refused at the end.
         window: The throttle's window, in seconds.
+        multiplier: The throttle's ``K``.
+        heal: When the downstream healed, seconds from the run's start.
+        seconds: The whole run, second by second (:class:`Second`).
     """
 
     offered: int
@@ -61,6 +92,9 @@ class Figures:
     ratio: float
     recovery: float | None
     window: float
+    multiplier: float
+    heal: float
+    seconds: tuple[Second, ...]
 
 
 async def simulate(
@@ -87,12 +121,14 @@ async def simulate(
     second = -1
     used = 0
     reached = accepted = offered_calls = 0
+    seconds: list[Second] = []
 
     async def downstream(request: float) -> None:
         nonlocal second, used, reached, accepted
         measured = request >= measure_from and request < heal_at
         if measured:
             reached += 1
+        seconds[-1].reached += 1
         if request < heal_at:
             this = math.floor(request - start)
             if this != second:
@@ -102,6 +138,7 @@ async def simulate(
             used += 1
         if measured:
             accepted += 1
+        seconds[-1].accepted += 1
 
     service = throttle.layer(downstream)
     gap = 1.0 / offered
@@ -109,10 +146,18 @@ async def simulate(
     recovered: float | None = None
     now = start
     while now < end:
+        while len(seconds) <= now - start:  # a new second (none skipped)
+            probability = throttle.statistics().reject_probability
+            seconds.append(Second(time=len(seconds), reject_probability=probability))
+        seconds[-1].offered += 1
         if now >= measure_from and now < heal_at:
             offered_calls += 1
-        with contextlib.suppress(Refused, layers.Throttled):
+        try:
             await service(now)
+        except layers.Throttled:
+            seconds[-1].throttled += 1
+        except Refused:
+            pass
         if (
             now >= heal_at
             and recovered is None
@@ -128,6 +173,9 @@ async def simulate(
         ratio=reached / accepted if accepted else math.inf,
         recovery=recovered,
         window=window,
+        multiplier=multiplier,
+        heal=heal_at - start,
+        seconds=tuple(seconds),
     )
 
 

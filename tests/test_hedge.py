@@ -480,3 +480,29 @@ async def test_the_tail_at_scale_goal() -> None:
     hedged = await simulate(hedged=True, calls=3000)
     assert plain.p99 / hedged.p99 >= 5
     assert hedged.extra_calls <= 0.06
+
+
+async def test_the_run_is_recorded_over_time() -> None:
+    """simulate()'s intervals add up to its totals; hedged, no interval's p99 slow."""
+    sim = _sim_hedge()
+    plain = await sim.simulate(hedged=False, calls=2000, interval=2.0)
+    hedged = await sim.simulate(hedged=True, calls=2000, interval=2.0)
+    for result in (plain, hedged):
+        assert len(result.latencies) == len(result.ended) == 2000
+        assert list(result.ended) == sorted(result.ended)
+        intervals = result.intervals
+        assert [i.start for i in intervals] == [2.0 * n for n in range(len(intervals))]
+        assert intervals[-1].start <= result.ended[-1] < intervals[-1].start + 2.0
+        assert sum(i.calls for i in intervals) == 2000
+        assert sum(i.downstream_calls for i in intervals) == result.downstream_calls
+        for i in intervals:
+            assert i.calls > 0
+            assert 0.8 * sim.FAST <= i.p50 <= 1.2 * sim.FAST
+    assert all(i.extra_calls == 0 and i.delay is None for i in plain.intervals)
+    # 1 % slow (20 x 10 ms): some interval of the plain run has a slow p99;
+    # hedged, every interval's p99 is about the delay plus a fast call
+    assert max(i.p99 for i in plain.intervals) >= 10 * sim.FAST
+    assert max(i.p99 for i in hedged.intervals) <= 3 * sim.FAST
+    assert all(0 < i.extra_calls <= 0.12 for i in hedged.intervals)
+    delays = [i.delay for i in hedged.intervals]
+    assert all(d is not None and sim.FAST <= d <= 1.3 * sim.FAST for d in delays)

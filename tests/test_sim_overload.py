@@ -72,6 +72,31 @@ async def test_plots_are_written(tmp_path: Path) -> None:
         assert len(data) > 5_000
 
 
+@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
+async def test_throttle_and_hedge_plots_are_written(tmp_path: Path) -> None:
+    """The throttle's and the hedge's figures over time are PNG files."""
+    pytest.importorskip("matplotlib")
+    import sim_hedge
+    import sim_throttle
+
+    partial = await sim_throttle.simulate(
+        offered=20, capacity=5, window=10, overload=2, after=1
+    )
+    outage = await sim_throttle.simulate(
+        offered=20, capacity=0, window=10, overload=2, after=4
+    )
+    sim_overload.plot_throttle(
+        [("partial", partial), ("outage", outage)], tmp_path / "throttle.png"
+    )
+    plain = await sim_hedge.simulate(hedged=False, calls=500, interval=1.0)
+    hedged = await sim_hedge.simulate(hedged=True, calls=500, interval=1.0)
+    sim_overload.plot_hedge(plain, hedged, "500 calls", tmp_path / "hedge.png")
+    for name in ("throttle.png", "hedge.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data.startswith(b"\x89PNG"), name
+        assert len(data) > 20_000, name
+
+
 def test_main_prints_each_goal(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import sys
 from pathlib import Path
@@ -134,6 +135,39 @@ async def test_the_sre_bound_holds_while_the_downstream_refuses_most() -> None:
     # the bound: K x accepts plus about one call per window
     assert 1.8 <= figures.ratio <= 2.2, describe(figures)
     assert figures.reached < 0.6 * figures.offered
+
+
+async def test_the_run_is_recorded_second_by_second() -> None:
+    """simulate()'s seconds add up to its totals and show the bound in each window."""
+    figures = await simulate(
+        offered=40, capacity=8, window=20, overload=4, after=2, seed=5
+    )
+    seconds = figures.seconds
+    assert [s.time for s in seconds] == list(range(6 * 20))
+    for s in seconds:
+        assert s.offered == s.reached + s.throttled, s
+        assert s.accepted <= s.reached, s
+        assert 0.0 <= s.reject_probability <= 1.0, s
+    measured = [s for s in seconds if figures.window <= s.time < figures.heal]
+    assert sum(s.offered for s in measured) == figures.offered
+    assert sum(s.reached for s in measured) == figures.reached
+    assert sum(s.accepted for s in measured) == figures.accepted
+    # each full window of the overload (after the first): the downstream's
+    # 8/s used up, and reached within about K = 2 times that
+    for number in range(1, 4):
+        span = seconds[number * 20 : (number + 1) * 20]
+        reached = sum(s.reached for s in span)
+        accepted = sum(s.accepted for s in span)
+        assert accepted == 8 * 20
+        assert 0.85 * 2 * accepted <= reached <= 1.15 * 2 * accepted, number
+        # p = (40 - 2 x 8) / 40: 0.6 of the calls refused locally
+        assert all(0.55 <= s.reject_probability <= 0.65 for s in span), number
+    healed = [s for s in seconds if s.time >= figures.heal]
+    assert all(s.accepted == s.reached for s in healed)
+    assert figures.recovery is not None
+    full = [s for s in healed if s.time > figures.heal + figures.recovery]
+    assert full
+    assert all(s.throttled == 0 and s.reject_probability == 0.0 for s in full)
 
 
 async def test_full_traffic_returns_within_one_window_after_healing() -> None:
@@ -346,3 +380,15 @@ async def test_recovery_from_a_total_outage_takes_several_windows() -> None:
     assert figures.accepted == 0
     assert figures.recovery is not None
     assert 2 * figures.window < figures.recovery < 8 * figures.window, describe(figures)
+    # the seconds: next to nothing reaches it during the outage, then the
+    # calls that reach it grow window by window until full traffic
+    before = [s for s in figures.seconds if s.time < figures.heal]
+    assert sum(s.accepted for s in before) == 0
+    # min_requests (20), then about one a window: p = requests / (requests + 1)
+    assert sum(s.reached for s in before) <= 20 + 2 * 3
+    windows = [
+        sum(s.reached for s in figures.seconds[start : start + 10])
+        for start in range(30, 30 + math.ceil(figures.recovery / 10) * 10, 10)
+    ]
+    assert windows == sorted(windows), windows
+    assert windows[-1] > 10 * max(windows[0], 1), windows
