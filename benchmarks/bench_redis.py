@@ -34,8 +34,10 @@ run. Six parts:
 * **cost**: one task calls sequentially; an admitted call through
   ``RateLimit`` with a ``RedisRateLimitStore`` (a limit that never
   refuses) against a bare EVALSHA of a trivial script (``return 1``) on
-  the same coredis client, the floor of one round trip; and the same
-  script through ``RedisConnection.run`` (its timeout and guard). Round-
+  the same coredis client (``client.evalsha``, nothing around it), the
+  floor of one round trip; and the same script through coredis's
+  ``Script`` call (its retry and transform) and through
+  ``RedisConnection.run`` (its timeout and guard). Round-
   robin blocks of 100 calls for ``--rounds`` rounds (40), per-call
   latency, p50 and p99, on asyncio and trio. Goal: at most 1.15x the bare
   EVALSHA at p50.
@@ -422,8 +424,13 @@ async def cost_backend(url: str, rounds: int, block: int) -> dict[str, list[floa
         client = redis.client
         trivial = redis.script("return 1")
         key = redis.key("bench", "trivial")
+        sha = await client.script_load(trivial.script)
 
         async def bare(x: Any) -> Any:
+            # the floor: the client's own EVALSHA, nothing around it
+            return await client.evalsha(sha, keys=[key], args=[])
+
+        async def script_call(x: Any) -> Any:
             return await trivial(keys=[key], args=[], client=client)
 
         async def through_run(x: Any) -> Any:
@@ -432,7 +439,8 @@ async def cost_backend(url: str, rounds: int, block: int) -> dict[str, list[floa
         store = RedisRateLimitStore(redis, name="cost")
         limited = layers.RateLimit(1e9, burst=10**6, store=store).layer(inner)
         cases = {
-            "bare EVALSHA (coredis, `return 1`)": bare,
+            "bare EVALSHA (client.evalsha, `return 1`)": bare,
+            "coredis Script call, same script": script_call,
             "RedisConnection.run, same script": through_run,
             "RateLimit + RedisRateLimitStore, admitted": limited,
         }

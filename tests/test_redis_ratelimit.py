@@ -150,13 +150,13 @@ async def test_a_void_before_its_take_makes_the_take_take_nothing(
     reply = await redis.run(
         script, keys, ("take", "1 1 0.1 0.1 0 0 tok", "1 1 0.1 0.1 0 0 tok3")
     )
-    assert reply[:2] == ["0 -1", "1 0"]
+    assert reply.split()[:4] == ["0", "-1", "1", "0"]
     assert await redis.client.zcard(f"{key}:void") == 0  # the marker is used up
     await redis.run(script, keys, ("void", "tok3"))
     assert await redis.client.exists([key]) == 0
     # in the other order, the void takes the call back
     reply = await redis.run(script, keys, ("take", "1 1 0.1 0.1 0 0 tok2"))
-    assert reply[0] == "1 0"
+    assert reply.split()[:2] == ["1", "0"]
     assert await redis.client.exists([key]) == 1
     await redis.run(script, keys, ("void", "tok2"))
     assert await redis.client.exists([key]) == 0

@@ -14,12 +14,14 @@ import coredis.exceptions
 from coredis.commands.script import Script
 from coredis.retry import NoRetryPolicy
 
+from .._backend import current_time
 from .._breaker import CircuitBreaker
 from .._config import check_name, check_number, fail_value
 from .._core import Service
 from .._deadline import current_deadline
 from .._errors import CircuitOpen, StoreError
 from .._host import BackgroundHost
+from .._timeout import Timeout
 
 __all__ = ["RedisConnection"]
 
@@ -27,6 +29,9 @@ Client: TypeAlias = "coredis.Redis[Any] | coredis.RedisCluster[Any]"
 """A coredis client: a single server (or sentinel-managed) or a cluster."""
 
 Value: TypeAlias = "str | bytes | int | float"
+
+Command: TypeAlias = "tuple[Script[Any], Sequence[str], Sequence[Value]]"
+"""One EVALSHA: the script, its keys, its arguments."""
 
 
 # What a failing Redis raises through coredis: its own errors, the socket's,
@@ -103,7 +108,7 @@ class RedisConnection(BackgroundHost):
         ConfigurationError: An argument is of the wrong type or out of range.
     """
 
-    __slots__ = ("_guarded", "client", "guard", "prefix", "timeout")
+    __slots__ = ("_guarded", "_timed", "client", "guard", "prefix", "timeout")
 
     enter_hint: ClassVar[str] = (
         "use `async with RedisConnection(client) as redis:` around the code that "
@@ -137,8 +142,10 @@ class RedisConnection(BackgroundHost):
         if guard is not None and not isinstance(cast(object, guard), CircuitBreaker):
             fail_value(owner, "guard", guard, "None or a CircuitBreaker")
         self.guard = default_guard() if guard is None else guard
-        self._guarded: Service[tuple[Script[Any], Sequence[str], Sequence[Value]], Any]
-        self._guarded = self.guard.layer(self._evalsha)
+        self._guarded: Service[Command, Any] = self.guard.layer(self._evalsha)
+        # The connection's own timeout: layers' Timeout (a timer wheel, no
+        # cancel scope per command: anyio's fail_after cost 10-20 us here).
+        self._timed = Timeout(self.timeout, name="redis_command").layer(self._command)
         super().__init__()
 
     @classmethod
@@ -200,26 +207,15 @@ class RedisConnection(BackgroundHost):
                 store=self.prefix,
             ) from error
 
-    async def _evalsha(
-        self, request: tuple[Script[Any], Sequence[str], Sequence[Value]], /
-    ) -> Any:
-        script, keys, args = request
+    async def _evalsha(self, request: Command, /) -> Any:
         deadline = current_deadline()
         # Under a caller's deadline sooner than our timeout, the caller's own
         # cancel scope (its Timeout layer) ends the command, as cancellation:
         # that is not a failure of Redis, and the guard does not count it.
-        own = deadline is None or deadline - anyio.current_time() >= self.timeout
         try:
-            with anyio.fail_after(self.timeout if own else None):
-                # EVALSHA straight on the client (a Script's own call wraps
-                # the command in a retry and a transform: 80 us more CPU per
-                # call, measured); NOSCRIPT loads the script and sends it again.
-                client = self.client
-                try:
-                    return await client.evalsha(script.sha, keys=keys, args=args)
-                except coredis.exceptions.NoScriptError:
-                    await client.script_load(script.script)
-                    return await client.evalsha(script.sha, keys=keys, args=args)
+            if deadline is None or deadline - current_time() >= self.timeout:
+                return await self._timed(request)  # Elapsed: a TimeoutError
+            return await self._command(request)
         except _FAILURES as error:
             # coredis reports a cancellation that arrives while it opens a
             # connection as a ConnectionError: if the caller was cancelled,
@@ -229,6 +225,18 @@ class RedisConnection(BackgroundHost):
             raise StoreError(
                 f"a Redis command {kind} ({type(error).__name__})", store=self.prefix
             ) from error
+
+    async def _command(self, request: Command, /) -> Any:
+        # EVALSHA straight on the client (a Script's own call wraps the
+        # command in a retry and a transform: 80 us more CPU per call,
+        # measured); NOSCRIPT loads the script and sends it again.
+        script, keys, args = request
+        client = self.client
+        try:
+            return await client.evalsha(script.sha, keys=keys, args=args)
+        except coredis.exceptions.NoScriptError:
+            await client.script_load(script.script)
+            return await client.evalsha(script.sha, keys=keys, args=args)
 
     def __repr__(self) -> str:
         return (

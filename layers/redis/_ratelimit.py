@@ -38,9 +38,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import math
 import secrets
 from collections.abc import Hashable, Sequence
-from typing import Any, Final, Literal, cast, final
+from typing import Final, Literal, cast, final
 from urllib.parse import quote, quote_from_bytes
 
 import anyio
@@ -64,8 +65,9 @@ SCRIPT: Final = r"""
 -- '0'), decided one after another as that many takes at the same instant
 -- would be; reply: 'granted wait' per call. 'peek': need, interval,
 -- tolerance; reply: wait. 'void': token; reply: '1' if taken back, else
--- '0'. Every reply ends with TIME's seconds and microseconds. All are
--- strings: a Lua number in a reply would be truncated to an integer.
+-- '0'. Every reply is one string of words, ending with TIME's seconds and
+-- microseconds (one string: a client decodes it faster than an array, and
+-- a Lua number in a reply would be truncated to an integer).
 local key = KEYS[1]
 local op = ARGV[1]
 local clock = redis.call('TIME')
@@ -73,6 +75,7 @@ local clock = redis.call('TIME')
 -- more of a double's 53 bits for the fraction (a step of 15 ns until 2028).
 local now = (tonumber(clock[1]) - 1700000000) + tonumber(clock[2]) / 1000000
 local function fmt(x) return string.format('%.17g', x) end
+local stamp = ' ' .. clock[1] .. ' ' .. clock[2]
 local value = redis.call('GET', key)
 local stored, wake, last, prev
 if value then
@@ -99,17 +102,17 @@ if op == 'void' then
     redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
     redis.call('ZADD', KEYS[2], now + 60, ARGV[2])
     redis.call('PEXPIRE', KEYS[2], 60000)
-    return {'0', clock[1], clock[2]}
+    return '0' .. stamp
   end
   save(prev, wake, '-', '-')
-  return {'1', clock[1], clock[2]}
+  return '1' .. stamp
 end
 if op == 'peek' then
   local tat = tonumber(stored)
   if tat == nil or tat < now then tat = now end
   local wait = (tat - now) - (tonumber(ARGV[4]) - tonumber(ARGV[2]) * tonumber(ARGV[3]))
   if wait < 0 then wait = 0 end
-  return {fmt(wait), clock[1], clock[2]}
+  return fmt(wait) .. stamp
 end
 -- The takes change the state in these variables; it is written once, at
 -- the end, as the last of that many separate takes would have written it.
@@ -175,9 +178,7 @@ for a = 2, #ARGV do
   end
 end
 if changed then save(stored, wake, last, prev) end
-reply[#reply + 1] = clock[1]
-reply[#reply + 1] = clock[2]
-return reply
+return table.concat(reply, ' ') .. stamp
 """
 """The Lua script: GCRA take, peek and void on the server's clock."""
 
@@ -219,9 +220,18 @@ def _part(key: object) -> str:
     raise TypeError(type(key).__name__)
 
 
-def _time(reply: Sequence[Any]) -> float:
+def _time(words: Sequence[str]) -> float:
     """The server's time in a reply (its last two words), as the script computed it."""
-    return (float(reply[-2]) - 1700000000) + float(reply[-1]) / 1000000
+    return (float(words[-2]) - 1700000000) + float(words[-1]) / 1000000
+
+
+def _number(value: float) -> str:
+    """*value* for the script: exact (``repr``), a large finite number for inf."""
+    if value == 0:
+        return "0.0"
+    if value == math.inf:
+        return "1e+300"  # no inf in Lua (see finite())
+    return repr(finite(float(value)))
 
 
 BATCH: Final = 64
@@ -407,6 +417,7 @@ class RedisRateLimitStore:
         "_script",
         "_tag",
         "_token",
+        "_words",
         "fail",
         "lease",
         "name",
@@ -459,6 +470,8 @@ class RedisRateLimitStore:
         self._counter = itertools.count()
         # Per Redis key with a command in flight: the takes queued for the next.
         self._lanes: dict[str, list[_Take]] = {}
+        # The start of a take's word, per (need, want, interval, tolerance).
+        self._words: dict[tuple[float, float, float, float], str] = {}
 
     def redis_key(self, key: Hashable) -> str:
         """The Redis key of the user key *key* (see "Keys" above).
@@ -526,10 +539,11 @@ class RedisRateLimitStore:
             repr(float(tolerance)),
         )
         self.round_trips += 1
-        reply = await self.redis.run(
+        reply: str = await self.redis.run(
             self._script, (redis_key, f"{redis_key}:void"), args
         )
-        return float(reply[0]), _time(reply)
+        words = reply.split()
+        return float(words[0]), _time(words)
 
     async def _take(
         self,
@@ -546,10 +560,16 @@ class RedisRateLimitStore:
         token = f"{self._token}{next(self._counter)}"
         need = float(cost)
         want = need if up_to is None or up_to < need else float(up_to)
-        word = (
-            f"{need!r} {want!r} {float(interval)!r} {float(tolerance)!r} "
-            f"{finite(float(patience))!r} {'1' if waited else '0'} {token}"
-        )
+        words = self._words
+        shape = (need, want, interval, tolerance)
+        head = words.get(shape)
+        if head is None:  # the same few shapes come again and again
+            if len(words) >= 64:
+                words.clear()
+            head = words[shape] = (
+                f"{need!r} {want!r} {float(interval)!r} {float(tolerance)!r} "
+            )
+        word = f"{head}{_number(patience)} {'1' if waited else '0'} {token}"
         lanes = self._lanes
         queue = lanes.get(redis_key)
         if queue is None:
@@ -614,8 +634,8 @@ class RedisRateLimitStore:
             self._next(redis_key)
             raise
         self._next(redis_key)
-        granted, wait = reply[0].split()
-        return float(granted), float(wait), _time(reply)
+        words = reply.split()
+        return float(words[0]), float(words[1]), _time(words)
 
     async def _send(
         self, redis_key: str, batch: list[_Take]
@@ -632,24 +652,25 @@ class RedisRateLimitStore:
         # by the connection's timeout, not this call's deadline), so that each
         # gets its reply; this call's own cancellation is delivered after.
         answered = False
-        reply: Sequence[Any] | None = None
+        words: list[str] = []
         try:
             with anyio.CancelScope(shield=True):
                 reset = DEADLINE.set(None)
                 try:
-                    reply = await self.redis.run(self._script, keys, args)
+                    reply: str = await self.redis.run(self._script, keys, args)
+                    words = reply.split()
                 finally:
                     DEADLINE.reset(reset)
-            if reply is None or len(reply) != len(batch) + 2:
+            if len(words) != 2 * len(batch) + 2:
                 # (a shielded scope ends only with the command; a reply
                 # always answers every take: this is a safeguard)
                 raise StoreError(
                     "a Redis command's reply did not answer its takes",
                     store=self.redis.prefix,
                 )
-            now = _time(reply)
-            for take, answer in zip(batch, reply, strict=False):
-                granted, wait = answer.split()
+            now = _time(words)
+            for index, take in enumerate(batch):
+                granted, wait = words[2 * index], words[2 * index + 1]
                 take.reply = (float(granted), float(wait), now)
             answered = True
         except StoreError as error:
