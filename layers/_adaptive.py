@@ -37,7 +37,9 @@ from ._config import (
     positive_seconds,
 )
 from ._core import Service, mark_built
+from ._deadline import current_deadline
 from ._errors import ConfigurationError, Rejected
+from ._failures import is_cancellation
 from ._guard import GuardShorthand
 from ._observable import Observation
 
@@ -491,6 +493,14 @@ class AdaptiveConcurrencyLimitStatistics:
     drops: int
 
 
+def _cut_at_deadline(error: BaseException) -> bool:
+    """Whether *error* is a cancellation by a deadline that has passed."""
+    if not is_cancellation(error):
+        return False
+    deadline = current_deadline()
+    return deadline is not None and current_time() >= deadline
+
+
 @final
 class _Meter:
     """Times the calls inside the limit and feeds the algorithm their samples.
@@ -523,13 +533,17 @@ class _Meter:
     def end(self, start: float, in_flight: int, error: BaseException | None) -> None:
         """The call begun at *start* ended (with *error*): record its sample.
 
-        A success is a sample; an error that *on* matches a dropped one;
-        any other error, and a cancellation, none.
+        A success is a sample; an error that *on* matches a dropped one, and
+        so is a cancellation at or past the deadline of a
+        :class:`~layers.Timeout` outside (the caller gave up on a slow
+        call); any other error, and any other cancellation, none.
         """
         self.in_flight -= 1
         if error is None:
             dropped = False
-        elif isinstance(error, Exception) and self.drop(error):
+        elif (isinstance(error, Exception) and self.drop(error)) or _cut_at_deadline(
+            error
+        ):
             dropped = True
             self.drops += 1
         else:

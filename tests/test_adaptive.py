@@ -425,6 +425,47 @@ async def test_cancelled_inside_or_waiting_gives_no_sample_and_frees_the_permit(
 
 
 @pytest.mark.anyio
+async def test_a_call_cut_by_an_outer_timeouts_deadline_is_a_drop() -> None:
+    """Netflix's server counts a call its client's deadline cut as dropped.
+
+    A ``Timeout`` outside the limit cancels the call at its deadline: that
+    is a drop (the downstream was too slow for the caller), with the time
+    until then as its RTT; a cancellation before any deadline is not.
+    """
+    limit = layers.AdaptiveConcurrencyLimit(
+        algorithm=layers.AIMD(initial_limit=10, min_limit=1)
+    )
+
+    async def slow(request: int) -> int:
+        await anyio.sleep(5)
+        return request
+
+    svc = layers.ServiceBuilder().timeout(1.0).layer(limit).service(slow)
+    with pytest.raises(layers.Elapsed):
+        await svc(1)
+    stats = limit.statistics()
+    assert (stats.samples, stats.drops, stats.max_in_flight) == (1, 1, 9)
+    # cancelled by its task group, under a deadline still far away: no sample
+    svc = layers.ServiceBuilder().timeout(60.0).layer(limit).service(slow)
+    async with anyio.create_task_group() as group:
+        group.start_soon(svc, 2)
+        await anyio.sleep(1)
+        group.cancel_scope.cancel()
+    stats = limit.statistics()
+    assert (stats.samples, stats.drops, stats.in_flight) == (1, 1, 0)
+
+    async def block(request: int) -> int:  # the block form, under a Timeout
+        async with limit:
+            await anyio.sleep(5)
+        return request
+
+    with pytest.raises(layers.Elapsed):
+        await layers.ServiceBuilder().timeout(1.0).service(block)(3)
+    stats = limit.statistics()
+    assert (stats.samples, stats.drops, stats.max_in_flight) == (2, 2, 8)
+
+
+@pytest.mark.anyio
 async def test_other_errors_give_no_sample_drops_do() -> None:
     """Other errors give no sample drops do."""
     limit = layers.AdaptiveConcurrencyLimit(
