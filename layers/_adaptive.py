@@ -35,6 +35,8 @@ from ._config import (
     name_value,
     optional_positive_seconds,
     positive_seconds,
+    random_draw,
+    seed_value,
 )
 from ._core import Service, mark_built
 from ._deadline import current_deadline
@@ -285,9 +287,10 @@ class Vegas:
     a queue ``<= L`` raises it by ``beta = 6 L``, one ``< alpha = 3 L``
     raises it by ``L``, one ``> beta`` lowers it by ``L``; in between it
     stays. Then ``limit = (1 - smoothing) * limit + smoothing * new``,
-    within ``[min_limit, max_limit]``. Netflix probes after a random
-    0.5 to 1 times the period; this one after the whole period, so it
-    is deterministic.
+    within ``[min_limit, max_limit]``. As Netflix's, a probe comes after
+    a random 0.5 to 1 times ``probe_multiplier * limit`` samples (drawn
+    anew at each probe, so that many limits do not probe at once); give
+    *seed* to make the draws repeatable.
 
     Args:
         initial_limit: The first limit (20).
@@ -295,6 +298,8 @@ class Vegas:
         max_limit: The highest limit (1000).
         smoothing: The weight of a new estimate, in (0, 1] (1.0).
         probe_multiplier: Samples between probes, per unit of limit (30).
+        seed: A seed for the probes' random draws, or ``None`` (a new
+            :class:`random.Random`).
     """
 
     initial_limit: int = attrs.field(default=20, validator=_limit)
@@ -302,13 +307,18 @@ class Vegas:
     max_limit: int = attrs.field(default=1000, validator=_limit)
     smoothing: float = attrs.field(default=1.0, validator=_smoothing)
     probe_multiplier: int = attrs.field(default=30, validator=_window)
+    seed: int | None = attrs.field(default=None, validator=seed_value)
     estimate: float = attrs.field(init=False, repr=False)
     rtt_noload: float = attrs.field(init=False, default=0.0, repr=False)
     probe_count: int = attrs.field(init=False, default=0, repr=False)
+    _draw: Callable[[], float] = attrs.field(init=False, repr=False)
+    _jitter: float = attrs.field(init=False, default=1.0, repr=False)
 
     def __attrs_post_init__(self) -> None:
         _check_bounds(self, self.initial_limit, self.min_limit, self.max_limit)
         self.estimate = float(self.initial_limit)
+        self._draw = random_draw(type(self).__name__, self.seed, None)
+        self._jitter = 0.5 + 0.5 * self._draw()
 
     @property
     def limit(self) -> int:
@@ -321,8 +331,9 @@ class Vegas:
         """Take one sample; return the new limit (see the class)."""
         estimate = self.estimate
         self.probe_count += 1
-        if self.probe_count >= self.probe_multiplier * estimate:
+        if self.probe_count >= self._jitter * self.probe_multiplier * estimate:
             self.probe_count = 0
+            self._jitter = 0.5 + 0.5 * self._draw()
             self.rtt_noload = rtt
             return int(estimate)
         if self.rtt_noload <= 0 or rtt < self.rtt_noload:

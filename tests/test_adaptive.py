@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import re
 from typing import Any
 
@@ -167,6 +168,30 @@ def test_vegas_queue_estimate_thresholds() -> None:
     assert v.update(1.0, 26, True) == 25  # a drop: - 1
     assert v.update(1.0, 5, False) == 25  # app-limited: 5 * 2 < 25
     assert math.ceil(25 * (1 - 1 / 1.1)) == 3
+
+
+def vegas_probes(seed: int, samples: int = 250) -> list[int]:
+    """The samples at which a Vegas (limit 10, period 100) probed."""
+    v = layers.Vegas(initial_limit=10, probe_multiplier=10, seed=seed)
+    probes: list[int] = []
+    v.update(1.0, 0, False)  # the no-load RTT, 1
+    for n in range(2, samples):
+        before = v.rtt_noload
+        v.update(1.0 + n, 0, False)  # slower each time; app-limited: limit 10
+        if v.rtt_noload != before:  # only a probe takes a slower RTT
+            probes.append(n)
+    return probes
+
+
+def test_vegas_probes_after_a_random_share_of_the_period() -> None:
+    """Netflix's jitter: a probe after 0.5 to 1 times probe_multiplier * limit."""
+    draws = random.Random(7)
+    jitters = [0.5 + 0.5 * draws.random() for _ in range(2)]
+    first = math.ceil(jitters[0] * 100)
+    assert vegas_probes(7)[:2] == [first, first + math.ceil(jitters[1] * 100)]
+    assert first < 100  # the whole period, 100 samples, would be later
+    assert vegas_probes(3) == vegas_probes(3)  # a seed repeats the draws
+    assert vegas_probes(3) != vegas_probes(4)
 
 
 def test_vegas_probes_the_no_load_rtt() -> None:
@@ -582,7 +607,7 @@ async def test_vegas_backs_off_when_a_queue_builds_at_the_downstream() -> None:
     """Vegas: RTT far above the no-load RTT (a queue) lowers the limit."""
     downstream = Downstream(10)
     limit = layers.AdaptiveConcurrencyLimit(
-        algorithm=layers.Vegas(initial_limit=60, max_limit=100)
+        algorithm=layers.Vegas(initial_limit=60, max_limit=100, seed=1)
     )
     svc = limit.layer(downstream)
     await drive(svc, 5, 10, limit)  # unloaded: learns the no-load RTT, 0.1 s
