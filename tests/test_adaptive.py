@@ -203,7 +203,7 @@ def test_vegas_probes_the_no_load_rtt() -> None:
 
 
 @hypothesis.given(
-    kind=st.sampled_from(["aimd", "gradient2", "vegas"]),
+    kind=st.sampled_from(["aimd", "gradient2", "vegas", "windowed"]),
     samples=st.lists(
         st.tuples(st.floats(0.0001, 100), st.integers(0, 500), st.booleans()),
         max_size=60,
@@ -213,15 +213,21 @@ def test_the_limit_stays_within_bounds(
     kind: str, samples: list[tuple[float, int, bool]]
 ) -> None:
     """The limit stays within bounds."""
-    algorithm: layers.AIMD | layers.Gradient2 | layers.Vegas
+    algorithm: layers.AIMD | layers.Gradient2 | layers.Vegas | layers.Windowed
     if kind == "aimd":
         algorithm = layers.AIMD(initial_limit=10, min_limit=3, max_limit=30)
     elif kind == "gradient2":
         algorithm = layers.Gradient2(initial_limit=10, min_limit=3, max_limit=30)
-    else:
+    elif kind == "vegas":
         algorithm = layers.Vegas(initial_limit=10, min_limit=3, max_limit=30)
-    for rtt, in_flight, dropped in samples:
-        limit = algorithm.update(rtt, in_flight, dropped)
+    else:
+        algorithm = layers.Windowed(
+            layers.Gradient2(initial_limit=10, min_limit=3, max_limit=30),
+            min_time=0.1,
+            max_time=0.1,
+        )
+    for number, (rtt, in_flight, dropped) in enumerate(samples):
+        limit = algorithm.update(rtt, in_flight, dropped, start=number * 0.01)
         assert 3 <= limit <= 30
         assert limit == algorithm.limit
 
