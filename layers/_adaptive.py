@@ -609,9 +609,12 @@ class AdaptiveConcurrencyLimit(GuardShorthand):
     started (itself included), and whether it was **dropped**: it raised
     an error that *on* matches (by default :class:`~layers.Rejected`, the
     downstream refusing, and :class:`TimeoutError`, which includes
-    :class:`~layers.Elapsed`). Any other error gives no sample (its RTT says
-    nothing of the downstream's load); neither does a call cancelled,
-    waiting or inside (its permit is given back). When the integer limit
+    :class:`~layers.Elapsed`). A call that a :class:`~layers.Timeout`
+    outside the layer cancels at its deadline is a drop too (the caller
+    gave up on it, as Netflix's server counts a cancelled call). Any other
+    error gives no sample (its RTT says nothing of the downstream's load);
+    neither does any other cancellation, waiting or inside (the permit is
+    given back). When the integer limit
     changes, the layer calls :meth:`ConcurrencyLimit.set_limit`: the
     waiting calls are admitted at once when it rises, and calls in flight
     are never cut when it falls; each change is a
@@ -712,7 +715,8 @@ class AdaptiveConcurrencyLimit(GuardShorthand):
         is the sample's RTT, an exception that *on* matches makes it a
         drop, any other exception gives no sample, and a clean exit is a
         success. Cancelled while it waits, it holds nothing; cancelled
-        inside, it gives its permit back and no sample.
+        inside, it gives its permit back and no sample, unless a
+        :class:`~layers.Timeout`'s deadline cancelled it (a drop).
 
         Example:
             >>> import anyio, layers
