@@ -407,7 +407,7 @@ class Windowed:
         >>> windowed = layers.Windowed(layers.AIMD(initial_limit=10, min_limit=1))
         >>> for n in range(40):  # a call every 0.05 s, 0.1 s each, 8 in flight
         ...     limit = windowed.update(0.1, 8, dropped=False, start=n * 0.05)
-        >>> limit  # one window closed (the first one): one step
+        >>> limit  # the first window (one call) is discarded; the next is a step
         11
     """
 
