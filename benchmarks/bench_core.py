@@ -160,7 +160,8 @@ def make_cases(backend: str) -> dict[str, Case]:
         # (a huge burst: uvloop's clock stands still while the loop runs)
         "RateLimit(never limited)": layers.RateLimit(1e12, burst=10**9).layer(f),
         "ConcurrencyLimit(10)": layers.ConcurrencyLimit(10).layer(f),
-        # a limit, two clock reads and one Gradient2 sample per call
+        # a limit, two clock reads and one sample into the default's window
+        # (Windowed(Gradient2())); a call under 0.1 ms is not counted in it
         "AdaptiveConcurrencyLimit()": layers.AdaptiveConcurrencyLimit().layer(f),
         # success path: the inner call returns, nothing replaced
         "Fallback(value, on=...)": layers.Fallback(None, on=ConnectionError).layer(f),

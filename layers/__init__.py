@@ -17,6 +17,7 @@ from ._adaptive import (
     Gradient2,
     LimitAlgorithm,
     Vegas,
+    Windowed,
 )
 from ._arguments import Arguments
 from ._backoff import Backoff, ConstantBackoff, ExponentialBackoff
@@ -209,6 +210,7 @@ __all__ = [
     "TypePreservingLayer",
     "Unchanged",
     "Vegas",
+    "Windowed",
     "__version__",
     "add_sink",
     "current_attempt",

@@ -8,14 +8,16 @@ which returns the new limit. The layer calls
 :meth:`ConcurrencyLimit.set_limit` only when the integer limit changes.
 
 The algorithms follow Netflix's concurrency-limits (AIMD, Gradient2,
-Vegas), with its defaults. They are small mutable estimators; the layer
-works on a copy of the one it is given (``attrs.evolve``), so one
-algorithm object may configure many layers.
+Vegas, and WindowedLimit as :class:`Windowed`, which feeds one of them a
+sample per window of calls), with its defaults. They are small mutable
+estimators; the layer works on a copy of the one it is given
+(``attrs.evolve``), so one algorithm object may configure many layers.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, ClassVar, Protocol, TypeVar, final
@@ -26,14 +28,20 @@ from ._backend import current_time
 from ._classify import Classification, classification, matcher
 from ._concurrency import ConcurrencyLimit
 from ._config import (
+    fail,
     finite_number,
     int_at_least,
+    is_finite_number,
     name_value,
     optional_positive_seconds,
     positive_seconds,
+    random_draw,
+    seed_value,
 )
 from ._core import Service, mark_built
+from ._deadline import current_deadline
 from ._errors import ConfigurationError, Rejected
+from ._failures import is_cancellation
 from ._guard import GuardShorthand
 from ._observable import Observation
 
@@ -44,6 +52,7 @@ __all__ = [
     "Gradient2",
     "LimitAlgorithm",
     "Vegas",
+    "Windowed",
 ]
 
 Req = TypeVar("Req")
@@ -51,8 +60,21 @@ Res = TypeVar("Res")
 
 _limit = int_at_least(1, "an int >= 1")
 _window = int_at_least(1, "an int >= 1")
-_queue = finite_number("a finite number >= 0", lambda v: v >= 0)
-_ratio = finite_number("a finite number > 0 and < 1", lambda v: 0 < v < 1)
+
+
+def _queue(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if callable(value):
+        return
+    if not is_finite_number(value) or value < 0:
+        fail(
+            instance,
+            attribute,
+            value,
+            "a finite number >= 0 or a function of the limit",
+        )
+
+
+_backoff = finite_number("a finite number >= 0.5 and < 1", lambda v: 0.5 <= v < 1)
 _smoothing = finite_number("a finite number > 0 and <= 1", lambda v: 0 < v <= 1)
 _tolerance = finite_number("a finite number >= 1", lambda v: v >= 1)
 _drop_on = classification("counted as drops")
@@ -77,13 +99,18 @@ class LimitAlgorithm(Protocol):
         """The limit now (starts at the algorithm's initial limit)."""
         ...
 
-    def update(self, rtt: float, in_flight: int, dropped: bool) -> int:
+    def update(
+        self, rtt: float, in_flight: int, dropped: bool, start: float = 0.0
+    ) -> int:
         """Take one sample and return the new limit.
 
         Args:
             rtt: The call's round-trip time, in seconds.
             in_flight: The calls in flight when it started, itself included.
             dropped: Whether the call failed with an overload error.
+            start: When the call started, in seconds on the clock that
+                times it (the layer passes the anyio clock's time); only
+                :class:`Windowed` uses it, to close its windows.
         """
         ...
 
@@ -112,7 +139,8 @@ class AIMD:
         initial_limit: The first limit (20).
         min_limit: The lowest limit (20; set it lower for a small downstream).
         max_limit: The highest limit (200).
-        backoff_ratio: The factor of a decrease, in (0, 1) (0.9).
+        backoff_ratio: The factor of a decrease, in [0.5, 1) (0.9), as
+            Netflix's builder allows.
         timeout: A call slower than this many seconds counts as a drop (5).
 
     Example:
@@ -127,7 +155,7 @@ class AIMD:
     initial_limit: int = attrs.field(default=20, validator=_limit)
     min_limit: int = attrs.field(default=20, validator=_limit)
     max_limit: int = attrs.field(default=200, validator=_limit)
-    backoff_ratio: float = attrs.field(default=0.9, validator=_ratio)
+    backoff_ratio: float = attrs.field(default=0.9, validator=_backoff)
     timeout: float = attrs.field(default=5.0, validator=positive_seconds)
     limit: int = attrs.field(init=False, repr=False)
 
@@ -135,7 +163,9 @@ class AIMD:
         _check_bounds(self, self.initial_limit, self.min_limit, self.max_limit)
         self.limit = self.initial_limit
 
-    def update(self, rtt: float, in_flight: int, dropped: bool) -> int:
+    def update(
+        self, rtt: float, in_flight: int, dropped: bool, start: float = 0.0
+    ) -> int:
         """Take one sample; return the new limit (see the class)."""
         limit = self.limit
         if dropped or rtt > self.timeout:
@@ -167,12 +197,23 @@ class Gradient2:
     ``smoothing * queue_size`` per sample up to *max_limit*. Drops are not
     used (as Netflix's).
 
+    **Give it windows, not calls**: ``Windowed(Gradient2())``, the
+    layer's default and Netflix's own pairing (``WindowedLimit``). A
+    sample is then a window's average RTT (about a second), so the long
+    RTT's 600 samples span minutes and stay near the unloaded RTT through
+    an overload. Fed a sample per call, the long average follows the
+    latency up within seconds under load, the gradient stays at 1, and
+    the limit climbs until calls time out.
+
     Args:
         initial_limit: The first limit (20).
         min_limit: The lowest limit (20).
         max_limit: The highest limit (200).
         smoothing: The weight of a new estimate, in (0, 1] (0.2).
-        queue_size: The calls allowed to queue at the downstream (4).
+        queue_size: The calls allowed to queue at the downstream: a number
+            (4), or a function of the limit (an int) that returns one, as
+            Netflix's ``queueSizeFunction`` (say ``lambda limit:
+            max(4, int(limit ** 0.5))``).
         long_window: The long RTT's window, in samples (600).
         tolerance: How much slower than the long RTT still counts as
             steady, >= 1 (1.5).
@@ -182,13 +223,16 @@ class Gradient2:
     min_limit: int = attrs.field(default=20, validator=_limit)
     max_limit: int = attrs.field(default=200, validator=_limit)
     smoothing: float = attrs.field(default=0.2, validator=_smoothing)
-    queue_size: float = attrs.field(default=4, validator=_queue)
+    queue_size: float | Callable[[int], float] = attrs.field(
+        default=4, validator=_queue
+    )
     long_window: int = attrs.field(default=600, validator=_window)
     tolerance: float = attrs.field(default=1.5, validator=_tolerance)
     estimate: float = attrs.field(init=False, repr=False)
     long_rtt: float = attrs.field(init=False, default=0.0, repr=False)
     samples: int = attrs.field(init=False, default=0, repr=False)
     _factor: float = attrs.field(init=False, default=0.0, repr=False)
+    _warm_up_sum: float = attrs.field(init=False, default=0.0, repr=False)
 
     def __attrs_post_init__(self) -> None:
         _check_bounds(self, self.initial_limit, self.min_limit, self.max_limit)
@@ -200,22 +244,26 @@ class Gradient2:
         """The limit now (the estimate, rounded down)."""
         return int(self.estimate)
 
-    def update(self, rtt: float, in_flight: int, dropped: bool) -> int:
+    def update(
+        self, rtt: float, in_flight: int, dropped: bool, start: float = 0.0
+    ) -> int:
         """Take one sample; return the new limit (see the class)."""
         short = rtt if rtt > 1e-9 else 1e-9
         samples = self.samples = self.samples + 1
-        long = self.long_rtt
-        if samples <= 10:  # warm-up: a plain average
-            long += (short - long) / samples
+        if samples <= 10:  # warm-up: the plain average of the samples so far
+            self._warm_up_sum += short
+            long = self._warm_up_sum / samples
         else:
-            long += (short - long) * self._factor
+            long = self.long_rtt + (short - self.long_rtt) * self._factor
         # far above the short RTT: load has gone, recover fast
         self.long_rtt = long * 0.95 if long > 2 * short else long
         estimate = self.estimate
         if in_flight < estimate / 2:
             return int(estimate)
         gradient = max(0.5, min(1.0, self.tolerance * long / short))
-        new = estimate * gradient + self.queue_size
+        queue = self.queue_size
+        allowance = queue(int(estimate)) if callable(queue) else queue
+        new = estimate * gradient + allowance
         new = estimate * (1 - self.smoothing) + new * self.smoothing
         self.estimate = max(float(self.min_limit), min(float(self.max_limit), new))
         return int(self.estimate)
@@ -239,9 +287,10 @@ class Vegas:
     a queue ``<= L`` raises it by ``beta = 6 L``, one ``< alpha = 3 L``
     raises it by ``L``, one ``> beta`` lowers it by ``L``; in between it
     stays. Then ``limit = (1 - smoothing) * limit + smoothing * new``,
-    within ``[min_limit, max_limit]``. Netflix probes after a random
-    0.5 to 1 times the period; this one after the whole period, so it
-    is deterministic.
+    within ``[min_limit, max_limit]``. As Netflix's, a probe comes after
+    a random 0.5 to 1 times ``probe_multiplier * limit`` samples (drawn
+    anew at each probe, so that many limits do not probe at once); give
+    *seed* to make the draws repeatable.
 
     Args:
         initial_limit: The first limit (20).
@@ -249,6 +298,8 @@ class Vegas:
         max_limit: The highest limit (1000).
         smoothing: The weight of a new estimate, in (0, 1] (1.0).
         probe_multiplier: Samples between probes, per unit of limit (30).
+        seed: A seed for the probes' random draws, or ``None`` (a new
+            :class:`random.Random`).
     """
 
     initial_limit: int = attrs.field(default=20, validator=_limit)
@@ -256,25 +307,33 @@ class Vegas:
     max_limit: int = attrs.field(default=1000, validator=_limit)
     smoothing: float = attrs.field(default=1.0, validator=_smoothing)
     probe_multiplier: int = attrs.field(default=30, validator=_window)
+    seed: int | None = attrs.field(default=None, validator=seed_value)
     estimate: float = attrs.field(init=False, repr=False)
     rtt_noload: float = attrs.field(init=False, default=0.0, repr=False)
     probe_count: int = attrs.field(init=False, default=0, repr=False)
+    _draw: Callable[[], float] = attrs.field(init=False, repr=False)
+    _jitter: float = attrs.field(init=False, default=1.0, repr=False)
 
     def __attrs_post_init__(self) -> None:
         _check_bounds(self, self.initial_limit, self.min_limit, self.max_limit)
         self.estimate = float(self.initial_limit)
+        self._draw = random_draw(type(self).__name__, self.seed, None)
+        self._jitter = 0.5 + 0.5 * self._draw()
 
     @property
     def limit(self) -> int:
         """The limit now (the estimate, rounded down)."""
         return int(self.estimate)
 
-    def update(self, rtt: float, in_flight: int, dropped: bool) -> int:
+    def update(
+        self, rtt: float, in_flight: int, dropped: bool, start: float = 0.0
+    ) -> int:
         """Take one sample; return the new limit (see the class)."""
         estimate = self.estimate
         self.probe_count += 1
-        if self.probe_count >= self.probe_multiplier * estimate:
+        if self.probe_count >= self._jitter * self.probe_multiplier * estimate:
             self.probe_count = 0
+            self._jitter = 0.5 + 0.5 * self._draw()
             self.rtt_noload = rtt
             return int(estimate)
         if self.rtt_noload <= 0 or rtt < self.rtt_noload:
@@ -300,15 +359,127 @@ class Vegas:
         return int(self.estimate)
 
 
-def _algorithm(
-    instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
+def _measured(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, AIMD | Gradient2 | Vegas):
         raise ConfigurationError(
             f"{type(instance).__name__}({attribute.name}={value!r}): "
             f"{attribute.name} must be layers.AIMD(), layers.Gradient2() or "
             "layers.Vegas()"
         )
+
+
+_window_time = finite_number("a finite number of seconds >= 0.1", lambda v: v >= 0.1)
+_window_samples = int_at_least(10, "an int >= 10")
+_min_rtt = finite_number("a finite number of seconds >= 0", lambda v: v >= 0)
+
+
+@final
+@attrs.define(on_setattr=attrs.setters.NO_OP)
+class Windowed:
+    """Netflix's ``WindowedLimit``: one sample per window of calls to *algorithm*.
+
+    The calls' samples are gathered in a window; when a call ends after
+    the window's end, the window closes and, if it holds at least
+    *min_samples* samples, *algorithm* gets one sample for it: the
+    **average** RTT of its calls, the **most** calls in flight any of
+    them saw, and whether any was dropped. A window with fewer samples is
+    discarded. The next window lasts twice the lowest RTT of the one
+    that closed, within ``[min_time, max_time]`` (1 s by default: a
+    window a second). Calls faster than *min_rtt* are ignored (a cache
+    hit says nothing of the downstream).
+
+    This is how :class:`Gradient2` is meant to be fed (the layer's
+    default is ``Windowed(Gradient2())``): an average over many calls is
+    steady where single calls are noisy, and the long RTT's window counts
+    windows, so it spans minutes. :class:`AIMD` and :class:`Vegas` work
+    on every call (Netflix's default) or windowed.
+
+    Args:
+        algorithm: :class:`AIMD`, :class:`Gradient2` or :class:`Vegas`;
+            it is updated in place (the layer works on a copy of both).
+        min_time: The shortest window, seconds, >= 0.1 (1).
+        max_time: The longest window, seconds, >= min_time (1).
+        min_samples: The fewest samples that make a window, >= 10 (10).
+        min_rtt: Calls faster than this many seconds are ignored (0.0001).
+
+    Example:
+        >>> import layers
+        >>> windowed = layers.Windowed(layers.AIMD(initial_limit=10, min_limit=1))
+        >>> for n in range(40):  # a call every 0.05 s, 0.1 s each, 8 in flight
+        ...     limit = windowed.update(0.1, 8, dropped=False, start=n * 0.05)
+        >>> limit  # the first window (one call) is discarded; the next is a step
+        11
+    """
+
+    algorithm: AIMD | Gradient2 | Vegas = attrs.field(validator=_measured)
+    min_time: float = attrs.field(default=1.0, kw_only=True, validator=_window_time)
+    max_time: float = attrs.field(default=1.0, kw_only=True, validator=_window_time)
+    min_samples: int = attrs.field(default=10, kw_only=True, validator=_window_samples)
+    min_rtt: float = attrs.field(default=1e-4, kw_only=True, validator=_min_rtt)
+    _next: float = attrs.field(init=False, default=-math.inf, repr=False)
+    _count: int = attrs.field(init=False, default=0, repr=False)
+    _total: float = attrs.field(init=False, default=0.0, repr=False)
+    _lowest: float = attrs.field(init=False, default=math.inf, repr=False)
+    _peak: int = attrs.field(init=False, default=0, repr=False)
+    _dropped: bool = attrs.field(init=False, default=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_time < self.min_time:
+            raise ConfigurationError(
+                f"Windowed(min_time={self.min_time!r}, max_time={self.max_time!r}): "
+                "need min_time <= max_time"
+            )
+
+    @property
+    def limit(self) -> int:
+        """The limit now (*algorithm*'s)."""
+        return self.algorithm.limit
+
+    def update(
+        self, rtt: float, in_flight: int, dropped: bool, start: float = 0.0
+    ) -> int:
+        """Add one call's sample to the window; return the limit (see the class)."""
+        if rtt < self.min_rtt:
+            return self.algorithm.limit
+        self._count += 1
+        self._total += rtt
+        self._lowest = min(self._lowest, rtt)
+        self._peak = max(self._peak, in_flight)
+        self._dropped = self._dropped or dropped
+        end = start + rtt
+        if end <= self._next:
+            return self.algorithm.limit
+        count, total, peak, drop = self._count, self._total, self._peak, self._dropped
+        self._next = end + min(max(2 * self._lowest, self.min_time), self.max_time)
+        self._count, self._total, self._lowest = 0, 0.0, math.inf
+        self._peak, self._dropped = 0, False
+        if count < self.min_samples:
+            return self.algorithm.limit
+        return self.algorithm.update(total / count, peak, drop, start)
+
+
+def _fresh(
+    algorithm: AIMD | Gradient2 | Vegas | Windowed,
+) -> AIMD | Gradient2 | Vegas | Windowed:
+    """A copy of *algorithm* in its initial state, for one layer."""
+    if isinstance(algorithm, Windowed):
+        return attrs.evolve(algorithm, algorithm=attrs.evolve(algorithm.algorithm))
+    return attrs.evolve(algorithm)
+
+
+def _algorithm(
+    instance: object, attribute: attrs.Attribute[Any], value: object
+) -> None:
+    if not isinstance(value, AIMD | Gradient2 | Vegas | Windowed):
+        raise ConfigurationError(
+            f"{type(instance).__name__}({attribute.name}={value!r}): "
+            f"{attribute.name} must be layers.Windowed(...), layers.AIMD(), "
+            "layers.Gradient2() or layers.Vegas()"
+        )
+
+
+def _default_algorithm() -> Windowed:
+    return Windowed(Gradient2())
 
 
 @final
@@ -333,6 +504,14 @@ class AdaptiveConcurrencyLimitStatistics:
     drops: int
 
 
+def _cut_at_deadline(error: BaseException) -> bool:
+    """Whether *error* is a cancellation by a deadline that has passed."""
+    if not is_cancellation(error):
+        return False
+    deadline = current_deadline()
+    return deadline is not None and current_time() >= deadline
+
+
 @final
 class _Meter:
     """Times the calls inside the limit and feeds the algorithm their samples.
@@ -346,7 +525,7 @@ class _Meter:
 
     def __init__(
         self,
-        estimator: AIMD | Gradient2 | Vegas,
+        estimator: AIMD | Gradient2 | Vegas | Windowed,
         limit: ConcurrencyLimit,
         on: Classification,
     ) -> None:
@@ -365,19 +544,23 @@ class _Meter:
     def end(self, start: float, in_flight: int, error: BaseException | None) -> None:
         """The call begun at *start* ended (with *error*): record its sample.
 
-        A success is a sample; an error that *on* matches a dropped one;
-        any other error, and a cancellation, none.
+        A success is a sample; an error that *on* matches a dropped one, and
+        so is a cancellation at or past the deadline of a
+        :class:`~layers.Timeout` outside (the caller gave up on a slow
+        call); any other error, and any other cancellation, none.
         """
         self.in_flight -= 1
         if error is None:
             dropped = False
-        elif isinstance(error, Exception) and self.drop(error):
+        elif (isinstance(error, Exception) and self.drop(error)) or _cut_at_deadline(
+            error
+        ):
             dropped = True
             self.drops += 1
         else:
             return
         self.samples += 1
-        new = self.estimator.update(current_time() - start, in_flight, dropped)
+        new = self.estimator.update(current_time() - start, in_flight, dropped, start)
         limit = self.limit
         if new != limit.max_in_flight:
             limit.set_limit(new)
@@ -426,9 +609,12 @@ class AdaptiveConcurrencyLimit(GuardShorthand):
     started (itself included), and whether it was **dropped**: it raised
     an error that *on* matches (by default :class:`~layers.Rejected`, the
     downstream refusing, and :class:`TimeoutError`, which includes
-    :class:`~layers.Elapsed`). Any other error gives no sample (its RTT says
-    nothing of the downstream's load); neither does a call cancelled,
-    waiting or inside (its permit is given back). When the integer limit
+    :class:`~layers.Elapsed`). A call that a :class:`~layers.Timeout`
+    outside the layer cancels at its deadline is a drop too (the caller
+    gave up on it, as Netflix's server counts a cancelled call). Any other
+    error gives no sample (its RTT says nothing of the downstream's load);
+    neither does any other cancellation, waiting or inside (the permit is
+    given back). When the integer limit
     changes, the layer calls :meth:`ConcurrencyLimit.set_limit`: the
     waiting calls are admitted at once when it rises, and calls in flight
     are never cut when it falls; each change is a
@@ -440,9 +626,11 @@ class AdaptiveConcurrencyLimit(GuardShorthand):
     is one limit, shared by every service it wraps.
 
     Args:
-        algorithm: :class:`AIMD`, :class:`Gradient2` (the default) or
-            :class:`Vegas`; the layer works on a fresh copy of it (the same
-            parameters, the initial limit).
+        algorithm: :class:`AIMD`, :class:`Gradient2` or :class:`Vegas`,
+            fed every call's sample, or one of them in :class:`Windowed`,
+            fed a sample per window (the default:
+            ``Windowed(Gradient2())``, Netflix's pairing); the layer works
+            on a fresh copy of it (the same parameters, the initial limit).
         max_waiting: As :class:`~layers.ConcurrencyLimit`'s.
         max_wait: As :class:`~layers.ConcurrencyLimit`'s.
         on: What counts as a drop: exception classes or a predicate
@@ -461,8 +649,8 @@ class AdaptiveConcurrencyLimit(GuardShorthand):
         4
     """
 
-    algorithm: AIMD | Gradient2 | Vegas = attrs.field(
-        factory=Gradient2, validator=_algorithm
+    algorithm: AIMD | Gradient2 | Vegas | Windowed = attrs.field(
+        factory=_default_algorithm, validator=_algorithm
     )
     max_waiting: int | None = attrs.field(
         default=None, kw_only=True, validator=_queue_bound
@@ -476,14 +664,16 @@ class AdaptiveConcurrencyLimit(GuardShorthand):
     name: str = attrs.field(
         default="adaptive_concurrency_limit", kw_only=True, validator=name_value
     )
-    _estimator: AIMD | Gradient2 | Vegas = attrs.field(init=False, repr=False)
+    _estimator: AIMD | Gradient2 | Vegas | Windowed = attrs.field(
+        init=False, repr=False
+    )
     _limit: ConcurrencyLimit = attrs.field(init=False, repr=False)
     _meter: _Meter = attrs.field(init=False, repr=False)
     kind: ClassVar[str] = "adaptive_concurrency_limit"
     """The kind of layer, for events and metrics (:class:`~layers.Observable`)."""
 
     def __attrs_post_init__(self) -> None:
-        estimator = attrs.evolve(self.algorithm)
+        estimator = _fresh(self.algorithm)
         object.__setattr__(self, "_estimator", estimator)
         limit = ConcurrencyLimit(
             estimator.limit,
@@ -525,7 +715,8 @@ class AdaptiveConcurrencyLimit(GuardShorthand):
         is the sample's RTT, an exception that *on* matches makes it a
         drop, any other exception gives no sample, and a clean exit is a
         success. Cancelled while it waits, it holds nothing; cancelled
-        inside, it gives its permit back and no sample.
+        inside, it gives its permit back and no sample, unless a
+        :class:`~layers.Timeout`'s deadline cancelled it (a drop).
 
         Example:
             >>> import anyio, layers

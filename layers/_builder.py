@@ -89,6 +89,7 @@ from ._adaptive import (
     AdaptiveConcurrencyLimit,
     Gradient2,
     Vegas,
+    Windowed,
 )
 from ._arguments import Arguments, decorate, takes_one_request
 from ._backoff import BackoffSpec
@@ -855,7 +856,7 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
 
     def adaptive_concurrency_limit(
         self,
-        algorithm: AIMD | Gradient2 | Vegas | None = None,
+        algorithm: AIMD | Gradient2 | Vegas | Windowed | None = None,
         *,
         max_waiting: int | None = None,
         max_wait: float | None = None,
@@ -864,13 +865,14 @@ class ServiceBuilder(Generic[InReq, InRes, OutReq, OutRes]):
     ) -> ServiceBuilder[InReq, InRes, OutReq, OutRes]:
         """Add a new :class:`~layers.AdaptiveConcurrencyLimit` (its options).
 
-        *algorithm* ``None`` is a new :class:`~layers.Gradient2`. The layer
+        *algorithm* ``None`` is a new ``Windowed(Gradient2())`` (the
+        layer's default, see :class:`~layers.Windowed`). The layer
         object is made now, so every service built from this builder shares
         the same limit.
         """
         return self._add(
             AdaptiveConcurrencyLimit(
-                Gradient2() if algorithm is None else algorithm,
+                Windowed(Gradient2()) if algorithm is None else algorithm,
                 max_waiting=max_waiting,
                 max_wait=max_wait,
                 on=on,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import re
 from typing import Any
 
@@ -84,6 +85,78 @@ def test_gradient2_long_rtt_decays_when_twice_the_short() -> None:
     assert g.long_rtt == pytest.approx(5.5 * 0.95)
 
 
+def test_gradient2_warm_up_is_the_plain_average_of_the_samples() -> None:
+    """The first 10 long RTTs are the samples' average, a decay in between or not.
+
+    Netflix's warm-up keeps the samples' sum, so a 5 % cut of the long RTT
+    (long > 2 x short) during the warm-up lasts one sample only.
+    """
+    g = layers.Gradient2(min_limit=1)
+    g.update(10.0, 1, False)
+    g.update(1.0, 1, False)  # average 5.5 > 2 x 1: cut to 5.225
+    g.update(1.0, 1, False)  # average (10 + 1 + 1) / 3 = 4, > 2 x 1: cut
+    assert g.long_rtt == pytest.approx(4.0 * 0.95)
+
+
+def test_gradient2_queue_size_may_be_a_function_of_the_limit() -> None:
+    """Netflix's queueSizeFunction: the allowance is a function of the int limit."""
+    seen: list[int] = []
+
+    def queue(limit: int) -> float:
+        seen.append(limit)
+        return 10.0
+
+    g = layers.Gradient2(initial_limit=30, min_limit=1, queue_size=queue)
+    g.update(1.0, 30, False)  # steady: new = 30 * 1 + 10
+    assert g.estimate == pytest.approx(0.8 * 30 + 0.2 * 40)
+    g.update(1.0, 30, False)
+    assert seen == [30, 32]
+
+
+def test_windowed_gives_one_sample_per_window() -> None:
+    """A window's average RTT, its most calls in flight and any drop, once."""
+    g = layers.Gradient2(initial_limit=10, min_limit=1)
+    windowed = layers.Windowed(g)
+    # the first call closes the empty first window (too few samples: none)
+    assert windowed.update(0.2, 5, False, start=0.0) == 10
+    assert g.samples == 0
+    # the next window ends 1 s later (2 x the lowest RTT 0.2, within [1, 1])
+    for n in range(20):
+        windowed.update(0.1 if n % 2 else 0.3, 6 + n % 3, False, start=0.04 * n)
+    assert g.samples == 0  # every call so far ended before 1.2 s
+    windowed.update(0.2, 4, True, start=1.1)  # ends at 1.3: the window closes
+    assert g.samples == 1
+    assert g.long_rtt == pytest.approx(0.2)  # the average of its 21 RTTs
+    aimd = layers.AIMD(initial_limit=10, min_limit=1)
+    windowed = layers.Windowed(aimd)
+    windowed.update(0.2, 5, False, start=0.0)
+    for n in range(19):
+        windowed.update(0.2, 5, n == 3, start=0.05 * n)  # one drop among them
+    assert windowed.update(0.2, 5, False, start=1.1) == 9  # one backoff, not 19
+    assert aimd.limit == 9
+
+
+def test_windowed_discards_short_windows_and_ignores_fast_calls() -> None:
+    """Fewer than min_samples: the window is dropped; calls under min_rtt count not."""
+    aimd = layers.AIMD(initial_limit=10, min_limit=1)
+    windowed = layers.Windowed(aimd, min_time=0.5, max_time=2.0)
+    windowed.update(1.0, 10, False, start=0.0)  # closes the first window at 1 s
+    for n in range(20):
+        windowed.update(0.00001, 10, False, start=1.0 + n * 0.01)  # ignored
+    for n in range(8):
+        windowed.update(1.0, 10, False, start=0.1 * n)  # ends <= 1.7
+    # window: 2 x 1.0 = 2 s (within [0.5, 2]): it ends at 3 s; the call
+    # that ends after it makes 9 samples
+    windowed.update(1.0, 10, False, start=2.5)
+    assert aimd.limit == 10  # discarded: 10 samples are needed
+    # the next window: 2 s again, to 5.5 s
+    for n in range(10):
+        windowed.update(1.0, 10, False, start=3.0 + 0.1 * n)
+    assert aimd.limit == 10
+    windowed.update(1.0, 10, False, start=4.6)  # ends at 5.6: 11 samples
+    assert aimd.limit == 11
+
+
 def test_vegas_queue_estimate_thresholds() -> None:
     """Vegas queue estimate thresholds."""
     v = layers.Vegas()
@@ -97,6 +170,30 @@ def test_vegas_queue_estimate_thresholds() -> None:
     assert math.ceil(25 * (1 - 1 / 1.1)) == 3
 
 
+def vegas_probes(seed: int, samples: int = 250) -> list[int]:
+    """The samples at which a Vegas (limit 10, period 100) probed."""
+    v = layers.Vegas(initial_limit=10, probe_multiplier=10, seed=seed)
+    probes: list[int] = []
+    v.update(1.0, 0, False)  # the no-load RTT, 1
+    for n in range(2, samples):
+        before = v.rtt_noload
+        v.update(1.0 + n, 0, False)  # slower each time; app-limited: limit 10
+        if v.rtt_noload != before:  # only a probe takes a slower RTT
+            probes.append(n)
+    return probes
+
+
+def test_vegas_probes_after_a_random_share_of_the_period() -> None:
+    """Netflix's jitter: a probe after 0.5 to 1 times probe_multiplier * limit."""
+    draws = random.Random(7)
+    jitters = [0.5 + 0.5 * draws.random() for _ in range(2)]
+    first = math.ceil(jitters[0] * 100)
+    assert vegas_probes(7)[:2] == [first, first + math.ceil(jitters[1] * 100)]
+    assert first < 100  # the whole period, 100 samples, would be later
+    assert vegas_probes(3) == vegas_probes(3)  # a seed repeats the draws
+    assert vegas_probes(3) != vegas_probes(4)
+
+
 def test_vegas_probes_the_no_load_rtt() -> None:
     """Vegas probes the no load rtt."""
     v = layers.Vegas(initial_limit=2, probe_multiplier=1)
@@ -106,7 +203,7 @@ def test_vegas_probes_the_no_load_rtt() -> None:
 
 
 @hypothesis.given(
-    kind=st.sampled_from(["aimd", "gradient2", "vegas"]),
+    kind=st.sampled_from(["aimd", "gradient2", "vegas", "windowed"]),
     samples=st.lists(
         st.tuples(st.floats(0.0001, 100), st.integers(0, 500), st.booleans()),
         max_size=60,
@@ -116,15 +213,21 @@ def test_the_limit_stays_within_bounds(
     kind: str, samples: list[tuple[float, int, bool]]
 ) -> None:
     """The limit stays within bounds."""
-    algorithm: layers.AIMD | layers.Gradient2 | layers.Vegas
+    algorithm: layers.AIMD | layers.Gradient2 | layers.Vegas | layers.Windowed
     if kind == "aimd":
         algorithm = layers.AIMD(initial_limit=10, min_limit=3, max_limit=30)
     elif kind == "gradient2":
         algorithm = layers.Gradient2(initial_limit=10, min_limit=3, max_limit=30)
-    else:
+    elif kind == "vegas":
         algorithm = layers.Vegas(initial_limit=10, min_limit=3, max_limit=30)
-    for rtt, in_flight, dropped in samples:
-        limit = algorithm.update(rtt, in_flight, dropped)
+    else:
+        algorithm = layers.Windowed(
+            layers.Gradient2(initial_limit=10, min_limit=3, max_limit=30),
+            min_time=0.1,
+            max_time=0.1,
+        )
+    for number, (rtt, in_flight, dropped) in enumerate(samples):
+        limit = algorithm.update(rtt, in_flight, dropped, start=number * 0.01)
         assert 3 <= limit <= 30
         assert limit == algorithm.limit
 
@@ -133,6 +236,23 @@ def test_the_limit_stays_within_bounds(
     ("make", "message"),
     [
         (lambda: layers.AIMD(backoff_ratio=1.0), "AIMD(backoff_ratio=1.0)"),
+        # Netflix's AIMDLimit refuses a backoff ratio below 0.5
+        (lambda: layers.AIMD(backoff_ratio=0.4), "AIMD(backoff_ratio=0.4)"),
+        (lambda: layers.Gradient2(queue_size=-1), "Gradient2(queue_size=-1)"),
+        (
+            lambda: layers.Windowed(layers.AIMD(), min_samples=5),
+            "Windowed(min_samples=5)",
+        ),
+        (lambda: layers.Windowed(layers.AIMD(), min_time=0.05), "Windowed(min_time"),
+        (
+            lambda: layers.Windowed(layers.AIMD(), min_time=2.0, max_time=1.0),
+            "Windowed(min_time=2.0, max_time=1.0)",
+        ),
+        (lambda: layers.Windowed(20), "Windowed(algorithm=20)"),  # type: ignore[arg-type]
+        (
+            lambda: layers.Windowed(layers.Windowed(layers.AIMD())),  # type: ignore[arg-type]
+            "Windowed(algorithm=Windowed(",
+        ),
         (lambda: layers.AIMD(min_limit=0), "AIMD(min_limit=0)"),
         (
             lambda: layers.AIMD(initial_limit=5),
@@ -167,6 +287,37 @@ def test_the_layer_works_on_a_copy_of_the_algorithm() -> None:
     layers.AdaptiveConcurrencyLimit(algorithm=aimd)
     layers.AdaptiveConcurrencyLimit(algorithm=aimd)
     assert aimd.limit == 30
+
+
+def test_the_default_is_a_windowed_gradient2() -> None:
+    """Netflix's pairing: Gradient2 fed a sample per window (WindowedLimit)."""
+    limit = layers.AdaptiveConcurrencyLimit()
+    assert limit.algorithm == layers.Windowed(layers.Gradient2())
+    (layer,) = layers.layers_of(
+        layers.ServiceBuilder().adaptive_concurrency_limit().service(hello_service)
+    )
+    assert isinstance(layer, layers.AdaptiveConcurrencyLimit)
+    assert layer.algorithm == layers.Windowed(layers.Gradient2())
+
+
+@pytest.mark.anyio
+async def test_a_windowed_layer_works_on_a_copy_of_both() -> None:
+    """The layer copies the window and the algorithm inside it."""
+    aimd = layers.AIMD(initial_limit=10, min_limit=1)
+    windowed = layers.Windowed(aimd)
+    limit = layers.AdaptiveConcurrencyLimit(windowed)
+
+    async def work(request: int) -> int:
+        await anyio.sleep(0.1)
+        return request
+
+    svc = limit.layer(work)
+    async with anyio.create_task_group() as group:
+        for i in range(300):  # about 10 at a time for 3 s: windows close
+            group.start_soon(svc, i)
+    assert limit.statistics().max_in_flight > 10  # the layer's copy moved
+    assert aimd.limit == 10
+    assert windowed.limit == 10
 
 
 # -- the layer, on virtual time --------------------------------------------------
@@ -305,6 +456,47 @@ async def test_cancelled_inside_or_waiting_gives_no_sample_and_frees_the_permit(
 
 
 @pytest.mark.anyio
+async def test_a_call_cut_by_an_outer_timeouts_deadline_is_a_drop() -> None:
+    """Netflix's server counts a call its client's deadline cut as dropped.
+
+    A ``Timeout`` outside the limit cancels the call at its deadline: that
+    is a drop (the downstream was too slow for the caller), with the time
+    until then as its RTT; a cancellation before any deadline is not.
+    """
+    limit = layers.AdaptiveConcurrencyLimit(
+        algorithm=layers.AIMD(initial_limit=10, min_limit=1)
+    )
+
+    async def slow(request: int) -> int:
+        await anyio.sleep(5)
+        return request
+
+    svc = layers.ServiceBuilder().timeout(1.0).layer(limit).service(slow)
+    with pytest.raises(layers.Elapsed):
+        await svc(1)
+    stats = limit.statistics()
+    assert (stats.samples, stats.drops, stats.max_in_flight) == (1, 1, 9)
+    # cancelled by its task group, under a deadline still far away: no sample
+    svc = layers.ServiceBuilder().timeout(60.0).layer(limit).service(slow)
+    async with anyio.create_task_group() as group:
+        group.start_soon(svc, 2)
+        await anyio.sleep(1)
+        group.cancel_scope.cancel()
+    stats = limit.statistics()
+    assert (stats.samples, stats.drops, stats.in_flight) == (1, 1, 0)
+
+    async def block(request: int) -> int:  # the block form, under a Timeout
+        async with limit:
+            await anyio.sleep(5)
+        return request
+
+    with pytest.raises(layers.Elapsed):
+        await layers.ServiceBuilder().timeout(1.0).service(block)(3)
+    stats = limit.statistics()
+    assert (stats.samples, stats.drops, stats.max_in_flight) == (2, 2, 8)
+
+
+@pytest.mark.anyio
 async def test_other_errors_give_no_sample_drops_do() -> None:
     """Other errors give no sample drops do."""
     limit = layers.AdaptiveConcurrencyLimit(
@@ -421,7 +613,7 @@ async def test_vegas_backs_off_when_a_queue_builds_at_the_downstream() -> None:
     """Vegas: RTT far above the no-load RTT (a queue) lowers the limit."""
     downstream = Downstream(10)
     limit = layers.AdaptiveConcurrencyLimit(
-        algorithm=layers.Vegas(initial_limit=60, max_limit=100)
+        algorithm=layers.Vegas(initial_limit=60, max_limit=100, seed=1)
     )
     svc = limit.layer(downstream)
     await drive(svc, 5, 10, limit)  # unloaded: learns the no-load RTT, 0.1 s

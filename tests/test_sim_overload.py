@@ -51,6 +51,17 @@ async def test_static_limit_2x_too_high_does_not_recover() -> None:
     assert run.buckets[-1].backlog > 2 * MODEL.max_useful
 
 
+async def test_the_unloaded_p99_is_measured_over_a_steady_minute() -> None:
+    """0.5 C held for 60 s (x scale), no limit: p99 near the service time."""
+    steady = sim_overload.Model(
+        capacity=20.0, servers=4, timeout=1.0, scale=0.4, steady=0.5
+    )
+    assert steady.duration == pytest.approx(24)
+    assert steady.offered(3) == steady.offered(20) == 10
+    p99 = await sim_overload.unloaded_p99(MODEL)
+    assert MODEL.service_time <= p99 < 5 * MODEL.service_time
+
+
 async def test_coalesce_makes_one_downstream_call() -> None:
     """1,000 concurrent identical requests: 1,000 calls without Coalesce, 1 with."""
     result = await sim_overload.run_coalesce(MODEL, callers=1000)
