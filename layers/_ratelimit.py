@@ -611,11 +611,14 @@ class RateLimitStatistics:
 
 @final
 class _Waiter:
-    __slots__ = ("by_deadline", "cost", "limit", "parked", "refused")
+    __slots__ = ("by_deadline", "cost", "limit", "paid", "parked", "refused")
 
     def __init__(self, cost: float, limit: float, by_deadline: bool) -> None:
         self.parked: Waiter | None = None  # only for a waiter behind the head
         self.cost = cost
+        # Admitted from a lease's permits by the head that took the lease (it
+        # left the queue then): it has nothing more to do.
+        self.paid = False
         # The latest base time it may be admitted, and whether the deadline
         # (rather than max_wait) sets it: for set_limit's re-evaluation.
         self.limit = limit
@@ -1682,16 +1685,18 @@ class RateLimit(GuardShorthand):
         queue.cost += cost
         state.waiting += 1
         slept = False
+        admitted = False
         try:
             if waiter.parked is not None:
-                await waiter.parked.wait()  # until we are the head
+                await waiter.parked.wait()  # until we are the head (or paid)
                 # Promoted as our scope was being cancelled: take nothing.
                 await anyio.lowlevel.checkpoint_if_cancelled()
                 if waiter.refused is not None:  # by set_limit
                     self._refuse(waiter)
                 slept = True
-            queue.head_cost = cost
-            while True:
+            if not waiter.paid:
+                queue.head_cost = cost
+            while not waiter.paid:
                 now = base_time()
                 # The parameters are read at each turn: set_limit may change them.
                 interval = state.interval
@@ -1798,18 +1803,25 @@ class RateLimit(GuardShorthand):
                     # Other processes took the capacity: the wait no longer fits.
                     self._reject(wait, cost, "deadline" if by_deadline else "max_wait")
                 due, waited = told[0] + wait, True
+            admitted = True
         finally:
-            head = next(iter(waiters)) is waiter
-            del waiters[waiter]
-            queue.cost -= cost
-            state.waiting -= 1
-            if not waiters:
-                del state.queues[key]
-            elif head:
-                queue.due = base_time()  # the next head asks at once
-                nxt = next(iter(waiters))
-                assert nxt.parked is not None
-                nxt.parked.wake()
+            if waiter.paid:  # it left the queue when it was paid
+                if not admitted:  # cancelled before it could run: refund
+                    self._keep_lease(key, balances.get(key, 0.0) + cost)
+            else:
+                head = next(iter(waiters)) is waiter
+                del waiters[waiter]
+                queue.cost -= cost
+                state.waiting -= 1
+                if head and admitted and lease is not None:
+                    self._pay_waiters(key, queue)
+                if not waiters:
+                    del state.queues[key]
+                elif head:
+                    queue.due = base_time()  # the next head asks at once
+                    nxt = next(iter(waiters))
+                    assert nxt.parked is not None
+                    nxt.parked.wake()
         if slept and not reject:
             state.waited += 1
             if events.STATE.sinks:
@@ -1818,6 +1830,32 @@ class RateLimit(GuardShorthand):
                         layer=self.name, waited=base_time() - start, cost=cost
                     )
                 )
+
+    def _pay_waiters(self, key: Hashable, queue: _Queue) -> None:
+        """Admit the waiters at the front of *queue* from the lease's permits.
+
+        In order, as long as the permits left cover each one's cost: each
+        leaves the queue paid, and is woken with nothing more to do. So a
+        lease serves the calls that waited for it at once, one task switch
+        each, rather than one after another through the queue, and the
+        next calls find no queue and spend the rest without waiting.
+        """
+        state = self._state
+        balances = state.balances
+        left = balances.get(key, 0.0)
+        waiters = queue.waiters
+        while waiters:
+            waiter = next(iter(waiters))
+            if waiter.refused is not None or waiter.cost > left:
+                break
+            left -= waiter.cost
+            waiter.paid = True
+            del waiters[waiter]
+            queue.cost -= waiter.cost
+            state.waiting -= 1
+            assert waiter.parked is not None
+            waiter.parked.wake()
+        self._keep_lease(key, left)
 
     def _keep_lease(self, key: Hashable, left: float) -> None:
         """Keep the *left* permits of a lease for *key* (a bounded table)."""

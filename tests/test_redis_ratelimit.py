@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
 pytest.importorskip("coredis")
 
 import coredis
+from coredis.tokens import PureToken
 from redis_server import RedisServer
 
 import layers
@@ -697,6 +699,55 @@ async def test_lease_mode_takes_permits_by_the_batch(redis: RedisConnection) -> 
     await service(4)  # a lease of 4 in 0.4 s; its own permit in 0.1 s
     assert 0.09 <= anyio.current_time() - start < 0.15
     assert short.round_trips == 3
+
+
+async def test_a_lease_pays_the_calls_that_waited_for_it(
+    redis: RedisConnection,
+) -> None:
+    """The head's lease admits the waiters behind it at once, in order.
+
+    When the head's call returns, the waiters its lease covers have left
+    the queue already (paid); one cancelled before it could run gives its
+    permit back, so the next call spends it without a round trip.
+    """
+    store = RedisRateLimitStore(redis, name="lease-pay", lease=4)
+    limit = layers.RateLimit(1000, burst=4, store=store)
+    admitted: list[str] = []
+
+    async def inner(request: str) -> str:
+        admitted.append(request)
+        return request
+
+    service = limit.layer(inner)
+    cancelled = anyio.CancelScope()
+    after_head: list[int] = []
+
+    async def head() -> None:
+        await service("a")
+        after_head.append(limit.statistics().waiting)
+        cancelled.cancel()  # "c" was paid, but has not run yet
+
+    async def waiter(name: str, scope: anyio.CancelScope | None = None) -> None:
+        with scope or anyio.CancelScope():
+            await service(name)
+
+    # Redis holds the head's command (it may write) for 0.1 s, while the
+    # other three queue behind it, in the order they arrive.
+    await redis.client.client_pause(100, PureToken.WRITE)
+    async with anyio.create_task_group() as group:
+        group.start_soon(head)
+        for name, scope in (("b", None), ("c", cancelled), ("d", None)):
+            while limit.statistics().waiting < ord(name) - ord("a"):
+                await anyio.lowlevel.checkpoint()
+            group.start_soon(waiter, name, scope)
+    assert after_head == [0]  # every waiter left the queue with the lease
+    # paid in their order, run in the scheduler's (trio's is random)
+    assert admitted[0] == "a"
+    assert sorted(admitted[1:]) == ["b", "d"]
+    assert store.round_trips == 1
+    assert await service("e") == "e"  # "c"'s permit, given back
+    assert store.round_trips == 1
+    assert limit.statistics().waiting == 0
 
 
 # ---------------------------------------------------------- several processes
