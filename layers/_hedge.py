@@ -250,11 +250,11 @@ class Hedge:
     **Which answer wins.** The first copy to *succeed* (return a response)
     wins, as in Polly; a failure (an :class:`Exception`) does not end the
     call while other copies run or can still be sent. The losers are
-    cancelled and awaited before the call returns: nothing the layer
-    started is left running. If every copy fails, the call raises the
-    **last** failure (the same object, traceback kept; the earlier ones
-    are dropped). Cancellation of the caller cancels every copy and waits
-    for them.
+    cancelled and awaited before the call returns: no copy the call sent
+    is left running, nor can one be sent after it. If every copy fails,
+    the call raises the **last** failure (the same object, traceback kept;
+    the earlier ones are dropped). Cancellation of the caller cancels
+    every copy and waits for them.
 
     **What limits hedging.**
 
