@@ -118,3 +118,16 @@ def package_events() -> list[type[layers.Event]]:
             ):
                 found.append(cls)
     return found
+
+
+@pytest.fixture(name="anyio_backend")
+def uvloop_backend() -> tuple[str, dict[str, Any]]:
+    """Run on asyncio with uvloop's event loop and the real clock.
+
+    The ``anyio_backend`` of the uvloop smoke tests: ``from helpers import
+    uvloop_backend as uvloop_backend`` in a module that imported uvloop
+    (``pytest.importorskip``).
+    """
+    import uvloop
+
+    return ("asyncio", {"loop_factory": uvloop.new_event_loop})

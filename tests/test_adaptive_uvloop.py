@@ -13,18 +13,13 @@ import contextlib
 
 import anyio
 import pytest
+from helpers import uvloop_backend as uvloop_backend  # anyio_backend
 
 import layers
 
 uvloop = pytest.importorskip("uvloop")
 
 pytestmark = [pytest.mark.anyio, pytest.mark.realtime]
-
-
-@pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, object]]:
-    """Run on asyncio with uvloop's event loop and the real clock."""
-    return ("asyncio", {"loop_factory": uvloop.new_event_loop})
 
 
 async def test_the_adaptive_limit_rises_and_falls_on_uvloop() -> None:

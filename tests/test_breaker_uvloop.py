@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import anyio
 import pytest
+from helpers import uvloop_backend as uvloop_backend  # anyio_backend
 
 import layers
 
 uvloop = pytest.importorskip("uvloop")
 
 pytestmark = [pytest.mark.anyio, pytest.mark.realtime]
-
-
-@pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, Any]]:
-    """Run on asyncio with uvloop's event loop and the real clock."""
-    return ("asyncio", {"loop_factory": uvloop.new_event_loop})
 
 
 @pytest.mark.parametrize("window_type", ["count", "time"])

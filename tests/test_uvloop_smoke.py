@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import anyio
 import pytest
+from helpers import uvloop_backend as uvloop_backend  # anyio_backend
 
 import layers
 
 uvloop = pytest.importorskip("uvloop")
 
 pytestmark = [pytest.mark.anyio, pytest.mark.realtime]
-
-
-@pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, Any]]:
-    """Run on asyncio with uvloop's event loop and the real clock."""
-    return ("asyncio", {"loop_factory": uvloop.new_event_loop})
 
 
 async def sleeping(request: float) -> float:
