@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from typing import Any, ClassVar, TypeAlias, cast, final
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, cast, final
 
 import anyio
 import anyio.lowlevel
@@ -211,7 +211,7 @@ class RedisConnection(BackgroundHost):
         # that is not a failure of Redis, and the guard does not count it.
         try:
             if deadline is None or deadline - current_time() >= self.timeout:
-                return await timeout_call(self._timed, request)
+                return await self._timed(request)
             return await self._command(request)
         except _FAILURES as error:
             # coredis reports a cancellation that arrives while it opens a
@@ -257,8 +257,17 @@ class _CommandTimeout:
     def __init__(
         self, inner: Callable[[Command], Awaitable[Any]], seconds: float
     ) -> None:
-        self.inner = inner
-        self.seconds = seconds
+        self.inner: Callable[[Command], Awaitable[Any]] = inner
+        self.seconds: float = seconds
+
+    if TYPE_CHECKING:
+
+        async def __call__(self, request: Command, /) -> Any:
+            """Run the command under the timeout."""
+            ...
+
+    else:
+        __call__ = timeout_call
 
     def elapsed(self) -> BaseException:
         return TimeoutError(f"a Redis command took more than {self.seconds} s")
