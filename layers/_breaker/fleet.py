@@ -36,8 +36,10 @@ The background work (two tasks: a sender and a listener) is hosted by the
 store (:meth:`~layers.BreakerStore.start_soon`) and started by the first
 call (or a manual call in an event loop). The first call *joins* the fleet
 (reads the state, or sends a manual state set before, and adopts it; the
-calls that come meanwhile wait for it); the sender joins too if no call
-has. When the host ends, the next call starts it again and joins again.
+calls that come meanwhile wait for it, then are decided as calls arriving
+then: in half-open, one that runs after the first call's probe reply may
+take a spare probe); the sender joins too if no call has. When the host
+ends, the next call starts it again and joins again.
 
 **When the store fails** (:class:`~layers.StoreError` from any step), the
 breaker falls back to its own local logic (the in-memory breaker's, from
