@@ -40,7 +40,7 @@ import math
 import numbers
 import random
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, MutableMapping
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import (
@@ -628,6 +628,17 @@ class _Waiter:
         self.refused: (
             tuple[float | None, Literal["max_wait", "deadline", "cost"]] | None
         ) = None
+
+
+def _spend(
+    balances: MutableMapping[Hashable, float], key: Hashable, cost: float
+) -> bool:
+    """Spend *cost* of the lease's permits left for *key*, if they cover it."""
+    left = balances.get(key)
+    if left is not None and left >= cost:
+        balances[key] = left - cost
+        return True
+    return False
 
 
 @final
@@ -1499,6 +1510,10 @@ class RateLimit(GuardShorthand):
         admit = self._admit_shared
         plain = (int, float)
         burst = self.burst
+        # Lease mode: a permit of the lease is spent here, with no call
+        # between (the cost of the success path of a process holding a lease).
+        balances = state.balances if shared.lease is not None else None
+        queues = state.queues
 
         async def shared_rate_limit(request: Req, /) -> Res:
             if key_of is None:
@@ -1517,6 +1532,12 @@ class RateLimit(GuardShorthand):
                     cost = check_cost(cost)
                     if not cost:  # free: it takes nothing, so it never waits
                         return await inner(request)
+            if (
+                balances is not None
+                and not (queues and key in queues)
+                and _spend(balances, key, cost)
+            ):
+                return await inner(request)
             await admit(key, cost)
             return await inner(request)
 
@@ -1534,11 +1555,7 @@ class RateLimit(GuardShorthand):
         if queues and key in queues:
             await self._shared_queued(key, cost)
         elif state.shared is not None and state.shared.lease is not None:
-            balances = state.balances
-            left = balances.get(key)
-            if left is not None and left >= cost:
-                balances[key] = left - cost  # a permit of the lease
-            else:
+            if not _spend(state.balances, key, cost):
                 await self._shared_queued(key, cost)
         else:
             await self._shared_direct(key, cost)
