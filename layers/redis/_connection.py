@@ -34,7 +34,7 @@ Command: TypeAlias = "tuple[Script[Any], Sequence[str], Sequence[Value]]"
 
 
 # What a failing Redis raises through coredis: its own errors, the socket's,
-# and the timeout of our own scope.
+# and our own timeout on each command (a TimeoutError).
 _FAILURES = (coredis.exceptions.RedisError, OSError, TimeoutError)
 
 DEFAULT_TIMEOUT = 0.25
