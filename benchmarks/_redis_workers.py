@@ -102,15 +102,37 @@ async def _layers_rate(spec: dict[str, Any]) -> None:
 
     tally = Tally(spec)
     lease = spec.get("lease")
+    server_stamps: list[float] = []
 
     async def inner(x: Any) -> Any:
         tally.admit()
         return x
 
+    class Stamping(RedisRateLimitStore):  # type: ignore[misc]
+        """The store, noting the server's time of each permit it was granted.
+
+        The script's own ``TIME``, as it decided the take: the limit's
+        schedule, free of the workers' scheduling (a lease's permits are
+        all stamped when the lease was taken).
+        """
+
+        async def take(self, key: Any, cost: float, *args: Any, **kw: Any) -> Any:
+            granted, wait, now = await self._take(
+                key,
+                cost,
+                *args,
+                kw.get("up_to"),
+                kw.get("waited", False),
+                kw.get("patience", 0.0),
+            )
+            if granted and not wait and tally.record:
+                server_stamps.extend([now + 1_700_000_000] * int(granted))
+            return granted, wait
+
     async with RedisConnection.from_url(spec["url"]) as redis:
 
         def limit(name: str) -> layers.RateLimit:
-            store = RedisRateLimitStore(redis, name=name, lease=lease)
+            store = Stamping(redis, name=name, lease=lease)
             return layers.RateLimit(spec["rate"], burst=spec["burst"], store=store)
 
         quota = limit(spec["name"])
@@ -146,6 +168,8 @@ async def _layers_rate(spec: dict[str, Any]) -> None:
                 waited=stats.waited,
                 fallbacks=getattr(stats, "store_fallbacks", 0),
                 refused=refused,
+                # the permits granted within the run's window, by Redis's clock
+                server_stamps=[t for t in server_stamps if start <= t < tally.end],
             )
         )
 
