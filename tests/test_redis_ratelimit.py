@@ -750,6 +750,43 @@ async def test_a_lease_pays_the_calls_that_waited_for_it(
     assert limit.statistics().waiting == 0
 
 
+async def test_a_lease_pays_its_waiters_in_order_and_none_overtakes(
+    redis: RedisConnection,
+) -> None:
+    """Paying stops at the first waiter the permits left do not cover.
+
+    The head takes a lease of 4 and spends 1; "b" (cost 4) does not fit in
+    the 3 left, so it becomes the next head, and "c" (cost 1) behind it is
+    not paid though it would fit: a lease never lets a call overtake one
+    that waited before it.
+    """
+    store = RedisRateLimitStore(redis, name="lease-order", lease=4)
+    limit = layers.RateLimit(1000, burst=4, store=store, cost=lambda r: r[1])
+    admitted: list[str] = []
+
+    async def inner(request: tuple[str, int]) -> str:
+        admitted.append(request[0])
+        return request[0]
+
+    service = limit.layer(inner)
+    after_head: list[int] = []
+
+    async def head() -> None:
+        await service(("a", 1))
+        after_head.append(limit.statistics().waiting)
+
+    await redis.client.client_pause(100, PureToken.WRITE)
+    async with anyio.create_task_group() as group:
+        group.start_soon(head)
+        for number, request in enumerate((("b", 4), ("c", 1)), start=1):
+            while limit.statistics().waiting < number:
+                await anyio.lowlevel.checkpoint()
+            group.start_soon(service, request)
+    assert after_head == [2]  # "b" heads the queue, "c" waits behind it
+    assert admitted == ["a", "b", "c"]  # "b" before "c", with later leases
+    assert store.round_trips >= 2
+
+
 # ---------------------------------------------------------- several processes
 
 
