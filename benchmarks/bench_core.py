@@ -163,6 +163,10 @@ def make_cases(backend: str) -> dict[str, Case]:
         # a limit, two clock reads and one sample into the default's window
         # (Windowed(Gradient2())); a call under 0.1 ms is not counted in it
         "AdaptiveConcurrencyLimit()": layers.AdaptiveConcurrencyLimit().layer(f),
+        # the algorithm fed every call (no window): one Gradient2 step a call
+        "AdaptiveConcurrencyLimit(Gradient2())": layers.AdaptiveConcurrencyLimit(
+            layers.Gradient2()
+        ).layer(f),
         # success path: the inner call returns, nothing replaced
         "Fallback(value, on=...)": layers.Fallback(None, on=ConnectionError).layer(f),
         # every call alone: a shared call of its own, in a task of its own
