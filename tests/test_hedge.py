@@ -426,6 +426,21 @@ async def test_the_timer_keeps_only_the_calls_in_flight(
     assert len(inner.started) == 1000  # and no hedge was sent
 
 
+async def test_the_timer_sends_a_hedge_while_the_call_waits_on_its_copies() -> None:
+    """The first copy failed (the caller's part is done): a due hedge still goes.
+
+    The call is then in its task group's exit, waiting for the copy that the
+    failure sent; the timer's hedge joins that group and wins.
+    """
+    inner = Copies((0.5, ConnectionError("a")), (3.0, "b"), (0.1, "c"))
+    hedge = layers.Hedge(delay=1.0, max_hedges=2, budget=None)
+    assert await hedge.layer(inner)("r") == "c"
+    assert inner.started == [0.0, 0.5, 1.0]
+    assert anyio.current_time() == pytest.approx(1.1)
+    assert inner.running == 0
+    assert inner.cancelled == 1  # "b", the loser
+
+
 async def test_builder_shares_one_layer() -> None:
     """.hedge() makes one layer: the services of one builder share its state."""
     builder = layers.ServiceBuilder().hedge(delay=0.5)
