@@ -529,8 +529,7 @@ class _Timer:
                 while heap and heap[0][0] <= horizon:
                     run = pop(heap)[2]
                     if run.queued:
-                        run.queued = False
-                        self.live -= 1
+                        self.void(run)  # taken off the heap: no longer live
                         run.due(self)
         finally:
             if self.generation == generation:  # not replaced

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import json
 import math
 import random
@@ -11,11 +12,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
 import pytest
@@ -701,6 +703,26 @@ async def test_lease_mode_takes_permits_by_the_batch(redis: RedisConnection) -> 
     assert short.round_trips == 3
 
 
+async def _queue_behind_a_held_head(
+    redis: RedisConnection,
+    limit: layers.RateLimit,
+    group: anyio.abc.TaskGroup,
+    head: Callable[[], Awaitable[object]],
+    waiters: Sequence[Callable[[], Awaitable[object]]],
+) -> None:
+    """Start *head*, then *waiters* one by one, each queued behind the last.
+
+    Redis holds the head's command (it may write) for 0.1 s, while the
+    others queue behind it, in the order they are given.
+    """
+    await redis.client.client_pause(100, PureToken.WRITE)
+    group.start_soon(head)
+    for number, waiter in enumerate(waiters, start=1):
+        while limit.statistics().waiting < number:
+            await anyio.lowlevel.checkpoint()
+        group.start_soon(waiter)
+
+
 async def test_a_lease_pays_the_calls_that_waited_for_it(
     redis: RedisConnection,
 ) -> None:
@@ -727,19 +749,16 @@ async def test_a_lease_pays_the_calls_that_waited_for_it(
         after_head.append(limit.statistics().waiting)
         cancelled.cancel()  # "c" was paid, but has not run yet
 
-    async def waiter(name: str, scope: anyio.CancelScope | None = None) -> None:
-        with scope or anyio.CancelScope():
-            await service(name)
+    def waiter(name: str, scope: anyio.CancelScope | None = None) -> Any:
+        async def wait() -> None:
+            with scope or anyio.CancelScope():
+                await service(name)
 
-    # Redis holds the head's command (it may write) for 0.1 s, while the
-    # other three queue behind it, in the order they arrive.
-    await redis.client.client_pause(100, PureToken.WRITE)
+        return wait
+
     async with anyio.create_task_group() as group:
-        group.start_soon(head)
-        for name, scope in (("b", None), ("c", cancelled), ("d", None)):
-            while limit.statistics().waiting < ord(name) - ord("a"):
-                await anyio.lowlevel.checkpoint()
-            group.start_soon(waiter, name, scope)
+        waiters = [waiter("b"), waiter("c", cancelled), waiter("d")]
+        await _queue_behind_a_held_head(redis, limit, group, head, waiters)
     assert after_head == [0]  # every waiter left the queue with the lease
     # paid in their order, run in the scheduler's (trio's is random)
     assert admitted[0] == "a"
@@ -775,13 +794,9 @@ async def test_a_lease_pays_its_waiters_in_order_and_none_overtakes(
         await service(("a", 1))
         after_head.append(limit.statistics().waiting)
 
-    await redis.client.client_pause(100, PureToken.WRITE)
     async with anyio.create_task_group() as group:
-        group.start_soon(head)
-        for number, request in enumerate((("b", 4), ("c", 1)), start=1):
-            while limit.statistics().waiting < number:
-                await anyio.lowlevel.checkpoint()
-            group.start_soon(service, request)
+        waiters = [functools.partial(service, r) for r in (("b", 4), ("c", 1))]
+        await _queue_behind_a_held_head(redis, limit, group, head, waiters)
     assert after_head == [2]  # "b" heads the queue, "c" waits behind it
     assert admitted == ["a", "b", "c"]  # "b" before "c", with later leases
     assert store.round_trips >= 2

@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
-import math
 import secrets
 from collections.abc import Hashable, Sequence
 from typing import Final, Literal, cast, final
@@ -223,15 +222,6 @@ def _part(key: object) -> str:
 def _time(words: Sequence[str]) -> float:
     """The server's time in a reply (its last two words), as the script computed it."""
     return (float(words[-2]) - 1700000000) + float(words[-1]) / 1000000
-
-
-def _number(value: float) -> str:
-    """*value* for the script: exact (``repr``), a large finite number for inf."""
-    if value == 0:
-        return "0.0"
-    if value == math.inf:
-        return "1e+300"  # no inf in Lua (see finite())
-    return repr(finite(float(value)))
 
 
 BATCH: Final = 64
@@ -420,7 +410,6 @@ class RedisRateLimitStore:
         "_script",
         "_tag",
         "_token",
-        "_words",
         "fail",
         "lease",
         "name",
@@ -473,8 +462,6 @@ class RedisRateLimitStore:
         self._counter = itertools.count()
         # Per Redis key with a command in flight: the takes queued for the next.
         self._lanes: dict[str, list[_Take]] = {}
-        # The start of a take's word, per (need, want, interval, tolerance).
-        self._words: dict[tuple[float, float, float, float], str] = {}
 
     def redis_key(self, key: Hashable) -> str:
         """The Redis key of the user key *key* (see "Keys" above).
@@ -563,16 +550,10 @@ class RedisRateLimitStore:
         token = f"{self._token}{next(self._counter)}"
         need = float(cost)
         want = need if up_to is None or up_to < need else float(up_to)
-        words = self._words
-        shape = (need, want, interval, tolerance)
-        head = words.get(shape)
-        if head is None:  # the same few shapes come again and again
-            if len(words) >= 64:
-                words.clear()
-            head = words[shape] = (
-                f"{need!r} {want!r} {float(interval)!r} {float(tolerance)!r} "
-            )
-        word = f"{head}{_number(patience)} {'1' if waited else '0'} {token}"
+        word = (
+            f"{need!r} {want!r} {float(interval)!r} {float(tolerance)!r} "
+            f"{finite(float(patience))!r} {'1' if waited else '0'} {token}"
+        )
         lanes = self._lanes
         queue = lanes.get(redis_key)
         if queue is None:
