@@ -309,7 +309,8 @@ async def _profile(backend: str, cases: dict[str, Case], name: str, calls: int) 
 
 def check(label: str, value: float, limit: float) -> tuple[str, bool]:
     ok = value <= limit
-    return f"{label}: {value:.1f}x <= {limit:.1f}x  {'PASS' if ok else 'FAIL'}", ok
+    verdict = "PASS" if ok else "FAIL"
+    return f"{label}: {value:.2f}x  {verdict}", ok
 
 
 def report(backend: str, samples: dict[str, list[float]]) -> bool:
