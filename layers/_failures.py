@@ -30,7 +30,7 @@ from typing import NoReturn, cast
 
 import anyio
 
-__all__ = ["is_cancellation", "reraise", "split_failure"]
+__all__ = ["is_cancellation", "reraise", "split_failure", "wraps_only"]
 
 
 def split_failure(
@@ -73,3 +73,23 @@ def reraise(error: BaseException) -> NoReturn:
     finally:
         error.__context__ = context
         del error, context
+
+
+def wraps_only(group: BaseExceptionGroup[BaseException], error: BaseException) -> bool:
+    """Whether *group* holds *error* and nothing else (in groups of one, nested).
+
+    A context manager whose task group only hosts background work that never
+    raises lets the block's own exception through as it was raised when its
+    task group's exit wraps that one exception alone, so that an ``except``
+    around the ``async with`` sees it (the pattern trio's docs suggest for a
+    nursery that is an implementation detail).
+    """
+    members: tuple[BaseException, ...] = group.exceptions
+    while len(members) == 1:
+        inner = members[0]
+        if inner is error:
+            return True
+        if not isinstance(inner, BaseExceptionGroup):
+            return False
+        members = cast("BaseExceptionGroup[BaseException]", inner).exceptions
+    return False
