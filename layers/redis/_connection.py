@@ -96,6 +96,11 @@ class RedisConnection(BackgroundHost):
     raises :class:`RuntimeError` when used with a connection that is not
     entered. A connection may be entered once at a time.
 
+    Give your client ``retry_policy=NoRetryPolicy()`` (``coredis.retry``),
+    as :meth:`from_url` does: coredis's default sends a command again after
+    a connection error, and a script that ran but whose reply was lost
+    would be charged twice. Its replies may be decoded or not.
+
     Args:
         client: A coredis client, already entered.
         prefix: The first part of every key (a non-empty string).
