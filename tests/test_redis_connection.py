@@ -290,6 +290,11 @@ async def test_an_error_in_the_block_comes_out_as_it_was_raised(redis_url: str) 
     with pytest.raises(KeyError, match="from the block"):
         async with RedisConnection.from_url(redis_url):
             raise KeyError("from the block")
+    group = ExceptionGroup("the block's own", [KeyError(1), ValueError(2)])
+    with pytest.raises(ExceptionGroup) as caught:
+        async with RedisConnection.from_url(redis_url):
+            raise group
+    assert caught.value is group
     async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
         with pytest.raises(layers.StoreUnavailable):
             async with RedisConnection(client):
