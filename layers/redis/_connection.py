@@ -6,7 +6,7 @@ import contextlib
 import math
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, cast, final
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import anyio
 import anyio.lowlevel
@@ -307,6 +307,16 @@ class _CommandTimeout:
 
     def elapsed(self) -> BaseException:
         return TimeoutError(f"a Redis command took more than {self.seconds} s")
+
+
+def tag(name: str) -> str:
+    """*name* as it stands in a key's hash tag: percent-encoded as UTF-8.
+
+    Letters, digits and ``_.-~`` stay as they are; a brace cannot end the
+    hash tag early (``}db`` would make it empty, so that Redis Cluster would
+    hash each key of the limit to its own slot).
+    """
+    return quote(name, safe="", errors="surrogatepass")
 
 
 def finite(value: float) -> float:
