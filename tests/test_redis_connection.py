@@ -246,6 +246,7 @@ async def test_cancelled_while_connecting_is_a_cancellation_not_a_store_error(
         ("", {}, "url"),
         ("127.0.0.1:6379", {}, "url"),  # no scheme
         ("http://127.0.0.1:6379/0", {}, "url"),
+        ("redis+cluster://127.0.0.1:7000", {}, "url"),  # a URL of `limits`
         ("redis://127.0.0.1:6379/0", {"timeout": 0}, "timeout"),
         ("redis://127.0.0.1:6379/0", {"prefix": ""}, "prefix"),
         ("redis://127.0.0.1:6379/0", {"guard": "breaker"}, "guard"),

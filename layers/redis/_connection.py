@@ -187,7 +187,9 @@ class RedisConnection(BackgroundHost):
                 "RedisConnection.from_url",
                 "url",
                 url,
-                "a str URL whose scheme is redis://, rediss:// or unix://",
+                "a str URL whose scheme is redis://, rediss:// or unix:// (for "
+                "a cluster or a sentinel, make the coredis client and pass it "
+                "to RedisConnection(client))",
             )
         # No retry inside the client: a script that ran but whose reply was
         # lost would be charged twice; the layers' own policy decides instead.
