@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import shutil
 import socket
 import subprocess
@@ -48,6 +49,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import anyio
+from coredis.exceptions import RedisError
 
 import layers
 from layers.redis import RedisConcurrencyStore, RedisConnection, RedisRateLimitStore
@@ -244,12 +246,39 @@ def wait_for_ping(
     raise SystemExit(f"redis-server did not start on port {port}")
 
 
+def positive(kind: type[int] | type[float]) -> Any:
+    """An argparse type: a finite number > 0 of *kind*."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not 0 < value < math.inf:
+            raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+        return value
+
+    return parse
+
+
+async def answers(url: str) -> bool:
+    """Whether the Redis at *url* answers a PING within 2 s."""
+    async with RedisConnection.from_url(url) as redis:
+        with anyio.move_on_after(2):
+            try:
+                await redis.client.ping()
+            except (OSError, RedisError):
+                return False
+            return True
+    return False
+
+
 def cli() -> int:
     parser = argparse.ArgumentParser(description="Share a quota across processes.")
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     parser.add_argument("--redis-url", help="a Redis to use (default: start one)")
-    parser.add_argument("--processes", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--processes", type=positive(int), default=4)
+    parser.add_argument("--seconds", type=positive(float), default=3.0)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--run", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -264,6 +293,9 @@ def cli() -> int:
 
     if args.backend == "trio" and importlib.util.find_spec("trio") is None:
         print("trio is not installed: pip install -e '.[trio]'")
+        return 1
+    if args.redis_url is not None and not anyio.run(answers, args.redis_url):
+        print(f"Redis at {args.redis_url} does not answer: is it running?")
         return 1
     server = redis_server() if args.redis_url is None else nullcontext(args.redis_url)
     with server as url:

@@ -26,11 +26,12 @@ scope it belongs to can catch it::
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NoReturn, cast
 
 import anyio
 
-__all__ = ["is_cancellation", "reraise", "split_failure"]
+__all__ = ["is_cancellation", "reraise", "split_failure", "wraps_only"]
 
 
 def split_failure(
@@ -73,3 +74,30 @@ def reraise(error: BaseException) -> NoReturn:
     finally:
         error.__context__ = context
         del error, context
+
+
+def wraps_only(group: BaseExceptionGroup[BaseException], error: BaseException) -> bool:
+    """Whether *group* holds *error* and nothing else.
+
+    That is, the same exceptions (the leaves, by identity, in order) as
+    *error*, in groups of one or in a copy of *error* if it is a group
+    itself (trio's nurseries may rebuild a group raised in their body). A
+    context manager whose task group only hosts background work that never
+    raises lets the block's own exception through as it was raised when its
+    task group's exit wraps that one exception alone, so that an ``except``
+    around the ``async with`` sees it (the pattern trio's docs suggest for a
+    nursery that is an implementation detail).
+    """
+    mine = list(_leaves(error))
+    theirs = list(_leaves(group))
+    return len(mine) == len(theirs) and all(
+        a is b for a, b in zip(mine, theirs, strict=True)
+    )
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        for member in cast("BaseExceptionGroup[BaseException]", error).exceptions:
+            yield from _leaves(member)
+    else:
+        yield error

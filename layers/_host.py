@@ -17,6 +17,8 @@ from typing import Any, ClassVar, Self
 import anyio
 import anyio.abc
 
+from ._failures import wraps_only
+
 __all__ = ["BackgroundHost"]
 
 
@@ -46,12 +48,21 @@ class BackgroundHost:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool | None:
-        """Cancel the background work and wait for it to end."""
+        """Cancel the background work and wait for it to end.
+
+        An exception of the block comes out as it was raised, not wrapped
+        in an exception group of one (the background work never raises).
+        """
         group, self._group = self._group, None
         if group is None:
             return None
         group.cancel_scope.cancel()
-        return await group.__aexit__(exc_type, exc, traceback)
+        try:
+            return await group.__aexit__(exc_type, exc, traceback)
+        except BaseExceptionGroup as failed:
+            if exc is not None and wraps_only(failed, exc):
+                return False  # the block's own exception goes on, unwrapped
+            raise
 
     @property
     def entered(self) -> bool:

@@ -46,9 +46,15 @@ class RedisServer:
     crashed Redis without persistence would.
     """
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        port: int | None = None,
+        unix_socket: Path | None = None,
+    ) -> None:
         self.directory = directory
         self.port = free_port() if port is None else port
+        self.unix_socket = unix_socket  # also listen on this Unix socket
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -61,9 +67,13 @@ class RedisServer:
         if executable is None:
             raise RuntimeError("redis-server is not on the PATH")
         self.directory.mkdir(parents=True, exist_ok=True)
+        unix = []
+        if self.unix_socket is not None:
+            unix = ["--unixsocket", str(self.unix_socket), "--unixsocketperm", "700"]
         self.process = subprocess.Popen(
             [
                 executable,
+                *unix,
                 "--port",
                 str(self.port),
                 "--bind",

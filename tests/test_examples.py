@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -364,3 +365,43 @@ def test_fleet_breaker(backend: str, redis_server_on_path: str) -> None:
     down = re.search(r"calls the API got while down: (\d+)", section)
     assert down is not None, section
     assert int(down.group(1)) < 4 * 10, section
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--processes", "0"),
+        ("--processes", "x"),
+        ("--seconds", "-1"),
+        ("--seconds", "nan"),
+    ],
+)
+def test_shared_quota_refuses_a_bad_option(option: str, value: str) -> None:
+    """shared_quota.py --processes 0 / --seconds -1: a usage error, no traceback."""
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "shared_quota.py"), option, value],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"argument {option}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_shared_quota_says_when_its_redis_does_not_answer() -> None:
+    """--redis-url of a Redis that is not running: one clear line, exit status 1."""
+    with socket.socket() as sock:  # a port on loopback where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        url = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "shared_quota.py"), "--redis-url", url],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"Redis at {url} does not answer" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr

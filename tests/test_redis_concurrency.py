@@ -99,6 +99,49 @@ async def workers() -> AsyncIterator[list[Worker]]:
     await stop_workers(started)
 
 
+def hash_tag(key: str) -> str:
+    """What Redis Cluster hashes of *key*: its hash tag, or the whole key."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
+
+
+@pytest.mark.parametrize("name", ["}db", "{db}", "orders db"])
+async def test_the_keys_of_a_limit_share_one_hash_tag_whatever_its_name(
+    redis: RedisConnection, name: str
+) -> None:
+    """The leases and the waiting flag land in one cluster slot (one script).
+
+    A name with braces must not end the hash tag early: ``}db`` would make
+    it empty, and Redis Cluster would hash each whole key to its own slot.
+    """
+    store = RedisConcurrencyStore(redis, name=name, lease_ttl=2.0)
+    limit = layers.ConcurrencyLimit(1, max_wait=0.05, store=store)
+    inside = anyio.Event()
+    done = anyio.Event()
+
+    async def hold(_: int) -> None:
+        inside.set()
+        await done.wait()
+
+    service = limit.layer(hold)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            group.start_soon(service, 1)
+            await inside.wait()
+            with pytest.raises(Overloaded):  # refused after max_wait: it waited
+                await service(2)
+            keys = sorted(await redis.client.keys("layers:concurrency:*"))
+            done.set()
+    assert [key.rsplit(":", 1)[1] for key in keys] == ["leases", "waiting"]
+    tags = {hash_tag(key) for key in keys}
+    assert len(tags) == 1, keys
+    assert tags != set(keys)
+
+
 # -------------------------------------------------------------- the limit
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -235,3 +236,67 @@ async def test_cancelled_while_connecting_is_a_cancellation_not_a_store_error(
             assert scope.cancelled_caught
         assert fresh.guard.statistics().consecutive_failures == 0
         assert await fresh.run(echo, [fresh.key("t", "e")], ["y"]) == "y"
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "parameter"),
+    [
+        (None, {}, "url"),
+        (b"redis://127.0.0.1:6379/0", {}, "url"),
+        ("", {}, "url"),
+        ("127.0.0.1:6379", {}, "url"),  # no scheme
+        ("http://127.0.0.1:6379/0", {}, "url"),
+        ("redis+cluster://127.0.0.1:7000", {}, "url"),  # a URL of `limits`
+        ("redis://127.0.0.1:6379/0", {"timeout": 0}, "timeout"),
+        ("redis://127.0.0.1:6379/0", {"prefix": ""}, "prefix"),
+        ("redis://127.0.0.1:6379/0", {"guard": "breaker"}, "guard"),
+    ],
+)
+async def test_from_url_refuses_bad_arguments_before_connecting(
+    url: Any, options: dict[str, Any], parameter: str
+) -> None:
+    """A bad URL or option is a plain ConfigurationError naming it, at once.
+
+    Not an error at the first command (a URL coredis cannot use would fail
+    every call as "Redis unavailable"), nor one wrapped in the client's
+    exception groups.
+    """
+    with pytest.raises(
+        ConfigurationError, match=rf"RedisConnection(\.from_url)?\({parameter}="
+    ) as caught:
+        async with RedisConnection.from_url(url, **options):
+            pytest.fail("entered")  # pragma: no cover
+    assert "RedisConnection" in str(caught.value)
+
+
+async def test_from_url_takes_redis_and_unix_socket_urls(
+    redis_server_on_path: str, tmp_path: Path
+) -> None:
+    """``redis://host:port/db`` and ``unix:///path?db=n`` both connect."""
+    socket_path = tmp_path / "redis.sock"
+    with RedisServer(tmp_path / "redis", unix_socket=socket_path) as server:
+        for url in (server.url, f"unix://{socket_path}?db=2"):
+            async with RedisConnection.from_url(url) as redis:
+                echo = redis.script("return ARGV[1]")
+                assert await redis.run(echo, [redis.key("t", "e")], [url]) == url
+
+
+async def test_an_error_in_the_block_comes_out_as_it_was_raised(redis_url: str) -> None:
+    """The connection's task group does not wrap the block's own exception.
+
+    ``except`` around ``async with RedisConnection...`` sees the error the
+    block raised, not an exception group of one (or two, from_url's client
+    adding its own): the background work never raises.
+    """
+    with pytest.raises(KeyError, match="from the block"):
+        async with RedisConnection.from_url(redis_url):
+            raise KeyError("from the block")
+    group = ExceptionGroup("the block's own", [KeyError(1), ValueError(2)])
+    with pytest.raises(ExceptionGroup) as caught:
+        async with RedisConnection.from_url(redis_url):
+            raise group
+    assert caught.value is group
+    async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
+        with pytest.raises(layers.StoreUnavailable):
+            async with RedisConnection(client):
+                raise layers.StoreUnavailable("refused")

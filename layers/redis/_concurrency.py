@@ -61,7 +61,7 @@ from .._config import check_int, check_name, check_number, fail_value
 from .._deadline import DEADLINE
 from .._errors import CircuitOpen, StoreError
 from .._store import STORE_POLICIES, StorePolicy
-from ._connection import RedisConnection
+from ._connection import RedisConnection, tag
 
 __all__ = ["RedisConcurrencyStore"]
 
@@ -176,7 +176,10 @@ class RedisConcurrencyStore:
 
     Keys: ``<prefix>:concurrency:{<name>}:leases`` (the sorted set) and
     ``...:waiting`` (set while someone waits); channel
-    ``<prefix>:concurrency:{<name>}:released``.
+    ``<prefix>:concurrency:{<name>}:released``. *name* is percent-encoded
+    there as UTF-8, letters, digits and ``_.-~`` left as they are (``db``
+    stays ``db``, ``orders db`` is ``orders%20db``), so that the braces are
+    the keys' cluster hash tag whatever the name.
 
     Args:
         redis: The :class:`~layers.redis.RedisConnection` to use.
@@ -207,6 +210,7 @@ class RedisConcurrencyStore:
         "_renew",
         "_running",
         "_subscribed",
+        "_tag",
         "_ttl_ms",
         "_waiting",
         "fail",
@@ -254,9 +258,10 @@ class RedisConcurrencyStore:
             lambda v: v >= floor,
         )
         self._ttl_ms = max(1, round(self.lease_ttl * 1000))
-        self._leases = redis.key("concurrency", name, "leases")
-        self._waiting = redis.key("concurrency", name, "waiting")
-        self._channel = redis.key("concurrency", name, "released")
+        self._tag = tag(name)
+        self._leases = redis.key("concurrency", self._tag, "leases")
+        self._waiting = redis.key("concurrency", self._tag, "waiting")
+        self._channel = redis.key("concurrency", self._tag, "released")
         self._acquire = redis.script(ACQUIRE)
         self._release = redis.script(RELEASE)
         self._renew = redis.script(RENEW)
@@ -278,7 +283,7 @@ class RedisConcurrencyStore:
     @property
     def label(self) -> str:
         """The store's name in events: ``<prefix>:concurrency:{<name>}``."""
-        return self.redis.key("concurrency", self.name)
+        return self.redis.key("concurrency", self._tag)
 
     @property
     def policy(self) -> StorePolicy:

@@ -6,6 +6,7 @@ import contextlib
 import math
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, cast, final
+from urllib.parse import quote, urlsplit
 
 import anyio
 import anyio.lowlevel
@@ -20,6 +21,7 @@ from .._config import check_name, check_number, fail_value
 from .._core import Service
 from .._deadline import current_deadline
 from .._errors import CircuitOpen, StoreError
+from .._failures import reraise, wraps_only
 from .._host import BackgroundHost
 
 __all__ = ["RedisConnection"]
@@ -94,6 +96,11 @@ class RedisConnection(BackgroundHost):
     raises :class:`RuntimeError` when used with a connection that is not
     entered. A connection may be entered once at a time.
 
+    Give your client ``retry_policy=NoRetryPolicy()`` (``coredis.retry``),
+    as :meth:`from_url` does: coredis's default sends a command again after
+    a connection error, and a script that ran but whose reply was lost
+    would be charged twice. Its replies may be decoded or not.
+
     Args:
         client: A coredis client, already entered.
         prefix: The first part of every key (a non-empty string).
@@ -155,24 +162,55 @@ class RedisConnection(BackgroundHost):
         timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 (each command's)
         guard: CircuitBreaker | None = None,
     ) -> AsyncGenerator[RedisConnection]:
-        """Open a client for *url* (``redis://host:port/db``) for the block.
+        """Open a client for *url* for the block.
 
         ``async with RedisConnection.from_url(url) as redis: ...``; the
-        client is closed when the block ends. It decodes replies and does
-        not retry a failed command (coredis's default retries twice: a
-        script that ran but whose reply was lost would count twice). The
-        other arguments are those of the class.
+        client is closed when the block ends. *url* is
+        ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...``
+        (TLS) or ``unix:///path/to/redis.sock[?db=n]``, with coredis's
+        query options. The client decodes replies and does not retry a
+        failed command (coredis's default retries twice: a script that ran
+        but whose reply was lost would count twice). The other arguments
+        are those of the class. An exception raised in the block comes out
+        of it as it was raised (not in an exception group).
+
+        Raises:
+            ConfigurationError: *url* is not such a URL, or an argument is
+                of the wrong type or out of range (before connecting).
         """
+        if not isinstance(cast(object, url), str) or urlsplit(url).scheme not in (
+            "redis",
+            "rediss",
+            "unix",
+        ):
+            fail_value(
+                "RedisConnection.from_url",
+                "url",
+                url,
+                "a str URL whose scheme is redis://, rediss:// or unix:// (for "
+                "a cluster or a sentinel, make the coredis client and pass it "
+                "to RedisConnection(client))",
+            )
         # No retry inside the client: a script that ran but whose reply was
         # lost would be charged twice; the layers' own policy decides instead.
         client: coredis.Redis[Any] = coredis.Redis.from_url(
             url, decode_responses=True, retry_policy=NoRetryPolicy()
         )
-        async with (
-            client,
-            cls(client, prefix=prefix, timeout=timeout, guard=guard) as connection,
-        ):
-            yield connection
+        # Checked before the client is entered: a bad option is a plain error.
+        connection = cls(client, prefix=prefix, timeout=timeout, guard=guard)
+        raised: BaseException | None = None
+        try:
+            async with client, connection:
+                try:
+                    yield connection
+                except BaseException as error:
+                    raised = error
+                    raise
+        except BaseExceptionGroup as failed:
+            # The client's own task group wraps the block's exception.
+            if raised is None or not wraps_only(failed, raised):
+                raise
+            reraise(raised)
 
     def key(self, kind: str, name: str, *rest: str) -> str:
         """The key ``<prefix>:<kind>:{<name>}[:<rest>...]`` (``{...}``: a hash tag)."""
@@ -271,6 +309,16 @@ class _CommandTimeout:
 
     def elapsed(self) -> BaseException:
         return TimeoutError(f"a Redis command took more than {self.seconds} s")
+
+
+def tag(name: str) -> str:
+    """*name* as it stands in a key's hash tag: percent-encoded as UTF-8.
+
+    Letters, digits and ``_.-~`` stay as they are; a brace cannot end the
+    hash tag early (``}db`` would make it empty, so that Redis Cluster would
+    hash each key of the limit to its own slot).
+    """
+    return quote(name, safe="", errors="surrogatepass")
 
 
 def finite(value: float) -> float:

@@ -51,7 +51,7 @@ from .._config import check_int, check_name, fail_value
 from .._deadline import DEADLINE
 from .._errors import CallbackError, ConfigurationError, StoreError
 from .._store import STORE_POLICIES
-from ._connection import RedisConnection, finite
+from ._connection import RedisConnection, finite, tag
 
 __all__ = ["RedisRateLimitStore"]
 
@@ -455,7 +455,7 @@ class RedisRateLimitStore:
         """Permits taken per round trip in lease mode, or ``None`` (exact)."""
         self.round_trips = 0
         """Scripts this store sent to Redis so far (round trips)."""
-        self._tag = quote(name, safe="", errors="surrogatepass")
+        self._tag = tag(name)
         self._root = redis.key("rate", self._tag)
         self._script = redis.script(SCRIPT)
         self._token = secrets.token_hex(6) + ":"
