@@ -228,6 +228,39 @@ async def test_wait_mode_spaces_the_calls_in_arrival_order(
     assert store.round_trips <= 2 * 8
 
 
+async def test_waiters_cancelled_together_hold_back_no_newcomer(
+    redis: RedisConnection,
+) -> None:
+    """A burst of waiters cancelled together leaves at most one turn per command.
+
+    In memory a cancelled waiter delays nobody. On Redis a waiter told to
+    wait holds a turn that newcomers do not overtake, and the turn of a
+    waiter that leaves stays: so a command gives a turn to its first call
+    told to wait only (the others queue behind it in the process). Before,
+    each of the 50 got a turn, and a newcomer on the idle limit then waited
+    for all 50 (5 s).
+    """
+    store = RedisRateLimitStore(redis, name="ghosts")
+    limit = layers.RateLimit(10, burst=1, max_wait=30, store=store)
+    service = limit.layer(echo)
+    await service(0)
+    with anyio.move_on_after(0.05):  # 50 callers wait, then are cancelled
+        async with anyio.create_task_group() as group:
+            for i in range(50):
+                group.start_soon(service, i)
+    assert store.round_trips <= 4  # the first alone, then batches
+    turns = store.round_trips - 1  # at most one turn per command
+    await anyio.sleep(0.2)  # the limit is idle again
+    start = anyio.current_time()
+    await service(99)
+    waited = anyio.current_time() - start
+    # The turns end T apart from the first call's tat (0.1 s): the newcomer
+    # waits for what is left of them at 0.25 s, and no more.
+    assert waited <= turns * 0.1 + 0.05
+    stats = limit.statistics()
+    assert (stats.waiting, stats.rejected) == (0, 0)
+
+
 async def test_a_wait_that_cannot_fit_is_refused_at_once(
     redis: RedisConnection,
 ) -> None:

@@ -62,7 +62,7 @@ SCRIPT: Final = r"""
 -- ARGV[1]: the op. 'take': then one word per call (a batch of calls), each
 -- 'need want interval tolerance patience waited token' (waited: '1' or
 -- '0'), decided one after another as that many takes at the same instant
--- would be; reply: 'granted wait' per call. 'peek': need, interval,
+-- would be (but for turns: one per command); reply: 'granted wait' per call. 'peek': need, interval,
 -- tolerance; reply: wait. 'void': token; reply: '1' if taken back, else
 -- '0'. Every reply is one string of words, ending with TIME's seconds and
 -- microseconds (one string: a client decodes it faster than an array, and
@@ -122,6 +122,10 @@ local function put(tat, turn, token, before)
 end
 local marked = redis.call('EXISTS', KEYS[2]) == 1
 local reply = {}
+-- One turn per command: to its first call told to wait. The others queue
+-- behind that one in their process, so a burst cancelled together leaves
+-- at most one turn that nobody comes for.
+local turned = false
 for a = 2, #ARGV do
   local need_s, want_s, interval_s, tolerance_s, patience_s, waited, token =
     string.match(ARGV[a], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
@@ -167,10 +171,11 @@ for a = 2, #ARGV do
       -- Every waiter refused gets the next turn: none that is taken already.
       if turn ~= nil and turn - now > wait then wait = turn - now end
       local patience = tonumber(patience_s)
-      if patience > 0 and wait <= patience then
+      if not turned and patience > 0 and wait <= patience then
         -- A turn for this waiter: the next one gets the turn after it.
         put(stored or '-', fmt(now + wait + need * interval), last or '-',
             prev or '-')
+        turned = true
       end
       reply[a - 1] = '0 ' .. fmt(wait)
     end
@@ -335,8 +340,11 @@ class RedisRateLimitStore:
     served roughly in the order they were first told to wait. A turn is
     only a hint: capacity is never reserved, so a waiter that is cancelled
     or dies leaves nothing taken (its turn delays newcomers by at most its
-    ``cost x T``). Under contention an admitted call costs about two round
-    trips (one to be told its turn, one to be admitted).
+    ``cost x T``). One command (a batch) gives one turn, to its first call
+    told to wait; the others queue behind that call in the process and ask
+    again when they head the queue, so waiters cancelled together leave at
+    most one turn per command. Under contention an admitted call costs
+    about two round trips (one to be told its turn, one to be admitted).
 
     **Cancellation.** A call cancelled while it waits (in the layer's
     queue, or queued here for the next batch) takes nothing. One
