@@ -62,11 +62,12 @@ SCRIPT: Final = r"""
 -- ARGV[1]: the op. 'take': then one word per call (a batch of calls), each
 -- 'need want interval tolerance patience waited token' (waited: '1' or
 -- '0'), decided one after another as that many takes at the same instant
--- would be (but for turns: one per command); reply: 'granted wait' per call. 'peek': need, interval,
--- tolerance; reply: wait. 'void': token; reply: '1' if taken back, else
--- '0'. Every reply is one string of words, ending with TIME's seconds and
--- microseconds (one string: a client decodes it faster than an array, and
--- a Lua number in a reply would be truncated to an integer).
+-- would be (but for turns: one per command); reply: 'granted wait' per
+-- call. 'peek': need, interval, tolerance; reply: wait. 'void': token;
+-- reply: '1' if taken back, else '0'. Every reply is one string of words,
+-- ending with TIME's seconds and microseconds (one string: a client decodes
+-- it faster than an array, and a Lua number in a reply would be truncated
+-- to an integer).
 local key = KEYS[1]
 local op = ARGV[1]
 local clock = redis.call('TIME')
@@ -168,7 +169,7 @@ for a = 2, #ARGV do
       end
     else
       local wait = backlog - slack
-      -- Every waiter refused gets the next turn: none that is taken already.
+      -- A refused call waits for the turns handed out already.
       if turn ~= nil and turn - now > wait then wait = turn - now end
       local patience = tonumber(patience_s)
       if not turned and patience > 0 and wait <= patience then
