@@ -317,6 +317,16 @@ class SharedRateLimitStore(Protocol):
         :class:`~layers.StoreError`. A ``take`` cancelled while its command
         is in flight should take nothing, where the store can make sure of
         it.
+
+        A store that hands out turns may also define ``async def
+        forfeit(self, key)``: the layer calls it when the first of its
+        waiters for *key* leaves its queue without being admitted
+        (cancelled, or refused), before the next waiter asks, so that the
+        store can give back a turn it handed to this process (see
+        :meth:`RedisRateLimitStore.forfeit
+        <layers.redis.RedisRateLimitStore.forfeit>`). It must not raise
+        (it runs while a cancellation is on its way) and should not wait
+        long.
         """
         ...
 
@@ -1702,7 +1712,7 @@ class RateLimit(GuardShorthand):
         queue.cost += cost
         state.waiting += 1
         slept = False
-        admitted = False
+        admitted = closed = False
         try:
             if waiter.parked is not None:
                 await waiter.parked.wait()  # until we are the head (or paid)
@@ -1821,12 +1831,21 @@ class RateLimit(GuardShorthand):
                     self._reject(wait, cost, "deadline" if by_deadline else "max_wait")
                 due, waited = told[0] + wait, True
             admitted = True
+        except GeneratorExit:  # closed unfinished (not cancelled): await nothing
+            closed = True
+            raise
         finally:
             if waiter.paid:  # it left the queue when it was paid
                 if not admitted:  # cancelled before it could run: refund
                     self._keep_lease(key, balances.get(key, 0.0) + cost)
             else:
                 head = next(iter(waiters)) is waiter
+                if head and not admitted and not closed:
+                    # It may hold a turn the store gave it: give it back
+                    # before the next waiter asks (shielded, in the store).
+                    forfeit = getattr(shared, "forfeit", None)
+                    if forfeit is not None:
+                        await forfeit(key)
                 del waiters[waiter]
                 queue.cost -= cost
                 state.waiting -= 1

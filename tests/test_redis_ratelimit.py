@@ -261,6 +261,46 @@ async def test_waiters_cancelled_together_hold_back_no_newcomer(
     assert (stats.waiting, stats.rejected) == (0, 0)
 
 
+async def test_a_cancelled_waiter_gives_its_turn_back(redis: RedisConnection) -> None:
+    """The head of a queue cancelled while it waits leaves no turn behind.
+
+    As in memory, where a cancelled waiter delays nobody: the next call is
+    admitted when capacity returns, not a turn later. The turn goes back
+    only while it is the last one handed out.
+    """
+    for name in ("cancelled-head", "cancelled-head-memory"):
+        store = RedisRateLimitStore(redis, name=name) if "memory" not in name else None
+        limit = layers.RateLimit(10, burst=1, max_wait=30, store=store)
+        service = limit.layer(echo)
+        await service(0)  # the next slot is 0.1 s on
+        start = anyio.current_time()
+        with anyio.move_on_after(0.03):
+            await service(1)  # told its turn, to 0.2 s; cancelled meanwhile
+        await anyio.sleep(0.12)  # capacity came back at 0.1 s
+        begin = anyio.current_time()
+        await service(2)
+        assert anyio.current_time() - begin < 0.04, name  # not at 0.2 s
+        assert anyio.current_time() - start < 0.2, name
+    # Another process's turn after it: then the turn stays (only the last
+    # one can go back), and goes when that one goes too.
+    first = RedisRateLimitStore(redis, name="two-turns")
+    second = RedisRateLimitStore(redis, name="two-turns")
+    key = first.redis_key(None)
+    assert (await first._take(None, 1, 0.1, 0.1, patience=30))[0] == 1
+    granted, wait, _now = await first._take(None, 1, 0.1, 0.1, patience=30)
+    assert (granted, wait) == (0, pytest.approx(0.1, abs=0.01))
+    _, wait2, now2 = await second._take(None, 1, 0.1, 0.1, patience=30)
+    assert wait2 == pytest.approx(0.2, abs=0.01)
+    await first.forfeit(None)
+    words = str(await redis.client.get(key)).split()
+    assert float(words[1]) == now2 + wait2 + 0.1  # the second's turn is still last
+    await second.forfeit(None)
+    words = str(await redis.client.get(key)).split()
+    assert float(words[1]) == now2 + wait2  # back to where it began
+    assert first.round_trips == 3
+    assert second.round_trips == 2
+
+
 async def test_a_wait_that_cannot_fit_is_refused_at_once(
     redis: RedisConnection,
 ) -> None:

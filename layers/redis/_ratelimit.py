@@ -40,7 +40,7 @@ import hashlib
 import itertools
 import secrets
 from collections.abc import Hashable, Sequence
-from typing import Final, Literal, cast, final
+from typing import Final, Literal, TypeAlias, cast, final
 from urllib.parse import quote, quote_from_bytes
 
 import anyio
@@ -64,7 +64,8 @@ SCRIPT: Final = r"""
 -- '0'), decided one after another as that many takes at the same instant
 -- would be (but for turns: one per command); reply: 'granted wait' per
 -- call. 'peek': need, interval, tolerance; reply: wait. 'void': token;
--- reply: '1' if taken back, else '0'. Every reply is one string of words,
+-- reply: '1' if taken back, else '0'. 'unturn': a turn's end and start;
+-- reply: '1' if given back. Every reply is one string of words,
 -- ending with TIME's seconds and microseconds (one string: a client decodes
 -- it faster than an array, and a Lua number in a reply would be truncated
 -- to an integer).
@@ -105,6 +106,14 @@ if op == 'void' then
     return '0' .. stamp
   end
   save(prev, wake, '-', '-')
+  return '1' .. stamp
+end
+if op == 'unturn' then
+  -- Give back the last turn handed out, if it is still the last one (its
+  -- end ARGV[2], its start ARGV[3]): the turns then end where it began.
+  if tonumber(wake) ~= tonumber(ARGV[2]) then return '0' .. stamp end
+  if tonumber(ARGV[3]) <= now then wake = '-' else wake = ARGV[3] end
+  save(stored or '-', wake, last or '-', prev or '-')
   return '1' .. stamp
 end
 if op == 'peek' then
@@ -234,15 +243,23 @@ BATCH: Final = 64
 """The most takes one round trip carries (see "Batches" in RedisRateLimitStore)."""
 
 
+_Hint: TypeAlias = tuple[float, float, float]
+"""A take's need, interval and patience, as sent: what decides its turn."""
+
+_MAX_TURNS: Final = 10_000
+"""The most turns a store remembers (one per key; a forgotten one stays)."""
+
+
 @final
 class _Take:
     """One call's take: its word for the script, and what came back for it."""
 
-    __slots__ = ("error", "reply", "sent", "token", "waiter", "word")
+    __slots__ = ("error", "hint", "reply", "sent", "token", "waiter", "word")
 
-    def __init__(self, token: str, word: str) -> None:
+    def __init__(self, token: str, word: str, hint: _Hint) -> None:
         self.token = token
         self.word = word  # 'need want interval tolerance patience waited token'
+        self.hint = hint  # need, interval, patience: whether it got a turn
         self.sent = False  # part of a command sent to Redis
         self.waiter: Waiter | None = None  # set while it waits in a queue
         self.reply: tuple[float, float, float] | None = None  # granted, wait, time
@@ -340,12 +357,14 @@ class RedisRateLimitStore:
     pending, even if the limit has room, so across processes waiters are
     served roughly in the order they were first told to wait. A turn is
     only a hint: capacity is never reserved, so a waiter that is cancelled
-    or dies leaves nothing taken (its turn delays newcomers by at most its
-    ``cost x T``). One command (a batch) gives one turn, to its first call
-    told to wait; the others queue behind that call in the process and ask
-    again when they head the queue, so waiters cancelled together leave at
-    most one turn per command. Under contention an admitted call costs
-    about two round trips (one to be told its turn, one to be admitted).
+    or dies leaves nothing taken. One command (a batch) gives one turn, to
+    its first call told to wait; the others queue behind that call in the
+    process and ask again when they head the queue. The first waiter of a
+    process's queue that leaves without being admitted gives its turn back
+    (:meth:`forfeit`) if no turn was handed out after it; a turn that
+    cannot go back delays newcomers by its ``cost x T`` at most. Under
+    contention an admitted call costs about two round trips (one to be
+    told its turn, one to be admitted).
 
     **Cancellation.** A call cancelled while it waits (in the layer's
     queue, or queued here for the next batch) takes nothing. One
@@ -419,6 +438,7 @@ class RedisRateLimitStore:
         "_script",
         "_tag",
         "_token",
+        "_turns",
         "fail",
         "lease",
         "name",
@@ -471,6 +491,9 @@ class RedisRateLimitStore:
         self._counter = itertools.count()
         # Per Redis key with a command in flight: the takes queued for the next.
         self._lanes: dict[str, list[_Take]] = {}
+        # Per Redis key: the turn the script last gave this process, (end,
+        # start), until a take on the key is sent again or it is forfeited.
+        self._turns: dict[str, tuple[float, float]] = {}
 
     def redis_key(self, key: Hashable) -> str:
         """The Redis key of the user key *key* (see "Keys" above).
@@ -559,19 +582,20 @@ class RedisRateLimitStore:
         token = f"{self._token}{next(self._counter)}"
         need = float(cost)
         want = need if up_to is None or up_to < need else float(up_to)
+        hint = (need, float(interval), finite(float(patience)))
         word = (
-            f"{need!r} {want!r} {float(interval)!r} {float(tolerance)!r} "
-            f"{finite(float(patience))!r} {'1' if waited else '0'} {token}"
+            f"{need!r} {want!r} {hint[1]!r} {float(tolerance)!r} "
+            f"{hint[2]!r} {'1' if waited else '0'} {token}"
         )
         lanes = self._lanes
         queue = lanes.get(redis_key)
         if queue is None:
             # Nothing in flight for this key: send at once, alone.
             lanes[redis_key] = []
-            return await self._alone(redis_key, word, token)
+            return await self._alone(redis_key, word, token, hint)
         # A command for this key is in flight: wait for the next one, which
         # carries every take queued meanwhile (up to BATCH).
-        take = _Take(token, word)
+        take = _Take(token, word, hint)
         waiter = take.waiter = new_waiter()
         queue.append(take)
         try:
@@ -597,7 +621,7 @@ class RedisRateLimitStore:
         del queue[:BATCH]
         if len(batch) == 1:
             take.sent = True
-            return await self._alone(redis_key, word, token)
+            return await self._alone(redis_key, word, token, hint)
         return await self._send(redis_key, batch)
 
     def _next(self, redis_key: str) -> None:
@@ -611,10 +635,11 @@ class RedisRateLimitStore:
             del self._lanes[redis_key]
 
     async def _alone(
-        self, redis_key: str, word: str, token: str
+        self, redis_key: str, word: str, token: str, hint: _Hint
     ) -> tuple[float, float, float]:
         """Send one take alone, under the caller's deadline: its reply."""
         self.round_trips += 1
+        self._turns.pop(redis_key, None)
         try:
             reply = await self.redis.run(
                 self._script, (redis_key, f"{redis_key}:void"), ("take", word)
@@ -628,7 +653,9 @@ class RedisRateLimitStore:
             raise
         self._next(redis_key)
         words = reply.split()
-        return float(words[0]), float(words[1]), _time(words)
+        now = _time(words)
+        self._note_turn(redis_key, (hint,), words, now)
+        return float(words[0]), float(words[1]), now
 
     async def _send(
         self, redis_key: str, batch: list[_Take]
@@ -639,6 +666,7 @@ class RedisRateLimitStore:
             take.sent = True
         keys = (redis_key, f"{redis_key}:void")
         self.round_trips += 1
+        self._turns.pop(redis_key, None)
         args = ["take"]
         args.extend(take.word for take in batch)
         # The command carries other calls' takes: it runs to its end (bounded
@@ -665,6 +693,7 @@ class RedisRateLimitStore:
             for index, take in enumerate(batch):
                 granted, wait = words[2 * index], words[2 * index + 1]
                 take.reply = (float(granted), float(wait), now)
+            self._note_turn(redis_key, [take.hint for take in batch], words, now)
             answered = True
         except StoreError as error:
             self._fail(batch, error)
@@ -703,13 +732,57 @@ class RedisRateLimitStore:
             copy.__cause__ = error.__cause__
             take.error = copy
 
+    def _note_turn(
+        self, redis_key: str, hints: Sequence[_Hint], words: list[str], now: float
+    ) -> None:
+        """Note the turn the script gave a command's takes (*hints*), if any.
+
+        As the script decides: the first take refused (``0`` and a wait,
+        not ``-1``, the void mark) whose wait its patience covers. Its turn
+        ends at ``now + wait + need x interval``, computed as the script
+        computed it (the same operations on the same doubles), so that
+        :meth:`forfeit` names it exactly.
+        """
+        for index, (need, interval, patience) in enumerate(hints):
+            if words[2 * index] != "0":
+                continue
+            wait = float(words[2 * index + 1])
+            if wait > 0 and patience > 0 and wait <= patience:
+                turns = self._turns
+                if len(turns) >= _MAX_TURNS:  # forget the oldest: it only stays
+                    del turns[next(iter(turns))]
+                turns[redis_key] = (now + wait + need * interval, now + wait)
+                return
+
+    async def forfeit(self, key: Hashable) -> None:
+        """Give back the turn this process was last given for *key*, if it has one.
+
+        The layer calls it when the first of its waiters for *key* leaves
+        without being admitted (cancelled, or refused after a change of
+        the limit), so that its turn holds no newcomer back: the script
+        moves the key's turns back to where that turn began, if it is still
+        the last one handed out (no process was given one after it). One
+        shielded round trip, within the connection's timeout, and only
+        when there is such a turn; a failure of Redis is ignored (the turn
+        then stays, delaying newcomers by its ``cost x T`` at most).
+        """
+        redis_key = self.redis_key(key)
+        turn = self._turns.pop(redis_key, None)
+        if turn is not None:
+            end, start = turn
+            await self._shielded(redis_key, ("unturn", repr(end), repr(start)))
+
     async def _void(self, redis_key: str, token: str) -> None:
         """Take back (or void) the call *token*, whose command was cut short."""
+        await self._shielded(redis_key, ("void", token))
+
+    async def _shielded(self, redis_key: str, args: tuple[str, ...]) -> None:
+        """Run the script for *redis_key*, shielded, within the timeout; no error."""
         keys = (redis_key, f"{redis_key}:void")
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.redis.timeout):
             self.round_trips += 1
             with contextlib.suppress(StoreError):
-                await self.redis.run(self._script, keys, ("void", token))
+                await self.redis.run(self._script, keys, args)
 
     def __repr__(self) -> str:
         return (
