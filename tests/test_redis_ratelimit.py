@@ -301,6 +301,42 @@ async def test_a_cancelled_waiter_gives_its_turn_back(redis: RedisConnection) ->
     assert second.round_trips == 2
 
 
+async def test_a_storm_of_cancelled_waiters_does_not_starve_the_limit(
+    redis: RedisConnection,
+) -> None:
+    """Callers that give up while they wait: the limit still admits its rate.
+
+    Each call is cancelled after a random 0 to 40 ms (no deadline the layer
+    knows of). Were each cancelled head to leave its turn behind, the turns
+    would run ahead of time and newcomers would wait behind them: before
+    turns were given back, 9 calls of 305 got through such a storm.
+    """
+    store = RedisRateLimitStore(redis, name="storm")
+    limit = layers.RateLimit(50, burst=2, max_wait=10, store=store)
+    admitted = 0
+
+    async def count(request: int) -> None:
+        nonlocal admitted
+        admitted += 1
+
+    service = limit.layer(count)
+    rng = random.Random(7)
+
+    async def caller() -> None:
+        while True:
+            with anyio.move_on_after(rng.random() * 0.04):
+                await service(0)
+            await anyio.lowlevel.checkpoint()
+
+    seconds = 1.5
+    with anyio.move_on_after(seconds):
+        async with anyio.create_task_group() as group:
+            for _ in range(20):
+                group.start_soon(caller)
+    allowed = 50 * seconds + 2
+    assert 0.6 * allowed <= admitted <= allowed + 1
+
+
 async def test_a_wait_that_cannot_fit_is_refused_at_once(
     redis: RedisConnection,
 ) -> None:
