@@ -490,7 +490,7 @@ async def cost_backend(url: str, rounds: int, block: int) -> dict[str, list[floa
 
         async def bare_gcra(x: Any) -> Any:
             word = f"{head}{next(counter)}"
-            keys = [gcra_key, f"{gcra_key}:void"]
+            keys = [gcra_key, f"{gcra_key}:void", f"{gcra_key}:turns"]
             return await client.evalsha(gcra, keys=keys, args=["take", word])
 
         least = await client.script_load(LEAST_GCRA)

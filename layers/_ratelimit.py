@@ -319,10 +319,11 @@ class SharedRateLimitStore(Protocol):
         it.
 
         A store that hands out turns may also define ``async def
-        forfeit(self, key)``: the layer calls it when the first of its
-        waiters for *key* leaves its queue without being admitted
-        (cancelled, or refused), before the next waiter asks, so that the
-        store can give back a turn it handed to this process (see
+        forfeit(self, key)``: the layer calls it, in the waiter's task, when
+        a call that waited for *key* leaves its queue (admitted, cancelled
+        or refused), before the next waiter asks, so that the store can give
+        back a turn it handed to that call and that the call did not come
+        for (see
         :meth:`RedisRateLimitStore.forfeit
         <layers.redis.RedisRateLimitStore.forfeit>`). It must not raise
         (it runs while a cancellation is on its way) and should not wait
@@ -1835,17 +1836,19 @@ class RateLimit(GuardShorthand):
             closed = True
             raise
         finally:
+            if not closed:
+                # A turn the store gave this call and it did not come for
+                # (cancelled, refused, paid from a lease): give it back before
+                # the next waiter asks (shielded, in the store; nothing to do,
+                # and no round trip, when the call holds none).
+                forfeit = getattr(shared, "forfeit", None)
+                if forfeit is not None:
+                    await forfeit(key)
             if waiter.paid:  # it left the queue when it was paid
                 if not admitted:  # cancelled before it could run: refund
                     self._keep_lease(key, balances.get(key, 0.0) + cost)
             else:
                 head = next(iter(waiters)) is waiter
-                if head and not admitted and not closed:
-                    # It may hold a turn the store gave it: give it back
-                    # before the next waiter asks (shielded, in the store).
-                    forfeit = getattr(shared, "forfeit", None)
-                    if forfeit is not None:
-                        await forfeit(key)
                 del waiters[waiter]
                 queue.cost -= cost
                 state.waiting -= 1

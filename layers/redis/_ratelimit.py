@@ -15,7 +15,7 @@ cost about 4 % more per call on loopback):
     until 2028), written with 17 significant digits so that it reads back
     exactly.
 ``wake``
-    The end of the last turn handed to a waiter (see "Waiters" in
+    The end of the last turn pending (see "Waiters" in
     :class:`RedisRateLimitStore`).
 ``last``, ``prev``
     The token of the last call admitted and the ``tat`` before it, so that
@@ -25,7 +25,13 @@ The key expires when its ``tat`` (or its last turn) has passed: ``PX`` in
 milliseconds, rounded up, so Redis holds live keys only. Beside it,
 ``<key>:void`` is a sorted set of the tokens of calls voided before their
 take ran (scored by when they expire, 60 s on; the take that finds its
-token removes it), present only after such a cancellation.
+token removes it), present only after such a cancellation; and
+``<key>:turns``, the turns handed to waiters that none has come for yet,
+a sorted set of the tokens of the calls they were given to, scored by
+their ends, present only while calls wait: a waiter that comes for its
+turn, or gives it up (:meth:`RedisRateLimitStore.forfeit`, or the void of
+a take cut short), removes it, and ``wake`` is then the end of the last
+one left.
 
 One run of the script takes for one call or for a batch of calls on the
 same key (see "Batches" in :class:`RedisRateLimitStore`): it reads the
@@ -40,7 +46,8 @@ import hashlib
 import itertools
 import secrets
 from collections.abc import Hashable, Sequence
-from typing import Final, Literal, TypeAlias, cast, final
+from contextvars import ContextVar
+from typing import Final, Literal, cast, final
 from urllib.parse import quote, quote_from_bytes
 
 import anyio
@@ -58,17 +65,21 @@ __all__ = ["RedisRateLimitStore"]
 SCRIPT: Final = r"""
 -- GCRA for layers.RateLimit (layers/redis/_ratelimit.py). KEYS[1]: the
 -- limit's key, the string 'tat wake last prev' ('-' for none); KEYS[2]: its
--- void markers, a sorted set of tokens (scored by when they expire).
+-- void markers, a sorted set of tokens (scored by when they expire);
+-- KEYS[3]: the turns handed out and not yet come for, a sorted set of the
+-- tokens of the calls they were given to, scored by their ends (wake is the
+-- last end).
 -- ARGV[1]: the op. 'take': then one word per call (a batch of calls), each
--- 'need want interval tolerance patience waited token' (waited: '1' or
--- '0'), decided one after another as that many takes at the same instant
--- would be (but for turns: one per command); reply: 'granted wait' per
--- call. 'peek': need, interval, tolerance; reply: wait. 'void': token;
--- reply: '1' if taken back, else '0'. 'unturn': a turn's end and start;
--- reply: '1' if given back. Every reply is one string of words,
--- ending with TIME's seconds and microseconds (one string: a client decodes
--- it faster than an array, and a Lua number in a reply would be truncated
--- to an integer).
+-- 'need want interval tolerance patience waited token' (waited: '0' for
+-- a newcomer, '1' for a waiter, or the token of the turn it comes for),
+-- decided one after another as that many takes at the same instant would be
+-- (but for turns: one per command); reply: 'granted wait' per call.
+-- 'peek': need, interval, tolerance; reply: wait. 'void': token; reply: '1'
+-- if taken back, else '0' (a turn it was given is dropped). 'unturn': the
+-- token a turn was given to; reply: '1' if it was pending. Every reply is
+-- one string of words, ending with TIME's seconds and microseconds (one
+-- string: a client decodes it faster than an array, and a Lua number in a
+-- reply would be truncated to an integer).
 local key = KEYS[1]
 local op = ARGV[1]
 local clock = redis.call('TIME')
@@ -95,10 +106,29 @@ local function save(tat, turn, token, before)
     redis.call('DEL', key)
   end
 end
+-- The end of the last turn still pending, once the turns past are dropped.
+-- Drop the turn given to the call with this token, if it is pending: nobody
+-- comes for it. If it was the last one, the turns now end with the last one
+-- left (the state is to be saved then). Whether a turn was dropped.
+local function drop_turn(token)
+  local ending = redis.call('ZSCORE', KEYS[3], token)
+  if not ending then return false end
+  redis.call('ZREM', KEYS[3], token)
+  if tonumber(wake) == tonumber(ending) then
+    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+    wake = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')[2] or '-'
+  end
+  return true
+end
 if op == 'void' then
-  -- Take back the call with this token, if nothing was taken since;
-  -- if its take has not run yet, mark it void so that it takes nothing
-  -- (a marker lives 60 s; the take that finds it removes it).
+  -- Take back the call with this token, if nothing was taken since; if its
+  -- take ran and was told to wait, drop its turn; if its take has not run
+  -- yet, mark it void so that it takes nothing (a marker lives 60 s; the
+  -- take that finds it removes it).
+  if drop_turn(ARGV[2]) then
+    save(stored or '-', wake, last or '-', prev or '-')
+    return '0' .. stamp
+  end
   if last ~= ARGV[2] then
     redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
     redis.call('ZADD', KEYS[2], now + 60, ARGV[2])
@@ -109,10 +139,7 @@ if op == 'void' then
   return '1' .. stamp
 end
 if op == 'unturn' then
-  -- Give back the last turn handed out, if it is still the last one (its
-  -- end ARGV[2], its start ARGV[3]): the turns then end where it began.
-  if tonumber(wake) ~= tonumber(ARGV[2]) then return '0' .. stamp end
-  if tonumber(ARGV[3]) <= now then wake = '-' else wake = ARGV[3] end
+  if not drop_turn(ARGV[2]) then return '0' .. stamp end
   save(stored or '-', wake, last or '-', prev or '-')
   return '1' .. stamp
 end
@@ -142,6 +169,10 @@ for a = 2, #ARGV do
   if marked and redis.call('ZREM', KEYS[2], token) == 1 then
     reply[a - 1] = '0 -1'  -- voided before it ran: take nothing
   else
+    if waited ~= '0' and waited ~= '1' and drop_turn(waited) then
+      -- A waiter came for its turn: it is no longer pending.
+      put(stored or '-', wake, last or '-', prev or '-')
+    end
     local need = tonumber(need_s)
     local interval = tonumber(interval_s)
     local tolerance = tonumber(tolerance_s)
@@ -151,7 +182,7 @@ for a = 2, #ARGV do
     local slack = tolerance - need * interval
     local turn = tonumber(wake)
     -- A newcomer does not overtake the waiters that were given turns.
-    local queued = waited ~= '1' and turn ~= nil and turn > now
+    local queued = waited == '0' and turn ~= nil and turn > now
     if backlog <= slack and not queued then
       local granted = need
       local want = tonumber(want_s)
@@ -178,13 +209,29 @@ for a = 2, #ARGV do
       end
     else
       local wait = backlog - slack
-      -- A refused call waits for the turns handed out already.
-      if turn ~= nil and turn - now > wait then wait = turn - now end
+      if turn ~= nil and turn - now > wait then
+        -- A refused call waits for the turns pending: after the last one,
+        -- or, if turns were dropped before it (their calls gave up), after
+        -- as many turns of its cost as are pending, whichever is sooner.
+        redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+        local behind = wait + redis.call('ZCARD', KEYS[3]) * need * interval
+        wait = turn - now
+        if behind < wait then wait = behind end
+      end
       local patience = tonumber(patience_s)
       if not turned and patience > 0 and wait <= patience then
         -- A turn for this waiter: the next one gets the turn after it.
-        put(stored or '-', fmt(now + wait + need * interval), last or '-',
-            prev or '-')
+        local ending = now + wait + need * interval
+        local ends = fmt(ending)
+        if turn == nil or ending > turn then  -- wake: the last turn's end
+          put(stored or '-', ends, last or '-', prev or '-')
+        else
+          changed = true
+        end
+        redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+        redis.call('ZADD', KEYS[3], ends, token)
+        redis.call('PEXPIRE', KEYS[3],
+                   math.ceil((math.max(ending, turn or ending) - now) * 1000))
         turned = true
       end
       reply[a - 1] = '0 ' .. fmt(wait)
@@ -234,6 +281,24 @@ def _part(key: object) -> str:
     raise TypeError(type(key).__name__)
 
 
+def _turned(patience: float, granted: str, wait: str) -> bool:
+    """Whether the script could give a take (its *patience*, its reply) a turn.
+
+    As the script decides: a take refused (``0`` and a wait, not ``-1``,
+    the void mark) whose wait its patience covers gets the turn if it is
+    the first such take of its command (the caller checks that).
+    """
+    if granted != "0" or patience <= 0:
+        return False
+    waited = float(wait)
+    return 0 < waited <= patience
+
+
+def _keys(redis_key: str) -> tuple[str, str, str]:
+    """The script's keys for a limit's key: it, its void markers, its turns."""
+    return (redis_key, f"{redis_key}:void", f"{redis_key}:turns")
+
+
 def _time(words: Sequence[str]) -> float:
     """The server's time in a reply (its last two words), as the script computed it."""
     return (float(words[-2]) - 1700000000) + float(words[-1]) / 1000000
@@ -243,23 +308,37 @@ BATCH: Final = 64
 """The most takes one round trip carries (see "Batches" in RedisRateLimitStore)."""
 
 
-_Hint: TypeAlias = tuple[float, float, float]
-"""A take's need, interval and patience, as sent: what decides its turn."""
+_HELD: ContextVar[tuple[str, str] | None] = ContextVar(
+    "layers_redis_turn", default=None
+)
+"""The turn the calling task holds: its limit's Redis key, and the token of
+the take it was given to.
 
-_MAX_TURNS: Final = 10_000
-"""The most turns a store remembers (one per key; a forgotten one stays)."""
+Set in the task of the call the script gave the turn to (its waiter then
+sleeps in that task), read when it comes for it or gives it up.
+"""
 
 
 @final
 class _Take:
     """One call's take: its word for the script, and what came back for it."""
 
-    __slots__ = ("error", "hint", "reply", "sent", "token", "waiter", "word")
+    __slots__ = (
+        "error",
+        "patience",
+        "reply",
+        "sent",
+        "token",
+        "turn",
+        "waiter",
+        "word",
+    )
 
-    def __init__(self, token: str, word: str, hint: _Hint) -> None:
+    def __init__(self, token: str, word: str, patience: float) -> None:
         self.token = token
         self.word = word  # 'need want interval tolerance patience waited token'
-        self.hint = hint  # need, interval, patience: whether it got a turn
+        self.patience = patience  # as sent: whether it could get a turn
+        self.turn = False  # the script gave it the command's turn
         self.sent = False  # part of a command sent to Redis
         self.waiter: Waiter | None = None  # set while it waits in a queue
         self.reply: tuple[float, float, float] | None = None  # granted, wait, time
@@ -359,10 +438,13 @@ class RedisRateLimitStore:
     only a hint: capacity is never reserved, so a waiter that is cancelled
     or dies leaves nothing taken. One command (a batch) gives one turn, to
     its first call told to wait; the others queue behind that call in the
-    process and ask again when they head the queue. The first waiter of a
-    process's queue that leaves without being admitted gives its turn back
-    (:meth:`forfeit`) if no turn was handed out after it; a turn that
-    cannot go back delays newcomers by its ``cost x T`` at most. Under
+    process and ask again when they head the queue. A waiter that leaves
+    without coming for its turn (cancelled, say) gives it back
+    (:meth:`forfeit`; a take cut short by a cancellation gives back its
+    turn with its void), and a new turn comes after the last one pending
+    or after as many turns as are pending, whichever is sooner: so turns
+    that nobody comes for never pile up ahead of time, however many calls
+    give up (a turn whose process died stays until it ends). Under
     contention an admitted call costs about two round trips (one to be
     told its turn, one to be admitted).
 
@@ -438,7 +520,6 @@ class RedisRateLimitStore:
         "_script",
         "_tag",
         "_token",
-        "_turns",
         "fail",
         "lease",
         "name",
@@ -491,9 +572,6 @@ class RedisRateLimitStore:
         self._counter = itertools.count()
         # Per Redis key with a command in flight: the takes queued for the next.
         self._lanes: dict[str, list[_Take]] = {}
-        # Per Redis key: the turn the script last gave this process, (end,
-        # start), until a take on the key is sent again or it is forfeited.
-        self._turns: dict[str, tuple[float, float]] = {}
 
     def redis_key(self, key: Hashable) -> str:
         """The Redis key of the user key *key* (see "Keys" above).
@@ -561,9 +639,7 @@ class RedisRateLimitStore:
             repr(float(tolerance)),
         )
         self.round_trips += 1
-        reply: str = await self.redis.run(
-            self._script, (redis_key, f"{redis_key}:void"), args
-        )
+        reply: str = await self.redis.run(self._script, _keys(redis_key), args)
         words = reply.split()
         return float(words[0]), _time(words)
 
@@ -582,36 +658,50 @@ class RedisRateLimitStore:
         token = f"{self._token}{next(self._counter)}"
         need = float(cost)
         want = need if up_to is None or up_to < need else float(up_to)
-        hint = (need, float(interval), finite(float(patience)))
+        patience = finite(float(patience))
+        if not waited:
+            came = "0"
+        else:  # a waiter: it comes for its turn, if it holds one
+            held = _HELD.get()
+            if held is not None and held[0] == redis_key:
+                _HELD.set(None)
+                came = held[1]
+            else:
+                came = "1"
         word = (
-            f"{need!r} {want!r} {hint[1]!r} {float(tolerance)!r} "
-            f"{hint[2]!r} {'1' if waited else '0'} {token}"
+            f"{need!r} {want!r} {float(interval)!r} {float(tolerance)!r} "
+            f"{patience!r} {came} {token}"
         )
         lanes = self._lanes
         queue = lanes.get(redis_key)
         if queue is None:
             # Nothing in flight for this key: send at once, alone.
             lanes[redis_key] = []
-            return await self._alone(redis_key, word, token, hint)
+            return await self._alone(redis_key, word, token, patience)
         # A command for this key is in flight: wait for the next one, which
         # carries every take queued meanwhile (up to BATCH).
-        take = _Take(token, word, hint)
+        take = _Take(token, word, patience)
         waiter = take.waiter = new_waiter()
         queue.append(take)
         try:
             await waiter.wait()
         except anyio.get_cancelled_exc_class():
             if take.sent:
-                # Its batch is in flight (or answered): take it back.
+                # Its batch is in flight (or answered): take it back, or
+                # give back the turn it was given.
                 reply = take.reply
                 if reply is None or reply[0]:
                     await self._void(redis_key, token)
+                elif take.turn:
+                    await self._shielded(redis_key, ("unturn", token))
             else:
                 queue.remove(take)  # it takes nothing
                 if waiter.woken:  # it was to send the next batch: pass that on
                     self._next(redis_key)
             raise
         if take.reply is not None:
+            if take.turn:  # this task now holds the turn
+                _HELD.set((redis_key, token))
             return take.reply
         if take.error is not None:
             raise take.error
@@ -621,7 +711,7 @@ class RedisRateLimitStore:
         del queue[:BATCH]
         if len(batch) == 1:
             take.sent = True
-            return await self._alone(redis_key, word, token, hint)
+            return await self._alone(redis_key, word, token, patience)
         return await self._send(redis_key, batch)
 
     def _next(self, redis_key: str) -> None:
@@ -635,15 +725,12 @@ class RedisRateLimitStore:
             del self._lanes[redis_key]
 
     async def _alone(
-        self, redis_key: str, word: str, token: str, hint: _Hint
+        self, redis_key: str, word: str, token: str, patience: float
     ) -> tuple[float, float, float]:
         """Send one take alone, under the caller's deadline: its reply."""
         self.round_trips += 1
-        self._turns.pop(redis_key, None)
         try:
-            reply = await self.redis.run(
-                self._script, (redis_key, f"{redis_key}:void"), ("take", word)
-            )
+            reply = await self.redis.run(self._script, _keys(redis_key), ("take", word))
         except anyio.get_cancelled_exc_class():
             self._next(redis_key)
             await self._void(redis_key, token)
@@ -654,7 +741,8 @@ class RedisRateLimitStore:
         self._next(redis_key)
         words = reply.split()
         now = _time(words)
-        self._note_turn(redis_key, (hint,), words, now)
+        if _turned(patience, words[0], words[1]):  # this task now holds the turn
+            _HELD.set((redis_key, token))
         return float(words[0]), float(words[1]), now
 
     async def _send(
@@ -664,9 +752,8 @@ class RedisRateLimitStore:
         own = batch[0]
         for take in batch:
             take.sent = True
-        keys = (redis_key, f"{redis_key}:void")
+        keys = _keys(redis_key)
         self.round_trips += 1
-        self._turns.pop(redis_key, None)
         args = ["take"]
         args.extend(take.word for take in batch)
         # The command carries other calls' takes: it runs to its end (bounded
@@ -693,7 +780,14 @@ class RedisRateLimitStore:
             for index, take in enumerate(batch):
                 granted, wait = words[2 * index], words[2 * index + 1]
                 take.reply = (float(granted), float(wait), now)
-            self._note_turn(redis_key, [take.hint for take in batch], words, now)
+            for index, take in enumerate(batch):  # the command's one turn
+                take.turn = _turned(
+                    take.patience, words[2 * index], words[2 * index + 1]
+                )
+                if take.turn:
+                    break
+            if own.turn:
+                _HELD.set((redis_key, own.token))
             answered = True
         except StoreError as error:
             self._fail(batch, error)
@@ -721,6 +815,9 @@ class RedisRateLimitStore:
         except anyio.get_cancelled_exc_class():
             if result[0]:
                 await self._void(redis_key, own.token)
+            elif own.turn:
+                _HELD.set(None)
+                await self._shielded(redis_key, ("unturn", own.token))
             raise
         return result
 
@@ -732,45 +829,23 @@ class RedisRateLimitStore:
             copy.__cause__ = error.__cause__
             take.error = copy
 
-    def _note_turn(
-        self, redis_key: str, hints: Sequence[_Hint], words: list[str], now: float
-    ) -> None:
-        """Note the turn the script gave a command's takes (*hints*), if any.
-
-        As the script decides: the first take refused (``0`` and a wait,
-        not ``-1``, the void mark) whose wait its patience covers. Its turn
-        ends at ``now + wait + need x interval``, computed as the script
-        computed it (the same operations on the same doubles), so that
-        :meth:`forfeit` names it exactly.
-        """
-        for index, (need, interval, patience) in enumerate(hints):
-            if words[2 * index] != "0":
-                continue
-            wait = float(words[2 * index + 1])
-            if wait > 0 and patience > 0 and wait <= patience:
-                turns = self._turns
-                if len(turns) >= _MAX_TURNS:  # forget the oldest: it only stays
-                    del turns[next(iter(turns))]
-                turns[redis_key] = (now + wait + need * interval, now + wait)
-                return
-
     async def forfeit(self, key: Hashable) -> None:
-        """Give back the turn this process was last given for *key*, if it has one.
+        """Give back the turn the calling task holds for *key*, if it holds one.
 
-        The layer calls it when the first of its waiters for *key* leaves
-        without being admitted (cancelled, or refused after a change of
-        the limit), so that its turn holds no newcomer back: the script
-        moves the key's turns back to where that turn began, if it is still
-        the last one handed out (no process was given one after it). One
-        shielded round trip, within the connection's timeout, and only
-        when there is such a turn; a failure of Redis is ignored (the turn
-        then stays, delaying newcomers by its ``cost x T`` at most).
+        The layer calls it, in the waiter's task, when one of its waiters
+        for *key* leaves without coming for its turn (cancelled, refused
+        after a change of the limit, or paid from a lease), so that the
+        turn holds nobody back: the script drops it from the turns pending,
+        and if it was the last one, the turns then end with the last one
+        left (newcomers do not wait for it). One shielded round trip,
+        within the connection's timeout, and only when the task holds such
+        a turn; a failure of Redis is ignored (the turn then stays until it
+        ends, delaying newcomers by its ``cost x T`` at most).
         """
-        redis_key = self.redis_key(key)
-        turn = self._turns.pop(redis_key, None)
-        if turn is not None:
-            end, start = turn
-            await self._shielded(redis_key, ("unturn", repr(end), repr(start)))
+        held = _HELD.get()
+        if held is not None and held[0] == self.redis_key(key):
+            _HELD.set(None)
+            await self._shielded(held[0], ("unturn", held[1]))
 
     async def _void(self, redis_key: str, token: str) -> None:
         """Take back (or void) the call *token*, whose command was cut short."""
@@ -778,7 +853,7 @@ class RedisRateLimitStore:
 
     async def _shielded(self, redis_key: str, args: tuple[str, ...]) -> None:
         """Run the script for *redis_key*, shielded, within the timeout; no error."""
-        keys = (redis_key, f"{redis_key}:void")
+        keys = _keys(redis_key)
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.redis.timeout):
             self.round_trips += 1
             with contextlib.suppress(StoreError):
