@@ -106,7 +106,6 @@ local function save(tat, turn, token, before)
     redis.call('DEL', key)
   end
 end
--- The end of the last turn still pending, once the turns past are dropped.
 -- Drop the turn given to the call with this token, if it is pending: nobody
 -- comes for it. If it was the last one, the turns now end with the last one
 -- left (the state is to be saved then). Whether a turn was dropped.
