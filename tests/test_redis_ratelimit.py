@@ -340,10 +340,16 @@ async def test_a_storm_of_cancelled_waiters_does_not_starve_the_limit(
     """
     name = f"storm-{processes}"
     admitted = 0
+    seconds = 1.5
+    end = anyio.current_time() + seconds
 
     async def count(request: int) -> None:
+        # Only within the window: a loaded loop may deliver the window's
+        # cancellation late, and the calls admitted meanwhile by the
+        # server's clock are beyond the window's allowance.
         nonlocal admitted
-        admitted += 1
+        if anyio.current_time() < end:
+            admitted += 1
 
     services = [
         layers.RateLimit(
@@ -359,13 +365,14 @@ async def test_a_storm_of_cancelled_waiters_does_not_starve_the_limit(
                 await service(0)
             await anyio.lowlevel.checkpoint()
 
-    seconds = 1.5
-    with anyio.move_on_after(seconds):
+    with anyio.CancelScope(deadline=end):
         async with anyio.create_task_group() as group:
             for index in range(24):
                 group.start_soon(caller, services[index % processes])
     allowed = 50 * seconds + 2
-    assert 0.6 * allowed <= admitted <= allowed + 1
+    # (starved: 1 of 77 without turns given back, 15 to 24 without the sooner
+    # turns with three stores; 50 to 75 on a loaded machine)
+    assert 0.4 * allowed <= admitted <= allowed + 1
 
 
 async def test_a_wait_that_cannot_fit_is_refused_at_once(
