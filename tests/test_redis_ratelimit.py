@@ -166,6 +166,57 @@ async def test_a_void_before_its_take_makes_the_take_take_nothing(
     assert await redis.client.exists([key]) == 0
 
 
+async def test_a_turn_is_pending_until_its_call_comes_or_gives_it_up(
+    redis: RedisConnection,
+) -> None:
+    """The script's turns: given to a refused call that can wait, then dropped.
+
+    A turn is dropped when its call comes for it (its token as ``waited``),
+    when it is given back (``unturn``), or when its take is voided (a call
+    cut short while its take was in flight); ``wake`` is then the end of the
+    last turn left, or ``-``.
+    """
+    store = RedisRateLimitStore(redis, name="turns")
+    key = store.redis_key(None)
+    keys = (key, f"{key}:void", f"{key}:turns")
+    script = store._script  # pyright: ignore[reportPrivateUsage]
+
+    async def take(word: str) -> list[str]:
+        return str(await redis.run(script, keys, ("take", word))).split()
+
+    async def pending() -> list[str]:
+        return [str(token) for token in await redis.client.zrange(keys[2], 0, -1)]
+
+    async def wake() -> str:
+        return str(await redis.client.get(key)).split()[1]
+
+    assert (await take("1 1 1 1 0 0 first"))[:2] == ["1", "0"]  # tat: 1 s on
+    # refused, each can wait: the first of a command gets the turn only
+    reply = await redis.run(script, keys, ("take", "1 1 1 1 30 0 a", "1 1 1 1 30 0 b"))
+    assert str(reply).split()[0::2][:2] == ["0", "0"]
+    assert await pending() == ["a"]
+    assert (await take("1 1 1 1 30 0 c"))[0] == "0"  # a turn after a's
+    assert await pending() == ["a", "c"]
+    assert float(await wake()) == await redis.client.zscore(keys[2], "c")
+    # a comes for its turn (too early: refused again, and given a new one,
+    # after as many turns as are pending: here, as late as c's)
+    assert (await take("1 1 1 1 30 a a2"))[0] == "0"
+    assert sorted(await pending()) == ["a2", "c"]
+    ends = [await redis.client.zscore(keys[2], token) for token in ("a2", "c")]
+    assert float(await wake()) == max(ends)
+    # c gives its turn up: the turns end with a2's
+    assert str(await redis.run(script, keys, ("unturn", "c"))).split()[0] == "1"
+    assert await pending() == ["a2"]
+    assert float(await wake()) == await redis.client.zscore(keys[2], "a2")
+    # a2's take cut short: its void drops the turn; none is left
+    reply = str(await redis.run(script, keys, ("void", "a2"))).split()
+    assert reply[0] == "0"  # nothing to take back: it was refused
+    assert await redis.client.zcard(keys[1]) == 0  # and it ran: no void marker
+    assert await pending() == []
+    assert await wake() == "-"
+    assert str(await redis.run(script, keys, ("unturn", "a2"))).split()[0] == "0"
+
+
 # ------------------------------------------------------------------- the layer
 
 

@@ -692,7 +692,7 @@ class RedisRateLimitStore:
                 if reply is None or reply[0]:
                     await self._void(redis_key, token)
                 elif take.turn:
-                    await self._shielded(redis_key, ("unturn", token))
+                    await self._unturn(redis_key, token)
             else:
                 queue.remove(take)  # it takes nothing
                 if waiter.woken:  # it was to send the next batch: pass that on
@@ -816,7 +816,7 @@ class RedisRateLimitStore:
                 await self._void(redis_key, own.token)
             elif own.turn:
                 _HELD.set(None)
-                await self._shielded(redis_key, ("unturn", own.token))
+                await self._unturn(redis_key, own.token)
             raise
         return result
 
@@ -844,7 +844,11 @@ class RedisRateLimitStore:
         held = _HELD.get()
         if held is not None and held[0] == self.redis_key(key):
             _HELD.set(None)
-            await self._shielded(held[0], ("unturn", held[1]))
+            await self._unturn(*held)
+
+    async def _unturn(self, redis_key: str, token: str) -> None:
+        """Give back the turn the call *token* was given (it will not come)."""
+        await self._shielded(redis_key, ("unturn", token))
 
     async def _void(self, redis_key: str, token: str) -> None:
         """Take back (or void) the call *token*, whose command was cut short."""
